@@ -1,0 +1,22 @@
+//! Why an engine could not order a command or confirm a read.
+
+/// Failures of the engine itself, as opposed to refusals of the lock state
+/// machine (those travel inside [`super::CommandResult`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// This node is not the leader; `leader` is the one it knows of.
+    #[error("not the leader{}", match .leader { Some(l) => format!(" (leader is node {} at {})", l.id, l.addr), None => " (no leader known)".to_string() })]
+    NotLeader {
+        /// The known leader, if any.
+        leader: Option<super::LeaderInfo>,
+    },
+    /// The engine could not reach a quorum in time.
+    #[error("no quorum: {0}")]
+    Unavailable(String),
+    /// The engine is stopping.
+    #[error("engine is shutting down")]
+    ShuttingDown,
+    /// A storage or invariant failure; the node must stop rather than serve.
+    #[error("fatal engine failure: {0}")]
+    Fatal(String),
+}

@@ -1,0 +1,16 @@
+//! The seam between the lock service and a consensus engine.
+//!
+//! The lock service, the lease driver and the gRPC layer use only
+//! [`ConsensusEngine`] and [`AppliedState`]; an engine owns ordering and
+//! durability, and applies committed commands through [`AppliedState`] so that
+//! both engines run the identical state machine.
+
+pub mod applied;
+pub mod engine;
+pub mod error;
+pub mod types;
+
+pub use applied::{AppliedState, StateNotice};
+pub use engine::ConsensusEngine;
+pub use error::EngineError;
+pub use types::{CommandResult, EngineKind, EngineStatus, LeaderInfo, Leadership, Member, NodeId};

@@ -1,0 +1,173 @@
+//! What goes into the replicated log and what comes out of applying it.
+
+use serde::{Deserialize, Serialize};
+
+use super::error::LockError;
+
+/// Identifies a session; assigned by the state machine from a counter.
+pub type SessionId = u64;
+/// A fencing token; assigned by the state machine from one counter on every grant.
+pub type FencingToken = u64;
+
+/// A lock name together with a token that claims to be its current one.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Fence {
+    /// The lock that guards the write.
+    pub lock: String,
+    /// The token the writer was granted.
+    pub token: FencingToken,
+}
+
+/// A command of the lock state machine. Every replica applies the same
+/// commands in the same order; nothing here depends on a clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Opens a session with the given TTL; the state machine picks its id.
+    OpenSession {
+        /// Lease length the leader grants on every keepalive.
+        ttl_ms: u64,
+    },
+    /// Closes a session at its client's request, releasing what it holds.
+    CloseSession {
+        /// The session to close.
+        session: SessionId,
+    },
+    /// Expires a session whose lease the leader saw run out.
+    ExpireSession {
+        /// The session to expire.
+        session: SessionId,
+    },
+    /// Records how much lease each listed session had left on the leader's
+    /// clock, so that a later leader does not hand a silent session a fresh TTL.
+    CheckpointSessions {
+        /// `(session, remaining_ms)` pairs; unknown sessions are skipped.
+        remaining: Vec<(SessionId, u64)>,
+    },
+    /// Acquires a lock, or joins its FIFO queue when `wait` is set.
+    Acquire {
+        /// The session that wants the lock.
+        session: SessionId,
+        /// The lock's name.
+        lock: String,
+        /// Join the queue instead of failing when the lock is held.
+        wait: bool,
+    },
+    /// Leaves a lock's queue (a waiter gave up). Holding the lock is not affected.
+    CancelWait {
+        /// The waiting session.
+        session: SessionId,
+        /// The lock's name.
+        lock: String,
+    },
+    /// Releases a held lock; the next waiter is granted in the same command.
+    Release {
+        /// The holder.
+        session: SessionId,
+        /// The lock's name.
+        lock: String,
+        /// The token the holder was granted.
+        token: FencingToken,
+    },
+    /// Writes a key if the fence's token is its lock's current token.
+    Put {
+        /// The key.
+        key: String,
+        /// The value, at most [`super::limits::VALUE_BYTES_MAX`] bytes.
+        value: Vec<u8>,
+        /// The lock and token that authorise the write.
+        fence: Fence,
+    },
+    /// Deletes a key if the fence's token is its lock's current token.
+    Delete {
+        /// The key.
+        key: String,
+        /// The lock and token that authorise the delete.
+        fence: Fence,
+    },
+}
+
+/// A lock handed to a session, either directly or from its queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// The lock's name.
+    pub lock: String,
+    /// The new holder.
+    pub session: SessionId,
+    /// The token of this grant.
+    pub token: FencingToken,
+}
+
+/// Something observers of the applied stream care about besides the response
+/// to the command itself: waiters are woken by these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// A lock was granted.
+    Granted(Grant),
+    /// A session ended (closed or expired); its waits are over.
+    SessionEnded {
+        /// The session that ended.
+        session: SessionId,
+    },
+}
+
+/// The successful result of a command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// A session was opened.
+    SessionOpened {
+        /// Its id.
+        session: SessionId,
+        /// Its TTL.
+        ttl_ms: u64,
+    },
+    /// A session was closed or expired; it held these locks.
+    SessionEnded {
+        /// Locks it held, released by this command.
+        released: Vec<String>,
+    },
+    /// The checkpoint was recorded for this many sessions.
+    Checkpointed {
+        /// Sessions whose checkpoint was updated.
+        sessions: usize,
+    },
+    /// The session holds the lock with this token (new grant or a retry).
+    Acquired {
+        /// The current token.
+        token: FencingToken,
+    },
+    /// The lock is held by another session and the caller did not ask to wait.
+    Busy {
+        /// The holder's token.
+        holder_token: FencingToken,
+    },
+    /// The session waits in the lock's queue at this position (0 is next).
+    Queued {
+        /// How many sessions are ahead of it.
+        position: usize,
+    },
+    /// A wait was cancelled; `was_waiting` says whether the session was queued.
+    WaitCancelled {
+        /// Whether the session was in the queue.
+        was_waiting: bool,
+    },
+    /// The lock was released; `next` is the grant made to the first waiter.
+    Released {
+        /// The waiter that now holds the lock, if any.
+        next: Option<Grant>,
+    },
+    /// A fenced write or delete was applied.
+    Written {
+        /// For a delete, whether the key existed; always true for a put.
+        existed: bool,
+    },
+}
+
+/// What applying one command produced: the answer for its proposer and the
+/// events for everyone watching.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The proposer's answer.
+    pub result: Result<Outcome, LockError>,
+    /// Grants and session ends, in the order they happened.
+    pub events: Vec<Event>,
+}

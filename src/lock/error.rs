@@ -1,0 +1,62 @@
+//! Typed refusals of the lock state machine.
+//!
+//! These are operating errors: the command was applied (it is in the log and
+//! every replica refused it the same way) but had no effect. The RPC layer
+//! maps each variant to one precise gRPC status.
+
+use serde::{Deserialize, Serialize};
+
+use super::command::{FencingToken, SessionId};
+
+/// Why the state machine refused a command or a query.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum LockError {
+    /// A name, key, value or TTL is outside the documented limits.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The session does not exist: never opened, closed, or expired.
+    #[error("session {session} not found (closed, expired or never opened)")]
+    SessionNotFound {
+        /// The session the command named.
+        session: SessionId,
+    },
+    /// A release named a lock the session does not hold.
+    #[error("session {session} does not hold lock {lock:?}")]
+    NotHolder {
+        /// The lock the command named.
+        lock: String,
+        /// The session that tried to release it.
+        session: SessionId,
+    },
+    /// A release or fenced write carried a token that is not the lock's current one.
+    #[error("stale fencing token for lock {lock:?}: presented {presented}, current {}", fmt_token(.current))]
+    StaleToken {
+        /// The lock the fence named.
+        lock: String,
+        /// The token the client presented.
+        presented: FencingToken,
+        /// The lock's current token, or `None` when nobody holds it.
+        current: Option<FencingToken>,
+    },
+    /// The lock's wait queue is at its bound.
+    #[error("wait queue of lock {lock:?} is full ({max} waiters)")]
+    QueueFull {
+        /// The lock whose queue is full.
+        lock: String,
+        /// The bound that was hit.
+        max: usize,
+    },
+    /// The cluster holds as many sessions as it allows.
+    #[error("too many open sessions ({max})")]
+    TooManySessions {
+        /// The bound that was hit.
+        max: usize,
+    },
+}
+
+fn fmt_token(token: &Option<FencingToken>) -> String {
+    match token {
+        Some(token) => token.to_string(),
+        None => "none (lock is free)".to_string(),
+    }
+}

@@ -1,0 +1,19 @@
+//! The lock state machine: pure, deterministic, and shared by both engines.
+//!
+//! Commands go in, [`Applied`] results come out. Time never enters: a session
+//! expires only when an [`Command::ExpireSession`] is applied.
+
+pub mod command;
+pub mod error;
+pub mod limits;
+pub mod state;
+pub mod validate;
+
+pub use command::{Applied, Command, Event, Fence, FencingToken, Grant, Outcome, SessionId};
+pub use error::LockError;
+pub use state::{KvEntry, LockState, LockView, Session};
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;

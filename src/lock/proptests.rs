@@ -1,0 +1,705 @@
+//! Property tests of the lock state machine over random command sequences.
+//!
+//! Sequences run over a small universe (four sessions opened up front plus
+//! occasional new ones, three locks, two keys, real tokens mixed with small
+//! literal ones) so that contention, hand-overs, stale tokens and ended
+//! sessions all happen often. Each test checks one property after every
+//! command. Steps name sessions and tokens abstractly ("the holder of lock b",
+//! "the current token of lock a") and are resolved against the state just
+//! before they are applied; resolution reads only the state, so it is as
+//! deterministic as applying.
+//!
+//! The number of cases is proptest's default (256, or `PROPTEST_CASES`).
+//! A failing case is saved next to this file, in `proptests.regressions`, and
+//! replayed first on the next run.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::{FileFailurePersistence, TestRunner};
+
+use super::{
+    Applied, Command, Event, Fence, FencingToken, Grant, KvEntry, LockError, LockState, Outcome, SessionId,
+};
+
+/// The locks commands name.
+const LOCKS: [&str; 3] = ["a", "b", "c"];
+/// The keys of the fenced store commands name.
+const KEYS: [&str; 2] = ["k1", "k2"];
+/// Sessions every sequence starts with; they get ids 1 to 4.
+const SESSIONS_UP_FRONT: SessionId = 4;
+/// The TTL of every session the tests open.
+const TTL_MS: u64 = 10_000;
+/// Longest generated command sequence.
+const STEPS_MAX: usize = 200;
+
+/// Which session a step names.
+#[derive(Debug, Clone)]
+enum SessionPick {
+    /// The live session at this index, in id order and wrapping around; the
+    /// never-opened id 0 when no session is live.
+    Live(usize),
+    /// The holder of this lock, or else the first live session.
+    HolderOf(usize),
+    /// This id, which may be ended or never opened.
+    Id(SessionId),
+}
+
+/// Which token a step presents.
+#[derive(Debug, Clone)]
+enum TokenPick {
+    /// The lock's current token, or the last token granted when it is free.
+    Current,
+    /// This many below what `Current` would pick.
+    Behind(u64),
+    /// This token, which is stale unless it happens to be current.
+    Literal(FencingToken),
+}
+
+/// An abstract command, turned into a [`Command`] by [`Step::resolve`].
+#[derive(Debug, Clone)]
+enum Step {
+    Open,
+    Close(SessionPick),
+    Expire(SessionPick),
+    Checkpoint(Vec<(SessionPick, u64)>),
+    Acquire {
+        session: SessionPick,
+        lock: usize,
+        wait: bool,
+    },
+    CancelWait {
+        session: SessionPick,
+        lock: usize,
+    },
+    Release {
+        session: SessionPick,
+        lock: usize,
+        token: TokenPick,
+    },
+    Put {
+        key: usize,
+        value: u8,
+        lock: usize,
+        token: TokenPick,
+    },
+    Delete {
+        key: usize,
+        lock: usize,
+        token: TokenPick,
+    },
+}
+
+impl SessionPick {
+    fn resolve(&self, state: &LockState) -> SessionId {
+        match *self {
+            SessionPick::Live(index) => {
+                let live = state.sessions().count();
+                if live == 0 {
+                    return 0;
+                }
+                state
+                    .sessions()
+                    .nth(index % live)
+                    .map_or(0, |(session, _)| session)
+            }
+            SessionPick::HolderOf(lock) => match state.describe(LOCKS[lock]).holder {
+                Some((holder, _)) => holder,
+                None => SessionPick::Live(0).resolve(state),
+            },
+            SessionPick::Id(session) => session,
+        }
+    }
+}
+
+impl TokenPick {
+    fn resolve(&self, state: &LockState, lock: &str) -> FencingToken {
+        let current = state.current_token(lock).unwrap_or(state.next_token() - 1);
+        match *self {
+            TokenPick::Current => current,
+            TokenPick::Behind(distance) => current.saturating_sub(distance),
+            TokenPick::Literal(token) => token,
+        }
+    }
+}
+
+impl Step {
+    fn resolve(&self, state: &LockState) -> Command {
+        match self {
+            Step::Open => Command::OpenSession { ttl_ms: TTL_MS },
+            Step::Close(session) => Command::CloseSession {
+                session: session.resolve(state),
+            },
+            Step::Expire(session) => Command::ExpireSession {
+                session: session.resolve(state),
+            },
+            Step::Checkpoint(entries) => Command::CheckpointSessions {
+                remaining: entries
+                    .iter()
+                    .map(|(session, remaining_ms)| (session.resolve(state), *remaining_ms))
+                    .collect(),
+            },
+            Step::Acquire { session, lock, wait } => Command::Acquire {
+                session: session.resolve(state),
+                lock: LOCKS[*lock].to_string(),
+                wait: *wait,
+            },
+            Step::CancelWait { session, lock } => Command::CancelWait {
+                session: session.resolve(state),
+                lock: LOCKS[*lock].to_string(),
+            },
+            Step::Release { session, lock, token } => Command::Release {
+                session: session.resolve(state),
+                lock: LOCKS[*lock].to_string(),
+                token: token.resolve(state, LOCKS[*lock]),
+            },
+            Step::Put {
+                key,
+                value,
+                lock,
+                token,
+            } => Command::Put {
+                key: KEYS[*key].to_string(),
+                value: vec![*value],
+                fence: fence(state, *lock, token),
+            },
+            Step::Delete { key, lock, token } => Command::Delete {
+                key: KEYS[*key].to_string(),
+                fence: fence(state, *lock, token),
+            },
+        }
+    }
+}
+
+fn fence(state: &LockState, lock: usize, token: &TokenPick) -> Fence {
+    Fence {
+        lock: LOCKS[lock].to_string(),
+        token: token.resolve(state, LOCKS[lock]),
+    }
+}
+
+fn session_pick() -> impl Strategy<Value = SessionPick> {
+    prop_oneof![
+        6 => (0..8usize).prop_map(SessionPick::Live),
+        2 => (0..LOCKS.len()).prop_map(SessionPick::HolderOf),
+        1 => (0..=10u64).prop_map(SessionPick::Id),
+    ]
+}
+
+/// A session pick that often names the holder of `lock` itself, so that
+/// retries, releases and holder cancellations happen.
+fn session_pick_for(lock: usize) -> impl Strategy<Value = SessionPick> {
+    prop_oneof![
+        2 => session_pick(),
+        1 => Just(SessionPick::HolderOf(lock)),
+    ]
+}
+
+fn token_pick() -> impl Strategy<Value = TokenPick> {
+    prop_oneof![
+        4 => Just(TokenPick::Current),
+        1 => (1..=3u64).prop_map(TokenPick::Behind),
+        1 => (0..16u64).prop_map(TokenPick::Literal),
+    ]
+}
+
+fn lock_index() -> impl Strategy<Value = usize> {
+    0..LOCKS.len()
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let acquire = lock_index().prop_flat_map(|lock| {
+        (session_pick_for(lock), any::<bool>()).prop_map(move |(session, wait)| Step::Acquire {
+            session,
+            lock,
+            wait,
+        })
+    });
+    let cancel_wait = lock_index().prop_flat_map(|lock| {
+        session_pick_for(lock).prop_map(move |session| Step::CancelWait { session, lock })
+    });
+    let release = lock_index().prop_flat_map(|lock| {
+        (
+            prop_oneof![3 => Just(SessionPick::HolderOf(lock)), 1 => session_pick()],
+            token_pick(),
+        )
+            .prop_map(move |(session, token)| Step::Release { session, lock, token })
+    });
+    let put =
+        (0..KEYS.len(), any::<u8>(), lock_index(), token_pick()).prop_map(|(key, value, lock, token)| {
+            Step::Put {
+                key,
+                value,
+                lock,
+                token,
+            }
+        });
+    let delete = (0..KEYS.len(), lock_index(), token_pick()).prop_map(|(key, lock, token)| Step::Delete {
+        key,
+        lock,
+        token,
+    });
+    prop_oneof![
+        3 => Just(Step::Open),
+        1 => session_pick().prop_map(Step::Close),
+        1 => session_pick().prop_map(Step::Expire),
+        1 => prop::collection::vec((session_pick(), 0..20_000u64), 0..4).prop_map(Step::Checkpoint),
+        10 => acquire,
+        2 => cancel_wait,
+        6 => release,
+        4 => put,
+        2 => delete,
+    ]
+}
+
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    prop::collection::vec(step(), 0..=STEPS_MAX)
+}
+
+/// A state with the sessions every sequence starts with.
+fn initial_state() -> LockState {
+    let mut state = LockState::default();
+    for session in 1..=SESSIONS_UP_FRONT {
+        assert_eq!(
+            state.apply(&Command::OpenSession { ttl_ms: TTL_MS }),
+            Applied {
+                result: Ok(Outcome::SessionOpened {
+                    session,
+                    ttl_ms: TTL_MS
+                }),
+                events: Vec::new(),
+            }
+        );
+    }
+    state
+}
+
+/// The grants among a command's events, in order.
+fn grants(applied: &Applied) -> Vec<&Grant> {
+    applied
+        .events
+        .iter()
+        .filter_map(|event| match event {
+            Event::Granted(grant) => Some(grant),
+            Event::SessionEnded { .. } => None,
+        })
+        .collect()
+}
+
+/// The session a close or expiry ends.
+fn ending(command: &Command) -> Option<SessionId> {
+    match command {
+        Command::CloseSession { session } | Command::ExpireSession { session } => Some(*session),
+        _ => None,
+    }
+}
+
+/// Checks, through the public views only, that every lock has at most one
+/// holder, that it is the holder the grants so far imply, and that no holder
+/// waits for the lock it holds.
+fn check_exclusive(state: &LockState, holders: &BTreeMap<String, SessionId>) -> Result<(), TestCaseError> {
+    for lock in LOCKS {
+        let view = state.describe(lock);
+        let holder = view.holder.map(|(session, _)| session);
+        prop_assert_eq!(
+            holder,
+            holders.get(lock).copied(),
+            "the holder of {:?} is not the one its grants and releases imply",
+            lock
+        );
+        let holding: Vec<SessionId> = state
+            .sessions()
+            .filter(|(_, session)| session.held.contains(lock))
+            .map(|(id, _)| id)
+            .collect();
+        prop_assert!(
+            holding.len() <= 1,
+            "lock {:?} is held by sessions {:?}",
+            lock,
+            holding
+        );
+        prop_assert_eq!(holding.first().copied(), holder);
+        let waiting: Vec<SessionId> = state
+            .sessions()
+            .filter(|(_, session)| session.waiting.contains(lock))
+            .map(|(id, _)| id)
+            .collect();
+        prop_assert_eq!(waiting.len(), view.queue_len);
+        if let Some(holder) = holder {
+            prop_assert!(
+                !waiting.contains(&holder),
+                "holder {} of {:?} also waits for it",
+                holder,
+                lock
+            );
+        } else {
+            prop_assert!(
+                waiting.is_empty(),
+                "free lock {:?} has waiters {:?}",
+                lock,
+                waiting
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A short name for what a command produced, for the coverage check.
+fn outcome_kind(command: &Command, applied: &Applied) -> &'static str {
+    let grants = grants(applied).len();
+    match (&applied.result, command) {
+        (Ok(Outcome::SessionOpened { .. }), _) => "session opened",
+        (Ok(Outcome::SessionEnded { .. }), _) if grants > 0 => "session ended, locks handed over",
+        (Ok(Outcome::SessionEnded { .. }), Command::CloseSession { .. }) => "session closed",
+        (Ok(Outcome::SessionEnded { .. }), _) => "session expired",
+        (Ok(Outcome::Checkpointed { .. }), _) => "checkpointed",
+        (Ok(Outcome::Acquired { .. }), _) if grants > 0 => "acquired, granted",
+        (Ok(Outcome::Acquired { .. }), _) => "acquired, retry",
+        (Ok(Outcome::Busy { .. }), _) => "busy",
+        (Ok(Outcome::Queued { .. }), _) => "queued",
+        (Ok(Outcome::WaitCancelled { was_waiting: true }), _) => "wait cancelled",
+        (Ok(Outcome::WaitCancelled { was_waiting: false }), _) => "no wait to cancel",
+        (Ok(Outcome::Released { next: Some(_) }), _) => "released, handed over",
+        (Ok(Outcome::Released { next: None }), _) => "released, freed",
+        (Ok(Outcome::Written { .. }), Command::Put { .. }) => "put",
+        (Ok(Outcome::Written { existed: true }), _) => "deleted",
+        (Ok(Outcome::Written { existed: false }), _) => "deleted nothing",
+        (Err(LockError::InvalidArgument(_)), _) => "invalid argument",
+        (Err(LockError::SessionNotFound { .. }), _) => "session not found",
+        (Err(LockError::NotHolder { .. }), _) => "not holder",
+        (Err(LockError::StaleToken { .. }), Command::Release { .. }) => "stale release",
+        (Err(LockError::StaleToken { .. }), _) => "stale write",
+        (Err(LockError::QueueFull { .. }), _) => "queue full",
+        (Err(LockError::TooManySessions { .. }), _) => "too many sessions",
+    }
+}
+
+/// The generator must keep producing the situations the properties are
+/// about; otherwise they would pass vacuously. This runs a fixed set of
+/// sequences and checks that every outcome the small universe can reach is
+/// reached (the bounds on queues, sessions and arguments are out of its reach
+/// and are covered by the unit tests).
+#[test]
+fn random_sequences_reach_every_outcome_and_refusal() {
+    let mut runner = TestRunner::deterministic();
+    let mut seen = BTreeSet::new();
+    for _ in 0..64 {
+        let steps = steps()
+            .new_tree(&mut runner)
+            .expect("the strategy never rejects")
+            .current();
+        let mut state = initial_state();
+        for step in &steps {
+            let command = step.resolve(&state);
+            let applied = state.apply(&command);
+            seen.insert(outcome_kind(&command, &applied));
+        }
+    }
+    let expected = BTreeSet::from([
+        "session opened",
+        "session ended, locks handed over",
+        "session closed",
+        "session expired",
+        "checkpointed",
+        "acquired, granted",
+        "acquired, retry",
+        "busy",
+        "queued",
+        "wait cancelled",
+        "no wait to cancel",
+        "released, handed over",
+        "released, freed",
+        "put",
+        "deleted",
+        "deleted nothing",
+        "session not found",
+        "not holder",
+        "stale release",
+        "stale write",
+    ]);
+    let missing: Vec<_> = expected.difference(&seen).collect();
+    assert!(missing.is_empty(), "never reached: {missing:?}");
+}
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
+        ..ProptestConfig::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Mutual exclusion: after every command each lock has at most one
+    /// holder, a lock is granted only when the grants and releases seen so
+    /// far leave it free, and no holder waits in its own lock's queue.
+    #[test]
+    fn mutual_exclusion_at_most_one_holder_and_no_holder_waits(steps in steps()) {
+        let mut state = initial_state();
+        let mut holders: BTreeMap<String, SessionId> = BTreeMap::new();
+        for step in &steps {
+            let command = step.resolve(&state);
+            let applied = state.apply(&command);
+            // First the locks this command took from their holder...
+            match (&command, &applied.result) {
+                (Command::Release { session, lock, .. }, Ok(Outcome::Released { .. })) => {
+                    prop_assert_eq!(holders.remove(lock), Some(*session));
+                }
+                (_, Ok(Outcome::SessionEnded { released })) => {
+                    let session = ending(&command);
+                    for lock in released {
+                        prop_assert_eq!(holders.remove(lock), session);
+                    }
+                    prop_assert!(
+                        !holders.values().any(|holder| Some(*holder) == session),
+                        "session {:?} ended but kept a lock: {:?}",
+                        session,
+                        holders
+                    );
+                }
+                _ => {}
+            }
+            // ...then the grants it made, each of a lock nobody holds.
+            for grant in grants(&applied) {
+                prop_assert!(
+                    !holders.contains_key(&grant.lock),
+                    "{:?} was granted to {} while {:?} held it",
+                    grant.lock,
+                    grant.session,
+                    holders.get(&grant.lock)
+                );
+                holders.insert(grant.lock.clone(), grant.session);
+            }
+            check_exclusive(&state, &holders)?;
+        }
+    }
+
+    /// Token monotonicity: every grant carries a token strictly greater than
+    /// every earlier grant on any lock, the counter never goes down and moves
+    /// exactly once per grant, and outcomes report the granted token.
+    #[test]
+    fn token_monotonicity_every_grant_exceeds_all_earlier_grants(steps in steps()) {
+        let mut state = initial_state();
+        let mut last_granted: FencingToken = 0;
+        for step in &steps {
+            let command = step.resolve(&state);
+            let next_before = state.next_token();
+            let applied = state.apply(&command);
+            let grants = grants(&applied);
+            for grant in &grants {
+                prop_assert!(
+                    grant.token > last_granted,
+                    "grant {:?} does not exceed the earlier grant {}",
+                    grant,
+                    last_granted
+                );
+                prop_assert!(grant.token >= next_before && grant.token < state.next_token());
+                last_granted = grant.token;
+            }
+            prop_assert!(state.next_token() >= next_before, "the token counter went down");
+            prop_assert_eq!(
+                state.next_token() - next_before,
+                grants.len() as u64,
+                "the counter must move once per grant"
+            );
+            match (&command, &applied.result) {
+                (_, Ok(Outcome::Released { next })) => {
+                    prop_assert_eq!(next.as_ref(), grants.first().copied());
+                    prop_assert!(grants.len() <= 1);
+                }
+                (Command::Acquire { lock, .. }, Ok(Outcome::Acquired { token })) => {
+                    prop_assert!(grants.len() <= 1);
+                    if let Some(grant) = grants.first() {
+                        prop_assert_eq!(grant.token, *token);
+                    }
+                    prop_assert_eq!(state.current_token(lock), Some(*token));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// FIFO order: a lock is handed to the waiter that queued first among
+    /// those still queued; sessions that cancelled their wait or ended are
+    /// skipped. A lock is granted to a session that did not wait only when
+    /// that session asked for it and nobody waited.
+    #[test]
+    fn fifo_waiters_are_granted_in_the_order_they_queued(steps in steps()) {
+        let mut state = initial_state();
+        let mut queues: BTreeMap<String, VecDeque<SessionId>> = BTreeMap::new();
+        for step in &steps {
+            let command = step.resolve(&state);
+            let applied = state.apply(&command);
+            match (&command, &applied.result) {
+                (Command::Acquire { session, lock, .. }, Ok(Outcome::Queued { position })) => {
+                    let queue = queues.entry(lock.clone()).or_default();
+                    match queue.iter().position(|waiter| waiter == session) {
+                        Some(index) => {
+                            prop_assert_eq!(index, *position, "a retry reports its place");
+                        }
+                        None => {
+                            prop_assert_eq!(queue.len(), *position, "a new waiter joins at the back");
+                            queue.push_back(*session);
+                        }
+                    }
+                }
+                (Command::CancelWait { session, lock }, Ok(Outcome::WaitCancelled { was_waiting })) => {
+                    let queue = queues.entry(lock.clone()).or_default();
+                    prop_assert_eq!(queue.contains(session), *was_waiting);
+                    queue.retain(|waiter| waiter != session);
+                }
+                (_, Ok(Outcome::SessionEnded { .. })) => {
+                    // An ending session leaves every queue before its locks
+                    // are handed over.
+                    let session = ending(&command);
+                    for queue in queues.values_mut() {
+                        queue.retain(|waiter| Some(*waiter) != session);
+                    }
+                }
+                _ => {}
+            }
+            for grant in grants(&applied) {
+                let queue = queues.entry(grant.lock.clone()).or_default();
+                if queue.contains(&grant.session) {
+                    prop_assert_eq!(
+                        queue.front(),
+                        Some(&grant.session),
+                        "{:?} was handed to a waiter ahead of its turn",
+                        grant.lock
+                    );
+                    queue.pop_front();
+                } else {
+                    prop_assert!(
+                        queue.is_empty(),
+                        "{:?} was granted to {}, who did not wait, while {:?} waited",
+                        grant.lock,
+                        grant.session,
+                        queue
+                    );
+                    let asked = matches!(
+                        &command,
+                        Command::Acquire { session: asker, lock: asked, .. }
+                            if *asker == grant.session && *asked == grant.lock
+                    );
+                    prop_assert!(asked, "{:?} was granted to {}, who neither asked nor waited", grant.lock, grant.session);
+                }
+            }
+            for lock in LOCKS {
+                prop_assert_eq!(
+                    state.describe(lock).queue_len,
+                    queues.get(lock).map_or(0, VecDeque::len),
+                    "queue length of {:?}",
+                    lock
+                );
+            }
+        }
+    }
+
+    /// Fencing: a put or delete is applied if and only if its token is the
+    /// lock's current token when it is applied; otherwise it is refused as
+    /// stale, naming both tokens, and the store is unchanged.
+    #[test]
+    fn fencing_a_write_is_accepted_iff_its_token_is_current(steps in steps()) {
+        let mut state = initial_state();
+        for step in &steps {
+            let command = step.resolve(&state);
+            let (current, stored_before) = match &command {
+                Command::Put { key, fence, .. } | Command::Delete { key, fence } => {
+                    (state.current_token(&fence.lock), state.get(key).cloned())
+                }
+                _ => (None, None),
+            };
+            let applied = state.apply(&command);
+            let (key, fence) = match &command {
+                Command::Put { key, fence, .. } | Command::Delete { key, fence } => (key, fence),
+                _ => continue,
+            };
+            prop_assert!(applied.events.is_empty(), "a write emits no events");
+            if current == Some(fence.token) {
+                match &command {
+                    Command::Put { value, .. } => {
+                        prop_assert_eq!(&applied.result, &Ok(Outcome::Written { existed: true }));
+                        let stored = KvEntry { value: value.clone(), written_by: fence.clone() };
+                        prop_assert_eq!(state.get(key), Some(&stored));
+                    }
+                    _ => {
+                        let existed = stored_before.is_some();
+                        prop_assert_eq!(&applied.result, &Ok(Outcome::Written { existed }));
+                        prop_assert_eq!(state.get(key), None);
+                    }
+                }
+            } else {
+                let refusal = LockError::StaleToken {
+                    lock: fence.lock.clone(),
+                    presented: fence.token,
+                    current,
+                };
+                prop_assert_eq!(&applied.result, &Err(refusal));
+                prop_assert_eq!(state.get(key), stored_before.as_ref());
+            }
+        }
+    }
+
+    /// Determinism: two states applying the same commands give the same
+    /// results and byte-identical snapshots after every command, and a state
+    /// restored from a snapshot taken at any point carries on identically.
+    #[test]
+    fn determinism_same_commands_give_identical_snapshots_and_restore_continues(
+        steps in steps(),
+        split in any::<prop::sample::Index>(),
+    ) {
+        let mut one = initial_state();
+        let mut other = initial_state();
+        let split = split.index(steps.len() + 1);
+        let mut restored: Option<LockState> = None;
+        for (index, step) in steps.iter().enumerate() {
+            if index == split {
+                let copy = LockState::restore(&one.snapshot()).map_err(TestCaseError::fail)?;
+                prop_assert_eq!(&copy, &one);
+                restored = Some(copy);
+            }
+            let command = step.resolve(&one);
+            prop_assert_eq!(&step.resolve(&other), &command);
+            let applied = one.apply(&command);
+            prop_assert_eq!(&other.apply(&command), &applied);
+            let bytes = one.snapshot();
+            prop_assert_eq!(&other.snapshot(), &bytes, "snapshots differ after {:?}", command);
+            if let Some(copy) = restored.as_mut() {
+                prop_assert_eq!(&copy.apply(&command), &applied, "the restored copy answered differently");
+                prop_assert_eq!(&copy.snapshot(), &bytes, "the restored copy diverged after {:?}", command);
+            }
+        }
+        let last = LockState::restore(&one.snapshot()).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(&last, &one);
+        prop_assert_eq!(last.next_token(), one.next_token());
+    }
+
+    /// `check_invariants()` is Ok after every command.
+    #[test]
+    fn invariants_hold_after_every_command(steps in steps()) {
+        let mut state = initial_state();
+        for step in &steps {
+            let command = step.resolve(&state);
+            state.apply(&command);
+            prop_assert_eq!(state.check_invariants(), Ok(()), "after {:?}", command);
+        }
+    }
+
+    /// A refused command emits no events and leaves the state byte for byte
+    /// as it was, so replicas agree whatever a refusal is.
+    #[test]
+    fn refused_commands_emit_nothing_and_change_nothing(steps in steps()) {
+        let mut state = initial_state();
+        for step in &steps {
+            let command = step.resolve(&state);
+            let before = state.snapshot();
+            let applied = state.apply(&command);
+            if applied.result.is_err() {
+                prop_assert!(applied.events.is_empty(), "{:?} emitted {:?}", command, applied.events);
+                prop_assert_eq!(state.snapshot(), before, "refused {:?} changed the state", command);
+            }
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! Argument checks shared by the RPC layer (before proposing) and the state
+//! machine (on apply).
+
+use super::error::LockError;
+use super::limits::{
+    KEY_BYTES_MAX, LOCK_NAME_BYTES_MAX, SESSION_TTL_MS_MAX, SESSION_TTL_MS_MIN, VALUE_BYTES_MAX,
+};
+
+/// Checks a session TTL against the documented bounds.
+pub fn ttl_ms(ttl_ms: u64) -> Result<(), LockError> {
+    if !(SESSION_TTL_MS_MIN..=SESSION_TTL_MS_MAX).contains(&ttl_ms) {
+        return Err(LockError::InvalidArgument(format!(
+            "session TTL {ttl_ms} ms is outside {SESSION_TTL_MS_MIN}..={SESSION_TTL_MS_MAX} ms"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a lock name: 1 to [`LOCK_NAME_BYTES_MAX`] bytes.
+pub fn lock_name(name: &str) -> Result<(), LockError> {
+    bounded_text("lock name", name, LOCK_NAME_BYTES_MAX)
+}
+
+/// Checks a key of the fenced store: 1 to [`KEY_BYTES_MAX`] bytes.
+pub fn key(key: &str) -> Result<(), LockError> {
+    bounded_text("key", key, KEY_BYTES_MAX)
+}
+
+/// Checks a value of the fenced store: at most [`VALUE_BYTES_MAX`] bytes.
+pub fn value(value: &[u8]) -> Result<(), LockError> {
+    if value.len() > VALUE_BYTES_MAX {
+        return Err(LockError::InvalidArgument(format!(
+            "value is {} bytes, more than the {VALUE_BYTES_MAX}-byte limit",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Decodes wire bytes as a UTF-8 name and checks its length.
+pub fn utf8_name<'a>(what: &str, bytes: &'a [u8], max: usize) -> Result<&'a str, LockError> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| LockError::InvalidArgument(format!("{what} is not valid UTF-8")))?;
+    bounded_text(what, text, max)?;
+    Ok(text)
+}
+
+fn bounded_text(what: &str, text: &str, max: usize) -> Result<(), LockError> {
+    if text.is_empty() {
+        return Err(LockError::InvalidArgument(format!("{what} is empty")));
+    }
+    if text.len() > max {
+        return Err(LockError::InvalidArgument(format!(
+            "{what} is {} bytes, more than the {max}-byte limit",
+            text.len()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! [`ConsensusEngine`] on openraft.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::{BasicNode, Config, RaftMetrics, ServerState, SnapshotPolicy};
+use tokio::sync::watch;
+
+use super::log_store::{LogStore, CF_LOG, CF_META};
+use super::network::PeerNetwork;
+use super::service::RaftPeerService;
+use super::state_machine::{StateMachineStore, CF_SNAPSHOT};
+use super::types::Raft;
+use crate::consensus::{
+    AppliedState, CommandResult, ConsensusEngine, EngineError, EngineKind, EngineStatus, LeaderInfo,
+    Leadership, Member, NodeId,
+};
+use crate::lock::Command;
+use crate::rpc::pb::raft::raft_peer_server::RaftPeerServer;
+
+/// Settings of one openraft node.
+#[derive(Debug, Clone)]
+pub struct RaftEngineConfig {
+    /// This node's id; must be a key of `members`.
+    pub node_id: NodeId,
+    /// Every voting member and its address, this node included.
+    pub members: BTreeMap<NodeId, String>,
+    /// Directory of this node's RocksDB.
+    pub data_dir: PathBuf,
+    /// Leader heartbeat period.
+    pub heartbeat: Duration,
+    /// Minimum election timeout; the actual one is drawn from `[min, 2·min)`.
+    pub election_timeout: Duration,
+    /// Build a snapshot after this many log entries.
+    pub snapshot_every_entries: u64,
+}
+
+/// The openraft engine.
+pub struct RaftEngine {
+    raft: Raft,
+    node_id: NodeId,
+    state: Arc<AppliedState>,
+    leadership: watch::Receiver<Leadership>,
+    commit_index: Arc<AtomicU64>,
+    applied_index: Arc<AtomicU64>,
+}
+
+impl RaftEngine {
+    /// Opens storage, starts the node, and forms the cluster if storage is
+    /// fresh (every member initializes with the same membership, which
+    /// openraft's voting makes safe). Returns the engine and the peer service
+    /// to mount on the node's gRPC server.
+    pub async fn start(
+        config: RaftEngineConfig,
+    ) -> anyhow::Result<(Arc<Self>, RaftPeerServer<RaftPeerService>)> {
+        anyhow::ensure!(
+            config.members.contains_key(&config.node_id),
+            "node {} is not among the members {:?}",
+            config.node_id,
+            config.members.keys().collect::<Vec<_>>()
+        );
+        let election_ms = config.election_timeout.as_millis() as u64;
+        let raft_config = Config {
+            cluster_name: "quorumlock".to_string(),
+            heartbeat_interval: config.heartbeat.as_millis() as u64,
+            election_timeout_min: election_ms,
+            election_timeout_max: election_ms * 2,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: 1_000,
+            max_payload_entries: 1_000,
+            install_snapshot_timeout: 10_000,
+            ..Default::default()
+        }
+        .validate()?;
+
+        let db = crate::storage::open(&config.data_dir.join("raft"), &[CF_LOG, CF_META, CF_SNAPSHOT])?;
+        let commit_index = Arc::new(AtomicU64::new(0));
+        let applied_index = Arc::new(AtomicU64::new(0));
+        let state = Arc::new(AppliedState::default());
+        let log_store = LogStore::new(db.clone(), commit_index.clone());
+        let state_machine = StateMachineStore::open(db, state.clone(), applied_index.clone())?;
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            PeerNetwork,
+            log_store,
+            state_machine,
+        )
+        .await?;
+
+        if !raft.is_initialized().await? {
+            let members: BTreeMap<NodeId, BasicNode> = config
+                .members
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+                .collect();
+            match raft.initialize(members).await {
+                Ok(()) => tracing::info!(node = config.node_id, "initialized a fresh cluster membership"),
+                // Another member's log reached us first: nothing to do.
+                Err(RaftError::APIError(error)) => {
+                    tracing::info!(node = config.node_id, %error, "membership already initialized")
+                }
+                Err(RaftError::Fatal(error)) => return Err(error.into()),
+            }
+        }
+
+        let (leadership_tx, leadership) = watch::channel(Leadership::default());
+        tokio::spawn(publish_leadership(raft.metrics(), leadership_tx));
+        let engine = Arc::new(RaftEngine {
+            raft: raft.clone(),
+            node_id: config.node_id,
+            state,
+            leadership,
+            commit_index,
+            applied_index,
+        });
+        let service = RaftPeerServer::new(RaftPeerService::new(raft))
+            .max_decoding_message_size(super::network::PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(super::network::PEER_MESSAGE_BYTES_MAX);
+        Ok((engine, service))
+    }
+}
+
+/// Mirrors openraft's metrics into the engine-neutral leadership view.
+async fn publish_leadership(
+    mut metrics: watch::Receiver<RaftMetrics<NodeId, BasicNode>>,
+    leadership: watch::Sender<Leadership>,
+) {
+    loop {
+        let view = leadership_of(&metrics.borrow_and_update());
+        leadership.send_if_modified(|current| {
+            let changed = *current != view;
+            *current = view;
+            changed
+        });
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn leadership_of(metrics: &RaftMetrics<NodeId, BasicNode>) -> Leadership {
+    let leader = metrics.current_leader.and_then(|id| {
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|node| LeaderInfo {
+                id,
+                addr: node.addr.clone(),
+            })
+    });
+    Leadership {
+        term: metrics.current_term,
+        is_self: metrics.state == ServerState::Leader,
+        leader,
+    }
+}
+
+fn leader_of(forward: &ForwardToLeader<NodeId, BasicNode>) -> Option<LeaderInfo> {
+    match (forward.leader_id, &forward.leader_node) {
+        (Some(id), Some(node)) => Some(LeaderInfo {
+            id,
+            addr: node.addr.clone(),
+        }),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl ConsensusEngine for RaftEngine {
+    async fn propose(&self, command: Command) -> Result<CommandResult, EngineError> {
+        match self.raft.client_write(command).await {
+            Ok(response) => response
+                .data
+                .ok_or_else(|| EngineError::Fatal("a normal entry was applied without a result".into())),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(EngineError::NotLeader {
+                    leader: leader_of(&forward),
+                })
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(error))) => Err(
+                EngineError::Fatal(format!("unexpected membership error: {error}")),
+            ),
+            Err(RaftError::Fatal(error)) => Err(fatal(error)),
+        }
+    }
+
+    async fn read_barrier(&self) -> Result<(), EngineError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                Err(EngineError::NotLeader {
+                    leader: leader_of(&forward),
+                })
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error))) => {
+                Err(EngineError::Unavailable(error.to_string()))
+            }
+            Err(RaftError::Fatal(error)) => Err(fatal(error)),
+        }
+    }
+
+    fn state(&self) -> &Arc<AppliedState> {
+        &self.state
+    }
+
+    fn leadership(&self) -> watch::Receiver<Leadership> {
+        self.leadership.clone()
+    }
+
+    fn status(&self) -> EngineStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        let members = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| Member {
+                id: *id,
+                addr: node.addr.clone(),
+            })
+            .collect();
+        EngineStatus {
+            node_id: self.node_id,
+            engine: EngineKind::Raft,
+            leadership: leadership_of(&metrics),
+            commit_index: self.commit_index.load(Ordering::Relaxed),
+            applied_index: self.applied_index.load(Ordering::Relaxed),
+            members,
+        }
+    }
+
+    async fn shutdown(&self) -> Result<(), EngineError> {
+        self.raft
+            .shutdown()
+            .await
+            .map_err(|error| EngineError::Fatal(format!("raft task failed while stopping: {error}")))
+    }
+}
+
+fn fatal(error: openraft::error::Fatal<NodeId>) -> EngineError {
+    match error {
+        openraft::error::Fatal::Stopped => EngineError::ShuttingDown,
+        other => EngineError::Fatal(other.to_string()),
+    }
+}

@@ -1,0 +1,14 @@
+//! The openraft engine: log and vote in RocksDB, the lock state machine
+//! applied in memory with persisted snapshots, and a tonic peer transport.
+
+pub mod engine;
+pub mod log_store;
+pub mod network;
+pub mod service;
+pub mod state_machine;
+pub mod types;
+
+pub use engine::{RaftEngine, RaftEngineConfig};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,512 @@
+//! `quorumlock.v1.Lock`: validates requests, routes them to the leader, and
+//! turns them into lock commands and linearizable reads.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::forward::{forwarded, Forwarder};
+use super::pb::v1 as pb;
+use super::pb::v1::lock_client::LockClient;
+use super::status::{budget, client_timeout, from_engine_error, from_lock_error, is_forwarded, unavailable};
+use crate::consensus::{ConsensusEngine, StateNotice};
+use crate::lock::limits::{KEY_BYTES_MAX, LOCK_NAME_BYTES_MAX};
+use crate::lock::{validate, Command, Event, Fence, LockState, Outcome, SessionId};
+use crate::server::leases::{Leases, RenewError};
+
+/// Bound of each keepalive stream's outgoing queue.
+pub const KEEPALIVE_QUEUE_MAX: usize = 16;
+/// Longest time a queued `Acquire` may wait.
+pub const WAIT_MS_MAX: u64 = 3_600_000;
+
+/// Settings of the lock service.
+#[derive(Debug, Clone)]
+pub struct LockServiceConfig {
+    /// Longest time spent ordering one command or confirming one read, even
+    /// when the client set no deadline.
+    pub request_timeout: Duration,
+}
+
+/// Serves `quorumlock.v1.Lock` on one node.
+pub struct LockService {
+    engine: Arc<dyn ConsensusEngine>,
+    leases: Arc<Leases>,
+    forwarder: Arc<Forwarder>,
+    config: LockServiceConfig,
+}
+
+enum Route {
+    Local,
+    Forward(LockClient<Channel>),
+}
+
+/// Forwards the request to the leader and returns its answer, unless this
+/// node is the leader.
+macro_rules! forward_unless_leader {
+    ($service:ident, $request:ident, $method:ident) => {
+        if let Route::Forward(mut client) = $service.route(&$request)? {
+            let timeout = client_timeout(&$request);
+            return client.$method(forwarded($request.into_inner(), timeout)).await;
+        }
+    };
+}
+
+impl LockService {
+    /// Serves the lock API over `engine`, answering keepalives from `leases`.
+    pub fn new(engine: Arc<dyn ConsensusEngine>, leases: Arc<Leases>, config: LockServiceConfig) -> Self {
+        LockService {
+            engine,
+            leases,
+            forwarder: Arc::new(Forwarder::default()),
+            config,
+        }
+    }
+
+    fn route<T>(&self, request: &Request<T>) -> Result<Route, Status> {
+        let view = self.engine.leadership().borrow().clone();
+        if view.is_self {
+            return Ok(Route::Local);
+        }
+        match view.leader {
+            Some(leader) if !is_forwarded(request) => {
+                Ok(Route::Forward(self.forwarder.client(&leader.addr)?))
+            }
+            leader => Err(unavailable("this node is not the leader", leader.as_ref())),
+        }
+    }
+
+    /// Orders a command within `budget`; refusals become precise statuses.
+    async fn propose(&self, command: Command, budget: Duration) -> Result<Outcome, Status> {
+        propose_within(self.engine.as_ref(), command, budget).await
+    }
+
+    /// Confirms leadership and catch-up, then reads the applied state.
+    async fn read<R>(&self, budget: Duration, read: impl FnOnce(&LockState) -> R) -> Result<R, Status> {
+        match tokio::time::timeout(budget, self.engine.read_barrier()).await {
+            Err(_) => Err(unavailable(
+                &format!("leadership not confirmed by a quorum within {budget:?}"),
+                self.engine.leadership().borrow().leader.as_ref(),
+            )),
+            Ok(Err(error)) => Err(from_engine_error(error)),
+            Ok(Ok(())) => Ok(self.engine.state().read(read)),
+        }
+    }
+
+    fn budget<T>(&self, request: &Request<T>) -> Duration {
+        budget(request, self.config.request_timeout)
+    }
+
+    /// Waits in the queue for a grant until `wait` passes; leaves the queue
+    /// if it does. Dropping the future (a cancelled call) also leaves it.
+    async fn wait_for_grant(
+        &self,
+        session: SessionId,
+        lock: String,
+        wait: Duration,
+        mut notices: tokio::sync::broadcast::Receiver<StateNotice>,
+    ) -> Result<pb::AcquireResponse, Status> {
+        let mut leave_on_drop = LeaveQueueOnDrop {
+            engine: Some(self.engine.clone()),
+            session,
+            lock: lock.clone(),
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notice = tokio::select! {
+                notice = notices.recv() => notice,
+                _ = tokio::time::sleep_until(deadline) => break,
+            };
+            let granted = match notice {
+                Ok(StateNotice::Event(Event::Granted(grant)))
+                    if grant.session == session && grant.lock == lock =>
+                {
+                    Some(grant.token)
+                }
+                Ok(StateNotice::Event(Event::SessionEnded { session: ended })) if ended == session => {
+                    leave_on_drop.disarm();
+                    return Err(session_ended_while_waiting(session));
+                }
+                Ok(StateNotice::Event(_)) => continue,
+                // Notices were missed or the state was replaced: look instead.
+                Ok(StateNotice::Restored) | Err(RecvError::Lagged(_)) => {
+                    match self
+                        .engine
+                        .state()
+                        .read(|state| waiter_status(state, session, &lock))
+                    {
+                        WaiterStatus::Holds(token) => Some(token),
+                        WaiterStatus::SessionGone => {
+                            leave_on_drop.disarm();
+                            return Err(session_ended_while_waiting(session));
+                        }
+                        WaiterStatus::Waiting => continue,
+                    }
+                }
+                Err(RecvError::Closed) => return Err(Status::unavailable("node is shutting down")),
+            };
+            if let Some(token) = granted {
+                leave_on_drop.disarm();
+                return Ok(pb::AcquireResponse {
+                    acquired: true,
+                    token,
+                });
+            }
+        }
+        // The wait passed: leave the queue. A grant may have raced with the
+        // deadline, in which case the session holds the lock and says so.
+        leave_on_drop.disarm();
+        self.propose(
+            Command::CancelWait {
+                session,
+                lock: lock.clone(),
+            },
+            self.config.request_timeout,
+        )
+        .await?;
+        match self
+            .engine
+            .state()
+            .read(|state| waiter_status(state, session, &lock))
+        {
+            WaiterStatus::Holds(token) => Ok(pb::AcquireResponse {
+                acquired: true,
+                token,
+            }),
+            _ => Ok(pb::AcquireResponse {
+                acquired: false,
+                token: 0,
+            }),
+        }
+    }
+}
+
+async fn propose_within(
+    engine: &dyn ConsensusEngine,
+    command: Command,
+    budget: Duration,
+) -> Result<Outcome, Status> {
+    match tokio::time::timeout(budget, engine.propose(command)).await {
+        Err(_) => Err(unavailable(
+            &format!("command not committed within {budget:?}: no quorum reachable"),
+            engine.leadership().borrow().leader.as_ref(),
+        )),
+        Ok(Err(error)) => Err(from_engine_error(error)),
+        Ok(Ok(Err(refusal))) => Err(from_lock_error(refusal)),
+        Ok(Ok(Ok(outcome))) => Ok(outcome),
+    }
+}
+
+enum WaiterStatus {
+    Holds(u64),
+    Waiting,
+    SessionGone,
+}
+
+fn waiter_status(state: &LockState, session: SessionId, lock: &str) -> WaiterStatus {
+    if state.session(session).is_none() {
+        return WaiterStatus::SessionGone;
+    }
+    match state.describe(lock).holder {
+        Some((holder, token)) if holder == session => WaiterStatus::Holds(token),
+        _ => WaiterStatus::Waiting,
+    }
+}
+
+fn session_ended_while_waiting(session: SessionId) -> Status {
+    Status::not_found(format!(
+        "session {session} ended (closed or expired) while waiting"
+    ))
+}
+
+/// Proposes `CancelWait` in the background if the waiting call goes away.
+struct LeaveQueueOnDrop {
+    engine: Option<Arc<dyn ConsensusEngine>>,
+    session: SessionId,
+    lock: String,
+}
+
+impl LeaveQueueOnDrop {
+    fn disarm(&mut self) {
+        self.engine = None;
+    }
+}
+
+impl Drop for LeaveQueueOnDrop {
+    fn drop(&mut self) {
+        if let Some(engine) = self.engine.take() {
+            let command = Command::CancelWait {
+                session: self.session,
+                lock: std::mem::take(&mut self.lock),
+            };
+            tokio::spawn(async move {
+                if let Err(status) = propose_within(engine.as_ref(), command, Duration::from_secs(5)).await {
+                    tracing::debug!(%status, "a cancelled waiter could not leave its queue");
+                }
+            });
+        }
+    }
+}
+
+fn unexpected(outcome: Outcome) -> Status {
+    Status::internal(format!("unexpected state machine outcome {outcome:?}"))
+}
+
+fn lock_name(bytes: &[u8]) -> Result<String, Status> {
+    validate::utf8_name("lock name", bytes, LOCK_NAME_BYTES_MAX)
+        .map(str::to_string)
+        .map_err(from_lock_error)
+}
+
+fn key(bytes: &[u8]) -> Result<String, Status> {
+    validate::utf8_name("key", bytes, KEY_BYTES_MAX)
+        .map(str::to_string)
+        .map_err(from_lock_error)
+}
+
+fn fence(fence: Option<&pb::Fence>) -> Result<Fence, Status> {
+    let fence = fence.ok_or_else(|| {
+        Status::invalid_argument("fence is required: the lock and token that guard the write")
+    })?;
+    Ok(Fence {
+        lock: lock_name(&fence.lock)?,
+        token: fence.token,
+    })
+}
+
+type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<pb::KeepAliveResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::lock_server::Lock for LockService {
+    async fn open_session(
+        &self,
+        request: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        let ttl_ms = request.get_ref().ttl_ms;
+        validate::ttl_ms(ttl_ms).map_err(from_lock_error)?;
+        forward_unless_leader!(self, request, open_session);
+        match self
+            .propose(Command::OpenSession { ttl_ms }, self.budget(&request))
+            .await?
+        {
+            Outcome::SessionOpened { session, ttl_ms } => {
+                self.leases.opened(session, Duration::from_millis(ttl_ms));
+                Ok(Response::new(pb::OpenSessionResponse {
+                    session_id: session,
+                    ttl_ms,
+                }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    type KeepAliveStream = KeepAliveStream;
+
+    async fn keep_alive(
+        &self,
+        request: Request<Streaming<pb::KeepAliveRequest>>,
+    ) -> Result<Response<Self::KeepAliveStream>, Status> {
+        if let Route::Forward(mut client) = self.route(&request)? {
+            // Relay the whole stream: the leader answers every renewal.
+            let inbound = request
+                .into_inner()
+                .take_while(|message| futures::future::ready(message.is_ok()))
+                .filter_map(|message| futures::future::ready(message.ok()));
+            let replies = client.keep_alive(forwarded(inbound, None)).await?.into_inner();
+            return Ok(Response::new(Box::pin(replies)));
+        }
+        let leases = self.leases.clone();
+        let leader = self.engine.leadership();
+        let mut inbound = request.into_inner();
+        let (replies, outbound) = mpsc::channel(KEEPALIVE_QUEUE_MAX);
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = inbound.next().await {
+                let session = message.session_id;
+                let reply = match leases.renew(session) {
+                    Ok(ttl) => Ok(pb::KeepAliveResponse {
+                        session_id: session,
+                        ttl_ms: ttl.as_millis() as u64,
+                    }),
+                    Err(RenewError::NotFound) => Err(Status::not_found(format!(
+                        "session {session} not found: expired, closed or never opened"
+                    ))),
+                    Err(RenewError::NotLeader) => Err(unavailable(
+                        "this node does not keep leases now; reconnect",
+                        leader.borrow().leader.as_ref(),
+                    )),
+                };
+                let last = reply.is_err();
+                if replies.send(reply).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(outbound))))
+    }
+
+    async fn close_session(
+        &self,
+        request: Request<pb::CloseSessionRequest>,
+    ) -> Result<Response<pb::CloseSessionResponse>, Status> {
+        forward_unless_leader!(self, request, close_session);
+        let session = request.get_ref().session_id;
+        match self
+            .propose(Command::CloseSession { session }, self.budget(&request))
+            .await?
+        {
+            Outcome::SessionEnded { released } => {
+                self.leases.closed(session);
+                Ok(Response::new(pb::CloseSessionResponse { released }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn acquire(
+        &self,
+        request: Request<pb::AcquireRequest>,
+    ) -> Result<Response<pb::AcquireResponse>, Status> {
+        let lock = lock_name(&request.get_ref().name)?;
+        let wait_ms = request.get_ref().wait_ms;
+        if wait_ms > WAIT_MS_MAX {
+            return Err(Status::invalid_argument(format!(
+                "wait_ms {wait_ms} is more than the {WAIT_MS_MAX} ms limit"
+            )));
+        }
+        forward_unless_leader!(self, request, acquire);
+        let session = request.get_ref().session_id;
+        let wait = Duration::from_millis(wait_ms);
+        let wait = match client_timeout(&request) {
+            Some(_) => wait.min(budget(&request, Duration::MAX)),
+            None => wait,
+        };
+        // Subscribe before proposing so that no grant can slip past.
+        let notices = self.engine.state().subscribe();
+        let command = Command::Acquire {
+            session,
+            lock: lock.clone(),
+            wait: wait_ms > 0,
+        };
+        let response = match self.propose(command, self.budget(&request)).await? {
+            Outcome::Acquired { token } => pb::AcquireResponse {
+                acquired: true,
+                token,
+            },
+            Outcome::Busy { .. } => pb::AcquireResponse {
+                acquired: false,
+                token: 0,
+            },
+            Outcome::Queued { .. } => self.wait_for_grant(session, lock, wait, notices).await?,
+            other => return Err(unexpected(other)),
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let lock = lock_name(&request.get_ref().name)?;
+        forward_unless_leader!(self, request, release);
+        let command = Command::Release {
+            session: request.get_ref().session_id,
+            lock,
+            token: request.get_ref().token,
+        };
+        match self.propose(command, self.budget(&request)).await? {
+            Outcome::Released { next } => Ok(Response::new(pb::ReleaseResponse {
+                next_session_id: next.as_ref().map_or(0, |grant| grant.session),
+                next_token: next.as_ref().map_or(0, |grant| grant.token),
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn describe(
+        &self,
+        request: Request<pb::DescribeRequest>,
+    ) -> Result<Response<pb::DescribeResponse>, Status> {
+        let lock = lock_name(&request.get_ref().name)?;
+        forward_unless_leader!(self, request, describe);
+        let view = self
+            .read(self.budget(&request), |state| state.describe(&lock))
+            .await?;
+        let (holder, token) = view.holder.unwrap_or((0, 0));
+        Ok(Response::new(pb::DescribeResponse {
+            held: view.holder.is_some(),
+            holder_session_id: holder,
+            token,
+            queue_length: view.queue_len as u64,
+        }))
+    }
+
+    async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let key = key(&request.get_ref().key)?;
+        validate::value(&request.get_ref().value).map_err(from_lock_error)?;
+        let fence = fence(request.get_ref().fence.as_ref())?;
+        forward_unless_leader!(self, request, put);
+        let budget = self.budget(&request);
+        let value = request.into_inner().value;
+        match self.propose(Command::Put { key, value, fence }, budget).await? {
+            Outcome::Written { .. } => Ok(Response::new(pb::PutResponse {})),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let key = key(&request.get_ref().key)?;
+        forward_unless_leader!(self, request, get);
+        let entry = self
+            .read(self.budget(&request), |state| state.get(&key).cloned())
+            .await?;
+        Ok(Response::new(match entry {
+            Some(entry) => pb::GetResponse {
+                found: true,
+                value: entry.value,
+                written_by: Some(pb::Fence {
+                    lock: entry.written_by.lock.into_bytes(),
+                    token: entry.written_by.token,
+                }),
+            },
+            None => pb::GetResponse::default(),
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let key = key(&request.get_ref().key)?;
+        let fence = fence(request.get_ref().fence.as_ref())?;
+        forward_unless_leader!(self, request, delete);
+        match self
+            .propose(Command::Delete { key, fence }, self.budget(&request))
+            .await?
+        {
+            Outcome::Written { existed } => Ok(Response::new(pb::DeleteResponse { existed })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn check_token(
+        &self,
+        request: Request<pb::CheckTokenRequest>,
+    ) -> Result<Response<pb::CheckTokenResponse>, Status> {
+        let lock = lock_name(&request.get_ref().lock)?;
+        forward_unless_leader!(self, request, check_token);
+        let token = request.get_ref().token;
+        let current = self
+            .read(self.budget(&request), |state| state.current_token(&lock))
+            .await?;
+        Ok(Response::new(pb::CheckTokenResponse {
+            current: current == Some(token),
+            current_token: current.unwrap_or(0),
+        }))
+    }
+}

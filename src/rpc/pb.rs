@@ -1,0 +1,16 @@
+//! Code generated from `proto/` by tonic-build.
+
+/// The public API, package `quorumlock.v1`.
+pub mod v1 {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("quorumlock.v1");
+}
+
+/// The openraft engine's peer transport, package `quorumlock.raft.v1`.
+pub mod raft {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("quorumlock.raft.v1");
+}
+
+/// The encoded file descriptor set of every proto file, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("quorumlock_descriptor");

@@ -1,0 +1,120 @@
+//! Assembles a node: engine, lease keeper, and the gRPC server.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use super::clock::{Clock, MonotonicClock};
+use super::config::NodeConfig;
+use super::leases::{LeaseConfig, Leases};
+use crate::consensus::{ConsensusEngine, EngineKind};
+use crate::raft::{RaftEngine, RaftEngineConfig};
+use crate::rpc::forward::API_MESSAGE_BYTES_MAX;
+use crate::rpc::pb::v1::cluster_server::ClusterServer;
+use crate::rpc::pb::v1::lock_server::LockServer;
+use crate::rpc::{ClusterService, LockService, LockServiceConfig};
+
+/// A running node.
+pub struct Node {
+    engine: Arc<dyn ConsensusEngine>,
+    addr: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Node {
+    /// Starts a node with the operating system's clock.
+    pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
+        Self::start_with_clock(config, Arc::new(MonotonicClock)).await
+    }
+
+    /// Starts a node whose lease keeper reads `clock`.
+    pub async fn start_with_clock(config: NodeConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Node> {
+        config.validate()?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr()?;
+
+        let (engine, peer_service): (Arc<dyn ConsensusEngine>, _) = match config.engine {
+            EngineKind::Raft => {
+                let (engine, service) = RaftEngine::start(RaftEngineConfig {
+                    node_id: config.id,
+                    members: config.peers.clone(),
+                    data_dir: config.data_dir.clone(),
+                    heartbeat: config.heartbeat,
+                    election_timeout: config.election_timeout,
+                    snapshot_every_entries: config.snapshot_every_entries,
+                })
+                .await?;
+                (engine, service)
+            }
+            EngineKind::Paxos => anyhow::bail!("the paxos engine is not available in this build"),
+        };
+
+        let leases = Leases::new(
+            engine.clone(),
+            clock,
+            LeaseConfig {
+                tick: config.heartbeat,
+                checkpoint_interval: config.election_timeout,
+                takeover_grace: config.election_timeout * 2,
+                proposal_timeout: config.request_timeout,
+            },
+        );
+        tokio::spawn(leases.clone().run());
+
+        let lock_service = LockService::new(
+            engine.clone(),
+            leases,
+            LockServiceConfig {
+                request_timeout: config.request_timeout,
+            },
+        );
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(
+                LockServer::new(lock_service)
+                    .max_decoding_message_size(API_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(API_MESSAGE_BYTES_MAX),
+            )
+            .add_service(ClusterServer::new(ClusterService::new(engine.clone())))
+            .add_service(peer_service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = stopped.await;
+            });
+        let server = tokio::spawn(server);
+        tracing::info!(node = config.id, %addr, engine = %config.engine, "node serving");
+        Ok(Node {
+            engine,
+            addr,
+            stop: Some(stop),
+            server,
+        })
+    }
+
+    /// The address the server is bound to.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// The node's engine.
+    pub fn engine(&self) -> &Arc<dyn ConsensusEngine> {
+        &self.engine
+    }
+
+    /// Stops serving and shuts the engine down.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.engine.shutdown().await?;
+        (&mut self.server).await??;
+        Ok(())
+    }
+}
