@@ -10,7 +10,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::forward::{forwarded, Forwarder};
 use super::pb::v1 as pb;
@@ -53,7 +53,10 @@ macro_rules! forward_unless_leader {
     ($service:ident, $request:ident, $method:ident) => {
         if let Route::Forward(mut client) = $service.route(&$request)? {
             let timeout = client_timeout(&$request);
-            return client.$method(forwarded($request.into_inner(), timeout)).await;
+            return client
+                .$method(forwarded($request.into_inner(), timeout))
+                .await
+                .map_err(forwarding_failed);
         }
     };
 }
@@ -254,6 +257,18 @@ impl Drop for LeaveQueueOnDrop {
     }
 }
 
+/// A forwarded call that failed in transport (the leader died mid-call, the
+/// connection reset) is reported as UNAVAILABLE: the client did not cancel
+/// anything, and retrying elsewhere is the right response.
+fn forwarding_failed(status: Status) -> Status {
+    match status.code() {
+        Code::Cancelled | Code::Unknown => {
+            Status::unavailable(format!("forwarding to the leader failed: {}", status.message()))
+        }
+        _ => status,
+    }
+}
+
 fn unexpected(outcome: Outcome) -> Status {
     Status::internal(format!("unexpected state machine outcome {outcome:?}"))
 }
@@ -318,7 +333,12 @@ impl pb::lock_server::Lock for LockService {
                 .into_inner()
                 .take_while(|message| futures::future::ready(message.is_ok()))
                 .filter_map(|message| futures::future::ready(message.ok()));
-            let replies = client.keep_alive(forwarded(inbound, None)).await?.into_inner();
+            let replies = client
+                .keep_alive(forwarded(inbound, None))
+                .await
+                .map_err(forwarding_failed)?
+                .into_inner()
+                .map(|reply| reply.map_err(forwarding_failed));
             return Ok(Response::new(Box::pin(replies)));
         }
         let leases = self.leases.clone();
@@ -399,6 +419,11 @@ impl pb::lock_server::Lock for LockService {
                 token,
             },
             Outcome::Busy { .. } => pb::AcquireResponse {
+                acquired: false,
+                token: 0,
+            },
+            // A try-lock by a session that already waits keeps its place.
+            Outcome::Queued { .. } if wait_ms == 0 => pb::AcquireResponse {
                 acquired: false,
                 token: 0,
             },
