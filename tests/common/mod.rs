@@ -1,0 +1,1056 @@
+//! The harness of the end-to-end suite.
+//!
+//! A [`Cluster`] runs real `quorumlock serve` processes of the built binary on
+//! 127.0.0.1, each with its own port, data directory and log file, and talks
+//! to them over gRPC. Every RPC the suite makes is bounded by a timeout, so a
+//! server that hangs fails the test instead of stalling CI; every wait is a
+//! polling loop with a bounded total, never a fixed sleep used as an
+//! assertion. When a test panics, the cluster prints the tail of every node's
+//! log as it is dropped, so the failure can be diagnosed from the test output.
+//!
+//! Nodes are addressed by index `0..n`; node index `i` has node id `i + 1`.
+
+#![allow(dead_code)]
+
+use std::fmt::Debug;
+use std::fs::OpenOptions;
+use std::future::Future;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use quorumlock::rpc::pb::v1::cluster_client::ClusterClient;
+use quorumlock::rpc::pb::v1::lock_client::LockClient;
+use quorumlock::rpc::pb::v1::{
+    AcquireRequest, AcquireResponse, CheckTokenRequest, CheckTokenResponse, CloseSessionRequest,
+    CloseSessionResponse, DeleteRequest, DeleteResponse, DescribeRequest, DescribeResponse, Fence,
+    GetRequest, GetResponse, KeepAliveRequest, KeepAliveResponse, OpenSessionRequest, OpenSessionResponse,
+    PutRequest, ReleaseRequest, ReleaseResponse, StatusRequest, StatusResponse,
+};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// Bound on one ordinary RPC (not counting a lock wait).
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(20);
+/// Bound on one `Cluster/Status` probe; kept short so polling loops progress.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on opening a TCP/HTTP2 connection to a node.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on waiting for the running nodes to agree on a leader.
+pub const LEADER_WAIT: Duration = Duration::from_secs(60);
+/// Bound on retrying a call that was answered UNAVAILABLE (for example just
+/// after a leader change).
+pub const UNAVAILABLE_RETRY_TOTAL: Duration = Duration::from_secs(30);
+/// Bound on the ordinary "wait until the cluster shows X" loops.
+pub const CONDITION_WAIT: Duration = Duration::from_secs(60);
+/// Heartbeat interval passed to every node.
+pub const HEARTBEAT_MS: u64 = 100;
+/// Election timeout passed to every node. Larger than the server's default so
+/// that a loaded two-core machine running several clusters does not see
+/// spurious elections.
+pub const ELECTION_TIMEOUT_MS: u64 = 1_000;
+/// A lock wait long enough that it never passes during a test.
+pub const LONG_WAIT_MS: u64 = 600_000;
+/// A session TTL long enough that it never runs out during a test, so the
+/// session needs no keepalive.
+pub const LONG_TTL_MS: u64 = 3_600_000;
+
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+const KEEPALIVE_RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+const LOG_TAIL_LINES: usize = 60;
+const START_ATTEMPTS_MAX: usize = 3;
+const CLUSTERS_AT_ONCE_DEFAULT: usize = 2;
+const CLUSTERS_AT_ONCE_VARIABLE: &str = "QUORUMLOCK_TEST_CLUSTERS_MAX";
+
+/// Generates one `#[tokio::test]` per engine for every listed property check.
+///
+/// Each check is an `async fn check_<property>(engine: &str)` in the test
+/// file; the macro wraps it in a module named for the engine, so the test for
+/// Raft is `raft::check_<property>`. Adding an engine is one line here.
+#[macro_export]
+macro_rules! engine_tests {
+    ($($check:ident),+ $(,)?) => {
+        $crate::engine_tests!(@engine raft: $($check),+);
+        // The Multi-Paxos engine joins the suite by uncommenting this line:
+        // $crate::engine_tests!(@engine paxos: $($check),+);
+    };
+    (@engine $engine:ident: $($check:ident),+) => {
+        mod $engine {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    super::$check(stringify!($engine)).await;
+                }
+            )+
+        }
+    };
+}
+
+/// Limits how many clusters one test binary runs at once.
+///
+/// Tests in one file run in parallel threads; three server processes per test
+/// on a two-core machine quickly starve heartbeats, so clusters take a slot
+/// from this semaphore for their lifetime. The bound can be raised with the
+/// `QUORUMLOCK_TEST_CLUSTERS_MAX` environment variable.
+fn cluster_slots() -> Arc<Semaphore> {
+    static SLOTS: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    SLOTS
+        .get_or_init(|| {
+            let clusters_max = std::env::var(CLUSTERS_AT_ONCE_VARIABLE)
+                .ok()
+                .and_then(|value| value.parse::<usize>().ok())
+                .filter(|&value| value > 0)
+                .unwrap_or(CLUSTERS_AT_ONCE_DEFAULT);
+            Arc::new(Semaphore::new(clusters_max))
+        })
+        .clone()
+}
+
+/// One server process slot: fixed id, address and data directory, and the
+/// child process while it runs.
+struct Node {
+    id: u64,
+    addr: SocketAddr,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    child: Mutex<Option<Child>>,
+    starts: Mutex<usize>,
+}
+
+impl Node {
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Why the running nodes did not agree on a leader.
+enum LeaderWait {
+    /// A node's process exited by itself.
+    Exited { index: usize, status: ExitStatus },
+    /// The bounded wait passed; the last observation says why.
+    TimedOut { last: String },
+}
+
+/// A cluster of real server processes on 127.0.0.1.
+pub struct Cluster {
+    engine: String,
+    peers: String,
+    nodes: Vec<Node>,
+    dir: tempfile::TempDir,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Cluster {
+    /// Starts `nodes` fresh nodes of `engine` and waits until every node
+    /// reports the same leader.
+    ///
+    /// Ports are picked by binding port 0 and releasing it; if another process
+    /// takes one of them before the node binds it, the cluster is started
+    /// again on fresh ports.
+    pub async fn start(engine: &str, nodes: usize) -> Cluster {
+        assert!(nodes >= 1, "a cluster needs at least one node");
+        for attempt in 1..=START_ATTEMPTS_MAX {
+            let slot = cluster_slots()
+                .acquire_owned()
+                .await
+                .expect("the cluster semaphore is never closed");
+            let cluster = Cluster::launch(engine, nodes, slot);
+            match cluster.poll_leader(LEADER_WAIT).await {
+                Ok(_) => return cluster,
+                Err(LeaderWait::Exited { index, status })
+                    if attempt < START_ATTEMPTS_MAX && cluster.port_was_taken(index) =>
+                {
+                    eprintln!(
+                        "node {} could not bind {} ({status}); starting the cluster again on fresh ports",
+                        cluster.node_id(index),
+                        cluster.nodes[index].addr
+                    );
+                }
+                Err(LeaderWait::Exited { index, status }) => panic!(
+                    "node {} exited during cluster start ({status}); its log is printed below",
+                    cluster.node_id(index)
+                ),
+                Err(LeaderWait::TimedOut { last }) => panic!(
+                    "the {nodes}-node {engine} cluster elected no agreed leader within {LEADER_WAIT:?}: {last}"
+                ),
+            }
+        }
+        unreachable!("the last start attempt either returns or panics")
+    }
+
+    fn launch(engine: &str, nodes: usize, slot: OwnedSemaphorePermit) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("quorumlock-test-")
+            .tempdir()
+            .expect("create the cluster's temporary directory");
+        let addrs = free_ports(nodes);
+        let peers = addrs
+            .iter()
+            .enumerate()
+            .map(|(index, addr)| format!("{}={addr}", index + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let nodes = addrs
+            .into_iter()
+            .enumerate()
+            .map(|(index, addr)| {
+                let id = index as u64 + 1;
+                Node {
+                    id,
+                    addr,
+                    data_dir: dir.path().join(format!("node-{id}")),
+                    log_path: dir.path().join(format!("node-{id}.log")),
+                    child: Mutex::new(None),
+                    starts: Mutex::new(0),
+                }
+            })
+            .collect();
+        let cluster = Cluster {
+            engine: engine.to_string(),
+            peers,
+            nodes,
+            dir,
+            _slot: slot,
+        };
+        for index in 0..cluster.len() {
+            cluster.spawn(index);
+        }
+        cluster
+    }
+
+    fn spawn(&self, index: usize) {
+        let node = &self.nodes[index];
+        let mut child_slot = node.child.lock().expect("node mutex poisoned");
+        assert!(child_slot.is_none(), "node {} is already running", node.id);
+        let starts = {
+            let mut starts = node.starts.lock().expect("node mutex poisoned");
+            *starts += 1;
+            *starts
+        };
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log_path)
+            .expect("open the node's log file");
+        writeln!(
+            log,
+            "===== harness: start #{starts} of node {} on {} =====",
+            node.id, node.addr
+        )
+        .expect("write the node's log file");
+        let stdout = log.try_clone().expect("clone the log file handle");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_quorumlock"));
+        command
+            .arg("serve")
+            .arg("--id")
+            .arg(node.id.to_string())
+            .arg("--listen")
+            .arg(node.addr.to_string())
+            .arg("--peers")
+            .arg(&self.peers)
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .arg("--engine")
+            .arg(&self.engine)
+            .arg("--heartbeat-ms")
+            .arg(HEARTBEAT_MS.to_string())
+            .arg("--election-timeout-ms")
+            .arg(ELECTION_TIMEOUT_MS.to_string())
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(log);
+        let child = command
+            .spawn()
+            .unwrap_or_else(|error| panic!("spawn node {}: {error}", node.id));
+        *child_slot = Some(child);
+    }
+
+    fn port_was_taken(&self, index: usize) -> bool {
+        let log = std::fs::read(&self.nodes[index].log_path).unwrap_or_default();
+        let log = String::from_utf8_lossy(&log).to_lowercase();
+        log.contains("address already in use") || log.contains("addrinuse")
+    }
+
+    /// The engine the nodes run.
+    pub fn engine(&self) -> &str {
+        &self.engine
+    }
+
+    /// The number of nodes, running or not.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The node id of node index `index`.
+    pub fn node_id(&self, index: usize) -> u64 {
+        self.nodes[index].id
+    }
+
+    /// The address node index `index` listens on.
+    pub fn addr(&self, index: usize) -> SocketAddr {
+        self.nodes[index].addr
+    }
+
+    /// The `http://` URL of node index `index`.
+    pub fn url(&self, index: usize) -> String {
+        self.nodes[index].url()
+    }
+
+    /// The URLs of every node, running or not.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(Node::url).collect()
+    }
+
+    /// Whether node index `index` has a process (it may have crashed since).
+    pub fn is_running(&self, index: usize) -> bool {
+        self.nodes[index]
+            .child
+            .lock()
+            .expect("node mutex poisoned")
+            .is_some()
+    }
+
+    /// The indexes of the nodes that have a process.
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.len()).filter(|&index| self.is_running(index)).collect()
+    }
+
+    /// Kills node index `index` with SIGKILL and reaps it. Panics if the node
+    /// had already exited by itself, since that is a crash worth reporting.
+    pub fn kill(&self, index: usize) {
+        let node = &self.nodes[index];
+        let Some(mut child) = node.child.lock().expect("node mutex poisoned").take() else {
+            return;
+        };
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "node {} had already exited by itself ({status}) when the test meant to kill it",
+                node.id
+            );
+        }
+        // SIGKILL: the node gets no chance to flush anything it has not synced.
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Kills every node.
+    pub fn stop_all(&self) {
+        for index in 0..self.len() {
+            self.kill(index);
+        }
+    }
+
+    /// Starts node index `index` again with the same id, port and data
+    /// directory, killing it first if it still runs. Does not wait for it.
+    pub fn restart(&self, index: usize) {
+        self.kill(index);
+        self.spawn(index);
+    }
+
+    /// Opens a gRPC channel to node index `index`.
+    pub async fn channel(&self, index: usize) -> Channel {
+        let url = self.url(index);
+        connect(&url)
+            .await
+            .unwrap_or_else(|error| panic!("connect to node {} at {url}: {error:#}", self.node_id(index)))
+    }
+
+    /// A `Lock` client connected to node index `index`.
+    pub async fn client(&self, index: usize) -> LockClient<Channel> {
+        LockClient::new(self.channel(index).await)
+    }
+
+    /// A `Lock` client connected to the first running node.
+    pub async fn any_client(&self) -> LockClient<Channel> {
+        let index = *self
+            .running()
+            .first()
+            .expect("no node is running, so no client can connect");
+        self.client(index).await
+    }
+
+    /// A `Lock` client connected to the current leader.
+    pub async fn leader_client(&self) -> LockClient<Channel> {
+        let index = self.wait_for_leader().await;
+        self.client(index).await
+    }
+
+    /// One `Cluster/Status` probe of node index `index`.
+    pub async fn status(&self, index: usize) -> anyhow::Result<StatusResponse> {
+        let mut client = ClusterClient::new(connect(&self.url(index)).await?);
+        let response = tokio::time::timeout(STATUS_TIMEOUT, client.status(StatusRequest {}))
+            .await
+            .map_err(|_| anyhow::anyhow!("Status gave no answer within {STATUS_TIMEOUT:?}"))??;
+        Ok(response.into_inner())
+    }
+
+    /// The index of the leader the running nodes agree on (see
+    /// [`Cluster::wait_for_leader`]).
+    pub async fn leader_index(&self) -> usize {
+        self.wait_for_leader().await
+    }
+
+    /// A running node that is not the leader.
+    pub async fn follower_index(&self) -> usize {
+        let leader = self.wait_for_leader().await;
+        self.running()
+            .into_iter()
+            .find(|&index| index != leader)
+            .expect("no running follower")
+    }
+
+    /// Waits until every running node reports the same nonzero leader, that
+    /// leader is itself running and says it leads, and returns its index.
+    /// Panics after [`LEADER_WAIT`], or when a node exits by itself.
+    pub async fn wait_for_leader(&self) -> usize {
+        match self.poll_leader(LEADER_WAIT).await {
+            Ok(index) => index,
+            Err(LeaderWait::Exited { index, status }) => panic!(
+                "node {} exited by itself ({status}) while the test waited for a leader",
+                self.node_id(index)
+            ),
+            Err(LeaderWait::TimedOut { last }) => panic!(
+                "the running nodes {:?} agreed on no leader within {LEADER_WAIT:?}: {last}",
+                self.running_ids()
+            ),
+        }
+    }
+
+    fn running_ids(&self) -> Vec<u64> {
+        self.running()
+            .into_iter()
+            .map(|index| self.node_id(index))
+            .collect()
+    }
+
+    async fn poll_leader(&self, limit: Duration) -> Result<usize, LeaderWait> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some((index, status)) = self.exited_node() {
+                return Err(LeaderWait::Exited { index, status });
+            }
+            let last = match self.agreed_leader().await {
+                Ok(index) => return Ok(index),
+                Err(why) => why,
+            };
+            if Instant::now() >= deadline {
+                return Err(LeaderWait::TimedOut { last });
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// A node whose process exited by itself, if any. The process is left in
+    /// place so that [`Cluster::kill`] can report it too.
+    fn exited_node(&self) -> Option<(usize, ExitStatus)> {
+        (0..self.len()).find_map(|index| {
+            let mut child = self.nodes[index].child.lock().expect("node mutex poisoned");
+            let status = child.as_mut()?.try_wait().ok()??;
+            Some((index, status))
+        })
+    }
+
+    async fn agreed_leader(&self) -> Result<usize, String> {
+        let running = self.running();
+        if running.is_empty() {
+            return Err("no node is running".to_string());
+        }
+        let mut statuses = Vec::with_capacity(running.len());
+        for &index in &running {
+            let status = self
+                .status(index)
+                .await
+                .map_err(|error| format!("node {}: {error:#}", self.node_id(index)))?;
+            assert_eq!(
+                status.node_id,
+                self.node_id(index),
+                "node index {index} reports the wrong node id"
+            );
+            statuses.push((index, status));
+        }
+        let leader_ids: Vec<u64> = statuses.iter().map(|(_, status)| status.leader_id).collect();
+        let leader_id = leader_ids[0];
+        if leader_id == 0 || leader_ids.iter().any(|&id| id != leader_id) {
+            return Err(format!(
+                "running nodes {:?} report leaders {leader_ids:?}",
+                self.running_ids()
+            ));
+        }
+        let Some((leader_index, leader_status)) = statuses
+            .iter()
+            .find(|(index, _)| self.node_id(*index) == leader_id)
+        else {
+            return Err(format!(
+                "running nodes {:?} follow node {leader_id}, which is not running",
+                self.running_ids()
+            ));
+        };
+        if !leader_status.is_leader {
+            return Err(format!(
+                "the nodes follow node {leader_id}, but it does not say it leads"
+            ));
+        }
+        Ok(*leader_index)
+    }
+
+    /// Opens a session of `ttl_ms` through a running node, retrying while the
+    /// cluster answers UNAVAILABLE, and keeps it alive from a background task
+    /// that sends a keepalive every `ttl_ms / 3` and reconnects to another
+    /// node when its stream breaks.
+    pub async fn session(&self, ttl_ms: u64) -> Session {
+        let id = self.open_session_id(ttl_ms).await;
+        Session {
+            id,
+            ttl_ms,
+            keepalive: Some(KeepAlive::spawn(self.urls(), id, ttl_ms)),
+        }
+    }
+
+    /// Opens a session of `ttl_ms` through a running node, retrying while the
+    /// cluster answers UNAVAILABLE, without any keepalive.
+    pub async fn open_session_id(&self, ttl_ms: u64) -> u64 {
+        let client = self.any_client().await;
+        let opened = retry_unavailable("OpenSession", || open_session(&client, ttl_ms))
+            .await
+            .unwrap_or_else(|status| panic!("OpenSession(ttl_ms = {ttl_ms}) failed: {status:?}"));
+        assert_eq!(opened.ttl_ms, ttl_ms, "OpenSession granted a different TTL");
+        assert_ne!(opened.session_id, 0, "OpenSession returned session id 0");
+        opened.session_id
+    }
+
+    /// The last lines of every node's log, for failure reports.
+    pub fn log_tails(&self) -> String {
+        let mut out = format!("cluster directory: {}\n", self.dir.path().display());
+        for node in &self.nodes {
+            let log = std::fs::read(&node.log_path).unwrap_or_default();
+            let log = String::from_utf8_lossy(&log);
+            let lines: Vec<&str> = log.lines().collect();
+            let from = lines.len().saturating_sub(LOG_TAIL_LINES);
+            out.push_str(&format!(
+                "----- node {} ({}), last {} of {} log lines -----\n",
+                node.id,
+                node.addr,
+                lines.len() - from,
+                lines.len()
+            ));
+            for line in &lines[from..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &self.nodes {
+            let child = node.child.lock().map(|mut child| child.take());
+            if let Ok(Some(mut child)) = child {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_tails());
+        }
+    }
+}
+
+/// Picks `count` distinct free ports on 127.0.0.1. All listeners are held
+/// until every port is picked, so the ports differ from each other.
+fn free_ports(count: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    listeners
+        .iter()
+        .map(|listener| listener.local_addr().expect("local address of a listener"))
+        .collect()
+}
+
+/// Opens a gRPC channel to `url` with bounded connect time.
+pub async fn connect(url: &str) -> anyhow::Result<Channel> {
+    let endpoint = Endpoint::from_shared(url.to_string())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true);
+    let channel = tokio::time::timeout(CONNECT_TIMEOUT * 2, endpoint.connect())
+        .await
+        .map_err(|_| anyhow::anyhow!("connecting to {url} took longer than {:?}", CONNECT_TIMEOUT * 2))??;
+    Ok(channel)
+}
+
+/// A session opened by the test, with its optional keepalive task.
+pub struct Session {
+    /// The session id the cluster assigned.
+    pub id: u64,
+    /// The TTL it was opened with.
+    pub ttl_ms: u64,
+    keepalive: Option<KeepAlive>,
+}
+
+impl Session {
+    /// Stops sending keepalives, as a client that died would. The session
+    /// then expires one TTL after the last keepalive reached the leader.
+    /// Returns how the keepalive task ended.
+    pub async fn stop_keepalive(&mut self) -> Option<KeepAliveEnd> {
+        match self.keepalive.take() {
+            Some(keepalive) => Some(keepalive.stop().await),
+            None => None,
+        }
+    }
+
+    /// Whether the keepalive task has ended by itself (the session is gone).
+    pub fn keepalive_ended(&self) -> bool {
+        self.keepalive
+            .as_ref()
+            .is_some_and(|keepalive| keepalive.is_finished())
+    }
+}
+
+/// How a keepalive task ended.
+#[derive(Debug)]
+pub enum KeepAliveEnd {
+    /// The test stopped it.
+    Stopped,
+    /// A node answered NOT_FOUND: the session is gone.
+    SessionGone(Status),
+}
+
+/// A background task that keeps one session alive.
+pub struct KeepAlive {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<KeepAliveEnd>>,
+}
+
+impl KeepAlive {
+    /// Starts keeping `session_id` alive, sending a renewal every
+    /// `ttl_ms / 3` over a KeepAlive stream to one of `urls`; when a stream
+    /// breaks it moves on to the next URL.
+    pub fn spawn(urls: Vec<String>, session_id: u64, ttl_ms: u64) -> KeepAlive {
+        assert!(!urls.is_empty(), "a keepalive needs at least one node");
+        let (stop_sender, stop_receiver) = oneshot::channel();
+        let period = Duration::from_millis((ttl_ms / 3).max(1));
+        let task = tokio::spawn(keepalive_loop(urls, session_id, period, stop_receiver));
+        KeepAlive {
+            stop: Some(stop_sender),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the task (dropping its stream, as a crashed client would) and
+    /// returns how it ended.
+    pub async fn stop(mut self) -> KeepAliveEnd {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let task = self.task.take().expect("the task is present until stopped");
+        match tokio::time::timeout(RPC_TIMEOUT, task).await {
+            Ok(Ok(end)) => end,
+            Ok(Err(error)) => panic!("the keepalive task failed: {error}"),
+            Err(_) => panic!("the keepalive task did not stop within {RPC_TIMEOUT:?}"),
+        }
+    }
+
+    /// Whether the task has ended by itself.
+    pub fn is_finished(&self) -> bool {
+        self.task.as_ref().is_some_and(JoinHandle::is_finished)
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+async fn keepalive_loop(
+    urls: Vec<String>,
+    session_id: u64,
+    period: Duration,
+    mut stop: oneshot::Receiver<()>,
+) -> KeepAliveEnd {
+    let mut attempt = 0usize;
+    loop {
+        let url = &urls[attempt % urls.len()];
+        attempt += 1;
+        tokio::select! {
+            _ = &mut stop => return KeepAliveEnd::Stopped,
+            gone = keepalive_stream(url, session_id, period) => {
+                if let Some(status) = gone {
+                    return KeepAliveEnd::SessionGone(status);
+                }
+            }
+        }
+        tokio::select! {
+            _ = &mut stop => return KeepAliveEnd::Stopped,
+            _ = tokio::time::sleep(KEEPALIVE_RECONNECT_PAUSE) => {}
+        }
+    }
+}
+
+/// Runs one KeepAlive stream against `url` until it breaks. Returns the
+/// NOT_FOUND status when the session is gone, or `None` when the stream broke
+/// for another reason and should be opened again elsewhere.
+async fn keepalive_stream(url: &str, session_id: u64, period: Duration) -> Option<Status> {
+    let channel = connect(url).await.ok()?;
+    let mut client = LockClient::new(channel);
+    let request = KeepAliveRequest { session_id };
+    let (sender, receiver) = mpsc::channel(4);
+    sender.try_send(request).ok()?;
+    let mut responses =
+        match tokio::time::timeout(RPC_TIMEOUT, client.keep_alive(ReceiverStream::new(receiver))).await {
+            Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(status)) if status.code() == Code::NotFound => return Some(status),
+            Ok(Err(_)) | Err(_) => return None,
+        };
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick completes at once; the first renewal was already sent.
+    ticker.tick().await;
+    let mut last_answer = Instant::now();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                // A stream that stopped answering is abandoned for another
+                // node before the lease could run out.
+                if last_answer.elapsed() > period * 2 {
+                    return None;
+                }
+                // A full buffer means the node is not reading; skipping a
+                // renewal is then better than blocking the loop.
+                if let Err(mpsc::error::TrySendError::Closed(_)) = sender.try_send(request) {
+                    return None;
+                }
+            }
+            message = responses.message() => match message {
+                Ok(Some(_)) => last_answer = Instant::now(),
+                Ok(None) => return None,
+                Err(status) if status.code() == Code::NotFound => return Some(status),
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+/// Awaits one RPC, panicking if it gives no answer within `limit`.
+pub async fn call<T, F>(what: &str, limit: Duration, rpc: F) -> Result<T, Status>
+where
+    F: Future<Output = Result<tonic::Response<T>, Status>>,
+{
+    match tokio::time::timeout(limit, rpc).await {
+        Ok(result) => result.map(tonic::Response::into_inner),
+        Err(_) => panic!("{what} gave no answer within {limit:?}"),
+    }
+}
+
+/// Repeats `attempt` while it is answered UNAVAILABLE, for at most
+/// [`UNAVAILABLE_RETRY_TOTAL`]; returns the first other outcome, or the last
+/// UNAVAILABLE. Only for calls that are safe to repeat.
+pub async fn retry_unavailable<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Status>>,
+{
+    let deadline = Instant::now() + UNAVAILABLE_RETRY_TOTAL;
+    loop {
+        match attempt().await {
+            Err(status) if status.code() == Code::Unavailable && Instant::now() < deadline => {
+                eprintln!("{what}: UNAVAILABLE ({}); retrying", status.message());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// Polls `probe` until it returns `Ok`, for at most `limit`; panics with the
+/// last reason it gave otherwise.
+pub async fn wait_until<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        let last = match probe().await {
+            Ok(value) => return value,
+            Err(why) => why,
+        };
+        if Instant::now() >= deadline {
+            panic!("waited {limit:?} for {what}; last observation: {last}");
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Asserts that `result` is an error with exactly `code`, and returns it.
+pub fn expect_code<T: Debug>(what: &str, result: Result<T, Status>, code: Code) -> Status {
+    match result {
+        Err(status) if status.code() == code => status,
+        Err(status) => panic!(
+            "{what}: expected {code:?}, got {:?}: {}",
+            status.code(),
+            status.message()
+        ),
+        Ok(value) => panic!("{what}: expected {code:?}, got OK: {value:?}"),
+    }
+}
+
+/// The decimal numbers that appear in `text`.
+pub fn numbers_in(text: &str) -> Vec<u64> {
+    text.split(|c: char| !c.is_ascii_digit())
+        .filter(|part| !part.is_empty())
+        .filter_map(|part| part.parse().ok())
+        .collect()
+}
+
+/// Asserts that a status message names every one of `tokens`.
+pub fn assert_names_tokens(what: &str, status: &Status, tokens: &[u64]) {
+    let numbers = numbers_in(status.message());
+    for token in tokens {
+        assert!(
+            numbers.contains(token),
+            "{what}: the message {:?} does not name token {token}",
+            status.message()
+        );
+    }
+}
+
+/// A fence naming `lock` and `token`.
+pub fn fence(lock: &str, token: u64) -> Option<Fence> {
+    Some(Fence {
+        lock: lock.as_bytes().to_vec(),
+        token,
+    })
+}
+
+/// `OpenSession`.
+pub async fn open_session(client: &LockClient<Channel>, ttl_ms: u64) -> Result<OpenSessionResponse, Status> {
+    let mut client = client.clone();
+    call(
+        "OpenSession",
+        RPC_TIMEOUT,
+        client.open_session(OpenSessionRequest { ttl_ms }),
+    )
+    .await
+}
+
+/// `CloseSession`.
+pub async fn close_session(
+    client: &LockClient<Channel>,
+    session_id: u64,
+) -> Result<CloseSessionResponse, Status> {
+    let mut client = client.clone();
+    call(
+        "CloseSession",
+        RPC_TIMEOUT,
+        client.close_session(CloseSessionRequest { session_id }),
+    )
+    .await
+}
+
+/// Opens a KeepAlive stream, sends one renewal and reads one answer.
+/// `Ok(None)` means the stream ended cleanly without an answer.
+pub async fn keep_alive_once(
+    client: &LockClient<Channel>,
+    session_id: u64,
+) -> Result<Option<KeepAliveResponse>, Status> {
+    let mut client = client.clone();
+    let (sender, receiver) = mpsc::channel(1);
+    sender
+        .try_send(KeepAliveRequest { session_id })
+        .expect("a fresh channel has room");
+    let exchange = async {
+        let mut responses = client
+            .keep_alive(ReceiverStream::new(receiver))
+            .await?
+            .into_inner();
+        responses.message().await
+    };
+    let outcome = match tokio::time::timeout(RPC_TIMEOUT, exchange).await {
+        Ok(outcome) => outcome,
+        Err(_) => panic!("KeepAlive gave no answer within {RPC_TIMEOUT:?}"),
+    };
+    // The request stream stays open until the answer arrived.
+    drop(sender);
+    outcome
+}
+
+/// `Acquire`; the RPC bound covers the lock wait.
+pub async fn acquire(
+    client: &LockClient<Channel>,
+    session_id: u64,
+    name: impl AsRef<[u8]>,
+    wait_ms: u64,
+) -> Result<AcquireResponse, Status> {
+    let mut client = client.clone();
+    let request = AcquireRequest {
+        session_id,
+        name: name.as_ref().to_vec(),
+        wait_ms,
+    };
+    call(
+        "Acquire",
+        RPC_TIMEOUT + Duration::from_millis(wait_ms),
+        client.acquire(request),
+    )
+    .await
+}
+
+/// `Acquire` that must grant: panics unless the answer is OK with
+/// `acquired = true`, and returns the token.
+pub async fn acquire_granted(client: &LockClient<Channel>, session_id: u64, name: &str, wait_ms: u64) -> u64 {
+    let granted = acquire(client, session_id, name, wait_ms)
+        .await
+        .unwrap_or_else(|status| panic!("Acquire({name:?}) by session {session_id}: {status:?}"));
+    assert!(
+        granted.acquired,
+        "Acquire({name:?}) by session {session_id} was not granted: {granted:?}"
+    );
+    assert_ne!(granted.token, 0, "a grant carries a nonzero token");
+    granted.token
+}
+
+/// `Release`.
+pub async fn release(
+    client: &LockClient<Channel>,
+    session_id: u64,
+    name: impl AsRef<[u8]>,
+    token: u64,
+) -> Result<ReleaseResponse, Status> {
+    let mut client = client.clone();
+    let request = ReleaseRequest {
+        session_id,
+        name: name.as_ref().to_vec(),
+        token,
+    };
+    call("Release", RPC_TIMEOUT, client.release(request)).await
+}
+
+/// `Describe`.
+pub async fn describe(
+    client: &LockClient<Channel>,
+    name: impl AsRef<[u8]>,
+) -> Result<DescribeResponse, Status> {
+    let mut client = client.clone();
+    let request = DescribeRequest {
+        name: name.as_ref().to_vec(),
+    };
+    call("Describe", RPC_TIMEOUT, client.describe(request)).await
+}
+
+/// `Describe` that must succeed.
+pub async fn describe_ok(client: &LockClient<Channel>, name: &str) -> DescribeResponse {
+    describe(client, name)
+        .await
+        .unwrap_or_else(|status| panic!("Describe({name:?}): {status:?}"))
+}
+
+/// Polls `Describe` until the lock's queue has `queue_length` waiters.
+pub async fn wait_for_queue_length(client: &LockClient<Channel>, name: &str, queue_length: u64) {
+    wait_until(
+        &format!("lock {name:?} to have {queue_length} waiters"),
+        CONDITION_WAIT,
+        || async {
+            let described = describe(client, name)
+                .await
+                .map_err(|status| format!("Describe failed: {status:?}"))?;
+            if described.queue_length == queue_length {
+                Ok(())
+            } else {
+                Err(format!("Describe says {described:?}"))
+            }
+        },
+    )
+    .await
+}
+
+/// `Put`.
+pub async fn put(
+    client: &LockClient<Channel>,
+    key: impl AsRef<[u8]>,
+    value: impl AsRef<[u8]>,
+    fence: Option<Fence>,
+) -> Result<(), Status> {
+    let mut client = client.clone();
+    let request = PutRequest {
+        key: key.as_ref().to_vec(),
+        value: value.as_ref().to_vec(),
+        fence,
+    };
+    call("Put", RPC_TIMEOUT, client.put(request)).await.map(|_| ())
+}
+
+/// `Get`.
+pub async fn get(client: &LockClient<Channel>, key: impl AsRef<[u8]>) -> Result<GetResponse, Status> {
+    let mut client = client.clone();
+    let request = GetRequest {
+        key: key.as_ref().to_vec(),
+    };
+    call("Get", RPC_TIMEOUT, client.get(request)).await
+}
+
+/// `Delete`.
+pub async fn delete(
+    client: &LockClient<Channel>,
+    key: impl AsRef<[u8]>,
+    fence: Option<Fence>,
+) -> Result<DeleteResponse, Status> {
+    let mut client = client.clone();
+    let request = DeleteRequest {
+        key: key.as_ref().to_vec(),
+        fence,
+    };
+    call("Delete", RPC_TIMEOUT, client.delete(request)).await
+}
+
+/// `CheckToken`.
+pub async fn check_token(
+    client: &LockClient<Channel>,
+    lock: impl AsRef<[u8]>,
+    token: u64,
+) -> Result<CheckTokenResponse, Status> {
+    let mut client = client.clone();
+    let request = CheckTokenRequest {
+        lock: lock.as_ref().to_vec(),
+        token,
+    };
+    call("CheckToken", RPC_TIMEOUT, client.check_token(request)).await
+}
+
+/// Asserts that `Describe` shows `holder` holding `lock` with `token` and
+/// `queue_length` waiters.
+pub async fn assert_held(
+    client: &LockClient<Channel>,
+    lock: &str,
+    holder: u64,
+    token: u64,
+    queue_length: u64,
+) {
+    let described = describe_ok(client, lock).await;
+    let expected = DescribeResponse {
+        held: true,
+        holder_session_id: holder,
+        token,
+        queue_length,
+    };
+    assert_eq!(described, expected, "Describe({lock:?})");
+}
+
+/// Asserts that `Describe` shows `lock` free with no waiters.
+pub async fn assert_free(client: &LockClient<Channel>, lock: &str) {
+    let described = describe_ok(client, lock).await;
+    assert!(
+        !described.held && described.holder_session_id == 0 && described.queue_length == 0,
+        "Describe({lock:?}) should show a free lock, got {described:?}"
+    );
+}

@@ -1,0 +1,137 @@
+//! t60: behaviour without a quorum.
+//!
+//! Proves that with two of three nodes stopped, the remaining node, whether
+//! it was the leader or a follower, answers OpenSession, Acquire and Describe
+//! with UNAVAILABLE before a 3 s client deadline: not OK (a minority must not
+//! grant locks or serve linearizable reads), not DEADLINE_EXCEEDED or
+//! CANCELLED (it must not hang). It also proves the cluster serves again once
+//! a quorum is back.
+
+mod common;
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use common::*;
+use quorumlock::rpc::pb::v1::{AcquireRequest, DescribeRequest, OpenSessionRequest};
+use tonic::{Code, Request, Status};
+
+engine_tests!(
+    check_minority_leader_answers_unavailable,
+    check_minority_follower_answers_unavailable,
+);
+
+/// The deadline the client puts on every call (sent as `grpc-timeout`).
+const CLIENT_DEADLINE: Duration = Duration::from_secs(3);
+/// Slack for scheduling on a loaded machine before a missing answer counts
+/// as a hang; the client itself would have given up at the deadline.
+const DEADLINE_SLACK: Duration = Duration::from_secs(2);
+
+/// The leader is the one node left.
+async fn check_minority_leader_answers_unavailable(engine: &str) {
+    let cluster = Cluster::start(engine, 3).await;
+    let survivor = cluster.wait_for_leader().await;
+    check_survivor_answers_unavailable(&cluster, survivor).await;
+}
+
+/// A follower is the one node left.
+async fn check_minority_follower_answers_unavailable(engine: &str) {
+    let cluster = Cluster::start(engine, 3).await;
+    let survivor = cluster.follower_index().await;
+    check_survivor_answers_unavailable(&cluster, survivor).await;
+}
+
+async fn check_survivor_answers_unavailable(cluster: &Cluster, survivor: usize) {
+    let client = cluster.client(survivor).await;
+    let session_id = retry_unavailable("OpenSession", || open_session(&client, LONG_TTL_MS))
+        .await
+        .expect("OpenSession with a quorum")
+        .session_id;
+    let lock = "t60/no-quorum";
+
+    let stopped: Vec<usize> = (0..cluster.len()).filter(|&index| index != survivor).collect();
+    for &index in &stopped {
+        cluster.kill(index);
+    }
+
+    // Right after the kills the survivor may still believe in the old
+    // leadership; a few election timeouts later it knows it has none. Both
+    // situations must be answered UNAVAILABLE.
+    for (round_index, round) in ["just after the kills", "after several election timeouts"]
+        .into_iter()
+        .enumerate()
+    {
+        if round_index > 0 {
+            tokio::time::sleep(Duration::from_millis(3 * ELECTION_TIMEOUT_MS)).await;
+        }
+        let started = Instant::now();
+        let mut client = client.clone();
+        expect_unavailable(
+            &format!("OpenSession {round}"),
+            client.open_session(with_deadline(OpenSessionRequest { ttl_ms: LONG_TTL_MS })),
+        )
+        .await;
+        expect_unavailable(
+            &format!("Acquire {round}"),
+            client.acquire(with_deadline(AcquireRequest {
+                session_id,
+                name: lock.as_bytes().to_vec(),
+                wait_ms: 0,
+            })),
+        )
+        .await;
+        expect_unavailable(
+            &format!("Describe {round}"),
+            client.describe(with_deadline(DescribeRequest {
+                name: lock.as_bytes().to_vec(),
+            })),
+        )
+        .await;
+        eprintln!(
+            "three calls {round} were answered UNAVAILABLE in {:?}",
+            started.elapsed()
+        );
+    }
+
+    // With one stopped node back, the cluster serves again.
+    cluster.restart(stopped[0]);
+    cluster.wait_for_leader().await;
+    let granted = retry_unavailable("Acquire after the quorum is back", || {
+        acquire(&client, session_id, lock, 0)
+    })
+    .await
+    .expect("Acquire after the quorum is back");
+    assert!(granted.acquired, "the lock is free: {granted:?}");
+}
+
+fn with_deadline<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.set_timeout(CLIENT_DEADLINE);
+    request
+}
+
+/// Asserts that `rpc` is answered UNAVAILABLE before the client deadline
+/// (plus scheduling slack).
+async fn expect_unavailable<T: Debug>(
+    what: &str,
+    rpc: impl Future<Output = Result<tonic::Response<T>, Status>>,
+) {
+    match tokio::time::timeout(CLIENT_DEADLINE + DEADLINE_SLACK, rpc).await {
+        Err(_) => panic!(
+            "{what} without a quorum: no answer within the {CLIENT_DEADLINE:?} deadline \
+             (the client would see DEADLINE_EXCEEDED)"
+        ),
+        Ok(Ok(response)) => panic!(
+            "{what} without a quorum was answered OK: {:?}",
+            response.into_inner()
+        ),
+        Ok(Err(status)) => assert_eq!(
+            status.code(),
+            Code::Unavailable,
+            "{what} without a quorum: expected UNAVAILABLE, got {:?}: {}",
+            status.code(),
+            status.message()
+        ),
+    }
+}
