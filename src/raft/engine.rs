@@ -71,7 +71,9 @@ impl RaftEngine {
             election_timeout_min: election_ms,
             election_timeout_max: election_ms * 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
-            max_in_snapshot_log_to_keep: 1_000,
+            // Keep a tail of the log after a snapshot so a briefly lagging follower
+            // catches up from the log rather than a snapshot transfer.
+            max_in_snapshot_log_to_keep: config.snapshot_every_entries.min(1_000),
             max_payload_entries: 1_000,
             install_snapshot_timeout: 10_000,
             ..Default::default()

@@ -213,6 +213,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // replace the one we have.
         self.restore(&snapshot)?;
         self.snapshots.save(&snapshot)?;
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes = snapshot.data.len(), "installed snapshot from the leader");
         Ok(())
     }
 

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use super::pb::v1 as pb;
@@ -23,9 +24,14 @@ impl ClusterService {
 impl pb::cluster_server::Cluster for ClusterService {
     async fn status(
         &self,
-        _request: Request<pb::StatusRequest>,
+        request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let status = self.engine.status();
+        let state_digest = if request.get_ref().include_state_digest {
+            Sha256::digest(self.engine.state().snapshot()).to_vec()
+        } else {
+            Vec::new()
+        };
         let leader = status.leadership.leader.clone();
         Ok(Response::new(pb::StatusResponse {
             node_id: status.node_id,
@@ -44,6 +50,7 @@ impl pb::cluster_server::Cluster for ClusterService {
                 })
                 .collect(),
             is_leader: status.leadership.is_self,
+            state_digest,
         }))
     }
 }

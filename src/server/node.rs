@@ -18,6 +18,9 @@ use crate::rpc::pb::v1::cluster_server::ClusterServer;
 use crate::rpc::pb::v1::lock_server::LockServer;
 use crate::rpc::{ClusterService, LockService, LockServiceConfig};
 
+/// How long in-flight calls get to finish when a node stops.
+pub const SERVER_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A running node.
 pub struct Node {
     engine: Arc<dyn ConsensusEngine>,
@@ -114,7 +117,11 @@ impl Node {
             let _ = stop.send(());
         }
         self.engine.shutdown().await?;
-        (&mut self.server).await??;
+        // Open keepalive streams would hold a graceful stop open for ever.
+        match tokio::time::timeout(SERVER_STOP_GRACE, &mut self.server).await {
+            Ok(result) => result??,
+            Err(_) => self.server.abort(),
+        }
         Ok(())
     }
 }

@@ -140,6 +140,7 @@ enum LeaderWait {
 /// A cluster of real server processes on 127.0.0.1.
 pub struct Cluster {
     engine: String,
+    extra_args: Vec<String>,
     peers: String,
     nodes: Vec<Node>,
     dir: tempfile::TempDir,
@@ -154,13 +155,18 @@ impl Cluster {
     /// takes one of them before the node binds it, the cluster is started
     /// again on fresh ports.
     pub async fn start(engine: &str, nodes: usize) -> Cluster {
+        Cluster::start_with_args(engine, nodes, &[]).await
+    }
+
+    /// Like [`Cluster::start`], passing `extra_args` to every `quorumlock serve`.
+    pub async fn start_with_args(engine: &str, nodes: usize, extra_args: &[&str]) -> Cluster {
         assert!(nodes >= 1, "a cluster needs at least one node");
         for attempt in 1..=START_ATTEMPTS_MAX {
             let slot = cluster_slots()
                 .acquire_owned()
                 .await
                 .expect("the cluster semaphore is never closed");
-            let cluster = Cluster::launch(engine, nodes, slot);
+            let cluster = Cluster::launch(engine, nodes, extra_args, slot);
             match cluster.poll_leader(LEADER_WAIT).await {
                 Ok(_) => return cluster,
                 Err(LeaderWait::Exited { index, status })
@@ -184,7 +190,7 @@ impl Cluster {
         unreachable!("the last start attempt either returns or panics")
     }
 
-    fn launch(engine: &str, nodes: usize, slot: OwnedSemaphorePermit) -> Cluster {
+    fn launch(engine: &str, nodes: usize, extra_args: &[&str], slot: OwnedSemaphorePermit) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("quorumlock-test-")
             .tempdir()
@@ -213,6 +219,7 @@ impl Cluster {
             .collect();
         let cluster = Cluster {
             engine: engine.to_string(),
+            extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
             peers,
             nodes,
             dir,
@@ -262,6 +269,7 @@ impl Cluster {
             .arg(HEARTBEAT_MS.to_string())
             .arg("--election-timeout-ms")
             .arg(ELECTION_TIMEOUT_MS.to_string())
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(log);
@@ -384,7 +392,10 @@ impl Cluster {
     /// One `Cluster/Status` probe of node index `index`.
     pub async fn status(&self, index: usize) -> anyhow::Result<StatusResponse> {
         let mut client = ClusterClient::new(connect(&self.url(index)).await?);
-        let response = tokio::time::timeout(STATUS_TIMEOUT, client.status(StatusRequest {}))
+        let request = StatusRequest {
+            include_state_digest: false,
+        };
+        let response = tokio::time::timeout(STATUS_TIMEOUT, client.status(request))
             .await
             .map_err(|_| anyhow::anyhow!("Status gave no answer within {STATUS_TIMEOUT:?}"))??;
         Ok(response.into_inner())
@@ -525,6 +536,24 @@ impl Cluster {
     }
 
     /// The last lines of every node's log, for failure reports.
+    /// `Cluster/Status` of node index `index` with its state digest.
+    pub async fn status_with_digest(&self, index: usize) -> anyhow::Result<StatusResponse> {
+        let mut client = ClusterClient::new(connect(&self.url(index)).await?);
+        let request = StatusRequest {
+            include_state_digest: true,
+        };
+        let response = tokio::time::timeout(STATUS_TIMEOUT, client.status(request))
+            .await
+            .map_err(|_| anyhow::anyhow!("Status gave no answer within {STATUS_TIMEOUT:?}"))??;
+        Ok(response.into_inner())
+    }
+
+    /// The whole log of node index `index` so far.
+    pub fn log(&self, index: usize) -> String {
+        let log = std::fs::read(&self.nodes[index].log_path).unwrap_or_default();
+        String::from_utf8_lossy(&log).into_owned()
+    }
+
     pub fn log_tails(&self) -> String {
         let mut out = format!("cluster directory: {}\n", self.dir.path().display());
         for node in &self.nodes {
