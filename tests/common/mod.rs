@@ -391,10 +391,21 @@ impl Cluster {
 
     /// One `Cluster/Status` probe of node index `index`.
     pub async fn status(&self, index: usize) -> anyhow::Result<StatusResponse> {
+        self.status_request(index, false).await
+    }
+
+    /// `Cluster/Status` of node index `index` with its state digest.
+    pub async fn status_with_digest(&self, index: usize) -> anyhow::Result<StatusResponse> {
+        self.status_request(index, true).await
+    }
+
+    async fn status_request(
+        &self,
+        index: usize,
+        include_state_digest: bool,
+    ) -> anyhow::Result<StatusResponse> {
         let mut client = ClusterClient::new(connect(&self.url(index)).await?);
-        let request = StatusRequest {
-            include_state_digest: false,
-        };
+        let request = StatusRequest { include_state_digest };
         let response = tokio::time::timeout(STATUS_TIMEOUT, client.status(request))
             .await
             .map_err(|_| anyhow::anyhow!("Status gave no answer within {STATUS_TIMEOUT:?}"))??;
@@ -536,18 +547,6 @@ impl Cluster {
     }
 
     /// The last lines of every node's log, for failure reports.
-    /// `Cluster/Status` of node index `index` with its state digest.
-    pub async fn status_with_digest(&self, index: usize) -> anyhow::Result<StatusResponse> {
-        let mut client = ClusterClient::new(connect(&self.url(index)).await?);
-        let request = StatusRequest {
-            include_state_digest: true,
-        };
-        let response = tokio::time::timeout(STATUS_TIMEOUT, client.status(request))
-            .await
-            .map_err(|_| anyhow::anyhow!("Status gave no answer within {STATUS_TIMEOUT:?}"))??;
-        Ok(response.into_inner())
-    }
-
     /// The whole log of node index `index` so far.
     pub fn log(&self, index: usize) -> String {
         let log = std::fs::read(&self.nodes[index].log_path).unwrap_or_default();
