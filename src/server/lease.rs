@@ -2,14 +2,17 @@
 //! monotonic clock, never in the replicated state.
 //!
 //! A new leader cannot know when each session last renewed with the old one,
-//! so it grants every session its recorded budget plus a grace of one election
-//! timeout. To stop repeated elections from keeping a dead session alive for
-//! ever (etcd #9888), budgets are checkpointed through the log: each takeover
-//! records every session's budget reduced by a quarter TTL, a lease that
-//! decays well below its record is recorded as it is, and only a real
-//! renewal raises the record again. A session that never renews therefore runs out of
-//! budget after at most four takeovers. Live clients renew every third of
-//! their TTL, so neither rule writes to the log for them in steady state.
+//! so it grants every session its recorded budget plus a grace (one maximal
+//! election timeout). To stop repeated elections from keeping a dead session
+//! alive for ever (etcd #9888), budgets are checkpointed through the log:
+//! each takeover records every session's budget reduced by a quarter TTL, a
+//! lease that decays well below its record is recorded as it is, and only a
+//! real renewal raises the record again. A session that never renews has
+//! spent its budget after four takeovers, and the fifth leader grants it no
+//! grace: it expires at once, however short-lived the leaders were. A live
+//! client loses its session this way only if four leaders in a row each fell
+//! before it could renew with them. Live clients renew every third of their
+//! TTL, so in steady state neither rule writes to the log for them.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -71,6 +74,10 @@ impl LeaseTracker {
             if charged != budget {
                 charges.push((id, ms(charged)));
             }
+            // A session whose budget is spent has gone four takeovers without
+            // a recorded renewal; granting it the grace again would let
+            // leaders that live shorter than the grace keep it alive for ever.
+            let grace = if budget.is_zero() { Duration::ZERO } else { grace };
             leases.insert(
                 id,
                 Lease {
@@ -273,8 +280,8 @@ mod tests {
                 assert_eq!(id, 1);
                 recorded = Some(remaining);
             }
-            // Each leader lives only one grace period before the next election.
-            now += GRACE;
+            // Each leader lives only half a grace period before the next election.
+            now += GRACE / 2;
             if !tracker.take_expired(now, 10).is_empty() {
                 assert!(takeover >= 4, "expired too early, after {takeover} takeovers");
                 return;
@@ -284,6 +291,16 @@ mod tests {
             }
         }
         panic!("a session that never renewed survived 10 takeovers");
+    }
+
+    #[test]
+    fn spent_budget_gets_no_grace_so_leaders_shorter_than_the_grace_cannot_keep_it_alive() {
+        let now = Instant::now();
+        let sessions = [(1, session(4_000, Some(0)))];
+        let (mut tracker, charges) =
+            LeaseTracker::take_over(now, GRACE, sessions.iter().map(|(id, s)| (*id, s)));
+        assert!(charges.is_empty(), "nothing is left to charge");
+        assert_eq!(tracker.take_expired(now, 10), vec![1]);
     }
 
     #[test]
