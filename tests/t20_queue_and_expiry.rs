@@ -5,7 +5,9 @@
 //! whose call is cancelled, leaves the queue; that keepalives keep a session
 //! alive well past its TTL; that a holder whose keepalives stop loses its lock
 //! to the queued waiter with a higher token, after which the expired session
-//! is NOT_FOUND; and that closing a session releases its locks.
+//! is NOT_FOUND; that closing a session releases its locks; and that a
+//! keepalive stream ends with NOT_FOUND as soon as its session ends, without
+//! waiting for the client's next renewal (the holder's "lock lost" signal).
 
 mod common;
 
@@ -23,6 +25,7 @@ engine_tests!(
     check_keepalive_keeps_session_alive,
     check_session_expiry_hands_lock_to_waiter,
     check_closed_session_releases_its_locks,
+    check_keepalive_stream_reports_session_end_at_once,
 );
 
 const WAITERS: usize = 100;
@@ -359,4 +362,34 @@ async fn check_closed_session_releases_its_locks(engine: &str) {
     expect_code("KeepAlive of a closed session", renewal, Code::NotFound);
     let closed_again = close_session(&client, holder.id).await;
     expect_code("CloseSession of a closed session", closed_again, Code::NotFound);
+}
+
+/// The keepalive stream of a session that ends is closed with NOT_FOUND by
+/// the server right away: with a 60 s TTL the client renews only every 20 s,
+/// and the stream must end long before that.
+async fn check_keepalive_stream_reports_session_end_at_once(engine: &str) {
+    let cluster = Cluster::start(engine, 3).await;
+    let mut holder = cluster.session(60_000).await;
+    let client = cluster.leader_client().await;
+    acquire_granted(&client, holder.id, "t20/lost", 0).await;
+    // Let the first renewal reach the leader, so the stream watches the session.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !holder.keepalive_ended(),
+        "the stream is open while the session lives"
+    );
+
+    close_session(&client, holder.id).await.expect("CloseSession");
+    wait_until("the keepalive stream to end", Duration::from_secs(10), || async {
+        if holder.keepalive_ended() {
+            Ok(())
+        } else {
+            Err("the keepalive stream is still open".to_string())
+        }
+    })
+    .await;
+    match holder.stop_keepalive().await {
+        Some(KeepAliveEnd::SessionGone(status)) => assert_eq!(status.code(), Code::NotFound, "{status:?}"),
+        other => panic!("the keepalive ended otherwise than with NOT_FOUND: {other:?}"),
+    }
 }

@@ -1,6 +1,7 @@
 //! `quorumlock.v1.Lock`: validates requests, routes them to the leader, and
 //! turns them into lock commands and linearizable reads.
 
+use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -222,6 +223,68 @@ fn waiter_status(state: &LockState, session: SessionId, lock: &str) -> WaiterSta
     }
 }
 
+/// Answers one keepalive stream: every message renews its session; and as
+/// soon as a session renewed on this stream ends (expired or closed), the
+/// stream ends with NOT_FOUND without waiting for the next renewal, so the
+/// holder learns at once that its locks are gone.
+async fn serve_keepalives(
+    leases: Arc<Leases>,
+    engine: Arc<dyn ConsensusEngine>,
+    mut inbound: Streaming<pb::KeepAliveRequest>,
+    replies: mpsc::Sender<Result<pb::KeepAliveResponse, Status>>,
+) {
+    let mut notices = engine.state().subscribe();
+    let mut renewed: BTreeSet<SessionId> = BTreeSet::new();
+    loop {
+        let reply = tokio::select! {
+            message = inbound.next() => {
+                let Some(Ok(message)) = message else { return };
+                let session = message.session_id;
+                match leases.renew(session) {
+                    Ok(ttl) => {
+                        renewed.insert(session);
+                        Ok(pb::KeepAliveResponse {
+                            session_id: session,
+                            ttl_ms: ttl.as_millis() as u64,
+                        })
+                    }
+                    Err(RenewError::NotFound) => Err(session_gone(session)),
+                    Err(RenewError::NotLeader) => Err(unavailable(
+                        "this node does not keep leases now; reconnect",
+                        engine.leadership().borrow().leader.as_ref(),
+                    )),
+                }
+            }
+            notice = notices.recv() => {
+                let ended = match notice {
+                    Ok(StateNotice::Event(Event::SessionEnded { session })) => {
+                        Some(session).filter(|session| renewed.contains(session))
+                    }
+                    Ok(StateNotice::Event(_)) => None,
+                    Ok(StateNotice::Restored) | Err(RecvError::Lagged(_)) => engine
+                        .state()
+                        .read(|state| renewed.iter().copied().find(|session| state.session(*session).is_none())),
+                    Err(RecvError::Closed) => return,
+                };
+                match ended {
+                    Some(session) => Err(session_gone(session)),
+                    None => continue,
+                }
+            }
+        };
+        let last = reply.is_err();
+        if replies.send(reply).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+fn session_gone(session: SessionId) -> Status {
+    Status::not_found(format!(
+        "session {session} not found: expired, closed or never opened"
+    ))
+}
+
 fn session_ended_while_waiting(session: SessionId) -> Status {
     Status::not_found(format!(
         "session {session} ended (closed or expired) while waiting"
@@ -341,32 +404,13 @@ impl pb::lock_server::Lock for LockService {
                 .map(|reply| reply.map_err(forwarding_failed));
             return Ok(Response::new(Box::pin(replies)));
         }
-        let leases = self.leases.clone();
-        let leader = self.engine.leadership();
-        let mut inbound = request.into_inner();
         let (replies, outbound) = mpsc::channel(KEEPALIVE_QUEUE_MAX);
-        tokio::spawn(async move {
-            while let Some(Ok(message)) = inbound.next().await {
-                let session = message.session_id;
-                let reply = match leases.renew(session) {
-                    Ok(ttl) => Ok(pb::KeepAliveResponse {
-                        session_id: session,
-                        ttl_ms: ttl.as_millis() as u64,
-                    }),
-                    Err(RenewError::NotFound) => Err(Status::not_found(format!(
-                        "session {session} not found: expired, closed or never opened"
-                    ))),
-                    Err(RenewError::NotLeader) => Err(unavailable(
-                        "this node does not keep leases now; reconnect",
-                        leader.borrow().leader.as_ref(),
-                    )),
-                };
-                let last = reply.is_err();
-                if replies.send(reply).await.is_err() || last {
-                    return;
-                }
-            }
-        });
+        tokio::spawn(serve_keepalives(
+            self.leases.clone(),
+            self.engine.clone(),
+            request.into_inner(),
+            replies,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(outbound))))
     }
 
