@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use quorumlock::consensus::EngineKind;
-use quorumlock::server::config::{parse_peers, FileConfig};
+use quorumlock::server::config::ServeArgs;
 use quorumlock::server::{Node, NodeConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -47,89 +47,6 @@ struct DevArgs {
     /// Delete the data left by an earlier run first.
     #[arg(long)]
     fresh: bool,
-}
-
-/// Flags of `serve`; each overrides the same setting from `--config`.
-#[derive(Args)]
-struct ServeArgs {
-    /// TOML file with any of the settings below.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// This node's id (1, 2, ...).
-    #[arg(long)]
-    id: Option<u64>,
-    /// Address to serve on, e.g. 127.0.0.1:7001.
-    #[arg(long)]
-    listen: Option<std::net::SocketAddr>,
-    /// Every member as ID=HOST:PORT, comma-separated, this node included.
-    #[arg(long)]
-    peers: Option<String>,
-    /// Directory for this node's data.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Consensus engine: raft or paxos.
-    #[arg(long)]
-    engine: Option<String>,
-    /// Leader heartbeat period in milliseconds [default: 100].
-    #[arg(long)]
-    heartbeat_ms: Option<u64>,
-    /// Minimum election timeout in milliseconds; the actual one is drawn from
-    /// [t, 2t) [default: 500].
-    #[arg(long)]
-    election_timeout_ms: Option<u64>,
-    /// Longest time a node spends ordering one request [default: 5000].
-    #[arg(long)]
-    request_timeout_ms: Option<u64>,
-    /// Snapshot after this many log entries [default: 10000].
-    #[arg(long)]
-    snapshot_every_entries: Option<u64>,
-}
-
-impl ServeArgs {
-    fn into_config(self) -> anyhow::Result<NodeConfig> {
-        let file = match &self.config {
-            Some(path) => FileConfig::load(path)?,
-            None => FileConfig::default(),
-        };
-        let peers = match (self.peers, file.peers) {
-            (Some(text), _) => parse_peers(&text)?,
-            (None, Some(map)) => {
-                let text = map
-                    .iter()
-                    .map(|(id, addr)| format!("{id}={addr}"))
-                    .collect::<Vec<_>>()
-                    .join(",");
-                parse_peers(&text)?
-            }
-            (None, None) => anyhow::bail!("--peers is required (or `peers` in the config file)"),
-        };
-        let engine: EngineKind = self
-            .engine
-            .or(file.engine)
-            .unwrap_or_else(|| "raft".to_string())
-            .parse()
-            .map_err(|error: String| anyhow::anyhow!(error))?;
-        let millis = |flag: Option<u64>, file: Option<u64>, default: u64| {
-            Duration::from_millis(flag.or(file).unwrap_or(default))
-        };
-        Ok(NodeConfig {
-            id: self.id.or(file.id).context("--id is required")?,
-            listen: self.listen.or(file.listen).context("--listen is required")?,
-            peers,
-            data_dir: self
-                .data_dir
-                .or(file.data_dir)
-                .context("--data-dir is required")?,
-            engine,
-            heartbeat: millis(self.heartbeat_ms, file.heartbeat_ms, 100),
-            election_timeout: millis(self.election_timeout_ms, file.election_timeout_ms, 500),
-            request_timeout: millis(self.request_timeout_ms, file.request_timeout_ms, 5_000),
-            snapshot_every_entries: self
-                .snapshot_every_entries
-                .or(file.snapshot_every_entries)
-                .unwrap_or(10_000),
-        })
-    }
 }
 
 #[tokio::main]
