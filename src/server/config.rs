@@ -214,6 +214,11 @@ mod tests {
         cli.serve.into_config()
     }
 
+    /// Parses a whitespace-separated flag line.
+    fn parse_line(line: &str) -> anyhow::Result<NodeConfig> {
+        parse(&line.split_whitespace().collect::<Vec<_>>())
+    }
+
     /// The example in README.md, so that the documented file stays valid.
     fn readme_toml() -> &'static str {
         let readme = include_str!("../../README.md");
@@ -246,16 +251,7 @@ mod tests {
 
     #[test]
     fn flags_alone_make_a_config_with_documented_defaults() {
-        let config = parse(&[
-            "--id",
-            "3",
-            "--listen",
-            "127.0.0.1:7003",
-            "--data-dir",
-            "/tmp/q3",
-            "--peers",
-            "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003",
-        ])
+        let config = parse_line("--id 3 --listen 127.0.0.1:7003 --data-dir /tmp/q3 --peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003")
         .unwrap();
         assert_eq!(config.heartbeat, Duration::from_millis(100));
         assert_eq!(config.request_timeout, Duration::from_millis(5_000));
@@ -265,46 +261,17 @@ mod tests {
 
     #[test]
     fn missing_or_bad_settings_are_clear_errors() {
-        let error = parse(&[
-            "--listen",
-            "127.0.0.1:7001",
-            "--data-dir",
-            "/tmp/q",
-            "--peers",
-            "1=a",
-        ])
-        .unwrap_err();
+        let error = parse_line("--listen 127.0.0.1:7001 --data-dir /tmp/q --peers 1=a").unwrap_err();
         assert!(error.to_string().contains("--id is required"), "{error}");
-        let error = parse(&[
-            "--id",
-            "1",
-            "--listen",
-            "127.0.0.1:7001",
-            "--data-dir",
-            "/tmp/q",
-            "--peers",
-            "1=a",
-            "--engine",
-            "zab",
-        ])
-        .unwrap_err();
+        let error = parse_line("--id 1 --listen 127.0.0.1:7001 --data-dir /tmp/q --peers 1=a --engine zab")
+            .unwrap_err();
         assert!(error.to_string().contains("unknown engine"), "{error}");
         let unknown_key = "id = 1\nlisten = \"127.0.0.1:7001\"\ncolour = \"blue\"\n";
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, unknown_key).unwrap();
         assert!(FileConfig::load(&path).is_err(), "unknown keys are refused");
-        let config = parse(&[
-            "--id",
-            "4",
-            "--listen",
-            "127.0.0.1:7001",
-            "--data-dir",
-            "/tmp/q",
-            "--peers",
-            "1=a,2=b",
-        ])
-        .unwrap();
+        let config = parse_line("--id 4 --listen 127.0.0.1:7001 --data-dir /tmp/q --peers 1=a,2=b").unwrap();
         assert!(config.validate().is_err(), "an id outside the peers is refused");
     }
 
