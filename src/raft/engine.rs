@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{BasicNode, Config, RaftMetrics, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
+use tonic::service::Routes;
 
 use super::log_store::{LogStore, CF_LOG, CF_META};
 use super::network::PeerNetwork;
@@ -53,11 +54,9 @@ pub struct RaftEngine {
 impl RaftEngine {
     /// Opens storage, starts the node, and forms the cluster if storage is
     /// fresh (every member initializes with the same membership, which
-    /// openraft's voting makes safe). Returns the engine and the peer service
-    /// to mount on the node's gRPC server.
-    pub async fn start(
-        config: RaftEngineConfig,
-    ) -> anyhow::Result<(Arc<Self>, RaftPeerServer<RaftPeerService>)> {
+    /// openraft's voting makes safe). Returns the engine and the routes of its
+    /// peer service, to mount on the node's gRPC server.
+    pub async fn start(config: RaftEngineConfig) -> anyhow::Result<(Arc<Self>, Routes)> {
         anyhow::ensure!(
             config.members.contains_key(&config.node_id),
             "node {} is not among the members {:?}",
@@ -124,7 +123,7 @@ impl RaftEngine {
         let service = RaftPeerServer::new(RaftPeerService::new(raft))
             .max_decoding_message_size(super::network::PEER_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(super::network::PEER_MESSAGE_BYTES_MAX);
-        Ok((engine, service))
+        Ok((engine, Routes::new(service)))
     }
 }
 

@@ -7,6 +7,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
 
 use super::clock::{Clock, MonotonicClock};
 use super::config::NodeConfig;
@@ -43,9 +44,10 @@ impl Node {
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
 
-        let (engine, peer_service): (Arc<dyn ConsensusEngine>, _) = match config.engine {
+        // Each engine brings its own peer transport as routes on the node's server.
+        let (engine, peer_routes): (Arc<dyn ConsensusEngine>, Routes) = match config.engine {
             EngineKind::Raft => {
-                let (engine, service) = RaftEngine::start(RaftEngineConfig {
+                let (engine, routes) = RaftEngine::start(RaftEngineConfig {
                     node_id: config.id,
                     members: config.peers.clone(),
                     data_dir: config.data_dir.clone(),
@@ -54,7 +56,7 @@ impl Node {
                     snapshot_every_entries: config.snapshot_every_entries,
                 })
                 .await?;
-                (engine, service)
+                (engine, routes)
             }
             EngineKind::Paxos => anyhow::bail!("the paxos engine is not available in this build"),
         };
@@ -81,13 +83,13 @@ impl Node {
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .add_routes(peer_routes)
             .add_service(
                 LockServer::new(lock_service)
                     .max_decoding_message_size(API_MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(API_MESSAGE_BYTES_MAX),
             )
             .add_service(ClusterServer::new(ClusterService::new(engine.clone())))
-            .add_service(peer_service)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                 let _ = stopped.await;
             });
