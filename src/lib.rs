@@ -9,12 +9,14 @@
 //! - [`lock`]: the pure, deterministic lock state machine;
 //! - [`consensus`]: the engine seam every engine implements;
 //! - [`raft`]: the openraft engine;
+//! - [`paxos`]: the hand-written Multi-Paxos engine;
 //! - [`storage`]: RocksDB helpers shared by engines;
 //! - [`rpc`]: the gRPC services and their conversions;
 //! - [`server`]: node assembly and the session lease driver.
 
 pub mod consensus;
 pub mod lock;
+pub mod paxos;
 pub mod raft;
 pub mod rpc;
 pub mod server;

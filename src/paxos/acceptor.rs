@@ -1,0 +1,115 @@
+//! The acceptor: promises and accepts, each made durable (through
+//! [`Persist`]) before the reply that depends on it is sent — the driver
+//! executes `Ready::persist` before `Ready::messages`.
+
+use super::effects::Persist;
+use super::message::Message;
+use super::replica::{Replica, Role};
+use super::types::{Accepted, Ballot, Slot, Value};
+use crate::consensus::NodeId;
+
+impl Replica {
+    /// Phase 1b. A ballot at or above the promise gets a promise (again, if
+    /// the Prepare was duplicated) carrying what this acceptor accepted above
+    /// the slots it knows chosen; a lower one gets a Nack.
+    pub(super) fn on_prepare(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot) {
+        self.max_seen = self.max_seen.max(ballot);
+        if ballot < self.promised {
+            self.send(
+                from,
+                Message::Nack {
+                    ballot,
+                    promised: self.promised,
+                },
+            );
+            return;
+        }
+        if ballot > self.promised {
+            self.raise_promise(ballot);
+            // A candidate is at work: give it an election timeout before
+            // competing, and stop following the old leader.
+            self.leader = None;
+            self.reset_election_timer();
+        }
+        let above = from_slot.saturating_sub(1).max(self.chosen_upto);
+        let accepted = self
+            .accepted
+            .range(above + 1..)
+            .map(|(slot, record)| (*slot, record.clone()))
+            .collect();
+        self.send(
+            from,
+            Message::Promise {
+                ballot,
+                chosen_upto: self.chosen_upto,
+                accepted,
+            },
+        );
+    }
+
+    /// Phase 2b for a run of slots; also how a follower learns of its
+    /// leader and of the leader's chosen prefix.
+    pub(super) fn on_accept(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        entries: Vec<(Slot, Value)>,
+        leader_chosen_upto: Slot,
+    ) {
+        self.max_seen = self.max_seen.max(ballot);
+        if ballot < self.promised {
+            self.send(
+                from,
+                Message::Nack {
+                    ballot,
+                    promised: self.promised,
+                },
+            );
+            return;
+        }
+        if ballot > self.promised {
+            self.raise_promise(ballot);
+        }
+        self.follow(ballot);
+        let mut slots = Vec::with_capacity(entries.len());
+        for (slot, value) in entries {
+            slots.push(slot);
+            // A slot known chosen keeps its chosen value: the leader's value
+            // for it is necessarily the same, so voting needs no record.
+            if slot <= self.chosen_upto {
+                continue;
+            }
+            if self
+                .accepted
+                .get(&slot)
+                .is_some_and(|record| record.ballot == ballot)
+            {
+                continue; // a duplicate of what is already durable
+            }
+            let record = Accepted { ballot, value };
+            self.ready.persist.push(Persist::Accept {
+                slot,
+                accepted: record.clone(),
+            });
+            self.accepted.insert(slot, record);
+        }
+        self.send(from, Message::Accepted { ballot, slots });
+        self.observe_leader_commit(ballot, leader_chosen_upto);
+    }
+
+    /// Raises the promise (durably) and gives up any role at a lower ballot.
+    pub(super) fn raise_promise(&mut self, ballot: Ballot) {
+        debug_assert!(ballot > self.promised, "promises only rise");
+        self.promised = ballot;
+        self.ready.persist.push(Persist::Promise(ballot));
+        let own_ballot = match &self.role {
+            Role::Follower => None,
+            Role::Probing { ballot, .. } => Some(*ballot),
+            Role::Preparing(preparing) => Some(preparing.ballot),
+            Role::Leading(leading) => Some(leading.ballot),
+        };
+        if own_ballot.is_some_and(|own| own < ballot) {
+            self.step_down();
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! The leader (distinguished proposer): finishes phase 1 by re-proposing
+//! what it recovered, then runs phase 2 only — batching queued commands into
+//! slots, keeping many slots in flight, counting votes, heartbeating, and
+//! confirming read barriers with a quorum.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use super::effects::Persist;
+use super::message::Message;
+use super::replica::{InFlight, Leading, PendingRead, Preparing, Replica, Role};
+use super::types::{Accepted, Ballot, ReadId, Slot, Value};
+use crate::consensus::NodeId;
+
+/// Most slots one `Accept` message carries (recovery can re-propose many).
+pub const ACCEPT_ENTRIES_MAX: usize = 512;
+
+impl Replica {
+    /// Phase 1 succeeded at `preparing.ballot`: recover every slot above the
+    /// highest chosen prefix any promiser reported, fill holes with no-ops,
+    /// and start leading.
+    pub(super) fn become_leader(&mut self, preparing: Preparing) {
+        let ballot = preparing.ballot;
+        debug_assert_eq!(self.promised, ballot, "a leader holds its own promise");
+
+        // Slots up to the best chosen prefix are chosen: learn them, never
+        // re-propose them (their records may be compacted on some promisers).
+        let (max_chosen, source) = preparing
+            .promises
+            .iter()
+            .map(|(node, (chosen_upto, _))| (*chosen_upto, *node))
+            .max()
+            .expect("a quorum is never empty");
+        let mut recovered: BTreeMap<Slot, Accepted> = BTreeMap::new();
+        for (_, accepted) in preparing.promises.into_values() {
+            for (slot, record) in accepted {
+                if slot <= max_chosen {
+                    continue;
+                }
+                match recovered.get(&slot) {
+                    Some(existing) if existing.ballot >= record.ballot => {}
+                    _ => {
+                        recovered.insert(slot, record);
+                    }
+                }
+            }
+        }
+        let last = recovered
+            .last_key_value()
+            .map_or(0, |(slot, _)| *slot)
+            .max(max_chosen)
+            .max(self.chosen_upto);
+
+        self.leader = Some(ballot);
+        self.failed_elections = 0;
+        let heard_at = self.peers().map(|peer| (peer, self.now)).collect();
+        self.role = Role::Leading(Box::new(Leading {
+            ballot,
+            next_slot: last + 1,
+            inflight: BTreeMap::new(),
+            queue: VecDeque::new(),
+            round: 0,
+            round_for_reads: None,
+            acked_round: BTreeMap::new(),
+            heard_at,
+            reads: Vec::new(),
+            next_heartbeat_at: self.now + self.config.heartbeat_ticks,
+            next_quorum_check_at: self.now + self.config.election_ticks,
+        }));
+
+        if max_chosen > self.chosen_upto {
+            self.leader_chosen_upto = self.leader_chosen_upto.max(max_chosen);
+            self.learn_source = Some(source);
+            self.ask_learn();
+        }
+        let mut entries = Vec::new();
+        for slot in max_chosen + 1..=last {
+            let value = recovered.remove(&slot).map_or(Value::Noop, |record| record.value);
+            self.accept_own(slot, value.clone());
+            entries.push((slot, value));
+        }
+        self.broadcast_accepts(ballot, entries);
+        self.send_round();
+        self.check_chosen();
+    }
+
+    /// Cuts queued proposals into slots while the pipeline has room.
+    pub(super) fn flush_proposals(&mut self) {
+        let (batch_max, inflight_max) = (self.config.batch_proposals_max, self.config.inflight_slots_max);
+        let Role::Leading(leading) = &mut self.role else {
+            return;
+        };
+        let ballot = leading.ballot;
+        let mut new_slots = Vec::new();
+        while !leading.queue.is_empty() && leading.inflight.len() < inflight_max {
+            let take = leading.queue.len().min(batch_max);
+            let batch: Vec<_> = leading.queue.drain(..take).collect();
+            let slot = leading.next_slot;
+            leading.next_slot += 1;
+            new_slots.push((slot, Value::Batch(Arc::new(batch))));
+        }
+        if new_slots.is_empty() {
+            return;
+        }
+        for (slot, value) in &new_slots {
+            self.accept_own(*slot, value.clone());
+        }
+        self.broadcast_accepts(ballot, new_slots);
+        self.check_chosen();
+    }
+
+    /// The leader's own acceptance of its proposal (its first vote).
+    fn accept_own(&mut self, slot: Slot, value: Value) {
+        let Role::Leading(leading) = &mut self.role else {
+            unreachable!("only a leader proposes");
+        };
+        let ballot = leading.ballot;
+        leading.inflight.insert(
+            slot,
+            InFlight {
+                value: value.clone(),
+                votes: BTreeSet::from([self.config.id]),
+            },
+        );
+        let record = Accepted { ballot, value };
+        self.ready.persist.push(Persist::Accept {
+            slot,
+            accepted: record.clone(),
+        });
+        self.accepted.insert(slot, record);
+    }
+
+    fn broadcast_accepts(&mut self, ballot: Ballot, entries: Vec<(Slot, Value)>) {
+        for chunk in entries.chunks(ACCEPT_ENTRIES_MAX) {
+            self.broadcast(Message::Accept {
+                ballot,
+                entries: chunk.to_vec(),
+                chosen_upto: self.chosen_upto,
+            });
+        }
+    }
+
+    pub(super) fn on_accepted(&mut self, from: NodeId, ballot: Ballot, slots: Vec<Slot>) {
+        let now = self.now;
+        let Role::Leading(leading) = &mut self.role else {
+            return;
+        };
+        if leading.ballot != ballot {
+            return;
+        }
+        leading.heard_at.insert(from, now);
+        for slot in slots {
+            if let Some(inflight) = leading.inflight.get_mut(&slot) {
+                inflight.votes.insert(from);
+            }
+        }
+        self.check_chosen();
+    }
+
+    /// Moves every slot with a quorum of votes to chosen.
+    fn check_chosen(&mut self) {
+        let majority = self.majority();
+        let Role::Leading(leading) = &mut self.role else {
+            return;
+        };
+        let done: Vec<Slot> = leading
+            .inflight
+            .iter()
+            .filter(|(_, inflight)| inflight.votes.len() >= majority)
+            .map(|(slot, _)| *slot)
+            .collect();
+        if done.is_empty() {
+            return;
+        }
+        for slot in done {
+            let inflight = leading.inflight.remove(&slot).expect("listed above");
+            self.chosen.insert(slot, inflight.value);
+        }
+        self.advance();
+    }
+
+    pub(super) fn tick_leader(&mut self) {
+        let now = self.now;
+        let (heartbeat_ticks, election_ticks, majority) = (
+            self.config.heartbeat_ticks,
+            self.config.election_ticks,
+            self.majority(),
+        );
+        let Role::Leading(leading) = &mut self.role else {
+            return;
+        };
+        if now >= leading.next_quorum_check_at {
+            // Check quorum: a leader that heard from no majority within an
+            // election timeout steps down so that clients look elsewhere.
+            let since = now.saturating_sub(election_ticks);
+            let heard = leading.heard_at.values().filter(|at| **at >= since).count() + 1;
+            leading.next_quorum_check_at = now + election_ticks;
+            if heard < majority {
+                tracing::warn!(
+                    node = self.config.id,
+                    heard,
+                    "leader lost touch with a quorum; stepping down"
+                );
+                self.step_down();
+                return;
+            }
+        }
+        if now >= leading.next_heartbeat_at {
+            leading.next_heartbeat_at = now + heartbeat_ticks;
+            // Accepts and their answers may be lost: resend what each peer
+            // has not voted for.
+            let ballot = leading.ballot;
+            let mut resend: BTreeMap<NodeId, Vec<(Slot, Value)>> = BTreeMap::new();
+            for (slot, inflight) in &leading.inflight {
+                for peer in self
+                    .config
+                    .members
+                    .iter()
+                    .filter(|peer| !inflight.votes.contains(peer))
+                {
+                    resend
+                        .entry(*peer)
+                        .or_default()
+                        .push((*slot, inflight.value.clone()));
+                }
+            }
+            let chosen_upto = self.chosen_upto;
+            for (peer, entries) in resend {
+                for chunk in entries.chunks(super::proposer::ACCEPT_ENTRIES_MAX) {
+                    self.send(
+                        peer,
+                        Message::Accept {
+                            ballot,
+                            entries: chunk.to_vec(),
+                            chosen_upto,
+                        },
+                    );
+                }
+            }
+            self.send_round();
+        }
+    }
+
+    /// Sends a heartbeat round; its quorum of acknowledgements confirms
+    /// leadership for reads that began before it.
+    fn send_round(&mut self) {
+        let Role::Leading(leading) = &mut self.role else {
+            return;
+        };
+        leading.round += 1;
+        let message = Message::Heartbeat {
+            ballot: leading.ballot,
+            chosen_upto: self.chosen_upto,
+            seq: leading.round,
+        };
+        self.broadcast(message);
+        self.confirm_reads();
+    }
+
+    pub(super) fn on_heartbeat_ack(&mut self, from: NodeId, ballot: Ballot, seq: u64) {
+        let now = self.now;
+        let Role::Leading(leading) = &mut self.role else {
+            return;
+        };
+        if leading.ballot != ballot {
+            return;
+        }
+        leading.heard_at.insert(from, now);
+        let acked = leading.acked_round.entry(from).or_insert(0);
+        *acked = (*acked).max(seq);
+        self.confirm_reads();
+    }
+
+    /// A read barrier: its index is every slot assigned so far (which covers
+    /// every command acknowledged before the read began, including those
+    /// recovered in phase 1); it waits for a heartbeat round sent after it
+    /// began to reach a quorum, then for apply to reach the index.
+    pub(super) fn start_read(&mut self, id: ReadId) {
+        let Role::Leading(leading) = &mut self.role else {
+            self.ready.reads_failed.push(id);
+            return;
+        };
+        let index = leading.next_slot - 1;
+        let start_round = leading.round_for_reads.is_none();
+        // A round already in flight began before this read: wait for the next.
+        let round = leading.round + 1;
+        leading.reads.push(PendingRead {
+            id,
+            round,
+            index,
+            confirmed: false,
+        });
+        if start_round {
+            leading.round_for_reads = Some(round);
+            self.send_round();
+        }
+    }
+
+    /// Confirms reads whose round reached a quorum and releases those
+    /// whose index is applied; starts the next round for reads still waiting.
+    pub(super) fn confirm_reads(&mut self) {
+        let majority = self.majority();
+        let applied = self.applied;
+        let Role::Leading(leading) = &mut self.role else {
+            return;
+        };
+        if leading.reads.is_empty() {
+            leading.round_for_reads = None;
+            return;
+        }
+        // The highest round acknowledged by a quorum (this node acknowledges
+        // every round it sent).
+        let mut acked: Vec<u64> = leading.acked_round.values().copied().collect();
+        acked.push(leading.round);
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        let quorum_round = acked.get(majority - 1).copied().unwrap_or(0);
+        for read in &mut leading.reads {
+            if read.round <= quorum_round {
+                read.confirmed = true;
+            }
+        }
+        let ready = &mut self.ready.reads_ready;
+        leading.reads.retain(|read| {
+            let done = read.confirmed && read.index <= applied;
+            if done {
+                ready.push(read.id);
+            }
+            !done
+        });
+        if leading.round_for_reads.is_some_and(|round| round <= quorum_round) {
+            leading.round_for_reads = None;
+        }
+        let waiting = leading.reads.iter().any(|read| !read.confirmed);
+        if waiting && leading.round_for_reads.is_none() {
+            leading.round_for_reads = Some(leading.round + 1);
+            self.send_round();
+        }
+    }
+}
