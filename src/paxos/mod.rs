@@ -10,12 +10,16 @@
 mod acceptor;
 pub mod effects;
 mod election;
+pub mod engine;
 mod learner;
 pub mod message;
 mod proposer;
 pub mod replica;
+pub mod storage;
+pub mod transport;
 pub mod types;
 
+pub use engine::{PaxosEngine, PaxosEngineConfig};
 pub use effects::{Apply, Persist, Ready, Refusal};
 pub use message::{Envelope, Message};
 pub use replica::{DurableState, Replica, ReplicaConfig};

@@ -12,5 +12,11 @@ pub mod raft {
     tonic::include_proto!("quorumlock.raft.v1");
 }
 
+/// The Multi-Paxos engine's peer transport, package `quorumlock.paxos.v1`.
+pub mod paxos {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("quorumlock.paxos.v1");
+}
+
 /// The encoded file descriptor set of every proto file, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("quorumlock_descriptor");

@@ -13,6 +13,7 @@ use super::clock::{Clock, MonotonicClock};
 use super::config::NodeConfig;
 use super::leases::{LeaseConfig, Leases};
 use crate::consensus::{ConsensusEngine, EngineKind};
+use crate::paxos::{PaxosEngine, PaxosEngineConfig};
 use crate::raft::{RaftEngine, RaftEngineConfig};
 use crate::rpc::forward::API_MESSAGE_BYTES_MAX;
 use crate::rpc::pb::v1::cluster_server::ClusterServer;
@@ -58,7 +59,18 @@ impl Node {
                 .await?;
                 (engine, routes)
             }
-            EngineKind::Paxos => anyhow::bail!("the paxos engine is not available in this build"),
+            EngineKind::Paxos => {
+                let (engine, routes) = PaxosEngine::start(PaxosEngineConfig {
+                    node_id: config.id,
+                    members: config.peers.clone(),
+                    data_dir: config.data_dir.clone(),
+                    heartbeat: config.heartbeat,
+                    election_timeout: config.election_timeout,
+                    snapshot_every_entries: config.snapshot_every_entries,
+                })
+                .await?;
+                (engine, routes)
+            }
         };
 
         let leases = Leases::new(

@@ -77,8 +77,7 @@ const CLUSTERS_AT_ONCE_VARIABLE: &str = "QUORUMLOCK_TEST_CLUSTERS_MAX";
 macro_rules! engine_tests {
     ($($check:ident),+ $(,)?) => {
         $crate::engine_tests!(@engine raft: $($check),+);
-        // The Multi-Paxos engine joins the suite by uncommenting this line:
-        // $crate::engine_tests!(@engine paxos: $($check),+);
+        $crate::engine_tests!(@engine paxos: $($check),+);
     };
     (@engine $engine:ident: $($check:ident),+) => {
         mod $engine {
