@@ -351,7 +351,7 @@ impl Driver {
                     tokio::task::block_in_place(|| store.save_snapshot(slot, &data))?;
                     self.state.restore(restored);
                     snapshot_installed = true;
-                    tracing::info!(slot, bytes = data.len(), "installed a snapshot from a peer");
+                    tracing::info!(slot, bytes = data.len(), "installed snapshot from a peer");
                 }
             }
         }
