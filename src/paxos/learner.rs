@@ -104,6 +104,12 @@ impl Replica {
             }
             return;
         }
+        // A peer may be ahead of this node (a new leader asks a random peer,
+        // or a lagging one): there is nothing to serve, and an empty range
+        // must not reach `BTreeMap::range`, which panics on start > end.
+        if from_slot > self.chosen_upto {
+            return;
+        }
         let entries: Vec<Chosen> = self
             .chosen
             .range(from_slot..=self.chosen_upto)
