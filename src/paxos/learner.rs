@@ -61,7 +61,7 @@ impl Replica {
         if self.chosen_upto < self.leader_chosen_upto
             && self
                 .learn_asked_at
-                .is_none_or(|asked| self.now - asked >= retry_ticks)
+                .map_or(true, |asked| self.now - asked >= retry_ticks)
         {
             self.ask_learn();
         }
