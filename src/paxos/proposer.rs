@@ -92,7 +92,8 @@ impl Replica {
         };
         let ballot = leading.ballot;
         let mut new_slots = Vec::new();
-        while !leading.queue.is_empty() && leading.inflight.len() < inflight_max {
+        // The slots cut here enter `inflight` only below, so count them too.
+        while !leading.queue.is_empty() && leading.inflight.len() + new_slots.len() < inflight_max {
             let take = leading.queue.len().min(batch_max);
             let batch: Vec<_> = leading.queue.drain(..take).collect();
             let slot = leading.next_slot;
