@@ -31,6 +31,11 @@ impl Replica {
             .map(|(node, (chosen_upto, _))| (*chosen_upto, *node))
             .max()
             .expect("a quorum is never empty");
+        // This node may have learned past its own promise's prefix during
+        // phase 1, and then resent Prepare with a later `from_slot`:
+        // acceptors answering that omit every slot below it, so those slots
+        // must count as chosen here or they would be filled with no-ops.
+        let max_chosen = max_chosen.max(self.chosen_upto);
         let mut recovered: BTreeMap<Slot, Accepted> = BTreeMap::new();
         for (_, accepted) in preparing.promises.into_values() {
             for (slot, record) in accepted {
