@@ -71,6 +71,7 @@ impl Replica {
             reads: Vec::new(),
             next_heartbeat_at: self.now + self.config.heartbeat_ticks,
             next_quorum_check_at: self.now + self.config.election_ticks,
+            learn_progress: (self.chosen_upto, self.now),
         }));
 
         if max_chosen > self.chosen_upto {
@@ -210,6 +211,26 @@ impl Replica {
                 self.step_down();
                 return;
             }
+        }
+        if self.chosen_upto != leading.learn_progress.0 {
+            leading.learn_progress = (self.chosen_upto, now);
+        } else if self.chosen_upto < self.leader_chosen_upto
+            && now - leading.learn_progress.1 >= election_ticks
+        {
+            // Phase 1 reported slots chosen that no peer can serve any more:
+            // the promiser that knew them restarted, and knowing a slot chosen
+            // is not durable (its accepted records are). A fresh phase 1 asks
+            // the acceptors again and re-proposes those slots from their
+            // records, which a leader may not do at its current ballot
+            // because its promises omitted them.
+            tracing::warn!(
+                node = self.config.id,
+                chosen_upto = self.chosen_upto,
+                reported = self.leader_chosen_upto,
+                "leader cannot learn slots reported chosen; stepping down"
+            );
+            self.step_down();
+            return;
         }
         if now >= leading.next_heartbeat_at {
             leading.next_heartbeat_at = now + heartbeat_ticks;
