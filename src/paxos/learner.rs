@@ -61,7 +61,7 @@ impl Replica {
         if self.chosen_upto < self.leader_chosen_upto
             && self
                 .learn_asked_at
-                .is_none_or(|asked| self.now - asked >= retry_ticks)
+                .map_or(true, |asked| self.now - asked >= retry_ticks)
         {
             self.ask_learn();
         }
@@ -104,6 +104,12 @@ impl Replica {
             }
             return;
         }
+        // A peer may be ahead of this node (a new leader asks a random peer,
+        // or a lagging one): there is nothing to serve, and an empty range
+        // must not reach `BTreeMap::range`, which panics on start > end.
+        if from_slot > self.chosen_upto {
+            return;
+        }
         let entries: Vec<Chosen> = self
             .chosen
             .range(from_slot..=self.chosen_upto)
@@ -125,7 +131,15 @@ impl Replica {
                 continue;
             }
             if let Role::Leading(leading) = &mut self.role {
-                leading.inflight.remove(&slot);
+                // A newer leader may have chosen another value for a slot this
+                // (stale) leader proposed: its commands will never apply here.
+                if let Some(inflight) = leading.inflight.remove(&slot) {
+                    if inflight.value != value {
+                        self.ready
+                            .abandoned
+                            .extend(inflight.value.proposals().iter().map(|proposal| proposal.id));
+                    }
+                }
             }
             self.leader_chosen_upto = self.leader_chosen_upto.max(slot);
             self.chosen.insert(slot, value);
@@ -154,6 +168,18 @@ impl Replica {
                     .extend(inflight.value.proposals().iter().map(|proposal| proposal.id));
             }
         }
+        // This node's own commands known chosen but not yet applied are
+        // covered by the snapshot and will never be applied here one by one:
+        // their callers must hear that the outcome is unknown to this node.
+        let own = self.config.id;
+        let overtaken: Vec<_> = self
+            .chosen
+            .range(self.applied + 1..=slot)
+            .flat_map(|(_, value)| value.proposals())
+            .filter(|proposal| proposal.id.node == own)
+            .map(|proposal| proposal.id)
+            .collect();
+        self.ready.abandoned.extend(overtaken);
         self.forget_upto(slot);
         self.snapshot = Some(data.clone());
         self.chosen_upto = self.chosen_upto.max(slot);

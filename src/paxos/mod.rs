@@ -6,6 +6,9 @@
 //!   RocksDB; `transport` carries messages over tonic; `engine` is the driver
 //!   that executes the core's effects and implements
 //!   [`crate::consensus::ConsensusEngine`].
+//! - `tests` asserts the exact effects of each step; `simulation` runs 3 and
+//!   5 replicas under seeded faults and checks agreement, prefix, durability
+//!   and liveness after every step (see its docs for replaying a seed).
 
 mod acceptor;
 pub mod effects;
@@ -25,5 +28,7 @@ pub use message::{Envelope, Message};
 pub use replica::{DurableState, Replica, ReplicaConfig};
 pub use types::{Accepted, Ballot, Chosen, Proposal, ProposalId, ReadId, Slot, Value};
 
+#[cfg(test)]
+mod simulation;
 #[cfg(test)]
 mod tests;

@@ -31,6 +31,11 @@ impl Replica {
             .map(|(node, (chosen_upto, _))| (*chosen_upto, *node))
             .max()
             .expect("a quorum is never empty");
+        // This node may have learned past its own promise's prefix during
+        // phase 1, and then resent Prepare with a later `from_slot`:
+        // acceptors answering that omit every slot below it, so those slots
+        // must count as chosen here or they would be filled with no-ops.
+        let max_chosen = max_chosen.max(self.chosen_upto);
         let mut recovered: BTreeMap<Slot, Accepted> = BTreeMap::new();
         for (_, accepted) in preparing.promises.into_values() {
             for (slot, record) in accepted {
@@ -66,6 +71,7 @@ impl Replica {
             reads: Vec::new(),
             next_heartbeat_at: self.now + self.config.heartbeat_ticks,
             next_quorum_check_at: self.now + self.config.election_ticks,
+            learn_progress: (self.chosen_upto, self.now),
         }));
 
         if max_chosen > self.chosen_upto {
@@ -92,7 +98,8 @@ impl Replica {
         };
         let ballot = leading.ballot;
         let mut new_slots = Vec::new();
-        while !leading.queue.is_empty() && leading.inflight.len() < inflight_max {
+        // The slots cut here enter `inflight` only below, so count them too.
+        while !leading.queue.is_empty() && leading.inflight.len() + new_slots.len() < inflight_max {
             let take = leading.queue.len().min(batch_max);
             let batch: Vec<_> = leading.queue.drain(..take).collect();
             let slot = leading.next_slot;
@@ -204,6 +211,26 @@ impl Replica {
                 self.step_down();
                 return;
             }
+        }
+        if self.chosen_upto != leading.learn_progress.0 {
+            leading.learn_progress = (self.chosen_upto, now);
+        } else if self.chosen_upto < self.leader_chosen_upto
+            && now - leading.learn_progress.1 >= election_ticks
+        {
+            // Phase 1 reported slots chosen that no peer can serve any more:
+            // the promiser that knew them restarted, and knowing a slot chosen
+            // is not durable (its accepted records are). A fresh phase 1 asks
+            // the acceptors again and re-proposes those slots from their
+            // records, which a leader may not do at its current ballot
+            // because its promises omitted them.
+            tracing::warn!(
+                node = self.config.id,
+                chosen_upto = self.chosen_upto,
+                reported = self.leader_chosen_upto,
+                "leader cannot learn slots reported chosen; stepping down"
+            );
+            self.step_down();
+            return;
         }
         if now >= leading.next_heartbeat_at {
             leading.next_heartbeat_at = now + heartbeat_ticks;

@@ -117,6 +117,9 @@ pub(super) struct Leading {
     pub(super) reads: Vec<PendingRead>,
     pub(super) next_heartbeat_at: u64,
     pub(super) next_quorum_check_at: u64,
+    /// The chosen prefix when it last grew, and the tick it did: a leader
+    /// that cannot learn the slots phase 1 reported chosen steps down.
+    pub(super) learn_progress: (Slot, u64),
 }
 
 /// A replica's role.
