@@ -69,6 +69,9 @@ impl Replica {
             // equal ballot is ours and a different one would have been refused.
             Role::Leading(leading) if leading.ballot == ballot => return,
             Role::Preparing(preparing) if preparing.ballot == ballot => return,
+            // A late message from a leader older than the one followed
+            // changes nothing: the newer ballot is the live one.
+            Role::Follower if self.leader.is_some_and(|followed| followed > ballot) => return,
             Role::Follower => {}
             // A live leader makes a probe (which promised nothing) moot, and
             // a higher ballot ends a lower leadership or phase 1.

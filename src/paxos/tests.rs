@@ -1187,3 +1187,16 @@ fn a_snapshot_over_unapplied_own_commands_reports_them_abandoned() {
         }
     );
 }
+
+#[test]
+fn a_late_heartbeat_from_an_older_leader_does_not_replace_the_newer_one() {
+    let mut follower = fresh(2);
+    let heartbeat = |at: Ballot| Message::Heartbeat {
+        ballot: at,
+        chosen_upto: 0,
+        seq: 1,
+    };
+    follower.step(3, heartbeat(ballot(2, 3)));
+    follower.step(1, heartbeat(ballot(1, 1)));
+    assert_eq!(follower.leader_id(), Some(3), "the newer ballot stays the followed leader");
+}
