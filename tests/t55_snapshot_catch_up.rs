@@ -89,9 +89,7 @@ async fn check_lagging_follower_catches_up_by_snapshot_to_identical_state(engine
         digests[0].0
     );
     assert!(
-        cluster
-            .log(lagging)
-            .contains("installed snapshot from"),
+        cluster.log(lagging).contains("installed snapshot from"),
         "the lagging follower caught up through a snapshot transfer, not the log"
     );
 

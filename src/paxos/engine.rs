@@ -85,7 +85,10 @@ impl PaxosEngine {
             config.node_id,
             config.members.keys().collect::<Vec<_>>()
         );
-        anyhow::ensure!(config.snapshot_every_entries > 0, "snapshot_every_entries must be positive");
+        anyhow::ensure!(
+            config.snapshot_every_entries > 0,
+            "snapshot_every_entries must be positive"
+        );
         let tick = (config.heartbeat / 2).max(Duration::from_millis(1));
         let heartbeat_ticks = 2;
         let election_ticks = (config.election_timeout.as_millis() / tick.as_millis()).max(4) as u64;
@@ -213,9 +216,9 @@ impl ConsensusEngine for PaxosEngine {
         let _ = self.stop.send(true);
         let driver = self.driver.lock().take();
         if let Some(driver) = driver {
-            driver
-                .await
-                .map_err(|error| EngineError::Fatal(format!("paxos driver failed while stopping: {error}")))?;
+            driver.await.map_err(|error| {
+                EngineError::Fatal(format!("paxos driver failed while stopping: {error}"))
+            })?;
         }
         Ok(())
     }
@@ -363,13 +366,17 @@ impl Driver {
         let leader = self.leader_info();
         for id in reads_failed {
             if let Some(reply) = self.reads.remove(&id) {
-                let _ = reply.send(Err(EngineError::NotLeader { leader: leader.clone() }));
+                let _ = reply.send(Err(EngineError::NotLeader {
+                    leader: leader.clone(),
+                }));
             }
         }
         for (id, refusal) in refused {
             if let Some(reply) = self.proposals.remove(&id) {
                 let error = match refusal {
-                    Refusal::NotLeader { .. } => EngineError::NotLeader { leader: leader.clone() },
+                    Refusal::NotLeader { .. } => EngineError::NotLeader {
+                        leader: leader.clone(),
+                    },
                     Refusal::Overloaded => {
                         EngineError::Unavailable("the leader's proposal queue is full".to_string())
                     }
@@ -384,7 +391,8 @@ impl Driver {
                 )));
             }
         }
-        self.chosen_upto.store(self.replica.chosen_upto(), Ordering::Relaxed);
+        self.chosen_upto
+            .store(self.replica.chosen_upto(), Ordering::Relaxed);
         self.applied.store(self.replica.applied(), Ordering::Relaxed);
         self.publish_leadership();
         if !snapshot_installed {
@@ -403,7 +411,11 @@ impl Driver {
         let data = self.state.snapshot();
         let store = &self.store;
         tokio::task::block_in_place(|| store.save_snapshot(applied, &data))?;
-        tracing::debug!(slot = applied, bytes = data.len(), "snapshot taken; log truncated");
+        tracing::debug!(
+            slot = applied,
+            bytes = data.len(),
+            "snapshot taken; log truncated"
+        );
         self.replica.compact(applied, Arc::new(data));
         Ok(())
     }

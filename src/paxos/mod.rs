@@ -22,8 +22,8 @@ pub mod storage;
 pub mod transport;
 pub mod types;
 
-pub use engine::{PaxosEngine, PaxosEngineConfig};
 pub use effects::{Apply, Persist, Ready, Refusal};
+pub use engine::{PaxosEngine, PaxosEngineConfig};
 pub use message::{Envelope, Message};
 pub use replica::{DurableState, Replica, ReplicaConfig};
 pub use types::{Accepted, Ballot, Chosen, Proposal, ProposalId, ReadId, Slot, Value};

@@ -67,7 +67,10 @@ impl PaxosStore {
             None => None,
         };
         let mut accepted = BTreeMap::new();
-        for item in self.db.iterator_cf(cf(&self.db, CF_ACCEPTED), rocksdb::IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf(cf(&self.db, CF_ACCEPTED), rocksdb::IteratorMode::Start)
+        {
             let (key, value) = item?;
             let slot = parse_u64_key(&key)?;
             let record: Accepted = bincode::deserialize(&value)
@@ -98,9 +101,10 @@ impl PaxosStore {
         for record in records {
             match record {
                 Persist::Promise(ballot) => batch.put_cf(meta, KEY_PROMISED, bincode::serialize(ballot)?),
-                Persist::Accept { slot, accepted: record } => {
-                    batch.put_cf(accepted, u64_key(*slot), bincode::serialize(record)?)
-                }
+                Persist::Accept {
+                    slot,
+                    accepted: record,
+                } => batch.put_cf(accepted, u64_key(*slot), bincode::serialize(record)?),
             }
         }
         self.db.write_opt(batch, &synced())?;
@@ -154,7 +158,11 @@ mod tests {
                 .unwrap();
         }
         let state = PaxosStore::open(dir.path()).unwrap().load().unwrap();
-        assert_eq!(state.promised, Ballot { round: 3, node: 2 }, "an accepted ballot implies its promise");
+        assert_eq!(
+            state.promised,
+            Ballot { round: 3, node: 2 },
+            "an accepted ballot implies its promise"
+        );
         assert_eq!(state.accepted.keys().copied().collect::<Vec<_>>(), vec![1, 300]);
         assert!(state.snapshot.is_none());
     }

@@ -1198,5 +1198,9 @@ fn a_late_heartbeat_from_an_older_leader_does_not_replace_the_newer_one() {
     };
     follower.step(3, heartbeat(ballot(2, 3)));
     follower.step(1, heartbeat(ballot(1, 1)));
-    assert_eq!(follower.leader_id(), Some(3), "the newer ballot stays the followed leader");
+    assert_eq!(
+        follower.leader_id(),
+        Some(3),
+        "the newer ballot stays the followed leader"
+    );
 }
