@@ -13,6 +13,7 @@
 //! - [`rpc`]: the gRPC services and their conversions;
 //! - [`server`]: node assembly and the session lease driver.
 
+pub mod client;
 pub mod consensus;
 pub mod lock;
 pub mod raft;
