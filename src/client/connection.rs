@@ -545,24 +545,34 @@ impl Client {
     /// `Cluster/Status` of one endpoint, which need not be one the client
     /// was given; no retries.
     pub async fn status_of(&self, endpoint: &str) -> Result<NodeStatus, ClientError> {
-        let addr = parse_endpoint(endpoint)?;
-        let pool = Pool::new(std::slice::from_ref(&addr), self.inner.config.connect_timeout)?;
-        self.status_on(&pool.current()).await
+        node_status(endpoint, &self.inner.config).await
     }
 
     async fn status_on(&self, picked: &Picked) -> Result<NodeStatus, ClientError> {
-        let timeout = self.inner.config.rpc_timeout;
-        let mut client = ClusterClient::new(picked.channel.clone());
-        let call = client.status(request(pb::StatusRequest::default(), timeout));
-        match tokio::time::timeout(timeout, call).await {
-            Ok(Ok(response)) => Ok(NodeStatus::from_pb(&picked.addr, response.into_inner())),
-            Ok(Err(status)) => Err(ClientError::from_status(&picked.addr, &status)),
-            Err(_) => Err(ClientError::Rpc {
-                endpoint: picked.addr.clone(),
-                code: Code::Unavailable,
-                message: format!("no answer within {timeout:?}"),
-            }),
-        }
+        status_on(picked, self.inner.config.rpc_timeout).await
+    }
+}
+
+/// `Cluster/Status` of one endpoint, without a [`Client`]: for probing
+/// nodes that may not be up yet. No retries; `config` bounds the connection
+/// and the call.
+pub async fn node_status(endpoint: &str, config: &ClientConfig) -> Result<NodeStatus, ClientError> {
+    let addr = parse_endpoint(endpoint)?;
+    let pool = Pool::new(std::slice::from_ref(&addr), config.connect_timeout)?;
+    status_on(&pool.current(), config.rpc_timeout).await
+}
+
+async fn status_on(picked: &Picked, timeout: Duration) -> Result<NodeStatus, ClientError> {
+    let mut client = ClusterClient::new(picked.channel.clone());
+    let call = client.status(request(pb::StatusRequest::default(), timeout));
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(response)) => Ok(NodeStatus::from_pb(&picked.addr, response.into_inner())),
+        Ok(Err(status)) => Err(ClientError::from_status(&picked.addr, &status)),
+        Err(_) => Err(ClientError::Rpc {
+            endpoint: picked.addr.clone(),
+            code: Code::Unavailable,
+            message: format!("no answer within {timeout:?}"),
+        }),
     }
 }
 

@@ -83,7 +83,7 @@ pub enum ClientError {
         message: String,
     },
     /// [`Client::connect`](super::Client::connect) found no endpoint that answers.
-    #[error("no endpoint answered within {waited:?}: {}", join_failures(.failures))]
+    #[error("no endpoint answered within {waited:.1?}: {}", join_failures(.failures))]
     NoEndpointAnswered {
         /// How long the client tried.
         waited: Duration,

@@ -77,6 +77,14 @@ impl LockGuard {
         self.session.watch()
     }
 
+    /// Lets go of the guard without releasing the lock, for handing the
+    /// lock and token to another process; returns its fence. The lock stays
+    /// held as long as its session lives.
+    pub fn detach(mut self) -> Fence {
+        self.released = true;
+        self.fence()
+    }
+
     /// Releases the lock; the first waiter is granted it at once.
     pub async fn release(mut self) -> Result<Released, ClientError> {
         self.released = true;

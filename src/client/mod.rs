@@ -17,7 +17,9 @@ mod session;
 
 pub use backoff::Backoff;
 pub use config::{ClientConfig, ENDPOINTS_MAX, KEEPALIVE_UNANSWERED_MAX, RENEWALS_PER_TTL};
-pub use connection::{Client, Entry, Fence, Holder, LockDescription, NodeStatus, Released, TokenCheck};
+pub use connection::{
+    node_status, Client, Entry, Fence, Holder, LockDescription, NodeStatus, Released, TokenCheck,
+};
 pub use endpoints::{parse_endpoint, parse_endpoint_list};
 pub use error::{code_name, ClientError, EndpointFailure, LostReason};
 pub use guard::LockGuard;

@@ -30,6 +30,8 @@ pub(crate) struct SessionShared {
     lost: watch::Receiver<Option<LostReason>>,
     lost_sender: Arc<watch::Sender<Option<LostReason>>>,
     stop: Mutex<Option<oneshot::Sender<()>>>,
+    /// Set once the owner closed or detached the session: dropping the last
+    /// handle then has nothing to close.
     closed: AtomicBool,
 }
 
@@ -243,6 +245,17 @@ impl Session {
                 None => continue,
             }
         }
+    }
+
+    /// Stops renewing the session and lets go of it without closing it: it
+    /// stays open, with its locks, until one TTL after its last renewal
+    /// unless something else renews it. For handing a session to another
+    /// process; returns its id. Guards taken under it no longer renew it
+    /// either; detach them too so that dropping them does not release.
+    pub fn detach(self) -> u64 {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.stop_keepalive();
+        self.shared.id
     }
 
     /// Closes the session: releases its locks, leaves its queues and stops
