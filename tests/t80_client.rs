@@ -354,3 +354,31 @@ async fn a_dead_endpoint_in_the_list_is_skipped() {
         .expect_err("a TTL below the minimum is refused");
     assert!(matches!(error, ClientError::InvalidArgument(_)), "{error}");
 }
+
+/// The program in `examples/`, run here against a real cluster.
+#[path = "../examples/fenced_counter.rs"]
+mod fenced_counter;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_program_loses_no_increment_when_two_copies_run_at_once() {
+    let cluster = Cluster::start("raft", 3).await;
+    let client = client_of(&cluster).await;
+    let increments = 5;
+    let (first, second) = tokio::join!(
+        bounded(
+            "the first counter",
+            fenced_counter::increment(&client, increments)
+        ),
+        bounded(
+            "the second counter",
+            fenced_counter::increment(&client, increments)
+        ),
+    );
+    let (first, second) = (first.expect("first counter"), second.expect("second counter"));
+    let mut written: Vec<u64> = first.into_iter().chain(second).collect();
+    written.sort_unstable();
+    let expected: Vec<u64> = (1..=u64::from(increments) * 2).collect();
+    assert_eq!(written, expected, "every increment saw the one before it");
+    let entry = client.get(fenced_counter::KEY).await.expect("get").expect("set");
+    assert_eq!(entry.value, (increments * 2).to_string().as_bytes());
+}
