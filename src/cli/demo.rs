@@ -252,6 +252,8 @@ async fn play(args: DemoArgs) -> anyhow::Result<()> {
         c.token()
     ));
     let c_token = c.token();
+    // Leave nothing behind in a cluster the demo may not own.
+    client.delete(&key, &c).await?;
     c.release().await?;
     c_session.close().await?;
     b_session.close().await?;

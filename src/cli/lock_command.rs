@@ -92,10 +92,15 @@ pub async fn lock(args: LockArgs) -> anyhow::Result<i32> {
         tokio::select! {
             status = child.wait() => {
                 let status = status.context("waiting for the command")?;
-                let released = guard.release().await;
-                let closed = session.close().await;
-                released?;
-                closed?;
+                // The command's outcome is what the caller asked for; a
+                // failed release only means the lock lingers until the
+                // session's TTL runs out, so it is reported, not returned.
+                if let Err(error) = guard.release().await {
+                    eprintln!("quorumlock: releasing {:?} failed: {error}", args.name);
+                }
+                if let Err(error) = session.close().await {
+                    eprintln!("quorumlock: closing session failed: {error}");
+                }
                 return Ok(exit_code(status));
             }
             reason = guard.lost() => {
