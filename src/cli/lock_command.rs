@@ -1,0 +1,136 @@
+//! `lock NAME -- CMD ARGS...`: runs a command while holding a lock, and
+//! stops it at once if the lock is lost.
+
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::{parse_duration, ClusterArgs, EXIT_LOCK_LOST, EXIT_NO};
+
+/// Flags of `lock`.
+#[derive(Args)]
+pub struct LockArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// The lock's name.
+    name: String,
+    /// TTL of the session that holds the lock: how long the lock outlives
+    /// this process if it dies or freezes.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    ttl: Duration,
+    /// Give up (exit 3) after waiting this long for the lock [default: wait
+    /// until granted].
+    #[arg(long, value_parser = parse_duration)]
+    wait: Option<Duration>,
+    /// After SIGTERM on a lost lock, how long the command has to exit before
+    /// SIGKILL.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    grace: Duration,
+    /// The command and its arguments.
+    #[arg(required = true, last = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+/// The exit code a shell gives a process that ended with `status`.
+fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        (None, None) => super::EXIT_ERROR,
+    }
+}
+
+fn send(child: &Child, signal: Signal) {
+    if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+        // The child may have exited already; then there is nothing to stop.
+        let _ = kill(Pid::from_raw(pid), signal);
+    }
+}
+
+/// Acquires the lock, runs the command with `QUORUMLOCK_LOCK`,
+/// `QUORUMLOCK_TOKEN`, `QUORUMLOCK_SESSION` and `QUORUMLOCK_ENDPOINTS` in its
+/// environment, releases the lock when it exits, and exits with its code.
+pub async fn lock(args: LockArgs) -> anyhow::Result<i32> {
+    let client = args.cluster.connect().await?;
+    let session = client.session(args.ttl).await?;
+    let guard = match args.wait {
+        Some(wait) => match session.lock_timeout(&args.name, wait).await? {
+            Some(guard) => guard,
+            None => {
+                eprintln!(
+                    "quorumlock: lock {:?} not acquired within {}",
+                    args.name,
+                    humantime::format_duration(wait)
+                );
+                session.close().await?;
+                return Ok(EXIT_NO);
+            }
+        },
+        None => session.lock(&args.name).await?,
+    };
+    let (program, program_args) = args.command.split_first().context("no command given after --")?;
+    let mut child = Command::new(program)
+        .args(program_args)
+        .env("QUORUMLOCK_LOCK", &args.name)
+        .env("QUORUMLOCK_TOKEN", guard.token().to_string())
+        .env("QUORUMLOCK_SESSION", session.id().to_string())
+        .env("QUORUMLOCK_ENDPOINTS", client.endpoints().join(","))
+        .spawn()
+        .with_context(|| format!("starting {program:?}"))?;
+
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing a SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                let status = status.context("waiting for the command")?;
+                // The command's outcome is what the caller asked for; a
+                // failed release only means the lock lingers until the
+                // session's TTL runs out, so it is reported, not returned.
+                if let Err(error) = guard.release().await {
+                    eprintln!("quorumlock: releasing {:?} failed: {error}", args.name);
+                }
+                if let Err(error) = session.close().await {
+                    eprintln!("quorumlock: closing session failed: {error}");
+                }
+                return Ok(exit_code(status));
+            }
+            reason = guard.lost() => {
+                eprintln!(
+                    "quorumlock: lock {:?} lost ({reason}); stopping the command",
+                    args.name
+                );
+                send(&child, Signal::SIGTERM);
+                let status = match tokio::time::timeout(args.grace, child.wait()).await {
+                    Ok(status) => status,
+                    Err(_) => {
+                        eprintln!(
+                            "quorumlock: the command outlived its {} grace; killing it",
+                            humantime::format_duration(args.grace)
+                        );
+                        send(&child, Signal::SIGKILL);
+                        child.wait().await
+                    }
+                }
+                .context("waiting for the command")?;
+                eprintln!("quorumlock: the command was stopped ({status})");
+                return Ok(EXIT_LOCK_LOST);
+            }
+            // Signals meant for the whole job reach the command; the lock is
+            // released when it exits. Ctrl-C is not passed on: the terminal
+            // already sends SIGINT to the command, which is in the same
+            // process group, and a second one could make it skip its cleanup.
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => send(&child, Signal::SIGTERM),
+            _ = hangup.recv() => send(&child, Signal::SIGHUP),
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The subcommands of the `quorumlock` binary, one module per area.
+
+mod demo;
+mod local_cluster;
+mod lock_command;
+mod scripting;
+mod serve;
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use quorumlock::client::{Client, ClientConfig};
+use quorumlock::server::config::ServeArgs;
+
+/// Exit code of a failure (bad input, unreachable cluster, refused call).
+pub const EXIT_ERROR: i32 = 1;
+/// Exit code when the answer is "no": a lock not acquired within the wait,
+/// a key not found.
+pub const EXIT_NO: i32 = 3;
+/// Exit code of `lock` when the lock was lost while the command ran.
+pub const EXIT_LOCK_LOST: i32 = 4;
+
+/// The endpoints `quorumlock dev` serves, used when none are given.
+pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
+
+/// The parsed command line.
+#[derive(Parser)]
+#[command(
+    name = "quorumlock",
+    version,
+    about = "A distributed lock service with fencing tokens",
+    after_help = "Exit codes: 0 success, 1 error, 2 bad usage, 3 not acquired / not found, \
+                  4 lock lost while `lock` ran its command."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs one node of a cluster.
+    Serve(ServeArgs),
+    /// Runs a local cluster on 127.0.0.1 in this process, with no other setup.
+    Dev(serve::DevArgs),
+    /// Plays the paused-client scenario against a local (or given) cluster.
+    Demo(demo::DemoArgs),
+    /// Runs a command while holding a lock.
+    Lock(lock_command::LockArgs),
+    /// Acquires a lock and prints `session=<id> token=<n>`.
+    Acquire(scripting::AcquireArgs),
+    /// Releases a lock acquired with `acquire`.
+    Release(scripting::ReleaseArgs),
+    /// Prints who holds a lock.
+    Describe(scripting::DescribeArgs),
+    /// Writes a key of the fenced store, guarded by a lock's token.
+    Put(scripting::PutArgs),
+    /// Reads a key of the fenced store.
+    Get(scripting::GetArgs),
+    /// Deletes a key of the fenced store, guarded by a lock's token.
+    Delete(scripting::DeleteArgs),
+    /// Prints a table of the cluster's members.
+    Status(scripting::StatusArgs),
+    /// Client A of `demo`, run as a separate process so that it can be paused.
+    #[command(hide = true)]
+    DemoClient(demo::DemoClientArgs),
+}
+
+impl Cli {
+    /// The log filter when `RUST_LOG` is unset: nodes log their progress,
+    /// client commands only their warnings, so that their output stays
+    /// readable.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Serve(_) | Command::Dev(_) => "info,openraft=warn",
+            _ => "warn",
+        }
+    }
+
+    /// Runs the subcommand; returns the process exit code.
+    pub async fn run(self) -> anyhow::Result<i32> {
+        match self.command {
+            Command::Serve(args) => serve::serve(args).await,
+            Command::Dev(args) => serve::dev(args).await,
+            Command::Demo(args) => demo::demo(args).await,
+            Command::Lock(args) => lock_command::lock(args).await,
+            Command::Acquire(args) => scripting::acquire(args).await,
+            Command::Release(args) => scripting::release(args).await,
+            Command::Describe(args) => scripting::describe(args).await,
+            Command::Put(args) => scripting::put(args).await,
+            Command::Get(args) => scripting::get(args).await,
+            Command::Delete(args) => scripting::delete(args).await,
+            Command::Status(args) => scripting::status(args).await,
+            Command::DemoClient(args) => demo::demo_client(args).await,
+        }
+    }
+}
+
+/// Where the cluster is.
+#[derive(Args, Clone)]
+pub struct ClusterArgs {
+    /// The cluster's endpoints, comma-separated, each host:port or
+    /// http://host:port; any subset of the members works.
+    #[arg(long, env = "QUORUMLOCK_ENDPOINTS", default_value = DEFAULT_ENDPOINTS)]
+    pub endpoints: String,
+    /// How long to look for an endpoint that answers before giving up.
+    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    pub connect_wait: Duration,
+}
+
+impl ClusterArgs {
+    /// Connects to the cluster.
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        let config = ClientConfig {
+            connect_wait_max: self.connect_wait,
+            ..ClientConfig::default()
+        };
+        Ok(Client::connect_with([self.endpoints.as_str()], config).await?)
+    }
+}
+
+/// Parses a human duration such as `10s`, `500ms` or `1m 30s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|error| format!("{error} (expected a duration such as 10s, 500ms or 1m30s)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_human_style_and_bad_ones_say_what_is_expected() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        let error = parse_duration("ten seconds").unwrap_err();
+        assert!(error.contains("expected a duration"), "{error}");
+        assert!(parse_duration("10").is_err(), "a unit is required");
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

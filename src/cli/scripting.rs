@@ -1,0 +1,344 @@
+//! The subcommands for scripts: `acquire`, `release`, `describe`, `put`,
+//! `get`, `delete` and `status`.
+//!
+//! A script holds a lock across several commands by passing on what
+//! `acquire` printed: `acquire` opens a session of `--ttl` (or uses
+//! `--session`), keeps it alive while it waits, and on a grant prints
+//! `session=<id> token=<n>` and exits, leaving the session open with no
+//! keepalive: it and its lock last one TTL unless released sooner. The
+//! token then guards `put` and `delete`, and `release` takes the session and
+//! token back (and closes the session unless `--keep-session`).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use quorumlock::client::{Fence, NodeStatus};
+
+use super::{parse_duration, ClusterArgs, EXIT_NO};
+
+/// Flags of `acquire`.
+#[derive(Args)]
+pub struct AcquireArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// The lock's name.
+    name: String,
+    /// TTL of the session opened for the lock; the lock is held at most this
+    /// long after `acquire` exits unless released first.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    ttl: Duration,
+    /// Acquire under this existing session instead of opening one; it must
+    /// stay alive through the wait.
+    #[arg(long)]
+    session: Option<u64>,
+    /// Give up after waiting this long in the lock's queue (0s: only if
+    /// free) [default: wait until granted].
+    #[arg(long, value_parser = parse_duration)]
+    wait: Option<Duration>,
+}
+
+/// Acquires a lock and prints `session=<id> token=<n>`.
+pub async fn acquire(args: AcquireArgs) -> anyhow::Result<i32> {
+    let client = args.cluster.connect().await?;
+    let (session_id, token) = match args.session {
+        Some(session_id) => {
+            let wait = args.wait.unwrap_or(client.config().lock_wait_step_max);
+            (session_id, client.acquire(session_id, &args.name, wait).await?)
+        }
+        None => {
+            let session = client.session(args.ttl).await?;
+            let guard = match args.wait {
+                Some(wait) => session.lock_timeout(&args.name, wait).await?,
+                None => Some(session.lock(&args.name).await?),
+            };
+            match guard {
+                Some(guard) => {
+                    let token = guard.detach().token;
+                    (session.detach(), Some(token))
+                }
+                None => {
+                    // Nothing was granted: the session has no further use.
+                    session.close().await?;
+                    (0, None)
+                }
+            }
+        }
+    };
+    match token {
+        Some(token) => {
+            println!("session={session_id} token={token}");
+            Ok(0)
+        }
+        None => {
+            let described = client.describe(&args.name).await?;
+            let holder = described
+                .holder
+                .map(|holder| {
+                    format!(
+                        "held by session {} with token {}",
+                        holder.session_id, holder.token
+                    )
+                })
+                .unwrap_or_else(|| "free again".to_string());
+            eprintln!("quorumlock: lock {:?} not acquired: {holder}", args.name);
+            Ok(EXIT_NO)
+        }
+    }
+}
+
+/// Flags of `release`.
+#[derive(Args)]
+pub struct ReleaseArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// The lock's name.
+    name: String,
+    /// The holding session, as `acquire` printed it.
+    #[arg(long)]
+    session: u64,
+    /// The token of the grant, as `acquire` printed it.
+    #[arg(long)]
+    token: u64,
+    /// Leave the session open (by default it is closed: `acquire` opened it
+    /// for this lock alone).
+    #[arg(long)]
+    keep_session: bool,
+}
+
+/// Releases a lock and, unless asked not to, closes its session.
+pub async fn release(args: ReleaseArgs) -> anyhow::Result<i32> {
+    let client = args.cluster.connect().await?;
+    let released = client.release(args.session, &args.name, args.token).await?;
+    match released.next {
+        Some(next) => println!(
+            "released {}; granted to session {} with token {}",
+            args.name, next.session_id, next.token
+        ),
+        None => println!("released {}", args.name),
+    }
+    if !args.keep_session {
+        client.close_session(args.session).await?;
+    }
+    Ok(0)
+}
+
+/// Flags of `describe`.
+#[derive(Args)]
+pub struct DescribeArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// The lock's name.
+    name: String,
+}
+
+/// Prints `held=<bool> session=<id> token=<n> queue_length=<n>`.
+pub async fn describe(args: DescribeArgs) -> anyhow::Result<i32> {
+    let client = args.cluster.connect().await?;
+    let described = client.describe(&args.name).await?;
+    match described.holder {
+        Some(holder) => println!(
+            "held=true session={} token={} queue_length={}",
+            holder.session_id, holder.token, described.queue_length
+        ),
+        None => println!("held=false queue_length={}", described.queue_length),
+    }
+    Ok(0)
+}
+
+/// The lock and token that guard a write.
+#[derive(Args)]
+pub struct FenceArgs {
+    /// The lock whose token guards the write (`lock` exports it as
+    /// QUORUMLOCK_LOCK).
+    #[arg(long, env = "QUORUMLOCK_LOCK")]
+    lock: String,
+    /// The token of the writer's grant (`lock` exports it as
+    /// QUORUMLOCK_TOKEN).
+    #[arg(long, env = "QUORUMLOCK_TOKEN")]
+    token: u64,
+}
+
+impl FenceArgs {
+    fn fence(&self) -> Fence {
+        Fence {
+            lock: self.lock.clone(),
+            token: self.token,
+        }
+    }
+}
+
+/// Flags of `put`.
+#[derive(Args)]
+pub struct PutArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    #[command(flatten)]
+    fence: FenceArgs,
+    /// The key.
+    key: String,
+    /// The value [default: read from standard input].
+    value: Option<String>,
+}
+
+/// Writes a key; refused unless the token is the lock's current one.
+pub async fn put(args: PutArgs) -> anyhow::Result<i32> {
+    let value = match args.value {
+        Some(value) => value.into_bytes(),
+        None => {
+            let mut value = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut value)
+                .context("reading the value from standard input")?;
+            value
+        }
+    };
+    let client = args.cluster.connect().await?;
+    client.put_fenced(&args.key, value, &args.fence.fence()).await?;
+    Ok(0)
+}
+
+/// Flags of `get`.
+#[derive(Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// The key.
+    key: String,
+    /// Print `lock=<name> token=<n>` of the write that stored the value
+    /// instead of the value.
+    #[arg(long)]
+    fence: bool,
+}
+
+/// Prints a key's value exactly as stored (or the fence that wrote it).
+pub async fn get(args: GetArgs) -> anyhow::Result<i32> {
+    let client = args.cluster.connect().await?;
+    let Some(entry) = client.get(&args.key).await? else {
+        eprintln!("quorumlock: key {:?} not found", args.key);
+        return Ok(EXIT_NO);
+    };
+    if args.fence {
+        println!("lock={} token={}", entry.written_by.lock, entry.written_by.token);
+    } else {
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(&entry.value)
+            .context("writing to standard output")?;
+        stdout.flush().context("writing to standard output")?;
+    }
+    Ok(0)
+}
+
+/// Flags of `delete`.
+#[derive(Args)]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    #[command(flatten)]
+    fence: FenceArgs,
+    /// The key.
+    key: String,
+}
+
+/// Deletes a key; prints `existed=<bool>`.
+pub async fn delete(args: DeleteArgs) -> anyhow::Result<i32> {
+    let client = args.cluster.connect().await?;
+    let existed = client.delete_fenced(&args.key, &args.fence.fence()).await?;
+    println!("existed={existed}");
+    Ok(0)
+}
+
+/// Flags of `status`.
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// One row of the status table: a member and what it said, if it answered.
+struct Row {
+    addr: String,
+    answer: Result<NodeStatus, String>,
+}
+
+/// Asks every given endpoint and every member they name for its status and
+/// prints one row per member.
+pub async fn status(args: StatusArgs) -> anyhow::Result<i32> {
+    let client = args.cluster.connect().await?;
+    let mut rows: BTreeMap<u64, Row> = BTreeMap::new();
+    let mut unknown: Vec<Row> = Vec::new();
+    for endpoint in client.endpoints() {
+        match client.status_of(&endpoint).await {
+            Ok(status) => {
+                for (id, addr) in &status.members {
+                    rows.entry(*id).or_insert_with(|| Row {
+                        addr: addr.clone(),
+                        answer: Err("not asked yet".to_string()),
+                    });
+                }
+                rows.insert(
+                    status.node_id,
+                    Row {
+                        addr: endpoint.clone(),
+                        answer: Ok(status),
+                    },
+                );
+            }
+            Err(error) => unknown.push(Row {
+                addr: endpoint,
+                answer: Err(error.to_string()),
+            }),
+        }
+    }
+    // Members that no given endpoint reached are asked at the address the
+    // cluster knows them by.
+    for row in rows.values_mut() {
+        if row.answer.is_err() {
+            row.answer = client
+                .status_of(&row.addr)
+                .await
+                .map_err(|error| error.to_string());
+        }
+    }
+    // An unreachable endpoint that is a known member's address is not
+    // listed twice.
+    unknown.retain(|row| !rows.values().any(|known| known.addr == row.addr));
+
+    println!(
+        "{:<4} {:<24} {:<9} {:>6} {:>8} {:>8}",
+        "ID", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED"
+    );
+    for (id, row) in &rows {
+        print_row(&id.to_string(), row);
+    }
+    for row in &unknown {
+        print_row("?", row);
+    }
+    let leaders: Vec<String> = rows
+        .values()
+        .filter_map(|row| row.answer.as_ref().ok()?.leader.clone())
+        .map(|(id, addr)| format!("node {id} at {addr}"))
+        .collect();
+    match leaders.first() {
+        Some(leader) if leaders.iter().all(|other| other == leader) => println!("leader: {leader}"),
+        Some(_) => println!("leader: the members disagree ({})", leaders.join(", ")),
+        None => println!("leader: none known"),
+    }
+    Ok(0)
+}
+
+fn print_row(id: &str, row: &Row) {
+    match &row.answer {
+        Ok(status) => {
+            let role = if status.is_leader { "leader" } else { "follower" };
+            println!(
+                "{id:<4} {:<24} {role:<9} {:>6} {:>8} {:>8}",
+                row.addr, status.term, status.commit_index, status.applied_index
+            );
+        }
+        Err(error) => println!("{id:<4} {:<24} unreachable: {error}", row.addr),
+    }
+}

@@ -1,0 +1,96 @@
+//! `serve` (one node) and `dev` (a local cluster in one process).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use quorumlock::consensus::EngineKind;
+use quorumlock::server::config::ServeArgs;
+use quorumlock::server::{Node, NodeConfig};
+
+/// Flags of `dev`.
+#[derive(Args)]
+pub struct DevArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Consensus engine: raft or paxos.
+    #[arg(long, default_value = "raft")]
+    engine: String,
+    /// Port of node 1; node N listens on base_port + N - 1.
+    #[arg(long, default_value_t = 7001)]
+    base_port: u16,
+    /// Where the nodes keep their data [default: <temp dir>/quorumlock-dev].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Delete the data left by an earlier run first.
+    #[arg(long)]
+    fresh: bool,
+}
+
+/// Runs one node until SIGINT or SIGTERM.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
+    let config = args.into_config()?;
+    let node = Node::start(config).await?;
+    shutdown_signal().await?;
+    tracing::info!("stopping");
+    node.shutdown().await?;
+    Ok(0)
+}
+
+/// Waits for SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing a SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}
+
+/// Runs a local cluster in this process until SIGINT or SIGTERM.
+pub async fn dev(args: DevArgs) -> anyhow::Result<i32> {
+    anyhow::ensure!((1..=9).contains(&args.nodes), "--nodes must be between 1 and 9");
+    let engine: EngineKind = args
+        .engine
+        .parse()
+        .map_err(|error: String| anyhow::anyhow!(error))?;
+    let data_dir = args
+        .data_dir
+        .unwrap_or_else(|| std::env::temp_dir().join("quorumlock-dev"));
+    if args.fresh && data_dir.exists() {
+        std::fs::remove_dir_all(&data_dir).with_context(|| format!("removing {}", data_dir.display()))?;
+    }
+    let addr = |id: u64| format!("127.0.0.1:{}", u64::from(args.base_port) + id - 1);
+    let peers: std::collections::BTreeMap<u64, String> = (1..=args.nodes).map(|id| (id, addr(id))).collect();
+    let mut nodes = Vec::new();
+    for id in 1..=args.nodes {
+        let config = NodeConfig {
+            id,
+            listen: addr(id).parse()?,
+            peers: peers.clone(),
+            data_dir: data_dir.join(format!("node-{id}")),
+            engine,
+            heartbeat: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(500),
+            request_timeout: Duration::from_millis(5_000),
+            snapshot_every_entries: 10_000,
+        };
+        nodes.push(Node::start(config).await?);
+    }
+    let endpoints: Vec<String> = peers.values().cloned().collect();
+    println!(
+        "quorumlock dev cluster: {} {engine} nodes, data in {}",
+        args.nodes,
+        data_dir.display()
+    );
+    println!("endpoints: {}", endpoints.join(","));
+    println!("press Ctrl-C to stop (data is kept for the next start unless --fresh)");
+    shutdown_signal().await?;
+    for node in nodes {
+        node.shutdown().await?;
+    }
+    Ok(0)
+}

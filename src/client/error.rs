@@ -1,0 +1,229 @@
+//! The client's typed errors.
+
+use std::fmt;
+use std::time::Duration;
+
+use tonic::{Code, Status};
+
+/// Why a session ended without its owner closing it, or why it ended at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LostReason {
+    /// The cluster ended the session (it expired or was closed elsewhere):
+    /// a KeepAlive stream or a call was answered `NOT_FOUND`.
+    #[error("the cluster ended the session ({endpoint}: {message})")]
+    Ended {
+        /// The endpoint that said so.
+        endpoint: String,
+        /// The server's message.
+        message: String,
+    },
+    /// No renewal was confirmed within the TTL, so the cluster may already
+    /// have granted the session's locks to others.
+    #[error("no renewal was confirmed within the {ttl:?} TTL")]
+    NotRenewed {
+        /// The session's TTL.
+        ttl: Duration,
+    },
+    /// The owner closed the session.
+    #[error("the session was closed by its owner")]
+    Closed,
+}
+
+/// One endpoint's answer while the client looked for a live one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointFailure {
+    /// The endpoint tried.
+    pub endpoint: String,
+    /// The gRPC code it answered with (`UNAVAILABLE` when it did not answer).
+    pub code: Code,
+    /// What it said, or why it could not be reached.
+    pub message: String,
+}
+
+impl fmt::Display for EndpointFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.endpoint, code_name(self.code), self.message)
+    }
+}
+
+/// Everything a client call can fail with.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// No endpoint was given.
+    #[error("no endpoints given: pass at least one host:port of the cluster")]
+    NoEndpoints,
+    /// An endpoint is not `host:port` or `http://host:port`.
+    #[error("invalid endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint {
+        /// The text as given.
+        endpoint: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// More endpoints than [`ENDPOINTS_MAX`](super::ENDPOINTS_MAX).
+    #[error("{count} endpoints given; at most {max} are supported")]
+    TooManyEndpoints {
+        /// How many were given.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An argument the client refuses before calling the cluster.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A node answered with an error status (after retries, for
+    /// `UNAVAILABLE`).
+    #[error("{endpoint}: {}: {message}", code_name(*.code))]
+    Rpc {
+        /// The endpoint that answered.
+        endpoint: String,
+        /// The gRPC status code.
+        code: Code,
+        /// The status message, with the transport's cause when there is one.
+        message: String,
+    },
+    /// [`Client::connect`](super::Client::connect) found no endpoint that answers.
+    #[error("no endpoint answered within {waited:.1?}: {}", join_failures(.failures))]
+    NoEndpointAnswered {
+        /// How long the client tried.
+        waited: Duration,
+        /// The last answer of every endpoint tried.
+        failures: Vec<EndpointFailure>,
+    },
+    /// The session that an operation needs is gone.
+    #[error("session {session} lost: {reason}")]
+    SessionLost {
+        /// The session id.
+        session: u64,
+        /// Why it is gone.
+        reason: LostReason,
+    },
+}
+
+impl ClientError {
+    /// The gRPC code of a server answer, if this error is one.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            ClientError::Rpc { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The endpoint that answered, if this error is a server answer.
+    pub fn endpoint(&self) -> Option<&str> {
+        match self {
+            ClientError::Rpc { endpoint, .. } => Some(endpoint),
+            _ => None,
+        }
+    }
+
+    /// Whether the cluster refused a fenced write or release because the
+    /// token presented is no longer current (`FAILED_PRECONDITION`).
+    pub fn is_failed_precondition(&self) -> bool {
+        self.code() == Some(Code::FailedPrecondition)
+    }
+
+    /// An error for a status answered by `endpoint`.
+    pub(crate) fn from_status(endpoint: &str, status: &Status) -> Self {
+        ClientError::Rpc {
+            endpoint: endpoint.to_string(),
+            code: status.code(),
+            message: describe_status(status),
+        }
+    }
+}
+
+/// The status message followed by the chain of causes the transport
+/// attached, without repeating what was already said.
+pub(crate) fn describe_status(status: &Status) -> String {
+    let mut message = status.message().to_string();
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !text.is_empty() && !message.contains(&text) {
+            if message.is_empty() {
+                message = text;
+            } else {
+                message = format!("{message}: {text}");
+            }
+        }
+        source = cause.source();
+    }
+    if message.is_empty() {
+        message = "no message".to_string();
+    }
+    message
+}
+
+fn join_failures(failures: &[EndpointFailure]) -> String {
+    failures
+        .iter()
+        .map(EndpointFailure::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The canonical upper-case name of a gRPC code, as grpcurl and the gRPC
+/// documentation spell it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_rpc_error_names_the_endpoint_the_canonical_code_and_the_message() {
+        let error = ClientError::from_status(
+            "127.0.0.1:7001",
+            &Status::failed_precondition("stale token: presented 3, current 4"),
+        );
+        assert_eq!(
+            error.to_string(),
+            "127.0.0.1:7001: FAILED_PRECONDITION: stale token: presented 3, current 4"
+        );
+        assert!(error.is_failed_precondition());
+        assert_eq!(error.endpoint(), Some("127.0.0.1:7001"));
+    }
+
+    #[test]
+    fn no_endpoint_answered_lists_every_endpoint_tried() {
+        let error = ClientError::NoEndpointAnswered {
+            waited: Duration::from_secs(3),
+            failures: vec![
+                EndpointFailure {
+                    endpoint: "a:1".into(),
+                    code: Code::Unavailable,
+                    message: "connection refused".into(),
+                },
+                EndpointFailure {
+                    endpoint: "b:2".into(),
+                    code: Code::Unavailable,
+                    message: "timed out".into(),
+                },
+            ],
+        };
+        let text = error.to_string();
+        assert!(text.contains("a:1: UNAVAILABLE: connection refused"), "{text}");
+        assert!(text.contains("b:2: UNAVAILABLE: timed out"), "{text}");
+    }
+}

@@ -1,0 +1,349 @@
+//! The `quorumlock` client subcommands, run as processes against a real
+//! cluster: the scripting round trip, `lock -- CMD` with its environment and
+//! exit code, `lock` stopping its command when the lock is lost to a real
+//! pause, and readable errors for bad endpoints and bad flags.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use common::{wait_until, Cluster, CONDITION_WAIT};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use quorumlock::client::Client;
+use tokio::process::Command;
+
+/// Bound on one CLI run; a hang fails the test.
+const RUN_MAX: Duration = Duration::from_secs(90);
+/// Exit code for "the answer is no" (not acquired, not found).
+const EXIT_NO: i32 = 3;
+/// Exit code of `lock` when the lock was lost.
+const EXIT_LOCK_LOST: i32 = 4;
+
+fn quorumlock(cluster: &Cluster) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_quorumlock"));
+    command
+        .env("QUORUMLOCK_ENDPOINTS", cluster.urls().join(","))
+        .env_remove("QUORUMLOCK_LOCK")
+        .env_remove("QUORUMLOCK_TOKEN")
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true);
+    command
+}
+
+async fn run(command: &mut Command) -> Output {
+    let output = tokio::time::timeout(RUN_MAX, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{command:?} did not finish within {RUN_MAX:?}"))
+        .expect("run quorumlock");
+    assert_no_crash(&output);
+    output
+}
+
+/// Errors must be sentences, never panics or debug dumps.
+fn assert_no_crash(output: &Output) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for marker in ["panicked", "RUST_BACKTRACE", "Status {", "Error {", "code: "] {
+        assert!(!stderr.contains(marker), "stderr shows {marker:?}: {stderr}");
+    }
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn assert_exit(what: &str, output: &Output, code: i32) {
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "{what}: exit status {}; stdout: {}; stderr: {}",
+        output.status,
+        stdout(output),
+        stderr(output)
+    );
+}
+
+/// The value of `name=` in a `key=value` line.
+fn field(line: &str, name: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|part| part.strip_prefix(&format!("{name}=")))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripting_commands_round_trip_acquire_describe_put_get_release_and_status() {
+    let cluster = Cluster::start("raft", 3).await;
+
+    let acquired = run(quorumlock(&cluster).args(["acquire", "job", "--ttl", "30s"])).await;
+    assert_exit("acquire", &acquired, 0);
+    let line = stdout(&acquired);
+    let (session, token) = (field(&line, "session"), field(&line, "token"));
+
+    let described = run(quorumlock(&cluster).args(["describe", "job"])).await;
+    assert_exit("describe", &described, 0);
+    assert_eq!(
+        stdout(&described).trim(),
+        format!("held=true session={session} token={token} queue_length=0")
+    );
+
+    let refused = run(quorumlock(&cluster).args(["acquire", "job", "--wait", "0s"])).await;
+    assert_exit("a second acquire while held", &refused, EXIT_NO);
+    assert!(
+        stderr(&refused).contains(&format!("held by session {session} with token {token}")),
+        "{}",
+        stderr(&refused)
+    );
+
+    let token_text = token.to_string();
+    let put =
+        run(quorumlock(&cluster).args(["put", "report", "v1", "--lock", "job", "--token", &token_text]))
+            .await;
+    assert_exit("put", &put, 0);
+    let got = run(quorumlock(&cluster).args(["get", "report"])).await;
+    assert_exit("get", &got, 0);
+    assert_eq!(stdout(&got), "v1", "get prints the value exactly");
+    let fence = run(quorumlock(&cluster).args(["get", "report", "--fence"])).await;
+    assert_eq!(stdout(&fence).trim(), format!("lock=job token={token}"));
+
+    let stale = (token + 1000).to_string();
+    let refused =
+        run(quorumlock(&cluster).args(["put", "report", "v2", "--lock", "job", "--token", &stale])).await;
+    assert_exit("put with a wrong token", &refused, 1);
+    let error = stderr(&refused);
+    assert!(
+        error.contains("FAILED_PRECONDITION") && error.contains(&stale),
+        "{error}"
+    );
+    assert!(
+        cluster
+            .urls()
+            .iter()
+            .any(|url| error.contains(url.trim_start_matches("http://"))),
+        "the error names the endpoint: {error}"
+    );
+
+    let released = run(quorumlock(&cluster).args([
+        "release",
+        "job",
+        "--session",
+        &session.to_string(),
+        "--token",
+        &token_text,
+    ]))
+    .await;
+    assert_exit("release", &released, 0);
+    assert_eq!(stdout(&released).trim(), "released job");
+    let described = run(quorumlock(&cluster).args(["describe", "job"])).await;
+    assert_eq!(stdout(&described).trim(), "held=false queue_length=0");
+    // release closed the session acquire opened.
+    let closed = run(quorumlock(&cluster).args(["acquire", "job", "--session", &session.to_string()])).await;
+    assert_exit("acquire under a closed session", &closed, 1);
+    assert!(stderr(&closed).contains("NOT_FOUND"), "{}", stderr(&closed));
+
+    // The token exported by `lock` guards writes through the environment.
+    let again = run(quorumlock(&cluster).args(["acquire", "job"])).await;
+    let new_token = field(&stdout(&again), "token");
+    assert!(new_token > token, "tokens increase");
+    let deleted = run(quorumlock(&cluster)
+        .args(["delete", "report"])
+        .env("QUORUMLOCK_LOCK", "job")
+        .env("QUORUMLOCK_TOKEN", new_token.to_string()))
+    .await;
+    assert_exit("delete", &deleted, 0);
+    assert_eq!(stdout(&deleted).trim(), "existed=true");
+    let missing = run(quorumlock(&cluster).args(["get", "report"])).await;
+    assert_exit("get of a deleted key", &missing, EXIT_NO);
+    assert!(stderr(&missing).contains("not found"), "{}", stderr(&missing));
+
+    let status = run(quorumlock(&cluster).arg("status")).await;
+    assert_exit("status", &status, 0);
+    let table = stdout(&status);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("APPLIED"),
+        "{table}"
+    );
+    let member_rows: Vec<&&str> = lines.iter().filter(|line| line.contains("127.0.0.1:")).collect();
+    assert_eq!(member_rows.len(), 4, "three members and the leader line: {table}");
+    assert_eq!(
+        member_rows
+            .iter()
+            .filter(|line| line.contains(" leader "))
+            .count(),
+        1,
+        "{table}"
+    );
+    let leader = cluster.wait_for_leader().await;
+    assert!(
+        table.contains(&format!(
+            "leader: node {} at {}",
+            cluster.node_id(leader),
+            cluster.addr(leader)
+        )),
+        "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_runs_the_command_with_the_token_in_its_environment_and_passes_on_its_exit_code() {
+    let cluster = Cluster::start("raft", 3).await;
+    let ran = run(quorumlock(&cluster).args([
+        "lock",
+        "build",
+        "--",
+        "sh",
+        "-c",
+        "echo \"$QUORUMLOCK_LOCK $QUORUMLOCK_TOKEN\"; exit 7",
+    ]))
+    .await;
+    assert_exit("lock -- sh", &ran, 7);
+    let line = stdout(&ran);
+    let mut words = line.split_whitespace();
+    assert_eq!(words.next(), Some("build"), "{line}");
+    let token: u64 = words
+        .next()
+        .and_then(|token| token.parse().ok())
+        .unwrap_or_else(|| panic!("no token in {line:?}"));
+    assert!(token > 0);
+
+    // The lock was released when the command exited.
+    let client = Client::connect(cluster.urls()).await.expect("connect");
+    let described = client.describe("build").await.expect("describe");
+    assert_eq!(described.holder, None, "lock released after the command");
+
+    // A command that cannot get the lock in time is not run.
+    let session = client.session(Duration::from_secs(30)).await.expect("session");
+    let _held = session.lock("build").await.expect("lock");
+    let marker = tempfile::tempdir().unwrap();
+    let ran_marker = marker.path().join("ran");
+    let script = format!("touch {}", ran_marker.display());
+    let waited =
+        run(quorumlock(&cluster).args(["lock", "build", "--wait", "300ms", "--", "sh", "-c", &script])).await;
+    assert_exit("lock with a short wait on a held lock", &waited, EXIT_NO);
+    assert!(stderr(&waited).contains("not acquired"), "{}", stderr(&waited));
+    assert!(!ran_marker.exists(), "the command must not run without the lock");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_stops_its_command_and_fails_when_a_real_pause_loses_the_lock() {
+    let cluster = Cluster::start("raft", 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("marker");
+    let script = format!(
+        "trap 'echo terminated > {m}; exit 0' TERM; echo started > {m}; while true; do sleep 0.1; done",
+        m = marker.display()
+    );
+    let mut lock = quorumlock(&cluster);
+    lock.args([
+        "lock", "paused", "--ttl", "2s", "--grace", "10s", "--", "sh", "-c", &script,
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let child = lock.spawn().expect("start quorumlock lock");
+    let pid = Pid::from_raw(child.id().expect("running") as i32);
+    wait_for_marker(&marker, "started").await;
+
+    // Freeze the `lock` process (not its command) past its TTL: the cluster
+    // expires its session, and another client gets the lock.
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
+    let client = Client::connect(cluster.urls()).await.expect("connect");
+    let other = client.session(Duration::from_secs(30)).await.expect("session");
+    let taken = other
+        .lock_timeout("paused", Duration::from_secs(60))
+        .await
+        .expect("lock_timeout")
+        .expect("the lock passes to another client once the paused session expires");
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap().trim(),
+        "started",
+        "the command kept running while `lock` was frozen"
+    );
+    kill(pid, Signal::SIGCONT).expect("SIGCONT");
+
+    let output = tokio::time::timeout(RUN_MAX, child.wait_with_output())
+        .await
+        .expect("lock exits after losing the lock")
+        .expect("wait for lock");
+    assert_no_crash(&output);
+    assert_exit("lock after losing the lock", &output, EXIT_LOCK_LOST);
+    assert!(stderr(&output).contains("lost"), "{}", stderr(&output));
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap().trim(),
+        "terminated",
+        "the command got SIGTERM"
+    );
+    let described = client.describe("paused").await.expect("describe");
+    assert_eq!(
+        described.holder.map(|holder| holder.token),
+        Some(taken.token()),
+        "the new holder keeps the lock"
+    );
+}
+
+async fn wait_for_marker(path: &Path, content: &str) {
+    wait_until(
+        &format!("{} to say {content:?}", path.display()),
+        CONDITION_WAIT,
+        || async {
+            match std::fs::read_to_string(path) {
+                Ok(text) if text.trim() == content => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn bad_endpoints_and_bad_flags_give_readable_errors_and_nonzero_exits() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap().to_string();
+    drop(dead);
+    let cli = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_quorumlock"));
+        command.env_remove("QUORUMLOCK_ENDPOINTS").kill_on_drop(true);
+        command
+    };
+
+    let output = run(cli().args(["status", "--endpoints", &dead_addr, "--connect-wait", "200ms"])).await;
+    assert_exit("status against nothing", &output, 1);
+    let error = stderr(&output);
+    assert!(error.starts_with("quorumlock: "), "{error}");
+    assert!(
+        error.contains(&dead_addr) && error.contains("UNAVAILABLE"),
+        "{error}"
+    );
+
+    let output = run(cli()
+        .args(["describe", "x", "--connect-wait", "200ms"])
+        .env("QUORUMLOCK_ENDPOINTS", &dead_addr))
+    .await;
+    assert_exit("the environment names the endpoints", &output, 1);
+    assert!(stderr(&output).contains(&dead_addr), "{}", stderr(&output));
+
+    let output = run(cli().args(["describe", "x", "--endpoints", "no-port-here"])).await;
+    assert_exit("a malformed endpoint", &output, 1);
+    assert!(
+        stderr(&output).contains("invalid endpoint \"no-port-here\""),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = run(cli().args(["acquire", "x", "--ttl", "ten seconds"])).await;
+    assert_exit("a malformed duration", &output, 2);
+    assert!(
+        stderr(&output).contains("expected a duration"),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = run(cli().args(["lock", "x"])).await;
+    assert_exit("lock without a command", &output, 2);
+}
