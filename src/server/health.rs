@@ -28,7 +28,7 @@ use tonic::server::NamedService;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-use crate::consensus::{ConsensusEngine, Leadership};
+use crate::consensus::{ConsensusEngine, Leadership, NodeId};
 use crate::rpc::pb::v1::cluster_server::ClusterServer;
 use crate::rpc::pb::v1::lock_server::LockServer;
 use crate::rpc::{ClusterService, LockService};
@@ -43,6 +43,8 @@ pub const CLUSTER_HEALTH_NAME: &str = <ClusterServer<ClusterService> as NamedSer
 /// How the health keeper probes.
 #[derive(Debug, Clone)]
 pub struct HealthConfig {
+    /// This node's id, for the log.
+    pub node_id: NodeId,
     /// How often a leader re-confirms its quorum (a follower is re-evaluated
     /// at the same pace and at every leadership change).
     pub probe_interval: Duration,
@@ -124,6 +126,7 @@ async fn follow(engine: Arc<dyn ConsensusEngine>, mut reporter: HealthReporter, 
         // Watchers get one message per change, not one per probe.
         if published != Some(serving) {
             tracing::info!(
+                node = config.node_id,
                 serving,
                 term = view.term,
                 leader = view.leader.as_ref().map(|leader| leader.id),

@@ -89,7 +89,12 @@ impl Node {
             engine.clone(),
             health_reporter,
             HealthConfig {
-                probe_interval: config.election_timeout,
+                node_id: config.id,
+                // Each probe is a read barrier, which costs the followers a
+                // round trip; one every two election timeouts keeps that cost
+                // small while a cut-off leader still turns NOT_SERVING within
+                // about four.
+                probe_interval: config.election_timeout * 2,
                 // A leader that cannot reach a quorum within two election
                 // timeouts has been, or is being, replaced by the majority.
                 probe_timeout: (config.election_timeout * 2).min(config.request_timeout),
