@@ -84,6 +84,22 @@ impl Node {
                 request_timeout: config.request_timeout,
             },
         );
+
+        // Reflection serves the API, the peer transport and the health
+        // service, so grpcurl needs no proto files. Both protocol versions
+        // are served because clients in the field still ask for v1alpha.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection()
+            .build_v1()
+            .context("building the v1 reflection service")?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .context("building the v1alpha reflection service")?;
+
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let health = HealthKeeper::start(
             engine.clone(),
@@ -101,21 +117,6 @@ impl Node {
             },
         )
         .await;
-
-        // Reflection serves the API, the peer transport and the health
-        // service, so grpcurl needs no proto files. Both protocol versions
-        // are served because clients in the field still ask for v1alpha.
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        };
-        let reflection_v1 = reflection()
-            .build_v1()
-            .context("building the v1 reflection service")?;
-        let reflection_v1alpha = reflection()
-            .build_v1alpha()
-            .context("building the v1alpha reflection service")?;
 
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tonic::transport::Server::builder()
