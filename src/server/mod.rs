@@ -1,7 +1,8 @@
-//! Node assembly, configuration and the session lease keeper.
+//! Node assembly, configuration, the session lease keeper and health reporting.
 
 pub mod clock;
 pub mod config;
+pub mod health;
 pub mod lease;
 pub mod leases;
 pub mod node;

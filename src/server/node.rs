@@ -1,4 +1,5 @@
-//! Assembles a node: engine, lease keeper, and the gRPC server.
+//! Assembles a node: engine, lease keeper, and the gRPC server with the lock
+//! API, the peer transport, health checking and server reflection.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use tonic::service::Routes;
 
 use super::clock::{Clock, MonotonicClock};
 use super::config::NodeConfig;
+use super::health::{HealthConfig, HealthKeeper};
 use super::leases::{LeaseConfig, Leases};
 use crate::consensus::{ConsensusEngine, EngineKind};
 use crate::paxos::{PaxosEngine, PaxosEngineConfig};
@@ -18,6 +20,7 @@ use crate::raft::{RaftEngine, RaftEngineConfig};
 use crate::rpc::forward::API_MESSAGE_BYTES_MAX;
 use crate::rpc::pb::v1::cluster_server::ClusterServer;
 use crate::rpc::pb::v1::lock_server::LockServer;
+use crate::rpc::pb::FILE_DESCRIPTOR_SET;
 use crate::rpc::{ClusterService, LockService, LockServiceConfig};
 
 /// How long in-flight calls get to finish when a node stops.
@@ -28,6 +31,7 @@ pub struct Node {
     engine: Arc<dyn ConsensusEngine>,
     addr: std::net::SocketAddr,
     stop: Option<oneshot::Sender<()>>,
+    health: Option<HealthKeeper>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
@@ -92,10 +96,47 @@ impl Node {
                 request_timeout: config.request_timeout,
             },
         );
+
+        // Reflection serves the API, the peer transport and the health
+        // service, so grpcurl needs no proto files. Both protocol versions
+        // are served because clients in the field still ask for v1alpha.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection()
+            .build_v1()
+            .context("building the v1 reflection service")?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .context("building the v1alpha reflection service")?;
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let health = HealthKeeper::start(
+            engine.clone(),
+            health_reporter,
+            HealthConfig {
+                node_id: config.id,
+                // Each probe is a read barrier, which costs the followers a
+                // round trip; one every two election timeouts keeps that cost
+                // small while a cut-off leader still turns NOT_SERVING within
+                // about four.
+                probe_interval: config.election_timeout * 2,
+                // A leader that cannot reach a quorum within two election
+                // timeouts has been, or is being, replaced by the majority.
+                probe_timeout: (config.election_timeout * 2).min(config.request_timeout),
+            },
+        )
+        .await;
+
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_routes(peer_routes)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(
                 LockServer::new(lock_service)
                     .max_decoding_message_size(API_MESSAGE_BYTES_MAX)
@@ -111,6 +152,7 @@ impl Node {
             engine,
             addr,
             stop: Some(stop),
+            health: Some(health),
             server,
         })
     }
@@ -127,6 +169,10 @@ impl Node {
 
     /// Stops serving and shuts the engine down.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        // Health watchers learn first, while their streams are still open.
+        if let Some(health) = self.health.take() {
+            health.stop().await;
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
