@@ -88,7 +88,7 @@ impl RaftEngine {
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
-            PeerNetwork,
+            PeerNetwork::default(),
             log_store,
             state_machine,
         )

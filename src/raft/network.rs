@@ -5,7 +5,11 @@
 //! bincode; the response carries the remote `Result` so remote Raft errors
 //! reach openraft unchanged.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -29,25 +33,46 @@ pub const PEER_MESSAGE_BYTES_MAX: usize = 256 << 20;
 /// How long to wait for a TCP connection to a peer.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Creates one connection per target; openraft owns them.
+/// Hands openraft a client per target over one cached HTTP/2 channel per
+/// peer address.
+///
+/// openraft asks for a new client whenever it starts talking to a target
+/// anew (each election, each read barrier's heartbeat round). A fresh
+/// channel each time would need a new TCP and HTTP/2 handshake inside a
+/// heartbeat interval, which a loaded machine misses; tonic channels
+/// multiplex and reconnect by themselves, so one per peer serves every call.
 #[derive(Clone, Default)]
-pub struct PeerNetwork;
+pub struct PeerNetwork {
+    channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
+}
+
+impl PeerNetwork {
+    fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock();
+        if let Some((cached_addr, channel)) = channels.get(&target) {
+            if cached_addr == addr {
+                return Ok(channel.clone());
+            }
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|error| format!("bad address {addr:?} for node {target}: {error}"))?
+            .connect_timeout(PEER_CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(target, (addr.to_string(), channel.clone()));
+        Ok(channel)
+    }
+}
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
-        let client = Endpoint::from_shared(format!("http://{}", node.addr))
-            .map(|endpoint| {
-                let channel = endpoint
-                    .connect_timeout(PEER_CONNECT_TIMEOUT)
-                    .tcp_nodelay(true)
-                    .connect_lazy();
-                RaftPeerClient::new(channel)
-                    .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-                    .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
-            })
-            .map_err(|error| format!("bad address {:?} for node {target}: {error}", node.addr));
+        let client = self.channel(target, &node.addr).map(|channel| {
+            RaftPeerClient::new(channel)
+                .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
+        });
         PeerConnection { target, client }
     }
 }
