@@ -35,6 +35,8 @@ const COMPOSE_FILE: &str = "docker/compose.yml";
 const FIVE_ENV_FILE: &str = "docker/five.env";
 /// Bound on a misconfigured node's exit.
 const REFUSAL_WAIT: Duration = Duration::from_secs(30);
+/// How long the compose demo client may take (it pauses a client past a TTL).
+const DEMO_WAIT: Duration = Duration::from_secs(120);
 /// Pause between probes of the forming cluster.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -452,11 +454,35 @@ async fn check_layout_forms_a_cluster(layout: Layout, expected_nodes: &[&str]) {
         .expect("OpenSession on the compose cluster")
         .session_id;
     acquire_granted(&client, session, "t95/compose", 0).await;
+
+    // With the demo profile, its client runs exactly the compose command
+    // (service names mapped to loopback) against the cluster and must pass.
+    let services = enabled_services(&compose, &layout);
+    if let Some(demo) = services.iter().find(|service| service.name == "demo") {
+        let mut args = demo.args.clone();
+        let endpoints = args
+            .iter()
+            .position(|arg| arg == "--endpoints")
+            .expect("the demo names its endpoints")
+            + 1;
+        args[endpoints] = args[endpoints]
+            .split(',')
+            .map(|endpoint| loopback.addr(endpoint))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut process = ServerProcess::spawn("demo", &args, &dir.path().join("demo.log"));
+        let status = tokio::task::block_in_place(|| process.wait_exit(DEMO_WAIT));
+        assert!(
+            status.success(),
+            "the compose demo failed ({status}); its output:\n{}",
+            process.log()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn default_layout_runs_three_nodes_that_form_a_cluster() {
-    check_layout_forms_a_cluster(Layout::three(), &["node1", "node2", "node3"]).await;
+async fn default_layout_runs_three_nodes_that_form_a_cluster_and_the_demo_profile_passes() {
+    check_layout_forms_a_cluster(Layout::three().with_profile("demo"), &["node1", "node2", "node3"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
