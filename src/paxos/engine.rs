@@ -72,9 +72,19 @@ pub struct PaxosEngine {
     applied: Arc<AtomicU64>,
     stop: watch::Sender<bool>,
     driver: Mutex<Option<JoinHandle<()>>>,
+    /// Why the driver stopped by itself (a storage failure), if it did.
+    fatal: Arc<Mutex<Option<String>>>,
 }
 
 impl PaxosEngine {
+    /// The error for a request the driver can no longer take.
+    fn stopped(&self) -> EngineError {
+        match self.fatal.lock().clone() {
+            Some(reason) => EngineError::Fatal(reason),
+            None => EngineError::ShuttingDown,
+        }
+    }
+
     /// Opens storage, restores the snapshot and the acceptor's records, and
     /// starts the driver. Returns the engine and the routes of its peer
     /// service, to mount on the node's gRPC server.
@@ -88,6 +98,12 @@ impl PaxosEngine {
         anyhow::ensure!(
             config.snapshot_every_entries > 0,
             "snapshot_every_entries must be positive"
+        );
+        // The driver syncs RocksDB writes with `block_in_place`, which needs
+        // worker threads to hand its other tasks to.
+        anyhow::ensure!(
+            tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread,
+            "the paxos engine needs a multi-threaded tokio runtime"
         );
         let tick = (config.heartbeat / 2).max(Duration::from_millis(1));
         let heartbeat_ticks = 2;
@@ -130,6 +146,7 @@ impl PaxosEngine {
         let (stop, stop_rx) = watch::channel(false);
         let chosen_upto = Arc::new(AtomicU64::new(replica.chosen_upto()));
         let applied = Arc::new(AtomicU64::new(replica.applied()));
+        let fatal = Arc::new(Mutex::new(None));
 
         let driver = Driver {
             replica,
@@ -146,6 +163,8 @@ impl PaxosEngine {
             chosen_upto: chosen_upto.clone(),
             applied: applied.clone(),
             snapshot_every_entries: config.snapshot_every_entries,
+            verified_snapshot: None,
+            fatal: fatal.clone(),
         };
         let driver = tokio::spawn(driver.run(tick, inbox, input_rx, stop_rx));
         let engine = Arc::new(PaxosEngine {
@@ -158,6 +177,7 @@ impl PaxosEngine {
             applied,
             stop,
             driver: Mutex::new(Some(driver)),
+            fatal,
         });
         let service = PaxosPeerServer::new(PaxosPeerService::new(members.into_iter().collect(), inbox_tx))
             .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
@@ -173,8 +193,8 @@ impl ConsensusEngine for PaxosEngine {
         self.inputs
             .send(Input::Propose { command, reply })
             .await
-            .map_err(|_| EngineError::ShuttingDown)?;
-        answer.await.map_err(|_| EngineError::ShuttingDown)?
+            .map_err(|_| self.stopped())?;
+        answer.await.map_err(|_| self.stopped())?
     }
 
     async fn read_barrier(&self) -> Result<(), EngineError> {
@@ -182,8 +202,8 @@ impl ConsensusEngine for PaxosEngine {
         self.inputs
             .send(Input::Read { reply })
             .await
-            .map_err(|_| EngineError::ShuttingDown)?;
-        answer.await.map_err(|_| EngineError::ShuttingDown)?
+            .map_err(|_| self.stopped())?;
+        answer.await.map_err(|_| self.stopped())?
     }
 
     fn state(&self) -> &Arc<AppliedState> {
@@ -220,7 +240,10 @@ impl ConsensusEngine for PaxosEngine {
                 EngineError::Fatal(format!("paxos driver failed while stopping: {error}"))
             })?;
         }
-        Ok(())
+        match self.fatal.lock().clone() {
+            Some(reason) => Err(EngineError::Fatal(reason)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -240,6 +263,9 @@ struct Driver {
     chosen_upto: Arc<AtomicU64>,
     applied: Arc<AtomicU64>,
     snapshot_every_entries: u64,
+    /// A peer's snapshot decoded when it arrived, kept for its install.
+    verified_snapshot: Option<(super::types::Slot, LockState)>,
+    fatal: Arc<Mutex<Option<String>>>,
 }
 
 impl Driver {
@@ -276,8 +302,12 @@ impl Driver {
                 // The replica's durable state is unknown: stop rather than
                 // risk answering from memory that disk does not back.
                 tracing::error!(%error, "paxos storage failed; the engine stops");
-                self.fail_all(EngineError::Fatal(format!("storage failure: {error:#}")));
-                break;
+                let reason = format!("storage failure: {error:#}");
+                *self.fatal.lock() = Some(reason.clone());
+                // No longer anyone's leader: the services stop serving.
+                self.leadership.send_replace(Leadership::default());
+                self.fail_all(EngineError::Fatal(reason));
+                return;
             }
         }
         self.fail_all(EngineError::ShuttingDown);
@@ -285,6 +315,21 @@ impl Driver {
 
     fn step(&mut self, from: NodeId, messages: Vec<super::message::Message>) {
         for message in messages {
+            // A snapshot is decoded before the replica sees it: the replica
+            // forgets the slots it covers at once, so an undecodable one
+            // (corrupt, or from an incompatible version) must never get there.
+            if let super::message::Message::Snapshot { slot, data } = &message {
+                if *slot <= self.replica.applied() {
+                    continue;
+                }
+                match LockState::restore(data) {
+                    Ok(state) => self.verified_snapshot = Some((*slot, state)),
+                    Err(error) => {
+                        tracing::warn!(from, slot, %error, "undecodable snapshot from a peer ignored");
+                        continue;
+                    }
+                }
+            }
             self.replica.step(from, message);
         }
     }
@@ -348,8 +393,11 @@ impl Driver {
                     }
                 }
                 Apply::Snapshot { slot, data } => {
-                    let restored = LockState::restore(&data)
-                        .map_err(|error| anyhow::anyhow!("a peer's snapshot at slot {slot}: {error}"))?;
+                    let restored = match self.verified_snapshot.take() {
+                        Some((verified, state)) if verified == slot => state,
+                        _ => LockState::restore(&data)
+                            .map_err(|error| anyhow::anyhow!("a peer's snapshot at slot {slot}: {error}"))?,
+                    };
                     let store = &self.store;
                     tokio::task::block_in_place(|| store.save_snapshot(slot, &data))?;
                     self.state.restore(restored);

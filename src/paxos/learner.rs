@@ -95,11 +95,20 @@ impl Replica {
     /// compacted.
     pub(super) fn on_learn(&mut self, from: NodeId, from_slot: Slot) {
         if from_slot <= self.compacted {
-            if let Some(data) = &self.snapshot {
+            // A snapshot can be large and slow to travel: a peer that asks
+            // again before it could arrive gets no second copy of the same
+            // snapshot within an election timeout.
+            let (slot, now) = (self.compacted, self.now);
+            let recently_sent = self
+                .snapshot_sent
+                .get(&from)
+                .is_some_and(|(sent_slot, at)| *sent_slot == slot && now - at < self.config.election_ticks);
+            if let (Some(data), false) = (&self.snapshot, recently_sent) {
                 let message = Message::Snapshot {
-                    slot: self.compacted,
+                    slot,
                     data: data.clone(),
                 };
+                self.snapshot_sent.insert(from, (slot, now));
                 self.send(from, message);
             }
             return;
@@ -110,15 +119,23 @@ impl Replica {
         if from_slot > self.chosen_upto {
             return;
         }
-        let entries: Vec<Chosen> = self
+        let mut entries: Vec<Chosen> = Vec::new();
+        let mut bytes = 0;
+        for (slot, value) in self
             .chosen
             .range(from_slot..=self.chosen_upto)
             .take(self.config.learn_batch_max)
-            .map(|(slot, value)| Chosen {
+        {
+            let value_bytes = value.encoded_bytes();
+            if !entries.is_empty() && bytes + value_bytes > self.config.message_bytes_max {
+                break;
+            }
+            bytes += value_bytes;
+            entries.push(Chosen {
                 slot: *slot,
                 value: value.clone(),
-            })
-            .collect();
+            });
+        }
         if !entries.is_empty() {
             self.send(from, Message::Chosen { entries });
         }

@@ -92,7 +92,11 @@ impl Replica {
 
     /// Cuts queued proposals into slots while the pipeline has room.
     pub(super) fn flush_proposals(&mut self) {
-        let (batch_max, inflight_max) = (self.config.batch_proposals_max, self.config.inflight_slots_max);
+        let (batch_max, bytes_max, inflight_max) = (
+            self.config.batch_proposals_max,
+            self.config.slot_bytes_max,
+            self.config.inflight_slots_max,
+        );
         let Role::Leading(leading) = &mut self.role else {
             return;
         };
@@ -100,8 +104,16 @@ impl Replica {
         let mut new_slots = Vec::new();
         // The slots cut here enter `inflight` only below, so count them too.
         while !leading.queue.is_empty() && leading.inflight.len() + new_slots.len() < inflight_max {
-            let take = leading.queue.len().min(batch_max);
-            let batch: Vec<_> = leading.queue.drain(..take).collect();
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            while let Some(next) = leading.queue.front() {
+                let next_bytes = next.encoded_bytes();
+                if batch.len() == batch_max || (!batch.is_empty() && bytes + next_bytes > bytes_max) {
+                    break;
+                }
+                bytes += next_bytes;
+                batch.extend(leading.queue.pop_front());
+            }
             let slot = leading.next_slot;
             leading.next_slot += 1;
             new_slots.push((slot, Value::Batch(Arc::new(batch))));
@@ -138,10 +150,10 @@ impl Replica {
     }
 
     fn broadcast_accepts(&mut self, ballot: Ballot, entries: Vec<(Slot, Value)>) {
-        for chunk in entries.chunks(ACCEPT_ENTRIES_MAX) {
+        for chunk in chunk_entries(entries, self.config.message_bytes_max) {
             self.broadcast(Message::Accept {
                 ballot,
-                entries: chunk.to_vec(),
+                entries: chunk,
                 chosen_upto: self.chosen_upto,
             });
         }
@@ -253,12 +265,12 @@ impl Replica {
             }
             let chosen_upto = self.chosen_upto;
             for (peer, entries) in resend {
-                for chunk in entries.chunks(super::proposer::ACCEPT_ENTRIES_MAX) {
+                for chunk in chunk_entries(entries, self.config.message_bytes_max) {
                     self.send(
                         peer,
                         Message::Accept {
                             ballot,
-                            entries: chunk.to_vec(),
+                            entries: chunk,
                             chosen_upto,
                         },
                     );
@@ -363,4 +375,26 @@ impl Replica {
             self.send_round();
         }
     }
+}
+
+/// Splits a run of slots into messages of at most [`ACCEPT_ENTRIES_MAX`]
+/// entries and `bytes_max` bytes of values; a value larger than `bytes_max`
+/// travels alone.
+fn chunk_entries(entries: Vec<(Slot, Value)>, bytes_max: usize) -> Vec<Vec<(Slot, Value)>> {
+    let mut chunks = Vec::new();
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
+    for (slot, value) in entries {
+        let value_bytes = value.encoded_bytes();
+        if chunk.len() == ACCEPT_ENTRIES_MAX || (!chunk.is_empty() && bytes + value_bytes > bytes_max) {
+            chunks.push(std::mem::take(&mut chunk));
+            bytes = 0;
+        }
+        bytes += value_bytes;
+        chunk.push((slot, value));
+    }
+    if !chunk.is_empty() {
+        chunks.push(chunk);
+    }
+    chunks
 }

@@ -31,6 +31,12 @@ pub struct ReplicaConfig {
     pub election_ticks: u64,
     /// Most commands one slot carries.
     pub batch_proposals_max: usize,
+    /// Most encoded bytes one slot carries (a single larger command still
+    /// gets a slot of its own).
+    pub slot_bytes_max: usize,
+    /// Most encoded bytes of values one `Accept` or `Chosen` message carries
+    /// (a single larger value still travels alone).
+    pub message_bytes_max: usize,
     /// Most slots a leader has in flight (accepted by itself, not yet chosen).
     pub inflight_slots_max: usize,
     /// Most proposals queued at the leader waiting for a slot.
@@ -50,6 +56,8 @@ impl ReplicaConfig {
             heartbeat_ticks,
             election_ticks,
             batch_proposals_max: 256,
+            slot_bytes_max: 4 << 20,
+            message_bytes_max: 16 << 20,
             inflight_slots_max: 64,
             queued_proposals_max: 65_536,
             learn_batch_max: 512,
@@ -167,6 +175,8 @@ pub struct Replica {
     pub(super) learn_asked_at: Option<u64>,
     /// Whom to ask for chosen values.
     pub(super) learn_source: Option<NodeId>,
+    /// The snapshot slot last sent to each peer, and when.
+    pub(super) snapshot_sent: BTreeMap<NodeId, (Slot, u64)>,
 
     // Election.
     /// The leader this node follows and its ballot.
@@ -212,6 +222,7 @@ impl Replica {
             leader_chosen_upto: compacted,
             learn_asked_at: None,
             learn_source: None,
+            snapshot_sent: BTreeMap::new(),
             leader: None,
             leader_heard_at: 0,
             election_at: 0,

@@ -1204,3 +1204,78 @@ fn a_late_heartbeat_from_an_older_leader_does_not_replace_the_newer_one() {
         "the newer ballot stays the followed leader"
     );
 }
+
+#[test]
+fn slots_and_accept_messages_stay_within_their_byte_bounds() {
+    let one = proposal(1).encoded_bytes();
+    let mut cfg = config(1, 3);
+    // Two commands fit a slot; a message carries the values of two slots.
+    cfg.slot_bytes_max = 2 * one;
+    cfg.message_bytes_max = 2 * batch(&[1, 2]).encoded_bytes();
+    let mut leader = leader_with(cfg);
+    for seq in 1..=7 {
+        leader.propose(proposal(seq));
+    }
+    let ready = leader.take_ready();
+    let slots = vec![
+        (1, batch(&[1, 2])),
+        (2, batch(&[3, 4])),
+        (3, batch(&[5, 6])),
+        (4, batch(&[7])),
+    ];
+    assert_eq!(ready.persist, persist_accepts(ballot(1, 1), &slots));
+    let to_node_2: Vec<&Message> = ready
+        .messages
+        .iter()
+        .filter(|envelope| envelope.to == 2)
+        .map(|envelope| &envelope.message)
+        .collect();
+    assert_eq!(
+        to_node_2,
+        vec![
+            &accept_message(ballot(1, 1), slots[..2].to_vec(), 0),
+            &accept_message(ballot(1, 1), slots[2..].to_vec(), 0),
+        ],
+        "the run of slots is split where the byte bound falls"
+    );
+}
+
+#[test]
+fn a_snapshot_is_not_resent_to_a_peer_that_asks_again_within_an_election_timeout() {
+    let mut leader = leader();
+    leader.propose(proposal(1));
+    leader.take_ready();
+    leader.step(
+        2,
+        Message::Accepted {
+            ballot: ballot(1, 1),
+            slots: vec![1],
+        },
+    );
+    leader.take_ready();
+    leader.compact(1, Arc::new(vec![7]));
+    let snapshot = envelope(
+        1,
+        3,
+        Message::Snapshot {
+            slot: 1,
+            data: Arc::new(vec![7]),
+        },
+    );
+    leader.step(3, Message::Learn { from_slot: 1 });
+    assert_eq!(leader.take_ready().messages, vec![snapshot.clone()]);
+    leader.step(3, Message::Learn { from_slot: 1 });
+    assert!(
+        !leader.take_ready().messages.contains(&snapshot),
+        "a second ask right away gets no second copy"
+    );
+    for _ in 0..ELECTION_TICKS {
+        leader.tick();
+    }
+    leader.take_ready();
+    leader.step(3, Message::Learn { from_slot: 1 });
+    assert!(
+        leader.take_ready().messages.contains(&snapshot),
+        "after an election timeout the snapshot is sent again"
+    );
+}

@@ -27,6 +27,12 @@ pub const PEER_MESSAGE_BYTES_MAX: usize = 256 << 20;
 pub const OUTBOX_MESSAGES_MAX: usize = 16_384;
 /// Most messages in one `Deliver` call.
 pub const BATCH_MESSAGES_MAX: usize = 1_024;
+/// Most bytes one `Deliver` call gathers from several messages (a single
+/// larger message, such as a snapshot, travels alone).
+pub const BATCH_BYTES_MAX: usize = 16 << 20;
+/// The slowest transfer rate a batch's timeout allows for, in bytes per
+/// millisecond (about 10 MB/s).
+pub const PEER_BYTES_PER_MS_MIN: usize = 10_000;
 /// Batches received and not yet stepped before senders are slowed down.
 pub const INBOX_BATCHES_MAX: usize = 1_024;
 /// How long one `Deliver` call may take.
@@ -92,24 +98,46 @@ async fn send_loop(
     mut outbox: mpsc::Receiver<Message>,
 ) {
     let mut failures: u32 = 0;
-    while let Some(first) = outbox.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < BATCH_MESSAGES_MAX {
-            match outbox.try_recv() {
-                Ok(message) => batch.push(message),
-                Err(_) => break,
-            }
-        }
-        let messages = match bincode::serialize(&batch) {
-            Ok(bytes) => bytes,
-            Err(error) => {
-                tracing::error!(to, %error, "unencodable paxos messages dropped");
-                continue;
-            }
+    // A message taken from the outbox that did not fit the previous batch.
+    let mut carried: Option<Vec<u8>> = None;
+    loop {
+        let first = match carried.take() {
+            Some(encoded) => encoded,
+            None => match outbox.recv().await {
+                Some(message) => match encode(to, &message) {
+                    Some(encoded) => encoded,
+                    None => continue,
+                },
+                None => return,
+            },
         };
+        // bincode encodes a Vec as its u64 length then its elements, so a
+        // batch is assembled from messages encoded once each.
+        let mut count: u64 = 1;
+        let mut messages = Vec::with_capacity(8 + first.len());
+        messages.extend_from_slice(&[0; 8]);
+        messages.extend_from_slice(&first);
+        while count < BATCH_MESSAGES_MAX as u64 {
+            let Ok(message) = outbox.try_recv() else {
+                break;
+            };
+            let Some(encoded) = encode(to, &message) else {
+                continue;
+            };
+            if messages.len() + encoded.len() > BATCH_BYTES_MAX {
+                carried = Some(encoded);
+                break;
+            }
+            messages.extend_from_slice(&encoded);
+            count += 1;
+        }
+        messages[..8].copy_from_slice(&count.to_le_bytes());
+        // Big batches (snapshots) get time to travel at a modest rate.
+        let timeout =
+            PEER_RPC_TIMEOUT + Duration::from_millis((messages.len() / PEER_BYTES_PER_MS_MIN) as u64);
         let mut request = Request::new(PaxosBatch { from, messages });
-        request.set_timeout(PEER_RPC_TIMEOUT);
-        match tokio::time::timeout(PEER_RPC_TIMEOUT, client.deliver(request)).await {
+        request.set_timeout(timeout);
+        match tokio::time::timeout(timeout, client.deliver(request)).await {
             Ok(Ok(_)) => failures = 0,
             Ok(Err(status)) => {
                 failures += 1;
@@ -126,6 +154,26 @@ async fn send_loop(
             // dropped once the outbox fills; the protocol resends.
             let pause = Duration::from_millis(10 << failures.min(6)).min(PEER_RETRY_PAUSE_MAX);
             tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+/// Encodes one message; drops (and logs) one that no peer could accept.
+fn encode(to: NodeId, message: &Message) -> Option<Vec<u8>> {
+    match bincode::serialize(message) {
+        Ok(encoded) if encoded.len() + 8 <= PEER_MESSAGE_BYTES_MAX => Some(encoded),
+        Ok(encoded) => {
+            tracing::error!(
+                to,
+                kind = message.kind(),
+                bytes = encoded.len(),
+                "paxos message exceeds the peer message limit; dropped"
+            );
+            None
+        }
+        Err(error) => {
+            tracing::error!(to, %error, "unencodable paxos message dropped");
+            None
         }
     }
 }
@@ -159,5 +207,27 @@ impl PaxosPeer for PaxosPeerService {
             .await
             .map_err(|_| Status::unavailable("the paxos engine is stopping"))?;
         Ok(Response::new(PaxosAck {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::paxos::types::Ballot;
+
+    #[test]
+    fn a_batch_assembled_from_single_encodings_decodes_as_the_message_list() {
+        let messages = vec![
+            Message::Probe {
+                ballot: Ballot { round: 1, node: 2 },
+            },
+            Message::Learn { from_slot: 42 },
+        ];
+        let mut assembled = (messages.len() as u64).to_le_bytes().to_vec();
+        for message in &messages {
+            assembled.extend(encode(1, message).expect("small messages encode"));
+        }
+        let decoded: Vec<Message> = bincode::deserialize(&assembled).expect("the batch decodes");
+        assert_eq!(decoded, messages);
     }
 }

@@ -79,6 +79,12 @@ pub enum Value {
 }
 
 impl Value {
+    /// The value's encoded size in bytes, for the byte bounds of slots and
+    /// messages.
+    pub fn encoded_bytes(&self) -> usize {
+        bincode::serialized_size(self).map_or(usize::MAX, |bytes| bytes as usize)
+    }
+
     /// The commands of this value, in apply order.
     pub fn proposals(&self) -> &[Proposal] {
         match self {
@@ -95,6 +101,13 @@ pub struct Accepted {
     pub ballot: Ballot,
     /// The value.
     pub value: Value,
+}
+
+impl Proposal {
+    /// The proposal's encoded size in bytes.
+    pub fn encoded_bytes(&self) -> usize {
+        bincode::serialized_size(self).map_or(usize::MAX, |bytes| bytes as usize)
+    }
 }
 
 /// A value known to be chosen for a slot.
