@@ -458,7 +458,13 @@ async fn check_layout_forms_a_cluster(layout: Layout, expected_nodes: &[&str]) {
     // With the demo profile, its client runs exactly the compose command
     // (service names mapped to loopback) against the cluster and must pass.
     let services = enabled_services(&compose, &layout);
-    if let Some(demo) = services.iter().find(|service| service.name == "demo") {
+    let demo = services.iter().find(|service| service.name == "demo");
+    assert_eq!(
+        demo.is_some(),
+        layout.profiles.contains("demo"),
+        "the demo service runs exactly when its profile is enabled"
+    );
+    if let Some(demo) = demo {
         let mut args = demo.args.clone();
         let endpoints = args
             .iter()
