@@ -90,6 +90,16 @@ pub enum ClientError {
         /// The last answer of every endpoint tried.
         failures: Vec<EndpointFailure>,
     },
+    /// The session already holds this lock, or is acquiring it: one session
+    /// holds a lock at most once, since the cluster would hand it the same
+    /// grant again.
+    #[error("session {session} already holds lock {lock:?} (or is acquiring it)")]
+    AlreadyHeld {
+        /// The session id.
+        session: u64,
+        /// The lock's name.
+        lock: String,
+    },
     /// The session that an operation needs is gone.
     #[error("session {session} lost: {reason}")]
     SessionLost {
