@@ -501,9 +501,13 @@ async fn one_stream(
         tokio::select! {
             _ = tokio::time::sleep_until(*deadline) => return StreamEnd::Expired,
             _ = ticker.tick() => {
-                // A node that leaves renewals unanswered for two periods is
-                // abandoned while the lease still has a period to spare.
-                if sent.front().is_some_and(|oldest| oldest.elapsed() > period * 2) {
+                // A node that leaves a renewal unanswered for more than one
+                // period is abandoned. The lease runs one TTL (RENEWALS_PER_TTL
+                // periods) from the sending of the last confirmed renewal,
+                // which is at least as old as the unanswered one, so at most
+                // two periods of it are gone here and another node still has
+                // a period to renew it in.
+                if sent.front().is_some_and(|oldest| oldest.elapsed() > period) {
                     return StreamEnd::Broken { hint: None };
                 }
                 match sender.try_send(renewal) {
