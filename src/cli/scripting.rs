@@ -45,7 +45,10 @@ pub async fn acquire(args: AcquireArgs) -> anyhow::Result<i32> {
     let client = args.cluster.connect().await?;
     let (session_id, token) = match args.session {
         Some(session_id) => match args.wait {
-            Some(wait) => (session_id, acquire_within(&client, session_id, &args.name, wait).await?),
+            Some(wait) => (
+                session_id,
+                acquire_within(&client, session_id, &args.name, wait).await?,
+            ),
             // Without --wait the session waits in the queue until granted, one
             // server-side wait of at most lock_wait_step_max at a time.
             None => loop {
