@@ -223,8 +223,7 @@ async fn check_a_stale_guard_is_refused_by_fenced_writes_and_its_session_reports
     let error = first
         .try_lock("other")
         .await
-        .err()
-        .expect("a lost session cannot lock");
+        .expect_err("a lost session cannot lock");
     assert!(matches!(error, ClientError::SessionLost { .. }), "{error}");
 }
 
@@ -398,8 +397,7 @@ async fn one_session_never_gets_two_guards_for_one_lock_and_a_relock_after_drop_
     let guard = lock(&session, "once").await;
     let error = bounded("a second lock", session.lock("once"))
         .await
-        .err()
-        .expect("a second lock of a held name is refused");
+        .expect_err("a second lock of a held name is refused");
     assert!(
         matches!(&error, ClientError::AlreadyHeld { lock, session: id } if lock == "once" && *id == session.id()),
         "{error}"
