@@ -223,8 +223,7 @@ async fn check_a_stale_guard_is_refused_by_fenced_writes_and_its_session_reports
     let error = first
         .try_lock("other")
         .await
-        .err()
-        .expect("a lost session cannot lock");
+        .expect_err("a lost session cannot lock");
     assert!(matches!(error, ClientError::SessionLost { .. }), "{error}");
 }
 
@@ -388,4 +387,79 @@ async fn the_example_program_loses_no_increment_when_two_copies_run_at_once() {
     assert_eq!(written, expected, "every increment saw the one before it");
     let entry = client.get(fenced_counter::KEY).await.expect("get").expect("set");
     assert_eq!(entry.value, (increments * 2).to_string().as_bytes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_session_never_gets_two_guards_for_one_lock_and_a_relock_after_drop_keeps_the_lock() {
+    let cluster = Cluster::start("raft", 3).await;
+    let client = client_of(&cluster).await;
+    let session = client.session(TTL).await.expect("open a session");
+    let guard = lock(&session, "once").await;
+    let error = bounded("a second lock", session.lock("once"))
+        .await
+        .expect_err("a second lock of a held name is refused");
+    assert!(
+        matches!(&error, ClientError::AlreadyHeld { lock, session: id } if lock == "once" && *id == session.id()),
+        "{error}"
+    );
+    let refused = bounded("a try_lock", session.try_lock("once")).await;
+    assert!(
+        matches!(refused, Err(ClientError::AlreadyHeld { .. })),
+        "try_lock of a held name is refused too: {refused:?}"
+    );
+
+    // Dropping the guard releases in the background; locking again at once
+    // waits for that release, so the new grant is a fresh one that no stray
+    // release can free.
+    let token = guard.token();
+    drop(guard);
+    let again = lock(&session, "once").await;
+    assert!(
+        again.token() > token,
+        "the re-lock is a new grant ({} after {token}), not the old one handed back",
+        again.token()
+    );
+    let described = client.describe("once").await.expect("describe");
+    assert_eq!(
+        described.holder.map(|holder| (holder.session_id, holder.token)),
+        Some((session.id(), again.token())),
+        "the new guard's lock stays held"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_abandoned_after_the_grant_does_not_leave_the_lock_held() {
+    let cluster = Cluster::start("raft", 3).await;
+    let client = client_of(&cluster).await;
+    let holder = client.session(TTL).await.expect("open the holder's session");
+    let waiter = client.session(TTL).await.expect("open the waiter's session");
+    let held = lock(&holder, "abandoned").await;
+
+    // The waiter's lock call is polled until it sits in the queue, then no
+    // more: the grant that follows the release reaches a call nobody reads.
+    let mut waiting = Box::pin(waiter.lock("abandoned"));
+    tokio::select! {
+        outcome = &mut waiting => panic!("granted while held: {:?}", outcome.map(|guard| guard.token())),
+        _ = wait_for_queue(&client, "abandoned", 1) => {}
+    }
+    let released = held.release().await.expect("release by the holder");
+    assert_eq!(
+        released.next.map(|next| next.session_id),
+        Some(waiter.id()),
+        "the release grants the waiter"
+    );
+    drop(waiting);
+
+    // The waiter's session stays open; only the abandoned call's cleanup
+    // can free the lock.
+    wait_until("the abandoned grant to be released", CONDITION_WAIT, || async {
+        match client.describe("abandoned").await {
+            Ok(described) if described.holder.is_none() => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(!waiter.is_lost());
+    let again = lock(&waiter, "abandoned").await;
+    assert_eq!(again.session_id(), waiter.id());
 }

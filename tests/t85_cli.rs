@@ -347,3 +347,51 @@ async fn bad_endpoints_and_bad_flags_give_readable_errors_and_nonzero_exits() {
     let output = run(cli().args(["lock", "x"])).await;
     assert_exit("lock without a command", &output, 2);
 }
+
+/// Whether process `pid` has ended (gone, or a zombie nobody reaped yet).
+fn has_ended(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesized command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_lock_process_takes_its_command_with_it() {
+    let cluster = Cluster::start("raft", 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let script = format!(
+        "echo $$ > {p}.tmp; mv {p}.tmp {p}; while true; do sleep 0.1; done",
+        p = pid_file.display()
+    );
+    let mut lock = quorumlock(&cluster);
+    lock.args(["lock", "orphan", "--ttl", "30s", "--", "sh", "-c", &script])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = lock.spawn().expect("start quorumlock lock");
+    let lock_pid = Pid::from_raw(child.id().expect("running") as i32);
+    let command_pid: i32 = wait_until("the command to start", CONDITION_WAIT, || async {
+        match std::fs::read_to_string(&pid_file) {
+            Ok(text) => text.trim().parse::<i32>().map_err(|error| error.to_string()),
+            Err(error) => Err(error.to_string()),
+        }
+    })
+    .await;
+    assert!(!has_ended(command_pid), "the command runs while `lock` does");
+
+    // SIGKILL gives `lock` no chance to stop the command itself.
+    kill(lock_pid, Signal::SIGKILL).expect("SIGKILL");
+    child.wait().await.expect("reap lock");
+    wait_until("the command to end with `lock`", CONDITION_WAIT, || async {
+        if has_ended(command_pid) {
+            Ok(())
+        } else {
+            Err(format!("process {command_pid} still runs"))
+        }
+    })
+    .await;
+}

@@ -1,5 +1,5 @@
 //! `lock NAME -- CMD ARGS...`: runs a command while holding a lock, and
-//! stops it at once if the lock is lost.
+//! stops it when the lock is at risk of being lost.
 
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -10,6 +10,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::time::Instant;
 
 use super::{parse_duration, ClusterArgs, EXIT_LOCK_LOST, EXIT_NO};
 
@@ -28,8 +29,12 @@ pub struct LockArgs {
     /// until granted].
     #[arg(long, value_parser = parse_duration)]
     wait: Option<Duration>,
-    /// After SIGTERM on a lost lock, how long the command has to exit before
-    /// SIGKILL.
+    /// How long the command has between SIGTERM and SIGKILL when the lock is
+    /// at risk. The command is sent SIGTERM once the lease's confirmed
+    /// deadline is less than the grace away (at most half the TTL, which a
+    /// healthy session never gets near: it renews three times per TTL), so
+    /// that it is killed about when the lease could run out rather than a
+    /// grace after another holder may have been granted the lock.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     grace: Duration,
     /// The command and its arguments.
@@ -76,19 +81,37 @@ pub async fn lock(args: LockArgs) -> anyhow::Result<i32> {
         None => session.lock(&args.name).await?,
     };
     let (program, program_args) = args.command.split_first().context("no command given after --")?;
-    let mut child = Command::new(program)
+    // The handlers are in place before the command starts, so that a signal
+    // for the job that arrives early still reaches the command rather than
+    // ending this process and leaving the command running without it.
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing a SIGHUP handler")?;
+    let mut command = Command::new(program);
+    command
         .args(program_args)
         .env("QUORUMLOCK_LOCK", &args.name)
         .env("QUORUMLOCK_TOKEN", guard.token().to_string())
         .env("QUORUMLOCK_SESSION", session.id().to_string())
         .env("QUORUMLOCK_ENDPOINTS", client.endpoints().join(","))
-        .spawn()
-        .with_context(|| format!("starting {program:?}"))?;
+        // If this process ends without waiting for the command (an error,
+        // a panic), the command is killed rather than left running unlocked.
+        .kill_on_drop(true);
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls prctl(2), which is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            // A SIGKILLed `lock` runs no code at all; the kernel then kills
+            // the command, which would otherwise outlive the lock.
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+    let mut child = command.spawn().with_context(|| format!("starting {program:?}"))?;
 
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
-    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
-    let mut hangup = signal(SignalKind::hangup()).context("installing a SIGHUP handler")?;
+    let margin = args.grace.min(session.ttl() / 2);
+    let mut lease = guard.lease_deadline();
     loop {
+        let at_risk_at = lease.borrow().checked_sub(margin).unwrap_or_else(Instant::now);
         tokio::select! {
             status = child.wait() => {
                 let status = status.context("waiting for the command")?;
@@ -108,20 +131,22 @@ pub async fn lock(args: LockArgs) -> anyhow::Result<i32> {
                     "quorumlock: lock {:?} lost ({reason}); stopping the command",
                     args.name
                 );
-                send(&child, Signal::SIGTERM);
-                let status = match tokio::time::timeout(args.grace, child.wait()).await {
-                    Ok(status) => status,
-                    Err(_) => {
-                        eprintln!(
-                            "quorumlock: the command outlived its {} grace; killing it",
-                            humantime::format_duration(args.grace)
-                        );
-                        send(&child, Signal::SIGKILL);
-                        child.wait().await
-                    }
+                stop(&mut child, args.grace).await?;
+                return Ok(EXIT_LOCK_LOST);
+            }
+            // A renewal moved the deadline: compute the risk point again.
+            Ok(()) = lease.changed() => {}
+            _ = tokio::time::sleep_until(at_risk_at) => {
+                if lease.borrow().saturating_duration_since(Instant::now()) > margin {
+                    continue;
                 }
-                .context("waiting for the command")?;
-                eprintln!("quorumlock: the command was stopped ({status})");
+                eprintln!(
+                    "quorumlock: lock {:?} at risk: no renewal confirmed and the lease may be lost \
+                     within {}; stopping the command",
+                    args.name,
+                    humantime::format_duration(margin)
+                );
+                stop(&mut child, args.grace).await?;
                 return Ok(EXIT_LOCK_LOST);
             }
             // Signals meant for the whole job reach the command; the lock is
@@ -133,4 +158,24 @@ pub async fn lock(args: LockArgs) -> anyhow::Result<i32> {
             _ = hangup.recv() => send(&child, Signal::SIGHUP),
         }
     }
+}
+
+/// Sends the command SIGTERM, and SIGKILL if it is still running `grace`
+/// later; returns once it has exited.
+async fn stop(child: &mut Child, grace: Duration) -> anyhow::Result<()> {
+    send(child, Signal::SIGTERM);
+    let status = match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => status,
+        Err(_) => {
+            eprintln!(
+                "quorumlock: the command outlived its {} grace; killing it",
+                humantime::format_duration(grace)
+            );
+            send(child, Signal::SIGKILL);
+            child.wait().await
+        }
+    }
+    .context("waiting for the command")?;
+    eprintln!("quorumlock: the command was stopped ({status})");
+    Ok(())
 }

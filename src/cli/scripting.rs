@@ -31,11 +31,11 @@ pub struct AcquireArgs {
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     ttl: Duration,
     /// Acquire under this existing session instead of opening one; it must
-    /// stay alive through the wait.
+    /// stay alive through the wait (nothing renews it here).
     #[arg(long)]
     session: Option<u64>,
     /// Give up after waiting this long in the lock's queue (0s: only if
-    /// free) [default: wait until granted].
+    /// free) [default: wait until granted, with or without --session].
     #[arg(long, value_parser = parse_duration)]
     wait: Option<Duration>,
 }
@@ -44,10 +44,20 @@ pub struct AcquireArgs {
 pub async fn acquire(args: AcquireArgs) -> anyhow::Result<i32> {
     let client = args.cluster.connect().await?;
     let (session_id, token) = match args.session {
-        Some(session_id) => {
-            let wait = args.wait.unwrap_or(client.config().lock_wait_step_max);
-            (session_id, client.acquire(session_id, &args.name, wait).await?)
-        }
+        Some(session_id) => match args.wait {
+            Some(wait) => (
+                session_id,
+                acquire_within(&client, session_id, &args.name, wait).await?,
+            ),
+            // Without --wait the session waits in the queue until granted, one
+            // server-side wait of at most lock_wait_step_max at a time.
+            None => loop {
+                let step = client.config().lock_wait_step_max;
+                if let Some(token) = client.acquire(session_id, &args.name, step).await? {
+                    break (session_id, Some(token));
+                }
+            },
+        },
         None => {
             let session = client.session(args.ttl).await?;
             let guard = match args.wait {
@@ -85,6 +95,26 @@ pub async fn acquire(args: AcquireArgs) -> anyhow::Result<i32> {
                 .unwrap_or_else(|| "free again".to_string());
             eprintln!("quorumlock: lock {:?} not acquired: {holder}", args.name);
             Ok(EXIT_NO)
+        }
+    }
+}
+
+/// Waits at most `wait` in the lock's queue for session `session_id`, in as
+/// many server-side waits of at most `lock_wait_step_max` as that takes.
+async fn acquire_within(
+    client: &quorumlock::client::Client,
+    session_id: u64,
+    name: &str,
+    wait: Duration,
+) -> anyhow::Result<Option<u64>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if let Some(token) = client.acquire(session_id, name, left).await? {
+            return Ok(Some(token));
+        }
+        if left <= client.config().lock_wait_step_max {
+            return Ok(None);
         }
     }
 }

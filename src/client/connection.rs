@@ -12,7 +12,7 @@ use tonic::{Code, Request, Response, Status};
 use super::backoff::Backoff;
 use super::config::ClientConfig;
 use super::endpoints::{leader_hint, parse_endpoint, parse_endpoint_list, Picked, Pool};
-use super::error::{describe_status, ClientError, EndpointFailure};
+use super::error::{code_name, describe_status, ClientError, EndpointFailure};
 use super::guard::LockGuard;
 use super::session::Session;
 use crate::lock::limits::{SESSION_TTL_MS_MAX, SESSION_TTL_MS_MIN};
@@ -138,7 +138,10 @@ impl NodeStatus {
 /// Every call goes to one endpoint (the last that worked, or the leader a
 /// node named); an `UNAVAILABLE` answer or a dead endpoint moves it to the
 /// next one and retries with bounded exponential backoff and jitter, for at
-/// most [`ClientConfig::retry_total_max`]. Cloning is cheap and shares the
+/// most [`ClientConfig::retry_total_max`]. A failure of that kind may come
+/// after the command took effect: calls whose repeat could then answer
+/// wrongly (`release`, `close_session`, `delete_fenced`) report such an
+/// answer as [`ClientError::OutcomeUnknown`]. Cloning is cheap and shares the
 /// connections.
 #[derive(Clone)]
 pub struct Client {
@@ -150,9 +153,10 @@ struct Inner {
     config: ClientConfig,
 }
 
-/// Whether a failed attempt may be repeated elsewhere. Every call of the API
-/// is safe to repeat: acquire is idempotent for the holder, a queued session
-/// keeps its place, and a repeated fenced write carries the same token.
+/// Whether a failed attempt may be repeated elsewhere: `UNAVAILABLE` (no
+/// leader, node down, leader change) and a connection that broke mid-call.
+/// Such a failure can come after the command took effect, so only some calls
+/// give the same answer when repeated; see [`Repeat`].
 fn retryable(status: &Status) -> bool {
     match status.code() {
         Code::Unavailable => true,
@@ -160,6 +164,58 @@ fn retryable(status: &Status) -> bool {
         // transport's error attached; the server never saw a cancellation.
         Code::Unknown | Code::Cancelled => std::error::Error::source(status).is_some(),
         _ => false,
+    }
+}
+
+/// Whether a failed attempt certainly did not take effect: a node that says
+/// it is not the leader refuses before proposing anything.
+fn certainly_not_applied(status: &Status) -> bool {
+    status.code() == Code::Unavailable && leader_hint(status).is_some()
+}
+
+/// What repeating a call after a failure that may have taken effect does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Repeat {
+    /// The repeat answers as the first attempt would have: `Acquire` by the
+    /// same session (the holder gets its token back, a waiter keeps its
+    /// place), `Put` with the same fence, and the reads.
+    Idempotent,
+    /// The repeat may be refused, or answer differently, because the first
+    /// attempt took effect: `Release`, `CloseSession`, `Delete`. The
+    /// call's wrapper turns such an answer into
+    /// [`ClientError::OutcomeUnknown`].
+    Ambiguous,
+}
+
+/// The result of a call, and whether an earlier attempt of it may have taken
+/// effect without its answer arriving.
+pub(crate) struct Called<T> {
+    outcome: Result<T, ClientError>,
+    /// The last such failure, if any.
+    earlier_failure: Option<String>,
+}
+
+impl<T> Called<T> {
+    /// The outcome, with a refusal of a repeat whose earlier attempt may
+    /// have taken effect (`refused_if_applied`) reported as
+    /// [`ClientError::OutcomeUnknown`].
+    fn resolve(self, refused_if_applied: &[Code]) -> Result<T, ClientError> {
+        match (self.outcome, self.earlier_failure) {
+            (
+                Err(ClientError::Rpc {
+                    endpoint,
+                    code,
+                    message,
+                }),
+                Some(earlier_failure),
+            ) if refused_if_applied.contains(&code) => Err(ClientError::OutcomeUnknown {
+                endpoint,
+                code,
+                message,
+                earlier_failure,
+            }),
+            (outcome, _) => outcome,
+        }
     }
 }
 
@@ -253,10 +309,27 @@ impl Client {
         &self.inner.pool
     }
 
-    /// Runs one call, retrying retryable failures on other endpoints until
-    /// [`ClientConfig::retry_total_max`] has passed. `wait` is added to the
-    /// per-attempt timeout for calls that wait on purpose.
-    pub(crate) async fn call<T, F, Fut>(&self, wait: Duration, mut rpc: F) -> Result<T, ClientError>
+    /// Runs one idempotent call, retrying retryable failures on other
+    /// endpoints until [`ClientConfig::retry_total_max`] has passed. `wait`
+    /// is added to the per-attempt timeout for calls that wait on purpose.
+    pub(crate) async fn call<T, F, Fut>(&self, wait: Duration, rpc: F) -> Result<T, ClientError>
+    where
+        F: FnMut(LockClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.call_tracked(wait, Repeat::Idempotent, rpc).await.outcome
+    }
+
+    /// Like [`Client::call`], also saying whether an earlier attempt may
+    /// have taken effect. A call that is not idempotent is still retried,
+    /// since giving up at every leader change would make it useless, but its
+    /// wrapper must read a refusal of the repeat as "outcome unknown".
+    pub(crate) async fn call_tracked<T, F, Fut>(
+        &self,
+        wait: Duration,
+        repeat: Repeat,
+        mut rpc: F,
+    ) -> Called<T>
     where
         F: FnMut(LockClient<Channel>, Duration) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
@@ -265,6 +338,15 @@ impl Client {
         let started = Instant::now();
         let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
         let mut attempts = 0u32;
+        let mut earlier_failure: Option<String> = None;
+        let done = |outcome, earlier_failure| Called {
+            outcome,
+            earlier_failure: if repeat == Repeat::Ambiguous {
+                earlier_failure
+            } else {
+                None
+            },
+        };
         loop {
             let picked = self.inner.pool.current();
             let timeout = config.rpc_timeout.saturating_add(wait);
@@ -273,15 +355,28 @@ impl Client {
                 .max_encoding_message_size(API_MESSAGE_BYTES_MAX);
             attempts += 1;
             let status = match tokio::time::timeout(timeout, rpc(client, timeout)).await {
-                Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Ok(response)) => return done(Ok(response.into_inner()), earlier_failure),
                 Ok(Err(status)) if retryable(&status) => status,
-                Ok(Err(status)) => return Err(ClientError::from_status(&picked.addr, &status)),
+                Ok(Err(status)) => {
+                    return done(
+                        Err(ClientError::from_status(&picked.addr, &status)),
+                        earlier_failure,
+                    )
+                }
                 Err(_) => Status::deadline_exceeded(format!("no answer within {timeout:?}")),
             };
+            if !certainly_not_applied(&status) {
+                earlier_failure = Some(format!(
+                    "{}: {}: {}",
+                    picked.addr,
+                    code_name(status.code()),
+                    describe_status(&status)
+                ));
+            }
             self.inner.pool.failed(&picked, leader_hint(&status));
             let pause = backoff.next_pause();
             if started.elapsed() + pause > config.retry_total_max {
-                return Err(ClientError::Rpc {
+                let error = ClientError::Rpc {
                     endpoint: picked.addr,
                     code: status.code(),
                     message: format!(
@@ -289,7 +384,9 @@ impl Client {
                         describe_status(&status),
                         started.elapsed()
                     ),
-                });
+                };
+                // The last failure is the error itself, not an earlier one.
+                return done(Err(error), None);
             }
             tracing::debug!(endpoint = %picked.addr, %status, ?pause, "retrying");
             tokio::time::sleep(pause).await;
@@ -309,6 +406,10 @@ impl Client {
     /// the cluster opened it unless renewed. For scripts that hand the
     /// session id on; programs want [`Client::session`]. Returns the
     /// session id and the TTL granted.
+    ///
+    /// An `OpenSession` repeated after a failure that may have taken effect
+    /// opens a second session; the first, unknown to the client, holds
+    /// nothing and expires one TTL later.
     pub async fn open_bare_session(&self, ttl: Duration) -> Result<(u64, Duration), ClientError> {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         if !(SESSION_TTL_MS_MIN..=SESSION_TTL_MS_MAX).contains(&ttl_ms) {
@@ -329,15 +430,22 @@ impl Client {
     }
 
     /// Closes a session by id, releasing its locks and leaving its queues;
-    /// returns the locks it held.
+    /// returns the locks it held. [`ClientError::OutcomeUnknown`] when an
+    /// attempt that may have closed it failed and the repeat found no such
+    /// session.
     pub async fn close_session(&self, session_id: u64) -> Result<Vec<String>, ClientError> {
         let closed = self
-            .call(Duration::ZERO, |mut client, timeout| async move {
-                client
-                    .close_session(request(pb::CloseSessionRequest { session_id }, timeout))
-                    .await
-            })
-            .await?;
+            .call_tracked(
+                Duration::ZERO,
+                Repeat::Ambiguous,
+                |mut client, timeout| async move {
+                    client
+                        .close_session(request(pb::CloseSessionRequest { session_id }, timeout))
+                        .await
+                },
+            )
+            .await
+            .resolve(&[Code::NotFound])?;
         Ok(closed.released)
     }
 
@@ -377,10 +485,15 @@ impl Client {
 
     /// `Release` of `name` held by a session with `token`; the first waiter
     /// is granted in the same command.
+    ///
+    /// [`ClientError::OutcomeUnknown`] when an attempt that may have
+    /// released failed and the repeat was refused as if it had (the session
+    /// no longer holds the lock, or is gone): the lock is then not held by
+    /// this session, but who was granted it next is unknown.
     pub async fn release(&self, session_id: u64, name: &str, token: u64) -> Result<Released, ClientError> {
         let name = name.as_bytes().to_vec();
         let answer = self
-            .call(Duration::ZERO, |mut client, timeout| {
+            .call_tracked(Duration::ZERO, Repeat::Ambiguous, |mut client, timeout| {
                 let name = name.clone();
                 async move {
                     client
@@ -395,7 +508,8 @@ impl Client {
                         .await
                 }
             })
-            .await?;
+            .await
+            .resolve(&[Code::NotFound, Code::FailedPrecondition])?;
         Ok(Released {
             next: (answer.next_session_id != 0).then_some(Holder {
                 session_id: answer.next_session_id,
@@ -477,6 +591,9 @@ impl Client {
     }
 
     /// Deletes a key, fenced by the guard; returns whether it existed.
+    /// [`ClientError::OutcomeUnknown`] when an attempt that may have deleted
+    /// it failed and the repeat found the key gone: it is gone, but whether
+    /// this call deleted it is unknown.
     pub async fn delete(&self, key: &str, guard: &LockGuard) -> Result<bool, ClientError> {
         self.delete_fenced(key, &guard.fence()).await
     }
@@ -485,16 +602,28 @@ impl Client {
     pub async fn delete_fenced(&self, key: &str, fence: &Fence) -> Result<bool, ClientError> {
         let key = key.as_bytes().to_vec();
         let fence = fence.to_pb();
-        let answer = self
-            .call(Duration::ZERO, |mut client, timeout| {
+        let called = self
+            .call_tracked(Duration::ZERO, Repeat::Ambiguous, |mut client, timeout| {
                 let message = pb::DeleteRequest {
                     key: key.clone(),
                     fence: Some(fence.clone()),
                 };
                 async move { client.delete(request(message, timeout)).await }
             })
-            .await?;
-        Ok(answer.existed)
+            .await;
+        // A repeat of a delete that took effect finds the key gone: that
+        // "did not exist" says nothing about what this call deleted.
+        if let (Ok(answer), Some(earlier_failure)) = (&called.outcome, &called.earlier_failure) {
+            if !answer.existed {
+                return Err(ClientError::OutcomeUnknown {
+                    endpoint: self.current_endpoint(),
+                    code: Code::Ok,
+                    message: "the key does not exist (any more)".to_string(),
+                    earlier_failure: earlier_failure.clone(),
+                });
+            }
+        }
+        Ok(called.resolve(&[])?.existed)
     }
 
     /// Whether `token` is the current token of `lock` (linearizable), for

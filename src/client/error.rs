@@ -82,6 +82,23 @@ pub enum ClientError {
         /// The status message, with the transport's cause when there is one.
         message: String,
     },
+    /// A call that is not safe to repeat failed in a way that may have come
+    /// after it took effect (the node went away, the answer was lost), and
+    /// the repeat was refused or answered as if it had: whether this call
+    /// did what was asked is unknown, though its effect (a released lock, a
+    /// closed session, a deleted key) is in place.
+    #[error("outcome unknown: an earlier attempt may have taken effect ({earlier_failure}); the repeat got {endpoint}: {}: {message}", code_name(*.code))]
+    OutcomeUnknown {
+        /// The endpoint that answered the repeat.
+        endpoint: String,
+        /// The repeat's gRPC code (`OK` when it succeeded with a misleading
+        /// answer).
+        code: Code,
+        /// The repeat's answer.
+        message: String,
+        /// The failure of the earlier attempt.
+        earlier_failure: String,
+    },
     /// [`Client::connect`](super::Client::connect) found no endpoint that answers.
     #[error("no endpoint answered within {waited:.1?}: {}", join_failures(.failures))]
     NoEndpointAnswered {
@@ -89,6 +106,16 @@ pub enum ClientError {
         waited: Duration,
         /// The last answer of every endpoint tried.
         failures: Vec<EndpointFailure>,
+    },
+    /// The session already holds this lock, or is acquiring it: one session
+    /// holds a lock at most once, since the cluster would hand it the same
+    /// grant again.
+    #[error("session {session} already holds lock {lock:?} (or is acquiring it)")]
+    AlreadyHeld {
+        /// The session id.
+        session: u64,
+        /// The lock's name.
+        lock: String,
     },
     /// The session that an operation needs is gone.
     #[error("session {session} lost: {reason}")]
@@ -101,6 +128,12 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// Whether an earlier attempt of the call may have taken effect and the
+    /// outcome is therefore unknown.
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(self, ClientError::OutcomeUnknown { .. })
+    }
+
     /// The gRPC code of a server answer, if this error is one.
     pub fn code(&self) -> Option<Code> {
         match self {
@@ -190,6 +223,20 @@ pub fn code_name(code: Code) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_outcome_names_the_earlier_failure_and_the_repeats_answer() {
+        let error = ClientError::OutcomeUnknown {
+            endpoint: "b:2".into(),
+            code: Code::FailedPrecondition,
+            message: "session 7 does not hold lock \"x\"".into(),
+            earlier_failure: "a:1: UNAVAILABLE: connection reset".into(),
+        };
+        let text = error.to_string();
+        assert!(error.is_outcome_unknown());
+        assert!(text.contains("a:1: UNAVAILABLE: connection reset"), "{text}");
+        assert!(text.contains("b:2: FAILED_PRECONDITION"), "{text}");
+    }
 
     #[test]
     fn an_rpc_error_names_the_endpoint_the_canonical_code_and_the_message() {

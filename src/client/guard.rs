@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 
+use super::claims::Claims;
 use super::connection::{Fence, Released};
 use super::error::{ClientError, LostReason};
 use super::session::SessionShared;
@@ -77,9 +79,18 @@ impl LockGuard {
         self.session.watch()
     }
 
+    /// Until when the cluster is known to keep the holding session, moving
+    /// forward with every confirmed renewal; see
+    /// [`Session::lease_deadline`](super::Session::lease_deadline).
+    pub fn lease_deadline(&self) -> watch::Receiver<Instant> {
+        self.session.lease_deadline()
+    }
+
     /// Lets go of the guard without releasing the lock, for handing the
     /// lock and token to another process; returns its fence. The lock stays
-    /// held as long as its session lives.
+    /// held as long as its session lives, and the session still counts it as
+    /// held: locking the name again through it fails with
+    /// [`ClientError::AlreadyHeld`].
     pub fn detach(mut self) -> Fence {
         self.released = true;
         self.fence()
@@ -88,6 +99,9 @@ impl LockGuard {
     /// Releases the lock; the first waiter is granted it at once.
     pub async fn release(mut self) -> Result<Released, ClientError> {
         self.released = true;
+        // Until the answer is in, a new acquire of the name by this session
+        // waits, so that it cannot be handed this grant's token again.
+        let _releasing = Claims::start_release(&self.session, &self.name);
         self.session
             .client
             .release(self.session.id, &self.name, self.token)
@@ -95,22 +109,39 @@ impl LockGuard {
     }
 }
 
+impl std::fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("name", &self.name)
+            .field("token", &self.token)
+            .field("session", &self.session.id)
+            .finish()
+    }
+}
+
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        if self.released || self.session.lost_reason().is_some() {
+        if self.released {
+            return;
+        }
+        if self.session.lost_reason().is_some() {
+            self.session.claims.forget(&self.name);
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.session.claims.forget(&self.name);
             return;
         };
-        // The task keeps the session alive until the release is done.
-        let session = self.session.clone();
-        let name = std::mem::take(&mut self.name);
+        // The slot keeps the session alive, and a new acquire of the name by
+        // it waiting, until the release is done.
+        let slot = Claims::start_release(&self.session, &self.name);
         let token = self.token;
         runtime.spawn(async move {
-            if let Err(error) = session.client.release(session.id, &name, token).await {
-                tracing::debug!(lock = %name, token, %error, "releasing a dropped lock guard failed");
+            let session = slot.session();
+            if let Err(error) = session.client.release(session.id, slot.name(), token).await {
+                tracing::debug!(lock = %slot.name(), token, %error, "releasing a dropped lock guard failed");
             }
+            drop(slot);
         });
     }
 }

@@ -8,6 +8,7 @@
 //! example.
 
 mod backoff;
+mod claims;
 mod config;
 mod connection;
 mod endpoints;

@@ -13,6 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
 use super::backoff::Backoff;
+use super::claims::{release_if_holder, ClaimAttempt, Claims};
 use super::config::{KEEPALIVE_UNANSWERED_MAX, RENEWALS_PER_TTL};
 use super::connection::Client;
 use super::endpoints::{leader_hint, Picked};
@@ -33,6 +34,11 @@ pub(crate) struct SessionShared {
     /// Set once the owner closed or detached the session: dropping the last
     /// handle then has nothing to close.
     closed: AtomicBool,
+    /// The lock names this session holds or is acquiring or releasing.
+    pub(crate) claims: Claims,
+    /// Until when the cluster is known to keep the session: one TTL after
+    /// the sending of the last renewal it confirmed.
+    lease_deadline: watch::Receiver<Instant>,
 }
 
 impl SessionShared {
@@ -53,6 +59,10 @@ impl SessionShared {
 
     pub(crate) fn watch(&self) -> watch::Receiver<Option<LostReason>> {
         self.lost.clone()
+    }
+
+    pub(crate) fn lease_deadline(&self) -> watch::Receiver<Instant> {
+        self.lease_deadline.clone()
     }
 
     fn stop_keepalive(&self) {
@@ -143,11 +153,12 @@ impl Session {
         let (lost_sender, lost) = watch::channel(None);
         let lost_sender = Arc::new(lost_sender);
         let (stop_sender, stop) = oneshot::channel();
+        let (lease_sender, lease_deadline) = watch::channel(opened_at + ttl);
         tokio::spawn(keep_alive(
             client.clone(),
             id,
             ttl,
-            opened_at + ttl,
+            lease_sender,
             lost_sender.clone(),
             stop,
         ));
@@ -160,6 +171,8 @@ impl Session {
                 lost_sender,
                 stop: Mutex::new(Some(stop_sender)),
                 closed: AtomicBool::new(false),
+                claims: Claims::default(),
+                lease_deadline,
             }),
         }
     }
@@ -200,8 +213,23 @@ impl Session {
         self.shared.watch()
     }
 
+    /// Until when the cluster is known to keep the session (one TTL after
+    /// the sending of the last renewal it confirmed), as a receiver that
+    /// moves forward with every confirmed renewal. A holder that must stop
+    /// before its lease can run out watches this.
+    pub fn lease_deadline(&self) -> watch::Receiver<Instant> {
+        self.shared.lease_deadline()
+    }
+
     /// Waits in the lock's FIFO queue until it is granted, however long that
     /// takes; fails if the session is lost meanwhile.
+    ///
+    /// One session holds a lock at most once: locking a name this session
+    /// already holds (or is acquiring) fails with
+    /// [`ClientError::AlreadyHeld`], and locking a name whose release by
+    /// this session is still in flight waits for that release first. If the
+    /// call is cancelled or fails after the cluster may have granted the
+    /// lock, the grant is released in the background.
     pub async fn lock(&self, name: &str) -> Result<LockGuard, ClientError> {
         match self.acquire(name, None).await? {
             Some(guard) => Ok(guard),
@@ -223,6 +251,7 @@ impl Session {
     async fn acquire(&self, name: &str, wait: Option<Duration>) -> Result<Option<LockGuard>, ClientError> {
         let shared = &self.shared;
         let deadline = wait.map(|wait| Instant::now() + wait);
+        let mut claim = self.claim(name).await?;
         loop {
             if let Some(reason) = shared.lost_reason() {
                 return Err(shared.lost_error(reason));
@@ -231,6 +260,10 @@ impl Session {
                 Some(deadline) => deadline.saturating_duration_since(Instant::now()),
                 None => shared.client.config().lock_wait_step_max,
             };
+            // From here until an answer says otherwise, the cluster may have
+            // granted the lock: if this call ends any other way, the claim
+            // releases that grant.
+            claim.maybe_granted = true;
             let granted = tokio::select! {
                 granted = shared.client.acquire(shared.id, name, step) => granted,
                 // Dropping the call cancels it, and the server takes the
@@ -238,11 +271,52 @@ impl Session {
                 reason = shared.lost() => return Err(shared.lost_error(reason)),
             };
             match granted.map_err(|error| shared.check_gone(error))? {
-                Some(token) => return Ok(Some(LockGuard::new(self.shared.clone(), name.to_string(), token))),
-                None if deadline.is_some_and(|deadline| Instant::now() >= deadline) => return Ok(None),
-                None if deadline.is_some() && step.is_zero() => return Ok(None),
+                Some(token) => return Ok(Some(claim.into_guard(token))),
+                // The server answered "not granted" and took the session out
+                // of the queue: there is nothing to release.
+                None if deadline.is_some_and(|deadline| Instant::now() >= deadline) => {
+                    claim.maybe_granted = false;
+                    return Ok(None);
+                }
+                None if deadline.is_some() && step.is_zero() => {
+                    claim.maybe_granted = false;
+                    return Ok(None);
+                }
                 // One step of a longer wait passed: wait again.
                 None => continue,
+            }
+        }
+    }
+
+    /// Claims `name` for an acquire, after any release of it by this session
+    /// that is still in flight.
+    async fn claim(&self, name: &str) -> Result<Claim, ClientError> {
+        let shared = &self.shared;
+        loop {
+            if let Some(reason) = shared.lost_reason() {
+                return Err(shared.lost_error(reason));
+            }
+            let mut release_done = match shared.claims.try_claim(name) {
+                ClaimAttempt::Claimed => {
+                    return Ok(Claim {
+                        session: shared.clone(),
+                        name: name.to_string(),
+                        maybe_granted: false,
+                        done: false,
+                    })
+                }
+                ClaimAttempt::AlreadyClaimed => {
+                    return Err(ClientError::AlreadyHeld {
+                        session: shared.id,
+                        lock: name.to_string(),
+                    })
+                }
+                ClaimAttempt::WaitForRelease(done) => done,
+            };
+            tokio::select! {
+                // Resolves with an error once the release drops its sender.
+                _ = release_done.changed() => {}
+                reason = shared.lost() => return Err(shared.lost_error(reason)),
             }
         }
     }
@@ -271,6 +345,45 @@ impl Session {
     }
 }
 
+/// A name claimed by an acquire in progress. Turned into a guard on a grant;
+/// dropped otherwise, when it frees the name, after releasing in the
+/// background any grant the cluster may have made.
+struct Claim {
+    session: Arc<SessionShared>,
+    name: String,
+    /// Whether an `Acquire` was sent whose grant was not ruled out.
+    maybe_granted: bool,
+    /// Set once a guard owns the name.
+    done: bool,
+}
+
+impl Claim {
+    fn into_guard(mut self, token: u64) -> LockGuard {
+        self.done = true;
+        LockGuard::new(self.session.clone(), std::mem::take(&mut self.name), token)
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // A lost session's locks are gone with it; a call never sent
+        // granted nothing.
+        if !self.maybe_granted || self.session.lost_reason().is_some() {
+            self.session.claims.forget(&self.name);
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.session.claims.forget(&self.name);
+            return;
+        };
+        let slot = Claims::start_release(&self.session, &self.name);
+        runtime.spawn(release_if_holder(slot));
+    }
+}
+
 /// How one KeepAlive stream ended.
 enum StreamEnd {
     /// The cluster said the session is gone.
@@ -286,13 +399,13 @@ async fn keep_alive(
     client: Client,
     id: u64,
     ttl: Duration,
-    lease_deadline: Instant,
+    lease: watch::Sender<Instant>,
     lost: Arc<watch::Sender<Option<LostReason>>>,
     mut stop: oneshot::Receiver<()>,
 ) {
     let period = (ttl / RENEWALS_PER_TTL).max(Duration::from_millis(1));
     let config = client.config().clone();
-    let mut deadline = lease_deadline;
+    let mut deadline = *lease.borrow();
     let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max.min(period));
     let report = |reason: LostReason| {
         lost.send_if_modified(|state| {
@@ -309,7 +422,7 @@ async fn keep_alive(
         let deadline_before = deadline;
         let end = tokio::select! {
             _ = &mut stop => return,
-            end = one_stream(&picked, id, period, config.rpc_timeout, &mut deadline) => end,
+            end = one_stream(&picked, id, period, config.rpc_timeout, &mut deadline, &lease) => end,
         };
         match end {
             StreamEnd::Gone { message } => {
@@ -354,6 +467,7 @@ async fn one_stream(
     period: Duration,
     open_timeout: Duration,
     deadline: &mut Instant,
+    lease: &watch::Sender<Instant>,
 ) -> StreamEnd {
     let renewal = pb::KeepAliveRequest { session_id: id };
     let (sender, receiver) = mpsc::channel(KEEPALIVE_UNANSWERED_MAX);
@@ -387,9 +501,13 @@ async fn one_stream(
         tokio::select! {
             _ = tokio::time::sleep_until(*deadline) => return StreamEnd::Expired,
             _ = ticker.tick() => {
-                // A node that leaves renewals unanswered for two periods is
-                // abandoned while the lease still has a period to spare.
-                if sent.front().is_some_and(|oldest| oldest.elapsed() > period * 2) {
+                // A node that leaves a renewal unanswered for more than one
+                // period is abandoned. The lease runs one TTL (RENEWALS_PER_TTL
+                // periods) from the sending of the last confirmed renewal,
+                // which is at least as old as the unanswered one, so at most
+                // two periods of it are gone here and another node still has
+                // a period to renew it in.
+                if sent.front().is_some_and(|oldest| oldest.elapsed() > period) {
                     return StreamEnd::Broken { hint: None };
                 }
                 match sender.try_send(renewal) {
@@ -402,6 +520,7 @@ async fn one_stream(
                 Ok(Some(reply)) => {
                     if let Some(sent_at) = sent.pop_front() {
                         *deadline = (*deadline).max(sent_at + Duration::from_millis(reply.ttl_ms));
+                        lease.send_replace(*deadline);
                     }
                 }
                 Ok(None) => return StreamEnd::Broken { hint: None },
