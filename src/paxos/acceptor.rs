@@ -4,7 +4,7 @@
 
 use super::effects::Persist;
 use super::message::Message;
-use super::replica::{Replica, Role};
+use super::replica::Replica;
 use super::types::{Accepted, Ballot, Slot, Value};
 use crate::consensus::NodeId;
 
@@ -13,15 +13,7 @@ impl Replica {
     /// the Prepare was duplicated) carrying what this acceptor accepted above
     /// the slots it knows chosen; a lower one gets a Nack.
     pub(super) fn on_prepare(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot) {
-        self.max_seen = self.max_seen.max(ballot);
-        if ballot < self.promised {
-            self.send(
-                from,
-                Message::Nack {
-                    ballot,
-                    promised: self.promised,
-                },
-            );
+        if self.refuse_below_promise(from, ballot) {
             return;
         }
         if ballot > self.promised {
@@ -56,15 +48,7 @@ impl Replica {
         entries: Vec<(Slot, Value)>,
         leader_chosen_upto: Slot,
     ) {
-        self.max_seen = self.max_seen.max(ballot);
-        if ballot < self.promised {
-            self.send(
-                from,
-                Message::Nack {
-                    ballot,
-                    promised: self.promised,
-                },
-            );
+        if self.refuse_below_promise(from, ballot) {
             return;
         }
         if ballot > self.promised {
@@ -102,14 +86,25 @@ impl Replica {
         debug_assert!(ballot > self.promised, "promises only rise");
         self.promised = ballot;
         self.ready.persist.push(Persist::Promise(ballot));
-        let own_ballot = match &self.role {
-            Role::Follower => None,
-            Role::Probing { ballot, .. } => Some(*ballot),
-            Role::Preparing(preparing) => Some(preparing.ballot),
-            Role::Leading(leading) => Some(leading.ballot),
-        };
-        if own_ballot.is_some_and(|own| own < ballot) {
+        if self.role.ballot().is_some_and(|own| own < ballot) {
             self.step_down();
         }
+    }
+
+    /// Notes `ballot` as seen and, when it is below the promise, answers
+    /// with a Nack carrying the promise. Returns whether it was refused.
+    pub(super) fn refuse_below_promise(&mut self, from: NodeId, ballot: Ballot) -> bool {
+        self.max_seen = self.max_seen.max(ballot);
+        let refused = ballot < self.promised;
+        if refused {
+            self.nack(from, ballot);
+        }
+        refused
+    }
+
+    /// Tells `to` that `ballot` is below this acceptor's promise.
+    pub(super) fn nack(&mut self, to: NodeId, ballot: Ballot) {
+        let promised = self.promised;
+        self.send(to, Message::Nack { ballot, promised });
     }
 }

@@ -86,15 +86,7 @@ impl Replica {
     /// Heartbeat from a leader: follow it, acknowledge, and learn its
     /// chosen prefix.
     pub(super) fn on_heartbeat(&mut self, from: NodeId, ballot: Ballot, chosen_upto: Slot, seq: u64) {
-        self.max_seen = self.max_seen.max(ballot);
-        if ballot < self.promised {
-            self.send(
-                from,
-                Message::Nack {
-                    ballot,
-                    promised: self.promised,
-                },
-            );
+        if self.refuse_below_promise(from, ballot) {
             return;
         }
         self.follow(ballot);
@@ -105,13 +97,7 @@ impl Replica {
     pub(super) fn on_probe(&mut self, from: NodeId, ballot: Ballot) {
         self.max_seen = self.max_seen.max(ballot);
         if ballot <= self.promised {
-            self.send(
-                from,
-                Message::Nack {
-                    ballot,
-                    promised: self.promised,
-                },
-            );
+            self.nack(from, ballot);
             return;
         }
         let granted = !self.hears_leader();
@@ -135,13 +121,7 @@ impl Replica {
     /// A refusal: someone promised a higher ballot than ours.
     pub(super) fn on_nack(&mut self, _from: NodeId, ballot: Ballot, promised: Ballot) {
         self.max_seen = self.max_seen.max(promised);
-        let own_ballot = match &self.role {
-            Role::Follower => return,
-            Role::Probing { ballot, .. } => *ballot,
-            Role::Preparing(preparing) => preparing.ballot,
-            Role::Leading(leading) => leading.ballot,
-        };
-        if own_ballot == ballot && promised > ballot {
+        if self.role.ballot() == Some(ballot) && promised > ballot {
             let was_leading = matches!(self.role, Role::Leading(_));
             self.step_down();
             if !was_leading {

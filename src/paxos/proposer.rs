@@ -159,15 +159,23 @@ impl Replica {
         }
     }
 
-    pub(super) fn on_accepted(&mut self, from: NodeId, ballot: Ballot, slots: Vec<Slot>) {
+    /// The leader's state when this node leads at `ballot`, having noted
+    /// that `from` answered it; `None` for an answer to another ballot.
+    fn answered_at(&mut self, from: NodeId, ballot: Ballot) -> Option<&mut Leading> {
         let now = self.now;
-        let Role::Leading(leading) = &mut self.role else {
+        match &mut self.role {
+            Role::Leading(leading) if leading.ballot == ballot => {
+                leading.heard_at.insert(from, now);
+                Some(leading)
+            }
+            _ => None,
+        }
+    }
+
+    pub(super) fn on_accepted(&mut self, from: NodeId, ballot: Ballot, slots: Vec<Slot>) {
+        let Some(leading) = self.answered_at(from, ballot) else {
             return;
         };
-        if leading.ballot != ballot {
-            return;
-        }
-        leading.heard_at.insert(from, now);
         for slot in slots {
             if let Some(inflight) = leading.inflight.get_mut(&slot) {
                 inflight.votes.insert(from);
@@ -297,14 +305,9 @@ impl Replica {
     }
 
     pub(super) fn on_heartbeat_ack(&mut self, from: NodeId, ballot: Ballot, seq: u64) {
-        let now = self.now;
-        let Role::Leading(leading) = &mut self.role else {
+        let Some(leading) = self.answered_at(from, ballot) else {
             return;
         };
-        if leading.ballot != ballot {
-            return;
-        }
-        leading.heard_at.insert(from, now);
         let acked = leading.acked_round.entry(from).or_insert(0);
         *acked = (*acked).max(seq);
         self.confirm_reads();

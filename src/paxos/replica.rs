@@ -147,6 +147,18 @@ pub(super) enum Role {
     Leading(Box<Leading>),
 }
 
+impl Role {
+    /// The ballot this node probes, prepares or leads at, if any.
+    pub(super) fn ballot(&self) -> Option<Ballot> {
+        match self {
+            Role::Follower => None,
+            Role::Probing { ballot, .. } => Some(*ballot),
+            Role::Preparing(preparing) => Some(preparing.ballot),
+            Role::Leading(leading) => Some(leading.ballot),
+        }
+    }
+}
+
 /// One Multi-Paxos replica.
 pub struct Replica {
     pub(super) config: ReplicaConfig,
