@@ -6,11 +6,13 @@
 //! both engines run the identical state machine.
 
 pub mod applied;
+pub mod config;
 pub mod engine;
 pub mod error;
 pub mod types;
 
 pub use applied::{AppliedState, StateNotice};
+pub use config::EngineConfig;
 pub use engine::ConsensusEngine;
 pub use error::EngineError;
 pub use types::{CommandResult, EngineKind, EngineStatus, LeaderInfo, Leadership, Member, NodeId};

@@ -5,7 +5,6 @@
 //! ticks it on an interval.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,8 +21,8 @@ use super::storage::PaxosStore;
 use super::transport::{Inbound, Outboxes, PaxosPeerService, INBOX_BATCHES_MAX, PEER_MESSAGE_BYTES_MAX};
 use super::types::{Proposal, ProposalId, ReadId};
 use crate::consensus::{
-    AppliedState, CommandResult, ConsensusEngine, EngineError, EngineKind, EngineStatus, LeaderInfo,
-    Leadership, Member, NodeId,
+    AppliedState, CommandResult, ConsensusEngine, EngineConfig, EngineError, EngineKind, EngineStatus,
+    LeaderInfo, Leadership, Member, NodeId,
 };
 use crate::lock::{Command, LockState};
 use crate::rpc::pb::paxos::paxos_peer_server::PaxosPeerServer;
@@ -33,23 +32,6 @@ pub const INPUT_QUEUE_MAX: usize = 16_384;
 /// Most inputs or inbound batches the driver takes before executing effects,
 /// so that one burst cannot starve ticks.
 pub const DRAIN_MAX: usize = 1_024;
-
-/// Settings of one Multi-Paxos node.
-#[derive(Debug, Clone)]
-pub struct PaxosEngineConfig {
-    /// This node's id; must be a key of `members`.
-    pub node_id: NodeId,
-    /// Every voting member and its address, this node included.
-    pub members: BTreeMap<NodeId, String>,
-    /// Directory of this node's RocksDB.
-    pub data_dir: PathBuf,
-    /// Leader heartbeat period.
-    pub heartbeat: Duration,
-    /// Minimum election timeout; each wait is drawn from `[min, 2·min)`.
-    pub election_timeout: Duration,
-    /// Snapshot the state machine and truncate the log after this many slots.
-    pub snapshot_every_entries: u64,
-}
 
 enum Input {
     Propose {
@@ -88,17 +70,8 @@ impl PaxosEngine {
     /// Opens storage, restores the snapshot and the acceptor's records, and
     /// starts the driver. Returns the engine and the routes of its peer
     /// service, to mount on the node's gRPC server.
-    pub async fn start(config: PaxosEngineConfig) -> anyhow::Result<(Arc<Self>, Routes)> {
-        anyhow::ensure!(
-            config.members.contains_key(&config.node_id),
-            "node {} is not among the members {:?}",
-            config.node_id,
-            config.members.keys().collect::<Vec<_>>()
-        );
-        anyhow::ensure!(
-            config.snapshot_every_entries > 0,
-            "snapshot_every_entries must be positive"
-        );
+    pub async fn start(config: EngineConfig) -> anyhow::Result<(Arc<Self>, Routes)> {
+        config.validate()?;
         // The driver syncs RocksDB writes with `block_in_place`, which needs
         // worker threads to hand its other tasks to.
         anyhow::ensure!(

@@ -23,7 +23,7 @@ pub mod transport;
 pub mod types;
 
 pub use effects::{Apply, Persist, Ready, Refusal};
-pub use engine::{PaxosEngine, PaxosEngineConfig};
+pub use engine::PaxosEngine;
 pub use message::{Envelope, Message};
 pub use replica::{DurableState, Replica, ReplicaConfig};
 pub use types::{Accepted, Ballot, Chosen, Proposal, ProposalId, ReadId, Slot, Value};

@@ -1,10 +1,8 @@
 //! [`ConsensusEngine`] on openraft.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
@@ -18,28 +16,11 @@ use super::service::RaftPeerService;
 use super::state_machine::{StateMachineStore, CF_SNAPSHOT};
 use super::types::Raft;
 use crate::consensus::{
-    AppliedState, CommandResult, ConsensusEngine, EngineError, EngineKind, EngineStatus, LeaderInfo,
-    Leadership, Member, NodeId,
+    AppliedState, CommandResult, ConsensusEngine, EngineConfig, EngineError, EngineKind, EngineStatus,
+    LeaderInfo, Leadership, Member, NodeId,
 };
 use crate::lock::Command;
 use crate::rpc::pb::raft::raft_peer_server::RaftPeerServer;
-
-/// Settings of one openraft node.
-#[derive(Debug, Clone)]
-pub struct RaftEngineConfig {
-    /// This node's id; must be a key of `members`.
-    pub node_id: NodeId,
-    /// Every voting member and its address, this node included.
-    pub members: BTreeMap<NodeId, String>,
-    /// Directory of this node's RocksDB.
-    pub data_dir: PathBuf,
-    /// Leader heartbeat period.
-    pub heartbeat: Duration,
-    /// Minimum election timeout; the actual one is drawn from `[min, 2·min)`.
-    pub election_timeout: Duration,
-    /// Build a snapshot after this many log entries.
-    pub snapshot_every_entries: u64,
-}
 
 /// The openraft engine.
 pub struct RaftEngine {
@@ -56,13 +37,8 @@ impl RaftEngine {
     /// fresh (every member initializes with the same membership, which
     /// openraft's voting makes safe). Returns the engine and the routes of its
     /// peer service, to mount on the node's gRPC server.
-    pub async fn start(config: RaftEngineConfig) -> anyhow::Result<(Arc<Self>, Routes)> {
-        anyhow::ensure!(
-            config.members.contains_key(&config.node_id),
-            "node {} is not among the members {:?}",
-            config.node_id,
-            config.members.keys().collect::<Vec<_>>()
-        );
+    pub async fn start(config: EngineConfig) -> anyhow::Result<(Arc<Self>, Routes)> {
+        config.validate()?;
         let election_ms = config.election_timeout.as_millis() as u64;
         let raft_config = Config {
             cluster_name: "quorumlock".to_string(),

@@ -8,7 +8,7 @@ pub mod service;
 pub mod state_machine;
 pub mod types;
 
-pub use engine::{RaftEngine, RaftEngineConfig};
+pub use engine::RaftEngine;
 
 #[cfg(test)]
 mod tests;

@@ -14,9 +14,9 @@ use super::clock::{Clock, MonotonicClock};
 use super::config::NodeConfig;
 use super::health::{HealthConfig, HealthKeeper};
 use super::leases::{LeaseConfig, Leases};
-use crate::consensus::{ConsensusEngine, EngineKind};
-use crate::paxos::{PaxosEngine, PaxosEngineConfig};
-use crate::raft::{RaftEngine, RaftEngineConfig};
+use crate::consensus::{ConsensusEngine, EngineConfig, EngineKind};
+use crate::paxos::PaxosEngine;
+use crate::raft::RaftEngine;
 use crate::rpc::forward::API_MESSAGE_BYTES_MAX;
 use crate::rpc::pb::v1::cluster_server::ClusterServer;
 use crate::rpc::pb::v1::lock_server::LockServer;
@@ -50,29 +50,21 @@ impl Node {
         let addr = listener.local_addr()?;
 
         // Each engine brings its own peer transport as routes on the node's server.
+        let engine_config = EngineConfig {
+            node_id: config.id,
+            members: config.peers.clone(),
+            data_dir: config.data_dir.clone(),
+            heartbeat: config.heartbeat,
+            election_timeout: config.election_timeout,
+            snapshot_every_entries: config.snapshot_every_entries,
+        };
         let (engine, peer_routes): (Arc<dyn ConsensusEngine>, Routes) = match config.engine {
             EngineKind::Raft => {
-                let (engine, routes) = RaftEngine::start(RaftEngineConfig {
-                    node_id: config.id,
-                    members: config.peers.clone(),
-                    data_dir: config.data_dir.clone(),
-                    heartbeat: config.heartbeat,
-                    election_timeout: config.election_timeout,
-                    snapshot_every_entries: config.snapshot_every_entries,
-                })
-                .await?;
+                let (engine, routes) = RaftEngine::start(engine_config).await?;
                 (engine, routes)
             }
             EngineKind::Paxos => {
-                let (engine, routes) = PaxosEngine::start(PaxosEngineConfig {
-                    node_id: config.id,
-                    members: config.peers.clone(),
-                    data_dir: config.data_dir.clone(),
-                    heartbeat: config.heartbeat,
-                    election_timeout: config.election_timeout,
-                    snapshot_every_entries: config.snapshot_every_entries,
-                })
-                .await?;
+                let (engine, routes) = PaxosEngine::start(engine_config).await?;
                 (engine, routes)
             }
         };

@@ -1,0 +1,42 @@
+//! Settings every engine takes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::NodeId;
+
+/// Settings of one node's consensus engine, whichever it is.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// This node's id; must be a key of `members`.
+    pub node_id: NodeId,
+    /// Every voting member and its address, this node included.
+    pub members: BTreeMap<NodeId, String>,
+    /// Directory of this node's RocksDB.
+    pub data_dir: PathBuf,
+    /// Leader heartbeat period.
+    pub heartbeat: Duration,
+    /// Minimum election timeout; each wait is drawn from `[min, 2·min)`.
+    pub election_timeout: Duration,
+    /// Snapshot the state machine and truncate the log after this many log
+    /// entries (Raft) or slots (Paxos).
+    pub snapshot_every_entries: u64,
+}
+
+impl EngineConfig {
+    /// Checks what every engine relies on.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.members.contains_key(&self.node_id),
+            "node {} is not among the members {:?}",
+            self.node_id,
+            self.members.keys().collect::<Vec<_>>()
+        );
+        anyhow::ensure!(
+            self.snapshot_every_entries > 0,
+            "snapshot_every_entries must be positive"
+        );
+        Ok(())
+    }
+}
