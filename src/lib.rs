@@ -48,6 +48,8 @@
 //!
 //! The crate reads like the architecture:
 //! - [`client`]: the Rust client;
+//! - [`cluster`]: local clusters of node processes, for the demo, benchmarks
+//!   and chaos runs;
 //! - [`lock`]: the pure, deterministic lock state machine;
 //! - [`consensus`]: the engine seam every engine implements;
 //! - [`raft`]: the openraft engine;
@@ -57,6 +59,7 @@
 //! - [`server`]: node assembly and the session lease driver.
 
 pub mod client;
+pub mod cluster;
 pub mod consensus;
 pub mod lock;
 pub mod paxos;

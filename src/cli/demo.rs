@@ -14,8 +14,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::time::Instant;
 
-use super::local_cluster::LocalCluster;
 use super::{parse_duration, EXIT_ERROR};
+use quorumlock::cluster::{ClusterSpec, ProcessCluster};
 
 /// Nodes of the demo's own cluster.
 pub const DEMO_NODES: usize = 3;
@@ -97,7 +97,8 @@ async fn play(args: DemoArgs) -> anyhow::Result<()> {
             endpoints.clone()
         }
         None => {
-            let mut local = LocalCluster::start(&args.engine, DEMO_NODES).await?;
+            let exe = std::env::current_exe().context("finding the quorumlock executable")?;
+            let mut local = ProcessCluster::start(ClusterSpec::new(exe, &args.engine, DEMO_NODES)).await?;
             let leader = local.wait_for_leader().await?;
             let endpoints = local.endpoints().join(",");
             steps.say(format!(
@@ -205,8 +206,8 @@ async fn play(args: DemoArgs) -> anyhow::Result<()> {
     match cluster.as_mut() {
         Some(local) => {
             let leader = local.wait_for_leader().await?;
-            let pid = local.pid(leader.index).unwrap_or_default();
-            local.kill(leader.index)?;
+            let pid = local.node(leader.index).pid().unwrap_or_default();
+            local.node_mut(leader.index).kill()?;
             steps.say(format!(
                 "killed the leader, node {} (process {pid}), with SIGKILL",
                 leader.id

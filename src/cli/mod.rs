@@ -1,7 +1,6 @@
 //! The subcommands of the `quorumlock` binary, one module per area.
 
 mod demo;
-mod local_cluster;
 mod lock_command;
 mod scripting;
 mod serve;
