@@ -1,7 +1,9 @@
 //! What the core asks its driver to do. The driver must execute a [`Ready`]
 //! in field order: persist (synced) before sending, since a promise or an
 //! acceptance may not leave the node before it is durable; then apply; then
-//! answer reads and proposals.
+//! answer reads and proposals. The one exception is a leader's `Accept`
+//! (see [`super::Message::may_precede_persist`]), which may be sent while
+//! the persist runs.
 
 use std::sync::Arc;
 
@@ -55,7 +57,8 @@ pub enum Refusal {
 pub struct Ready {
     /// Records to write, synced, before anything else.
     pub persist: Vec<Persist>,
-    /// Messages to send once `persist` is durable.
+    /// Messages to send once `persist` is durable (those for which
+    /// [`super::Message::may_precede_persist`] holds may go before).
     pub messages: Vec<Envelope>,
     /// The applied sequence's next steps.
     pub apply: Vec<Apply>,

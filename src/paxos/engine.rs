@@ -347,11 +347,19 @@ impl Driver {
             refused,
             abandoned,
         } = self.replica.take_ready();
+        // Accepts travel while the local write syncs: the followers' fsyncs
+        // overlap the leader's instead of following it.
+        let (early, after_persist): (Vec<_>, Vec<_>) = messages
+            .into_iter()
+            .partition(|envelope| envelope.message.may_precede_persist());
+        for envelope in early {
+            self.outboxes.send(envelope.to, envelope.message);
+        }
         if !persist.is_empty() {
             let store = &self.store;
             tokio::task::block_in_place(|| store.persist(&persist))?;
         }
-        for envelope in messages {
+        for envelope in after_persist {
             self.outboxes.send(envelope.to, envelope.message);
         }
         let mut snapshot_installed = false;

@@ -128,6 +128,7 @@ struct Faults {
     delay_steps_max: u64,
     crash: f64,
     crash_after_persist: f64,
+    crash_before_persist: f64,
     partition: f64,
     flush: f64,
     propose: f64,
@@ -186,6 +187,7 @@ impl Sim {
                 .expect("in range"),
             crash: if calm { 0.0 } else { rng.gen_range(0.0..0.002) },
             crash_after_persist: if calm { 0.0 } else { rng.gen_range(0.0..0.01) },
+            crash_before_persist: if calm { 0.0 } else { rng.gen_range(0.0..0.01) },
             partition: if calm { 0.0 } else { rng.gen_range(0.0..0.002) },
             flush: rng.gen_range(0.3..1.0),
             propose: rng.gen_range(0.02..0.3),
@@ -384,6 +386,7 @@ impl Sim {
         self.faults.duplicate = 0.0;
         self.faults.crash = 0.0;
         self.faults.crash_after_persist = 0.0;
+        self.faults.crash_before_persist = 0.0;
         self.faults.partition = 0.0;
         for i in 0..self.nodes.len() {
             if self.nodes[i].replica.is_none() {
@@ -478,6 +481,19 @@ impl Sim {
                 ready.persist, ready.apply, ready.refused, ready.abandoned
             )
         });
+        // Accepts may leave before the records are durable, as the driver
+        // sends them; a crash here loses the records but not the messages.
+        let (early, after_persist): (Vec<_>, Vec<_>) = ready
+            .messages
+            .into_iter()
+            .partition(|envelope| envelope.message.may_precede_persist());
+        for envelope in early {
+            self.send(envelope);
+        }
+        if self.rng.gen_bool(self.faults.crash_before_persist) {
+            self.crash(i);
+            return Ok(());
+        }
         for persist in ready.persist {
             let disk = &mut self.nodes[i].disk;
             match persist {
@@ -506,7 +522,7 @@ impl Sim {
             self.crash(i);
             return Ok(());
         }
-        for envelope in ready.messages {
+        for envelope in after_persist {
             self.send(envelope);
         }
         for apply in ready.apply {
