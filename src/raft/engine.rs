@@ -59,7 +59,7 @@ impl RaftEngine {
         let commit_index = Arc::new(AtomicU64::new(0));
         let applied_index = Arc::new(AtomicU64::new(0));
         let state = Arc::new(AppliedState::default());
-        let log_store = LogStore::new(db.clone(), commit_index.clone());
+        let log_store = LogStore::new(db.clone(), commit_index.clone())?;
         let state_machine = StateMachineStore::open(db, state.clone(), applied_index.clone())?;
         let raft = Raft::new(
             config.node_id,

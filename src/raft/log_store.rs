@@ -1,8 +1,9 @@
 //! The Raft log and vote in RocksDB.
 //!
 //! Log entries live in their own column family under big-endian index keys,
-//! so iteration order is log order. Every append is one `WriteBatch` whose
-//! WAL is synced before openraft is told the entries are flushed.
+//! so iteration order is log order. Every append is one `WriteBatch`;
+//! openraft is told the entries are flushed only once the WAL holding them
+//! is synced, by the group-commit thread of [`super::wal_sync`].
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -16,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::types::{Entry, LogId, StorageError, TypeConfig};
+use super::wal_sync::WalSyncer;
 use crate::consensus::NodeId;
 use crate::storage::{cf, parse_u64_key, synced, u64_key};
 
@@ -33,13 +35,19 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 pub struct LogStore {
     db: Arc<DB>,
     commit_index: Arc<AtomicU64>,
+    syncer: WalSyncer,
 }
 
 impl LogStore {
     /// Wraps a database opened with [`CF_LOG`] and [`CF_META`];
     /// `commit_index` is updated whenever openraft saves its committed id.
-    pub fn new(db: Arc<DB>, commit_index: Arc<AtomicU64>) -> Self {
-        LogStore { db, commit_index }
+    pub fn new(db: Arc<DB>, commit_index: Arc<AtomicU64>) -> std::io::Result<Self> {
+        let syncer = WalSyncer::start(db.clone())?;
+        Ok(LogStore {
+            db,
+            commit_index,
+            syncer,
+        })
     }
 
     fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageIOError<NodeId>> {
@@ -169,11 +177,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let bytes = bincode::serialize(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
             batch.put_cf(log, u64_key(entry.log_id.index), bytes);
         }
-        let result = self.db.write_opt(batch, &synced());
-        // Report the flush only after the WAL sync returned.
-        match result {
+        // Written unsynced; the callback fires after the next WAL sync.
+        match self.db.write(batch) {
             Ok(()) => {
-                callback.log_io_completed(Ok(()));
+                self.syncer.flushed_after_sync(callback);
                 Ok(())
             }
             Err(error) => {

@@ -7,6 +7,7 @@ pub mod network;
 pub mod service;
 pub mod state_machine;
 pub mod types;
+pub mod wal_sync;
 
 pub use engine::RaftEngine;
 

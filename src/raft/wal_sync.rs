@@ -1,0 +1,73 @@
+//! Group commit for the Raft log: appends return at once and one thread
+//! syncs the WAL for all of them, many appends per fsync.
+//!
+//! openraft's `append` hands over a [`LogFlushed`] callback precisely so the
+//! store can report durability later. Writing the batch unsynced and
+//! queueing the callback lets RaftCore go on (replicate to followers, take
+//! the next client writes) while the disk syncs, and every append that
+//! arrives during one fsync shares the next. A callback fires only after an
+//! fsync that began after its batch was written, so "flushed" still means
+//! on disk.
+
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+
+use openraft::storage::LogFlushed;
+use rocksdb::DB;
+
+use super::types::TypeConfig;
+
+/// Appends waiting for a sync; beyond this, `append` waits for room
+/// (backpressure on RaftCore rather than unbounded memory).
+pub const APPENDS_AWAITING_SYNC_MAX: usize = 16_384;
+
+/// Most callbacks answered by one fsync; bounds one round's latency.
+const CALLBACKS_PER_SYNC_MAX: usize = 4_096;
+
+/// The sending side; the syncing thread stops when every clone is dropped.
+#[derive(Clone)]
+pub struct WalSyncer {
+    queue: SyncSender<LogFlushed<TypeConfig>>,
+}
+
+impl WalSyncer {
+    /// Starts the syncing thread for `db`.
+    pub fn start(db: Arc<DB>) -> std::io::Result<WalSyncer> {
+        let (queue, pending) = sync_channel(APPENDS_AWAITING_SYNC_MAX);
+        std::thread::Builder::new()
+            .name("raft-wal-sync".to_string())
+            .spawn(move || sync_loop(&db, &pending))?;
+        Ok(WalSyncer { queue })
+    }
+
+    /// Reports `callback` flushed once the WAL holding everything written so
+    /// far is synced. Blocks while [`APPENDS_AWAITING_SYNC_MAX`] are queued.
+    pub fn flushed_after_sync(&self, callback: LogFlushed<TypeConfig>) {
+        // A full queue blocks this thread until the syncer takes a round;
+        // the syncer never needs the async runtime, so this cannot deadlock.
+        if let Err(error) = self.queue.send(callback) {
+            error
+                .0
+                .log_io_completed(Err(std::io::Error::other("the WAL sync thread stopped")));
+        }
+    }
+}
+
+fn sync_loop(db: &DB, pending: &Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = pending.recv() {
+        let mut callbacks = vec![first];
+        callbacks.extend(pending.try_iter().take(CALLBACKS_PER_SYNC_MAX - 1));
+        let result = db.flush_wal(true);
+        if let Err(error) = &result {
+            tracing::error!(%error, "syncing the Raft log failed");
+        }
+        for callback in callbacks {
+            callback.log_io_completed(
+                result
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|error| std::io::Error::other(error.to_string())),
+            );
+        }
+    }
+}
