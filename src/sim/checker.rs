@@ -98,6 +98,14 @@ impl Checker {
         self.token_floor.insert(node, state.next_token() - 1);
     }
 
+    /// A replica's state was replaced by one the checker cannot see (an
+    /// engine's snapshot install): its apply order starts again.
+    pub fn reset(&mut self, node: NodeId) {
+        self.last_grant.retain(|(id, _), _| *id != node);
+        self.last_put.retain(|(id, _), _| *id != node);
+        self.token_floor.remove(&node);
+    }
+
     /// A replica's fenced store accepted a write under `fence`.
     pub fn put_accepted(&mut self, node: NodeId, fence: &Fence) {
         let last = self.last_put.entry((node, fence.lock.clone())).or_insert(0);

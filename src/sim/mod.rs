@@ -24,7 +24,9 @@
 
 pub mod checker;
 pub mod clock;
+pub mod network;
 pub mod paxos;
+pub mod raft;
 pub mod workload;
 
 use std::cell::Cell;

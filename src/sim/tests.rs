@@ -3,6 +3,7 @@
 
 use super::checker::{AckedWrite, Checker};
 use super::paxos::PaxosSim;
+use super::raft::RaftSim;
 use super::*;
 use crate::lock::{Fence, Grant, LockState};
 
@@ -31,6 +32,45 @@ fn paxos_seed_replays_exactly() {
         let second = run_paxos(seed).expect("the seed passes");
         assert_eq!(first, second, "seed {seed} replayed differently");
     }
+}
+
+fn run_raft(seed: u64) -> Result<RunSummary, Violation> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async { RaftSim::new(seed, size_of(seed)).await.run().await })
+}
+
+/// The same properties for the lock service on openraft with its RocksDB
+/// stores, under the same kinds of faults.
+#[test]
+fn raft_lock_service_keeps_every_property_under_faults() {
+    run_seeds(
+        "raft",
+        &seeds("QUORUMLOCK_WSIM_RAFT_SEEDS", RAFT_SEEDS_DEFAULT),
+        run_raft,
+    );
+}
+
+/// A Raft seed replays the same faults and client decisions, but openraft's
+/// own election timeouts and tokio's polling order are not seeded: this
+/// reports how many replays end in the same state, and requires only that
+/// every replay keeps the properties.
+#[test]
+fn raft_seed_replays_keep_the_properties() {
+    let seeds = 0..env_u64("QUORUMLOCK_WSIM_RAFT_REPLAYS").unwrap_or(4);
+    let count = seeds.end;
+    let mut identical = 0;
+    for seed in seeds {
+        let first = run_seed("raft", seed, run_raft).unwrap_or_else(|failure| panic!("{failure}"));
+        let second = run_seed("raft", seed, run_raft).unwrap_or_else(|failure| panic!("{failure}"));
+        if first == second {
+            identical += 1;
+        }
+    }
+    eprintln!("raft replay: {identical} of {count} seeds replayed to an identical summary");
 }
 
 fn grant(lock: &str, session: u64, token: u64) -> Grant {
