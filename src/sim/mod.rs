@@ -35,9 +35,9 @@ use std::sync::Once;
 use std::time::Instant;
 
 /// Paxos seeds a plain `cargo test` runs.
-pub const PAXOS_SEEDS_DEFAULT: u64 = 1_000;
+pub const PAXOS_SEEDS_DEFAULT: u64 = 20_000;
 /// Raft seeds a plain `cargo test` runs.
-pub const RAFT_SEEDS_DEFAULT: u64 = 100;
+pub const RAFT_SEEDS_DEFAULT: u64 = 1_000;
 
 /// A broken property, described by the values that broke it.
 pub type Violation = String;

@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use super::checker::Checker;
 use super::clock::{SimTime, SkewedClock};
 use super::network::{Hub, NetworkFaults};
-use super::workload::{Client, ANSWER_MS_MAX, TTL_MS_MAX};
+use super::workload::{key_of, lock_name, Client, ANSWER_MS_MAX, LOCKS, TTL_MS_MAX};
 use super::{fingerprint, RunSummary, Violation};
 use crate::consensus::{
     AppliedState, CommandResult, ConsensusEngine, EngineConfig, EngineError, NodeId, StateNotice,
@@ -49,6 +49,9 @@ const LIVENESS_MS_MAX: u64 = 10_000;
 /// After clients stop (and after the final restart), every node must have
 /// applied the same index within this.
 const CONVERGENCE_MS_MAX: u64 = 10_000;
+/// The driver's step: how often clients act and faults are drawn. Fault
+/// chances are per step.
+const DRIVER_STEP_MS: u64 = 5;
 /// How often replicas' states are compared.
 const SAMPLE_EVERY_MS: u64 = 50;
 /// Longest message delay a run may draw.
@@ -104,6 +107,7 @@ pub struct RaftSim {
     checker: Arc<Mutex<Checker>>,
     answers_tx: mpsc::UnboundedSender<Answer>,
     answers: mpsc::UnboundedReceiver<Answer>,
+    next_sample_ms: u64,
 }
 
 /// Where the nodes' RocksDB directories go: memory if the machine has a
@@ -135,11 +139,11 @@ impl RaftSim {
             partition: None,
         };
         let faults = Faults {
-            crash: faulty(&mut rng, 0.0005),
-            partition: faulty(&mut rng, 0.001),
-            clock_jump: faulty(&mut rng, 0.001),
-            clock_rate: faulty(&mut rng, 0.0005),
-            client_pause: faulty(&mut rng, 0.001),
+            crash: faulty(&mut rng, 0.0005 * DRIVER_STEP_MS as f64),
+            partition: faulty(&mut rng, 0.001 * DRIVER_STEP_MS as f64),
+            clock_jump: faulty(&mut rng, 0.001 * DRIVER_STEP_MS as f64),
+            clock_rate: faulty(&mut rng, 0.0005 * DRIVER_STEP_MS as f64),
+            client_pause: faulty(&mut rng, 0.001 * DRIVER_STEP_MS as f64),
         };
         let snapshot_every_entries = *[20, 100, 10_000].get(rng.gen_range(0..3)).expect("in range");
         let hub = Hub::new(rng.gen());
@@ -188,6 +192,7 @@ impl RaftSim {
             checker: Arc::new(Mutex::new(Checker::default())),
             answers_tx,
             answers,
+            next_sample_ms: 0,
         }
     }
 
@@ -319,7 +324,7 @@ impl RaftSim {
                     self.leaders()
                 ));
             }
-            for _ in 0..SAMPLE_EVERY_MS * 2 {
+            for _ in 0..SAMPLE_EVERY_MS * 2 / DRIVER_STEP_MS {
                 self.advance().await?;
             }
         }
@@ -490,9 +495,9 @@ impl RaftSim {
         }
     }
 
-    /// One millisecond: restarts, answers, client work, state samples.
+    /// One driver step: restarts, answers, client work, state samples.
     async fn advance(&mut self) -> Result<(), Violation> {
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::time::sleep(Duration::from_millis(DRIVER_STEP_MS)).await;
         let now = self.now_ms();
         for i in 0..self.nodes.len() {
             if self.nodes[i].engine.is_none() && now >= self.nodes[i].restart_at_ms {
@@ -503,13 +508,22 @@ impl RaftSim {
             self.answered(client, serial, node, result);
         }
         self.client_work();
-        if now % SAMPLE_EVERY_MS == 0 {
+        if now >= self.next_sample_ms {
+            self.next_sample_ms = now + SAMPLE_EVERY_MS;
             let mut checker = self.checker.lock();
             for node in &self.nodes {
                 if let Some(engine) = &node.engine {
                     // Nothing runs between these reads: one thread, no await.
                     let index = engine.status().applied_index;
                     checker.applied_state(node.id, index, engine.state().snapshot());
+                    // The store's records only move to higher tokens
+                    // between samples of one boot.
+                    for lock in 0..LOCKS {
+                        let key = key_of(&lock_name(lock));
+                        if let Some(entry) = engine.state().read(|state| state.get(&key).cloned()) {
+                            checker.put_accepted(node.id, &entry.written_by);
+                        }
+                    }
                 }
             }
         }
