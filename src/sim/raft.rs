@@ -313,8 +313,8 @@ impl RaftSim {
                 .flatten()
                 .filter(|index| *index >= floor && applied.iter().all(|other| *other == Some(*index)));
             let idle = self.clients.iter().all(|client| client.in_flight().is_none());
-            if agreed.is_some() && idle && self.leaders().len() == 1 && agreed == previous {
-                return Ok(agreed.expect("checked"));
+            if let Some(index) = agreed.filter(|_| idle && self.leaders().len() == 1 && agreed == previous) {
+                return Ok(index);
             }
             previous = agreed;
             if self.now_ms() >= deadline {
