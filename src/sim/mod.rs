@@ -19,7 +19,11 @@
 //! Environment:
 //! - `QUORUMLOCK_WSIM_PAXOS_SEEDS=N`, `QUORUMLOCK_WSIM_RAFT_SEEDS=N`: seeds
 //!   per engine (defaults [`PAXOS_SEEDS_DEFAULT`], [`RAFT_SEEDS_DEFAULT`]);
+//! - `QUORUMLOCK_WSIM_FIRST_SEED=F`: start from seed F instead of 0 (for
+//!   long runs over fresh seeds);
 //! - `QUORUMLOCK_WSIM_SEED=S`: run seed S only;
+//! - `QUORUMLOCK_WSIM_RAFT_REPLAYS=N`: seeds `raft_seed_replays_keep_the_properties`
+//!   runs twice (default 4);
 //! - `QUORUMLOCK_WSIM_TRACE=1`: print the run's events to stderr.
 
 pub mod checker;
@@ -135,11 +139,14 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 /// The seeds to run: the replayed one, or `count_var` many (default
-/// `default_count`).
+/// `default_count`) from `QUORUMLOCK_WSIM_FIRST_SEED` (default 0).
 pub fn seeds(count_var: &str, default_count: u64) -> Vec<u64> {
     match env_u64("QUORUMLOCK_WSIM_SEED") {
         Some(seed) => vec![seed],
-        None => (0..env_u64(count_var).unwrap_or(default_count)).collect(),
+        None => {
+            let first = env_u64("QUORUMLOCK_WSIM_FIRST_SEED").unwrap_or(0);
+            (first..first + env_u64(count_var).unwrap_or(default_count)).collect()
+        }
     }
 }
 
