@@ -66,4 +66,6 @@ pub mod paxos;
 pub mod raft;
 pub mod rpc;
 pub mod server;
+#[cfg(test)]
+mod sim;
 pub mod storage;

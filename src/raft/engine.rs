@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::network::RaftNetworkFactory;
 use openraft::{BasicNode, Config, RaftMetrics, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
 use tonic::service::Routes;
@@ -14,7 +15,7 @@ use super::log_store::{LogStore, CF_LOG, CF_META};
 use super::network::PeerNetwork;
 use super::service::RaftPeerService;
 use super::state_machine::{StateMachineStore, CF_SNAPSHOT};
-use super::types::Raft;
+use super::types::{Raft, TypeConfig};
 use crate::consensus::{
     AppliedState, CommandResult, ConsensusEngine, EngineConfig, EngineError, EngineKind, EngineStatus,
     LeaderInfo, Leadership, Member, NodeId,
@@ -38,6 +39,24 @@ impl RaftEngine {
     /// openraft's voting makes safe). Returns the engine and the routes of its
     /// peer service, to mount on the node's gRPC server.
     pub async fn start(config: EngineConfig) -> anyhow::Result<(Arc<Self>, Routes)> {
+        let engine =
+            Self::start_with_network(config, PeerNetwork::default(), Arc::new(AppliedState::default()))
+                .await?;
+        let service = RaftPeerServer::new(RaftPeerService::new(engine.raft.clone()))
+            .max_decoding_message_size(super::network::PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(super::network::PEER_MESSAGE_BYTES_MAX);
+        Ok((engine, Routes::new(service)))
+    }
+
+    /// Like [`RaftEngine::start`], but over any peer transport and applying
+    /// to a given (empty) state, whose notices the caller may already watch.
+    /// The simulation runs nodes this way over an in-memory network; the
+    /// caller delivers peer messages to [`RaftEngine::raft`].
+    pub async fn start_with_network<N: RaftNetworkFactory<TypeConfig>>(
+        config: EngineConfig,
+        network: N,
+        state: Arc<AppliedState>,
+    ) -> anyhow::Result<Arc<Self>> {
         config.validate()?;
         let election_ms = config.election_timeout.as_millis() as u64;
         let raft_config = Config {
@@ -58,13 +77,12 @@ impl RaftEngine {
         let db = crate::storage::open(&config.data_dir.join("raft"), &[CF_LOG, CF_META, CF_SNAPSHOT])?;
         let commit_index = Arc::new(AtomicU64::new(0));
         let applied_index = Arc::new(AtomicU64::new(0));
-        let state = Arc::new(AppliedState::default());
         let log_store = LogStore::new(db.clone(), commit_index.clone())?;
         let state_machine = StateMachineStore::open(db, state.clone(), applied_index.clone())?;
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
-            PeerNetwork::default(),
+            network,
             log_store,
             state_machine,
         )
@@ -96,10 +114,12 @@ impl RaftEngine {
             commit_index,
             applied_index,
         });
-        let service = RaftPeerServer::new(RaftPeerService::new(raft))
-            .max_decoding_message_size(super::network::PEER_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(super::network::PEER_MESSAGE_BYTES_MAX);
-        Ok((engine, Routes::new(service)))
+        Ok(engine)
+    }
+
+    /// The openraft node, to which a transport delivers peer messages.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
     }
 }
 
