@@ -81,7 +81,7 @@ fn text() -> impl Strategy<Value = String> {
 
 fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
-        any::<u64>().prop_map(|ttl_ms| Command::OpenSession { ttl_ms }),
+        prop_oneof![Just(10_000u64), any::<u64>()].prop_map(|ttl_ms| Command::OpenSession { ttl_ms }),
         (0u64..6).prop_map(|session| Command::CloseSession { session }),
         (0u64..6).prop_map(|session| Command::ExpireSession { session }),
         proptest::collection::vec((0u64..6, any::<u64>()), 0..4)
@@ -278,6 +278,48 @@ fn step_all(messages: Vec<Message>) {
         replica.tick();
         let _ = replica.take_ready();
     }
+}
+
+/// A snapshot whose token or session counter sits at the top of u64 (or at
+/// 0) is refused: restoring it would let the next grant wrap around and hand
+/// out a token smaller than those before it, or the id 0 that means "none".
+#[test]
+fn snapshots_with_exhausted_or_zero_counters_are_refused() {
+    let snapshot = LockState::default().snapshot();
+    // bincode's fixed-width layout: the session counter, then the token counter.
+    for (offset, counter) in [(0, "session"), (8, "token")] {
+        for value in [0, u64::MAX, u64::MAX - 1, (1 << 62) + 1] {
+            let mut damaged = snapshot.clone();
+            damaged[offset..offset + 8].copy_from_slice(&u64::to_le_bytes(value));
+            let refusal = LockState::restore(&damaged)
+                .err()
+                .unwrap_or_else(|| panic!("a snapshot with {counter} counter {value} restored"));
+            assert!(
+                refusal.contains(&format!("next {counter} counter {value}")),
+                "the refusal names the counter: {refusal}"
+            );
+        }
+    }
+    let mut edge = snapshot;
+    edge[8..16].copy_from_slice(&u64::to_le_bytes(1 << 62));
+    let mut state = LockState::restore(&edge).expect("a counter at the bound restores");
+    let session = match state.apply(&Command::OpenSession { ttl_ms: 10_000 }).result {
+        Ok(quorumlock::lock::Outcome::SessionOpened { session, .. }) => session,
+        other => panic!("OpenSession: {other:?}"),
+    };
+    for lock in ["a", "b"] {
+        let command = Command::Acquire {
+            session,
+            lock: lock.into(),
+            wait: false,
+        };
+        apply_checked(&mut state, &command).expect("grants above the bound keep the invariants");
+    }
+    assert_eq!(
+        state.current_token("b"),
+        Some((1 << 62) + 1),
+        "tokens keep rising"
+    );
 }
 
 proptest! {
