@@ -20,3 +20,9 @@ pub const WAITERS_PER_LOCK_MAX: usize = 10_000;
 pub const SESSIONS_MAX: usize = 1_000_000;
 /// Most entries in one `CheckpointSessions` command.
 pub const CHECKPOINT_ENTRIES_MAX: usize = 1_000;
+/// Largest value a restored snapshot's session or token counter may have.
+/// Each command raises a counter by at most one, so no real history comes
+/// near it (2^62 commands at a million a second take over 100,000 years); a
+/// snapshot above it is corrupt, and refusing it leaves the counters room to
+/// grow without overflowing.
+pub const COUNTER_VALUE_MAX: u64 = 1 << 62;

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::command::{Applied, Command, Event, Fence, FencingToken, Grant, Outcome, SessionId};
 use super::error::LockError;
-use super::limits::{CHECKPOINT_ENTRIES_MAX, SESSIONS_MAX, WAITERS_PER_LOCK_MAX};
+use super::limits::{CHECKPOINT_ENTRIES_MAX, COUNTER_VALUE_MAX, SESSIONS_MAX, WAITERS_PER_LOCK_MAX};
 use super::validate;
 
 /// A session as the replicated state knows it. Its deadline is not here: only
@@ -392,6 +392,16 @@ impl LockState {
             .reject_trailing_bytes()
             .deserialize(bytes)
             .map_err(|error| format!("bad lock snapshot: {error}"))?;
+        // Ids and tokens start at 1 (0 means "none" on the wire), and a
+        // counter near the top of u64 would overflow on a later grant and
+        // hand out tokens that are not larger than the earlier ones.
+        for (counter, value) in [("session", state.next_session), ("token", state.next_token)] {
+            if !(1..=COUNTER_VALUE_MAX).contains(&value) {
+                return Err(format!(
+                    "bad lock snapshot: next {counter} counter {value} is outside 1..={COUNTER_VALUE_MAX}"
+                ));
+            }
+        }
         state.check_invariants()?;
         Ok(state)
     }

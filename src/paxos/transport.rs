@@ -178,6 +178,13 @@ fn encode(to: NodeId, message: &Message) -> Option<Vec<u8>> {
     }
 }
 
+/// Decodes the messages of one `Deliver` batch. The bytes come from the
+/// network, so any input must give messages or an error, never a panic or an
+/// allocation the input does not pay for.
+pub fn decode_batch(bytes: &[u8]) -> Result<Vec<Message>, bincode::Error> {
+    bincode::deserialize(bytes)
+}
+
 /// The receiving side: `quorumlock.paxos.v1.PaxosPeer`.
 pub struct PaxosPeerService {
     members: Vec<NodeId>,
@@ -200,7 +207,7 @@ impl PaxosPeer for PaxosPeerService {
                 "node {from} is not a member of this cluster"
             )));
         }
-        let messages: Vec<Message> = bincode::deserialize(&messages)
+        let messages = decode_batch(&messages)
             .map_err(|error| Status::invalid_argument(format!("undecodable paxos messages: {error}")))?;
         self.inbox
             .send((from, messages))

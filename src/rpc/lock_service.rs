@@ -198,7 +198,11 @@ async fn propose_within(
 ) -> Result<Outcome, Status> {
     match tokio::time::timeout(budget, engine.propose(command)).await {
         Err(_) => Err(unavailable(
-            &format!("command not committed within {budget:?}: no quorum reachable"),
+            // A slow commit has two causes the node cannot tell apart: the
+            // leader is too busy to replicate in time, or no quorum answers.
+            &format!(
+                "command not committed within {budget:?}: the leader is overloaded or cannot reach a quorum"
+            ),
             engine.leadership().borrow().leader.as_ref(),
         )),
         Ok(Err(error)) => Err(from_engine_error(error)),
