@@ -16,6 +16,7 @@ use super::network::PeerNetwork;
 use super::service::RaftPeerService;
 use super::state_machine::{StateMachineStore, CF_SNAPSHOT};
 use super::types::{Raft, TypeConfig};
+use super::wal_sync::WalSync;
 use crate::consensus::{
     AppliedState, CommandResult, ConsensusEngine, EngineConfig, EngineError, EngineKind, EngineStatus,
     LeaderInfo, Leadership, Member, NodeId,
@@ -39,9 +40,13 @@ impl RaftEngine {
     /// openraft's voting makes safe). Returns the engine and the routes of its
     /// peer service, to mount on the node's gRPC server.
     pub async fn start(config: EngineConfig) -> anyhow::Result<(Arc<Self>, Routes)> {
-        let engine =
-            Self::start_with_network(config, PeerNetwork::default(), Arc::new(AppliedState::default()))
-                .await?;
+        let engine = Self::start_with_network(
+            config,
+            PeerNetwork::default(),
+            Arc::new(AppliedState::default()),
+            WalSync::Background,
+        )
+        .await?;
         let service = RaftPeerServer::new(RaftPeerService::new(engine.raft.clone()))
             .max_decoding_message_size(super::network::PEER_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(super::network::PEER_MESSAGE_BYTES_MAX);
@@ -51,11 +56,13 @@ impl RaftEngine {
     /// Like [`RaftEngine::start`], but over any peer transport and applying
     /// to a given (empty) state, whose notices the caller may already watch.
     /// The simulation runs nodes this way over an in-memory network; the
-    /// caller delivers peer messages to [`RaftEngine::raft`].
+    /// caller delivers peer messages to [`RaftEngine::raft`]; `wal` says
+    /// where log appends are synced.
     pub async fn start_with_network<N: RaftNetworkFactory<TypeConfig>>(
         config: EngineConfig,
         network: N,
         state: Arc<AppliedState>,
+        wal: WalSync,
     ) -> anyhow::Result<Arc<Self>> {
         config.validate()?;
         let election_ms = config.election_timeout.as_millis() as u64;
@@ -77,7 +84,7 @@ impl RaftEngine {
         let db = crate::storage::open(&config.data_dir.join("raft"), &[CF_LOG, CF_META, CF_SNAPSHOT])?;
         let commit_index = Arc::new(AtomicU64::new(0));
         let applied_index = Arc::new(AtomicU64::new(0));
-        let log_store = LogStore::new(db.clone(), commit_index.clone())?;
+        let log_store = LogStore::new(db.clone(), commit_index.clone(), wal)?;
         let state_machine = StateMachineStore::open(db, state.clone(), applied_index.clone())?;
         let raft = Raft::new(
             config.node_id,

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::types::{Entry, LogId, StorageError, TypeConfig};
-use super::wal_sync::WalSyncer;
+use super::wal_sync::{WalSync, WalSyncer};
 use crate::consensus::NodeId;
 use crate::storage::{cf, parse_u64_key, synced, u64_key};
 
@@ -41,8 +41,8 @@ pub struct LogStore {
 impl LogStore {
     /// Wraps a database opened with [`CF_LOG`] and [`CF_META`];
     /// `commit_index` is updated whenever openraft saves its committed id.
-    pub fn new(db: Arc<DB>, commit_index: Arc<AtomicU64>) -> std::io::Result<Self> {
-        let syncer = WalSyncer::start(db.clone())?;
+    pub fn new(db: Arc<DB>, commit_index: Arc<AtomicU64>, sync: WalSync) -> std::io::Result<Self> {
+        let syncer = WalSyncer::start(db.clone(), sync)?;
         Ok(LogStore {
             db,
             commit_index,

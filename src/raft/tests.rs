@@ -9,6 +9,7 @@ use openraft::testing::{StoreBuilder, Suite};
 use super::log_store::{LogStore, CF_LOG, CF_META};
 use super::state_machine::{StateMachineStore, CF_SNAPSHOT};
 use super::types::{StorageError, TypeConfig};
+use super::wal_sync::WalSync;
 use crate::consensus::AppliedState;
 
 struct RocksBuilder;
@@ -17,7 +18,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().expect("creating a temporary directory");
         let db = crate::storage::open(dir.path(), &[CF_LOG, CF_META, CF_SNAPSHOT]).expect("opening RocksDB");
-        let log = LogStore::new(db.clone(), Arc::new(AtomicU64::new(0))).expect("starting the WAL syncer");
+        let log = LogStore::new(db.clone(), Arc::new(AtomicU64::new(0)), WalSync::Background)
+            .expect("starting the WAL syncer");
         let state = Arc::new(AppliedState::default());
         let state_machine = StateMachineStore::open(db, state, Arc::new(AtomicU64::new(0)))?;
         Ok((dir, log, state_machine))

@@ -24,28 +24,57 @@ pub const APPENDS_AWAITING_SYNC_MAX: usize = 16_384;
 /// Most callbacks answered by one fsync; bounds one round's latency.
 const CALLBACKS_PER_SYNC_MAX: usize = 4_096;
 
-/// The sending side; the syncing thread stops when every clone is dropped.
+/// Where appends are synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalSync {
+    /// On the group-commit thread (what nodes run).
+    Background,
+    /// In `append` itself, one fsync per append. The simulation runs this
+    /// way: under tokio's paused time, waiting on another thread idles the
+    /// runtime, and an idle runtime jumps the clock to the next timer, so
+    /// every fsync would look like a long stall.
+    Inline,
+}
+
+/// Reports appends flushed; the syncing thread stops when every clone is
+/// dropped.
 #[derive(Clone)]
-pub struct WalSyncer {
-    queue: SyncSender<LogFlushed<TypeConfig>>,
+pub enum WalSyncer {
+    /// Queue for the group-commit thread.
+    Background(SyncSender<LogFlushed<TypeConfig>>),
+    /// Sync in the caller.
+    Inline(Arc<DB>),
 }
 
 impl WalSyncer {
-    /// Starts the syncing thread for `db`.
-    pub fn start(db: Arc<DB>) -> std::io::Result<WalSyncer> {
+    /// Starts syncing for `db` the way `mode` says.
+    pub fn start(db: Arc<DB>, mode: WalSync) -> std::io::Result<WalSyncer> {
+        if mode == WalSync::Inline {
+            return Ok(WalSyncer::Inline(db));
+        }
         let (queue, pending) = sync_channel(APPENDS_AWAITING_SYNC_MAX);
         std::thread::Builder::new()
             .name("raft-wal-sync".to_string())
             .spawn(move || sync_loop(&db, &pending))?;
-        Ok(WalSyncer { queue })
+        Ok(WalSyncer::Background(queue))
     }
 
     /// Reports `callback` flushed once the WAL holding everything written so
     /// far is synced. Blocks while [`APPENDS_AWAITING_SYNC_MAX`] are queued.
     pub fn flushed_after_sync(&self, callback: LogFlushed<TypeConfig>) {
+        let queue = match self {
+            WalSyncer::Background(queue) => queue,
+            WalSyncer::Inline(db) => {
+                callback.log_io_completed(
+                    db.flush_wal(true)
+                        .map_err(|error| std::io::Error::other(error.to_string())),
+                );
+                return;
+            }
+        };
         // A full queue blocks this thread until the syncer takes a round;
         // the syncer never needs the async runtime, so this cannot deadlock.
-        if let Err(error) = self.queue.send(callback) {
+        if let Err(error) = queue.send(callback) {
             error
                 .0
                 .log_io_completed(Err(std::io::Error::other("the WAL sync thread stopped")));

@@ -33,6 +33,7 @@ use crate::consensus::{
     AppliedState, CommandResult, ConsensusEngine, EngineConfig, EngineError, NodeId, StateNotice,
 };
 use crate::lock::{Command, Event, LockState, Outcome};
+use crate::raft::wal_sync::WalSync;
 use crate::raft::RaftEngine;
 use crate::server::leases::{LeaseConfig, Leases, RenewError};
 
@@ -394,7 +395,14 @@ impl RaftSim {
         let (engine, state) = loop {
             let state = Arc::new(AppliedState::default());
             let notices = state.subscribe();
-            match RaftEngine::start_with_network(config.clone(), self.hub.factory(id), state.clone()).await {
+            match RaftEngine::start_with_network(
+                config.clone(),
+                self.hub.factory(id),
+                state.clone(),
+                WalSync::Inline,
+            )
+            .await
+            {
                 Ok(engine) => break (engine, notices),
                 // The previous instance's RocksDB may still be closing.
                 Err(error) if attempts < REOPEN_ATTEMPTS_MAX => {
