@@ -448,10 +448,9 @@ async fn play(args: &ChaosArgs, seed: u64, dir: &std::path::Path) -> anyhow::Res
         .context("waiting for a leader after restarting every node")?;
     let mut ops = assemble_ops(std::mem::take(&mut *events.lock()));
     ops.extend(final_reads(&endpoints, args.locks).await?);
-    let heals_judged: Vec<u64> = heals_us.clone();
     let report = check_all(
         &ops,
-        &heals_judged,
+        &heals_us,
         (workload_start_us, workload_end_us),
         u64::try_from(LIVENESS_BOUND.as_micros()).unwrap_or(u64::MAX),
         node_exits,
