@@ -48,6 +48,8 @@
 //!
 //! The crate reads like the architecture:
 //! - [`client`]: the Rust client;
+//! - [`chaos`]: the chaos runner (faults against a process cluster, and
+//!   checks of the recorded history);
 //! - [`cluster`]: local clusters of node processes, for the demo, benchmarks
 //!   and chaos runs;
 //! - [`lock`]: the pure, deterministic lock state machine;
@@ -58,6 +60,7 @@
 //! - [`rpc`]: the gRPC services and their conversions;
 //! - [`server`]: node assembly and the session lease driver.
 
+pub mod chaos;
 pub mod client;
 pub mod cluster;
 pub mod consensus;

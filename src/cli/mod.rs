@@ -60,9 +60,16 @@ enum Command {
     Delete(scripting::DeleteArgs),
     /// Prints a table of the cluster's members.
     Status(scripting::StatusArgs),
+    /// Runs a cluster under kills, pauses, partitions and clock skew, and
+    /// checks that the locks stayed safe.
+    Chaos(quorumlock::chaos::ChaosArgs),
     /// Client A of `demo`, run as a separate process so that it can be paused.
     #[command(hide = true)]
     DemoClient(demo::DemoClientArgs),
+    /// A client worker of `chaos`, run as a separate process so that it can
+    /// be paused; reports its operations as JSON lines on stdout.
+    #[command(hide = true)]
+    ChaosWorker(quorumlock::chaos::ChaosWorkerArgs),
 }
 
 impl Cli {
@@ -91,6 +98,8 @@ impl Cli {
             Command::Delete(args) => scripting::delete(args).await,
             Command::Status(args) => scripting::status(args).await,
             Command::DemoClient(args) => demo::demo_client(args).await,
+            Command::Chaos(args) => quorumlock::chaos::run(args).await,
+            Command::ChaosWorker(args) => quorumlock::chaos::run_worker(args).await,
         }
     }
 }

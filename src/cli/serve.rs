@@ -1,11 +1,13 @@
 //! `serve` (one node) and `dev` (a local cluster in one process).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use quorumlock::consensus::EngineKind;
+use quorumlock::server::clock::SkewedClock;
 use quorumlock::server::config::ServeArgs;
 use quorumlock::server::{Node, NodeConfig};
 
@@ -31,8 +33,15 @@ pub struct DevArgs {
 
 /// Runs one node until SIGINT or SIGTERM.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
+    let skew_file = args.clock_skew_file().map(PathBuf::from);
     let config = args.into_config()?;
-    let node = Node::start(config).await?;
+    let node = match skew_file {
+        Some(path) => {
+            tracing::warn!(path = %path.display(), "the lease clock follows a skew file (fault injection)");
+            Node::start_with_clock(config, Arc::new(SkewedClock::new(path))).await?
+        }
+        None => Node::start(config).await?,
+    };
     shutdown_signal().await?;
     tracing::info!("stopping");
     node.shutdown().await?;

@@ -140,7 +140,7 @@ impl NodeStatus {
 /// next one and retries with bounded exponential backoff and jitter, for at
 /// most [`ClientConfig::retry_total_max`]. A failure of that kind may come
 /// after the command took effect: calls whose repeat could then answer
-/// wrongly (`release`, `close_session`, `delete_fenced`) report such an
+/// wrongly (`release`, `close_session`, `put_fenced`, `delete_fenced`) report such an
 /// answer as [`ClientError::OutcomeUnknown`]. Cloning is cheap and shares the
 /// connections.
 #[derive(Clone)]
@@ -178,10 +178,12 @@ fn certainly_not_applied(status: &Status) -> bool {
 pub(crate) enum Repeat {
     /// The repeat answers as the first attempt would have: `Acquire` by the
     /// same session (the holder gets its token back, a waiter keeps its
-    /// place), `Put` with the same fence, and the reads.
+    /// place), and the reads.
     Idempotent,
     /// The repeat may be refused, or answer differently, because the first
-    /// attempt took effect: `Release`, `CloseSession`, `Delete`. The
+    /// attempt took effect: `Release`, `CloseSession`, `Delete`, and `Put`
+    /// (a first attempt that wrote may be followed by the lock passing on,
+    /// and the repeat refused for a stale token). The
     /// call's wrapper turns such an answer into
     /// [`ClientError::OutcomeUnknown`].
     Ambiguous,
@@ -542,7 +544,9 @@ impl Client {
 
     /// Writes `value` under `key`, fenced by the guard's lock and token: the
     /// cluster refuses it with `FAILED_PRECONDITION` unless the token is
-    /// still the lock's current one.
+    /// still the lock's current one. [`ClientError::OutcomeUnknown`] when an
+    /// attempt that may have written failed and the repeat was refused: the
+    /// value may or may not be stored.
     pub async fn put(
         &self,
         key: &str,
@@ -563,7 +567,7 @@ impl Client {
         let key = key.as_bytes().to_vec();
         let value = value.into();
         let fence = fence.to_pb();
-        self.call(Duration::ZERO, |mut client, timeout| {
+        self.call_tracked(Duration::ZERO, Repeat::Ambiguous, |mut client, timeout| {
             let message = pb::PutRequest {
                 key: key.clone(),
                 value: value.clone(),
@@ -571,7 +575,11 @@ impl Client {
             };
             async move { client.put(request(message, timeout)).await }
         })
-        .await?;
+        .await
+        // A first attempt may have written and the lock passed on before
+        // the repeat, which is then refused: that refusal says nothing
+        // about the first attempt.
+        .resolve(&[Code::FailedPrecondition])?;
         Ok(())
     }
 
@@ -623,7 +631,9 @@ impl Client {
                 });
             }
         }
-        Ok(called.resolve(&[])?.existed)
+        // Likewise a repeat refused because the lock passed on after the
+        // first attempt deleted the key.
+        Ok(called.resolve(&[Code::FailedPrecondition])?.existed)
     }
 
     /// Whether `token` is the current token of `lock` (linearizable), for

@@ -22,7 +22,7 @@ use anyhow::{bail, Context};
 use tokio::time::Instant;
 
 use crate::client::{node_status, ClientConfig};
-pub use process::{NodeProcess, ProcessUsage};
+pub use process::{NodeProcess, ProcessUsage, LOG_TAIL_LINES};
 
 /// Attempts at starting the cluster when a picked port was taken meanwhile.
 pub const START_ATTEMPTS_MAX: usize = 3;
@@ -48,7 +48,8 @@ pub struct ClusterSpec {
     pub heartbeat_ms: u64,
     /// `--election-timeout-ms`.
     pub election_timeout_ms: u64,
-    /// Flags added to every node's command line.
+    /// Flags added to every node's command line; `{id}` in them is replaced
+    /// by the node's id, for per-node files.
     pub extra_args: Vec<String>,
     /// Environment variables set for every node (e.g. `RUST_LOG`).
     pub env: Vec<(String, String)>,
@@ -172,7 +173,11 @@ impl ProcessCluster {
                 "--election-timeout-ms".to_string(),
                 spec.election_timeout_ms.to_string(),
             ];
-            args.extend(spec.extra_args.iter().cloned());
+            args.extend(
+                spec.extra_args
+                    .iter()
+                    .map(|arg| arg.replace("{id}", &id.to_string())),
+            );
             let log_path = root.join(format!("node-{id}.log"));
             let mut node = NodeProcess::new(
                 id,

@@ -148,9 +148,19 @@ pub struct ServeArgs {
     /// Snapshot after this many log entries [default: 10000].
     #[arg(long)]
     snapshot_every_entries: Option<u64>,
+    /// Fault injection for chaos runs: the lease keeper's clock is skewed by
+    /// the `OFFSET_MS RATE` this file holds, re-read while the node runs
+    /// (see `SkewedClock`). Not for production.
+    #[arg(long, hide = true)]
+    clock_skew_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
+    /// The hidden `--clock-skew-file`, if given.
+    pub fn clock_skew_file(&self) -> Option<&std::path::Path> {
+        self.clock_skew_file.as_deref()
+    }
+
     /// Merges the flags over the config file and the defaults.
     pub fn into_config(self) -> anyhow::Result<NodeConfig> {
         let file = match &self.config {

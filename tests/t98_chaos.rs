@@ -1,0 +1,143 @@
+//! `quorumlock chaos` as a user runs it: a short round per engine against a
+//! real process cluster, with every kind of fault injected, no violation
+//! found by any checker, and the exit code saying so.
+
+use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Long enough for the nemesis to play every kind of fault once (each
+/// round lasts at most about 4 s with a 1 s TTL).
+const ROUND: &str = "24s";
+/// Bound on one whole run: start, the round, the final restart and checks.
+const RUN_MAX: Duration = Duration::from_secs(150);
+/// The kinds of fault the summary counts.
+const FAULT_KINDS: [&str; 6] = [
+    "kill",
+    "pause_node",
+    "pause_client",
+    "partition_isolate",
+    "partition_split",
+    "clock_skew",
+];
+
+/// One run at a time: two clusters under faults on two cores would mostly
+/// test the machine's scheduler.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn chaos(args: &[&str]) -> (Output, String) {
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quorumlock"))
+        .arg("chaos")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start quorumlock chaos");
+    let pid = child.id();
+    // A watchdog, so a hung run fails the test instead of stalling CI.
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if finished.recv_timeout(RUN_MAX).is_err() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    });
+    let output = {
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let reader = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+        let out = std::io::read_to_string(stdout).unwrap_or_default();
+        let err = reader.join().unwrap();
+        let status = child.wait().expect("wait for quorumlock chaos");
+        Output {
+            status,
+            stdout: out.into_bytes(),
+            stderr: err.into_bytes(),
+        }
+    };
+    let _ = done.send(());
+    watchdog.join().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    (output, stdout)
+}
+
+/// The count the summary's `faults:` line gives each kind.
+fn faults(stdout: &str) -> Vec<(String, u64)> {
+    let line = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("faults: "))
+        .unwrap_or_else(|| panic!("no faults line in:\n{stdout}"));
+    line.split_whitespace()
+        .filter_map(|field| field.split_once('='))
+        .map(|(kind, count)| (kind.to_string(), count.parse().expect("a count")))
+        .collect()
+}
+
+fn assert_clean_round(engine: &str, nodes: &str, seed: &str) {
+    let (output, stdout) = chaos(&[
+        "--engine",
+        engine,
+        "--nodes",
+        nodes,
+        "--duration",
+        ROUND,
+        "--seed",
+        seed,
+        "--ttl",
+        "1s",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "chaos {engine} with {nodes} nodes failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert_eq!(
+        stdout.lines().last(),
+        Some("violations: 0"),
+        "the summary ends with the violation count:\n{stdout}"
+    );
+    let injected = faults(&stdout);
+    for kind in FAULT_KINDS {
+        let count = injected
+            .iter()
+            .find(|(name, _)| name == kind)
+            .map_or(0, |(_, count)| *count);
+        assert!(count >= 1, "no {kind} fault was injected:\n{stdout}\n{stderr}");
+    }
+    assert!(
+        stdout.contains(&format!("seed: {seed}")),
+        "the seed is reported:\n{stdout}"
+    );
+    let ops_line = stdout
+        .lines()
+        .find(|line| line.starts_with("ops: "))
+        .expect("an ops line");
+    let ok: u64 = ops_line
+        .split("(ok ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|count| count.parse().ok())
+        .expect("an ok count");
+    assert!(ok > 0, "the workers got operations through: {ops_line}");
+}
+
+#[test]
+fn raft_survives_every_kind_of_fault_with_no_violation() {
+    assert_clean_round("raft", "3", "98");
+}
+
+#[test]
+fn paxos_survives_every_kind_of_fault_with_no_violation() {
+    assert_clean_round("paxos", "3", "98");
+}
+
+#[test]
+fn a_bad_flag_is_refused_before_anything_starts() {
+    let (output, _) = chaos(&["--nodes", "4", "--duration", "5s"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--nodes must be 3 or 5"), "{stderr}");
+}
