@@ -1,7 +1,4 @@
 //! Compiles proto/ with protox (pure Rust), so building needs no system protoc.
-//! Also compiles etcd's v3 API (benches/engines/proto) into client stubs for
-//! the `engines` benchmark, which compares quorumlock with etcd; the library
-//! does not include them.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
@@ -22,12 +19,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for file in files {
         println!("cargo:rerun-if-changed=proto/{file}");
     }
-    let etcd_files = ["rpc.proto", "v3lock.proto"];
-    let etcd_descriptors = protox::compile(etcd_files, ["benches/engines/proto"])?;
-    tonic_build::configure()
-        .build_server(false)
-        .build_client(true)
-        .compile_fds(etcd_descriptors)?;
-    println!("cargo:rerun-if-changed=benches/engines/proto");
     Ok(())
 }

@@ -112,10 +112,10 @@ impl RedisSystem {
 
     async fn connection(&self) -> anyhow::Result<MultiplexedConnection> {
         let client = ::redis::Client::open(self.url.as_str())?;
-        Ok(client
+        client
             .get_multiplexed_async_connection()
             .await
-            .context("connecting to redis")?)
+            .context("connecting to redis")
     }
 }
 

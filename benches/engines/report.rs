@@ -395,7 +395,9 @@ pub fn render(results: &[SystemResults], options: &Options, context: &Context, c
          with its own data directory.\n\
          - quorumlock is driven by its Rust client; etcd by gRPC stubs generated from its own \
          protobuf files (v3 Lock/Unlock under a lease, leases renewed over LeaseKeepAlive streams), \
-         each client starting at the leader; Redis by the `redis` crate (multiplexed connection).\n\
+         each client starting at the leader and giving each attempt {:?} before repeating it on \
+         the next member (etcd itself would hold a request that arrived during an election for \
+         7 s); Redis by the `redis` crate (multiplexed connection).\n\
          - Redis: one `redis-server`, {}. Acquire is `SET NX PX` retried every {:?} + up to {:?} \
          jitter (Redis has no wait queue); release is a compare-and-delete Lua script.\n\
          - One client connection per {} sessions, for every system.\n\
@@ -409,6 +411,7 @@ pub fn render(results: &[SystemResults], options: &Options, context: &Context, c
         options.nodes,
         options.heartbeat_ms,
         options.election_timeout_ms,
+        super::etcd::ATTEMPT_TIMEOUT,
         super::redis::PERSISTENCE,
         super::redis::RETRY_DELAY,
         super::redis::RETRY_JITTER_MAX,
@@ -593,9 +596,12 @@ pub fn render(results: &[SystemResults], options: &Options, context: &Context, c
     skipped_line(w, results);
     let _ = writeln!(
         w,
-        "\n\"Next acquire\" is the first acquire *started* after the kill that succeeded. \
+        "\n\"Next acquire\" is the first acquire *started* after the kill that succeeded: by a \
+         worker, or by one of the probes started every {:?} after the kill (each a fresh acquire \
+         of its own lock), so that it does not wait for requests already in flight to time out. \
          \"90 % throughput\" is the start of the first {} ms span after the kill whose pairs/s \
          average at least 90 % of the {:?} before the kill (limit {:?}). Redis: n/a (one node).",
+        super::workloads::PROBE_INTERVAL,
         super::workloads::RECOVERY_BUCKETS as u128 * super::measure::BUCKET.as_millis(),
         options.failover_baseline,
         options.failover_recovery_max

@@ -22,6 +22,10 @@ const ERROR_PAUSE: Duration = Duration::from_millis(20);
 pub const RECOVERY_BUCKETS: usize = 5;
 /// Fraction of the baseline throughput that counts as recovered.
 const RECOVERED_FRACTION: f64 = 0.9;
+/// Pause between two probes after a kill.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+/// Most probes after one kill.
+pub const PROBES_MAX: usize = 400;
 /// Seconds of the failover timeline kept before and after the kill.
 const TIMELINE_BEFORE_S: f64 = 3.0;
 const TIMELINE_AFTER_S: f64 = 12.0;
@@ -92,7 +96,8 @@ pub struct Keepalive {
 /// Workload 6's result.
 #[derive(Debug, Clone, Default)]
 pub struct Failover {
-    /// Per kill: from the kill to the first successful acquire started after it.
+    /// Per kill: from the kill to the first successful acquire started after
+    /// it, by a worker or by a probe.
     pub to_acquire_ms: Vec<f64>,
     /// Per kill: from the kill to throughput back at 90 % (`None`: not
     /// within the limit).
@@ -419,7 +424,7 @@ async fn worker_loop(
             Ok(()) => {
                 shared.timeline.record(finished);
                 let (from, until) = *shared.window.lock();
-                if from.is_some_and(|from| started >= from) && until.is_none_or(|until| finished <= until) {
+                if from.is_some_and(|from| started >= from) && until.map_or(true, |until| finished <= until) {
                     recorder.record(finished - started);
                     count += 1;
                 }
@@ -577,6 +582,7 @@ async fn keepalive(system: &mut dyn LockSystem, options: &Options) -> anyhow::Re
 /// later restarted and caught up, several times.
 async fn failover(system: &mut dyn LockSystem, options: &Options) -> anyhow::Result<Failover> {
     let running = Workers::start(system, options, Op::OwnLock, options.failover_workers).await?;
+    let probe_client = system.connect().await?;
     running.measure_from(Instant::now());
     tokio::time::sleep(options.warmup).await;
     let mut result = Failover::default();
@@ -589,6 +595,13 @@ async fn failover(system: &mut dyn LockSystem, options: &Options) -> anyhow::Res
         let killed_at = Instant::now();
         system.kill(leader)?;
         *running.shared.kill.lock() = (Some(killed_at), None);
+        let probes = tokio::spawn(probe(
+            probe_client.clone(),
+            options.session_ttl,
+            running.shared.clone(),
+            killed_at + options.failover_recovery_max,
+            repeat,
+        ));
         let kill_bucket = timeline.bucket_of(killed_at);
         let baseline_total: u64 = (kill_bucket.saturating_sub(baseline_buckets)..kill_bucket)
             .map(|index| timeline.count(index))
@@ -646,6 +659,7 @@ async fn failover(system: &mut dyn LockSystem, options: &Options) -> anyhow::Res
                 })
                 .collect();
         }
+        probes.abort();
         system.restart(leader)?;
         system.wait_caught_up(leader, options.catch_up_max).await?;
         *running.shared.kill.lock() = (None, None);
@@ -654,6 +668,48 @@ async fn failover(system: &mut dyn LockSystem, options: &Options) -> anyhow::Res
     result.errors = recorder.errors;
     result.first_error = recorder.first_error;
     Ok(result)
+}
+
+/// Starts a fresh acquire (of a lock of its own) every [`PROBE_INTERVAL`]
+/// after a kill until one succeeds, so that the time to the next acquire
+/// does not depend on how long the workers' requests already in flight
+/// take to fail. The first success is recorded like a worker's.
+async fn probe(
+    client: Arc<dyn LockClient>,
+    ttl: Duration,
+    shared: Arc<LoopShared>,
+    deadline: Instant,
+    repeat: usize,
+) {
+    let Ok(session) = client.session(ttl).await.map(Arc::<dyn LockSession>::from) else {
+        return;
+    };
+    let mut probes = tokio::task::JoinSet::new();
+    for index in 0..PROBES_MAX {
+        if shared.kill.lock().1.is_some() || Instant::now() >= deadline {
+            break;
+        }
+        let session = session.clone();
+        let shared = shared.clone();
+        probes.spawn(async move {
+            let started = Instant::now();
+            if let Ok(held) = session.acquire(&format!("probe-{repeat}-{index}")).await {
+                {
+                    let mut kill = shared.kill.lock();
+                    if let (Some(killed), None) = *kill {
+                        if started >= killed {
+                            kill.1 = Some(Instant::now());
+                        }
+                    }
+                }
+                let _ = session.release(held).await;
+            }
+        });
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+    // Let the probes still waiting finish (and release) in the background.
+    while probes.join_next().await.is_some() {}
+    let _ = session.close().await;
 }
 
 /// Workload 7: `target` locks held at once over `scale_sessions` sessions;
