@@ -65,6 +65,10 @@ pub const RETRY_TOTAL_MAX: Duration = Duration::from_secs(30);
 /// its place in the queue.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// etcd's answer about a lease the member does not know.
+const LEASE_NOT_FOUND: &str = "requested lease not found";
+/// Times a Lock is repeated after that answer before it counts as failed.
+const LEASE_NOT_FOUND_RETRIES_MAX: usize = 25;
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 const BACKOFF_INITIAL: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
@@ -475,17 +479,35 @@ impl Drop for EtcdSession {
 impl LockSession for EtcdSession {
     async fn acquire(&self, name: &str) -> anyhow::Result<Held> {
         let lease = self.lease;
-        let locked = self
-            .channels
-            .call(|channel| {
-                let name = name.as_bytes().to_vec();
-                async move {
-                    EtcdLockClient::new(channel)
-                        .lock(LockRequest { name, lease })
-                        .await
+        let mut unknown_lease = 0;
+        let locked = loop {
+            let locked = self
+                .channels
+                .call(|channel| {
+                    let name = name.as_bytes().to_vec();
+                    async move {
+                        EtcdLockClient::new(channel)
+                            .lock(LockRequest { name, lease })
+                            .await
+                    }
+                })
+                .await;
+            match locked {
+                // A member that has not applied the lease's grant yet (the
+                // call moved to it after a slow attempt) does not know the
+                // lease; a repeated Lock with the same lease is the same
+                // acquisition.
+                Err(error)
+                    if error.to_string().contains(LEASE_NOT_FOUND)
+                        && !self.is_lost()
+                        && unknown_lease < LEASE_NOT_FOUND_RETRIES_MAX =>
+                {
+                    unknown_lease += 1;
+                    tokio::time::sleep(BACKOFF_INITIAL).await;
                 }
-            })
-            .await?;
+                other => break other?,
+            }
+        };
         Ok(Held {
             token: locked.header.map_or(0, |header| header.revision as u64),
             inner: HeldInner::Etcd { key: locked.key },

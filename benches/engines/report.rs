@@ -102,14 +102,15 @@ fn median(values: &[f64]) -> Option<f64> {
 fn row_cells(row: &Row) -> String {
     let s = &row.summary;
     format!(
-        "{} | {} | {} | {} | {} | {} | {}",
+        "{} | {} | {} | {} | {} | {} | {} | {}",
         num(s.throughput),
         num(s.p50_ms),
         num(s.p99_ms),
         num(s.p999_ms),
         opt(row.leader_cpu_us_per_op),
         opt(row.total_cpu_us_per_op),
-        elections(row.elections)
+        elections(row.elections),
+        s.errors
     )
 }
 
@@ -441,7 +442,7 @@ pub fn render(results: &[SystemResults], options: &Options, context: &Context, c
         );
     }
 
-    let header = "| system | ops/s | p50 ms | p99 ms | p999 ms | leader CPU µs/op | all-nodes CPU µs/op | elections |\n|---|---|---|---|---|---|---|---|";
+    let header = "| system | ops/s | p50 ms | p99 ms | p999 ms | leader CPU µs/op | all-nodes CPU µs/op | elections | failed ops |\n|---|---|---|---|---|---|---|---|---|";
     let _ = writeln!(
         w,
         "\n## 1. Uncontended (own lock per worker, acquire+release pairs)\n"

@@ -188,14 +188,14 @@ pub async fn run_all(system: &mut dyn LockSystem, options: &Options, results: &m
     for &workers in &options.uncontended_workers {
         step!(format!("1 uncontended, {workers} workers"), async {
             let row = loop_workload(system, options, Op::OwnLock, workers).await?.0;
-            check_errors(&row.summary)?;
+            let checked = check_errors(&row.summary);
             results.uncontended.push((workers, row));
-            anyhow::Ok(())
+            checked
         });
     }
     step!("2 hot lock", async {
         let (row, per_worker) = loop_workload(system, options, Op::HotLock, options.hot_workers).await?;
-        check_errors(&row.summary)?;
+        let checked = check_errors(&row.summary);
         results.hot = Some(Hot {
             per_worker_min: per_worker.iter().copied().min().unwrap_or(0),
             per_worker_max: per_worker.iter().copied().max().unwrap_or(0),
@@ -203,15 +203,15 @@ pub async fn run_all(system: &mut dyn LockSystem, options: &Options, results: &m
             workers: per_worker.len(),
             row,
         });
-        anyhow::Ok(())
+        checked
     });
     step!("4 fenced writes", async {
         let row = loop_workload(system, options, Op::Fenced, options.fenced_workers)
             .await?
             .0;
-        check_errors(&row.summary)?;
+        let checked = check_errors(&row.summary);
         results.fenced = Some(row);
-        anyhow::Ok(())
+        checked
     });
     step!("3 thundering herd", async {
         results.herd = Some(herd(system, options).await?);
@@ -250,6 +250,8 @@ pub async fn run_all(system: &mut dyn LockSystem, options: &Options, results: &m
     });
 }
 
+/// A workload whose operations failed is reported with its numbers, and
+/// still counts as failed.
 fn check_errors(summary: &Summary) -> anyhow::Result<()> {
     match &summary.first_error {
         Some(error) => anyhow::bail!("{} operations failed, the first: {error}", summary.errors),
