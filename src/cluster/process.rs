@@ -22,7 +22,8 @@ pub struct ProcessUsage {
     pub rss_bytes: u64,
 }
 
-/// A `quorumlock serve` process that can be stopped and started again.
+/// A server process (usually `quorumlock serve`) that can be stopped and
+/// started again.
 pub struct NodeProcess {
     id: u64,
     addr: String,
@@ -36,7 +37,10 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
-    pub(super) fn new(
+    /// A process of `exe` with `args`, not started yet; its output goes to
+    /// `log_path`. Any server works, not only `quorumlock serve`: the
+    /// benchmarks run etcd and Redis through it too.
+    pub fn new(
         id: u64,
         addr: String,
         exe: PathBuf,

@@ -1,0 +1,203 @@
+//! quorumlock clusters (either engine) as a [`LockSystem`], through the Rust
+//! client.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use quorumlock::client::{node_status, Client, ClientConfig, Session};
+use quorumlock::cluster::{ClusterSpec, ProcessCluster, ProcessUsage};
+use tokio::time::Instant;
+
+use super::systems::{Held, HeldInner, LockClient, LockSession, LockSystem};
+
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// A 3-node (or `nodes`-node) quorumlock cluster of one engine.
+pub struct QuorumlockSystem {
+    engine: String,
+    cluster: ProcessCluster,
+}
+
+impl QuorumlockSystem {
+    /// Starts `nodes` nodes of `engine` with the given timings and waits for
+    /// a leader.
+    pub async fn start(
+        engine: &str,
+        nodes: usize,
+        heartbeat_ms: u64,
+        election_timeout_ms: u64,
+    ) -> anyhow::Result<QuorumlockSystem> {
+        let mut spec = ClusterSpec::new(env!("CARGO_BIN_EXE_quorumlock"), engine, nodes);
+        spec.heartbeat_ms = heartbeat_ms;
+        spec.election_timeout_ms = election_timeout_ms;
+        spec.env.push(("RUST_LOG".to_string(), "warn".to_string()));
+        let cluster = ProcessCluster::start(spec)
+            .await
+            .with_context(|| format!("starting a quorumlock {engine} cluster"))?;
+        Ok(QuorumlockSystem {
+            engine: engine.to_string(),
+            cluster,
+        })
+    }
+
+    fn probe_config() -> ClientConfig {
+        ClientConfig {
+            rpc_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+            ..ClientConfig::default()
+        }
+    }
+}
+
+#[async_trait]
+impl LockSystem for QuorumlockSystem {
+    fn name(&self) -> String {
+        format!("quorumlock-{}", self.engine)
+    }
+
+    async fn connect(&self) -> anyhow::Result<Arc<dyn LockClient>> {
+        let client = Client::connect(self.cluster.endpoints())
+            .await
+            .context("connecting to quorumlock")?;
+        Ok(Arc::new(QuorumlockClient { client }))
+    }
+
+    fn nodes(&self) -> usize {
+        self.cluster.len()
+    }
+
+    async fn leader(&mut self) -> anyhow::Result<usize> {
+        Ok(self.cluster.wait_for_leader().await?.index)
+    }
+
+    async fn term(&mut self) -> anyhow::Result<Option<u64>> {
+        Ok(Some(self.cluster.wait_for_leader().await?.term))
+    }
+
+    fn usage(&self, index: usize) -> Option<ProcessUsage> {
+        self.cluster.node(index).usage()
+    }
+
+    fn data_dir(&self, index: usize) -> PathBuf {
+        self.cluster.data_dir(index)
+    }
+
+    fn replicated(&self) -> bool {
+        self.cluster.len() > 1
+    }
+
+    fn kill(&mut self, index: usize) -> anyhow::Result<()> {
+        self.cluster.node_mut(index).kill()
+    }
+
+    fn restart(&mut self, index: usize) -> anyhow::Result<()> {
+        self.cluster.node_mut(index).start()
+    }
+
+    async fn wait_caught_up(&mut self, index: usize, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        let config = Self::probe_config();
+        let leader = self.cluster.wait_for_leader_within(limit).await?;
+        let target = node_status(self.cluster.node(leader.index).addr(), &config)
+            .await?
+            .commit_index;
+        let addr = self.cluster.node(index).addr().to_string();
+        loop {
+            if let Ok(status) = node_status(&addr, &config).await {
+                if status.applied_index >= target && status.leader.is_some() {
+                    return Ok(());
+                }
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "node {} did not catch up to index {target} within {limit:?}",
+                index + 1
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+}
+
+struct QuorumlockClient {
+    client: Client,
+}
+
+#[async_trait]
+impl LockClient for QuorumlockClient {
+    async fn session(&self, ttl: Duration) -> anyhow::Result<Box<dyn LockSession>> {
+        let session = self.client.session(ttl).await?;
+        Ok(Box::new(QuorumlockSession {
+            client: self.client.clone(),
+            session: Mutex::new(Some(Arc::new(session))),
+        }))
+    }
+}
+
+/// The session sits behind a lock only so that [`LockSession::close`] can
+/// take it out and close it properly (guards dropped later then know it is
+/// gone and send nothing).
+struct QuorumlockSession {
+    client: Client,
+    session: Mutex<Option<Arc<Session>>>,
+}
+
+impl QuorumlockSession {
+    fn session(&self) -> anyhow::Result<Arc<Session>> {
+        self.session.lock().clone().context("the session was closed")
+    }
+}
+
+#[async_trait]
+impl LockSession for QuorumlockSession {
+    async fn acquire(&self, name: &str) -> anyhow::Result<Held> {
+        let guard = self.session()?.lock(name).await?;
+        Ok(Held {
+            token: guard.token(),
+            inner: HeldInner::Quorumlock(guard),
+        })
+    }
+
+    async fn release(&self, held: Held) -> anyhow::Result<()> {
+        match held.inner {
+            HeldInner::Quorumlock(guard) => {
+                guard.release().await?;
+                Ok(())
+            }
+            _ => anyhow::bail!("not a quorumlock lock"),
+        }
+    }
+
+    async fn fenced_put(&self, held: &Held, key: &str, value: &[u8]) -> anyhow::Result<()> {
+        match &held.inner {
+            HeldInner::Quorumlock(guard) => {
+                self.client.put(key, value.to_vec(), guard).await?;
+                Ok(())
+            }
+            _ => anyhow::bail!("not a quorumlock lock"),
+        }
+    }
+
+    fn is_lost(&self) -> bool {
+        self.session().map_or(true, |session| session.is_lost())
+    }
+
+    async fn close(&self) -> anyhow::Result<()> {
+        let Some(session) = self.session.lock().take() else {
+            return Ok(());
+        };
+        match Arc::try_unwrap(session) {
+            Ok(session) => {
+                session.close().await?;
+            }
+            // An operation still runs on it: close by id instead.
+            Err(session) => {
+                self.client.close_session(session.id()).await?;
+            }
+        }
+        Ok(())
+    }
+}

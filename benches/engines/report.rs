@@ -1,0 +1,685 @@
+//! The markdown report: machine, versions, settings, one table per
+//! workload, and the key ratios the issue's targets ask for.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::cli::Options;
+use super::workloads::{Row, SystemResults};
+
+/// Targets of issue 5, as ratios measured in the same run.
+pub const PAIRS_VS_ETCD_MIN: f64 = 3.0;
+/// Hot-lock handoffs against etcd's.
+pub const HANDOFFS_VS_ETCD_MIN: f64 = 5.0;
+/// Largest difference between the two engines on any workload.
+pub const ENGINE_DIFFERENCE_MAX: f64 = 0.15;
+/// Failover median, kill to next acquire.
+pub const FAILOVER_MEDIAN_MS_MAX: f64 = 600.0;
+
+/// The first line a command prints, or why it could not run.
+pub fn command_first_line(exe: &str, args: &[&str]) -> String {
+    match std::process::Command::new(exe).args(args).output() {
+        Ok(output) => {
+            let text = String::from_utf8_lossy(&output.stdout).to_string()
+                + &String::from_utf8_lossy(&output.stderr);
+            text.lines().next().unwrap_or("").trim().to_string()
+        }
+        Err(error) => format!("({exe}: {error})"),
+    }
+}
+
+fn shell(command: &str) -> String {
+    command_first_line("sh", &["-c", command])
+}
+
+/// What the report says about the machine and the run.
+pub struct Context {
+    /// Start of the run (UTC, RFC 3339).
+    pub date: String,
+    /// Wall time of the whole run.
+    pub duration: Duration,
+    /// quorumlock's git revision.
+    pub git_rev: String,
+    /// `etcd --version`, or why not.
+    pub etcd_version: String,
+    /// `redis-server --version`, or why not.
+    pub redis_version: String,
+}
+
+fn machine() -> Vec<(String, String)> {
+    vec![
+        ("CPUs (nproc)".into(), shell("nproc")),
+        (
+            "CPU model".into(),
+            shell("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
+        ),
+        ("RAM".into(), shell("free -h | awk '/^Mem:/ {print $2}'")),
+        ("kernel".into(), shell("uname -sr")),
+        (
+            "disk (data dirs under /tmp)".into(),
+            shell("df -T /tmp | awk 'NR==2 {print $2 \" on \" $1}'"),
+        ),
+        ("rustc".into(), shell("rustc --version")),
+    ]
+}
+
+fn num(value: f64) -> String {
+    if value >= 100.0 {
+        format!("{value:.0}")
+    } else if value >= 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.2}")
+    }
+}
+
+fn opt(value: Option<f64>) -> String {
+    value.map_or("n/a".to_string(), num)
+}
+
+fn elections(value: Option<u64>) -> String {
+    value.map_or("n/a".to_string(), |count| count.to_string())
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.0}", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn median(values: &[f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    Some(if sorted.len() % 2 == 0 {
+        (sorted[middle - 1] + sorted[middle]) / 2.0
+    } else {
+        sorted[middle]
+    })
+}
+
+fn row_cells(row: &Row) -> String {
+    let s = &row.summary;
+    format!(
+        "{} | {} | {} | {} | {} | {} | {} | {}",
+        num(s.throughput),
+        num(s.p50_ms),
+        num(s.p99_ms),
+        num(s.p999_ms),
+        opt(row.leader_cpu_us_per_op),
+        opt(row.total_cpu_us_per_op),
+        elections(row.elections),
+        s.errors
+    )
+}
+
+fn skipped_line(out: &mut String, results: &[SystemResults]) {
+    for system in results {
+        if let Some(why) = &system.skipped {
+            let _ = writeln!(out, "| {} | skipped ({why}) |", system.name);
+        }
+    }
+}
+
+fn find<'a>(results: &'a [SystemResults], name: &str) -> Option<&'a SystemResults> {
+    results
+        .iter()
+        .find(|system| system.name == name && system.skipped.is_none())
+}
+
+fn uncontended(system: &SystemResults, workers: usize) -> Option<&Row> {
+    system
+        .uncontended
+        .iter()
+        .find(|(count, _)| *count == workers)
+        .map(|(_, row)| row)
+}
+
+/// One key ratio: what it compares, the value, the target, met or not.
+pub struct Ratio {
+    /// What is compared.
+    pub what: String,
+    /// The measured value.
+    pub value: String,
+    /// The target.
+    pub target: String,
+    /// Met, not met, or not measurable.
+    pub met: Option<bool>,
+}
+
+/// The ratios issue 5's targets are stated in.
+pub fn key_ratios(results: &[SystemResults], options: &Options) -> Vec<Ratio> {
+    let mut ratios = Vec::new();
+    let etcd = find(results, "etcd");
+    let redis = find(results, "redis");
+    let hot_workers = options.hot_workers;
+    let high = options
+        .uncontended_workers
+        .iter()
+        .copied()
+        .find(|&w| w == 64)
+        .unwrap_or_else(|| options.uncontended_workers.last().copied().unwrap_or(1));
+    for engine in ["quorumlock-raft", "quorumlock-paxos"] {
+        let Some(system) = find(results, engine) else {
+            continue;
+        };
+        for workers in [1, high] {
+            let ours = uncontended(system, workers);
+            let theirs = etcd.and_then(|etcd| uncontended(etcd, workers));
+            let (value, met) = match (ours, theirs) {
+                (Some(ours), Some(theirs)) if theirs.summary.throughput > 0.0 => {
+                    let ratio = ours.summary.throughput / theirs.summary.throughput;
+                    (
+                        format!(
+                            "{:.2}× ({} vs {} pairs/s)",
+                            ratio,
+                            num(ours.summary.throughput),
+                            num(theirs.summary.throughput)
+                        ),
+                        Some(ratio >= PAIRS_VS_ETCD_MIN),
+                    )
+                }
+                _ => ("not measured".to_string(), None),
+            };
+            ratios.push(Ratio {
+                what: format!("{engine} / etcd pairs/s, {workers} worker(s)"),
+                value,
+                target: format!("≥ {PAIRS_VS_ETCD_MIN}×"),
+                met,
+            });
+            let (value, met) = match (ours, theirs) {
+                (Some(ours), Some(theirs)) => (
+                    format!(
+                        "{} ms vs {} ms",
+                        num(ours.summary.p99_ms),
+                        num(theirs.summary.p99_ms)
+                    ),
+                    Some(ours.summary.p99_ms <= theirs.summary.p99_ms),
+                ),
+                _ => ("not measured".to_string(), None),
+            };
+            ratios.push(Ratio {
+                what: format!("{engine} p99 vs etcd p99, {workers} worker(s)"),
+                value,
+                target: "no worse".to_string(),
+                met,
+            });
+        }
+        let ours = system.hot.as_ref();
+        let theirs = etcd.and_then(|etcd| etcd.hot.as_ref());
+        let (value, met) = match (ours, theirs) {
+            (Some(ours), Some(theirs)) if theirs.row.summary.throughput > 0.0 => {
+                let ratio = ours.row.summary.throughput / theirs.row.summary.throughput;
+                (
+                    format!(
+                        "{:.2}× ({} vs {} handoffs/s); served {}/{}",
+                        ratio,
+                        num(ours.row.summary.throughput),
+                        num(theirs.row.summary.throughput),
+                        ours.served,
+                        ours.workers
+                    ),
+                    Some(ratio >= HANDOFFS_VS_ETCD_MIN && ours.served == ours.workers),
+                )
+            }
+            _ => ("not measured".to_string(), None),
+        };
+        ratios.push(Ratio {
+            what: format!("{engine} / etcd hot-lock handoffs/s, {hot_workers} workers"),
+            value,
+            target: format!("≥ {HANDOFFS_VS_ETCD_MIN}×, every worker served"),
+            met,
+        });
+        if let Some(redis) = redis.and_then(|redis| uncontended(redis, high)) {
+            if let Some(ours) = uncontended(system, high) {
+                let ratio = ours.summary.throughput / redis.summary.throughput.max(1e-9);
+                ratios.push(Ratio {
+                    what: format!("{engine} / redis pairs/s, {high} workers (long-term aim)"),
+                    value: format!("{ratio:.3}×"),
+                    target: "≥ 0.33× (aim)".to_string(),
+                    met: Some(ratio >= 1.0 / 3.0),
+                });
+            }
+        }
+    }
+    for name in ["quorumlock-raft", "quorumlock-paxos", "etcd"] {
+        let Some(system) = find(results, name) else {
+            continue;
+        };
+        let Some(failover) = &system.failover else {
+            continue;
+        };
+        let acquire = median(&failover.to_acquire_ms);
+        let recovered: Vec<f64> = failover.to_recovered_ms.iter().flatten().copied().collect();
+        ratios.push(Ratio {
+            what: format!(
+                "{name} failover median, kill → next acquire ({} kills)",
+                failover.to_acquire_ms.len()
+            ),
+            value: format!(
+                "{} ms (to 90 % throughput: {} ms, {} of {} recovered)",
+                opt(acquire),
+                opt(median(&recovered)),
+                recovered.len(),
+                failover.to_recovered_ms.len()
+            ),
+            target: if name == "etcd" {
+                "reference".to_string()
+            } else {
+                format!("< {FAILOVER_MEDIAN_MS_MAX} ms")
+            },
+            met: if name == "etcd" {
+                None
+            } else {
+                acquire.map(|ms| ms < FAILOVER_MEDIAN_MS_MAX)
+            },
+        });
+    }
+    for name in ["quorumlock-raft", "quorumlock-paxos"] {
+        let Some(system) = find(results, name) else {
+            continue;
+        };
+        let spurious: u64 = system
+            .uncontended
+            .iter()
+            .map(|(_, row)| row.elections.unwrap_or(0))
+            .chain(system.hot.iter().map(|hot| hot.row.elections.unwrap_or(0)))
+            .chain(system.fenced.iter().map(|row| row.elections.unwrap_or(0)))
+            .chain(system.herd.iter().map(|herd| herd.elections.unwrap_or(0)))
+            .chain(system.keepalive.iter().map(|k| k.elections.unwrap_or(0)))
+            .sum();
+        ratios.push(Ratio {
+            what: format!("{name} spurious elections outside failover"),
+            value: spurious.to_string(),
+            target: "0".to_string(),
+            met: Some(spurious == 0),
+        });
+    }
+    if let (Some(raft), Some(paxos)) = (
+        find(results, "quorumlock-raft"),
+        find(results, "quorumlock-paxos"),
+    ) {
+        let mut pairs: Vec<(String, f64, f64)> = Vec::new();
+        for (workers, row) in &raft.uncontended {
+            if let Some(other) = uncontended(paxos, *workers) {
+                pairs.push((
+                    format!("uncontended {workers} pairs/s"),
+                    row.summary.throughput,
+                    other.summary.throughput,
+                ));
+            }
+        }
+        if let (Some(a), Some(b)) = (&raft.hot, &paxos.hot) {
+            pairs.push((
+                "hot-lock handoffs/s".into(),
+                a.row.summary.throughput,
+                b.row.summary.throughput,
+            ));
+        }
+        if let (Some(a), Some(b)) = (&raft.fenced, &paxos.fenced) {
+            pairs.push((
+                "fenced writes/s".into(),
+                a.summary.throughput,
+                b.summary.throughput,
+            ));
+        }
+        if let (Some(a), Some(b)) = (&raft.herd, &paxos.herd) {
+            pairs.push((
+                "herd total time (s)".into(),
+                a.total.as_secs_f64(),
+                b.total.as_secs_f64(),
+            ));
+        }
+        if let (Some(a), Some(b)) = (&raft.keepalive, &paxos.keepalive) {
+            pairs.push((
+                "keepalive leader CPU %".into(),
+                a.leader_cpu_percent,
+                b.leader_cpu_percent,
+            ));
+        }
+        if let (Some(a), Some(b)) = (&raft.failover, &paxos.failover) {
+            if let (Some(a), Some(b)) = (median(&a.to_acquire_ms), median(&b.to_acquire_ms)) {
+                pairs.push(("failover median (ms)".into(), a, b));
+            }
+        }
+        if let (Some(a), Some(b)) = (&raft.scale, &paxos.scale) {
+            pairs.push((
+                "scale acquire rate (locks/s)".into(),
+                a.held as f64 / a.acquire.as_secs_f64().max(1e-9),
+                b.held as f64 / b.acquire.as_secs_f64().max(1e-9),
+            ));
+        }
+        for (what, a, b) in pairs {
+            let difference = (a - b).abs() / a.max(b).max(1e-9);
+            ratios.push(Ratio {
+                what: format!("raft vs paxos: {what}"),
+                value: format!("{} vs {} ({:.0} % apart)", num(a), num(b), difference * 100.0),
+                target: format!("within {:.0} %", ENGINE_DIFFERENCE_MAX * 100.0),
+                met: Some(difference <= ENGINE_DIFFERENCE_MAX),
+            });
+        }
+    }
+    ratios
+}
+
+/// Renders REPORT.md.
+pub fn render(results: &[SystemResults], options: &Options, context: &Context, charts: &[String]) -> String {
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(w, "# quorumlock engines benchmark\n");
+    let _ = writeln!(
+        w,
+        "Generated by `cargo bench --bench engines`{} on {}; the whole run took {:.1} min. \
+         Every system ran on this one machine, with the load generator (the benchmark \
+         process) on the same cores as the servers.\n",
+        if options.short {
+            " -- --short (CI mode: tiny sizes, not for comparison)"
+        } else {
+            ""
+        },
+        context.date,
+        context.duration.as_secs_f64() / 60.0
+    );
+    let _ = writeln!(w, "## Machine and versions\n\n| | |\n|---|---|");
+    for (key, value) in machine() {
+        let _ = writeln!(w, "| {key} | {value} |");
+    }
+    let _ = writeln!(w, "| quorumlock | git {} |", context.git_rev);
+    let _ = writeln!(w, "| etcd | {} |", context.etcd_version);
+    let _ = writeln!(w, "| redis | {} |", context.redis_version);
+    let _ = writeln!(w, "\n## Settings\n");
+    let _ = writeln!(
+        w,
+        "- quorumlock (both engines) and etcd: {} nodes on 127.0.0.1, heartbeat {} ms, election \
+         timeout {} ms, fsync on (both quorumlock engines always sync; etcd's default), each node \
+         with its own data directory.\n\
+         - quorumlock is driven by its Rust client; etcd by gRPC stubs generated from its own \
+         protobuf files (v3 Lock/Unlock under a lease, leases renewed over LeaseKeepAlive streams), \
+         each client starting at the leader and giving each attempt {:?} before repeating it on \
+         the next member (etcd itself would hold a request that arrived during an election for \
+         7 s); Redis by the `redis` crate (multiplexed connection).\n\
+         - Redis: one `redis-server`, {}. Acquire is `SET NX PX` retried every {:?} + up to {:?} \
+         jitter (Redis has no wait queue); release is a compare-and-delete Lua script.\n\
+         - One client connection per {} sessions, for every system.\n\
+         - Warm-up {:?}, measured window {:?}; worker sessions' TTL {:?}.\n\
+         - Latency is one operation as the worker sees it: acquire+release (workloads 1, 2, 6), \
+         acquire+put+release (4), the wait for the grant (3). CPU per operation is CPU time from \
+         /proc over the measured window divided by the operations in it: the leader's, and all \
+         nodes' together.\n\
+         - \"Elections\" is the leader's term (quorumlock: term or ballot round; etcd: raft term) \
+         after the workload minus before it; outside the failover workload it must be 0.",
+        options.nodes,
+        options.heartbeat_ms,
+        options.election_timeout_ms,
+        super::etcd::ATTEMPT_TIMEOUT,
+        super::redis::PERSISTENCE,
+        super::redis::RETRY_DELAY,
+        super::redis::RETRY_JITTER_MAX,
+        super::cli::SESSIONS_PER_CLIENT_MAX,
+        options.warmup,
+        options.window,
+        options.session_ttl,
+    );
+    for system in results {
+        if let Some(why) = &system.skipped {
+            let _ = writeln!(w, "- **{}: skipped ({why})**", system.name);
+        }
+    }
+
+    let _ = writeln!(w, "\n## Key ratios (targets from issue 5)\n");
+    let _ = writeln!(w, "| comparison | measured | target | met |\n|---|---|---|---|");
+    for ratio in key_ratios(results, options) {
+        let met = match ratio.met {
+            Some(true) => "met",
+            Some(false) => "**not met**",
+            None => "—",
+        };
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {met} |",
+            ratio.what, ratio.value, ratio.target
+        );
+    }
+
+    let header = "| system | ops/s | p50 ms | p99 ms | p999 ms | leader CPU µs/op | all-nodes CPU µs/op | elections | failed ops |\n|---|---|---|---|---|---|---|---|---|";
+    let _ = writeln!(
+        w,
+        "\n## 1. Uncontended (own lock per worker, acquire+release pairs)\n"
+    );
+    for &workers in &options.uncontended_workers {
+        let _ = writeln!(w, "\n**{workers} worker(s)**\n\n{header}");
+        for system in results {
+            if let Some(row) = uncontended(system, workers) {
+                let _ = writeln!(w, "| {} | {} |", system.name, row_cells(row));
+            }
+        }
+        skipped_line(w, results);
+    }
+
+    let _ = writeln!(
+        w,
+        "\n## 2. Hot lock ({} workers on one lock; ops = handoffs)\n\n{header}",
+        options.hot_workers
+    );
+    for system in results {
+        if let Some(hot) = &system.hot {
+            let _ = writeln!(w, "| {} | {} |", system.name, row_cells(&hot.row));
+        }
+    }
+    skipped_line(w, results);
+    let _ = writeln!(
+        w,
+        "\nFairness (pairs per worker in the window):\n\n| system | served | min | max |\n|---|---|---|---|"
+    );
+    for system in results {
+        if let Some(hot) = &system.hot {
+            let _ = writeln!(
+                w,
+                "| {} | {}/{} | {} | {} |",
+                system.name, hot.served, hot.workers, hot.per_worker_min, hot.per_worker_max
+            );
+        }
+    }
+
+    let _ = writeln!(
+        w,
+        "\n## 3. Thundering herd ({} sessions queue on one lock, each releases once granted)\n\n\
+         | system | total s | handoffs/s | wait p50 ms | wait p99 ms | wait p999 ms | leader CPU µs/handoff | all-nodes CPU µs/handoff | held once | elections |\n\
+         |---|---|---|---|---|---|---|---|---|---|",
+        options.herd_sessions
+    );
+    for system in results {
+        if let Some(herd) = &system.herd {
+            let _ = writeln!(
+                w,
+                "| {} | {:.2} | {} | {} | {} | {} | {} | {} | {}/{} | {} |",
+                system.name,
+                herd.total.as_secs_f64(),
+                num(herd.sessions as f64 / herd.total.as_secs_f64().max(1e-9)),
+                num(herd.wait.p50_ms),
+                num(herd.wait.p99_ms),
+                num(herd.wait.p999_ms),
+                opt(herd.leader_cpu_us_per_handoff),
+                opt(herd.total_cpu_us_per_handoff),
+                herd.held_once,
+                herd.sessions,
+                elections(herd.elections)
+            );
+        }
+    }
+    skipped_line(w, results);
+    let _ = writeln!(
+        w,
+        "\nRedis has no queue: its herd polls with `SET NX`, so its order is not FIFO."
+    );
+
+    let _ = writeln!(
+        w,
+        "\n## 4. Fenced writes ({} workers: acquire → put {} B with the token → release)\n\n{header}",
+        options.fenced_workers, options.fenced_value_bytes
+    );
+    for system in results {
+        if let Some(row) = &system.fenced {
+            let _ = writeln!(w, "| {} | {} |", system.name, row_cells(row));
+        }
+    }
+    skipped_line(w, results);
+    let _ = writeln!(
+        w,
+        "\nquorumlock: `Put` fenced by the lock's token (refused unless current). etcd: a `Txn` that \
+         puts only if the lock key still exists (`CreateRevision(lock key) > 0`), the pattern etcd \
+         documents for lock-protected writes. Redis: a plain `SET` — **unfenced**, a paused former \
+         holder can still overwrite."
+    );
+
+    let _ = writeln!(
+        w,
+        "\n## 5. Session keepalive ({} sessions, TTL {:?}, renewed every TTL/3; CPU over {:?})\n\n\
+         | system | open all s | leader CPU % | all-nodes CPU % | sessions lost | elections |\n|---|---|---|---|---|---|",
+        options.keepalive_sessions, options.keepalive_ttl, options.keepalive_window
+    );
+    for system in results {
+        if let Some(k) = &system.keepalive {
+            let _ = writeln!(
+                w,
+                "| {} | {:.2} | {:.1} | {:.1} | {} | {} |",
+                system.name,
+                k.open.as_secs_f64(),
+                k.leader_cpu_percent,
+                k.total_cpu_percent,
+                k.lost,
+                elections(k.elections)
+            );
+        }
+    }
+    skipped_line(w, results);
+    let _ = writeln!(
+        w,
+        "\nRedis: n/a (no sessions or leases; a holder extends each lock's PX itself)."
+    );
+
+    let _ = writeln!(
+        w,
+        "\n## 6. Failover (workload 1 at {} workers; SIGKILL of the leader, {} times; the node is restarted and caught up between kills)\n\n\
+         | system | kill → next acquire, median ms | all (ms) | kill → 90 % throughput, median ms | all (ms) | baseline pairs/s | failed ops |\n|---|---|---|---|---|---|---|",
+        options.failover_workers, options.failover_repeats
+    );
+    for system in results {
+        if let Some(f) = &system.failover {
+            let recovered: Vec<f64> = f.to_recovered_ms.iter().flatten().copied().collect();
+            let list = |values: &[f64]| {
+                values
+                    .iter()
+                    .map(|v| format!("{v:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let recovered_all = f
+                .to_recovered_ms
+                .iter()
+                .map(|v| v.map_or("not within limit".to_string(), |v| format!("{v:.0}")))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                system.name,
+                opt(median(&f.to_acquire_ms)),
+                list(&f.to_acquire_ms),
+                opt(median(&recovered)),
+                recovered_all,
+                opt(median(&f.baseline_per_s)),
+                f.errors
+            );
+        }
+    }
+    skipped_line(w, results);
+    let _ = writeln!(
+        w,
+        "\n\"Next acquire\" is the first acquire *started* after the kill that succeeded: by a \
+         worker, or by one of the probes started every {:?} after the kill (each a fresh acquire \
+         of its own lock), so that it does not wait for requests already in flight to time out. \
+         \"90 % throughput\" is the start of the first {} ms span after the kill whose pairs/s \
+         average at least 90 % of the {:?} before the kill (limit {:?}). Redis: n/a (one node).",
+        super::workloads::PROBE_INTERVAL,
+        super::workloads::RECOVERY_BUCKETS as u128 * super::measure::BUCKET.as_millis(),
+        options.failover_baseline,
+        options.failover_recovery_max
+    );
+
+    let _ = writeln!(
+        w,
+        "\n## 7. Scale (locks held at once over {} sessions, {} acquires in flight; quorumlock and Redis {} locks, etcd {})\n\n\
+         | system | held | acquire s | locks/s | RSS per node MiB | data dir per node MiB | follower restart → serving s |\n|---|---|---|---|---|---|---|",
+        options.scale_sessions, options.scale_in_flight, options.scale_locks, options.scale_locks_etcd
+    );
+    for system in results {
+        if let Some(s) = &system.scale {
+            let _ = writeln!(
+                w,
+                "| {} | {}/{} | {:.1} | {} | {} | {} | {} |",
+                system.name,
+                s.held,
+                s.target,
+                s.acquire.as_secs_f64(),
+                num(s.held as f64 / s.acquire.as_secs_f64().max(1e-9)),
+                s.rss_bytes
+                    .iter()
+                    .map(|b| mib(*b))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+                s.disk_bytes
+                    .iter()
+                    .map(|b| mib(*b))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+                s.restart_to_serving
+                    .map_or("n/a".to_string(), |d| format!("{:.2}", d.as_secs_f64()))
+            );
+        }
+    }
+    skipped_line(w, results);
+    let _ = writeln!(
+        w,
+        "\nAcquisition stops at the target or after {:?}, whichever comes first; \"held\" says \
+         how many were reached. The data directory size (`du -sb`) stands for the snapshot size: \
+         it holds the log and the state the node would restore from. \"Restart → serving\" is from \
+         starting a SIGKILLed follower until it answers and has applied what the leader had \
+         committed.{}",
+        options.scale_time_max,
+        if options.scale_locks_etcd < options.scale_locks {
+            " etcd holds fewer locks because its Lock API (one put and a range per lock) would not fit the run's time budget at 1,000,000."
+        } else {
+            ""
+        }
+    );
+
+    let _ = writeln!(w, "\n## Charts\n");
+    for chart in charts {
+        let _ = writeln!(w, "![{chart}]({chart})\n");
+    }
+
+    let mut notes = String::new();
+    for system in results {
+        for note in &system.notes {
+            let _ = writeln!(notes, "- {}: {note}", system.name);
+        }
+        for failure in &system.failures {
+            let _ = writeln!(notes, "- **{} failed** {failure}", system.name);
+        }
+        if let Some(f) = &system.failover {
+            if let Some(error) = &f.first_error {
+                let _ = writeln!(
+                    notes,
+                    "- {}: {} operations failed during the failovers (retried by the workers); the first: {error}",
+                    system.name, f.errors
+                );
+            }
+        }
+    }
+    if !notes.is_empty() {
+        let _ = writeln!(w, "## Notes\n\n{notes}");
+    }
+    out
+}
