@@ -1,11 +1,15 @@
 //! The lock state machine as an engine applies it: one writer (the engine's
-//! apply loop), many readers, and a broadcast of what each command did.
+//! apply loop), many readers, a broadcast of what each command did, and a
+//! registry that wakes only the waiter a grant is for.
 
-use parking_lot::RwLock;
-use tokio::sync::broadcast;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{broadcast, Notify};
 
 use super::CommandResult;
-use crate::lock::{Command, Event, LockState};
+use crate::lock::{Command, Event, LockState, SessionId};
 
 /// Capacity of the notice channel; a receiver that falls further behind sees
 /// `Lagged` and must re-read the state instead of relying on notices.
@@ -25,6 +29,54 @@ pub enum StateNotice {
 pub struct AppliedState {
     state: RwLock<LockState>,
     notices: broadcast::Sender<StateNotice>,
+    waiters: Mutex<HashMap<SessionId, HashMap<String, Waiter>>>,
+}
+
+/// The wake-up shared by every wait of one session on one lock.
+#[derive(Debug)]
+struct Waiter {
+    notify: Arc<Notify>,
+    watches: usize,
+}
+
+/// A registered interest in one session's grant of one lock (or the end of
+/// the session). Waking is a hint: after each wake the waiter re-reads the
+/// state. Dropping it unregisters.
+///
+/// With a broadcast, every queued request would wake on every applied
+/// event, so a lock with N waiters cost O(N) wake-ups per handoff; here a
+/// grant wakes its one waiter.
+#[derive(Debug)]
+pub struct GrantWatch {
+    state: Arc<AppliedState>,
+    session: SessionId,
+    lock: String,
+    notify: Arc<Notify>,
+}
+
+impl GrantWatch {
+    /// Resolves on the next wake after it was created; create it (and
+    /// `enable` it) before reading the state, so no wake is missed.
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
+    }
+}
+
+impl Drop for GrantWatch {
+    fn drop(&mut self) {
+        let mut waiters = self.state.waiters.lock();
+        if let Some(locks) = waiters.get_mut(&self.session) {
+            if let Some(waiter) = locks.get_mut(&self.lock) {
+                waiter.watches -= 1;
+                if waiter.watches == 0 {
+                    locks.remove(&self.lock);
+                }
+            }
+            if locks.is_empty() {
+                waiters.remove(&self.session);
+            }
+        }
+    }
 }
 
 impl Default for AppliedState {
@@ -40,6 +92,7 @@ impl AppliedState {
         AppliedState {
             state: RwLock::new(state),
             notices,
+            waiters: Mutex::new(HashMap::new()),
         }
     }
 
@@ -47,6 +100,9 @@ impl AppliedState {
     /// engine's apply path calls this, in log order.
     pub fn apply(&self, command: &Command) -> CommandResult {
         let applied = self.state.write().apply(command);
+        if !applied.events.is_empty() {
+            self.wake_waiters(&applied.events);
+        }
         for event in applied.events {
             // Nobody listening is fine: notices only wake waiters.
             let _ = self.notices.send(StateNotice::Event(event));
@@ -57,7 +113,57 @@ impl AppliedState {
     /// Replaces the state wholesale (snapshot install).
     pub fn restore(&self, state: LockState) {
         *self.state.write() = state;
+        for locks in self.waiters.lock().values() {
+            for waiter in locks.values() {
+                waiter.notify.notify_waiters();
+            }
+        }
         let _ = self.notices.send(StateNotice::Restored);
+    }
+
+    /// Registers a wait for `session`'s grant of `lock`: woken when it is
+    /// granted, when the session ends, and when the state is restored.
+    pub fn watch_grant(self: &Arc<Self>, session: SessionId, lock: &str) -> GrantWatch {
+        let mut waiters = self.waiters.lock();
+        let waiter = waiters
+            .entry(session)
+            .or_default()
+            .entry(lock.to_string())
+            .or_insert_with(|| Waiter {
+                notify: Arc::new(Notify::new()),
+                watches: 0,
+            });
+        waiter.watches += 1;
+        GrantWatch {
+            state: self.clone(),
+            session,
+            lock: lock.to_string(),
+            notify: waiter.notify.clone(),
+        }
+    }
+
+    fn wake_waiters(&self, events: &[Event]) {
+        let waiters = self.waiters.lock();
+        if waiters.is_empty() {
+            return;
+        }
+        for event in events {
+            match event {
+                Event::Granted(grant) => {
+                    if let Some(waiter) = waiters
+                        .get(&grant.session)
+                        .and_then(|locks| locks.get(&grant.lock))
+                    {
+                        waiter.notify.notify_waiters();
+                    }
+                }
+                Event::SessionEnded { session } => {
+                    for waiter in waiters.get(session).into_iter().flat_map(HashMap::values) {
+                        waiter.notify.notify_waiters();
+                    }
+                }
+            }
+        }
     }
 
     /// Serializes the current state.

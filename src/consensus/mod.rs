@@ -11,7 +11,7 @@ pub mod engine;
 pub mod error;
 pub mod types;
 
-pub use applied::{AppliedState, StateNotice};
+pub use applied::{AppliedState, GrantWatch, StateNotice};
 pub use config::EngineConfig;
 pub use engine::ConsensusEngine;
 pub use error::EngineError;

@@ -17,7 +17,7 @@ use super::forward::{forwarded, Forwarder};
 use super::pb::v1 as pb;
 use super::pb::v1::lock_client::LockClient;
 use super::status::{budget, client_timeout, from_engine_error, from_lock_error, is_forwarded, unavailable};
-use crate::consensus::{ConsensusEngine, StateNotice};
+use crate::consensus::{ConsensusEngine, GrantWatch, StateNotice};
 use crate::lock::limits::{KEY_BYTES_MAX, LOCK_NAME_BYTES_MAX};
 use crate::lock::{validate, Command, Event, Fence, LockState, Outcome, SessionId};
 use crate::server::leases::{Leases, RenewError};
@@ -114,7 +114,7 @@ impl LockService {
         session: SessionId,
         lock: String,
         wait: Duration,
-        mut notices: tokio::sync::broadcast::Receiver<StateNotice>,
+        watch: GrantWatch,
     ) -> Result<pb::AcquireResponse, Status> {
         let mut leave_on_drop = LeaveQueueOnDrop {
             engine: Some(self.engine.clone()),
@@ -123,44 +123,32 @@ impl LockService {
         };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let notice = tokio::select! {
-                notice = notices.recv() => notice,
-                _ = tokio::time::sleep_until(deadline) => break,
-            };
-            let granted = match notice {
-                Ok(StateNotice::Event(Event::Granted(grant)))
-                    if grant.session == session && grant.lock == lock =>
-                {
-                    Some(grant.token)
+            // Armed before the state is read, so a grant applied in between
+            // still wakes this wait.
+            let woken = watch.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            match self
+                .engine
+                .state()
+                .read(|state| waiter_status(state, session, &lock))
+            {
+                WaiterStatus::Holds(token) => {
+                    leave_on_drop.disarm();
+                    return Ok(pb::AcquireResponse {
+                        acquired: true,
+                        token,
+                    });
                 }
-                Ok(StateNotice::Event(Event::SessionEnded { session: ended })) if ended == session => {
+                WaiterStatus::SessionGone => {
                     leave_on_drop.disarm();
                     return Err(session_ended_while_waiting(session));
                 }
-                Ok(StateNotice::Event(_)) => continue,
-                // Notices were missed or the state was replaced: look instead.
-                Ok(StateNotice::Restored) | Err(RecvError::Lagged(_)) => {
-                    match self
-                        .engine
-                        .state()
-                        .read(|state| waiter_status(state, session, &lock))
-                    {
-                        WaiterStatus::Holds(token) => Some(token),
-                        WaiterStatus::SessionGone => {
-                            leave_on_drop.disarm();
-                            return Err(session_ended_while_waiting(session));
-                        }
-                        WaiterStatus::Waiting => continue,
-                    }
-                }
-                Err(RecvError::Closed) => return Err(Status::unavailable("node is shutting down")),
-            };
-            if let Some(token) = granted {
-                leave_on_drop.disarm();
-                return Ok(pb::AcquireResponse {
-                    acquired: true,
-                    token,
-                });
+                WaiterStatus::Waiting => {}
+            }
+            tokio::select! {
+                () = &mut woken => {}
+                () = tokio::time::sleep_until(deadline) => break,
             }
         }
         // The wait passed: leave the queue. A grant may have raced with the
@@ -454,8 +442,8 @@ impl pb::lock_server::Lock for LockService {
             Some(_) => wait.min(budget(&request, Duration::MAX)),
             None => wait,
         };
-        // Subscribe before proposing so that no grant can slip past.
-        let notices = self.engine.state().subscribe();
+        // Registered before proposing, so the grant's wake-up has a target.
+        let watch = self.engine.state().watch_grant(session, &lock);
         let command = Command::Acquire {
             session,
             lock: lock.clone(),
@@ -475,7 +463,7 @@ impl pb::lock_server::Lock for LockService {
                 acquired: false,
                 token: 0,
             },
-            Outcome::Queued { .. } => self.wait_for_grant(session, lock, wait, notices).await?,
+            Outcome::Queued { .. } => self.wait_for_grant(session, lock, wait, watch).await?,
             other => return Err(unexpected(other)),
         };
         Ok(Response::new(response))
