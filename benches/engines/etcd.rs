@@ -406,6 +406,10 @@ async fn keep_alive(
         let index = (channels.current.load(Ordering::Relaxed) + attempt) % channels.channels.len();
         attempt += 1;
         let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        // The first renewal is queued before the call: etcd sends the
+        // response headers only with its first answer, so waiting for the
+        // call to open before sending anything would wait forever.
+        let mut queued = sender.try_send(LeaseKeepAliveRequest { id }).is_ok();
         let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
         let mut client = LeaseClient::new(channels.channels[index].clone());
         let opened = tokio::select! {
@@ -424,7 +428,7 @@ async fn keep_alive(
             }
         };
         loop {
-            if sender.send(LeaseKeepAliveRequest { id }).await.is_err() {
+            if !std::mem::take(&mut queued) && sender.send(LeaseKeepAliveRequest { id }).await.is_err() {
                 continue 'streams;
             }
             let sent_at = Instant::now();
