@@ -22,7 +22,8 @@ use common::*;
 use futures::stream::{self, StreamExt};
 use prost::bytes::{Buf, BufMut};
 use quorumlock::rpc::pb::v1::lock_client::LockClient;
-use quorumlock::rpc::pb::v1::{GetResponse, OpenSessionRequest};
+use quorumlock::rpc::pb::v1::{GetResponse, OpenSessionRequest, ReleaseResponse};
+use rand::Rng;
 use tokio::sync::Mutex;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
@@ -57,6 +58,11 @@ const ENQUEUE_ATTEMPTS: usize = 100_000;
 const ORDERED_WAITERS: usize = 20;
 /// How long each waiter of the bulk waits before giving up.
 const BULK_WAIT_MS: u64 = 15_000;
+/// A bulk waiter refused as overloaded waits up to this long (at random)
+/// before its next try, and doubles it after every refusal.
+const OVERLOADED_BACKOFF_FIRST: Duration = Duration::from_millis(500);
+/// Longest pause between a bulk waiter's tries.
+const OVERLOADED_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Concurrent calls while opening sessions.
 const OPEN_CONCURRENCY: usize = 256;
 /// Channels to the leader; each carries at most a few hundred concurrent
@@ -627,13 +633,22 @@ async fn bulk_waiter(
         end: WaiterEnd::NeverAdmitted,
     };
     let full = format!("wait queue of lock \"{lock}\" is full ({WAITERS_PER_LOCK_MAX} waiters)");
+    let mut outcome_unknown = false;
+    let mut backoff = OVERLOADED_BACKOFF_FIRST;
     loop {
         if attempts.fetch_add(1, Ordering::Relaxed) >= ENQUEUE_ATTEMPTS {
+            if outcome_unknown {
+                // The last attempt may have queued the session, and may yet
+                // grant it the lock: as the API asks of a client giving up
+                // on an ambiguous Acquire, close the session.
+                close_giving_up(&client, session).await;
+            }
             return waiter;
         }
+        outcome_unknown = false;
         match acquire(&client, session, lock, BULK_WAIT_MS).await {
             Ok(answer) if answer.acquired => {
-                release(&client, session, lock, answer.token)
+                release_under_flood(&client, session, lock, answer.token)
                     .await
                     .unwrap_or_else(|status| panic!("release by bulk waiter {session}: {status:?}"));
                 waiter.end = WaiterEnd::Granted { token: answer.token };
@@ -657,10 +672,62 @@ async fn bulk_waiter(
                     "an Acquire the flooded leader could not commit",
                     Err::<(), _>(status),
                     Code::Unavailable,
-                    &["not committed within", "overloaded"],
+                    &["overloaded"],
                 );
                 waiter.overloaded += 1;
+                outcome_unknown = true;
+                // As clients should: back off, with jitter, before the next try.
+                let pause = rand::thread_rng().gen_range(Duration::ZERO..=backoff);
+                tokio::time::sleep(pause).await;
+                backoff = (backoff * 2).min(OVERLOADED_BACKOFF_MAX);
             }
+        }
+    }
+}
+
+/// `Release`, repeated while the flooded leader cannot order it in time.
+/// `None` when a repeat is refused because an earlier attempt released the
+/// lock after all (its answer, naming the next holder, was lost).
+async fn release_under_flood(
+    client: &LockClient<Channel>,
+    session: u64,
+    lock: &str,
+    token: u64,
+) -> Result<Option<ReleaseResponse>, Status> {
+    let deadline = Instant::now() + PHASE_WAIT;
+    let mut repeated = false;
+    loop {
+        match release(client, session, lock, token).await {
+            Ok(answer) => return Ok(Some(answer)),
+            Err(status) if status.code() == Code::Unavailable && Instant::now() < deadline => {
+                repeated = true;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(status) if repeated && status.code() == Code::FailedPrecondition => {
+                refused(
+                    "a repeated Release after an earlier attempt released",
+                    Err::<(), _>(status),
+                    Code::FailedPrecondition,
+                    &["does not hold"],
+                );
+                return Ok(None);
+            }
+            Err(status) => return Err(status),
+        }
+    }
+}
+
+/// Closes `session`, repeating while the leader is too busy to order it.
+async fn close_giving_up(client: &LockClient<Channel>, session: u64) {
+    let deadline = Instant::now() + PHASE_WAIT;
+    loop {
+        match close_session(client, session).await {
+            Ok(_) => return,
+            Err(status) if status.code() == Code::NotFound => return,
+            Err(status) if status.code() == Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(status) => panic!("CloseSession of bulk waiter {session} giving up: {status:?}"),
         }
     }
 }
@@ -723,7 +790,7 @@ async fn check_session_and_waiter_floods_stay_bounded_and_fifo(engine: &str) {
         let client = watcher.clone();
         ordered_tasks.push(tokio::spawn(async move {
             let token = acquire_granted(&client, session, hot, LONG_WAIT_MS).await;
-            release(&client, session, hot, token)
+            release_under_flood(&client, session, hot, token)
                 .await
                 .unwrap_or_else(|status| panic!("release by ordered waiter {position}: {status:?}"));
             token
@@ -778,13 +845,15 @@ async fn check_session_and_waiter_floods_stay_bounded_and_fifo(engine: &str) {
 
     // Release: the queue drains in FIFO order.
     let started = Instant::now();
-    let handed = release(&watcher, hot_holder, hot, hot_token)
+    let handed = release_under_flood(&watcher, hot_holder, hot, hot_token)
         .await
         .expect("release of the hot lock");
-    assert_eq!(
-        handed.next_session_id, ordered[0],
-        "the release hands the lock to the first waiter in line"
-    );
+    if let Some(handed) = handed {
+        assert_eq!(
+            handed.next_session_id, ordered[0],
+            "the release hands the lock to the first waiter in line"
+        );
+    }
     let mut last_ordered_token = hot_token;
     for (position, task) in ordered_tasks.into_iter().enumerate() {
         let token = tokio::time::timeout(PHASE_WAIT, task)

@@ -29,6 +29,9 @@ pub enum StateNotice {
 pub struct AppliedState {
     state: RwLock<LockState>,
     notices: broadcast::Sender<StateNotice>,
+    /// Only session ends and restores: keepalive streams listen here, so a
+    /// busy cluster's grants do not wake every stream.
+    session_ends: broadcast::Sender<StateNotice>,
     waiters: Mutex<HashMap<SessionId, HashMap<String, Waiter>>>,
 }
 
@@ -89,9 +92,11 @@ impl AppliedState {
     /// Wraps a state, e.g. one restored from a snapshot at start-up.
     pub fn new(state: LockState) -> Self {
         let (notices, _) = broadcast::channel(NOTICE_CHANNEL_CAPACITY);
+        let (session_ends, _) = broadcast::channel(NOTICE_CHANNEL_CAPACITY);
         AppliedState {
             state: RwLock::new(state),
             notices,
+            session_ends,
             waiters: Mutex::new(HashMap::new()),
         }
     }
@@ -104,6 +109,9 @@ impl AppliedState {
             self.wake_waiters(&applied.events);
         }
         for event in applied.events {
+            if matches!(event, Event::SessionEnded { .. }) {
+                let _ = self.session_ends.send(StateNotice::Event(event.clone()));
+            }
             // Nobody listening is fine: notices only wake waiters.
             let _ = self.notices.send(StateNotice::Event(event));
         }
@@ -118,7 +126,13 @@ impl AppliedState {
                 waiter.notify.notify_waiters();
             }
         }
+        let _ = self.session_ends.send(StateNotice::Restored);
         let _ = self.notices.send(StateNotice::Restored);
+    }
+
+    /// Subscribes to session ends (and restores) applied from now on.
+    pub fn subscribe_session_ends(&self) -> broadcast::Receiver<StateNotice> {
+        self.session_ends.subscribe()
     }
 
     /// Registers a wait for `session`'s grant of `lock`: woken when it is

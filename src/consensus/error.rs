@@ -13,6 +13,12 @@ pub enum EngineError {
     /// The engine could not reach a quorum in time.
     #[error("no quorum: {0}")]
     Unavailable(String),
+    /// This node leads but holds as many commands as it may; retry later.
+    #[error("the leader is overloaded: {queued_max} commands already wait to be ordered")]
+    Overloaded {
+        /// The bound that was reached.
+        queued_max: usize,
+    },
     /// The engine is stopping.
     #[error("engine is shutting down")]
     ShuttingDown,

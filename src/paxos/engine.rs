@@ -406,9 +406,9 @@ impl Driver {
                     Refusal::NotLeader { .. } => EngineError::NotLeader {
                         leader: leader.clone(),
                     },
-                    Refusal::Overloaded => {
-                        EngineError::Unavailable("the leader's proposal queue is full".to_string())
-                    }
+                    Refusal::Overloaded => EngineError::Overloaded {
+                        queued_max: self.replica.config.queued_proposals_max,
+                    },
                 };
                 let _ = reply.send(Err(error));
             }

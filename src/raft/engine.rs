@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::network::RaftNetworkFactory;
 use openraft::{BasicNode, Config, RaftMetrics, ServerState, SnapshotPolicy};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tonic::service::Routes;
 
 use super::log_store::{LogStore, CF_LOG, CF_META};
@@ -24,9 +24,17 @@ use crate::consensus::{
 use crate::lock::Command;
 use crate::rpc::pb::raft::raft_peer_server::RaftPeerServer;
 
+/// Commands a leader accepts for ordering at once; beyond this `propose`
+/// is refused at once as overloaded. openraft queues client writes without
+/// bound, so without this a flood would grow memory and every command's
+/// latency until all of them time out (and heartbeats and read barriers
+/// queue behind them).
+pub const PROPOSALS_IN_FLIGHT_MAX: usize = 4_096;
+
 /// The openraft engine.
 pub struct RaftEngine {
     raft: Raft,
+    in_flight: Semaphore,
     node_id: NodeId,
     state: Arc<AppliedState>,
     leadership: watch::Receiver<Leadership>,
@@ -115,6 +123,7 @@ impl RaftEngine {
         tokio::spawn(publish_leadership(raft.metrics(), leadership_tx));
         let engine = Arc::new(RaftEngine {
             raft: raft.clone(),
+            in_flight: Semaphore::new(PROPOSALS_IN_FLIGHT_MAX),
             node_id: config.node_id,
             state,
             leadership,
@@ -179,6 +188,11 @@ fn leader_of(forward: &ForwardToLeader<NodeId, BasicNode>) -> Option<LeaderInfo>
 #[async_trait]
 impl ConsensusEngine for RaftEngine {
     async fn propose(&self, command: Command) -> Result<CommandResult, EngineError> {
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            return Err(EngineError::Overloaded {
+                queued_max: PROPOSALS_IN_FLIGHT_MAX,
+            });
+        };
         match self.raft.client_write(command).await {
             Ok(response) => response
                 .data

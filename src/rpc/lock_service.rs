@@ -154,14 +154,16 @@ impl LockService {
         // The wait passed: leave the queue. A grant may have raced with the
         // deadline, in which case the session holds the lock and says so.
         leave_on_drop.disarm();
-        self.propose(
-            Command::CancelWait {
-                session,
-                lock: lock.clone(),
-            },
-            self.config.request_timeout,
-        )
-        .await?;
+        let cancel = Command::CancelWait {
+            session,
+            lock: lock.clone(),
+        };
+        if let Err(status) = self.propose(cancel, self.config.request_timeout).await {
+            // The answer is UNAVAILABLE (outcome unknown); the waiter still
+            // leaves the queue once the leader can order it.
+            leave_queue_in_background(self.engine.clone(), session, lock);
+            return Err(status);
+        }
         match self
             .engine
             .state()
@@ -225,7 +227,7 @@ async fn serve_keepalives(
     mut inbound: Streaming<pb::KeepAliveRequest>,
     replies: mpsc::Sender<Result<pb::KeepAliveResponse, Status>>,
 ) {
-    let mut notices = engine.state().subscribe();
+    let mut notices = engine.state().subscribe_session_ends();
     let mut renewed: BTreeSet<SessionId> = BTreeSet::new();
     loop {
         let reply = tokio::select! {
@@ -283,6 +285,15 @@ fn session_ended_while_waiting(session: SessionId) -> Status {
     ))
 }
 
+/// Attempts made to take a waiter whose call ended out of its queue.
+pub const LEAVE_QUEUE_ATTEMPTS: u32 = 8;
+/// Pause after the first failed attempt; it doubles after each failure.
+const LEAVE_QUEUE_BACKOFF_FIRST: Duration = Duration::from_millis(100);
+/// Longest pause between attempts.
+const LEAVE_QUEUE_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Time each attempt is given to commit.
+const LEAVE_QUEUE_ATTEMPT_BUDGET: Duration = Duration::from_secs(5);
+
 /// Proposes `CancelWait` in the background if the waiting call goes away.
 struct LeaveQueueOnDrop {
     engine: Option<Arc<dyn ConsensusEngine>>,
@@ -299,17 +310,48 @@ impl LeaveQueueOnDrop {
 impl Drop for LeaveQueueOnDrop {
     fn drop(&mut self) {
         if let Some(engine) = self.engine.take() {
-            let command = Command::CancelWait {
-                session: self.session,
-                lock: std::mem::take(&mut self.lock),
-            };
-            tokio::spawn(async move {
-                if let Err(status) = propose_within(engine.as_ref(), command, Duration::from_secs(5)).await {
-                    tracing::debug!(%status, "a cancelled waiter could not leave its queue");
-                }
-            });
+            leave_queue_in_background(engine, self.session, std::mem::take(&mut self.lock));
         }
     }
+}
+
+/// Takes `session` out of the queue of `lock` after its call ended without
+/// an answer (cancelled, or its own cancel could not commit): an overloaded
+/// leader would otherwise keep a waiter nobody waits for, and grant it the
+/// lock. Tries [`LEAVE_QUEUE_ATTEMPTS`] times with doubling pauses, and stops
+/// early once the session no longer waits on the lock or this node no longer
+/// leads (the waiter then leaves when its session ends).
+fn leave_queue_in_background(engine: Arc<dyn ConsensusEngine>, session: SessionId, lock: String) {
+    tokio::spawn(async move {
+        let mut pause = LEAVE_QUEUE_BACKOFF_FIRST;
+        for attempt in 1..=LEAVE_QUEUE_ATTEMPTS {
+            let waits = engine.state().read(|state| {
+                state
+                    .session(session)
+                    .is_some_and(|found| found.waiting.contains(&lock))
+            });
+            if !waits || !engine.leadership().borrow().is_self {
+                return;
+            }
+            let command = Command::CancelWait {
+                session,
+                lock: lock.clone(),
+            };
+            match propose_within(engine.as_ref(), command, LEAVE_QUEUE_ATTEMPT_BUDGET).await {
+                Ok(_) => return,
+                Err(status) => {
+                    tracing::debug!(%status, session, attempt, "a waiter whose call ended could not leave its queue yet");
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(LEAVE_QUEUE_BACKOFF_MAX);
+        }
+        tracing::warn!(
+            session,
+            lock = %lock,
+            "a waiter whose call ended stays queued until its session ends: {LEAVE_QUEUE_ATTEMPTS} attempts to leave failed"
+        );
+    });
 }
 
 /// A forwarded call that failed in transport (the leader died mid-call, the
@@ -442,8 +484,9 @@ impl pb::lock_server::Lock for LockService {
             Some(_) => wait.min(budget(&request, Duration::MAX)),
             None => wait,
         };
-        // Registered before proposing, so the grant's wake-up has a target.
-        let watch = self.engine.state().watch_grant(session, &lock);
+        // Registered before proposing, so the grant's wake-up has a target;
+        // a try-lock never waits, so it registers nothing.
+        let watch = (wait_ms > 0).then(|| self.engine.state().watch_grant(session, &lock));
         let command = Command::Acquire {
             session,
             lock: lock.clone(),
@@ -458,12 +501,14 @@ impl pb::lock_server::Lock for LockService {
                 acquired: false,
                 token: 0,
             },
-            // A try-lock by a session that already waits keeps its place.
-            Outcome::Queued { .. } if wait_ms == 0 => pb::AcquireResponse {
-                acquired: false,
-                token: 0,
+            Outcome::Queued { .. } => match watch {
+                Some(watch) => self.wait_for_grant(session, lock, wait, watch).await?,
+                // A try-lock by a session that already waits keeps its place.
+                None => pb::AcquireResponse {
+                    acquired: false,
+                    token: 0,
+                },
             },
-            Outcome::Queued { .. } => self.wait_for_grant(session, lock, wait, watch).await?,
             other => return Err(unexpected(other)),
         };
         Ok(Response::new(response))

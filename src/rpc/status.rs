@@ -33,6 +33,7 @@ pub fn from_engine_error(error: EngineError) -> Status {
             unavailable("this node is not the leader; retry", leader.as_ref())
         }
         EngineError::Unavailable(reason) => unavailable(&format!("no quorum: {reason}"), None),
+        error @ EngineError::Overloaded { .. } => Status::unavailable(format!("{error}; retry with backoff")),
         EngineError::ShuttingDown => Status::unavailable("node is shutting down"),
         EngineError::Fatal(reason) => Status::internal(format!("node failed: {reason}")),
     }
