@@ -17,6 +17,8 @@ pub struct Options {
     pub out_dir: PathBuf,
     /// Only these systems (names as in the report), all when empty.
     pub systems: Vec<String>,
+    /// Only these workloads (their numbers, 1 to 7), all when empty.
+    pub workloads: Vec<String>,
     /// Nodes per replicated cluster.
     pub nodes: usize,
     /// Heartbeat interval of quorumlock and etcd.
@@ -76,6 +78,7 @@ impl Options {
             short: false,
             out_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/results"),
             systems: Vec::new(),
+            workloads: Vec::new(),
             nodes: 3,
             heartbeat_ms: 50,
             election_timeout_ms: 300,
@@ -153,11 +156,25 @@ impl Options {
                 options.systems = split_list(value);
             } else if arg == "--systems" {
                 options.systems = iter.next().map(|value| split_list(value)).unwrap_or_default();
+            } else if let Some(value) = arg.strip_prefix("--workloads=") {
+                options.workloads = split_list(value);
+            } else if let Some(value) = arg.strip_prefix("--workers=") {
+                options.uncontended_workers = split_list(value)
+                    .iter()
+                    .filter_map(|count| count.parse().ok())
+                    .collect();
             } else if let Some(value) = arg.strip_prefix("--out=") {
                 options.out_dir = PathBuf::from(value);
             }
         }
         options
+    }
+
+    /// Whether the workload labelled `label` ("3 thundering herd") is
+    /// selected.
+    pub fn workload_selected(&self, label: &str) -> bool {
+        let number = label.split_whitespace().next().unwrap_or_default();
+        self.workloads.is_empty() || self.workloads.iter().any(|wanted| wanted == number)
     }
 
     /// Whether system `name` is selected.

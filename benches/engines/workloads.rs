@@ -174,13 +174,17 @@ pub async fn run_all(system: &mut dyn LockSystem, options: &Options, results: &m
     let name = system.name();
     macro_rules! step {
         ($label:expr, $run:expr) => {{
-            let started = Instant::now();
-            eprintln!("[{name}] {} ...", $label);
-            match $run.await {
-                Ok(()) => eprintln!("[{name}] {} done in {:.1?}", $label, started.elapsed()),
-                Err(error) => {
-                    eprintln!("[{name}] {} FAILED: {error:#}", $label);
-                    results.failures.push(format!("{}: {error:#}", $label));
+            if !options.workload_selected(&$label) {
+                eprintln!("[{name}] {} skipped (not selected)", $label);
+            } else {
+                let started = Instant::now();
+                eprintln!("[{name}] {} ...", $label);
+                match $run.await {
+                    Ok(()) => eprintln!("[{name}] {} done in {:.1?}", $label, started.elapsed()),
+                    Err(error) => {
+                        eprintln!("[{name}] {} FAILED: {error:#}", $label);
+                        results.failures.push(format!("{}: {error:#}", $label));
+                    }
                 }
             }
         }};
