@@ -3,14 +3,16 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::network::RaftNetworkFactory;
 use openraft::{BasicNode, Config, RaftMetrics, ServerState, SnapshotPolicy};
 use tokio::sync::{watch, Semaphore};
 use tonic::service::Routes;
 
+use super::batcher::{leader_of, Batcher};
 use super::log_store::{LogStore, CF_LOG, CF_META};
 use super::network::PeerNetwork;
 use super::service::RaftPeerService;
@@ -35,6 +37,7 @@ pub const PROPOSALS_IN_FLIGHT_MAX: usize = 4_096;
 pub struct RaftEngine {
     raft: Raft,
     in_flight: Semaphore,
+    batcher: Batcher,
     node_id: NodeId,
     state: Arc<AppliedState>,
     leadership: watch::Receiver<Leadership>,
@@ -73,17 +76,20 @@ impl RaftEngine {
         wal: WalSync,
     ) -> anyhow::Result<Arc<Self>> {
         config.validate()?;
-        let election_ms = config.election_timeout.as_millis() as u64;
+        let (election_min_ms, election_max_ms) =
+            openraft_election_timeouts(config.heartbeat, config.election_timeout);
         let raft_config = Config {
             cluster_name: "quorumlock".to_string(),
             heartbeat_interval: config.heartbeat.as_millis() as u64,
-            election_timeout_min: election_ms,
-            election_timeout_max: election_ms * 2,
+            election_timeout_min: election_min_ms,
+            election_timeout_max: election_max_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
             // Keep a tail of the log after a snapshot so a briefly lagging follower
             // catches up from the log rather than a snapshot transfer.
             max_in_snapshot_log_to_keep: config.snapshot_every_entries.min(1_000),
-            max_payload_entries: 1_000,
+            // Entries carry up to 256 commands and 2 MiB (super::batcher),
+            // so one AppendEntries stays under the peer message bound.
+            max_payload_entries: 64,
             install_snapshot_timeout: 10_000,
             ..Default::default()
         }
@@ -124,6 +130,7 @@ impl RaftEngine {
         let engine = Arc::new(RaftEngine {
             raft: raft.clone(),
             in_flight: Semaphore::new(PROPOSALS_IN_FLIGHT_MAX),
+            batcher: Batcher::start(raft.clone(), PROPOSALS_IN_FLIGHT_MAX),
             node_id: config.node_id,
             state,
             leadership,
@@ -137,6 +144,24 @@ impl RaftEngine {
     pub fn raft(&self) -> &Raft {
         &self.raft
     }
+}
+
+/// openraft's `(election_timeout_min, election_timeout_max)` for a
+/// configured election timeout `t`.
+///
+/// A follower of an established leader stands only after openraft's leader
+/// lease, which is `election_timeout_max`, *plus* a timeout drawn from
+/// `[min, max)`; voters also refuse candidates until that lease has passed
+/// since they last heard the leader. Mapping `t` to `[t, 2t)` would make a
+/// follower wait `3t` to `4t`, and a failover take seconds. With `max = t`
+/// and `min = t / 3` a follower stands `4t/3` to `2t` after the leader goes
+/// silent, close to the Paxos engine's `t` to `2t`, and voters' leases have
+/// passed by then.
+pub fn openraft_election_timeouts(heartbeat: Duration, t: Duration) -> (u64, u64) {
+    let heartbeat_ms = heartbeat.as_millis() as u64;
+    let max = t.as_millis() as u64;
+    let min = (max / 3).max(heartbeat_ms + 1).min(max.saturating_sub(1));
+    (min, max)
 }
 
 /// Mirrors openraft's metrics into the engine-neutral leadership view.
@@ -175,16 +200,6 @@ fn leadership_of(metrics: &RaftMetrics<NodeId, BasicNode>) -> Leadership {
     }
 }
 
-fn leader_of(forward: &ForwardToLeader<NodeId, BasicNode>) -> Option<LeaderInfo> {
-    match (forward.leader_id, &forward.leader_node) {
-        (Some(id), Some(node)) => Some(LeaderInfo {
-            id,
-            addr: node.addr.clone(),
-        }),
-        _ => None,
-    }
-}
-
 #[async_trait]
 impl ConsensusEngine for RaftEngine {
     async fn propose(&self, command: Command) -> Result<CommandResult, EngineError> {
@@ -193,20 +208,7 @@ impl ConsensusEngine for RaftEngine {
                 queued_max: PROPOSALS_IN_FLIGHT_MAX,
             });
         };
-        match self.raft.client_write(command).await {
-            Ok(response) => response
-                .data
-                .ok_or_else(|| EngineError::Fatal("a normal entry was applied without a result".into())),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                Err(EngineError::NotLeader {
-                    leader: leader_of(&forward),
-                })
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(error))) => Err(
-                EngineError::Fatal(format!("unexpected membership error: {error}")),
-            ),
-            Err(RaftError::Fatal(error)) => Err(fatal(error)),
-        }
+        self.batcher.propose(command).await
     }
 
     async fn read_barrier(&self) -> Result<(), EngineError> {
@@ -261,7 +263,8 @@ impl ConsensusEngine for RaftEngine {
     }
 }
 
-fn fatal(error: openraft::error::Fatal<NodeId>) -> EngineError {
+/// An openraft fatal error as the engine reports it.
+pub(super) fn fatal(error: openraft::error::Fatal<NodeId>) -> EngineError {
     match error {
         openraft::error::Fatal::Stopped => EngineError::ShuttingDown,
         other => EngineError::Fatal(other.to_string()),

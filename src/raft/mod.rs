@@ -1,6 +1,7 @@
 //! The openraft engine: log and vote in RocksDB, the lock state machine
 //! applied in memory with persisted snapshots, and a tonic peer transport.
 
+pub mod batcher;
 pub mod engine;
 pub mod log_store;
 pub mod network;

@@ -150,7 +150,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((self.last_applied, self.last_membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Option<CommandResult>>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<CommandResult>>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -163,11 +163,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             );
             self.last_applied = Some(entry.log_id);
             let response = match entry.payload {
-                EntryPayload::Blank => None,
-                EntryPayload::Normal(command) => Some(self.state.apply(&command)),
+                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Normal(commands) => {
+                    commands.iter().map(|command| self.state.apply(command)).collect()
+                }
                 EntryPayload::Membership(membership) => {
                     self.last_membership = StoredMembership::new(Some(entry.log_id), membership);
-                    None
+                    Vec::new()
                 }
             };
             responses.push(response);

@@ -6,11 +6,12 @@ use crate::consensus::{CommandResult, NodeId};
 use crate::lock::Command;
 
 openraft::declare_raft_types!(
-    /// Types of the openraft engine: lock commands in, lock results out.
+    /// Types of the openraft engine: a batch of lock commands in (see
+    /// `super::batcher`), their results out, in order.
     pub TypeConfig:
-        D = Command,
-        // Blank and membership entries have no lock result.
-        R = Option<CommandResult>,
+        D = Vec<Command>,
+        // Blank and membership entries have no lock results.
+        R = Vec<CommandResult>,
         NodeId = NodeId,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
