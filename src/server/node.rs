@@ -23,6 +23,14 @@ use crate::rpc::pb::v1::lock_server::LockServer;
 use crate::rpc::pb::FILE_DESCRIPTOR_SET;
 use crate::rpc::{ClusterService, LockService, LockServiceConfig};
 
+/// Concurrent calls (HTTP/2 streams) one client connection may have open.
+/// Every waiting Acquire and every KeepAlive stream holds one, so hyper's
+/// default of 200 would queue the calls of a client with 100 waiting
+/// sessions behind each other; this is above a full wait queue (10,000), so
+/// one connection, such as a follower forwarding to the leader, can carry
+/// every waiter of a lock.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 16_384;
+
 /// How long in-flight calls get to finish when a node stops.
 pub const SERVER_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -125,6 +133,7 @@ impl Node {
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
             .add_routes(peer_routes)
             .add_service(health_service)
             .add_service(reflection_v1)
