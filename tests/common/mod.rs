@@ -16,7 +16,7 @@ use std::fmt::Debug;
 use std::fs::OpenOptions;
 use std::future::Future;
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -194,7 +194,11 @@ impl Cluster {
             .prefix("quorumlock-test-")
             .tempdir()
             .expect("create the cluster's temporary directory");
-        let addrs = free_ports(nodes);
+        let addrs: Vec<SocketAddr> = quorumlock::cluster::free_ports(nodes)
+            .expect("free ports on 127.0.0.1")
+            .into_iter()
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+            .collect();
         let peers = addrs
             .iter()
             .enumerate()
@@ -588,18 +592,6 @@ impl Drop for Cluster {
             eprintln!("{}", self.log_tails());
         }
     }
-}
-
-/// Picks `count` distinct free ports on 127.0.0.1. All listeners are held
-/// until every port is picked, so the ports differ from each other.
-fn free_ports(count: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    listeners
-        .iter()
-        .map(|listener| listener.local_addr().expect("local address of a listener"))
-        .collect()
 }
 
 /// Opens a gRPC channel to `url` with bounded connect time.

@@ -10,7 +10,6 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -108,14 +107,7 @@ impl Drop for ServerProcess {
     }
 }
 
-/// Picks `count` distinct free ports on 127.0.0.1. Every listener is held
-/// until all are picked, so the ports differ from each other.
+/// Picks `count` distinct free ports on 127.0.0.1.
 pub fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    listeners
-        .iter()
-        .map(|listener| listener.local_addr().expect("local address of a listener").port())
-        .collect()
+    quorumlock::cluster::free_ports(count).expect("free ports on 127.0.0.1")
 }
