@@ -69,7 +69,17 @@ fn git_rev() -> String {
     let dir = env!("CARGO_MANIFEST_DIR");
     let rev = report::command_first_line("git", &["-C", dir, "rev-parse", "--short", "HEAD"]);
     let dirty = std::process::Command::new("git")
-        .args(["-C", dir, "status", "--porcelain", "--untracked-files=no"])
+        // The report's own files do not count: a rerun overwrites them.
+        .args([
+            "-C",
+            dir,
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":(exclude)benches/results",
+        ])
         .output()
         .map(|output| !output.stdout.is_empty())
         .unwrap_or(false);
