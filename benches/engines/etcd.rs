@@ -61,8 +61,10 @@ pub const RETRY_TOTAL_MAX: Duration = Duration::from_secs(30);
 /// member. Without it, a request that reached a member while there was no
 /// leader waits for etcd's own request timeout (5 s plus two election
 /// timeouts) before failing; a careful etcd user sets a deadline like this.
-/// Repeating a Lock is safe: with the same lease it finds its own key, at
-/// its place in the queue.
+/// Repeating a Lock is safe (locking twice with one lease is one
+/// acquisition), but a Lock given up while waiting loses its place: etcd
+/// deletes the waiter's key. Lock attempts are therefore given up only when
+/// their member has no leader (`Channels::call_waiting`).
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// etcd's answer about a lease the member does not know.
@@ -323,7 +325,28 @@ impl Channels {
     /// unavailable, for at most [`RETRY_TOTAL_MAX`]. The Lock, Unlock, Put
     /// and keep-alive calls used here may be repeated: locking twice with
     /// the same lease is one acquisition.
-    async fn call<T, F, Fut>(&self, mut rpc: F) -> anyhow::Result<T>
+    async fn call<T, F, Fut>(&self, rpc: F) -> anyhow::Result<T>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call_with(rpc, false).await
+    }
+
+    /// Like [`Channels::call`], for a Lock, which legitimately waits while
+    /// others hold the lock: an attempt is given up after
+    /// [`ATTEMPT_TIMEOUT`] only if its member then has no leader. (Giving
+    /// up a waiting Lock makes etcd delete the waiter's key, sending it to
+    /// the back of the queue.)
+    async fn call_waiting<T, F, Fut>(&self, rpc: F) -> anyhow::Result<T>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call_with(rpc, true).await
+    }
+
+    async fn call_with<T, F, Fut>(&self, mut rpc: F, waits: bool) -> anyhow::Result<T>
     where
         F: FnMut(Channel) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
@@ -332,9 +355,19 @@ impl Channels {
         let mut pause = BACKOFF_INITIAL;
         loop {
             let index = self.current.load(Ordering::Relaxed) % self.channels.len();
-            let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, rpc(self.channels[index].clone()))
-                .await
-                .unwrap_or_else(|_| Err(Status::deadline_exceeded("attempt timed out")));
+            let channel = self.channels[index].clone();
+            let call = rpc(channel.clone());
+            tokio::pin!(call);
+            let attempt = loop {
+                tokio::select! {
+                    answer = &mut call => break answer,
+                    () = tokio::time::sleep(ATTEMPT_TIMEOUT) => {
+                        if !waits || !member_has_leader(channel.clone()).await {
+                            break Err(Status::deadline_exceeded("attempt timed out"));
+                        }
+                    }
+                }
+            };
             match attempt {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) if retryable(&status) && started.elapsed() < RETRY_TOTAL_MAX => {
@@ -352,6 +385,16 @@ impl Channels {
                 }
             }
         }
+    }
+}
+
+/// Whether the member behind `channel` knows a leader, asked within
+/// [`PROBE_TIMEOUT`].
+async fn member_has_leader(channel: Channel) -> bool {
+    let mut client = MaintenanceClient::new(channel);
+    match tokio::time::timeout(PROBE_TIMEOUT, client.status(StatusRequest {})).await {
+        Ok(Ok(response)) => response.get_ref().leader != 0,
+        _ => false,
     }
 }
 
@@ -487,7 +530,7 @@ impl LockSession for EtcdSession {
         let locked = loop {
             let locked = self
                 .channels
-                .call(|channel| {
+                .call_waiting(|channel| {
                     let name = name.as_bytes().to_vec();
                     async move {
                         EtcdLockClient::new(channel)
