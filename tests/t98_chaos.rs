@@ -11,16 +11,6 @@ use std::time::Duration;
 const ROUND: &str = "24s";
 /// Bound on one whole run: start, the round, the final restart and checks.
 const RUN_MAX: Duration = Duration::from_secs(150);
-/// The kinds of fault the summary counts.
-const FAULT_KINDS: [&str; 6] = [
-    "kill",
-    "pause_node",
-    "pause_client",
-    "partition_isolate",
-    "partition_split",
-    "clock_skew",
-];
-
 /// One run at a time: two clusters under faults on two cores would mostly
 /// test the machine's scheduler.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -100,7 +90,7 @@ fn assert_clean_round(engine: &str, nodes: &str, seed: &str) {
         "the summary ends with the violation count:\n{stdout}"
     );
     let injected = faults(&stdout);
-    for kind in FAULT_KINDS {
+    for kind in quorumlock::chaos::nemesis::FAULT_KINDS {
         let count = injected
             .iter()
             .find(|(name, _)| name == kind)

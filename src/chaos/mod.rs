@@ -542,36 +542,28 @@ async fn final_reads(endpoints: &[String], locks: usize) -> anyhow::Result<Vec<O
                 lock: lock.clone(),
                 key: key.clone(),
             };
-            match read {
-                Ok(entry) => {
-                    ops.push(Op {
-                        process: FINAL_READER,
-                        session: 0,
-                        invoke_us,
-                        complete_us,
-                        call,
-                        ret: Return::Read {
-                            token: entry.as_ref().map(|entry| entry.written_by.token),
-                            value: entry.map(|entry| String::from_utf8_lossy(&entry.value).into_owned()),
-                        },
-                    });
-                    break;
+            let ret = match read {
+                Ok(entry) => Return::Read {
+                    token: entry.as_ref().map(|entry| entry.written_by.token),
+                    value: entry.map(|entry| String::from_utf8_lossy(&entry.value).into_owned()),
+                },
+                Err(error) if started.elapsed() >= FINAL_READ_WAIT_MAX => Return::Failed {
+                    reason: error.to_string(),
+                },
+                Err(_) => {
+                    tokio::time::sleep(workload::RETRY_PAUSE).await;
+                    continue;
                 }
-                Err(error) if started.elapsed() >= FINAL_READ_WAIT_MAX => {
-                    ops.push(Op {
-                        process: FINAL_READER,
-                        session: 0,
-                        invoke_us,
-                        complete_us,
-                        call,
-                        ret: Return::Failed {
-                            reason: error.to_string(),
-                        },
-                    });
-                    break;
-                }
-                Err(_) => tokio::time::sleep(workload::RETRY_PAUSE).await,
-            }
+            };
+            ops.push(Op {
+                process: FINAL_READER,
+                session: 0,
+                invoke_us,
+                complete_us,
+                call,
+                ret,
+            });
+            break;
         }
     }
     Ok(ops)
