@@ -3,7 +3,7 @@
 //! Log entries live in their own column family under big-endian index keys,
 //! so iteration order is log order. Every append is one `WriteBatch`;
 //! openraft is told the entries are flushed only once the WAL holding them
-//! is synced, by the group-commit thread of [`super::wal_sync`].
+//! is synced, by the WAL sync thread of [`super::wal_sync`].
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
