@@ -43,6 +43,10 @@ pub struct RaftEngine {
     leadership: watch::Receiver<Leadership>,
     commit_index: Arc<AtomicU64>,
     applied_index: Arc<AtomicU64>,
+    /// Pause between two read-barrier rounds (the heartbeat period).
+    barrier_retry_pause: Duration,
+    /// How long a read barrier keeps trying to hear a quorum.
+    barrier_patience: Duration,
 }
 
 impl RaftEngine {
@@ -136,6 +140,8 @@ impl RaftEngine {
             leadership,
             commit_index,
             applied_index,
+            barrier_retry_pause: config.heartbeat,
+            barrier_patience: config.election_timeout,
         });
         Ok(engine)
     }
@@ -211,18 +217,30 @@ impl ConsensusEngine for RaftEngine {
         self.batcher.propose(command).await
     }
 
+    /// openraft confirms leadership with one heartbeat round in which each
+    /// follower must answer within one heartbeat period; a follower busy
+    /// with a burst of appends misses that easily. The barrier therefore
+    /// tries again, each round a fresh confirmation, for up to an election
+    /// timeout: a leader that cannot hear a quorum for that long is being
+    /// replaced, and the read is refused as unavailable.
     async fn read_barrier(&self) -> Result<(), EngineError> {
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
-                Err(EngineError::NotLeader {
-                    leader: leader_of(&forward),
-                })
+        let deadline = tokio::time::Instant::now() + self.barrier_patience;
+        loop {
+            match self.raft.ensure_linearizable().await {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                    return Err(EngineError::NotLeader {
+                        leader: leader_of(&forward),
+                    })
+                }
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error))) => {
+                    if tokio::time::Instant::now() + self.barrier_retry_pause >= deadline {
+                        return Err(EngineError::Unavailable(error.to_string()));
+                    }
+                    tokio::time::sleep(self.barrier_retry_pause).await;
+                }
+                Err(RaftError::Fatal(error)) => return Err(fatal(error)),
             }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error))) => {
-                Err(EngineError::Unavailable(error.to_string()))
-            }
-            Err(RaftError::Fatal(error)) => Err(fatal(error)),
         }
     }
 
