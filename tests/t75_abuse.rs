@@ -75,28 +75,17 @@ const PHASE_WAIT: Duration = Duration::from_secs(300);
 /// they would measure the machine, not the bounds.
 static FLOOD: Mutex<()> = Mutex::const_new(());
 
-/// Most time a `Describe` during the flood may keep being refused as
-/// unavailable before the check fails.
-const DESCRIBE_UNDER_FLOOD_WAIT: Duration = Duration::from_secs(30);
-
 /// `Describe` while the leader is flooded. A read that cannot confirm
 /// leadership in time is refused UNAVAILABLE, and, as a client should, the
-/// watcher asks again; any other error, or refusals for longer than
-/// [`DESCRIBE_UNDER_FLOOD_WAIT`], fail the check.
+/// watcher asks again ([`retry_unavailable`]); any other error, or refusals
+/// past its bound, fail the check.
 async fn describe_under_flood(
     client: &LockClient<Channel>,
     name: &str,
 ) -> quorumlock::rpc::pb::v1::DescribeResponse {
-    let deadline = Instant::now() + DESCRIBE_UNDER_FLOOD_WAIT;
-    loop {
-        match describe(client, name).await {
-            Ok(described) => return described,
-            Err(status) if status.code() == Code::Unavailable && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(status) => panic!("Describe({name:?}) under the flood: {status:?}"),
-        }
-    }
+    retry_unavailable("Describe under the flood", || describe(client, name))
+        .await
+        .unwrap_or_else(|status| panic!("Describe({name:?}) under the flood: {status:?}"))
 }
 
 /// Asserts that `result` is refused with `code` and a message containing
