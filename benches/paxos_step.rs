@@ -17,10 +17,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use quorumlock::lock::Command;
-use quorumlock::paxos::{
-    Apply, DurableState, Envelope, Message, Proposal, ProposalId, Replica, ReplicaConfig,
-};
+use quorumlock_core::lock::Command;
+use quorumlock_paxos::{Apply, DurableState, ProposalId, ReplicaConfig};
+
+type Envelope = quorumlock_paxos::Envelope<Command>;
+type Message = quorumlock_paxos::Message<Command>;
+type Proposal = quorumlock_paxos::Proposal<Command>;
+type Replica = quorumlock_paxos::Replica<Command>;
+
+/// Takes a replica's Ready, reports it durable at once (an instant disk),
+/// and returns every message it sends.
+fn drain(replica: &mut Replica) -> Vec<Envelope> {
+    let mut ready = replica.take_ready();
+    replica.on_persisted(ready.number);
+    ready.messages.append(&mut ready.persisted_messages);
+    ready.messages
+}
 
 /// Commands per proposed batch.
 const BATCH_SIZES: [usize; 3] = [1, 64, 256];
@@ -50,12 +62,12 @@ impl Cluster {
         for _ in 0..ELECTION_TICKS_MAX {
             for replica in replicas.iter_mut() {
                 replica.tick();
-                network.extend(replica.take_ready().messages);
+                network.extend(drain(replica));
             }
             while let Some(envelope) = network.pop_front() {
                 let replica = &mut replicas[(envelope.to - 1) as usize];
                 replica.step(envelope.from, envelope.message);
-                network.extend(replica.take_ready().messages);
+                network.extend(drain(replica));
             }
             if let Some(leader) = replicas.iter().position(Replica::is_leader) {
                 replicas.swap(0, leader);
@@ -106,6 +118,8 @@ impl Cluster {
         }
         let ready = black_box(self.replicas[0].take_ready());
         let propose = start.elapsed();
+        // The leader's own record is durable before the quorum answers.
+        self.replicas[0].on_persisted(ready.number);
 
         let accept = ready
             .messages
@@ -122,9 +136,10 @@ impl Cluster {
         follower.step(leader_id, accept.message);
         let ready = black_box(follower.take_ready());
         let on_accept = start.elapsed();
+        follower.on_persisted(ready.number);
 
         let accepted = ready
-            .messages
+            .persisted_messages
             .into_iter()
             .find(|envelope| matches!(envelope.message, Message::Accepted { .. }))
             .expect("the follower answers Accepted");
@@ -132,6 +147,7 @@ impl Cluster {
         self.replicas[0].step(follower_id, accepted.message);
         let ready = black_box(self.replicas[0].take_ready());
         let on_accepted = start.elapsed();
+        self.replicas[0].on_persisted(ready.number);
         assert!(
             ready.apply.iter().any(|step| matches!(step, Apply::Chosen(_))),
             "a quorum of Accepted emits Apply"
@@ -150,7 +166,7 @@ impl Cluster {
         for _ in 0..2 {
             self.replicas[0].tick();
         }
-        let messages = self.replicas[0].take_ready().messages;
+        let messages = drain(&mut self.replicas[0]);
         for envelope in messages {
             let replica = self
                 .replicas
@@ -158,7 +174,7 @@ impl Cluster {
                 .find(|replica| replica.id() == envelope.to)
                 .expect("a member");
             replica.step(envelope.from, envelope.message);
-            let _ = replica.take_ready();
+            drain(replica);
         }
         for replica in self.replicas.iter_mut() {
             let applied = replica.applied();
@@ -195,7 +211,10 @@ fn bench_phase_two(c: &mut Criterion) {
         );
     }
     group.bench_function("take_ready_idle", |b| {
-        b.iter(|| black_box(cluster.replicas[0].take_ready()))
+        b.iter(|| {
+            let ready = black_box(cluster.replicas[0].take_ready());
+            cluster.replicas[0].on_persisted(ready.number);
+        })
     });
     group.finish();
 }

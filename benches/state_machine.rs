@@ -14,8 +14,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use quorumlock::lock::limits::CHECKPOINT_ENTRIES_MAX;
-use quorumlock::lock::{Command, Fence, LockState, Outcome};
+use quorumlock_core::lock::limits::CHECKPOINT_ENTRIES_MAX;
+use quorumlock_core::lock::{Command, Fence, LockState, Outcome};
 
 /// The state sizes measured, in held locks.
 const LOCK_COUNTS: [usize; 3] = [0, 10_000, 1_000_000];

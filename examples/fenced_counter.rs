@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use quorumlock::client::{Client, ClientError};
+use quorumlock_client::{Client, ClientError};
 
 /// The lock that guards the counter.
 pub const LOCK: &str = "counter";

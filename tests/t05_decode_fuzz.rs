@@ -18,12 +18,16 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use quorumlock::lock::{Command, Fence, LockState};
-use quorumlock::paxos::transport::decode_batch;
-use quorumlock::paxos::{
-    Accepted, Ballot, Chosen, DurableState, Message, Proposal, ProposalId, Replica, ReplicaConfig, Value,
-};
-use quorumlock::raft::types::{Entry, TypeConfig};
+use quorumlock_core::lock::{Command, Fence, LockState};
+use quorumlock_paxos::transport::decode_batch;
+use quorumlock_paxos::{Ballot, Chosen, DurableState, Proposal, ProposalId, ReplicaConfig};
+
+/// The engine's types, ordering lock commands.
+type Accepted = quorumlock_paxos::Accepted<Command>;
+type Message = quorumlock_paxos::Message<Command>;
+type Replica = quorumlock_paxos::Replica<Command>;
+type Value = quorumlock_paxos::Value<Command>;
+use quorumlock_raft::types::{Entry, TypeConfig};
 
 /// Longest arbitrary input.
 const INPUT_BYTES_MAX: usize = 2_048;
@@ -304,7 +308,7 @@ fn snapshots_with_exhausted_or_zero_counters_are_refused() {
     edge[8..16].copy_from_slice(&u64::to_le_bytes(1 << 62));
     let mut state = LockState::restore(&edge).expect("a counter at the bound restores");
     let session = match state.apply(&Command::OpenSession { ttl_ms: 10_000 }).result {
-        Ok(quorumlock::lock::Outcome::SessionOpened { session, .. }) => session,
+        Ok(quorumlock_core::lock::Outcome::SessionOpened { session, .. }) => session,
         other => panic!("OpenSession: {other:?}"),
     };
     for lock in ["a", "b"] {
@@ -332,7 +336,7 @@ proptest! {
     fn arbitrary_bytes_decode_to_a_value_or_a_typed_error(
         bytes in proptest::collection::vec(any::<u8>(), 0..INPUT_BYTES_MAX),
     ) {
-        if let Ok(messages) = decode_batch(&bytes) {
+        if let Ok(messages) = decode_batch::<Command>(&bytes) {
             step_all(messages);
         }
         if let Ok(command) = bincode::deserialize::<Command>(&bytes) {
@@ -377,7 +381,7 @@ proptest! {
         damage in mutations(),
     ) {
         let encoded = bincode::serialize(&messages).expect("messages encode");
-        prop_assert_eq!(&decode_batch(&encoded).expect("round trip"), &messages);
+        prop_assert_eq!(&decode_batch::<Command>(&encoded).expect("round trip"), &messages);
         step_all(messages);
         if let Ok(decoded) = decode_batch(&mutate(encoded, &damage)) {
             step_all(decoded);

@@ -14,7 +14,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use common::*;
-use quorumlock::rpc::pb::v1::{AcquireRequest, DescribeRequest, OpenSessionRequest};
+use quorumlock_proto::v1::{AcquireRequest, DescribeRequest, OpenSessionRequest};
 use tonic::{Code, Request, Status};
 
 engine_tests!(

@@ -72,7 +72,7 @@ async fn check_bad_lock_names_are_invalid_argument(engine: &str) {
             checked,
             Code::InvalidArgument,
         );
-        let fence_with_bad_name = Some(quorumlock::rpc::pb::v1::Fence {
+        let fence_with_bad_name = Some(quorumlock_proto::v1::Fence {
             lock: name.clone(),
             token: 1,
         });

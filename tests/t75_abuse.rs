@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures::stream::{self, StreamExt};
 use prost::bytes::{Buf, BufMut};
-use quorumlock::rpc::pb::v1::lock_client::LockClient;
-use quorumlock::rpc::pb::v1::{GetResponse, OpenSessionRequest, ReleaseResponse};
+use quorumlock_proto::v1::lock_client::LockClient;
+use quorumlock_proto::v1::{GetResponse, OpenSessionRequest, ReleaseResponse};
 use rand::Rng;
 use tokio::sync::Mutex;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -82,7 +82,7 @@ static FLOOD: Mutex<()> = Mutex::const_new(());
 async fn describe_under_flood(
     client: &LockClient<Channel>,
     name: &str,
-) -> quorumlock::rpc::pb::v1::DescribeResponse {
+) -> quorumlock_proto::v1::DescribeResponse {
     retry_unavailable("Describe under the flood", || describe(client, name))
         .await
         .unwrap_or_else(|status| panic!("Describe({name:?}) under the flood: {status:?}"))
@@ -325,7 +325,7 @@ async fn check_hostile_requests_get_precise_statuses_and_change_nothing(engine: 
                 &client,
                 "t75/small",
                 "value",
-                Some(quorumlock::rpc::pb::v1::Fence {
+                Some(quorumlock_proto::v1::Fence {
                     lock: b"t75/\xc3\x28".to_vec(),
                     token,
                 }),
@@ -529,10 +529,10 @@ async fn check_hostile_requests_get_precise_statuses_and_change_nothing(engine: 
 
 /// Garbage and spoofed senders at the engine's own peer service.
 async fn hostile_peer_requests(engine: &str, channel: Channel, node: u64) {
-    use quorumlock::rpc::pb::paxos::paxos_peer_client::PaxosPeerClient;
-    use quorumlock::rpc::pb::paxos::PaxosBatch;
-    use quorumlock::rpc::pb::raft::raft_peer_client::RaftPeerClient;
-    use quorumlock::rpc::pb::raft::RaftPayload;
+    use quorumlock_proto::paxos::paxos_peer_client::PaxosPeerClient;
+    use quorumlock_proto::paxos::PaxosBatch;
+    use quorumlock_proto::raft::raft_peer_client::RaftPeerClient;
+    use quorumlock_proto::raft::RaftPayload;
 
     let at = |what: &str| format!("{what} at node {node}");
     match engine {
@@ -567,7 +567,7 @@ async fn hostile_peer_requests(engine: &str, channel: Channel, node: u64) {
             // A well-formed Snapshot message whose state is garbage, from a
             // spoofed member: accepted by the transport, and then ignored
             // by the engine because it does not decode as a lock state.
-            let snapshot = quorumlock::paxos::Message::Snapshot {
+            let snapshot = quorumlock_paxos::Message::<quorumlock_core::lock::Command>::Snapshot {
                 slot: 1 << 40,
                 data: Arc::new(vec![0xee; 256]),
             };

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use common::{wait_until, Cluster, CONDITION_WAIT};
-use quorumlock::client::{Client, ClientConfig, ClientError, LockGuard, LostReason};
+use quorumlock_client::{Client, ClientConfig, ClientError, LockGuard, LostReason};
 use tonic::Code;
 
 /// A TTL long enough that keepalives on a loaded machine never miss it; no
@@ -33,7 +33,7 @@ async fn client_of(cluster: &Cluster) -> Client {
         .expect("connect to the cluster")
 }
 
-async fn lock(session: &quorumlock::client::Session, name: &str) -> LockGuard {
+async fn lock(session: &quorumlock_client::Session, name: &str) -> LockGuard {
     bounded("lock", session.lock(name))
         .await
         .unwrap_or_else(|error| panic!("lock {name:?}: {error}"))

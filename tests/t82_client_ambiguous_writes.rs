@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use quorumlock::client::{Client, ClientConfig, ClientError, Fence};
-use quorumlock::rpc::pb::v1 as pb;
-use quorumlock::rpc::pb::v1::cluster_server::{Cluster, ClusterServer};
-use quorumlock::rpc::pb::v1::lock_server::{Lock, LockServer};
+use quorumlock_client::{Client, ClientConfig, ClientError, Fence};
+use quorumlock_proto::v1 as pb;
+use quorumlock_proto::v1::cluster_server::{Cluster, ClusterServer};
+use quorumlock_proto::v1::lock_server::{Lock, LockServer};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 /// Answers the first write of each kind with an ambiguous failure and every

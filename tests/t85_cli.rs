@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::{wait_until, Cluster, CONDITION_WAIT};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use quorumlock::client::Client;
+use quorumlock_client::Client;
 use tokio::process::Command;
 
 /// Bound on one CLI run; a hang fails the test.

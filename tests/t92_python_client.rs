@@ -1,7 +1,7 @@
 //! t92: the API serves other languages.
 //!
 //! Runs `tests/python/lock_client_check.py` as a process against a real
-//! cluster. The script generates its stubs from `proto/` with grpcio-tools
+//! cluster. The script generates its stubs from `crates/quorumlock-proto/proto/` with grpcio-tools
 //! at run time and plays the fencing scenario (acquire, write with the token,
 //! read back, a stale token refused with FAILED_PRECONDITION, release, close).
 //! The test asserts the script's exit status and its output, then checks from

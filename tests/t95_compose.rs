@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use process::{free_ports, ServerProcess};
-use quorumlock::rpc::pb::v1::cluster_client::ClusterClient;
-use quorumlock::rpc::pb::v1::{StatusRequest, StatusResponse};
+use quorumlock_proto::v1::cluster_client::ClusterClient;
+use quorumlock_proto::v1::{StatusRequest, StatusResponse};
 use serde_yaml_ng::Value;
 use tokio::sync::Semaphore;
 
@@ -444,7 +444,7 @@ async fn check_layout_forms_a_cluster(layout: Layout, expected_nodes: &[&str]) {
     }
 
     // The cluster serves: a session on the last node takes a lock.
-    let client = quorumlock::rpc::pb::v1::lock_client::LockClient::new(
+    let client = quorumlock_proto::v1::lock_client::LockClient::new(
         connect(&format!("http://{}", addrs.last().expect("a node")))
             .await
             .expect("connect to the last node"),

@@ -90,7 +90,7 @@ fn assert_clean_round(engine: &str, nodes: &str, seed: &str) {
         "the summary ends with the violation count:\n{stdout}"
     );
     let injected = faults(&stdout);
-    for kind in quorumlock::chaos::nemesis::FAULT_KINDS {
+    for kind in quorumlock_testkit::chaos::nemesis::FAULT_KINDS {
         let count = injected
             .iter()
             .find(|(name, _)| name == kind)

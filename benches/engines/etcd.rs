@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use quorumlock::cluster::{free_ports, NodeProcess, ProcessUsage};
+use quorumlock_testkit::cluster::{free_ports, NodeProcess, ProcessUsage};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};

@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use quorumlock::client::{node_status, Client, ClientConfig, Session};
-use quorumlock::cluster::{ClusterSpec, ProcessCluster, ProcessUsage};
+use quorumlock_client::{node_status, Client, ClientConfig, Session};
+use quorumlock_testkit::cluster::{ClusterSpec, ProcessCluster, ProcessUsage};
 use tokio::time::Instant;
 
 use super::systems::{Held, HeldInner, LockClient, LockSession, LockSystem};

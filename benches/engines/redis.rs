@@ -10,7 +10,7 @@ use std::time::Duration;
 use ::redis::aio::MultiplexedConnection;
 use anyhow::Context;
 use async_trait::async_trait;
-use quorumlock::cluster::{free_ports, NodeProcess, ProcessUsage};
+use quorumlock_testkit::cluster::{free_ports, NodeProcess, ProcessUsage};
 use rand::Rng;
 use tokio::time::Instant;
 

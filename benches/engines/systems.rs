@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use quorumlock::client::LockGuard;
-use quorumlock::cluster::ProcessUsage;
+use quorumlock_client::LockGuard;
+use quorumlock_testkit::cluster::ProcessUsage;
 
 /// One held lock, with what the system needs to release or fence with it.
 pub struct Held {

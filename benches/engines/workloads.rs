@@ -430,7 +430,7 @@ async fn worker_loop(
             Ok(()) => {
                 shared.timeline.record(finished);
                 let (from, until) = *shared.window.lock();
-                if from.is_some_and(|from| started >= from) && until.map_or(true, |until| finished <= until) {
+                if from.is_some_and(|from| started >= from) && until.is_none_or(|until| finished <= until) {
                     recorder.record(finished - started);
                     count += 1;
                 }

@@ -9,13 +9,13 @@ use anyhow::{bail, ensure, Context};
 use clap::Args;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use quorumlock::client::{code_name, Client, ClientConfig, ClientError};
+use quorumlock_client::{code_name, Client, ClientConfig, ClientError};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::time::Instant;
 
 use super::{parse_duration, EXIT_ERROR};
-use quorumlock::cluster::{ClusterSpec, ProcessCluster};
+use quorumlock_testkit::cluster::{ClusterSpec, ProcessCluster};
 
 /// Nodes of the demo's own cluster.
 pub const DEMO_NODES: usize = 3;

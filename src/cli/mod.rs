@@ -4,12 +4,13 @@ mod demo;
 mod lock_command;
 mod scripting;
 mod serve;
+mod serve_args;
 
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use quorumlock::client::{Client, ClientConfig};
-use quorumlock::server::config::ServeArgs;
+use quorumlock_client::{Client, ClientConfig};
+use serve_args::ServeArgs;
 
 /// Exit code of a failure (bad input, unreachable cluster, refused call).
 pub const EXIT_ERROR: i32 = 1;
@@ -62,14 +63,14 @@ enum Command {
     Status(scripting::StatusArgs),
     /// Runs a cluster under kills, pauses, partitions and clock skew, and
     /// checks that the locks stayed safe.
-    Chaos(quorumlock::chaos::ChaosArgs),
+    Chaos(quorumlock_testkit::chaos::ChaosArgs),
     /// Client A of `demo`, run as a separate process so that it can be paused.
     #[command(hide = true)]
     DemoClient(demo::DemoClientArgs),
     /// A client worker of `chaos`, run as a separate process so that it can
     /// be paused; reports its operations as JSON lines on stdout.
     #[command(hide = true)]
-    ChaosWorker(quorumlock::chaos::ChaosWorkerArgs),
+    ChaosWorker(quorumlock_testkit::chaos::ChaosWorkerArgs),
 }
 
 impl Cli {
@@ -98,8 +99,8 @@ impl Cli {
             Command::Delete(args) => scripting::delete(args).await,
             Command::Status(args) => scripting::status(args).await,
             Command::DemoClient(args) => demo::demo_client(args).await,
-            Command::Chaos(args) => quorumlock::chaos::run(args).await,
-            Command::ChaosWorker(args) => quorumlock::chaos::run_worker(args).await,
+            Command::Chaos(args) => quorumlock_testkit::chaos::run(args).await,
+            Command::ChaosWorker(args) => quorumlock_testkit::chaos::run_worker(args).await,
         }
     }
 }

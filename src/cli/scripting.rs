@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use quorumlock::client::{Fence, NodeStatus};
+use quorumlock_client::{Fence, NodeStatus};
 
 use super::{parse_duration, ClusterArgs, EXIT_NO};
 
@@ -102,7 +102,7 @@ pub async fn acquire(args: AcquireArgs) -> anyhow::Result<i32> {
 /// Waits at most `wait` in the lock's queue for session `session_id`, in as
 /// many server-side waits of at most `lock_wait_step_max` as that takes.
 async fn acquire_within(
-    client: &quorumlock::client::Client,
+    client: &quorumlock_client::Client,
     session_id: u64,
     name: &str,
     wait: Duration,

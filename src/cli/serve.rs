@@ -4,12 +4,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::serve_args::ServeArgs;
 use anyhow::Context;
 use clap::Args;
-use quorumlock::consensus::EngineKind;
-use quorumlock::server::clock::SkewedClock;
-use quorumlock::server::config::ServeArgs;
-use quorumlock::server::{Node, NodeConfig};
+use quorumlock_core::consensus::EngineKind;
+use quorumlock_server::skew_file::SkewFileClock;
+use quorumlock_server::{Node, NodeConfig};
 
 /// Flags of `dev`.
 #[derive(Args)]
@@ -38,7 +38,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let node = match skew_file {
         Some(path) => {
             tracing::warn!(path = %path.display(), "the lease clock follows a skew file (fault injection)");
-            Node::start_with_clock(config, Arc::new(SkewedClock::new(path))).await?
+            Node::start_with_clock(config, Arc::new(SkewFileClock::new(path))).await?
         }
         None => Node::start(config).await?,
     };

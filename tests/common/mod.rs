@@ -22,9 +22,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use quorumlock::rpc::pb::v1::cluster_client::ClusterClient;
-use quorumlock::rpc::pb::v1::lock_client::LockClient;
-use quorumlock::rpc::pb::v1::{
+use quorumlock_proto::v1::cluster_client::ClusterClient;
+use quorumlock_proto::v1::lock_client::LockClient;
+use quorumlock_proto::v1::{
     AcquireRequest, AcquireResponse, CheckTokenRequest, CheckTokenResponse, CloseSessionRequest,
     CloseSessionResponse, DeleteRequest, DeleteResponse, DescribeRequest, DescribeResponse, Fence,
     GetRequest, GetResponse, KeepAliveRequest, KeepAliveResponse, OpenSessionRequest, OpenSessionResponse,
@@ -194,7 +194,7 @@ impl Cluster {
             .prefix("quorumlock-test-")
             .tempdir()
             .expect("create the cluster's temporary directory");
-        let addrs: Vec<SocketAddr> = quorumlock::cluster::free_ports(nodes)
+        let addrs: Vec<SocketAddr> = quorumlock_testkit::cluster::free_ports(nodes)
             .expect("free ports on 127.0.0.1")
             .into_iter()
             .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))

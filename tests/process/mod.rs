@@ -109,5 +109,5 @@ impl Drop for ServerProcess {
 
 /// Picks `count` distinct free ports on 127.0.0.1.
 pub fn free_ports(count: usize) -> Vec<u16> {
-    quorumlock::cluster::free_ports(count).expect("free ports on 127.0.0.1")
+    quorumlock_testkit::cluster::free_ports(count).expect("free ports on 127.0.0.1")
 }

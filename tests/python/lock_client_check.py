@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""A Python client of quorumlock, generated from proto/ at run time.
+"""A Python client of quorumlock, generated from crates/quorumlock-proto/proto/ at run time.
 
 Proves the gRPC API serves any language, not only the Rust client: the stubs
-are generated from proto/quorumlock/v1/lock.proto with grpcio-tools into a
+are generated from crates/quorumlock-proto/proto/quorumlock/v1/lock.proto with grpcio-tools into a
 temporary directory (nothing generated is committed), then the script plays
 the fencing scenario against the endpoints given on its command line:
 
@@ -223,8 +223,8 @@ def main():
     )
     parser.add_argument(
         "--proto-root",
-        default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "proto"),
-        help="directory holding quorumlock/v1/lock.proto [default: the repository's proto/]",
+        default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "crates", "quorumlock-proto", "proto"),
+        help="directory holding quorumlock/v1/lock.proto [default: the repository's crates/quorumlock-proto/proto/]",
     )
     parser.add_argument("--lock", default="python/lock", help="lock name to use")
     parser.add_argument("--key", default="python/key", help="fenced key to write")

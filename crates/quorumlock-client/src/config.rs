@@ -1,0 +1,53 @@
+//! The client's tunable limits, all in one place.
+
+use std::time::Duration;
+
+use quorumlock_proto::limits::WAIT_MS_MAX;
+
+/// Most endpoints a client keeps: the given ones plus leaders it was told about.
+pub const ENDPOINTS_MAX: usize = 64;
+/// A session renews its lease this many times per TTL, so that two renewals
+/// may be lost before the lease runs out.
+pub const RENEWALS_PER_TTL: u32 = 3;
+/// Most keepalive renewals sent on one stream and not yet answered; past this
+/// the node is not reading and the stream is abandoned for another endpoint.
+pub const KEEPALIVE_UNANSWERED_MAX: usize = 4;
+
+/// How a [`Client`](super::Client) connects, retries and waits.
+///
+/// Every bound on time the client applies is here; [`ClientConfig::default`]
+/// suits a cluster on a local network.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Longest time to open a TCP/HTTP2 connection to one endpoint.
+    pub connect_timeout: Duration,
+    /// How long [`Client::connect`](super::Client::connect) keeps trying the
+    /// endpoints, with backoff, before it gives up because none answers.
+    pub connect_wait_max: Duration,
+    /// Longest wait for the answer to one call, not counting a lock wait.
+    pub rpc_timeout: Duration,
+    /// How long one operation keeps retrying `UNAVAILABLE` answers (no
+    /// leader, node down, leader change) before it reports the last one.
+    pub retry_total_max: Duration,
+    /// First pause between retries; it doubles up to `backoff_max`.
+    pub backoff_initial: Duration,
+    /// Longest pause between retries (before jitter).
+    pub backoff_max: Duration,
+    /// Longest single `Acquire` wait a blocking lock asks the server for; a
+    /// longer wait is made of several. The server's limit is one hour.
+    pub lock_wait_step_max: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            connect_timeout: Duration::from_secs(2),
+            connect_wait_max: Duration::from_secs(3),
+            rpc_timeout: Duration::from_secs(10),
+            retry_total_max: Duration::from_secs(30),
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(1),
+            lock_wait_step_max: Duration::from_millis(WAIT_MS_MAX),
+        }
+    }
+}

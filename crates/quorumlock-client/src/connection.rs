@@ -1,0 +1,723 @@
+//! [`Client`]: calls with retries and failover, and the typed wrappers of the
+//! lock API.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
+
+use super::backoff::Backoff;
+use super::config::ClientConfig;
+use super::endpoints::{leader_hint, parse_endpoint, parse_endpoint_list, Picked, Pool};
+use super::error::{code_name, describe_status, ClientError, EndpointFailure};
+use super::guard::LockGuard;
+use super::session::Session;
+use quorumlock_proto::limits::{API_MESSAGE_BYTES_MAX, SESSION_TTL_MS_MAX, SESSION_TTL_MS_MIN};
+use quorumlock_proto::v1 as pb;
+use quorumlock_proto::v1::cluster_client::ClusterClient;
+use quorumlock_proto::v1::lock_client::LockClient;
+
+/// A lock and a token that claims to be its current one: what guards a
+/// fenced write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The lock's name.
+    pub lock: String,
+    /// The fencing token of a grant of that lock.
+    pub token: u64,
+}
+
+impl Fence {
+    fn to_pb(&self) -> pb::Fence {
+        pb::Fence {
+            lock: self.lock.as_bytes().to_vec(),
+            token: self.token,
+        }
+    }
+
+    fn from_pb(fence: pb::Fence) -> Self {
+        Fence {
+            lock: String::from_utf8_lossy(&fence.lock).into_owned(),
+            token: fence.token,
+        }
+    }
+}
+
+/// A value of the fenced key-value store and the fence that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The stored bytes.
+    pub value: Vec<u8>,
+    /// The lock and token of the write that stored them.
+    pub written_by: Fence,
+}
+
+/// A lock's state as `Describe` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockDescription {
+    /// The holding session and its token, when held.
+    pub holder: Option<Holder>,
+    /// Sessions waiting in the lock's FIFO queue.
+    pub queue_length: u64,
+}
+
+/// Who holds a lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holder {
+    /// The holding session.
+    pub session_id: u64,
+    /// The fencing token of its grant.
+    pub token: u64,
+}
+
+/// The answer of `CheckToken`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenCheck {
+    /// Whether the token asked about is the lock's current one.
+    pub current: bool,
+    /// The lock's current token, if it is held.
+    pub current_token: Option<u64>,
+}
+
+/// What `Release` did besides releasing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Released {
+    /// The waiter granted the lock in the same command, if any.
+    pub next: Option<Holder>,
+}
+
+/// One node's view of the cluster, from `Cluster/Status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// The endpoint that answered.
+    pub endpoint: String,
+    /// The node's id.
+    pub node_id: u64,
+    /// `raft` or `paxos`.
+    pub engine: String,
+    /// The leader it knows of: id and address.
+    pub leader: Option<(u64, String)>,
+    /// Whether this node is the leader.
+    pub is_leader: bool,
+    /// Raft term or Paxos ballot round.
+    pub term: u64,
+    /// Highest log index known committed.
+    pub commit_index: u64,
+    /// Highest log index applied to the lock state.
+    pub applied_index: u64,
+    /// Every member: id and address.
+    pub members: Vec<(u64, String)>,
+}
+
+impl NodeStatus {
+    fn from_pb(endpoint: &str, status: pb::StatusResponse) -> Self {
+        NodeStatus {
+            endpoint: endpoint.to_string(),
+            node_id: status.node_id,
+            engine: status.engine,
+            leader: (status.leader_id != 0).then_some((status.leader_id, status.leader_addr)),
+            is_leader: status.is_leader,
+            term: status.term,
+            commit_index: status.commit_index,
+            applied_index: status.applied_index,
+            members: status
+                .members
+                .into_iter()
+                .map(|member| (member.id, member.addr))
+                .collect(),
+        }
+    }
+}
+
+/// A connection to a quorumlock cluster through any subset of its nodes.
+///
+/// Every call goes to one endpoint (the last that worked, or the leader a
+/// node named); an `UNAVAILABLE` answer or a dead endpoint moves it to the
+/// next one and retries with bounded exponential backoff and jitter, for at
+/// most [`ClientConfig::retry_total_max`]. A failure of that kind may come
+/// after the command took effect: calls whose repeat could then answer
+/// wrongly (`release`, `close_session`, `put_fenced`, `delete_fenced`) report such an
+/// answer as [`ClientError::OutcomeUnknown`]. Cloning is cheap and shares the
+/// connections.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    config: ClientConfig,
+}
+
+/// Whether a failed attempt may be repeated elsewhere: `UNAVAILABLE` (no
+/// leader, node down, leader change) and a connection that broke mid-call.
+/// Such a failure can come after the command took effect, so only some calls
+/// give the same answer when repeated; see [`Repeat`].
+fn retryable(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable => true,
+        // A connection that broke mid-call surfaces as one of these with the
+        // transport's error attached; the server never saw a cancellation.
+        Code::Unknown | Code::Cancelled => std::error::Error::source(status).is_some(),
+        _ => false,
+    }
+}
+
+/// Whether a failed attempt certainly did not take effect: a node that says
+/// it is not the leader refuses before proposing anything.
+fn certainly_not_applied(status: &Status) -> bool {
+    status.code() == Code::Unavailable && leader_hint(status).is_some()
+}
+
+/// What repeating a call after a failure that may have taken effect does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Repeat {
+    /// The repeat answers as the first attempt would have: `Acquire` by the
+    /// same session (the holder gets its token back, a waiter keeps its
+    /// place), and the reads.
+    Idempotent,
+    /// The repeat may be refused, or answer differently, because the first
+    /// attempt took effect: `Release`, `CloseSession`, `Delete`, and `Put`
+    /// (a first attempt that wrote may be followed by the lock passing on,
+    /// and the repeat refused for a stale token). The
+    /// call's wrapper turns such an answer into
+    /// [`ClientError::OutcomeUnknown`].
+    Ambiguous,
+}
+
+/// The result of a call, and whether an earlier attempt of it may have taken
+/// effect without its answer arriving.
+pub(crate) struct Called<T> {
+    outcome: Result<T, ClientError>,
+    /// The last such failure, if any.
+    earlier_failure: Option<String>,
+}
+
+impl<T> Called<T> {
+    /// The outcome, with a refusal of a repeat whose earlier attempt may
+    /// have taken effect (`refused_if_applied`) reported as
+    /// [`ClientError::OutcomeUnknown`].
+    fn resolve(self, refused_if_applied: &[Code]) -> Result<T, ClientError> {
+        match (self.outcome, self.earlier_failure) {
+            (
+                Err(ClientError::Rpc {
+                    endpoint,
+                    code,
+                    message,
+                }),
+                Some(earlier_failure),
+            ) if refused_if_applied.contains(&code) => Err(ClientError::OutcomeUnknown {
+                endpoint,
+                code,
+                message,
+                earlier_failure,
+            }),
+            (outcome, _) => outcome,
+        }
+    }
+}
+
+impl Client {
+    /// Connects through `endpoints` (each `host:port` or `http://host:port`,
+    /// or a comma-separated list of them) with the default
+    /// [`ClientConfig`].
+    pub async fn connect<I, S>(endpoints: I) -> Result<Client, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Client::connect_with(endpoints, ClientConfig::default()).await
+    }
+
+    /// Connects with explicit settings. Succeeds once one endpoint answers
+    /// `Cluster/Status`; fails with every endpoint's last answer if none does
+    /// within [`ClientConfig::connect_wait_max`].
+    pub async fn connect_with<I, S>(endpoints: I, config: ClientConfig) -> Result<Client, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let endpoints = parse_endpoint_list(endpoints)?;
+        let pool = Pool::new(&endpoints, config.connect_timeout)?;
+        let client = Client {
+            inner: Arc::new(Inner { pool, config }),
+        };
+        client.find_live_endpoint().await?;
+        Ok(client)
+    }
+
+    async fn find_live_endpoint(&self) -> Result<(), ClientError> {
+        let config = &self.inner.config;
+        let started = Instant::now();
+        let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
+        let mut failures: Vec<EndpointFailure> = Vec::new();
+        loop {
+            for index in 0..self.inner.pool.len() {
+                let picked = self.inner.pool.at(index);
+                match self.status_on(&picked).await {
+                    Ok(_) => {
+                        self.inner.pool.prefer(picked.index);
+                        return Ok(());
+                    }
+                    Err(error) => {
+                        let failure = match error {
+                            ClientError::Rpc {
+                                endpoint,
+                                code,
+                                message,
+                            } => EndpointFailure {
+                                endpoint,
+                                code,
+                                message,
+                            },
+                            other => return Err(other),
+                        };
+                        failures.retain(|known| known.endpoint != failure.endpoint);
+                        failures.push(failure);
+                    }
+                }
+            }
+            let pause = backoff.next_pause();
+            if started.elapsed() + pause > config.connect_wait_max {
+                return Err(ClientError::NoEndpointAnswered {
+                    waited: started.elapsed(),
+                    failures,
+                });
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// Every endpoint the client knows, given or learned from leader hints.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.inner.pool.addrs()
+    }
+
+    /// The endpoint calls go to first.
+    pub fn current_endpoint(&self) -> String {
+        self.inner.pool.current().addr
+    }
+
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    /// Runs one idempotent call, retrying retryable failures on other
+    /// endpoints until [`ClientConfig::retry_total_max`] has passed. `wait`
+    /// is added to the per-attempt timeout for calls that wait on purpose.
+    pub(crate) async fn call<T, F, Fut>(&self, wait: Duration, rpc: F) -> Result<T, ClientError>
+    where
+        F: FnMut(LockClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.call_tracked(wait, Repeat::Idempotent, rpc).await.outcome
+    }
+
+    /// Like [`Client::call`], also saying whether an earlier attempt may
+    /// have taken effect. A call that is not idempotent is still retried,
+    /// since giving up at every leader change would make it useless, but its
+    /// wrapper must read a refusal of the repeat as "outcome unknown".
+    pub(crate) async fn call_tracked<T, F, Fut>(
+        &self,
+        wait: Duration,
+        repeat: Repeat,
+        mut rpc: F,
+    ) -> Called<T>
+    where
+        F: FnMut(LockClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let config = &self.inner.config;
+        let started = Instant::now();
+        let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
+        let mut attempts = 0u32;
+        let mut earlier_failure: Option<String> = None;
+        let done = |outcome, earlier_failure| Called {
+            outcome,
+            earlier_failure: if repeat == Repeat::Ambiguous {
+                earlier_failure
+            } else {
+                None
+            },
+        };
+        loop {
+            let picked = self.inner.pool.current();
+            let timeout = config.rpc_timeout.saturating_add(wait);
+            let client = LockClient::new(picked.channel.clone())
+                .max_decoding_message_size(API_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(API_MESSAGE_BYTES_MAX);
+            attempts += 1;
+            let status = match tokio::time::timeout(timeout, rpc(client, timeout)).await {
+                Ok(Ok(response)) => return done(Ok(response.into_inner()), earlier_failure),
+                Ok(Err(status)) if retryable(&status) => status,
+                Ok(Err(status)) => {
+                    return done(
+                        Err(ClientError::from_status(&picked.addr, &status)),
+                        earlier_failure,
+                    )
+                }
+                Err(_) => Status::deadline_exceeded(format!("no answer within {timeout:?}")),
+            };
+            if !certainly_not_applied(&status) {
+                earlier_failure = Some(format!(
+                    "{}: {}: {}",
+                    picked.addr,
+                    code_name(status.code()),
+                    describe_status(&status)
+                ));
+            }
+            self.inner.pool.failed(&picked, leader_hint(&status));
+            let pause = backoff.next_pause();
+            if started.elapsed() + pause > config.retry_total_max {
+                let error = ClientError::Rpc {
+                    endpoint: picked.addr,
+                    code: status.code(),
+                    message: format!(
+                        "{} (gave up after {attempts} attempts in {:.1?})",
+                        describe_status(&status),
+                        started.elapsed()
+                    ),
+                };
+                // The last failure is the error itself, not an earlier one.
+                return done(Err(error), None);
+            }
+            tracing::debug!(endpoint = %picked.addr, %status, ?pause, "retrying");
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Opens a session of `ttl` and keeps it alive in a background task
+    /// until it is closed or every handle to it (the [`Session`] and its
+    /// [`LockGuard`]s) is dropped.
+    pub async fn session(&self, ttl: Duration) -> Result<Session, ClientError> {
+        let opened_at = Instant::now();
+        let (session_id, ttl) = self.open_bare_session(ttl).await?;
+        Ok(Session::start(self.clone(), session_id, ttl, opened_at))
+    }
+
+    /// Opens a session that nothing keeps alive: it expires one TTL after
+    /// the cluster opened it unless renewed. For scripts that hand the
+    /// session id on; programs want [`Client::session`]. Returns the
+    /// session id and the TTL granted.
+    ///
+    /// An `OpenSession` repeated after a failure that may have taken effect
+    /// opens a second session; the first, unknown to the client, holds
+    /// nothing and expires one TTL later.
+    pub async fn open_bare_session(&self, ttl: Duration) -> Result<(u64, Duration), ClientError> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        if !(SESSION_TTL_MS_MIN..=SESSION_TTL_MS_MAX).contains(&ttl_ms) {
+            return Err(ClientError::InvalidArgument(format!(
+                "session TTL {ttl:?} is outside the allowed {:?} to {:?}",
+                Duration::from_millis(SESSION_TTL_MS_MIN),
+                Duration::from_millis(SESSION_TTL_MS_MAX)
+            )));
+        }
+        let opened = self
+            .call(Duration::ZERO, |mut client, timeout| async move {
+                client
+                    .open_session(request(pb::OpenSessionRequest { ttl_ms }, timeout))
+                    .await
+            })
+            .await?;
+        Ok((opened.session_id, Duration::from_millis(opened.ttl_ms)))
+    }
+
+    /// Closes a session by id, releasing its locks and leaving its queues;
+    /// returns the locks it held. [`ClientError::OutcomeUnknown`] when an
+    /// attempt that may have closed it failed and the repeat found no such
+    /// session.
+    pub async fn close_session(&self, session_id: u64) -> Result<Vec<String>, ClientError> {
+        let closed = self
+            .call_tracked(
+                Duration::ZERO,
+                Repeat::Ambiguous,
+                |mut client, timeout| async move {
+                    client
+                        .close_session(request(pb::CloseSessionRequest { session_id }, timeout))
+                        .await
+                },
+            )
+            .await
+            .resolve(&[Code::NotFound])?;
+        Ok(closed.released)
+    }
+
+    /// `Acquire` for a session by id: a try-lock when `wait` is zero, else a
+    /// wait of at most `wait` in the lock's FIFO queue. Returns the fencing
+    /// token, or `None` when the lock was not granted. The wait is capped at
+    /// [`ClientConfig::lock_wait_step_max`]. Programs want
+    /// [`Session::lock`] and friends, which return guards.
+    pub async fn acquire(
+        &self,
+        session_id: u64,
+        name: &str,
+        wait: Duration,
+    ) -> Result<Option<u64>, ClientError> {
+        let wait = wait.min(self.inner.config.lock_wait_step_max);
+        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        let name = name.as_bytes().to_vec();
+        let answer = self
+            .call(wait, |mut client, timeout| {
+                let name = name.clone();
+                async move {
+                    client
+                        .acquire(request(
+                            pb::AcquireRequest {
+                                session_id,
+                                name,
+                                wait_ms,
+                            },
+                            timeout,
+                        ))
+                        .await
+                }
+            })
+            .await?;
+        Ok(answer.acquired.then_some(answer.token))
+    }
+
+    /// `Release` of `name` held by a session with `token`; the first waiter
+    /// is granted in the same command.
+    ///
+    /// [`ClientError::OutcomeUnknown`] when an attempt that may have
+    /// released failed and the repeat was refused as if it had (the session
+    /// no longer holds the lock, or is gone): the lock is then not held by
+    /// this session, but who was granted it next is unknown.
+    pub async fn release(&self, session_id: u64, name: &str, token: u64) -> Result<Released, ClientError> {
+        let name = name.as_bytes().to_vec();
+        let answer = self
+            .call_tracked(Duration::ZERO, Repeat::Ambiguous, |mut client, timeout| {
+                let name = name.clone();
+                async move {
+                    client
+                        .release(request(
+                            pb::ReleaseRequest {
+                                session_id,
+                                name,
+                                token,
+                            },
+                            timeout,
+                        ))
+                        .await
+                }
+            })
+            .await
+            .resolve(&[Code::NotFound, Code::FailedPrecondition])?;
+        Ok(Released {
+            next: (answer.next_session_id != 0).then_some(Holder {
+                session_id: answer.next_session_id,
+                token: answer.next_token,
+            }),
+        })
+    }
+
+    /// Holder, token and queue length of a lock (linearizable).
+    pub async fn describe(&self, name: &str) -> Result<LockDescription, ClientError> {
+        let name = name.as_bytes().to_vec();
+        let answer = self
+            .call(Duration::ZERO, |mut client, timeout| {
+                let name = name.clone();
+                async move {
+                    client
+                        .describe(request(pb::DescribeRequest { name }, timeout))
+                        .await
+                }
+            })
+            .await?;
+        Ok(LockDescription {
+            holder: answer.held.then_some(Holder {
+                session_id: answer.holder_session_id,
+                token: answer.token,
+            }),
+            queue_length: answer.queue_length,
+        })
+    }
+
+    /// Writes `value` under `key`, fenced by the guard's lock and token: the
+    /// cluster refuses it with `FAILED_PRECONDITION` unless the token is
+    /// still the lock's current one. [`ClientError::OutcomeUnknown`] when an
+    /// attempt that may have written failed and the repeat was refused: the
+    /// value may or may not be stored.
+    pub async fn put(
+        &self,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+        guard: &LockGuard,
+    ) -> Result<(), ClientError> {
+        self.put_fenced(key, value, &guard.fence()).await
+    }
+
+    /// Like [`Client::put`] with an explicit fence, for holders that keep
+    /// the token elsewhere (a script, another process).
+    pub async fn put_fenced(
+        &self,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+        fence: &Fence,
+    ) -> Result<(), ClientError> {
+        let key = key.as_bytes().to_vec();
+        let value = value.into();
+        let fence = fence.to_pb();
+        self.call_tracked(Duration::ZERO, Repeat::Ambiguous, |mut client, timeout| {
+            let message = pb::PutRequest {
+                key: key.clone(),
+                value: value.clone(),
+                fence: Some(fence.clone()),
+            };
+            async move { client.put(request(message, timeout)).await }
+        })
+        .await
+        // A first attempt may have written and the lock passed on before
+        // the repeat, which is then refused: that refusal says nothing
+        // about the first attempt.
+        .resolve(&[Code::FailedPrecondition])?;
+        Ok(())
+    }
+
+    /// Reads a key (linearizable); `None` when it is not set.
+    pub async fn get(&self, key: &str) -> Result<Option<Entry>, ClientError> {
+        let key = key.as_bytes().to_vec();
+        let answer = self
+            .call(Duration::ZERO, |mut client, timeout| {
+                let key = key.clone();
+                async move { client.get(request(pb::GetRequest { key }, timeout)).await }
+            })
+            .await?;
+        Ok(answer.found.then(|| Entry {
+            value: answer.value,
+            written_by: Fence::from_pb(answer.written_by.unwrap_or_default()),
+        }))
+    }
+
+    /// Deletes a key, fenced by the guard; returns whether it existed.
+    /// [`ClientError::OutcomeUnknown`] when an attempt that may have deleted
+    /// it failed and the repeat found the key gone: it is gone, but whether
+    /// this call deleted it is unknown.
+    pub async fn delete(&self, key: &str, guard: &LockGuard) -> Result<bool, ClientError> {
+        self.delete_fenced(key, &guard.fence()).await
+    }
+
+    /// Like [`Client::delete`] with an explicit fence.
+    pub async fn delete_fenced(&self, key: &str, fence: &Fence) -> Result<bool, ClientError> {
+        let key = key.as_bytes().to_vec();
+        let fence = fence.to_pb();
+        let called = self
+            .call_tracked(Duration::ZERO, Repeat::Ambiguous, |mut client, timeout| {
+                let message = pb::DeleteRequest {
+                    key: key.clone(),
+                    fence: Some(fence.clone()),
+                };
+                async move { client.delete(request(message, timeout)).await }
+            })
+            .await;
+        // A repeat of a delete that took effect finds the key gone: that
+        // "did not exist" says nothing about what this call deleted.
+        if let (Ok(answer), Some(earlier_failure)) = (&called.outcome, &called.earlier_failure) {
+            if !answer.existed {
+                return Err(ClientError::OutcomeUnknown {
+                    endpoint: self.current_endpoint(),
+                    code: Code::Ok,
+                    message: "the key does not exist (any more)".to_string(),
+                    earlier_failure: earlier_failure.clone(),
+                });
+            }
+        }
+        // Likewise a repeat refused because the lock passed on after the
+        // first attempt deleted the key.
+        Ok(called.resolve(&[Code::FailedPrecondition])?.existed)
+    }
+
+    /// Whether `token` is the current token of `lock` (linearizable), for
+    /// storage outside quorumlock that checks tokens itself.
+    pub async fn check_token(&self, lock: &str, token: u64) -> Result<TokenCheck, ClientError> {
+        let lock = lock.as_bytes().to_vec();
+        let answer = self
+            .call(Duration::ZERO, |mut client, timeout| {
+                let lock = lock.clone();
+                async move {
+                    client
+                        .check_token(request(pb::CheckTokenRequest { lock, token }, timeout))
+                        .await
+                }
+            })
+            .await?;
+        Ok(TokenCheck {
+            current: answer.current,
+            current_token: (answer.current_token != 0).then_some(answer.current_token),
+        })
+    }
+
+    /// `Cluster/Status` of the endpoint in use, moving on to another when it
+    /// does not answer.
+    pub async fn status(&self) -> Result<NodeStatus, ClientError> {
+        let config = &self.inner.config;
+        let started = Instant::now();
+        let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
+        loop {
+            let picked = self.inner.pool.current();
+            match self.status_on(&picked).await {
+                Err(ClientError::Rpc {
+                    code: Code::Unavailable,
+                    ..
+                }) => {
+                    self.inner.pool.failed(&picked, None);
+                    let pause = backoff.next_pause();
+                    if started.elapsed() + pause > config.retry_total_max {
+                        return self.status_on(&picked).await;
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    /// `Cluster/Status` of one endpoint, which need not be one the client
+    /// was given; no retries.
+    pub async fn status_of(&self, endpoint: &str) -> Result<NodeStatus, ClientError> {
+        node_status(endpoint, &self.inner.config).await
+    }
+
+    async fn status_on(&self, picked: &Picked) -> Result<NodeStatus, ClientError> {
+        status_on(picked, self.inner.config.rpc_timeout).await
+    }
+}
+
+/// `Cluster/Status` of one endpoint, without a [`Client`]: for probing
+/// nodes that may not be up yet. No retries; `config` bounds the connection
+/// and the call.
+pub async fn node_status(endpoint: &str, config: &ClientConfig) -> Result<NodeStatus, ClientError> {
+    let addr = parse_endpoint(endpoint)?;
+    let pool = Pool::new(std::slice::from_ref(&addr), config.connect_timeout)?;
+    status_on(&pool.current(), config.rpc_timeout).await
+}
+
+async fn status_on(picked: &Picked, timeout: Duration) -> Result<NodeStatus, ClientError> {
+    let mut client = ClusterClient::new(picked.channel.clone());
+    let call = client.status(request(pb::StatusRequest::default(), timeout));
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(response)) => Ok(NodeStatus::from_pb(&picked.addr, response.into_inner())),
+        Ok(Err(status)) => Err(ClientError::from_status(&picked.addr, &status)),
+        Err(_) => Err(ClientError::Rpc {
+            endpoint: picked.addr.clone(),
+            code: Code::Unavailable,
+            message: format!("no answer within {timeout:?}"),
+        }),
+    }
+}
+
+/// A request carrying the client's deadline, so that the server spends no
+/// longer on it than the client waits.
+pub(crate) fn request<T>(message: T, timeout: Duration) -> Request<T> {
+    let mut request = Request::new(message);
+    request.set_timeout(timeout);
+    request
+}

@@ -1,0 +1,291 @@
+//! The endpoints a client talks to: parsing, lazily connected channels, and
+//! which one to use next.
+
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+
+use super::config::ENDPOINTS_MAX;
+use super::error::ClientError;
+use quorumlock_proto::headers::LEADER_HINT_HEADER;
+
+/// Parses one endpoint, `host:port` or `http://host:port`, into `host:port`.
+///
+/// TLS is not supported, so `https://` is refused rather than silently
+/// downgraded.
+pub fn parse_endpoint(text: &str) -> Result<String, ClientError> {
+    let invalid = |reason: &str| ClientError::InvalidEndpoint {
+        endpoint: text.to_string(),
+        reason: reason.to_string(),
+    };
+    let trimmed = text.trim();
+    if trimmed.starts_with("https://") {
+        return Err(invalid("TLS is not supported; use host:port or http://host:port"));
+    }
+    let address = trimmed.strip_prefix("http://").unwrap_or(trimmed);
+    let address = address.strip_suffix('/').unwrap_or(address);
+    if address.contains("://") {
+        return Err(invalid("only http:// endpoints are supported"));
+    }
+    if address.contains('/') {
+        return Err(invalid("an endpoint has no path: expected host:port"));
+    }
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| invalid("expected host:port (the port is missing)"))?;
+    if host.is_empty() {
+        return Err(invalid("the host is empty"));
+    }
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err(invalid(
+            "an IPv6 host must be written in brackets, e.g. [::1]:7001",
+        ));
+    }
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => Err(invalid("the port must be a number from 1 to 65535")),
+        Ok(_) => Ok(address.to_string()),
+    }
+}
+
+/// Parses a comma-separated endpoint list, dropping duplicates.
+pub fn parse_endpoint_list<I, S>(endpoints: I) -> Result<Vec<String>, ClientError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let mut parsed: Vec<String> = Vec::new();
+    for item in endpoints {
+        for text in item.as_ref().split(',').filter(|text| !text.trim().is_empty()) {
+            let endpoint = parse_endpoint(text)?;
+            if !parsed.contains(&endpoint) {
+                parsed.push(endpoint);
+            }
+        }
+    }
+    if parsed.is_empty() {
+        return Err(ClientError::NoEndpoints);
+    }
+    if parsed.len() > ENDPOINTS_MAX {
+        return Err(ClientError::TooManyEndpoints {
+            count: parsed.len(),
+            max: ENDPOINTS_MAX,
+        });
+    }
+    Ok(parsed)
+}
+
+/// The leader's address named by an `UNAVAILABLE` answer, if any.
+pub fn leader_hint(status: &Status) -> Option<String> {
+    let value = status.metadata().get(LEADER_HINT_HEADER)?.to_str().ok()?;
+    let (_, addr) = value.split_once('@')?;
+    parse_endpoint(addr).ok()
+}
+
+struct Slot {
+    addr: String,
+    channel: Channel,
+}
+
+struct Slots {
+    slots: Vec<Slot>,
+    preferred: usize,
+}
+
+/// The endpoints in use and the one calls go to first.
+pub(crate) struct Pool {
+    connect_timeout: Duration,
+    state: Mutex<Slots>,
+}
+
+/// The endpoint a call is made on.
+#[derive(Clone)]
+pub(crate) struct Picked {
+    /// Its index in the pool, to report a failure against.
+    pub index: usize,
+    /// `host:port`.
+    pub addr: String,
+    /// A lazily connected channel to it.
+    pub channel: Channel,
+}
+
+impl Pool {
+    /// A pool over already parsed endpoints (see [`parse_endpoint_list`]).
+    pub fn new(endpoints: &[String], connect_timeout: Duration) -> Result<Self, ClientError> {
+        let slots = endpoints
+            .iter()
+            .map(|addr| {
+                Ok(Slot {
+                    addr: addr.clone(),
+                    channel: lazy_channel(addr, connect_timeout)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ClientError>>()?;
+        Ok(Pool {
+            connect_timeout,
+            state: Mutex::new(Slots { slots, preferred: 0 }),
+        })
+    }
+
+    /// Every endpoint, given or learned.
+    pub fn addrs(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .slots
+            .iter()
+            .map(|slot| slot.addr.clone())
+            .collect()
+    }
+
+    /// The number of endpoints.
+    pub fn len(&self) -> usize {
+        self.state.lock().slots.len()
+    }
+
+    /// The endpoint to use now.
+    pub fn current(&self) -> Picked {
+        let state = self.state.lock();
+        let slot = &state.slots[state.preferred];
+        Picked {
+            index: state.preferred,
+            addr: slot.addr.clone(),
+            channel: slot.channel.clone(),
+        }
+    }
+
+    /// The endpoint at `index`, modulo the pool's size.
+    pub fn at(&self, index: usize) -> Picked {
+        let state = self.state.lock();
+        let index = index % state.slots.len();
+        let slot = &state.slots[index];
+        Picked {
+            index,
+            addr: slot.addr.clone(),
+            channel: slot.channel.clone(),
+        }
+    }
+
+    /// Makes the endpoint at `index` the one calls go to first.
+    pub fn prefer(&self, index: usize) {
+        let mut state = self.state.lock();
+        if index < state.slots.len() {
+            state.preferred = index;
+        }
+    }
+
+    /// Moves on after `failed` did not serve a call: to the leader it named
+    /// if it named another node, else to the next endpoint. Several callers
+    /// may report the same failure; only the first moves the preference.
+    pub fn failed(&self, failed: &Picked, hint: Option<String>) {
+        let mut state = self.state.lock();
+        if state.preferred != failed.index {
+            return;
+        }
+        if let Some(hint) = hint.filter(|hint| *hint != failed.addr) {
+            if let Some(index) = state.slots.iter().position(|slot| slot.addr == hint) {
+                state.preferred = index;
+                return;
+            }
+            if state.slots.len() < ENDPOINTS_MAX {
+                if let Ok(channel) = lazy_channel(&hint, self.connect_timeout) {
+                    state.slots.push(Slot { addr: hint, channel });
+                    state.preferred = state.slots.len() - 1;
+                    return;
+                }
+            }
+        }
+        state.preferred = (failed.index + 1) % state.slots.len();
+    }
+}
+
+fn lazy_channel(addr: &str, connect_timeout: Duration) -> Result<Channel, ClientError> {
+    let endpoint =
+        Endpoint::from_shared(format!("http://{addr}")).map_err(|error| ClientError::InvalidEndpoint {
+            endpoint: addr.to_string(),
+            reason: error.to_string(),
+        })?;
+    Ok(endpoint
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_accept_host_port_and_http_urls_alike() {
+        assert_eq!(parse_endpoint("127.0.0.1:7001").unwrap(), "127.0.0.1:7001");
+        assert_eq!(parse_endpoint("http://127.0.0.1:7001").unwrap(), "127.0.0.1:7001");
+        assert_eq!(parse_endpoint(" http://node1:7001/ ").unwrap(), "node1:7001");
+        assert_eq!(parse_endpoint("[::1]:7001").unwrap(), "[::1]:7001");
+    }
+
+    #[test]
+    fn malformed_endpoints_are_refused_with_the_reason() {
+        for (text, reason) in [
+            ("127.0.0.1", "port is missing"),
+            (":7001", "host is empty"),
+            ("host:0", "port must be"),
+            ("host:99999", "port must be"),
+            ("host:http", "port must be"),
+            ("https://host:7001", "TLS"),
+            ("grpc://host:7001", "only http://"),
+            ("http://host:7001/path", "no path"),
+            ("::1:7001", "brackets"),
+        ] {
+            let error = parse_endpoint(text).unwrap_err().to_string();
+            assert!(error.contains(reason), "{text:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn endpoint_lists_split_on_commas_drop_duplicates_and_must_not_be_empty() {
+        let list = parse_endpoint_list(["a:1,http://b:2", "a:1"]).unwrap();
+        assert_eq!(list, vec!["a:1".to_string(), "b:2".to_string()]);
+        assert!(matches!(
+            parse_endpoint_list([" , "]),
+            Err(ClientError::NoEndpoints)
+        ));
+        let many: Vec<String> = (1..=ENDPOINTS_MAX + 1).map(|port| format!("h:{port}")).collect();
+        assert!(matches!(
+            parse_endpoint_list(many),
+            Err(ClientError::TooManyEndpoints { .. })
+        ));
+    }
+
+    #[test]
+    fn the_leader_hint_is_read_from_unavailable_metadata() {
+        let mut status = Status::unavailable("not the leader");
+        status.metadata_mut().insert(
+            LEADER_HINT_HEADER,
+            tonic::metadata::MetadataValue::from_static("2@127.0.0.1:7002"),
+        );
+        assert_eq!(leader_hint(&status).as_deref(), Some("127.0.0.1:7002"));
+        assert_eq!(leader_hint(&Status::unavailable("no leader")), None);
+    }
+
+    #[tokio::test]
+    async fn a_failure_moves_to_the_named_leader_or_else_to_the_next_endpoint() {
+        let pool = Pool::new(
+            &["a:1".to_string(), "b:2".to_string(), "c:3".to_string()],
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let first = pool.current();
+        assert_eq!(first.addr, "a:1");
+        pool.failed(&first, Some("c:3".to_string()));
+        assert_eq!(pool.current().addr, "c:3");
+        // A stale report about an endpoint no longer preferred changes nothing.
+        pool.failed(&first, None);
+        assert_eq!(pool.current().addr, "c:3");
+        pool.failed(&pool.current(), None);
+        assert_eq!(pool.current().addr, "a:1");
+        // A hint naming a node not yet known adds it.
+        pool.failed(&pool.current(), Some("d:4".to_string()));
+        assert_eq!(pool.current().addr, "d:4");
+        assert_eq!(pool.len(), 4);
+    }
+}

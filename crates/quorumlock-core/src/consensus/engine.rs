@@ -1,0 +1,44 @@
+//! The trait every consensus engine implements.
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use super::{AppliedState, CommandResult, EngineError, EngineStatus, Leadership};
+use crate::lock::Command;
+use std::sync::Arc;
+
+/// A replicated log driving the lock state machine.
+///
+/// Implementations must apply every committed command, in log order, through
+/// the [`AppliedState`] returned by [`ConsensusEngine::state`], exactly once
+/// per replica lifetime (replay after restart restores from the snapshot first).
+#[async_trait]
+pub trait ConsensusEngine: Send + Sync + 'static {
+    /// Orders `command` through the log; returns the state machine's answer
+    /// once the command is committed and applied on this node. Fails with
+    /// [`EngineError::NotLeader`] on a follower.
+    async fn propose(&self, command: Command) -> Result<CommandResult, EngineError>;
+
+    /// Returns once this node's [`AppliedState`] reflects every command that
+    /// was committed before the call began, having confirmed leadership with a
+    /// quorum. Only a leader can serve it.
+    async fn read_barrier(&self) -> Result<(), EngineError>;
+
+    /// The state machine this engine applies to.
+    fn state(&self) -> &Arc<AppliedState>;
+
+    /// Leadership as this node currently sees it; changes are published.
+    fn leadership(&self) -> watch::Receiver<Leadership>;
+
+    /// `None` while the engine runs; the reason once it stopped by itself on
+    /// a fatal failure (its storage failed). A node then stops serving and
+    /// exits: it must never vote, promise or answer from a state its disk
+    /// does not back.
+    fn failed(&self) -> watch::Receiver<Option<String>>;
+
+    /// Figures for `Cluster/Status`.
+    fn status(&self) -> EngineStatus;
+
+    /// Stops the engine; pending proposals fail with [`EngineError::ShuttingDown`].
+    async fn shutdown(&self) -> Result<(), EngineError>;
+}

@@ -1,0 +1,530 @@
+//! The lock state machine: sessions, locks with FIFO queues and fencing
+//! tokens, and a fenced key-value store.
+//!
+//! It is a pure function of the commands applied to it: no clock, no I/O, no
+//! randomness, and only ordered maps, so two replicas that applied the same
+//! commands serialize to the same bytes.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bincode::Options;
+use serde::{Deserialize, Serialize};
+
+use super::command::{Applied, Command, Event, Fence, FencingToken, Grant, Outcome, SessionId};
+use super::error::LockError;
+use super::limits::{CHECKPOINT_ENTRIES_MAX, COUNTER_VALUE_MAX, SESSIONS_MAX, WAITERS_PER_LOCK_MAX};
+use super::validate;
+
+/// A session as the replicated state knows it. Its deadline is not here: only
+/// the leader tracks deadlines, on its own monotonic clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// Lease length granted on each keepalive.
+    pub ttl_ms: u64,
+    /// Lease left at the last checkpoint, if one was recorded.
+    pub checkpoint_remaining_ms: Option<u64>,
+    /// Locks this session holds.
+    pub held: BTreeSet<String>,
+    /// Locks whose queue this session waits in.
+    pub waiting: BTreeSet<String>,
+}
+
+/// One lock: its holder and its queue. A lock with neither is removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lock {
+    /// The holding session and the token of its grant.
+    pub holder: Option<(SessionId, FencingToken)>,
+    /// Waiting sessions, first in line at the front.
+    pub queue: VecDeque<SessionId>,
+}
+
+/// A value of the fenced store and the fence that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvEntry {
+    /// The stored bytes.
+    pub value: Vec<u8>,
+    /// The lock and token of the write that stored them.
+    pub written_by: Fence,
+}
+
+/// A read-only view of one lock, for `Describe`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockView {
+    /// Holder and token, if held.
+    pub holder: Option<(SessionId, FencingToken)>,
+    /// How many sessions wait.
+    pub queue_len: usize,
+}
+
+/// The whole replicated state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockState {
+    next_session: SessionId,
+    next_token: FencingToken,
+    sessions: BTreeMap<SessionId, Session>,
+    locks: BTreeMap<String, Lock>,
+    kv: BTreeMap<String, KvEntry>,
+}
+
+impl Default for LockState {
+    fn default() -> Self {
+        // Ids and tokens start at 1 so that 0 can mean "none" on the wire.
+        LockState {
+            next_session: 1,
+            next_token: 1,
+            sessions: BTreeMap::new(),
+            locks: BTreeMap::new(),
+            kv: BTreeMap::new(),
+        }
+    }
+}
+
+impl LockState {
+    /// Applies one command. Refusals are returned in `result` and leave the
+    /// state unchanged.
+    pub fn apply(&mut self, command: &Command) -> Applied {
+        let mut events = Vec::new();
+        let result = match command {
+            Command::OpenSession { ttl_ms } => self.open_session(*ttl_ms),
+            Command::CloseSession { session } | Command::ExpireSession { session } => {
+                self.end_session(*session, &mut events)
+            }
+            Command::CheckpointSessions { remaining } => self.checkpoint(remaining),
+            Command::Acquire { session, lock, wait } => self.acquire(*session, lock, *wait, &mut events),
+            Command::CancelWait { session, lock } => self.cancel_wait(*session, lock),
+            Command::Release { session, lock, token } => self.release(*session, lock, *token, &mut events),
+            Command::Put { key, value, fence } => self.put(key, value, fence),
+            Command::Delete { key, fence } => self.delete(key, fence),
+        };
+        let applied = Applied { result, events };
+        self.assert_applied(command, &applied);
+        applied
+    }
+
+    /// Postconditions of one applied command, checked on every apply: each
+    /// costs O(log n) for what the command touched, so they stay on in
+    /// production, as TigerBeetle's do. The full cross-check of every
+    /// session and lock is [`LockState::check_invariants`], which tests and
+    /// simulations run after every command they apply.
+    fn assert_applied(&self, command: &Command, applied: &Applied) {
+        let mut last_token: Option<FencingToken> = None;
+        for event in &applied.events {
+            match event {
+                Event::Granted(grant) => {
+                    assert!(
+                        grant.token < self.next_token && last_token.is_none_or(|last| grant.token > last),
+                        "tokens only rise: grant {grant:?} after token {last_token:?}, counter {}",
+                        self.next_token
+                    );
+                    last_token = Some(grant.token);
+                }
+                Event::SessionEnded { session } => assert!(
+                    !self.sessions.contains_key(session),
+                    "an ended session {session} is gone"
+                ),
+            }
+        }
+        // Every grant of this command that still stands is recorded both ways.
+        for event in &applied.events {
+            if let Event::Granted(grant) = event {
+                if self.locks.get(&grant.lock).and_then(|lock| lock.holder)
+                    == Some((grant.session, grant.token))
+                {
+                    assert!(
+                        self.sessions
+                            .get(&grant.session)
+                            .is_some_and(|session| session.held.contains(&grant.lock)),
+                        "the holder of {grant:?} lists the lock as held"
+                    );
+                }
+            }
+        }
+        match (command, &applied.result) {
+            (Command::Acquire { session, lock, .. }, Ok(Outcome::Acquired { token })) => assert!(
+                self.locks.get(lock).and_then(|found| found.holder) == Some((*session, *token))
+                    && self.sessions[session].held.contains(lock),
+                "session {session} holds lock {lock:?} with token {token} after acquiring it"
+            ),
+            (Command::Acquire { session, lock, .. }, Ok(Outcome::Queued { position })) => assert!(
+                self.locks.get(lock).is_some_and(
+                    |found| found.holder.is_some() && found.queue.get(*position) == Some(session)
+                ) && self.sessions[session].waiting.contains(lock),
+                "session {session} waits at position {position} of held lock {lock:?}"
+            ),
+            (Command::Release { session, lock, .. }, Ok(Outcome::Released { .. })) => assert!(
+                self.sessions
+                    .get(session)
+                    .is_some_and(|found| !found.held.contains(lock))
+                    && self
+                        .locks
+                        .get(lock)
+                        .and_then(|found| found.holder)
+                        .map(|(holder, _)| holder)
+                        != Some(*session),
+                "session {session} no longer holds lock {lock:?} after releasing it"
+            ),
+            (Command::CancelWait { session, lock }, Ok(_)) => assert!(
+                self.sessions
+                    .get(session)
+                    .is_some_and(|found| !found.waiting.contains(lock)),
+                "session {session} no longer waits for lock {lock:?}"
+            ),
+            _ => {}
+        }
+    }
+
+    fn open_session(&mut self, ttl_ms: u64) -> Result<Outcome, LockError> {
+        validate::ttl_ms(ttl_ms)?;
+        if self.sessions.len() >= SESSIONS_MAX {
+            return Err(LockError::TooManySessions { max: SESSIONS_MAX });
+        }
+        let session = self.next_session;
+        self.next_session += 1;
+        self.sessions.insert(
+            session,
+            Session {
+                ttl_ms,
+                checkpoint_remaining_ms: None,
+                held: BTreeSet::new(),
+                waiting: BTreeSet::new(),
+            },
+        );
+        Ok(Outcome::SessionOpened { session, ttl_ms })
+    }
+
+    fn end_session(&mut self, session: SessionId, events: &mut Vec<Event>) -> Result<Outcome, LockError> {
+        let ended = self
+            .sessions
+            .remove(&session)
+            .ok_or(LockError::SessionNotFound { session })?;
+        // Leave every queue first, so that releasing a held lock below can
+        // never hand it back to the session that is ending.
+        for name in &ended.waiting {
+            let lock = self.locks.get_mut(name).expect("waiting implies the lock exists");
+            lock.queue.retain(|waiter| *waiter != session);
+            self.remove_if_idle(name);
+        }
+        let released: Vec<String> = ended.held.into_iter().collect();
+        for name in &released {
+            self.hand_over(name, events);
+        }
+        events.push(Event::SessionEnded { session });
+        Ok(Outcome::SessionEnded { released })
+    }
+
+    fn checkpoint(&mut self, remaining: &[(SessionId, u64)]) -> Result<Outcome, LockError> {
+        if remaining.len() > CHECKPOINT_ENTRIES_MAX {
+            return Err(LockError::InvalidArgument(format!(
+                "checkpoint has {} entries, more than {CHECKPOINT_ENTRIES_MAX}",
+                remaining.len()
+            )));
+        }
+        let mut sessions = 0;
+        for (id, remaining_ms) in remaining {
+            if let Some(session) = self.sessions.get_mut(id) {
+                session.checkpoint_remaining_ms = Some((*remaining_ms).min(session.ttl_ms));
+                sessions += 1;
+            }
+        }
+        Ok(Outcome::Checkpointed { sessions })
+    }
+
+    fn acquire(
+        &mut self,
+        session: SessionId,
+        name: &str,
+        wait: bool,
+        events: &mut Vec<Event>,
+    ) -> Result<Outcome, LockError> {
+        validate::lock_name(name)?;
+        if !self.sessions.contains_key(&session) {
+            return Err(LockError::SessionNotFound { session });
+        }
+        let lock = self.locks.entry(name.to_string()).or_default();
+        match lock.holder {
+            None => {
+                assert!(lock.queue.is_empty(), "a free lock {name:?} has no waiters");
+                let token = self.grant(name, session, events);
+                Ok(Outcome::Acquired { token })
+            }
+            // A retried acquire by the holder gets the same token back.
+            Some((holder, token)) if holder == session => Ok(Outcome::Acquired { token }),
+            Some((_, holder_token)) => {
+                if let Some(position) = lock.queue.iter().position(|w| *w == session) {
+                    return Ok(Outcome::Queued { position });
+                }
+                if !wait {
+                    return Ok(Outcome::Busy { holder_token });
+                }
+                if lock.queue.len() >= WAITERS_PER_LOCK_MAX {
+                    return Err(LockError::QueueFull {
+                        lock: name.to_string(),
+                        max: WAITERS_PER_LOCK_MAX,
+                    });
+                }
+                lock.queue.push_back(session);
+                let position = lock.queue.len() - 1;
+                self.session_mut(session).waiting.insert(name.to_string());
+                Ok(Outcome::Queued { position })
+            }
+        }
+    }
+
+    fn cancel_wait(&mut self, session: SessionId, name: &str) -> Result<Outcome, LockError> {
+        validate::lock_name(name)?;
+        let state = self
+            .sessions
+            .get_mut(&session)
+            .ok_or(LockError::SessionNotFound { session })?;
+        let was_waiting = state.waiting.remove(name);
+        if was_waiting {
+            let lock = self.locks.get_mut(name).expect("waiting implies the lock exists");
+            lock.queue.retain(|waiter| *waiter != session);
+        }
+        Ok(Outcome::WaitCancelled { was_waiting })
+    }
+
+    fn release(
+        &mut self,
+        session: SessionId,
+        name: &str,
+        token: FencingToken,
+        events: &mut Vec<Event>,
+    ) -> Result<Outcome, LockError> {
+        validate::lock_name(name)?;
+        if !self.sessions.contains_key(&session) {
+            return Err(LockError::SessionNotFound { session });
+        }
+        let current = self.current_token(name);
+        match self.locks.get(name).and_then(|lock| lock.holder) {
+            Some((holder, held_token)) if holder == session => {
+                if held_token != token {
+                    return Err(LockError::StaleToken {
+                        lock: name.to_string(),
+                        presented: token,
+                        current,
+                    });
+                }
+            }
+            _ => {
+                return Err(LockError::NotHolder {
+                    lock: name.to_string(),
+                    session,
+                })
+            }
+        }
+        self.session_mut(session).held.remove(name);
+        let next = self.hand_over(name, events);
+        Ok(Outcome::Released { next })
+    }
+
+    fn put(&mut self, key: &str, value: &[u8], fence: &Fence) -> Result<Outcome, LockError> {
+        validate::key(key)?;
+        validate::value(value)?;
+        self.check_fence(fence)?;
+        self.kv.insert(
+            key.to_string(),
+            KvEntry {
+                value: value.to_vec(),
+                written_by: fence.clone(),
+            },
+        );
+        Ok(Outcome::Written { existed: true })
+    }
+
+    fn delete(&mut self, key: &str, fence: &Fence) -> Result<Outcome, LockError> {
+        validate::key(key)?;
+        self.check_fence(fence)?;
+        let existed = self.kv.remove(key).is_some();
+        Ok(Outcome::Written { existed })
+    }
+
+    /// Accepts a fence only if its token is the lock's current token.
+    pub fn check_fence(&self, fence: &Fence) -> Result<(), LockError> {
+        validate::lock_name(&fence.lock)?;
+        let current = self.current_token(&fence.lock);
+        if current != Some(fence.token) {
+            return Err(LockError::StaleToken {
+                lock: fence.lock.clone(),
+                presented: fence.token,
+                current,
+            });
+        }
+        Ok(())
+    }
+
+    /// Grants a free lock to `session` with a fresh token.
+    fn grant(&mut self, name: &str, session: SessionId, events: &mut Vec<Event>) -> FencingToken {
+        let token = self.next_token;
+        self.next_token += 1;
+        let lock = self.locks.get_mut(name).expect("granting an existing lock");
+        assert!(lock.holder.is_none(), "granting lock {name:?}, which is held");
+        lock.holder = Some((session, token));
+        self.session_mut(session).held.insert(name.to_string());
+        events.push(Event::Granted(Grant {
+            lock: name.to_string(),
+            session,
+            token,
+        }));
+        token
+    }
+
+    /// Clears the holder and grants the lock to the first waiter, if any.
+    fn hand_over(&mut self, name: &str, events: &mut Vec<Event>) -> Option<Grant> {
+        let lock = self.locks.get_mut(name).expect("handing over an existing lock");
+        lock.holder = None;
+        let next = match lock.queue.pop_front() {
+            Some(waiter) => {
+                self.session_mut(waiter).waiting.remove(name);
+                let token = self.grant(name, waiter, events);
+                Some(Grant {
+                    lock: name.to_string(),
+                    session: waiter,
+                    token,
+                })
+            }
+            None => None,
+        };
+        self.remove_if_idle(name);
+        next
+    }
+
+    fn remove_if_idle(&mut self, name: &str) {
+        if let Some(lock) = self.locks.get(name) {
+            if lock.holder.is_none() && lock.queue.is_empty() {
+                self.locks.remove(name);
+            }
+        }
+    }
+
+    fn session_mut(&mut self, session: SessionId) -> &mut Session {
+        self.sessions
+            .get_mut(&session)
+            .expect("session checked to exist before")
+    }
+
+    /// The token of the lock's current holder, if it is held.
+    pub fn current_token(&self, name: &str) -> Option<FencingToken> {
+        self.locks
+            .get(name)
+            .and_then(|lock| lock.holder)
+            .map(|(_, token)| token)
+    }
+
+    /// Holder and queue length of a lock.
+    pub fn describe(&self, name: &str) -> LockView {
+        match self.locks.get(name) {
+            Some(lock) => LockView {
+                holder: lock.holder,
+                queue_len: lock.queue.len(),
+            },
+            None => LockView {
+                holder: None,
+                queue_len: 0,
+            },
+        }
+    }
+
+    /// A session's replicated record.
+    pub fn session(&self, session: SessionId) -> Option<&Session> {
+        self.sessions.get(&session)
+    }
+
+    /// All sessions, in id order.
+    pub fn sessions(&self) -> impl Iterator<Item = (SessionId, &Session)> {
+        self.sessions.iter().map(|(id, session)| (*id, session))
+    }
+
+    /// A value of the fenced store.
+    pub fn get(&self, key: &str) -> Option<&KvEntry> {
+        self.kv.get(key)
+    }
+
+    /// The token the next grant will carry.
+    pub fn next_token(&self) -> FencingToken {
+        self.next_token
+    }
+
+    /// Number of locks that are held or have waiters.
+    pub fn lock_count(&self) -> usize {
+        self.locks.len()
+    }
+
+    /// Serializes the whole state. Equal states give equal bytes.
+    pub fn snapshot(&self) -> Vec<u8> {
+        bincode::serialize(self).expect("the lock state always serializes")
+    }
+
+    /// Restores a state written by [`LockState::snapshot`], checking its invariants.
+    pub fn restore(bytes: &[u8]) -> Result<LockState, String> {
+        // The same encoding as `bincode::serialize`, except that bytes left
+        // over after the state are refused: a snapshot followed by anything
+        // is not one `snapshot` wrote.
+        let state: LockState = bincode::DefaultOptions::new()
+            .with_fixint_encoding()
+            .reject_trailing_bytes()
+            .deserialize(bytes)
+            .map_err(|error| format!("bad lock snapshot: {error}"))?;
+        // Ids and tokens start at 1 (0 means "none" on the wire), and a
+        // counter near the top of u64 would overflow on a later grant and
+        // hand out tokens that are not larger than the earlier ones.
+        for (counter, value) in [("session", state.next_session), ("token", state.next_token)] {
+            if !(1..=COUNTER_VALUE_MAX).contains(&value) {
+                return Err(format!(
+                    "bad lock snapshot: next {counter} counter {value} is outside 1..={COUNTER_VALUE_MAX}"
+                ));
+            }
+        }
+        state.check_invariants()?;
+        Ok(state)
+    }
+
+    /// Checks the cross-references that must always hold: holders and waiters
+    /// are live sessions that list the lock back, nobody waits for a lock it
+    /// holds, no idle lock is kept, and every token is below the counter.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for (name, lock) in &self.locks {
+            if lock.holder.is_none() {
+                return Err(format!("lock {name:?} has waiters or exists but no holder"));
+            }
+            if let Some((holder, token)) = lock.holder {
+                if token >= self.next_token {
+                    return Err(format!("lock {name:?} token {token} not below the counter"));
+                }
+                match self.sessions.get(&holder) {
+                    Some(session) if session.held.contains(name) => {}
+                    _ => return Err(format!("lock {name:?} holder {holder} does not list it")),
+                }
+            }
+            let mut seen = BTreeSet::new();
+            for waiter in &lock.queue {
+                if !seen.insert(*waiter) {
+                    return Err(format!("lock {name:?} queues session {waiter} twice"));
+                }
+                if lock.holder.map(|(h, _)| h) == Some(*waiter) {
+                    return Err(format!("lock {name:?} holder {waiter} also waits"));
+                }
+                match self.sessions.get(waiter) {
+                    Some(session) if session.waiting.contains(name) => {}
+                    _ => return Err(format!("lock {name:?} waiter {waiter} does not list it")),
+                }
+            }
+        }
+        for (id, session) in &self.sessions {
+            if *id >= self.next_session {
+                return Err(format!("session {id} not below the counter"));
+            }
+            for name in &session.held {
+                if self.locks.get(name).and_then(|l| l.holder).map(|(h, _)| h) != Some(*id) {
+                    return Err(format!("session {id} lists {name:?} as held but is not holder"));
+                }
+            }
+            for name in &session.waiting {
+                if !self.locks.get(name).is_some_and(|l| l.queue.contains(id)) {
+                    return Err(format!("session {id} lists {name:?} as waited but is not queued"));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,224 @@
+//! The learner: which slots are chosen, the in-order hand-off to apply,
+//! catch-up from peers (chosen values, or a snapshot when they were
+//! compacted), and compaction.
+
+use std::sync::Arc;
+
+use super::message::Message;
+use super::ready::{Apply, Persist};
+use super::types::{Ballot, Chosen, Command, Slot, Value};
+use super::{Replica, Role};
+use quorumlock_core::consensus::NodeId;
+
+impl<C: Command> Replica<C> {
+    /// The leader at `ballot` says every slot up to `upto` is chosen. A slot
+    /// this acceptor accepted *at that ballot* holds the chosen value (a
+    /// leader proposes one value per slot per ballot, and announces a slot
+    /// only once it is chosen); other slots must be learned.
+    pub(super) fn observe_leader_commit(&mut self, ballot: Ballot, upto: Slot) {
+        if upto <= self.chosen_upto {
+            return;
+        }
+        self.leader_chosen_upto = self.leader_chosen_upto.max(upto);
+        self.learn_source = Some(ballot.node);
+        let known: Vec<(Slot, Value<C>)> = self
+            .accepted
+            .range(self.chosen_upto + 1..=upto)
+            .filter(|(_, record)| record.ballot == ballot)
+            .map(|(slot, record)| (*slot, record.value.clone()))
+            .collect();
+        for (slot, value) in known {
+            self.chosen.entry(slot).or_insert(value);
+        }
+        self.advance();
+        if self.chosen_upto < self.leader_chosen_upto && self.learn_asked_at.is_none() {
+            self.ask_learn();
+        }
+    }
+
+    /// Extends the chosen prefix over contiguous known-chosen slots and hands
+    /// the newly covered values to apply.
+    pub(super) fn advance(&mut self) {
+        while self.chosen.contains_key(&(self.chosen_upto + 1)) {
+            self.chosen_upto += 1;
+        }
+        if self.chosen_upto >= self.leader_chosen_upto {
+            self.learn_asked_at = None;
+        }
+        while self.applied < self.chosen_upto {
+            self.applied += 1;
+            assert!(
+                self.applied > self.compacted,
+                "a compacted slot is never applied again"
+            );
+            let value = self.chosen[&self.applied].clone();
+            self.ready.apply.push(Apply::Chosen(Chosen {
+                slot: self.applied,
+                value,
+            }));
+        }
+        self.confirm_reads();
+    }
+
+    pub(super) fn tick_learner(&mut self) {
+        let retry_ticks = 2 * self.config.heartbeat_ticks;
+        if self.chosen_upto < self.leader_chosen_upto
+            && self
+                .learn_asked_at
+                .is_none_or(|asked| self.now - asked >= retry_ticks)
+        {
+            self.ask_learn();
+        }
+    }
+
+    /// Asks for the chosen values after the prefix: from the leader, or (for
+    /// a new leader catching up, or when the first answer never came) from
+    /// a peer.
+    pub(super) fn ask_learn(&mut self) {
+        let retry = self.learn_asked_at.is_some();
+        self.learn_asked_at = Some(self.now);
+        let mut source = match &self.role {
+            Role::Leading(_) => self.learn_source,
+            _ => self.leader.map(|ballot| ballot.node).or(self.learn_source),
+        };
+        if retry || source.is_none() || source == Some(self.config.id) {
+            let peers: Vec<NodeId> = self.peers().collect();
+            if peers.is_empty() {
+                return;
+            }
+            use rand::Rng;
+            source = Some(peers[self.rng.gen_range(0..peers.len())]);
+        }
+        let from_slot = self.chosen_upto + 1;
+        if let Some(source) = source {
+            self.send(source, Message::Learn { from_slot });
+        }
+    }
+
+    /// Serves chosen values from `from_slot`, or the snapshot when they were
+    /// compacted.
+    pub(super) fn on_learn(&mut self, from: NodeId, from_slot: Slot) {
+        if from_slot <= self.compacted {
+            // A snapshot can be large and slow to travel: a peer that asks
+            // again before it could arrive gets no second copy of the same
+            // snapshot within an election timeout.
+            let (slot, now) = (self.compacted, self.now);
+            let recently_sent = self
+                .snapshot_sent
+                .get(&from)
+                .is_some_and(|(sent_slot, at)| *sent_slot == slot && now - at < self.config.election_ticks);
+            if let (Some(data), false) = (&self.snapshot, recently_sent) {
+                let message = Message::Snapshot {
+                    slot,
+                    data: data.clone(),
+                };
+                self.snapshot_sent.insert(from, (slot, now));
+                self.send(from, message);
+            }
+            return;
+        }
+        // A peer may be ahead of this node (a new leader asks a random peer,
+        // or a lagging one): there is nothing to serve, and an empty range
+        // must not reach `BTreeMap::range`, which panics on start > end.
+        if from_slot > self.chosen_upto {
+            return;
+        }
+        let mut entries: Vec<Chosen<C>> = Vec::new();
+        let mut bytes = 0;
+        for (slot, value) in self
+            .chosen
+            .range(from_slot..=self.chosen_upto)
+            .take(self.config.learn_batch_max)
+        {
+            let value_bytes = value.encoded_bytes();
+            if !entries.is_empty() && bytes + value_bytes > self.config.message_bytes_max {
+                break;
+            }
+            bytes += value_bytes;
+            entries.push(Chosen {
+                slot: *slot,
+                value: value.clone(),
+            });
+        }
+        if !entries.is_empty() {
+            self.send(from, Message::Chosen { entries });
+        }
+    }
+
+    pub(super) fn on_chosen(&mut self, entries: Vec<Chosen<C>>) {
+        let mut learned = false;
+        for Chosen { slot, value } in entries {
+            if slot <= self.chosen_upto {
+                continue;
+            }
+            if let Role::Leading(leading) = &mut self.role {
+                // A newer leader may have chosen another value for a slot this
+                // (stale) leader proposed: its commands will never apply here.
+                if let Some(inflight) = leading.inflight.remove(&slot) {
+                    if inflight.value != value {
+                        self.ready
+                            .abandoned
+                            .extend(inflight.value.proposals().iter().map(|proposal| proposal.id));
+                    }
+                }
+            }
+            self.leader_chosen_upto = self.leader_chosen_upto.max(slot);
+            self.chosen.insert(slot, value);
+            learned = true;
+        }
+        if learned {
+            self.advance();
+            if self.chosen_upto < self.leader_chosen_upto {
+                self.learn_asked_at = None;
+                self.ask_learn();
+            }
+        }
+    }
+
+    /// Installs a peer's snapshot when it is ahead of what this replica
+    /// applied.
+    pub(super) fn on_snapshot(&mut self, slot: Slot, data: Arc<Vec<u8>>) {
+        if slot <= self.applied {
+            return;
+        }
+        if let Role::Leading(leading) = &mut self.role {
+            let kept = leading.inflight.split_off(&(slot + 1));
+            for (_, inflight) in std::mem::replace(&mut leading.inflight, kept) {
+                self.ready
+                    .abandoned
+                    .extend(inflight.value.proposals().iter().map(|proposal| proposal.id));
+            }
+        }
+        // This node's own commands known chosen but not yet applied are
+        // covered by the snapshot and will never be applied here one by one:
+        // their callers must hear that the outcome is unknown to this node.
+        let own = self.config.id;
+        let overtaken: Vec<_> = self
+            .chosen
+            .range(self.applied + 1..=slot)
+            .flat_map(|(_, value)| value.proposals())
+            .filter(|proposal| proposal.id.node == own)
+            .map(|proposal| proposal.id)
+            .collect();
+        self.ready.abandoned.extend(overtaken);
+        self.forget_upto(slot);
+        self.snapshot = Some(data.clone());
+        self.chosen_upto = self.chosen_upto.max(slot);
+        self.applied = slot;
+        self.leader_chosen_upto = self.leader_chosen_upto.max(slot);
+        self.ready.persist.push(Persist::Snapshot {
+            slot,
+            data: data.clone(),
+        });
+        self.ready.apply.push(Apply::Snapshot { slot, data });
+        self.learn_asked_at = None;
+        self.advance();
+    }
+
+    /// Drops every record at or below `slot`, which a snapshot now covers.
+    pub(super) fn forget_upto(&mut self, slot: Slot) {
+        self.compacted = slot;
+        self.accepted = self.accepted.split_off(&(slot + 1));
+        self.chosen = self.chosen.split_off(&(slot + 1));
+    }
+}

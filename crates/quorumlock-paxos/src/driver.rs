@@ -1,0 +1,433 @@
+//! The one driver of the Multi-Paxos core: it runs a [`Replica`] over a
+//! [`Storage`], a [`Transport`] and a [`StateMachine`], executing every
+//! [`Ready`] by the contract of [`crate::core::ready`] — messages that may
+//! leave at once leave, records go to storage, what storage has made durable
+//! releases the messages held for it and counts this node's own votes,
+//! chosen commands are applied in slot order and their proposers answered.
+//!
+//! The same code runs in production (RocksDB storage that syncs on a thread
+//! of its own, the gRPC transport, the lock state machine; see
+//! [`crate::engine`]) and in both simulations (a simulated disk and network
+//! that lose, delay and crash; see [`crate::sim`]). Time enters only as
+//! [`Driver::tick`], so whoever owns the driver owns its clock.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use quorumlock_core::consensus::NodeId;
+
+use crate::core::message::{Envelope, Message};
+use crate::core::ready::{Apply, Persist, Ready, ReadyNumber, Refusal};
+use crate::core::types::{Command, Proposal, ProposalId, ReadId, Slot};
+use crate::core::Replica;
+
+/// Where a replica's records become durable.
+///
+/// Records are handed over one Ready at a time and must become durable in
+/// that order (a crash may lose a suffix of what was handed over, never a
+/// record while keeping a later one).
+pub trait Storage<C> {
+    /// Starts making the records of Ready `number` durable, after those of
+    /// every earlier call.
+    fn persist(&mut self, number: ReadyNumber, records: Vec<Persist<C>>) -> Result<(), StorageFailure>;
+
+    /// The highest Ready number whose records are durable (0 before any);
+    /// a failure of an earlier write is reported here.
+    fn durable_through(&mut self) -> Result<ReadyNumber, StorageFailure>;
+}
+
+/// Where a replica's messages go. Sending never blocks and may lose the
+/// message: the protocol retransmits what matters.
+pub trait Transport<C> {
+    /// Sends one message to its recipient.
+    fn send(&mut self, envelope: Envelope<C>);
+}
+
+/// What chosen commands are applied to.
+pub trait StateMachine<C> {
+    /// The answer to a command's proposer.
+    type Output;
+    /// A snapshot decoded and checked, ready to install.
+    type Snapshot;
+
+    /// Applies one command of the value chosen for `slot` (its proposal id
+    /// says who proposed it, for checkers).
+    fn apply(&mut self, slot: Slot, proposal: &Proposal<C>) -> Self::Output;
+
+    /// Every command of `slot` is applied.
+    fn slot_applied(&mut self, _slot: Slot) {}
+
+    /// Serializes the whole state (for compaction).
+    fn snapshot(&self) -> Vec<u8>;
+
+    /// Decodes and checks a snapshot a peer sent, before the replica may
+    /// forget the slots it covers.
+    fn decode_snapshot(&self, data: &[u8]) -> Result<Self::Snapshot, String>;
+
+    /// Replaces the state with a decoded snapshot covering every slot up to
+    /// `slot`.
+    fn install_snapshot(&mut self, slot: Slot, snapshot: Self::Snapshot);
+}
+
+/// Storage could not make records durable: the replica's durable state is
+/// unknown, so it must stop rather than answer from memory its disk does not
+/// back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("storage failure: {0}")]
+pub struct StorageFailure(pub String);
+
+/// Why the driver stopped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DriverError {
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageFailure),
+    /// A snapshot the replica installed could not be decoded after all.
+    #[error("the snapshot of slot {slot} cannot be installed: {reason}")]
+    Snapshot {
+        /// The slot it covers.
+        slot: Slot,
+        /// Why it was refused.
+        reason: String,
+    },
+}
+
+/// What became of a proposal or a read, for whoever waits on `reply`.
+#[derive(Debug)]
+pub enum Answer<R, O> {
+    /// The command was chosen and applied here; `output` is the state
+    /// machine's answer.
+    Applied {
+        /// Who waits.
+        reply: R,
+        /// The answer.
+        output: O,
+    },
+    /// The command never entered the log.
+    Refused {
+        /// Who waits.
+        reply: R,
+        /// Why.
+        refusal: Refusal,
+    },
+    /// This node stopped leading while the command was in flight: it may
+    /// or may not be chosen later.
+    Abandoned {
+        /// Who waits.
+        reply: R,
+    },
+    /// A linearizable read may now read the state machine.
+    ReadReady {
+        /// Who waits.
+        reply: R,
+    },
+    /// A read could not be confirmed: this node does not lead.
+    ReadFailed {
+        /// Who waits.
+        reply: R,
+    },
+}
+
+/// Messages held until a Ready is durable.
+struct Held<C> {
+    number: ReadyNumber,
+    /// Whether the Ready handed records to storage (otherwise it is durable
+    /// as soon as every earlier one is).
+    persisted: bool,
+    messages: Vec<Envelope<C>>,
+}
+
+/// Runs one replica.
+pub struct Driver<C, S, T, M: StateMachine<C>, R> {
+    replica: Replica<C>,
+    storage: S,
+    transport: T,
+    machine: M,
+    boot: u64,
+    next_seq: u64,
+    next_read: ReadId,
+    /// Ordered maps, so that whatever the driver reports is in an order the
+    /// simulations can replay.
+    proposals: BTreeMap<ProposalId, R>,
+    reads: BTreeMap<ReadId, R>,
+    held: VecDeque<Held<C>>,
+    /// The last slot applied to the state machine (the replica may have
+    /// handed out more, in a Ready not yet executed).
+    applied: Slot,
+    snapshot_every_entries: u64,
+    /// A peer's snapshot decoded when it arrived, kept for its install.
+    verified_snapshot: Option<(Slot, M::Snapshot)>,
+}
+
+impl<C, S, T, M, R> Driver<C, S, T, M, R>
+where
+    C: Command,
+    S: Storage<C>,
+    T: Transport<C>,
+    M: StateMachine<C>,
+{
+    /// Drives `replica`, whose node's boot counter is `boot`, snapshotting
+    /// `machine` every `snapshot_every_entries` applied slots.
+    pub fn new(
+        replica: Replica<C>,
+        storage: S,
+        transport: T,
+        machine: M,
+        boot: u64,
+        snapshot_every_entries: u64,
+    ) -> Self {
+        assert!(snapshot_every_entries > 0, "snapshots need a positive interval");
+        let applied = replica.applied();
+        Driver {
+            replica,
+            storage,
+            transport,
+            machine,
+            boot,
+            next_seq: 0,
+            next_read: 0,
+            proposals: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            held: VecDeque::new(),
+            applied,
+            snapshot_every_entries,
+            verified_snapshot: None,
+        }
+    }
+
+    /// The replica.
+    pub fn replica(&self) -> &Replica<C> {
+        &self.replica
+    }
+
+    /// The state machine.
+    pub fn machine(&self) -> &M {
+        &self.machine
+    }
+
+    /// The state machine, to change what it observes (simulations).
+    pub fn machine_mut(&mut self) -> &mut M {
+        &mut self.machine
+    }
+
+    /// The storage.
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+
+    /// The transport.
+    pub fn transport_mut(&mut self) -> &mut T {
+        &mut self.transport
+    }
+
+    /// The boot counter proposals of this life carry.
+    pub fn boot(&self) -> u64 {
+        self.boot
+    }
+
+    /// Proposals and reads still waiting for an answer.
+    pub fn waiting(&self) -> usize {
+        self.proposals.len() + self.reads.len()
+    }
+
+    /// Whether something is waiting to be executed: a Ready, or messages
+    /// held for storage.
+    pub fn has_work(&mut self) -> bool {
+        !self.held.is_empty() || self.replica.has_ready()
+    }
+
+    /// Queues a command; its answer comes out of a later
+    /// [`Driver::advance`]. Returns the id it is proposed under.
+    pub fn propose(&mut self, command: C, reply: R) -> ProposalId {
+        self.next_seq += 1;
+        let id = ProposalId {
+            node: self.replica.id(),
+            boot: self.boot,
+            seq: self.next_seq,
+        };
+        self.proposals.insert(id, reply);
+        self.replica.propose(Proposal { id, command });
+        id
+    }
+
+    /// Starts a linearizable read barrier.
+    pub fn read(&mut self, reply: R) {
+        self.next_read += 1;
+        self.reads.insert(self.next_read, reply);
+        self.replica.read(self.next_read);
+    }
+
+    /// Hands a peer's message to the replica. A snapshot is decoded first:
+    /// the replica forgets the slots it covers at once, so an undecodable
+    /// one (corrupt, or from an incompatible version) never gets there.
+    pub fn step(&mut self, from: NodeId, message: Message<C>) {
+        if let Message::Snapshot { slot, data } = &message {
+            if *slot <= self.replica.applied() {
+                return;
+            }
+            match self.machine.decode_snapshot(data) {
+                Ok(snapshot) => self.verified_snapshot = Some((*slot, snapshot)),
+                Err(error) => {
+                    tracing::warn!(from, slot, %error, "undecodable snapshot from a peer ignored");
+                    return;
+                }
+            }
+        }
+        self.replica.step(from, message);
+    }
+
+    /// Advances the replica's time by one tick.
+    pub fn tick(&mut self) {
+        self.replica.tick();
+    }
+
+    /// Executes everything the replica asked for and storage finished, until
+    /// nothing is left; returns the answers to hand out.
+    pub fn advance(&mut self) -> Result<Vec<Answer<R, M::Output>>, DriverError> {
+        let mut answers = Vec::new();
+        loop {
+            self.release_durable()?;
+            if !self.replica.has_ready() {
+                return Ok(answers);
+            }
+            let ready = self.replica.take_ready();
+            self.execute(ready, &mut answers)?;
+            self.maybe_compact();
+        }
+    }
+
+    /// Executes one Ready by the contract.
+    fn execute(
+        &mut self,
+        ready: Ready<C>,
+        answers: &mut Vec<Answer<R, M::Output>>,
+    ) -> Result<(), DriverError> {
+        let Ready {
+            number,
+            messages,
+            persist,
+            persisted_messages,
+            apply,
+            reads_ready,
+            reads_failed,
+            refused,
+            abandoned,
+        } = ready;
+        for envelope in messages {
+            self.transport.send(envelope);
+        }
+        let persisted = !persist.is_empty();
+        if persisted {
+            self.storage.persist(number, persist)?;
+        }
+        self.held.push_back(Held {
+            number,
+            persisted,
+            messages: persisted_messages,
+        });
+        for step in apply {
+            match step {
+                Apply::Chosen(chosen) => {
+                    for proposal in chosen.value.proposals() {
+                        let output = self.machine.apply(chosen.slot, proposal);
+                        if let Some(reply) = self.proposals.remove(&proposal.id) {
+                            answers.push(Answer::Applied { reply, output });
+                        }
+                    }
+                    assert_eq!(chosen.slot, self.applied + 1, "slots are applied in order");
+                    self.applied = chosen.slot;
+                    self.machine.slot_applied(chosen.slot);
+                }
+                Apply::Snapshot { slot, data } => {
+                    let snapshot = match self.verified_snapshot.take() {
+                        Some((verified, snapshot)) if verified == slot => snapshot,
+                        _ => self
+                            .machine
+                            .decode_snapshot(&data)
+                            .map_err(|reason| DriverError::Snapshot { slot, reason })?,
+                    };
+                    assert!(
+                        slot > self.applied,
+                        "a snapshot installed is ahead of what was applied"
+                    );
+                    self.applied = slot;
+                    self.machine.install_snapshot(slot, snapshot);
+                    tracing::info!(slot, bytes = data.len(), "installed snapshot from a peer");
+                }
+            }
+        }
+        for id in reads_ready {
+            if let Some(reply) = self.reads.remove(&id) {
+                answers.push(Answer::ReadReady { reply });
+            }
+        }
+        for id in reads_failed {
+            if let Some(reply) = self.reads.remove(&id) {
+                answers.push(Answer::ReadFailed { reply });
+            }
+        }
+        for (id, refusal) in refused {
+            if let Some(reply) = self.proposals.remove(&id) {
+                answers.push(Answer::Refused { reply, refusal });
+            }
+        }
+        for id in abandoned {
+            if let Some(reply) = self.proposals.remove(&id) {
+                answers.push(Answer::Abandoned { reply });
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the messages of every Ready storage has made durable, in Ready
+    /// order, and tells the replica.
+    fn release_durable(&mut self) -> Result<(), DriverError> {
+        let durable = self.storage.durable_through()?;
+        let mut released = None;
+        while let Some(front) = self.held.front() {
+            // A Ready that persisted nothing is durable once every earlier
+            // one is, which it is when it reaches the front.
+            if front.persisted && front.number > durable {
+                break;
+            }
+            let held = self.held.pop_front().expect("checked above");
+            for envelope in held.messages {
+                self.transport.send(envelope);
+            }
+            released = Some(held.number);
+        }
+        if let Some(number) = released {
+            self.replica.on_persisted(number);
+        }
+        Ok(())
+    }
+
+    /// Snapshots the state machine once enough slots were applied since the
+    /// last snapshot; the replica persists it and forgets those slots.
+    fn maybe_compact(&mut self) {
+        if self.applied.saturating_sub(self.replica.compacted()) < self.snapshot_every_entries {
+            return;
+        }
+        self.compact_now();
+    }
+
+    /// Snapshots the state machine at the last slot it applied and lets the
+    /// replica forget what that covers, whatever the interval (simulations
+    /// draw when).
+    pub fn compact_now(&mut self) {
+        let slot = self.applied;
+        if slot > self.replica.compacted() {
+            let data = self.machine.snapshot();
+            tracing::debug!(slot, bytes = data.len(), "snapshot taken; log truncated");
+            self.replica.compact(slot, Arc::new(data));
+        }
+    }
+
+    /// Hands back everyone still waiting, proposals first (the driver is
+    /// stopping or its node crashed).
+    pub fn drain_waiting(&mut self) -> Vec<R> {
+        let proposals = std::mem::take(&mut self.proposals).into_values();
+        let reads = std::mem::take(&mut self.reads).into_values();
+        proposals.chain(reads).collect()
+    }
+}

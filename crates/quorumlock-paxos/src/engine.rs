@@ -1,0 +1,435 @@
+//! [`ConsensusEngine`] on the Multi-Paxos [`Driver`]: one task owns the
+//! driver and feeds it ticks, peer messages, proposals, reads and storage
+//! progress; RocksDB writes sync on the persister's thread, messages leave
+//! through per-peer outboxes, and answers go back to the callers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::task::JoinHandle;
+use tonic::service::Routes;
+
+use crate::core::ready::Refusal;
+use crate::core::types::{Proposal, Slot};
+use crate::core::{Replica, ReplicaConfig};
+use crate::driver::{Answer, Driver, StateMachine};
+use crate::store::{PaxosStore, Persister};
+use crate::transport::{Inbound, Outboxes, PaxosPeerService, INBOX_BATCHES_MAX, PEER_MESSAGE_BYTES_MAX};
+use quorumlock_core::consensus::{
+    AppliedState, CommandResult, ConsensusEngine, EngineConfig, EngineError, EngineKind, EngineStatus,
+    LeaderInfo, Leadership, Member, NodeId,
+};
+use quorumlock_core::lock::{Command, LockState};
+use quorumlock_proto::paxos::paxos_peer_server::PaxosPeerServer;
+
+/// Client requests queued for the driver before callers wait.
+pub const INPUT_QUEUE_MAX: usize = 16_384;
+/// Most inputs or inbound batches the driver takes before executing effects,
+/// so that one burst cannot starve ticks.
+pub const DRAIN_MAX: usize = 1_024;
+
+enum Input {
+    Propose {
+        command: Command,
+        reply: oneshot::Sender<Result<CommandResult, EngineError>>,
+    },
+    Read {
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
+}
+
+/// Who waits for an answer of the driver.
+enum Reply {
+    Propose(oneshot::Sender<Result<CommandResult, EngineError>>),
+    Read(oneshot::Sender<Result<(), EngineError>>),
+}
+
+impl Reply {
+    fn fail(self, error: EngineError) {
+        match self {
+            Reply::Propose(reply) => {
+                let _ = reply.send(Err(error));
+            }
+            Reply::Read(reply) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+}
+
+/// The lock state machine as the driver applies it.
+pub struct LockMachine {
+    state: Arc<AppliedState>,
+}
+
+impl LockMachine {
+    /// Applies to `state`.
+    pub fn new(state: Arc<AppliedState>) -> Self {
+        LockMachine { state }
+    }
+}
+
+impl StateMachine<Command> for LockMachine {
+    type Output = CommandResult;
+    type Snapshot = LockState;
+
+    fn apply(&mut self, _slot: Slot, proposal: &Proposal<Command>) -> CommandResult {
+        self.state.apply(&proposal.command)
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.state.snapshot()
+    }
+
+    fn decode_snapshot(&self, data: &[u8]) -> Result<LockState, String> {
+        LockState::restore(data)
+    }
+
+    fn install_snapshot(&mut self, _slot: Slot, snapshot: LockState) {
+        self.state.restore(snapshot);
+    }
+}
+
+type LockDriver = Driver<Command, Persister<Command>, Outboxes<Command>, LockMachine, Reply>;
+
+/// The Multi-Paxos engine.
+pub struct PaxosEngine {
+    node_id: NodeId,
+    members: BTreeMap<NodeId, String>,
+    state: Arc<AppliedState>,
+    inputs: mpsc::Sender<Input>,
+    leadership: watch::Receiver<Leadership>,
+    chosen_upto: Arc<AtomicU64>,
+    applied: Arc<AtomicU64>,
+    stop: watch::Sender<bool>,
+    driver: Mutex<Option<JoinHandle<()>>>,
+    /// Why the driver stopped by itself (a storage failure), once it did.
+    failed: watch::Receiver<Option<String>>,
+}
+
+impl PaxosEngine {
+    /// The error for a request the driver can no longer take.
+    fn stopped(&self) -> EngineError {
+        match self.failed.borrow().clone() {
+            Some(reason) => EngineError::Fatal(reason),
+            None => EngineError::ShuttingDown,
+        }
+    }
+
+    /// Opens storage, restores the snapshot and the acceptor's records, and
+    /// starts the driver. Returns the engine and the routes of its peer
+    /// service, to mount on the node's gRPC server.
+    pub async fn start(config: EngineConfig) -> anyhow::Result<(Arc<Self>, Routes)> {
+        config.validate()?;
+        let tick = (config.heartbeat / 2).max(Duration::from_millis(1));
+        let heartbeat_ticks = 2;
+        let election_ticks = (config.election_timeout.as_millis() / tick.as_millis()).max(4) as u64;
+
+        let store = PaxosStore::open(&config.data_dir)?;
+        let boot = store.next_boot()?;
+        let durable = store.load::<Command>()?;
+        let state = match &durable.snapshot {
+            Some((slot, data)) => {
+                let restored = LockState::restore(data)
+                    .map_err(|error| anyhow::anyhow!("restoring the snapshot at slot {slot}: {error}"))?;
+                Arc::new(AppliedState::new(restored))
+            }
+            None => Arc::new(AppliedState::default()),
+        };
+        let members: BTreeSet<NodeId> = config.members.keys().copied().collect();
+        let mut replica_config =
+            ReplicaConfig::new(config.node_id, members.clone(), heartbeat_ticks, election_ticks);
+        replica_config.seed = rand::random();
+        let replica = Replica::new(replica_config, durable);
+        tracing::info!(
+            node = config.node_id,
+            boot,
+            promised = %replica.promised(),
+            snapshot_slot = replica.compacted(),
+            "paxos replica restored"
+        );
+
+        let peers: BTreeMap<NodeId, String> = config
+            .members
+            .iter()
+            .filter(|(id, _)| **id != config.node_id)
+            .map(|(id, addr)| (*id, addr.clone()))
+            .collect();
+        let outboxes = Outboxes::start(config.node_id, &peers)?;
+        let wake = Arc::new(Notify::new());
+        let persister = Persister::start(store, wake.clone())?;
+        let (inbox_tx, inbox) = mpsc::channel(INBOX_BATCHES_MAX);
+        let (inputs, input_rx) = mpsc::channel(INPUT_QUEUE_MAX);
+        let (leadership_tx, leadership) = watch::channel(Leadership::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let (failed_tx, failed) = watch::channel(None);
+        let chosen_upto = Arc::new(AtomicU64::new(replica.chosen_upto()));
+        let applied = Arc::new(AtomicU64::new(replica.applied()));
+
+        let shell = Shell {
+            driver: Driver::new(
+                replica,
+                persister,
+                outboxes,
+                LockMachine::new(state.clone()),
+                boot,
+                config.snapshot_every_entries,
+            ),
+            members: config.members.clone(),
+            leadership: leadership_tx,
+            chosen_upto: chosen_upto.clone(),
+            applied: applied.clone(),
+            failed: failed_tx,
+        };
+        let driver = tokio::spawn(shell.run(tick, wake, inbox, input_rx, stop_rx));
+        let engine = Arc::new(PaxosEngine {
+            node_id: config.node_id,
+            members: config.members,
+            state,
+            inputs,
+            leadership,
+            chosen_upto,
+            applied,
+            stop,
+            driver: Mutex::new(Some(driver)),
+            failed,
+        });
+        let service = PaxosPeerServer::new(PaxosPeerService::new(members.into_iter().collect(), inbox_tx))
+            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+        Ok((engine, Routes::new(service)))
+    }
+}
+
+#[async_trait]
+impl ConsensusEngine for PaxosEngine {
+    async fn propose(&self, command: Command) -> Result<CommandResult, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs
+            .send(Input::Propose { command, reply })
+            .await
+            .map_err(|_| self.stopped())?;
+        answer.await.map_err(|_| self.stopped())?
+    }
+
+    async fn read_barrier(&self) -> Result<(), EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs
+            .send(Input::Read { reply })
+            .await
+            .map_err(|_| self.stopped())?;
+        answer.await.map_err(|_| self.stopped())?
+    }
+
+    fn state(&self) -> &Arc<AppliedState> {
+        &self.state
+    }
+
+    fn leadership(&self) -> watch::Receiver<Leadership> {
+        self.leadership.clone()
+    }
+
+    fn failed(&self) -> watch::Receiver<Option<String>> {
+        self.failed.clone()
+    }
+
+    fn status(&self) -> EngineStatus {
+        EngineStatus {
+            node_id: self.node_id,
+            engine: EngineKind::Paxos,
+            leadership: self.leadership.borrow().clone(),
+            commit_index: self.chosen_upto.load(Ordering::Relaxed),
+            applied_index: self.applied.load(Ordering::Relaxed),
+            members: self
+                .members
+                .iter()
+                .map(|(id, addr)| Member {
+                    id: *id,
+                    addr: addr.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    async fn shutdown(&self) -> Result<(), EngineError> {
+        let _ = self.stop.send(true);
+        let driver = self.driver.lock().take();
+        if let Some(driver) = driver {
+            driver.await.map_err(|error| {
+                EngineError::Fatal(format!("paxos driver failed while stopping: {error}"))
+            })?;
+        }
+        match self.failed.borrow().clone() {
+            Some(reason) => Err(EngineError::Fatal(reason)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The task around the driver: its inputs, its answers, and what the rest
+/// of the node sees of it.
+struct Shell {
+    driver: LockDriver,
+    members: BTreeMap<NodeId, String>,
+    leadership: watch::Sender<Leadership>,
+    chosen_upto: Arc<AtomicU64>,
+    applied: Arc<AtomicU64>,
+    failed: watch::Sender<Option<String>>,
+}
+
+impl Shell {
+    async fn run(
+        mut self,
+        tick: Duration,
+        wake: Arc<Notify>,
+        mut inbox: mpsc::Receiver<Inbound<Command>>,
+        mut inputs: mpsc::Receiver<Input>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = ticker.tick() => self.driver.tick(),
+                // More Readys are durable (or storage failed).
+                () = wake.notified() => {}
+                Some((from, messages)) = inbox.recv() => {
+                    self.step(from, messages);
+                    // Take what else arrived, so that one Ready covers it.
+                    for _ in 1..DRAIN_MAX {
+                        match inbox.try_recv() {
+                            Ok((from, messages)) => self.step(from, messages),
+                            Err(_) => break,
+                        }
+                    }
+                    self.drain_inputs(&mut inputs);
+                }
+                Some(input) = inputs.recv() => {
+                    self.input(input);
+                    self.drain_inputs(&mut inputs);
+                }
+            }
+            match self.driver.advance() {
+                Ok(answers) => self.answer(answers),
+                Err(error) => {
+                    // The replica's durable state is unknown: stop rather than
+                    // risk answering from memory that disk does not back.
+                    let reason = error.to_string();
+                    tracing::error!(%reason, "the paxos engine stops");
+                    // No longer anyone's leader: the services stop serving.
+                    self.leadership.send_replace(Leadership::default());
+                    self.stop_driver(EngineError::Fatal(reason.clone())).await;
+                    self.failed.send_replace(Some(reason));
+                    return;
+                }
+            }
+            self.publish();
+        }
+        self.stop_driver(EngineError::ShuttingDown).await;
+    }
+
+    /// Fails every waiting caller, then stops the persister's thread and the
+    /// outboxes' tasks, so nothing of the driver touches storage or the
+    /// network afterwards.
+    async fn stop_driver(&mut self, error: EngineError) {
+        for reply in self.driver.drain_waiting() {
+            reply.fail(error.clone());
+        }
+        self.driver.storage_mut().stop();
+        self.driver.transport_mut().stop().await;
+    }
+
+    fn step(&mut self, from: NodeId, messages: Vec<crate::core::message::Message<Command>>) {
+        for message in messages {
+            self.driver.step(from, message);
+        }
+    }
+
+    fn drain_inputs(&mut self, inputs: &mut mpsc::Receiver<Input>) {
+        for _ in 0..DRAIN_MAX {
+            match inputs.try_recv() {
+                Ok(input) => self.input(input),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn input(&mut self, input: Input) {
+        match input {
+            Input::Propose { command, reply } => {
+                self.driver.propose(command, Reply::Propose(reply));
+            }
+            Input::Read { reply } => self.driver.read(Reply::Read(reply)),
+        }
+    }
+
+    fn answer(&self, answers: Vec<Answer<Reply, CommandResult>>) {
+        for answer in answers {
+            match answer {
+                Answer::Applied {
+                    reply: Reply::Propose(reply),
+                    output,
+                } => {
+                    let _ = reply.send(Ok(output));
+                }
+                Answer::ReadReady {
+                    reply: Reply::Read(reply),
+                } => {
+                    let _ = reply.send(Ok(()));
+                }
+                Answer::Refused { reply, refusal } => reply.fail(match refusal {
+                    Refusal::NotLeader { .. } => EngineError::NotLeader {
+                        leader: self.leader_info(),
+                    },
+                    Refusal::Overloaded => EngineError::Overloaded {
+                        queued_max: self.driver.replica().config().queued_proposals_max,
+                    },
+                }),
+                Answer::Abandoned { reply } => reply.fail(EngineError::Unavailable(
+                    "leadership changed before the command was chosen; it may still take effect".to_string(),
+                )),
+                Answer::ReadFailed { reply } => reply.fail(EngineError::NotLeader {
+                    leader: self.leader_info(),
+                }),
+                Answer::Applied { .. } | Answer::ReadReady { .. } => {
+                    unreachable!("the driver answers proposals as applied and reads as ready")
+                }
+            }
+        }
+    }
+
+    fn leader_info(&self) -> Option<LeaderInfo> {
+        let replica = self.driver.replica();
+        replica.leader_id().and_then(|id| {
+            self.members.get(&id).map(|addr| LeaderInfo {
+                id,
+                addr: addr.clone(),
+            })
+        })
+    }
+
+    fn publish(&self) {
+        let replica = self.driver.replica();
+        self.chosen_upto.store(replica.chosen_upto(), Ordering::Relaxed);
+        self.applied.store(replica.applied(), Ordering::Relaxed);
+        let view = Leadership {
+            term: replica.term(),
+            leader: self.leader_info(),
+            is_self: replica.is_leader(),
+        };
+        self.leadership.send_if_modified(|current| {
+            let changed = *current != view;
+            if changed {
+                tracing::info!(leader = ?view.leader.as_ref().map(|l| l.id), term = view.term, "paxos leadership changed");
+                *current = view;
+            }
+            changed
+        });
+    }
+}

@@ -1,0 +1,312 @@
+//! [`ConsensusEngine`] on openraft.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::network::RaftNetworkFactory;
+use openraft::{BasicNode, Config, RaftMetrics, ServerState, SnapshotPolicy};
+use tokio::sync::{watch, Semaphore};
+use tonic::service::Routes;
+
+use super::batcher::{leader_of, Batcher};
+use super::log_store::{LogStore, CF_LOG, CF_META};
+use super::network::PeerNetwork;
+use super::service::RaftPeerService;
+use super::state_machine::{StateMachineStore, CF_SNAPSHOT};
+use super::types::{Raft, TypeConfig};
+use super::wal_sync::WalSync;
+use quorumlock_core::consensus::{
+    AppliedState, CommandResult, ConsensusEngine, EngineConfig, EngineError, EngineKind, EngineStatus,
+    LeaderInfo, Leadership, Member, NodeId,
+};
+use quorumlock_core::lock::Command;
+use quorumlock_proto::raft::raft_peer_server::RaftPeerServer;
+
+/// Commands a leader accepts for ordering at once; beyond this `propose`
+/// is refused at once as overloaded. openraft queues client writes without
+/// bound, so without this a flood would grow memory and every command's
+/// latency until all of them time out (and heartbeats and read barriers
+/// queue behind them).
+pub const PROPOSALS_IN_FLIGHT_MAX: usize = 4_096;
+
+/// The openraft engine.
+pub struct RaftEngine {
+    raft: Raft,
+    in_flight: Semaphore,
+    batcher: Batcher,
+    node_id: NodeId,
+    state: Arc<AppliedState>,
+    leadership: watch::Receiver<Leadership>,
+    failed: watch::Receiver<Option<String>>,
+    commit_index: Arc<AtomicU64>,
+    applied_index: Arc<AtomicU64>,
+    /// Pause between two read-barrier rounds (the heartbeat period).
+    barrier_retry_pause: Duration,
+    /// How long a read barrier keeps trying to hear a quorum.
+    barrier_patience: Duration,
+}
+
+impl RaftEngine {
+    /// Opens storage, starts the node, and forms the cluster if storage is
+    /// fresh (every member initializes with the same membership, which
+    /// openraft's voting makes safe). Returns the engine and the routes of its
+    /// peer service, to mount on the node's gRPC server.
+    pub async fn start(config: EngineConfig) -> anyhow::Result<(Arc<Self>, Routes)> {
+        let engine = Self::start_with_network(
+            config,
+            PeerNetwork::default(),
+            Arc::new(AppliedState::default()),
+            WalSync::Background,
+        )
+        .await?;
+        let service = RaftPeerServer::new(RaftPeerService::new(engine.raft.clone()))
+            .max_decoding_message_size(super::network::PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(super::network::PEER_MESSAGE_BYTES_MAX);
+        Ok((engine, Routes::new(service)))
+    }
+
+    /// Like [`RaftEngine::start`], but over any peer transport and applying
+    /// to a given (empty) state, whose notices the caller may already watch.
+    /// The simulation runs nodes this way over an in-memory network; the
+    /// caller delivers peer messages to [`RaftEngine::raft`]; `wal` says
+    /// where log appends are synced.
+    pub async fn start_with_network<N: RaftNetworkFactory<TypeConfig>>(
+        config: EngineConfig,
+        network: N,
+        state: Arc<AppliedState>,
+        wal: WalSync,
+    ) -> anyhow::Result<Arc<Self>> {
+        config.validate()?;
+        let (election_min_ms, election_max_ms) =
+            openraft_election_timeouts(config.heartbeat, config.election_timeout);
+        let raft_config = Config {
+            cluster_name: "quorumlock".to_string(),
+            heartbeat_interval: config.heartbeat.as_millis() as u64,
+            election_timeout_min: election_min_ms,
+            election_timeout_max: election_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
+            // Keep a tail of the log after a snapshot so a briefly lagging follower
+            // catches up from the log rather than a snapshot transfer.
+            max_in_snapshot_log_to_keep: config.snapshot_every_entries.min(1_000),
+            // Entries carry up to 256 commands and 2 MiB (super::batcher),
+            // so one AppendEntries stays under the peer message bound.
+            max_payload_entries: 64,
+            install_snapshot_timeout: 10_000,
+            ..Default::default()
+        }
+        .validate()?;
+
+        let db = quorumlock_storage::open(&config.data_dir.join("raft"), &[CF_LOG, CF_META, CF_SNAPSHOT])?;
+        let commit_index = Arc::new(AtomicU64::new(0));
+        let applied_index = Arc::new(AtomicU64::new(0));
+        let log_store = LogStore::new(db.clone(), commit_index.clone(), wal)?;
+        let state_machine = StateMachineStore::open(db, state.clone(), applied_index.clone())?;
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            network,
+            log_store,
+            state_machine,
+        )
+        .await?;
+
+        if !raft.is_initialized().await? {
+            let members: BTreeMap<NodeId, BasicNode> = config
+                .members
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+                .collect();
+            match raft.initialize(members).await {
+                Ok(()) => tracing::info!(node = config.node_id, "initialized a fresh cluster membership"),
+                // Another member's log reached us first: nothing to do.
+                Err(RaftError::APIError(error)) => {
+                    tracing::info!(node = config.node_id, %error, "membership already initialized")
+                }
+                Err(RaftError::Fatal(error)) => return Err(error.into()),
+            }
+        }
+
+        let (leadership_tx, leadership) = watch::channel(Leadership::default());
+        let (failed_tx, failed) = watch::channel(None);
+        tokio::spawn(publish_leadership(raft.metrics(), leadership_tx, failed_tx));
+        let engine = Arc::new(RaftEngine {
+            raft: raft.clone(),
+            in_flight: Semaphore::new(PROPOSALS_IN_FLIGHT_MAX),
+            batcher: Batcher::start(raft.clone(), PROPOSALS_IN_FLIGHT_MAX),
+            node_id: config.node_id,
+            state,
+            leadership,
+            failed,
+            commit_index,
+            applied_index,
+            barrier_retry_pause: config.heartbeat,
+            barrier_patience: config.election_timeout,
+        });
+        Ok(engine)
+    }
+
+    /// The openraft node, to which a transport delivers peer messages.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+}
+
+/// openraft's `(election_timeout_min, election_timeout_max)` for a
+/// configured election timeout `t`.
+///
+/// A follower of an established leader stands only after openraft's leader
+/// lease, which is `election_timeout_max`, *plus* a timeout drawn from
+/// `[min, max)`; voters also refuse candidates until that lease has passed
+/// since they last heard the leader. Mapping `t` to `[t, 2t)` would make a
+/// follower wait `3t` to `4t`, and a failover take seconds. With `max = t`
+/// and `min = t / 3` a follower stands `4t/3` to `2t` after the leader goes
+/// silent, close to the Paxos engine's `t` to `2t`, and voters' leases have
+/// passed by then.
+pub fn openraft_election_timeouts(heartbeat: Duration, t: Duration) -> (u64, u64) {
+    let heartbeat_ms = heartbeat.as_millis() as u64;
+    let max = t.as_millis() as u64;
+    let min = (max / 3).max(heartbeat_ms + 1).min(max.saturating_sub(1));
+    (min, max)
+}
+
+/// Mirrors openraft's metrics into the engine-neutral leadership view, and
+/// reports the core's end when it was not asked to stop (a storage failure):
+/// openraft's core then quits while the process would stay up for good.
+async fn publish_leadership(
+    mut metrics: watch::Receiver<RaftMetrics<NodeId, BasicNode>>,
+    leadership: watch::Sender<Leadership>,
+    failed: watch::Sender<Option<String>>,
+) {
+    loop {
+        let (view, failure) = {
+            let metrics = metrics.borrow_and_update();
+            let failure = match &metrics.running_state {
+                Err(openraft::error::Fatal::Stopped) | Ok(()) => None,
+                Err(fatal) => Some(format!("the raft core stopped: {fatal}")),
+            };
+            (leadership_of(&metrics), failure)
+        };
+        if let Some(reason) = failure {
+            leadership.send_replace(Leadership::default());
+            failed.send_replace(Some(reason));
+            return;
+        }
+        leadership.send_if_modified(|current| {
+            let changed = *current != view;
+            *current = view;
+            changed
+        });
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn leadership_of(metrics: &RaftMetrics<NodeId, BasicNode>) -> Leadership {
+    let leader = metrics.current_leader.and_then(|id| {
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|node| LeaderInfo {
+                id,
+                addr: node.addr.clone(),
+            })
+    });
+    Leadership {
+        term: metrics.current_term,
+        is_self: metrics.state == ServerState::Leader,
+        leader,
+    }
+}
+
+#[async_trait]
+impl ConsensusEngine for RaftEngine {
+    async fn propose(&self, command: Command) -> Result<CommandResult, EngineError> {
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            return Err(EngineError::Overloaded {
+                queued_max: PROPOSALS_IN_FLIGHT_MAX,
+            });
+        };
+        self.batcher.propose(command).await
+    }
+
+    /// openraft confirms leadership with one heartbeat round in which each
+    /// follower must answer within one heartbeat period; a follower busy
+    /// with a burst of appends misses that easily. The barrier therefore
+    /// tries again, each round a fresh confirmation, for up to an election
+    /// timeout: a leader that cannot hear a quorum for that long is being
+    /// replaced, and the read is refused as unavailable.
+    async fn read_barrier(&self) -> Result<(), EngineError> {
+        let deadline = tokio::time::Instant::now() + self.barrier_patience;
+        loop {
+            match self.raft.ensure_linearizable().await {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                    return Err(EngineError::NotLeader {
+                        leader: leader_of(&forward),
+                    })
+                }
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error))) => {
+                    if tokio::time::Instant::now() + self.barrier_retry_pause >= deadline {
+                        return Err(EngineError::Unavailable(error.to_string()));
+                    }
+                    tokio::time::sleep(self.barrier_retry_pause).await;
+                }
+                Err(RaftError::Fatal(error)) => return Err(fatal(error)),
+            }
+        }
+    }
+
+    fn state(&self) -> &Arc<AppliedState> {
+        &self.state
+    }
+
+    fn leadership(&self) -> watch::Receiver<Leadership> {
+        self.leadership.clone()
+    }
+
+    fn failed(&self) -> watch::Receiver<Option<String>> {
+        self.failed.clone()
+    }
+
+    fn status(&self) -> EngineStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        let members = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| Member {
+                id: *id,
+                addr: node.addr.clone(),
+            })
+            .collect();
+        EngineStatus {
+            node_id: self.node_id,
+            engine: EngineKind::Raft,
+            leadership: leadership_of(&metrics),
+            commit_index: self.commit_index.load(Ordering::Relaxed),
+            applied_index: self.applied_index.load(Ordering::Relaxed),
+            members,
+        }
+    }
+
+    async fn shutdown(&self) -> Result<(), EngineError> {
+        self.raft
+            .shutdown()
+            .await
+            .map_err(|error| EngineError::Fatal(format!("raft task failed while stopping: {error}")))
+    }
+}
+
+/// An openraft fatal error as the engine reports it.
+pub(super) fn fatal(error: openraft::error::Fatal<NodeId>) -> EngineError {
+    match error {
+        openraft::error::Fatal::Stopped => EngineError::ShuttingDown,
+        other => EngineError::Fatal(other.to_string()),
+    }
+}

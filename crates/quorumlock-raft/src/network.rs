@@ -1,0 +1,172 @@
+//! Node-to-node transport of the openraft engine over tonic.
+//!
+//! openraft does not bound RPCs itself, so every call here carries a timeout
+//! (openraft's hard TTL for the RPC). Payloads are openraft's own types in
+//! bincode; the response carries the remote `Result` so remote Raft errors
+//! reach openraft unchanged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use super::types::TypeConfig;
+use quorumlock_core::consensus::NodeId;
+use quorumlock_proto::raft::raft_peer_client::RaftPeerClient;
+use quorumlock_proto::raft::RaftPayload;
+
+/// Largest peer message, in bytes: big enough for a batch of maximal values
+/// and for a whole snapshot sent in one message.
+pub const PEER_MESSAGE_BYTES_MAX: usize = 256 << 20;
+/// How long to wait for a TCP connection to a peer.
+pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Hands openraft a client per target over one cached HTTP/2 channel per
+/// peer address.
+///
+/// openraft asks for a new client whenever it starts talking to a target
+/// anew (each election, each read barrier's heartbeat round). A fresh
+/// channel each time would need a new TCP and HTTP/2 handshake inside a
+/// heartbeat interval, which a loaded machine misses; tonic channels
+/// multiplex and reconnect by themselves, so one per peer serves every call.
+#[derive(Clone, Default)]
+pub struct PeerNetwork {
+    channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
+}
+
+impl PeerNetwork {
+    fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock();
+        if let Some((cached_addr, channel)) = channels.get(&target) {
+            if cached_addr == addr {
+                return Ok(channel.clone());
+            }
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|error| format!("bad address {addr:?} for node {target}: {error}"))?
+            .connect_timeout(PEER_CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(target, (addr.to_string(), channel.clone()));
+        Ok(channel)
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
+        let client = self.channel(target, &node.addr).map(|channel| {
+            RaftPeerClient::new(channel)
+                .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
+        });
+        PeerConnection { target, client }
+    }
+}
+
+/// A connection to one peer.
+pub struct PeerConnection {
+    target: NodeId,
+    client: Result<RaftPeerClient<Channel>, String>,
+}
+
+#[derive(Clone, Copy)]
+enum PeerRpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+impl PeerConnection {
+    /// Sends one request and decodes the remote result.
+    async fn call<Req, Resp, E>(
+        &mut self,
+        rpc: PeerRpc,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let client = match &mut self.client {
+            Ok(client) => client,
+            Err(message) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
+                    message.clone(),
+                ))))
+            }
+        };
+        let data = bincode::serialize(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let payload = RaftPayload { data };
+        let call = async {
+            match rpc {
+                PeerRpc::AppendEntries => client.append_entries(payload).await,
+                PeerRpc::Vote => client.vote(payload).await,
+                PeerRpc::InstallSnapshot => client.install_snapshot(payload).await,
+            }
+        };
+        let response = match tokio::time::timeout(timeout, call).await {
+            Err(_) => {
+                let error = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("peer RPC timed out after {timeout:?}"),
+                );
+                return Err(RPCError::Network(NetworkError::new(&error)));
+            }
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                return Err(RPCError::Unreachable(Unreachable::new(&status)));
+            }
+            Ok(Err(status)) => return Err(RPCError::Network(NetworkError::new(&status))),
+            Ok(Ok(response)) => response.into_inner(),
+        };
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            bincode::deserialize(&response.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|error| RPCError::RemoteError(RemoteError::new(self.target, error)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        request: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(PeerRpc::AppendEntries, &request, option.hard_ttl())
+            .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        request: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(PeerRpc::InstallSnapshot, &request, option.hard_ttl())
+            .await
+    }
+
+    async fn vote(
+        &mut self,
+        request: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(PeerRpc::Vote, &request, option.hard_ttl()).await
+    }
+}

@@ -1,0 +1,228 @@
+//! The lock state machine under openraft: applied in memory, with snapshots
+//! persisted to RocksDB.
+//!
+//! On start the last persisted snapshot is restored and openraft re-applies
+//! the log entries after it, so the in-memory state never needs its own
+//! durability.
+
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use parking_lot::Mutex;
+use rocksdb::DB;
+use serde::{Deserialize, Serialize};
+
+use super::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use quorumlock_core::consensus::{AppliedState, CommandResult};
+use quorumlock_core::lock::LockState;
+use quorumlock_storage::{cf, synced};
+
+/// Column family holding the current snapshot.
+pub const CF_SNAPSHOT: &str = "raft_snapshot";
+const KEY_SNAPSHOT: &[u8] = b"current";
+
+/// A snapshot as persisted: openraft's metadata and the lock state's bytes.
+#[derive(Clone, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+/// The persisted current snapshot, shared by the state machine and its
+/// builders (which run concurrently with apply).
+struct SnapshotStore {
+    db: Arc<DB>,
+    current: Mutex<Option<StoredSnapshot>>,
+}
+
+impl SnapshotStore {
+    fn load(db: Arc<DB>) -> Result<Self, StorageError> {
+        let current = db
+            .get_cf(cf(&db, CF_SNAPSHOT), KEY_SNAPSHOT)
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?
+            .map(|bytes| bincode::deserialize::<StoredSnapshot>(&bytes))
+            .transpose()
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(SnapshotStore {
+            db,
+            current: Mutex::new(current),
+        })
+    }
+
+    /// Persists `snapshot` (synced) unless a newer one is already stored.
+    fn save(&self, snapshot: &StoredSnapshot) -> Result<(), StorageError> {
+        let mut current = self.current.lock();
+        if let Some(stored) = current.as_ref() {
+            if stored.meta.last_log_id > snapshot.meta.last_log_id {
+                return Ok(());
+            }
+        }
+        let signature = Some(snapshot.meta.signature());
+        let bytes = bincode::serialize(snapshot)
+            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+        self.db
+            .put_cf_opt(cf(&self.db, CF_SNAPSHOT), KEY_SNAPSHOT, bytes, &synced())
+            .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
+        *current = Some(snapshot.clone());
+        Ok(())
+    }
+
+    fn current(&self) -> Option<StoredSnapshot> {
+        self.current.lock().clone()
+    }
+}
+
+/// openraft's state machine: the shared [`AppliedState`] plus what openraft
+/// needs to know about it.
+pub struct StateMachineStore {
+    state: Arc<AppliedState>,
+    last_applied: Option<LogId>,
+    last_membership: StoredMembership,
+    snapshots: Arc<SnapshotStore>,
+    applied_index: Arc<AtomicU64>,
+    snapshots_built: u64,
+}
+
+impl StateMachineStore {
+    /// Opens the state machine over a database with [`CF_SNAPSHOT`],
+    /// restoring the persisted snapshot into `state` if there is one.
+    pub fn open(
+        db: Arc<DB>,
+        state: Arc<AppliedState>,
+        applied_index: Arc<AtomicU64>,
+    ) -> Result<Self, StorageError> {
+        let snapshots = Arc::new(SnapshotStore::load(db)?);
+        let mut store = StateMachineStore {
+            state,
+            last_applied: None,
+            last_membership: StoredMembership::default(),
+            snapshots,
+            applied_index,
+            snapshots_built: 0,
+        };
+        if let Some(snapshot) = store.snapshots.current() {
+            store.restore(&snapshot)?;
+        }
+        Ok(store)
+    }
+
+    fn restore(&mut self, snapshot: &StoredSnapshot) -> Result<(), StorageError> {
+        let signature = Some(snapshot.meta.signature());
+        let state = LockState::restore(&snapshot.data)
+            .map_err(|e| StorageIOError::read_snapshot(signature, &std::io::Error::other(e)))?;
+        self.state.restore(state);
+        self.last_applied = snapshot.meta.last_log_id;
+        self.last_membership = snapshot.meta.last_membership.clone();
+        self.publish_applied();
+        Ok(())
+    }
+
+    fn publish_applied(&self) {
+        if let Some(log_id) = self.last_applied {
+            self.applied_index.store(log_id.index, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Builds a snapshot from state captured when the builder was created.
+pub struct SnapshotBuilder {
+    snapshot: StoredSnapshot,
+    snapshots: Arc<SnapshotStore>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        self.snapshots.save(&self.snapshot)?;
+        Ok(Snapshot {
+            meta: self.snapshot.meta.clone(),
+            snapshot: Box::new(Cursor::new(self.snapshot.data.clone())),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.last_applied, self.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<CommandResult>>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut responses = Vec::new();
+        for entry in entries {
+            assert!(
+                Some(entry.log_id) > self.last_applied,
+                "entries are applied once, in log order"
+            );
+            self.last_applied = Some(entry.log_id);
+            let response = match entry.payload {
+                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Normal(commands) => {
+                    commands.iter().map(|command| self.state.apply(command)).collect()
+                }
+                EntryPayload::Membership(membership) => {
+                    self.last_membership = StoredMembership::new(Some(entry.log_id), membership);
+                    Vec::new()
+                }
+            };
+            responses.push(response);
+        }
+        self.publish_applied();
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Capture the state now: openraft keeps applying while the builder runs.
+        self.snapshots_built += 1;
+        let snapshot_id = match self.last_applied {
+            Some(log_id) => format!("{}-{}-{}", log_id.leader_id, log_id.index, self.snapshots_built),
+            None => format!("empty-{}", self.snapshots_built),
+        };
+        SnapshotBuilder {
+            snapshot: StoredSnapshot {
+                meta: SnapshotMeta {
+                    last_log_id: self.last_applied,
+                    last_membership: self.last_membership.clone(),
+                    snapshot_id,
+                },
+                data: self.state.snapshot(),
+            },
+            snapshots: self.snapshots.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let snapshot = StoredSnapshot {
+            meta: meta.clone(),
+            data: snapshot.into_inner(),
+        };
+        // Validate before persisting: a snapshot that does not restore must not
+        // replace the one we have.
+        self.restore(&snapshot)?;
+        self.snapshots.save(&snapshot)?;
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes = snapshot.data.len(), "installed snapshot from the leader");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        Ok(self.snapshots.current().map(|stored| Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        }))
+    }
+}

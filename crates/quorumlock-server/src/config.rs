@@ -1,0 +1,130 @@
+//! A node's settings: command-line flags, optionally on top of a TOML file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+use quorumlock_core::consensus::{EngineKind, NodeId};
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's id.
+    pub id: NodeId,
+    /// Address the gRPC server binds.
+    pub listen: SocketAddr,
+    /// Every member's id and address, this node included.
+    pub peers: BTreeMap<NodeId, String>,
+    /// Directory for this node's RocksDB.
+    pub data_dir: PathBuf,
+    /// The consensus engine.
+    pub engine: EngineKind,
+    /// Leader heartbeat period.
+    pub heartbeat: Duration,
+    /// Minimum election timeout (drawn from `[t, 2t)`).
+    pub election_timeout: Duration,
+    /// Longest time spent ordering one command or confirming one read.
+    pub request_timeout: Duration,
+    /// Build a snapshot after this many applied commands.
+    pub snapshot_every_entries: u64,
+}
+
+/// The optional TOML file: the same settings as the flags, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// See [`NodeConfig::id`].
+    pub id: Option<NodeId>,
+    /// See [`NodeConfig::listen`].
+    pub listen: Option<SocketAddr>,
+    /// Peers as `id = "addr"` pairs.
+    pub peers: Option<BTreeMap<String, String>>,
+    /// See [`NodeConfig::data_dir`].
+    pub data_dir: Option<PathBuf>,
+    /// `raft` or `paxos`.
+    pub engine: Option<String>,
+    /// Milliseconds.
+    pub heartbeat_ms: Option<u64>,
+    /// Milliseconds.
+    pub election_timeout_ms: Option<u64>,
+    /// Milliseconds.
+    pub request_timeout_ms: Option<u64>,
+    /// Entries between snapshots.
+    pub snapshot_every_entries: Option<u64>,
+}
+
+impl FileConfig {
+    /// Reads a TOML config file.
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+}
+
+/// Parses `1=host:port,2=host:port,...`.
+pub fn parse_peers(text: &str) -> anyhow::Result<BTreeMap<NodeId, String>> {
+    let mut peers = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+        let (id, addr) = item
+            .split_once('=')
+            .with_context(|| format!("peer {item:?} is not of the form ID=HOST:PORT"))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .with_context(|| format!("peer id {id:?} is not a number"))?;
+        if id == 0 {
+            bail!("peer id 0 is reserved; ids start at 1");
+        }
+        if peers.insert(id, addr.trim().to_string()).is_some() {
+            bail!("peer id {id} is listed twice");
+        }
+    }
+    if peers.is_empty() {
+        bail!("no peers given");
+    }
+    Ok(peers)
+}
+
+impl NodeConfig {
+    /// Checks settings that would otherwise fail later and less clearly.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !self.peers.contains_key(&self.id) {
+            bail!(
+                "--id {} is not among --peers {:?}",
+                self.id,
+                self.peers.keys().collect::<Vec<_>>()
+            );
+        }
+        if self.heartbeat.is_zero() || self.election_timeout <= self.heartbeat * 2 {
+            bail!(
+                "election timeout ({:?}) must exceed twice the heartbeat ({:?})",
+                self.election_timeout,
+                self.heartbeat
+            );
+        }
+        if self.snapshot_every_entries == 0 {
+            bail!("snapshot interval must be at least one entry");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_reject_malformed_lists() {
+        let peers = parse_peers("1=127.0.0.1:7001, 2=127.0.0.1:7002").unwrap();
+        assert_eq!(peers.get(&2).map(String::as_str), Some("127.0.0.1:7002"));
+        assert!(parse_peers("1=a,1=b").is_err());
+        assert!(parse_peers("x=a").is_err());
+        assert!(parse_peers("0=a").is_err());
+        assert!(parse_peers("1").is_err());
+        assert!(parse_peers("").is_err());
+    }
+}

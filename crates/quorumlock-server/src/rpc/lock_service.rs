@@ -1,0 +1,622 @@
+//! `quorumlock.v1.Lock`: validates requests, routes them to the leader, and
+//! turns them into lock commands and linearizable reads.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use super::forward::{forwarded, Forwarder};
+use super::status::{budget, client_timeout, from_engine_error, from_lock_error, is_forwarded, unavailable};
+use crate::lease_driver::LeaseDriver;
+use quorumlock_core::consensus::{ConsensusEngine, GrantWatch, StateNotice};
+use quorumlock_core::lease::RenewError;
+use quorumlock_core::lock::limits::{KEY_BYTES_MAX, LOCK_NAME_BYTES_MAX};
+use quorumlock_core::lock::{validate, Command, Event, Fence, LockState, Outcome, SessionId};
+use quorumlock_proto::limits::WAIT_MS_MAX;
+use quorumlock_proto::v1 as pb;
+use quorumlock_proto::v1::lock_client::LockClient;
+
+/// Bound of each keepalive stream's outgoing queue.
+pub const KEEPALIVE_QUEUE_MAX: usize = 16;
+
+/// Settings of the lock service.
+#[derive(Debug, Clone)]
+pub struct LockServiceConfig {
+    /// Longest time spent ordering one command or confirming one read, even
+    /// when the client set no deadline.
+    pub request_timeout: Duration,
+}
+
+/// Serves `quorumlock.v1.Lock` on one node.
+pub struct LockService {
+    engine: Arc<dyn ConsensusEngine>,
+    leases: Arc<LeaseDriver>,
+    forwarder: Arc<Forwarder>,
+    config: LockServiceConfig,
+}
+
+enum Route {
+    Local,
+    Forward(LockClient<Channel>),
+}
+
+/// Forwards the request to the leader and returns its answer, unless this
+/// node is the leader.
+macro_rules! forward_unless_leader {
+    ($service:ident, $request:ident, $method:ident) => {
+        if let Route::Forward(mut client) = $service.route(&$request)? {
+            let timeout = client_timeout(&$request);
+            return client
+                .$method(forwarded($request.into_inner(), timeout))
+                .await
+                .map_err(forwarding_failed);
+        }
+    };
+}
+
+impl LockService {
+    /// Serves the lock API over `engine`, answering keepalives from `leases`.
+    pub fn new(
+        engine: Arc<dyn ConsensusEngine>,
+        leases: Arc<LeaseDriver>,
+        config: LockServiceConfig,
+    ) -> Self {
+        LockService {
+            engine,
+            leases,
+            forwarder: Arc::new(Forwarder::default()),
+            config,
+        }
+    }
+
+    fn route<T>(&self, request: &Request<T>) -> Result<Route, Status> {
+        let view = self.engine.leadership().borrow().clone();
+        if view.is_self {
+            return Ok(Route::Local);
+        }
+        match view.leader {
+            Some(leader) if !is_forwarded(request) => {
+                Ok(Route::Forward(self.forwarder.client(&leader.addr)?))
+            }
+            leader => Err(unavailable("this node is not the leader", leader.as_ref())),
+        }
+    }
+
+    /// Orders a command within `budget`; refusals become precise statuses.
+    async fn propose(&self, command: Command, budget: Duration) -> Result<Outcome, Status> {
+        propose_within(self.engine.as_ref(), command, budget).await
+    }
+
+    /// Confirms leadership and catch-up, then reads the applied state.
+    async fn read<R>(&self, budget: Duration, read: impl FnOnce(&LockState) -> R) -> Result<R, Status> {
+        match tokio::time::timeout(budget, self.engine.read_barrier()).await {
+            Err(_) => Err(unavailable(
+                &format!("leadership not confirmed by a quorum within {budget:?}"),
+                self.engine.leadership().borrow().leader.as_ref(),
+            )),
+            Ok(Err(error)) => Err(from_engine_error(error)),
+            Ok(Ok(())) => Ok(self.engine.state().read(read)),
+        }
+    }
+
+    fn budget<T>(&self, request: &Request<T>) -> Duration {
+        budget(request, self.config.request_timeout)
+    }
+
+    /// Waits in the queue for a grant until `wait` passes; leaves the queue
+    /// if it does. Dropping the future (a cancelled call) also leaves it.
+    async fn wait_for_grant(
+        &self,
+        session: SessionId,
+        lock: String,
+        wait: Duration,
+        watch: GrantWatch,
+    ) -> Result<pb::AcquireResponse, Status> {
+        let mut leave_on_drop = LeaveQueueOnDrop {
+            engine: Some(self.engine.clone()),
+            session,
+            lock: lock.clone(),
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Armed before the state is read, so a grant applied in between
+            // still wakes this wait.
+            let woken = watch.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            match self
+                .engine
+                .state()
+                .read(|state| waiter_status(state, session, &lock))
+            {
+                WaiterStatus::Holds(token) => {
+                    leave_on_drop.disarm();
+                    return Ok(pb::AcquireResponse {
+                        acquired: true,
+                        token,
+                    });
+                }
+                WaiterStatus::SessionGone => {
+                    leave_on_drop.disarm();
+                    return Err(session_ended_while_waiting(session));
+                }
+                WaiterStatus::Waiting => {}
+            }
+            tokio::select! {
+                () = &mut woken => {}
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        // The wait passed: leave the queue. A grant may have raced with the
+        // deadline, in which case the session holds the lock and says so.
+        leave_on_drop.disarm();
+        let cancel = Command::CancelWait {
+            session,
+            lock: lock.clone(),
+        };
+        if let Err(status) = self.propose(cancel, self.config.request_timeout).await {
+            // The answer is UNAVAILABLE (outcome unknown); the waiter still
+            // leaves the queue once the leader can order it.
+            leave_queue_in_background(self.engine.clone(), session, lock);
+            return Err(status);
+        }
+        match self
+            .engine
+            .state()
+            .read(|state| waiter_status(state, session, &lock))
+        {
+            WaiterStatus::Holds(token) => Ok(pb::AcquireResponse {
+                acquired: true,
+                token,
+            }),
+            _ => Ok(pb::AcquireResponse {
+                acquired: false,
+                token: 0,
+            }),
+        }
+    }
+}
+
+async fn propose_within(
+    engine: &dyn ConsensusEngine,
+    command: Command,
+    budget: Duration,
+) -> Result<Outcome, Status> {
+    match tokio::time::timeout(budget, engine.propose(command)).await {
+        Err(_) => Err(unavailable(
+            // A slow commit has two causes the node cannot tell apart: the
+            // leader is too busy to replicate in time, or no quorum answers.
+            &format!(
+                "command not committed within {budget:?}: the leader is overloaded or cannot reach a quorum"
+            ),
+            engine.leadership().borrow().leader.as_ref(),
+        )),
+        Ok(Err(error)) => Err(from_engine_error(error)),
+        Ok(Ok(Err(refusal))) => Err(from_lock_error(refusal)),
+        Ok(Ok(Ok(outcome))) => Ok(outcome),
+    }
+}
+
+enum WaiterStatus {
+    Holds(u64),
+    Waiting,
+    SessionGone,
+}
+
+fn waiter_status(state: &LockState, session: SessionId, lock: &str) -> WaiterStatus {
+    if state.session(session).is_none() {
+        return WaiterStatus::SessionGone;
+    }
+    match state.describe(lock).holder {
+        Some((holder, token)) if holder == session => WaiterStatus::Holds(token),
+        _ => WaiterStatus::Waiting,
+    }
+}
+
+/// Answers one keepalive stream: every message renews its session; and as
+/// soon as a session renewed on this stream ends (expired or closed), the
+/// stream ends with NOT_FOUND without waiting for the next renewal, so the
+/// holder learns at once that its locks are gone.
+async fn serve_keepalives(
+    leases: Arc<LeaseDriver>,
+    engine: Arc<dyn ConsensusEngine>,
+    mut inbound: Streaming<pb::KeepAliveRequest>,
+    replies: mpsc::Sender<Result<pb::KeepAliveResponse, Status>>,
+) {
+    let mut notices = engine.state().subscribe_session_ends();
+    let mut renewed: BTreeSet<SessionId> = BTreeSet::new();
+    loop {
+        let reply = tokio::select! {
+            message = inbound.next() => {
+                let Some(Ok(message)) = message else { return };
+                let session = message.session_id;
+                match leases.renew(session) {
+                    Ok(ttl) => {
+                        renewed.insert(session);
+                        Ok(pb::KeepAliveResponse {
+                            session_id: session,
+                            ttl_ms: ttl.as_millis() as u64,
+                        })
+                    }
+                    Err(RenewError::NotFound) => Err(session_gone(session)),
+                    Err(RenewError::NotLeader) => Err(unavailable(
+                        "this node does not keep leases now; reconnect",
+                        engine.leadership().borrow().leader.as_ref(),
+                    )),
+                }
+            }
+            notice = notices.recv() => {
+                let ended = match notice {
+                    Ok(StateNotice::Event(Event::SessionEnded { session })) => {
+                        Some(session).filter(|session| renewed.contains(session))
+                    }
+                    Ok(StateNotice::Event(_)) => None,
+                    Ok(StateNotice::Restored) | Err(RecvError::Lagged(_)) => engine
+                        .state()
+                        .read(|state| renewed.iter().copied().find(|session| state.session(*session).is_none())),
+                    Err(RecvError::Closed) => return,
+                };
+                match ended {
+                    Some(session) => Err(session_gone(session)),
+                    None => continue,
+                }
+            }
+        };
+        let last = reply.is_err();
+        if replies.send(reply).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+fn session_gone(session: SessionId) -> Status {
+    Status::not_found(format!(
+        "session {session} not found: expired, closed or never opened"
+    ))
+}
+
+fn session_ended_while_waiting(session: SessionId) -> Status {
+    Status::not_found(format!(
+        "session {session} ended (closed or expired) while waiting"
+    ))
+}
+
+/// Attempts made to take a waiter whose call ended out of its queue.
+pub const LEAVE_QUEUE_ATTEMPTS: u32 = 8;
+/// Pause after the first failed attempt; it doubles after each failure.
+const LEAVE_QUEUE_BACKOFF_FIRST: Duration = Duration::from_millis(100);
+/// Longest pause between attempts.
+const LEAVE_QUEUE_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Time each attempt is given to commit.
+const LEAVE_QUEUE_ATTEMPT_BUDGET: Duration = Duration::from_secs(5);
+
+/// Proposes `CancelWait` in the background if the waiting call goes away.
+struct LeaveQueueOnDrop {
+    engine: Option<Arc<dyn ConsensusEngine>>,
+    session: SessionId,
+    lock: String,
+}
+
+impl LeaveQueueOnDrop {
+    fn disarm(&mut self) {
+        self.engine = None;
+    }
+}
+
+impl Drop for LeaveQueueOnDrop {
+    fn drop(&mut self) {
+        if let Some(engine) = self.engine.take() {
+            leave_queue_in_background(engine, self.session, std::mem::take(&mut self.lock));
+        }
+    }
+}
+
+/// Takes `session` out of the queue of `lock` after its call ended without
+/// an answer (cancelled, or its own cancel could not commit): an overloaded
+/// leader would otherwise keep a waiter nobody waits for, and grant it the
+/// lock. Tries [`LEAVE_QUEUE_ATTEMPTS`] times with doubling pauses, and stops
+/// early once the session no longer waits on the lock or this node no longer
+/// leads (the waiter then leaves when its session ends).
+fn leave_queue_in_background(engine: Arc<dyn ConsensusEngine>, session: SessionId, lock: String) {
+    tokio::spawn(async move {
+        let mut pause = LEAVE_QUEUE_BACKOFF_FIRST;
+        for attempt in 1..=LEAVE_QUEUE_ATTEMPTS {
+            let waits = engine.state().read(|state| {
+                state
+                    .session(session)
+                    .is_some_and(|found| found.waiting.contains(&lock))
+            });
+            if !waits || !engine.leadership().borrow().is_self {
+                return;
+            }
+            let command = Command::CancelWait {
+                session,
+                lock: lock.clone(),
+            };
+            match propose_within(engine.as_ref(), command, LEAVE_QUEUE_ATTEMPT_BUDGET).await {
+                Ok(_) => return,
+                Err(status) => {
+                    tracing::debug!(%status, session, attempt, "a waiter whose call ended could not leave its queue yet");
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(LEAVE_QUEUE_BACKOFF_MAX);
+        }
+        tracing::warn!(
+            session,
+            lock = %lock,
+            "a waiter whose call ended stays queued until its session ends: {LEAVE_QUEUE_ATTEMPTS} attempts to leave failed"
+        );
+    });
+}
+
+/// A forwarded call that failed in transport (the leader died mid-call, the
+/// connection reset) is reported as UNAVAILABLE: the client did not cancel
+/// anything, and retrying elsewhere is the right response.
+fn forwarding_failed(status: Status) -> Status {
+    match status.code() {
+        Code::Cancelled | Code::Unknown => {
+            Status::unavailable(format!("forwarding to the leader failed: {}", status.message()))
+        }
+        _ => status,
+    }
+}
+
+fn unexpected(outcome: Outcome) -> Status {
+    Status::internal(format!("unexpected state machine outcome {outcome:?}"))
+}
+
+fn lock_name(bytes: &[u8]) -> Result<String, Status> {
+    validate::utf8_name("lock name", bytes, LOCK_NAME_BYTES_MAX)
+        .map(str::to_string)
+        .map_err(from_lock_error)
+}
+
+fn key(bytes: &[u8]) -> Result<String, Status> {
+    validate::utf8_name("key", bytes, KEY_BYTES_MAX)
+        .map(str::to_string)
+        .map_err(from_lock_error)
+}
+
+fn fence(fence: Option<&pb::Fence>) -> Result<Fence, Status> {
+    let fence = fence.ok_or_else(|| {
+        Status::invalid_argument("fence is required: the lock and token that guard the write")
+    })?;
+    Ok(Fence {
+        lock: lock_name(&fence.lock)?,
+        token: fence.token,
+    })
+}
+
+type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<pb::KeepAliveResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::lock_server::Lock for LockService {
+    async fn open_session(
+        &self,
+        request: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        let ttl_ms = request.get_ref().ttl_ms;
+        validate::ttl_ms(ttl_ms).map_err(from_lock_error)?;
+        forward_unless_leader!(self, request, open_session);
+        match self
+            .propose(Command::OpenSession { ttl_ms }, self.budget(&request))
+            .await?
+        {
+            Outcome::SessionOpened { session, ttl_ms } => {
+                self.leases.opened(session, Duration::from_millis(ttl_ms));
+                Ok(Response::new(pb::OpenSessionResponse {
+                    session_id: session,
+                    ttl_ms,
+                }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    type KeepAliveStream = KeepAliveStream;
+
+    async fn keep_alive(
+        &self,
+        request: Request<Streaming<pb::KeepAliveRequest>>,
+    ) -> Result<Response<Self::KeepAliveStream>, Status> {
+        if let Route::Forward(mut client) = self.route(&request)? {
+            // Relay the whole stream: the leader answers every renewal.
+            let inbound = request
+                .into_inner()
+                .take_while(|message| futures::future::ready(message.is_ok()))
+                .filter_map(|message| futures::future::ready(message.ok()));
+            let replies = client
+                .keep_alive(forwarded(inbound, None))
+                .await
+                .map_err(forwarding_failed)?
+                .into_inner()
+                .map(|reply| reply.map_err(forwarding_failed));
+            return Ok(Response::new(Box::pin(replies)));
+        }
+        let (replies, outbound) = mpsc::channel(KEEPALIVE_QUEUE_MAX);
+        tokio::spawn(serve_keepalives(
+            self.leases.clone(),
+            self.engine.clone(),
+            request.into_inner(),
+            replies,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(outbound))))
+    }
+
+    async fn close_session(
+        &self,
+        request: Request<pb::CloseSessionRequest>,
+    ) -> Result<Response<pb::CloseSessionResponse>, Status> {
+        forward_unless_leader!(self, request, close_session);
+        let session = request.get_ref().session_id;
+        match self
+            .propose(Command::CloseSession { session }, self.budget(&request))
+            .await?
+        {
+            Outcome::SessionEnded { released } => {
+                self.leases.closed(session);
+                Ok(Response::new(pb::CloseSessionResponse { released }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn acquire(
+        &self,
+        request: Request<pb::AcquireRequest>,
+    ) -> Result<Response<pb::AcquireResponse>, Status> {
+        let lock = lock_name(&request.get_ref().name)?;
+        let wait_ms = request.get_ref().wait_ms;
+        if wait_ms > WAIT_MS_MAX {
+            return Err(Status::invalid_argument(format!(
+                "wait_ms {wait_ms} is more than the {WAIT_MS_MAX} ms limit"
+            )));
+        }
+        forward_unless_leader!(self, request, acquire);
+        let session = request.get_ref().session_id;
+        let wait = Duration::from_millis(wait_ms);
+        let wait = match client_timeout(&request) {
+            Some(_) => wait.min(budget(&request, Duration::MAX)),
+            None => wait,
+        };
+        // Registered before proposing, so the grant's wake-up has a target;
+        // a try-lock never waits, so it registers nothing.
+        let watch = (wait_ms > 0).then(|| self.engine.state().watch_grant(session, &lock));
+        let command = Command::Acquire {
+            session,
+            lock: lock.clone(),
+            wait: wait_ms > 0,
+        };
+        let response = match self.propose(command, self.budget(&request)).await? {
+            Outcome::Acquired { token } => pb::AcquireResponse {
+                acquired: true,
+                token,
+            },
+            Outcome::Busy { .. } => pb::AcquireResponse {
+                acquired: false,
+                token: 0,
+            },
+            Outcome::Queued { .. } => match watch {
+                Some(watch) => self.wait_for_grant(session, lock, wait, watch).await?,
+                // A try-lock by a session that already waits keeps its place.
+                None => pb::AcquireResponse {
+                    acquired: false,
+                    token: 0,
+                },
+            },
+            other => return Err(unexpected(other)),
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let lock = lock_name(&request.get_ref().name)?;
+        forward_unless_leader!(self, request, release);
+        let command = Command::Release {
+            session: request.get_ref().session_id,
+            lock,
+            token: request.get_ref().token,
+        };
+        match self.propose(command, self.budget(&request)).await? {
+            Outcome::Released { next } => Ok(Response::new(pb::ReleaseResponse {
+                next_session_id: next.as_ref().map_or(0, |grant| grant.session),
+                next_token: next.as_ref().map_or(0, |grant| grant.token),
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn describe(
+        &self,
+        request: Request<pb::DescribeRequest>,
+    ) -> Result<Response<pb::DescribeResponse>, Status> {
+        let lock = lock_name(&request.get_ref().name)?;
+        forward_unless_leader!(self, request, describe);
+        let view = self
+            .read(self.budget(&request), |state| state.describe(&lock))
+            .await?;
+        let (holder, token) = view.holder.unwrap_or((0, 0));
+        Ok(Response::new(pb::DescribeResponse {
+            held: view.holder.is_some(),
+            holder_session_id: holder,
+            token,
+            queue_length: view.queue_len as u64,
+        }))
+    }
+
+    async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let key = key(&request.get_ref().key)?;
+        validate::value(&request.get_ref().value).map_err(from_lock_error)?;
+        let fence = fence(request.get_ref().fence.as_ref())?;
+        forward_unless_leader!(self, request, put);
+        let budget = self.budget(&request);
+        let value = request.into_inner().value;
+        match self.propose(Command::Put { key, value, fence }, budget).await? {
+            Outcome::Written { .. } => Ok(Response::new(pb::PutResponse {})),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let key = key(&request.get_ref().key)?;
+        forward_unless_leader!(self, request, get);
+        let entry = self
+            .read(self.budget(&request), |state| state.get(&key).cloned())
+            .await?;
+        Ok(Response::new(match entry {
+            Some(entry) => pb::GetResponse {
+                found: true,
+                value: entry.value,
+                written_by: Some(pb::Fence {
+                    lock: entry.written_by.lock.into_bytes(),
+                    token: entry.written_by.token,
+                }),
+            },
+            None => pb::GetResponse::default(),
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let key = key(&request.get_ref().key)?;
+        let fence = fence(request.get_ref().fence.as_ref())?;
+        forward_unless_leader!(self, request, delete);
+        match self
+            .propose(Command::Delete { key, fence }, self.budget(&request))
+            .await?
+        {
+            Outcome::Written { existed } => Ok(Response::new(pb::DeleteResponse { existed })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn check_token(
+        &self,
+        request: Request<pb::CheckTokenRequest>,
+    ) -> Result<Response<pb::CheckTokenResponse>, Status> {
+        let lock = lock_name(&request.get_ref().lock)?;
+        forward_unless_leader!(self, request, check_token);
+        let token = request.get_ref().token;
+        let current = self
+            .read(self.budget(&request), |state| state.current_token(&lock))
+            .await?;
+        Ok(Response::new(pb::CheckTokenResponse {
+            current: current == Some(token),
+            current_token: current.unwrap_or(0),
+        }))
+    }
+}

@@ -1,0 +1,9 @@
+//! The gRPC services of a node and their conversions.
+
+pub mod cluster_service;
+pub mod forward;
+pub mod lock_service;
+pub mod status;
+
+pub use cluster_service::ClusterService;
+pub use lock_service::{LockService, LockServiceConfig};

@@ -1,0 +1,949 @@
+//! The checks run on a recorded history after the run.
+//!
+//! Each check takes the operations (and, for liveness, the times faults were
+//! healed) and returns the violations it found, by kind. "Before" always
+//! means real time: operation A precedes B when A completed before B was
+//! invoked; operations that overlap may have taken effect in either order.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+use super::history::{Call, Op, Return, FINAL_READER};
+
+/// States the linearizability search may visit for one lock before it gives
+/// up and reports that lock as inconclusive.
+pub const LINEARIZABILITY_STATES_MAX: usize = 2_000_000;
+
+/// What a violation breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ViolationKind {
+    /// The fenced store accepted (or showed) a token lower than one it had
+    /// accepted before for that key.
+    MutualExclusion,
+    /// A grant's token was not larger than an earlier grant's.
+    TokenOrder,
+    /// No order of the operations explains what the clients saw.
+    Linearizability,
+    /// An acknowledged write was missing after all nodes restarted.
+    LostWrite,
+    /// Operations did not resume within the bound after a fault healed.
+    Liveness,
+    /// A node process exited by itself during the run.
+    NodeExit,
+}
+
+impl ViolationKind {
+    /// Every kind, in the order the summary prints them.
+    pub const ALL: [ViolationKind; 6] = [
+        ViolationKind::MutualExclusion,
+        ViolationKind::TokenOrder,
+        ViolationKind::Linearizability,
+        ViolationKind::LostWrite,
+        ViolationKind::Liveness,
+        ViolationKind::NodeExit,
+    ];
+
+    /// The name printed in the summary.
+    pub fn name(self) -> &'static str {
+        match self {
+            ViolationKind::MutualExclusion => "mutual_exclusion",
+            ViolationKind::TokenOrder => "token_order",
+            ViolationKind::Linearizability => "linearizability",
+            ViolationKind::LostWrite => "lost_write",
+            ViolationKind::Liveness => "liveness",
+            ViolationKind::NodeExit => "node_exit",
+        }
+    }
+}
+
+/// One violation and what shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// What it breaks.
+    pub kind: ViolationKind,
+    /// The operations involved, in words.
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.name(), self.detail)
+    }
+}
+
+fn describe(op: &Op) -> String {
+    let complete = op
+        .complete_us
+        .map_or_else(|| "never".to_string(), |at| at.to_string());
+    format!(
+        "[process {} session {} {:?} -> {:?} at {}..{} us]",
+        op.process, op.session, op.call, op.ret, op.invoke_us, complete
+    )
+}
+
+/// A token some operation observed on a lock or key, for the real-time order
+/// checks.
+struct Observation<'a> {
+    op: &'a Op,
+    token: u64,
+}
+
+/// Pairs (A, B) where A precedes B in real time and B's token is lower than
+/// A's (or not higher, when `strict`); `same` says which pairs are allowed
+/// to carry equal tokens.
+fn real_time_regressions<'a>(
+    observations: &[Observation<'a>],
+    strict: bool,
+    same: impl Fn(&Op, &Op) -> bool,
+) -> Vec<(&'a Op, &'a Op)> {
+    let mut by_complete: Vec<&Observation> = observations
+        .iter()
+        .filter(|observation| observation.op.complete_us.is_some())
+        .collect();
+    by_complete.sort_by_key(|observation| observation.op.complete_or_max());
+    let mut by_invoke: Vec<&Observation> = observations.iter().collect();
+    by_invoke.sort_by_key(|observation| observation.op.invoke_us);
+    let mut found = Vec::new();
+    let mut highest: Option<&Observation> = None;
+    let mut next = 0;
+    for later in by_invoke {
+        while next < by_complete.len() && by_complete[next].op.complete_or_max() < later.op.invoke_us {
+            if highest.is_none_or(|best| by_complete[next].token > best.token) {
+                highest = Some(by_complete[next]);
+            }
+            next += 1;
+        }
+        if let Some(earlier) = highest {
+            let regressed = if strict {
+                later.token < earlier.token || (later.token == earlier.token && !same(earlier.op, later.op))
+            } else {
+                later.token < earlier.token
+            };
+            if regressed {
+                found.push((earlier.op, later.op));
+            }
+        }
+    }
+    found
+}
+
+/// Mutual exclusion as the storage sees it: per key, the tokens of
+/// acknowledged writes and of the writes reads showed never go down in real
+/// time. A lower token after a higher one means the store accepted a write
+/// from a holder whose lock had already passed on.
+pub fn check_storage_order(ops: &[Op]) -> Vec<Violation> {
+    let mut by_key: BTreeMap<&str, Vec<Observation>> = BTreeMap::new();
+    for op in ops {
+        let observed = match (&op.call, &op.ret) {
+            (Call::Put { key, token, .. }, Return::Written) => Some((key, *token)),
+            (
+                Call::Get { key, .. },
+                Return::Read {
+                    token: Some(token), ..
+                },
+            ) => Some((key, *token)),
+            _ => None,
+        };
+        if let Some((key, token)) = observed {
+            by_key.entry(key).or_default().push(Observation { op, token });
+        }
+    }
+    let mut violations = Vec::new();
+    for (key, observations) in by_key {
+        for (earlier, later) in real_time_regressions(&observations, false, |_, _| true) {
+            violations.push(Violation {
+                kind: ViolationKind::MutualExclusion,
+                detail: format!(
+                    "key {key:?}: {} came after {}, with a lower token",
+                    describe(later),
+                    describe(earlier)
+                ),
+            });
+        }
+    }
+    violations
+}
+
+/// Token monotonicity: per lock, a grant that follows another in real time
+/// carries a strictly larger token, and no two grants anywhere carry the
+/// same token. The one exception is a session granted the same lock again
+/// while it still holds it, which the cluster answers with the same grant.
+pub fn check_token_order(ops: &[Op]) -> Vec<Violation> {
+    let same_grant = |a: &Op, b: &Op| a.session == b.session && a.call.lock() == b.call.lock();
+    let mut by_lock: BTreeMap<&str, Vec<Observation>> = BTreeMap::new();
+    let mut by_token: HashMap<u64, &Op> = HashMap::new();
+    let mut violations = Vec::new();
+    for op in ops {
+        if let (Call::Acquire { lock }, Return::Granted { token }) = (&op.call, &op.ret) {
+            by_lock
+                .entry(lock)
+                .or_default()
+                .push(Observation { op, token: *token });
+            match by_token.get(token) {
+                Some(other) if !same_grant(other, op) => violations.push(Violation {
+                    kind: ViolationKind::TokenOrder,
+                    detail: format!(
+                        "token {token} granted twice: {} and {}",
+                        describe(other),
+                        describe(op)
+                    ),
+                }),
+                Some(_) => {}
+                None => {
+                    by_token.insert(*token, op);
+                }
+            }
+        }
+    }
+    for (lock, observations) in by_lock {
+        for (earlier, later) in real_time_regressions(&observations, true, same_grant) {
+            violations.push(Violation {
+                kind: ViolationKind::TokenOrder,
+                detail: format!(
+                    "lock {lock:?}: {} was granted after {} without a larger token",
+                    describe(later),
+                    describe(earlier)
+                ),
+            });
+        }
+    }
+    violations
+}
+
+/// No acknowledged write lost: the final read of every key (made by
+/// [`FINAL_READER`] after every node was killed and restarted) shows a
+/// write whose token is at least that of every acknowledged write of the
+/// key. A later write may have replaced an acknowledged one, but only with a
+/// larger token.
+pub fn check_lost_writes(ops: &[Op]) -> Vec<Violation> {
+    let mut acknowledged: BTreeMap<&str, &Op> = BTreeMap::new();
+    for op in ops {
+        if let (Call::Put { key, token, .. }, Return::Written) = (&op.call, &op.ret) {
+            let best = acknowledged.entry(key).or_insert(op);
+            if let Call::Put {
+                token: best_token, ..
+            } = &best.call
+            {
+                if token > best_token {
+                    *best = op;
+                }
+            }
+        }
+    }
+    let mut finals: HashMap<&str, &Op> = HashMap::new();
+    for op in ops.iter().filter(|op| op.process == FINAL_READER) {
+        if let Call::Get { key, .. } = &op.call {
+            finals.insert(key, op);
+        }
+    }
+    let mut violations = Vec::new();
+    for (key, written) in acknowledged {
+        let Call::Put {
+            token: written_token, ..
+        } = &written.call
+        else {
+            continue;
+        };
+        let problem = match finals.get(key).map(|op| &op.ret) {
+            None => Some("the key was never read at the end".to_string()),
+            Some(Return::Read { token, .. }) if token.unwrap_or(0) >= *written_token => None,
+            Some(Return::Read { token: None, .. }) => Some("the final read found the key unset".to_string()),
+            Some(Return::Read {
+                token: Some(token), ..
+            }) => Some(format!("the final read found token {token}")),
+            Some(other) => Some(format!("the final read did not answer: {other:?}")),
+        };
+        if let Some(problem) = problem {
+            violations.push(Violation {
+                kind: ViolationKind::LostWrite,
+                detail: format!("key {key:?}: {problem}, after {}", describe(written)),
+            });
+        }
+    }
+    violations
+}
+
+/// The longest stretch of `[start_us, end_us]` in which no operation
+/// completed successfully: its length and start, in microseconds.
+pub fn longest_unavailability(ops: &[Op], start_us: u64, end_us: u64) -> (u64, u64) {
+    let mut completions: Vec<u64> = ops
+        .iter()
+        .filter(|op| op.process != FINAL_READER && op.ret.is_ok())
+        .filter_map(|op| op.complete_us)
+        .filter(|at| (start_us..=end_us).contains(at))
+        .collect();
+    completions.sort_unstable();
+    let mut longest = (0, start_us);
+    let mut previous = start_us;
+    for at in completions.into_iter().chain(std::iter::once(end_us)) {
+        if at.saturating_sub(previous) > longest.0 {
+            longest = (at - previous, previous);
+        }
+        previous = at;
+    }
+    longest
+}
+
+/// Liveness: after every heal (all nodes up, connected, unpaused and with
+/// true clocks again) some operation completes successfully within
+/// `bound_us`. Heals closer than `bound_us` to the end of the workload are
+/// not judged.
+pub fn check_liveness(ops: &[Op], heals_us: &[u64], workload_end_us: u64, bound_us: u64) -> Vec<Violation> {
+    let mut completions: Vec<u64> = ops
+        .iter()
+        .filter(|op| op.process != FINAL_READER && op.ret.is_ok())
+        .filter_map(|op| op.complete_us)
+        .collect();
+    completions.sort_unstable();
+    let mut violations = Vec::new();
+    for &heal in heals_us {
+        if heal.saturating_add(bound_us) > workload_end_us {
+            continue;
+        }
+        let first = completions.partition_point(|&at| at < heal);
+        let resumed = completions.get(first).copied();
+        if resumed.is_none_or(|at| at - heal > bound_us) {
+            violations.push(Violation {
+                kind: ViolationKind::Liveness,
+                detail: format!(
+                    "no operation succeeded within {} ms of the heal at {heal} us (first at {})",
+                    bound_us / 1_000,
+                    resumed.map_or_else(|| "never".to_string(), |at| format!("{at} us"))
+                ),
+            });
+        }
+    }
+    violations
+}
+
+/// The lock holder as the model knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Holder {
+    /// Nobody holds the lock.
+    Free,
+    /// The grant with this token holds it.
+    Known(u64),
+    /// A grant whose answer was lost (an acquire of unknown outcome) may
+    /// hold it; its token is unknown.
+    Unknown,
+}
+
+/// The sequential model of one lock and the key it guards.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct LockModel {
+    holder: Holder,
+    /// The largest token granted so far that the history shows; tokens
+    /// granted in acquires of unknown outcome are not counted, so this is a
+    /// lower bound.
+    token_floor: u64,
+    /// The value (interned) and token of the last write to the key.
+    stored: Option<(u32, u64)>,
+}
+
+/// One operation, reduced to what the model needs.
+#[derive(Debug, Clone)]
+struct ModelOp {
+    invoke_us: u64,
+    complete_us: u64,
+    call: ModelCall,
+    /// May have had no effect at all.
+    may_skip: bool,
+    index: usize,
+}
+
+#[derive(Debug, Clone)]
+enum ModelCall {
+    AcquireGranted(u64),
+    AcquireUnknown,
+    PutWritten(u64, u32),
+    PutFailed(u64),
+    PutUnknown(u64, u32),
+    Read(Option<(u32, u64)>),
+    ReleaseOk(u64),
+    ReleaseFailed(u64),
+    ReleaseUnknown(u64),
+}
+
+impl LockModel {
+    /// The states the operation may lead to; none if it cannot happen now.
+    ///
+    /// Session expiry makes the model nondeterministic: the cluster ends a
+    /// session one TTL after its last renewal, through the log, and the
+    /// clients do not see when. A history shows an expiry only through its
+    /// effects, so the model applies it lazily, where an effect needs it:
+    /// - a grant with a new, larger token may take the lock from whoever the
+    ///   model thinks holds it (that holder's session expired, or it was an
+    ///   unrecorded background release);
+    /// - a fenced write or release refused for a token the model thinks is
+    ///   current means the lease ran out just before: the lock is then free.
+    ///
+    /// What stays strict is what safety is about: a write or release is
+    /// acknowledged only for the current grant, a token once displaced never
+    /// becomes current again, and a read shows the last write.
+    fn step(&self, call: &ModelCall) -> Vec<LockModel> {
+        let with_holder = |holder| LockModel {
+            holder,
+            ..self.clone()
+        };
+        match *call {
+            ModelCall::AcquireGranted(token) if self.holder == Holder::Known(token) => vec![self.clone()],
+            ModelCall::AcquireGranted(token) if token > self.token_floor => vec![LockModel {
+                holder: Holder::Known(token),
+                token_floor: token,
+                stored: self.stored,
+            }],
+            ModelCall::AcquireGranted(_) => vec![],
+            ModelCall::AcquireUnknown => vec![self.clone(), with_holder(Holder::Unknown)],
+            ModelCall::PutWritten(token, value) if self.holder == Holder::Known(token) => vec![LockModel {
+                stored: Some((value, token)),
+                ..self.clone()
+            }],
+            ModelCall::PutWritten(..) => vec![],
+            ModelCall::PutFailed(token) | ModelCall::ReleaseFailed(token)
+                if self.holder == Holder::Known(token) =>
+            {
+                vec![with_holder(Holder::Free)]
+            }
+            ModelCall::PutFailed(_) | ModelCall::ReleaseFailed(_) => vec![self.clone()],
+            ModelCall::PutUnknown(token, value) if self.holder == Holder::Known(token) => vec![
+                self.clone(),
+                LockModel {
+                    stored: Some((value, token)),
+                    ..self.clone()
+                },
+            ],
+            ModelCall::PutUnknown(..) => vec![self.clone()],
+            ModelCall::Read(seen) if seen == self.stored => vec![self.clone()],
+            ModelCall::Read(_) => vec![],
+            ModelCall::ReleaseOk(token) if self.holder == Holder::Known(token) => {
+                vec![with_holder(Holder::Free)]
+            }
+            ModelCall::ReleaseOk(_) => vec![],
+            ModelCall::ReleaseUnknown(token) if self.holder == Holder::Known(token) => {
+                vec![self.clone(), with_holder(Holder::Free)]
+            }
+            ModelCall::ReleaseUnknown(_) => vec![self.clone()],
+        }
+    }
+}
+
+/// What the linearizability check concluded for one lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Linearizable {
+    /// An order exists.
+    Yes,
+    /// No order exists; the text says how far the search got.
+    No(String),
+    /// The search visited [`LINEARIZABILITY_STATES_MAX`] states without
+    /// deciding.
+    Inconclusive,
+}
+
+/// The outcome of [`check_linearizability`].
+#[derive(Debug, Clone, Default)]
+pub struct LinearizabilityReport {
+    /// Locks checked.
+    pub locks: usize,
+    /// Operations checked.
+    pub ops: usize,
+    /// Locks the search could not decide within its bound.
+    pub inconclusive: Vec<String>,
+    /// Locks without a linearization.
+    pub violations: Vec<Violation>,
+}
+
+/// Linearizability of the lock + key-value history against the sequential
+/// model of [`LockModel::step`], lock by lock.
+///
+/// The history is split per lock (each lock guards its own key): locks
+/// share only the token counter, whose one property that matters here —
+/// tokens grow — holds per lock too, so checking each part alone finds every
+/// violation that involves one lock and keeps the search small. The search
+/// is Wing and Gong's, with Lowe's memoization of (operations done, model
+/// state) as in Porcupine: depth first, it linearizes next any operation
+/// invoked before every pending operation's completion, trying every state
+/// the model allows. Operations whose outcome is unknown may also have had
+/// no effect, and one that never completed may take effect at any time
+/// after its invocation.
+pub fn check_linearizability(ops: &[Op]) -> LinearizabilityReport {
+    let mut values: HashMap<String, u32> = HashMap::new();
+    let mut intern = |value: &str| -> u32 {
+        if let Some(&id) = values.get(value) {
+            return id;
+        }
+        let id = u32::try_from(values.len()).expect("fewer than 2^32 values in one history");
+        values.insert(value.to_string(), id);
+        id
+    };
+    let mut by_lock: BTreeMap<&str, Vec<ModelOp>> = BTreeMap::new();
+    for (index, op) in ops.iter().enumerate() {
+        let (call, may_skip) = match (&op.call, &op.ret) {
+            (Call::Acquire { .. }, Return::Granted { token }) => (ModelCall::AcquireGranted(*token), false),
+            (Call::Acquire { .. }, Return::Unknown { .. }) => (ModelCall::AcquireUnknown, true),
+            (Call::Put { token, .. }, Return::Failed { .. }) => (ModelCall::PutFailed(*token), false),
+            (Call::Put { token, value, .. }, Return::Written) => {
+                (ModelCall::PutWritten(*token, intern(value)), false)
+            }
+            (Call::Put { token, value, .. }, Return::Unknown { .. }) => {
+                (ModelCall::PutUnknown(*token, intern(value)), true)
+            }
+            (Call::Get { .. }, Return::Read { value, token }) => {
+                let seen = match (value, token) {
+                    (Some(value), Some(token)) => Some((intern(value), *token)),
+                    _ => None,
+                };
+                (ModelCall::Read(seen), false)
+            }
+            (Call::Release { token, .. }, Return::Released) => (ModelCall::ReleaseOk(*token), false),
+            (Call::Release { token, .. }, Return::Failed { .. }) => (ModelCall::ReleaseFailed(*token), false),
+            (Call::Release { token, .. }, Return::Unknown { .. }) => {
+                (ModelCall::ReleaseUnknown(*token), true)
+            }
+            // A refused acquire and a failed read change nothing and
+            // constrain nothing: they are left out.
+            _ => continue,
+        };
+        by_lock.entry(op.call.lock()).or_default().push(ModelOp {
+            invoke_us: op.invoke_us,
+            complete_us: op.complete_or_max(),
+            call,
+            may_skip,
+            index,
+        });
+    }
+    let mut report = LinearizabilityReport::default();
+    for (lock, mut lock_ops) in by_lock {
+        lock_ops.sort_by_key(|op| (op.invoke_us, op.complete_us));
+        report.locks += 1;
+        report.ops += lock_ops.len();
+        match search(&lock_ops, ops) {
+            Linearizable::Yes => {}
+            Linearizable::No(why) => report.violations.push(Violation {
+                kind: ViolationKind::Linearizability,
+                detail: format!("lock {lock:?}: {why}"),
+            }),
+            Linearizable::Inconclusive => report.inconclusive.push(lock.to_string()),
+        }
+    }
+    report
+}
+
+struct Frame {
+    done: Vec<u64>,
+    /// (operation, successor state) pairs still to try.
+    choices: Vec<(usize, LockModel)>,
+}
+
+fn is_done(done: &[u64], index: usize) -> bool {
+    done[index / 64] & (1 << (index % 64)) != 0
+}
+
+fn choices(ops: &[ModelOp], done: &[u64], state: &LockModel) -> (Vec<(usize, LockModel)>, Option<usize>) {
+    let pending = (0..ops.len()).filter(|&index| !is_done(done, index));
+    let first_due = pending.min_by_key(|&index| ops[index].complete_us);
+    let Some(first_due) = first_due else {
+        return (Vec::new(), None);
+    };
+    let due_us = ops[first_due].complete_us;
+    let mut found = Vec::new();
+    for (index, op) in ops.iter().enumerate() {
+        if op.invoke_us > due_us {
+            break;
+        }
+        if !is_done(done, index) {
+            found.extend(state.step(&op.call).into_iter().map(|next| (index, next)));
+        }
+    }
+    (found, Some(first_due))
+}
+
+fn search(ops: &[ModelOp], history: &[Op]) -> Linearizable {
+    let words = ops.len().div_ceil(64);
+    let initial = LockModel {
+        holder: Holder::Free,
+        token_floor: 0,
+        stored: None,
+    };
+    let finished = |done: &[u64]| (0..ops.len()).all(|index| is_done(done, index) || ops[index].may_skip);
+    let mut seen: HashSet<(Vec<u64>, LockModel)> = HashSet::new();
+    let done = vec![0u64; words];
+    if finished(&done) {
+        return Linearizable::Yes;
+    }
+    let (first_choices, mut stuck_at) = choices(ops, &done, &initial);
+    let mut deepest = 0usize;
+    let mut stack = vec![Frame {
+        done,
+        choices: first_choices,
+    }];
+    while let Some(frame) = stack.last_mut() {
+        let Some((index, next_state)) = frame.choices.pop() else {
+            stack.pop();
+            continue;
+        };
+        let mut done = frame.done.clone();
+        done[index / 64] |= 1 << (index % 64);
+        if finished(&done) {
+            return Linearizable::Yes;
+        }
+        if !seen.insert((done.clone(), next_state.clone())) {
+            continue;
+        }
+        if seen.len() > LINEARIZABILITY_STATES_MAX {
+            return Linearizable::Inconclusive;
+        }
+        let (next_choices, due) = choices(ops, &done, &next_state);
+        if stack.len() > deepest {
+            deepest = stack.len();
+            stuck_at = due;
+        }
+        stack.push(Frame {
+            done,
+            choices: next_choices,
+        });
+    }
+    let blocking = stuck_at.map_or_else(String::new, |index| {
+        format!(
+            "; the search got {deepest} of {} operations in, and could not place {}",
+            ops.len(),
+            describe(&history[ops[index].index])
+        )
+    });
+    Linearizable::No(format!("no order of its operations fits the model{blocking}"))
+}
+
+/// Every check's violations, and the figures the summary reports.
+#[derive(Debug, Clone, Default)]
+pub struct CheckReport {
+    /// Every violation found, by kind.
+    pub violations: Vec<Violation>,
+    /// The linearizability search's figures.
+    pub linearizability: LinearizabilityReport,
+    /// The longest time without a successful operation, and when it began
+    /// (microseconds).
+    pub longest_unavailable_us: (u64, u64),
+}
+
+impl CheckReport {
+    /// Violations of one kind.
+    pub fn count(&self, kind: ViolationKind) -> usize {
+        self.violations
+            .iter()
+            .filter(|violation| violation.kind == kind)
+            .count()
+    }
+}
+
+/// Runs every check on a history.
+pub fn check_all(
+    ops: &[Op],
+    heals_us: &[u64],
+    workload_us: (u64, u64),
+    liveness_bound_us: u64,
+    node_exits: Vec<Violation>,
+) -> CheckReport {
+    let mut violations = node_exits;
+    violations.extend(check_storage_order(ops));
+    violations.extend(check_token_order(ops));
+    let linearizability = check_linearizability(ops);
+    violations.extend(linearizability.violations.iter().cloned());
+    violations.extend(check_lost_writes(ops));
+    violations.extend(check_liveness(ops, heals_us, workload_us.1, liveness_bound_us));
+    violations.sort_by_key(|violation| violation.kind);
+    CheckReport {
+        violations,
+        linearizability,
+        longest_unavailable_us: longest_unavailability(ops, workload_us.0, workload_us.1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(process: u64, session: u64, span: (u64, Option<u64>), call: Call, ret: Return) -> Op {
+        Op {
+            process,
+            session,
+            invoke_us: span.0,
+            complete_us: span.1,
+            call,
+            ret,
+        }
+    }
+
+    fn acquire(process: u64, span: (u64, u64), token: u64) -> Op {
+        op(
+            process,
+            process,
+            (span.0, Some(span.1)),
+            Call::Acquire { lock: "l".into() },
+            Return::Granted { token },
+        )
+    }
+
+    fn put(process: u64, span: (u64, u64), token: u64, value: &str, ret: Return) -> Op {
+        op(
+            process,
+            process,
+            (span.0, Some(span.1)),
+            Call::Put {
+                lock: "l".into(),
+                key: "k".into(),
+                value: value.into(),
+                token,
+            },
+            ret,
+        )
+    }
+
+    fn get(process: u64, span: (u64, u64), seen: Option<(&str, u64)>) -> Op {
+        op(
+            process,
+            process,
+            (span.0, Some(span.1)),
+            Call::Get {
+                lock: "l".into(),
+                key: "k".into(),
+            },
+            Return::Read {
+                value: seen.map(|(value, _)| value.to_string()),
+                token: seen.map(|(_, token)| token),
+            },
+        )
+    }
+
+    fn release(process: u64, span: (u64, u64), token: u64, ret: Return) -> Op {
+        op(
+            process,
+            process,
+            (span.0, Some(span.1)),
+            Call::Release {
+                lock: "l".into(),
+                token,
+            },
+            ret,
+        )
+    }
+
+    fn failed() -> Return {
+        Return::Failed {
+            reason: "refused".into(),
+        }
+    }
+
+    fn unknown() -> Return {
+        Return::Unknown {
+            reason: "timeout".into(),
+        }
+    }
+
+    /// Two holders in turn, each writing and reading back, the second after
+    /// the first's session expired (no release): a correct history.
+    fn good_history() -> Vec<Op> {
+        vec![
+            acquire(1, (0, 10), 5),
+            put(1, (11, 20), 5, "a", Return::Written),
+            get(1, (21, 30), Some(("a", 5))),
+            acquire(2, (25, 40), 7),
+            put(1, (41, 50), 5, "late", failed()),
+            put(2, (45, 55), 7, "b", Return::Written),
+            release(1, (51, 60), 5, failed()),
+            get(2, (56, 65), Some(("b", 7))),
+            release(2, (66, 70), 7, Return::Released),
+        ]
+    }
+
+    #[test]
+    fn a_correct_history_passes_every_check() {
+        let ops = good_history();
+        assert!(check_storage_order(&ops).is_empty());
+        assert!(check_token_order(&ops).is_empty());
+        let report = check_linearizability(&ops);
+        assert!(report.violations.is_empty(), "{:?}", report.violations);
+        assert!(report.inconclusive.is_empty());
+    }
+
+    #[test]
+    fn storage_order_catches_a_write_accepted_with_a_lower_token_later() {
+        let mut ops = good_history();
+        // The paused first holder's write is acknowledged after the second
+        // holder's: the store accepted a stale token.
+        ops.push(put(1, (80, 90), 5, "stale", Return::Written));
+        let violations = check_storage_order(&ops);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(violations[0].kind, ViolationKind::MutualExclusion);
+    }
+
+    #[test]
+    fn storage_order_catches_a_read_that_shows_an_older_write() {
+        let mut ops = good_history();
+        ops.push(get(3, (80, 90), Some(("a", 5))));
+        assert_eq!(check_storage_order(&ops).len(), 1);
+    }
+
+    #[test]
+    fn overlapping_writes_may_take_effect_in_either_order() {
+        let ops = vec![
+            put(1, (0, 100), 9, "x", Return::Written),
+            put(2, (10, 20), 4, "y", Return::Written),
+        ];
+        assert!(check_storage_order(&ops).is_empty());
+    }
+
+    #[test]
+    fn token_order_catches_a_later_grant_with_a_smaller_or_equal_token() {
+        let mut ops = good_history();
+        ops.push(acquire(3, (80, 90), 6));
+        let violations = check_token_order(&ops);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(violations[0].kind, ViolationKind::TokenOrder);
+
+        let mut ops = good_history();
+        ops.push(acquire(3, (80, 90), 7));
+        let violations = check_token_order(&ops);
+        assert_eq!(
+            violations.len(),
+            2,
+            "a duplicate token and a non-increase: {violations:?}"
+        );
+    }
+
+    #[test]
+    fn token_order_allows_the_same_session_being_handed_its_grant_again() {
+        let ops = vec![acquire(1, (0, 10), 5), acquire(1, (20, 30), 5)];
+        assert!(check_token_order(&ops).is_empty());
+    }
+
+    #[test]
+    fn linearizability_catches_a_write_acknowledged_after_the_lock_moved_on() {
+        let mut ops = good_history();
+        ops.truncate(4);
+        // The first holder's write is acknowledged after the second grant
+        // completed: its token cannot have been current then.
+        ops.push(put(1, (41, 50), 5, "late", Return::Written));
+        let report = check_linearizability(&ops);
+        assert_eq!(report.violations.len(), 1, "{report:?}");
+        assert!(
+            report.violations[0].detail.contains("late"),
+            "{}",
+            report.violations[0]
+        );
+    }
+
+    #[test]
+    fn linearizability_catches_a_stale_read() {
+        let mut ops = good_history();
+        ops.push(get(3, (80, 90), Some(("a", 5))));
+        assert_eq!(check_linearizability(&ops).violations.len(), 1);
+    }
+
+    #[test]
+    fn linearizability_catches_a_read_of_a_write_that_was_refused() {
+        let ops = vec![
+            acquire(1, (0, 10), 5),
+            acquire(2, (20, 30), 7),
+            put(1, (31, 40), 5, "refused", failed()),
+            get(3, (50, 60), Some(("refused", 5))),
+        ];
+        assert_eq!(check_linearizability(&ops).violations.len(), 1);
+    }
+
+    #[test]
+    fn linearizability_catches_a_release_acknowledged_for_a_displaced_grant() {
+        let ops = vec![
+            acquire(1, (0, 10), 5),
+            acquire(2, (20, 30), 7),
+            release(1, (40, 50), 5, Return::Released),
+        ];
+        assert_eq!(check_linearizability(&ops).violations.len(), 1);
+    }
+
+    #[test]
+    fn an_unknown_write_may_or_may_not_have_happened() {
+        let base = vec![
+            acquire(1, (0, 10), 5),
+            put(1, (11, 20), 5, "a", Return::Written),
+            put(1, (21, 30), 5, "maybe", unknown()),
+        ];
+        for seen in [("a", 5), ("maybe", 5)] {
+            let mut ops = base.clone();
+            ops.push(get(2, (40, 50), Some(seen)));
+            let report = check_linearizability(&ops);
+            assert!(report.violations.is_empty(), "reading {seen:?}: {report:?}");
+        }
+        let mut ops = base;
+        ops.push(get(2, (40, 50), Some(("never written", 5))));
+        assert_eq!(check_linearizability(&ops).violations.len(), 1);
+    }
+
+    #[test]
+    fn an_operation_that_never_completed_may_take_effect_late() {
+        let ops = vec![
+            acquire(1, (0, 10), 5),
+            op(
+                1,
+                1,
+                (11, None),
+                Call::Put {
+                    lock: "l".into(),
+                    key: "k".into(),
+                    value: "slow".into(),
+                    token: 5,
+                },
+                unknown(),
+            ),
+            get(2, (100, 110), None),
+            get(2, (120, 130), Some(("slow", 5))),
+        ];
+        let report = check_linearizability(&ops);
+        assert!(report.violations.is_empty(), "{report:?}");
+    }
+
+    #[test]
+    fn a_lost_acknowledged_write_is_caught_by_the_final_read() {
+        let mut ops = good_history();
+        let mut last_read = get(FINAL_READER, (100, 110), Some(("b", 7)));
+        last_read.session = 0;
+        ops.push(last_read.clone());
+        assert!(check_lost_writes(&ops).is_empty());
+
+        ops.pop();
+        ops.push(get(FINAL_READER, (100, 110), Some(("a", 5))));
+        let violations = check_lost_writes(&ops);
+        assert_eq!(violations.len(), 1);
+        assert_eq!(violations[0].kind, ViolationKind::LostWrite);
+
+        ops.pop();
+        ops.push(get(FINAL_READER, (100, 110), None));
+        assert_eq!(
+            check_lost_writes(&ops).len(),
+            1,
+            "an unset key lost the write too"
+        );
+        ops.pop();
+        assert_eq!(
+            check_lost_writes(&ops).len(),
+            1,
+            "a key never read at the end is reported"
+        );
+    }
+
+    #[test]
+    fn liveness_catches_a_heal_not_followed_by_progress_within_the_bound() {
+        let ops = vec![
+            acquire(1, (0, 10), 5),
+            put(1, (11, 20), 5, "a", Return::Written),
+            get(1, (1_000, 1_500), Some(("a", 5))),
+        ];
+        assert!(check_liveness(&ops, &[15], 10_000, 100).is_empty());
+        let violations = check_liveness(&ops, &[100], 10_000, 100);
+        assert_eq!(violations.len(), 1);
+        assert_eq!(violations[0].kind, ViolationKind::Liveness);
+        assert!(
+            check_liveness(&ops, &[9_950], 10_000, 100).is_empty(),
+            "a heal too close to the end is not judged"
+        );
+        assert_eq!(longest_unavailability(&ops, 0, 2_000), (1_480, 20));
+    }
+}

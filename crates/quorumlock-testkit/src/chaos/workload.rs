@@ -1,0 +1,249 @@
+//! The client workers: each loops acquire → fenced put → read back →
+//! release over a small set of locks, and reports every operation as it is
+//! invoked and as it completes.
+//!
+//! A worker runs as its own process (the hidden `chaos-worker` subcommand)
+//! so that the nemesis can freeze it with SIGSTOP like a long GC pause; it
+//! writes [`WorkerEvent`]s as JSON lines on its standard output.
+
+use std::io::Write;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::history::{now_us, Call, Return, WorkerEvent};
+use quorumlock_client::{Client, ClientConfig, ClientError, Session};
+
+/// How long one acquire waits in the lock's queue.
+pub const ACQUIRE_WAIT: Duration = Duration::from_secs(1);
+/// Pause after a failure to reach the cluster, before trying again.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// The name of lock number `index`.
+pub fn lock_name(index: usize) -> String {
+    format!("chaos-{index}")
+}
+
+/// The key lock `lock` guards.
+pub fn key_of(lock: &str) -> String {
+    format!("{lock}/record")
+}
+
+/// What one worker does.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The cluster's endpoints.
+    pub endpoints: Vec<String>,
+    /// This worker's number (from 1; 0 is the runner's final reader).
+    pub worker: u64,
+    /// How many locks to choose from.
+    pub locks: usize,
+    /// Seeds the choice of locks.
+    pub seed: u64,
+    /// The session TTL.
+    pub ttl: Duration,
+    /// How long to keep starting operations.
+    pub run_for: Duration,
+}
+
+/// The client settings of workers and the final reader: short timeouts, so
+/// that an operation stuck behind a fault ends (as unknown) and the worker
+/// tries again, and so that the history stays small enough to check.
+pub fn client_config() -> ClientConfig {
+    ClientConfig {
+        connect_timeout: Duration::from_millis(500),
+        connect_wait_max: Duration::from_secs(5),
+        rpc_timeout: Duration::from_secs(2),
+        retry_total_max: Duration::from_secs(3),
+        backoff_initial: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(250),
+        ..ClientConfig::default()
+    }
+}
+
+struct Recorder<W: Write> {
+    out: W,
+    seq: u64,
+}
+
+impl<W: Write> Recorder<W> {
+    fn invoke(&mut self, session: u64, call: Call) -> std::io::Result<u64> {
+        self.seq += 1;
+        let event = WorkerEvent::Invoke {
+            seq: self.seq,
+            session,
+            at_us: now_us(),
+            call,
+        };
+        self.emit(&event)?;
+        Ok(self.seq)
+    }
+
+    fn complete(&mut self, seq: u64, ret: Return) -> std::io::Result<()> {
+        let event = WorkerEvent::Complete {
+            seq,
+            at_us: now_us(),
+            ret,
+        };
+        self.emit(&event)
+    }
+
+    fn emit(&mut self, event: &WorkerEvent) -> std::io::Result<()> {
+        serde_json::to_writer(&mut self.out, event)?;
+        self.out.write_all(b"\n")?;
+        // Flushed at once: a worker may be killed at any moment, and what it
+        // invoked must be known.
+        self.out.flush()
+    }
+}
+
+fn unknown(error: &ClientError) -> Return {
+    Return::Unknown {
+        reason: error.to_string(),
+    }
+}
+
+fn failed(error: &ClientError) -> Return {
+    Return::Failed {
+        reason: error.to_string(),
+    }
+}
+
+/// Runs one worker until `run_for` has passed; every operation goes to `out`.
+pub async fn run_worker(config: WorkerConfig, out: impl Write) -> anyhow::Result<()> {
+    let mut rng = StdRng::seed_from_u64(config.seed ^ config.worker.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut recorder = Recorder { out, seq: 0 };
+    let deadline = tokio::time::Instant::now() + config.run_for;
+    let client = loop {
+        match Client::connect_with(&config.endpoints, client_config()).await {
+            Ok(client) => break client,
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(%error, "connecting again");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    };
+    let mut written = 0u64;
+    while tokio::time::Instant::now() < deadline {
+        let session = match client.session(config.ttl).await {
+            Ok(session) => session,
+            Err(error) => {
+                tracing::debug!(%error, "opening a session");
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
+            }
+        };
+        while tokio::time::Instant::now() < deadline && !session.is_lost() {
+            let lock = lock_name(rng.gen_range(0..config.locks.max(1)));
+            written += 1;
+            let value = format!("w{}-{written}", config.worker);
+            one_cycle(&client, &session, &mut recorder, &lock, value).await?;
+        }
+        // Closing is not recorded: it only ends what expiry would end.
+        let _ = tokio::time::timeout(Duration::from_secs(2), session.close()).await;
+    }
+    Ok(())
+}
+
+/// acquire → put → get → release of one lock, each operation recorded.
+async fn one_cycle<W: Write>(
+    client: &Client,
+    session: &Session,
+    recorder: &mut Recorder<W>,
+    lock: &str,
+    value: String,
+) -> anyhow::Result<()> {
+    let id = session.id();
+    let key = key_of(lock);
+    let seq = recorder.invoke(id, Call::Acquire { lock: lock.into() })?;
+    let guard = match session.lock_timeout(lock, ACQUIRE_WAIT).await {
+        Ok(Some(guard)) => {
+            recorder.complete(seq, Return::Granted { token: guard.token() })?;
+            guard
+        }
+        Ok(None) => {
+            recorder.complete(
+                seq,
+                Return::Failed {
+                    reason: "not granted within the wait".into(),
+                },
+            )?;
+            return Ok(());
+        }
+        Err(error @ ClientError::AlreadyHeld { .. }) => {
+            recorder.complete(seq, failed(&error))?;
+            return Ok(());
+        }
+        // The cluster may have granted it; the session releases such a
+        // grant in the background.
+        Err(error) => {
+            recorder.complete(seq, unknown(&error))?;
+            return Ok(());
+        }
+    };
+    let token = guard.token();
+    let seq = recorder.invoke(
+        id,
+        Call::Put {
+            lock: lock.into(),
+            key: key.clone(),
+            value: value.clone(),
+            token,
+        },
+    )?;
+    let put = client.put(&key, value, &guard).await;
+    recorder.complete(
+        seq,
+        match &put {
+            Ok(()) => Return::Written,
+            Err(error) if error.is_failed_precondition() => failed(error),
+            Err(error) => unknown(error),
+        },
+    )?;
+    let seq = recorder.invoke(
+        id,
+        Call::Get {
+            lock: lock.into(),
+            key: key.clone(),
+        },
+    )?;
+    let read = client.get(&key).await;
+    recorder.complete(
+        seq,
+        match read {
+            Ok(entry) => Return::Read {
+                token: entry.as_ref().map(|entry| entry.written_by.token),
+                value: entry.map(|entry| String::from_utf8_lossy(&entry.value).into_owned()),
+            },
+            // A read changes nothing: a failed one is simply failed.
+            Err(error) => failed(&error),
+        },
+    )?;
+    let seq = recorder.invoke(
+        id,
+        Call::Release {
+            lock: lock.into(),
+            token,
+        },
+    )?;
+    let released = guard.release().await;
+    recorder.complete(
+        seq,
+        match &released {
+            Ok(_) => Return::Released,
+            Err(error) if error.is_outcome_unknown() => unknown(error),
+            Err(error)
+                if matches!(
+                    error.code(),
+                    Some(tonic::Code::FailedPrecondition | tonic::Code::NotFound)
+                ) =>
+            {
+                failed(error)
+            }
+            Err(error) => unknown(error),
+        },
+    )?;
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! The clients of a simulated run, the same for both engines.
+//!
+//! Each client loops the way the workers do: open a session, try to
+//! acquire one of a few locks, write a record under the token into the fenced
+//! store, release. It renews its session every third of its TTL, and
+//! sometimes pauses (the GC pause of the seeds) past its TTL, then resumes
+//! with the token it held: the fenced store must refuse it. An answer the
+//! client never gets leaves the outcome unknown; the client then abandons
+//! its session to the lease keeper, as the real client does with a session
+//! it can no longer trust.
+
+use rand::rngs::StdRng;
+use rand::Rng;
+
+use super::checker::AckedWrite;
+use quorumlock_core::consensus::{CommandResult, NodeId};
+use quorumlock_core::lease::RenewError;
+use quorumlock_core::lock::{Command, Fence, FencingToken, LockError, Outcome, SessionId};
+
+/// Locks the clients contend for.
+pub const LOCKS: usize = 2;
+/// Shortest session TTL the clients ask for (the state machine's minimum).
+pub const TTL_MS_MIN: u64 = 1_000;
+/// Longest session TTL the clients ask for.
+pub const TTL_MS_MAX: u64 = 2_000;
+/// Longest pause between a client's commands.
+pub const THINK_MS_MAX: u64 = 40;
+/// A client gives up on a command unanswered for this long.
+pub const ANSWER_MS_MAX: u64 = 1_500;
+
+/// Name of lock `index`.
+pub fn lock_name(index: usize) -> String {
+    format!("lock-{index}")
+}
+
+/// The key a lock's holder writes.
+pub fn key_of(lock: &str) -> String {
+    format!("record/{lock}")
+}
+
+/// One simulated client.
+#[derive(Debug)]
+pub struct Client {
+    /// Its index, for reports.
+    pub id: usize,
+    /// The node it sends commands and keepalives to.
+    pub target: NodeId,
+    ttl_ms: u64,
+    session: Option<SessionId>,
+    /// The lock it holds, its token, and whether it wrote under it yet.
+    holding: Option<(String, FencingToken, bool)>,
+    in_flight: Option<(Command, u64)>,
+    next_command_ms: u64,
+    next_renew_ms: u64,
+    paused_until_ms: u64,
+    /// A pause of this length starts when the next lock is granted: the
+    /// worst moment, between the grant and the write under it.
+    pause_after_grant_ms: Option<u64>,
+    writes: u64,
+    /// Fenced writes or releases the store refused as stale.
+    pub stale_refusals: u64,
+}
+
+impl Client {
+    /// A client without a session.
+    pub fn new(id: usize, target: NodeId, rng: &mut StdRng) -> Client {
+        Client {
+            id,
+            target,
+            ttl_ms: rng.gen_range(TTL_MS_MIN..=TTL_MS_MAX),
+            session: None,
+            holding: None,
+            in_flight: None,
+            next_command_ms: 0,
+            next_renew_ms: 0,
+            paused_until_ms: 0,
+            pause_after_grant_ms: None,
+            writes: 0,
+            stale_refusals: 0,
+        }
+    }
+
+    /// The command it is waiting on and when it was sent.
+    pub fn in_flight(&self) -> Option<&(Command, u64)> {
+        self.in_flight.as_ref()
+    }
+
+    /// Whether it is in a pause.
+    pub fn paused(&self, now_ms: u64) -> bool {
+        now_ms < self.paused_until_ms
+    }
+
+    /// Stops everything the client does until `until_ms`, keeping what it
+    /// believes it holds.
+    pub fn pause(&mut self, until_ms: u64) {
+        self.paused_until_ms = until_ms;
+    }
+
+    /// Pauses for `length_ms` once the next lock is granted.
+    pub fn pause_after_grant(&mut self, length_ms: u64) {
+        self.pause_after_grant_ms = Some(length_ms);
+    }
+
+    /// Ends any pause now and cancels a pending one.
+    pub fn resume(&mut self, now_ms: u64) {
+        self.paused_until_ms = now_ms;
+        self.pause_after_grant_ms = None;
+    }
+
+    /// The next command to send, if the client is ready to send one.
+    pub fn next_command(&mut self, now_ms: u64, rng: &mut StdRng) -> Option<Command> {
+        if self.in_flight.is_some() || now_ms < self.next_command_ms || self.paused(now_ms) {
+            return None;
+        }
+        let command = match (self.session, &self.holding) {
+            (None, _) => Command::OpenSession { ttl_ms: self.ttl_ms },
+            (Some(session), None) => Command::Acquire {
+                session,
+                lock: lock_name(rng.gen_range(0..LOCKS)),
+                wait: false,
+            },
+            (Some(_), Some((lock, token, false))) => {
+                self.writes += 1;
+                Command::Put {
+                    key: key_of(lock),
+                    value: format!("client-{}-write-{}", self.id, self.writes).into_bytes(),
+                    fence: Fence {
+                        lock: lock.clone(),
+                        token: *token,
+                    },
+                }
+            }
+            (Some(session), Some((lock, token, true))) => Command::Release {
+                session,
+                lock: lock.clone(),
+                token: *token,
+            },
+        };
+        self.in_flight = Some((command.clone(), now_ms));
+        Some(command)
+    }
+
+    /// The answer to the command in flight arrived; returns the write to
+    /// record if it was an acknowledged fenced write.
+    pub fn answered(&mut self, now_ms: u64, result: &CommandResult, rng: &mut StdRng) -> Option<AckedWrite> {
+        let (command, invoked_ms) = self.in_flight.take()?;
+        self.next_command_ms = now_ms + rng.gen_range(0..=THINK_MS_MAX);
+        let mut acked = None;
+        match (&command, result) {
+            (_, Err(LockError::SessionNotFound { .. })) => self.lost_session(),
+            (Command::OpenSession { .. }, Ok(Outcome::SessionOpened { session, .. })) => {
+                self.session = Some(*session);
+                self.holding = None;
+                self.next_renew_ms = now_ms + self.ttl_ms / 3;
+            }
+            (Command::Acquire { lock, .. }, Ok(Outcome::Acquired { token })) => {
+                self.holding = Some((lock.clone(), *token, false));
+                if let Some(length_ms) = self.pause_after_grant_ms.take() {
+                    self.paused_until_ms = now_ms + length_ms;
+                }
+            }
+            (Command::Acquire { .. }, Ok(Outcome::Busy { .. })) => {}
+            (Command::Put { key, value, fence }, Ok(Outcome::Written { .. })) => {
+                if let Some(holding) = &mut self.holding {
+                    holding.2 = true;
+                }
+                acked = Some(AckedWrite {
+                    client: self.id,
+                    key: key.clone(),
+                    value: value.clone(),
+                    fence: fence.clone(),
+                    invoked_ms,
+                    completed_ms: now_ms,
+                });
+            }
+            // The lock was lost (the session expired and another holder
+            // took it, or it was released already): start over.
+            (Command::Put { .. } | Command::Release { .. }, Err(error)) => {
+                if matches!(error, LockError::StaleToken { .. }) {
+                    self.stale_refusals += 1;
+                }
+                self.holding = None;
+            }
+            (Command::Release { .. }, Ok(Outcome::Released { .. })) => self.holding = None,
+            // Anything else is a refusal the workload does not expect, such
+            // as too many sessions: start over with a new session.
+            _ => self.lost_session(),
+        }
+        acked
+    }
+
+    /// The command in flight will never be answered (crash, lost leadership,
+    /// timeout): its outcome is unknown, so the session is abandoned.
+    pub fn unknown(&mut self, now_ms: u64, rng: &mut StdRng) {
+        self.in_flight = None;
+        self.lost_session();
+        self.next_command_ms = now_ms + rng.gen_range(0..=THINK_MS_MAX);
+    }
+
+    /// The command was refused before entering the log; send it again later.
+    pub fn refused(&mut self, now_ms: u64, leader: Option<NodeId>, rng: &mut StdRng) {
+        // Not in the log: the next command is drawn afresh (a refused write
+        // is sent again with a new value).
+        self.in_flight = None;
+        if let Some(leader) = leader {
+            self.target = leader;
+        }
+        self.next_command_ms = now_ms + rng.gen_range(1..=THINK_MS_MAX);
+    }
+
+    /// The session to renew now, if a renewal is due.
+    pub fn renewal_due(&mut self, now_ms: u64) -> Option<SessionId> {
+        let session = self.session?;
+        if self.paused(now_ms) || now_ms < self.next_renew_ms {
+            return None;
+        }
+        self.next_renew_ms = now_ms + self.ttl_ms / 3;
+        Some(session)
+    }
+
+    /// The answer to a renewal.
+    pub fn renewed(&mut self, now_ms: u64, result: Result<(), RenewError>, leader: Option<NodeId>) {
+        match result {
+            Ok(()) => {}
+            Err(RenewError::NotFound) => self.lost_session(),
+            Err(RenewError::NotLeader) => {
+                // Ask the leader (or the next node) again soon.
+                if let Some(leader) = leader {
+                    self.target = leader;
+                }
+                self.next_renew_ms = now_ms + 20;
+            }
+        }
+    }
+
+    fn lost_session(&mut self) {
+        self.session = None;
+        self.holding = None;
+    }
+}
