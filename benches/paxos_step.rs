@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use quorumlock_core::lock::Command;
+use quorumlock_core::consensus::NodeId;
+use quorumlock_core::lock::{Command, SessionId};
 use quorumlock_paxos::{Apply, DurableState, ProposalId, ReplicaConfig};
 
 type Envelope = quorumlock_paxos::Envelope<Command>;
@@ -50,10 +51,10 @@ struct Cluster {
 
 impl Cluster {
     fn elect() -> Cluster {
-        let members: BTreeSet<u64> = [1, 2, 3].into_iter().collect();
+        let members: BTreeSet<NodeId> = [1, 2, 3].into_iter().map(NodeId::new).collect();
         let mut replicas: Vec<Replica> = (1..=3)
             .map(|id| {
-                let mut config = ReplicaConfig::new(id, members.clone(), 1, 10);
+                let mut config = ReplicaConfig::new(NodeId::new(id), members.clone(), 1, 10);
                 config.seed = id * 7;
                 Replica::new(config, DurableState::default())
             })
@@ -65,7 +66,7 @@ impl Cluster {
                 network.extend(drain(replica));
             }
             while let Some(envelope) = network.pop_front() {
-                let replica = &mut replicas[(envelope.to - 1) as usize];
+                let replica = &mut replicas[(envelope.to.get() - 1) as usize];
                 replica.step(envelope.from, envelope.message);
                 network.extend(drain(replica));
             }
@@ -81,7 +82,7 @@ impl Cluster {
         panic!("no leader within {ELECTION_TICKS_MAX} ticks");
     }
 
-    fn leader_id(&self) -> u64 {
+    fn leader_id(&self) -> NodeId {
         self.replicas[0].id()
     }
 
@@ -96,7 +97,7 @@ impl Cluster {
                         seq: self.seq,
                     },
                     command: Command::Acquire {
-                        session: 1 + index as u64,
+                        session: SessionId::new(1 + index as u64),
                         lock: format!("bench/{index}"),
                         wait: false,
                     },

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use quorumlock_core::lock::limits::CHECKPOINT_ENTRIES_MAX;
-use quorumlock_core::lock::{Command, Fence, LockState, Outcome};
+use quorumlock_core::lock::{Command, Fence, FencingToken, LockState, Outcome, SessionId};
 
 /// The state sizes measured, in held locks.
 const LOCK_COUNTS: [usize; 3] = [0, 10_000, 1_000_000];
@@ -33,19 +33,19 @@ struct Setup {
 
 fn open(state: &mut LockState) -> u64 {
     match state.apply(&Command::OpenSession { ttl_ms: TTL_MS }).result {
-        Ok(Outcome::SessionOpened { session, .. }) => session,
+        Ok(Outcome::SessionOpened { session, .. }) => session.get(),
         other => panic!("OpenSession: {other:?}"),
     }
 }
 
 fn acquire(state: &mut LockState, session: u64, lock: &str) -> u64 {
     let command = Command::Acquire {
-        session,
+        session: SessionId::new(session),
         lock: lock.to_string(),
         wait: false,
     };
     match state.apply(&command).result {
-        Ok(Outcome::Acquired { token }) => token,
+        Ok(Outcome::Acquired { token }) => token.get(),
         other => panic!("Acquire({lock}): {other:?}"),
     }
 }
@@ -98,14 +98,14 @@ fn bench_apply(c: &mut Criterion) {
         let free_lock = "bench/free".to_string();
 
         let acquire_free = Command::Acquire {
-            session,
+            session: SessionId::new(session),
             lock: free_lock.clone(),
             wait: false,
         };
         group.bench_function(BenchmarkId::new("acquire", locks), |b| {
             b.iter_custom(|iterations| {
                 timed_with_undo(iterations, &mut state, &acquire_free, |state| Command::Release {
-                    session,
+                    session: SessionId::new(session),
                     lock: free_lock.clone(),
                     token: state.current_token(&free_lock).expect("just acquired"),
                 })
@@ -118,9 +118,9 @@ fn bench_apply(c: &mut Criterion) {
                 for _ in 0..iterations {
                     let token = acquire(&mut state, session, &free_lock);
                     let release = Command::Release {
-                        session,
+                        session: SessionId::new(session),
                         lock: free_lock.clone(),
-                        token,
+                        token: FencingToken::new(token),
                     };
                     let start = Instant::now();
                     black_box(state.apply(black_box(&release)));
@@ -132,7 +132,7 @@ fn bench_apply(c: &mut Criterion) {
 
         // A try-lock of a held lock: refused as busy, state unchanged.
         let acquire_busy = Command::Acquire {
-            session,
+            session: SessionId::new(session),
             lock: if locks > 0 {
                 "lock/0000000".into()
             } else {
@@ -143,7 +143,7 @@ fn bench_apply(c: &mut Criterion) {
         let other = open(&mut state);
         let acquire_busy = match acquire_busy {
             Command::Acquire { lock, wait, .. } => Command::Acquire {
-                session: other,
+                session: SessionId::new(other),
                 lock,
                 wait,
             },
@@ -158,7 +158,7 @@ fn bench_apply(c: &mut Criterion) {
             value: vec![7; 1_024],
             fence: Fence {
                 lock: "bench/held".into(),
-                token: held_token,
+                token: FencingToken::new(held_token),
             },
         };
         group.bench_function(BenchmarkId::new("put_with_token_1KiB", locks), |b| {
@@ -170,7 +170,7 @@ fn bench_apply(c: &mut Criterion) {
             value: vec![7; 1_024],
             fence: Fence {
                 lock: "bench/held".into(),
-                token: held_token - 1,
+                token: FencingToken::new(held_token - 1),
             },
         };
         group.bench_function(BenchmarkId::new("put_stale_token_refused", locks), |b| {
@@ -178,13 +178,13 @@ fn bench_apply(c: &mut Criterion) {
         });
 
         let checkpoint_one = Command::CheckpointSessions {
-            remaining: vec![(session, TTL_MS / 2)],
+            remaining: vec![(SessionId::new(session), TTL_MS / 2)],
         };
         group.bench_function(BenchmarkId::new("keepalive_checkpoint_1", locks), |b| {
             b.iter(|| black_box(state.apply(black_box(&checkpoint_one))))
         });
 
-        let sessions: Vec<u64> = state.sessions().map(|(id, _)| id).collect();
+        let sessions: Vec<SessionId> = state.sessions().map(|(id, _)| id).collect();
         let checkpoint_full = Command::CheckpointSessions {
             remaining: (0..CHECKPOINT_ENTRIES_MAX)
                 .map(|index| (sessions[index % sessions.len()], TTL_MS / 2))

@@ -3,11 +3,16 @@
 
 mod cli;
 
+use std::time::Duration;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() {
+/// How long tasks still running when a command is done get to finish
+/// before the process exits.
+const RUNTIME_STOP_GRACE: Duration = Duration::from_secs(2);
+
+fn main() {
     let parsed = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -16,12 +21,23 @@ async fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let code = match parsed.run().await {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("quorumlock: starting the async runtime: {error}");
+            std::process::exit(cli::EXIT_ERROR);
+        }
+    };
+    let code = match runtime.block_on(parsed.run()) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("quorumlock: {error:#}");
             cli::EXIT_ERROR
         }
     };
+    // The runtime stops before the process exits, so that no task is still
+    // running while exit tears down what it might touch (a node closes its
+    // database in order before this point).
+    runtime.shutdown_timeout(RUNTIME_STOP_GRACE);
     std::process::exit(code);
 }

@@ -18,7 +18,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use quorumlock_core::lock::{Command, Fence, LockState};
+use quorumlock_core::consensus::NodeId;
+use quorumlock_core::lock::{Command, Fence, FencingToken, LockState, SessionId};
 use quorumlock_paxos::transport::decode_batch;
 use quorumlock_paxos::{Ballot, Chosen, DurableState, Proposal, ProposalId, ReplicaConfig};
 
@@ -48,7 +49,7 @@ fn live_state() -> LockState {
     }
     for session in 1..=3 {
         state.apply(&Command::Acquire {
-            session,
+            session: SessionId::new(session),
             lock: "a".into(),
             wait: true,
         });
@@ -86,17 +87,17 @@ fn text() -> impl Strategy<Value = String> {
 fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
         prop_oneof![Just(10_000u64), any::<u64>()].prop_map(|ttl_ms| Command::OpenSession { ttl_ms }),
-        (0u64..6).prop_map(|session| Command::CloseSession { session }),
-        (0u64..6).prop_map(|session| Command::ExpireSession { session }),
-        proptest::collection::vec((0u64..6, any::<u64>()), 0..4)
+        session().prop_map(|session| Command::CloseSession { session }),
+        session().prop_map(|session| Command::ExpireSession { session }),
+        proptest::collection::vec((session(), any::<u64>()), 0..4)
             .prop_map(|remaining| Command::CheckpointSessions { remaining }),
-        (0u64..6, text(), any::<bool>()).prop_map(|(session, lock, wait)| Command::Acquire {
+        (session(), text(), any::<bool>()).prop_map(|(session, lock, wait)| Command::Acquire {
             session,
             lock,
             wait
         }),
-        (0u64..6, text()).prop_map(|(session, lock)| Command::CancelWait { session, lock }),
-        (0u64..6, text(), 0u64..8).prop_map(|(session, lock, token)| Command::Release {
+        (session(), text()).prop_map(|(session, lock)| Command::CancelWait { session, lock }),
+        (session(), text(), token()).prop_map(|(session, lock, token)| Command::Release {
             session,
             lock,
             token
@@ -105,22 +106,35 @@ fn command() -> impl Strategy<Value = Command> {
             text(),
             proptest::collection::vec(any::<u8>(), 0..16),
             text(),
-            0u64..8
+            token()
         )
             .prop_map(|(key, value, lock, token)| Command::Put {
                 key,
                 value,
                 fence: Fence { lock, token },
             }),
-        (text(), text(), 0u64..8).prop_map(|(key, lock, token)| Command::Delete {
+        (text(), text(), token()).prop_map(|(key, lock, token)| Command::Delete {
             key,
             fence: Fence { lock, token },
         }),
     ]
 }
 
+/// A session id among the few the live state has (and some it has not).
+fn session() -> impl Strategy<Value = SessionId> {
+    (0u64..6).prop_map(SessionId::new)
+}
+
+/// A token near the live state's.
+fn token() -> impl Strategy<Value = FencingToken> {
+    (0u64..8).prop_map(FencingToken::new)
+}
+
 fn ballot() -> impl Strategy<Value = Ballot> {
-    (0u64..4, 1u64..4).prop_map(|(round, node)| Ballot { round, node })
+    (0u64..4, 1u64..4).prop_map(|(round, node)| Ballot {
+        round,
+        node: NodeId::new(node),
+    })
 }
 
 fn value() -> impl Strategy<Value = Value> {
@@ -132,7 +146,11 @@ fn value() -> impl Strategy<Value = Value> {
                     .into_iter()
                     .enumerate()
                     .map(|(seq, command)| Proposal {
-                        id: ProposalId { node: 1, boot: 1, seq: seq as u64 },
+                        id: ProposalId {
+                            node: NodeId::new(1),
+                            boot: 1,
+                            seq: seq as u64,
+                        },
                         command,
                     })
                     .collect(),
@@ -262,8 +280,11 @@ fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
 
 /// A follower replica of a three-node cluster, as messages from peer 2 find it.
 fn replica() -> Replica {
-    let members: BTreeSet<u64> = [1, 2, 3].into_iter().collect();
-    Replica::new(ReplicaConfig::new(1, members, 1, 10), DurableState::default())
+    let members: BTreeSet<NodeId> = [1, 2, 3].into_iter().map(NodeId::new).collect();
+    Replica::new(
+        ReplicaConfig::new(NodeId::new(1), members, 1, 10),
+        DurableState::default(),
+    )
 }
 
 /// Steps `messages` from peer 2 into a fresh replica and drains its effects,
@@ -277,7 +298,7 @@ fn step_all(messages: Vec<Message>) {
                 continue;
             }
         }
-        replica.step(2, message);
+        replica.step(NodeId::new(2), message);
         let _ = replica.take_ready();
         replica.tick();
         let _ = replica.take_ready();
@@ -321,7 +342,7 @@ fn snapshots_with_exhausted_or_zero_counters_are_refused() {
     }
     assert_eq!(
         state.current_token("b"),
-        Some((1 << 62) + 1),
+        Some(FencingToken::new((1 << 62) + 1)),
         "tokens keep rising"
     );
 }

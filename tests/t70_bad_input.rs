@@ -12,6 +12,7 @@
 mod common;
 
 use common::*;
+use quorumlock_proto::v1::ErrorReason;
 use tonic::Code;
 
 engine_tests!(
@@ -21,6 +22,7 @@ engine_tests!(
     check_missing_fence_is_invalid_argument,
     check_unknown_sessions_are_not_found,
     check_stale_tokens_and_non_holders_are_failed_precondition,
+    check_oversized_messages_are_refused_naming_their_limit,
 );
 
 const NAME_BYTES_MAX: usize = 512;
@@ -51,7 +53,17 @@ async fn check_bad_lock_names_are_invalid_argument(engine: &str) {
 
     for (label, name) in bad_names() {
         let acquired = acquire(&client, session.id, &name, 0).await;
-        expect_code(&format!("Acquire with {label}"), acquired, Code::InvalidArgument);
+        let detail = expect_refusal(
+            &format!("Acquire with {label}"),
+            acquired,
+            Code::InvalidArgument,
+            ErrorReason::InvalidArgument,
+        );
+        assert_eq!(
+            (detail.field.as_str(), detail.limit),
+            ("name", NAME_BYTES_MAX as u64),
+            "the detail names the field and its limit"
+        );
         let waited = acquire(&client, session.id, &name, 1_000).await;
         expect_code(
             &format!("waiting Acquire with {label}"),
@@ -77,7 +89,13 @@ async fn check_bad_lock_names_are_invalid_argument(engine: &str) {
             token: 1,
         });
         let written = put(&client, "t70/key", "value", fence_with_bad_name.clone()).await;
-        expect_code(&format!("Put fenced by {label}"), written, Code::InvalidArgument);
+        let detail = expect_refusal(
+            &format!("Put fenced by {label}"),
+            written,
+            Code::InvalidArgument,
+            ErrorReason::InvalidArgument,
+        );
+        assert_eq!(detail.field, "fence.lock");
         let deleted = delete(&client, "t70/key", fence_with_bad_name).await;
         expect_code(
             &format!("Delete fenced by {label}"),
@@ -125,7 +143,16 @@ async fn check_bad_keys_and_values_are_invalid_argument(engine: &str) {
 
     let too_big = vec![0u8; VALUE_BYTES_MAX + 1];
     let written = put(&client, "t70/big", &too_big, fence(lock, token)).await;
-    expect_code("Put of a value over 1 MiB", written, Code::InvalidArgument);
+    let detail = expect_refusal(
+        "Put of a value over 1 MiB",
+        written,
+        Code::InvalidArgument,
+        ErrorReason::InvalidArgument,
+    );
+    assert_eq!(
+        (detail.field.as_str(), detail.limit),
+        ("value", VALUE_BYTES_MAX as u64)
+    );
     let read = get(&client, "t70/big").await.expect("Get");
     assert!(!read.found, "a refused Put stores nothing");
 
@@ -209,7 +236,13 @@ async fn check_unknown_sessions_are_not_found(engine: &str) {
 
     for (label, session_id) in [("a never-opened", NEVER_OPENED), ("a closed", closed)] {
         let acquired = acquire(&client, session_id, "t70/unknown", 0).await;
-        expect_code(&format!("Acquire by {label} session"), acquired, Code::NotFound);
+        let detail = expect_refusal(
+            &format!("Acquire by {label} session"),
+            acquired,
+            Code::NotFound,
+            ErrorReason::SessionNotFound,
+        );
+        assert_eq!(detail.session_id, session_id, "the detail names the session");
         let waited = acquire(&client, session_id, "t70/unknown", 1_000).await;
         expect_code(
             &format!("waiting Acquire by {label} session"),
@@ -219,7 +252,12 @@ async fn check_unknown_sessions_are_not_found(engine: &str) {
         let released = release(&client, session_id, "t70/unknown", 1).await;
         expect_code(&format!("Release by {label} session"), released, Code::NotFound);
         let renewed = keep_alive_once(&client, session_id).await;
-        expect_code(&format!("KeepAlive of {label} session"), renewed, Code::NotFound);
+        expect_refusal(
+            &format!("KeepAlive of {label} session"),
+            renewed,
+            Code::NotFound,
+            ErrorReason::SessionNotFound,
+        );
         let closed_again = close_session(&client, session_id).await;
         expect_code(
             &format!("CloseSession of {label} session"),
@@ -246,17 +284,31 @@ async fn check_stale_tokens_and_non_holders_are_failed_precondition(engine: &str
     let wrong = token + 1_000;
 
     let released = release(&client, holder.id, lock, wrong).await;
-    let status = expect_code(
+    let detail = expect_refusal(
         "Release by the holder with a wrong token",
         released,
         Code::FailedPrecondition,
+        ErrorReason::StaleToken,
     );
-    assert_names_tokens("Release with a wrong token", &status, &[wrong, token]);
+    assert_eq!(
+        (
+            detail.lock.as_slice(),
+            detail.presented_token,
+            detail.current_token
+        ),
+        (lock.as_bytes(), wrong, token),
+        "the detail carries the lock, the presented and the current token as numbers"
+    );
     let released = release(&client, other.id, lock, token).await;
-    expect_code(
+    let detail = expect_refusal(
         "Release by a session that does not hold the lock",
         released,
         Code::FailedPrecondition,
+        ErrorReason::NotHolder,
+    );
+    assert_eq!(
+        (detail.lock.as_slice(), detail.session_id),
+        (lock.as_bytes(), other.id)
     );
     let released = release(&client, holder.id, "t70/never-acquired", token).await;
     expect_code(
@@ -268,15 +320,19 @@ async fn check_stale_tokens_and_non_holders_are_failed_precondition(engine: &str
     let written = put(&client, key, "wrong token", fence(lock, wrong)).await;
     let status = expect_code("Put with a wrong token", written, Code::FailedPrecondition);
     assert_names_tokens("Put with a wrong token", &status, &[wrong, token]);
+    let detail = quorumlock_proto::details::detail(&status).expect("a typed detail");
+    assert_eq!((detail.presented_token, detail.current_token), (wrong, token));
     let deleted = delete(&client, key, fence(lock, wrong)).await;
     let status = expect_code("Delete with a wrong token", deleted, Code::FailedPrecondition);
     assert_names_tokens("Delete with a wrong token", &status, &[wrong, token]);
     let written = put(&client, key, "free lock", fence("t70/never-acquired", token)).await;
-    expect_code(
+    let detail = expect_refusal(
         "Put fenced by a lock nobody holds",
         written,
         Code::FailedPrecondition,
+        ErrorReason::StaleToken,
     );
+    assert_eq!(detail.current_token, 0, "a free lock has no current token");
 
     let read = get(&client, key).await.expect("Get");
     assert_eq!(read.value, b"original", "refused writes change nothing");
@@ -285,4 +341,51 @@ async fn check_stale_tokens_and_non_holders_are_failed_precondition(engine: &str
         .await
         .expect("the holder can still release with its token");
     assert_free(&client, lock).await;
+}
+
+/// A message above the API's message bound (1 MiB + 64 KiB) is refused by
+/// the server with a status naming that limit, before it is decoded; the
+/// Rust client refuses such a value itself, naming the value limit, without
+/// sending it.
+async fn check_oversized_messages_are_refused_naming_their_limit(engine: &str) {
+    use quorumlock_proto::limits::API_MESSAGE_BYTES_MAX;
+
+    let cluster = Cluster::start(engine, 3).await;
+    let client = cluster.any_client().await;
+    let session = cluster.session(30_000).await;
+    let lock = "t70/oversized";
+    let token = acquire_granted(&client, session.id, lock, 0).await;
+    let huge = vec![1u8; 1_200_000];
+    let written = put(&client, "t70/huge", &huge, fence(lock, token)).await;
+    let status = written.expect_err("a 1.2 MB message is refused");
+    assert!(
+        matches!(
+            status.code(),
+            Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument
+        ),
+        "a message over the bound is refused as too large, not as a failed node: {status:?}"
+    );
+    assert!(
+        numbers_in(status.message()).contains(&(API_MESSAGE_BYTES_MAX as u64)),
+        "the refusal names the {API_MESSAGE_BYTES_MAX}-byte limit: {:?}",
+        status.message()
+    );
+
+    let rust_client = quorumlock_client::Client::connect(cluster.urls())
+        .await
+        .expect("connect");
+    let fenced = quorumlock_client::Fence {
+        lock: lock.to_string(),
+        token: quorumlock_client::FencingToken::new(token),
+    };
+    let error = rust_client
+        .put_fenced("t70/huge", huge, &fenced)
+        .await
+        .expect_err("the client refuses a value over 1 MiB");
+    assert!(
+        matches!(&error, quorumlock_client::ClientError::InvalidArgument(message) if message.contains("1048576-byte limit")),
+        "the client names the value limit: {error}"
+    );
+    let read = get(&client, "t70/huge").await.expect("Get");
+    assert!(!read.found, "nothing was written");
 }

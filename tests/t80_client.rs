@@ -350,7 +350,7 @@ async fn a_dead_endpoint_in_the_list_is_skipped() {
         .expect("connect skips the dead endpoint");
     assert_eq!(client.current_endpoint(), cluster.addr(1).to_string());
     let status = client.status().await.expect("status");
-    assert_eq!(status.node_id, cluster.node_id(1));
+    assert_eq!(status.node_id.get(), cluster.node_id(1));
     assert_eq!(status.members.len(), 3);
     let (_, ttl) = client.open_bare_session(TTL).await.expect("open");
     assert_eq!(ttl, TTL);

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use quorumlock_client::{Client, ClientConfig, ClientError, Fence};
+use quorumlock_client::{Client, ClientConfig, ClientError, Fence, FencingToken};
 use quorumlock_proto::v1 as pb;
 use quorumlock_proto::v1::cluster_server::{Cluster, ClusterServer};
 use quorumlock_proto::v1::lock_server::{Lock, LockServer};
@@ -140,7 +140,7 @@ async fn a_put_refused_on_repeat_after_an_ambiguous_attempt_has_an_unknown_outco
     let client = Client::connect_with([addr.as_str()], config()).await.unwrap();
     let fence = Fence {
         lock: "l".into(),
-        token: 5,
+        token: FencingToken::new(5),
     };
     let error = client.put_fenced("k", "v", &fence).await.unwrap_err();
     assert_eq!(server.puts.load(Ordering::SeqCst), 2, "the put was repeated once");
@@ -164,7 +164,7 @@ async fn a_delete_refused_on_repeat_after_an_ambiguous_attempt_has_an_unknown_ou
     let client = Client::connect_with([addr.as_str()], config()).await.unwrap();
     let fence = Fence {
         lock: "l".into(),
-        token: 5,
+        token: FencingToken::new(5),
     };
     let error = client.delete_fenced("k", &fence).await.unwrap_err();
     assert_eq!(server.deletes.load(Ordering::SeqCst), 2);
@@ -180,7 +180,7 @@ async fn a_put_refused_at_the_first_attempt_is_a_plain_refusal() {
     let client = Client::connect_with([addr.as_str()], config()).await.unwrap();
     let fence = Fence {
         lock: "l".into(),
-        token: 5,
+        token: FencingToken::new(5),
     };
     let error = client.put_fenced("k", "v", &fence).await.unwrap_err();
     assert!(error.is_failed_precondition(), "{error}");

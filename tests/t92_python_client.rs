@@ -7,8 +7,8 @@
 //! The test asserts the script's exit status and its output, then checks from
 //! Rust that the cluster holds what the script says it wrote.
 //!
-//! The test fails, naming the pip packages, when python3, grpcio or
-//! grpcio-tools is missing: CI installs them (`.ci/run`), so a skip would
+//! The test fails, naming the pip packages, when python3, grpcio,
+//! grpcio-tools or grpcio-status is missing: `./x test` installs them, so a skip would
 //! only hide a broken setup.
 
 mod common;
@@ -31,20 +31,20 @@ fn repo_path(relative: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
-/// Fails the test, naming what to install, unless python3 can import grpcio
-/// and grpcio-tools.
+/// Fails the test, naming what to install, unless python3 can import grpcio,
+/// grpcio-tools and grpcio-status.
 fn require_python_packages() {
     let probe = std::process::Command::new("python3")
-        .args(["-c", "import grpc, grpc_tools"])
+        .args(["-c", "import grpc, grpc_tools, grpc_status"])
         .output();
     match probe {
         Err(error) => panic!(
             "python3 is required to run the Python client check ({error}); install Python 3 and then \
-             `pip install -r {REQUIREMENTS}` (grpcio, grpcio-tools)"
+             `pip install -r {REQUIREMENTS}` (grpcio, grpcio-tools, grpcio-status)"
         ),
         Ok(output) if !output.status.success() => panic!(
-            "python3 cannot import the pip packages grpcio and grpcio-tools; run \
-             `pip install -r {REQUIREMENTS}` (as .ci/run does): {}",
+            "python3 cannot import the pip packages grpcio, grpcio-tools and grpcio-status; run \
+             `pip install -r {REQUIREMENTS}` (as ./x test does): {}",
             String::from_utf8_lossy(&output.stderr).trim()
         ),
         Ok(_) => {}

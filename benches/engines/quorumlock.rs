@@ -156,7 +156,7 @@ impl LockSession for QuorumlockSession {
     async fn acquire(&self, name: &str) -> anyhow::Result<Held> {
         let guard = self.session()?.lock(name).await?;
         Ok(Held {
-            token: guard.token(),
+            token: guard.token().get(),
             inner: HeldInner::Quorumlock(guard),
         })
     }

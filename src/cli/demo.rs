@@ -9,7 +9,7 @@ use anyhow::{bail, ensure, Context};
 use clap::Args;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use quorumlock_client::{code_name, Client, ClientConfig, ClientError};
+use quorumlock_client::{code_name, Client, ClientConfig, ClientError, FencingToken};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::time::Instant;
@@ -148,7 +148,7 @@ async fn play(args: DemoArgs) -> anyhow::Result<()> {
             format!("expectation failed: client B was not granted the lock within {STEP_WAIT_MAX:?}, although A stopped renewing")
         })?;
     ensure!(
-        b.token() > a_token,
+        b.token() > FencingToken::new(a_token),
         "expectation failed: B's token {} is not larger than A's {a_token}",
         b.token()
     );
@@ -376,6 +376,7 @@ pub async fn demo_client(args: DemoClientArgs) -> anyhow::Result<i32> {
                 endpoint,
                 code,
                 message,
+                ..
             }) => println!("refused {} from {endpoint}: {message}", code_name(code)),
             Err(error) => println!("error {error}"),
         }

@@ -19,6 +19,8 @@ pub const EXIT_ERROR: i32 = 1;
 pub const EXIT_NO: i32 = 3;
 /// Exit code of `lock` when the lock was lost while the command ran.
 pub const EXIT_LOCK_LOST: i32 = 4;
+/// Exit code of `serve` when the node stopped because its storage failed.
+pub const EXIT_STORAGE_FAILED: i32 = 5;
 
 /// The endpoints `quorumlock dev` serves, used when none are given.
 pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
@@ -30,7 +32,7 @@ pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:700
     version,
     about = "A distributed lock service with fencing tokens",
     after_help = "Exit codes: 0 success, 1 error, 2 bad usage, 3 not acquired / not found, \
-                  4 lock lost while `lock` ran its command."
+                  4 lock lost while `lock` ran its command, 5 the node stopped because its storage failed."
 )]
 pub struct Cli {
     #[command(subcommand)]

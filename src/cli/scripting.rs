@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use quorumlock_client::{Fence, NodeStatus};
+use quorumlock_client::{Fence, FencingToken, NodeStatus, SessionId};
 
 use super::{parse_duration, ClusterArgs, EXIT_NO};
 
@@ -33,7 +33,7 @@ pub struct AcquireArgs {
     /// Acquire under this existing session instead of opening one; it must
     /// stay alive through the wait (nothing renews it here).
     #[arg(long)]
-    session: Option<u64>,
+    session: Option<SessionId>,
     /// Give up after waiting this long in the lock's queue (0s: only if
     /// free) [default: wait until granted, with or without --session].
     #[arg(long, value_parser = parse_duration)]
@@ -72,7 +72,7 @@ pub async fn acquire(args: AcquireArgs) -> anyhow::Result<i32> {
                 None => {
                     // Nothing was granted: the session has no further use.
                     session.close().await?;
-                    (0, None)
+                    (SessionId::new(0), None)
                 }
             }
         }
@@ -103,10 +103,10 @@ pub async fn acquire(args: AcquireArgs) -> anyhow::Result<i32> {
 /// many server-side waits of at most `lock_wait_step_max` as that takes.
 async fn acquire_within(
     client: &quorumlock_client::Client,
-    session_id: u64,
+    session_id: SessionId,
     name: &str,
     wait: Duration,
-) -> anyhow::Result<Option<u64>> {
+) -> anyhow::Result<Option<FencingToken>> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -128,10 +128,10 @@ pub struct ReleaseArgs {
     name: String,
     /// The holding session, as `acquire` printed it.
     #[arg(long)]
-    session: u64,
+    session: SessionId,
     /// The token of the grant, as `acquire` printed it.
     #[arg(long)]
-    token: u64,
+    token: FencingToken,
     /// Leave the session open (by default it is closed: `acquire` opened it
     /// for this lock alone).
     #[arg(long)]
@@ -188,7 +188,7 @@ pub struct FenceArgs {
     /// The token of the writer's grant (`lock` exports it as
     /// QUORUMLOCK_TOKEN).
     #[arg(long, env = "QUORUMLOCK_TOKEN")]
-    token: u64,
+    token: FencingToken,
 }
 
 impl FenceArgs {
@@ -304,13 +304,13 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<i32> {
         match client.status_of(&endpoint).await {
             Ok(status) => {
                 for (id, addr) in &status.members {
-                    rows.entry(*id).or_insert_with(|| Row {
+                    rows.entry((*id).get()).or_insert_with(|| Row {
                         addr: addr.clone(),
                         answer: Err("not asked yet".to_string()),
                     });
                 }
                 rows.insert(
-                    status.node_id,
+                    status.node_id.get(),
                     Row {
                         addr: endpoint.clone(),
                         answer: Ok(status),

@@ -7,9 +7,11 @@ use std::time::Duration;
 use super::serve_args::ServeArgs;
 use anyhow::Context;
 use clap::Args;
-use quorumlock_core::consensus::EngineKind;
+use quorumlock_core::consensus::{EngineKind, NodeId};
 use quorumlock_server::skew_file::SkewFileClock;
 use quorumlock_server::{Node, NodeConfig};
+
+use super::EXIT_STORAGE_FAILED;
 
 /// Flags of `dev`.
 #[derive(Args)]
@@ -31,7 +33,10 @@ pub struct DevArgs {
     fresh: bool,
 }
 
-/// Runs one node until SIGINT or SIGTERM.
+/// Runs one node until SIGINT or SIGTERM (exit 0), or until its storage
+/// fails (exit [`EXIT_STORAGE_FAILED`]): a node whose disk it cannot trust
+/// stops rather than serve, vote or promise from memory the disk does not
+/// back, and says why once.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let skew_file = args.clock_skew_file().map(PathBuf::from);
     let config = args.into_config()?;
@@ -42,10 +47,26 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         }
         None => Node::start(config).await?,
     };
-    shutdown_signal().await?;
-    tracing::info!("stopping");
-    node.shutdown().await?;
-    Ok(0)
+    let failure = tokio::select! {
+        signal = shutdown_signal() => {
+            signal?;
+            tracing::info!("stopping");
+            None
+        }
+        reason = node.failed() => Some(reason),
+    };
+    let stopped = node.shutdown().await;
+    match failure {
+        Some(_) => {
+            // The node logged the cause, once, when it failed.
+            tracing::info!("exiting with status {EXIT_STORAGE_FAILED}");
+            Ok(EXIT_STORAGE_FAILED)
+        }
+        None => {
+            stopped?;
+            Ok(0)
+        }
+    }
 }
 
 /// Waits for SIGINT (Ctrl-C) or SIGTERM.
@@ -73,11 +94,12 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<i32> {
         std::fs::remove_dir_all(&data_dir).with_context(|| format!("removing {}", data_dir.display()))?;
     }
     let addr = |id: u64| format!("127.0.0.1:{}", u64::from(args.base_port) + id - 1);
-    let peers: std::collections::BTreeMap<u64, String> = (1..=args.nodes).map(|id| (id, addr(id))).collect();
+    let peers: std::collections::BTreeMap<NodeId, String> =
+        (1..=args.nodes).map(|id| (NodeId::new(id), addr(id))).collect();
     let mut nodes = Vec::new();
     for id in 1..=args.nodes {
         let config = NodeConfig {
-            id,
+            id: NodeId::new(id),
             listen: addr(id).parse()?,
             peers: peers.clone(),
             data_dir: data_dir.join(format!("node-{id}")),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use quorumlock_core::consensus::EngineKind;
+use quorumlock_core::consensus::{EngineKind, NodeId};
 use quorumlock_server::config::{parse_peers, FileConfig};
 use quorumlock_server::NodeConfig;
 
@@ -18,7 +18,7 @@ pub struct ServeArgs {
     config: Option<PathBuf>,
     /// This node's id (1, 2, ...).
     #[arg(long)]
-    id: Option<u64>,
+    id: Option<NodeId>,
     /// Address to serve on, e.g. 127.0.0.1:7001.
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
@@ -141,13 +141,13 @@ mod tests {
         let path = path.to_str().unwrap();
 
         let from_file = parse(&["--config", path]).unwrap();
-        assert_eq!(from_file.id, 1);
+        assert_eq!(from_file.id, NodeId::new(1));
         assert_eq!(from_file.peers.len(), 3);
         assert_eq!(from_file.engine, EngineKind::Raft);
         assert_eq!(from_file.election_timeout, Duration::from_millis(500));
 
         let overridden = parse(&["--config", path, "--id", "2", "--election-timeout-ms", "900"]).unwrap();
-        assert_eq!(overridden.id, 2);
+        assert_eq!(overridden.id, NodeId::new(2));
         assert_eq!(overridden.election_timeout, Duration::from_millis(900));
         assert_eq!(
             overridden.listen, from_file.listen,

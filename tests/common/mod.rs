@@ -350,6 +350,66 @@ impl Cluster {
         let _ = child.wait();
     }
 
+    /// Sends SIGTERM to node index `index` and waits up to `limit` for it to
+    /// exit; returns how it exited. A node that does not exit in time is
+    /// killed, and the test fails naming it.
+    pub async fn terminate(&self, index: usize, limit: Duration) -> ExitStatus {
+        let node = &self.nodes[index];
+        let pid = {
+            let child = node.child.lock().expect("node mutex poisoned");
+            child
+                .as_ref()
+                .unwrap_or_else(|| panic!("node {} is not running", node.id))
+                .id()
+        };
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap_or_else(|error| panic!("SIGTERM to node {}: {error}", node.id));
+        match self.wait_for_exit(index, limit).await {
+            Some(status) => status,
+            None => {
+                self.kill(index);
+                panic!("node {} did not exit within {limit:?} of SIGTERM", node.id);
+            }
+        }
+    }
+
+    /// Waits up to `limit` for node index `index` to exit by itself, then
+    /// reaps it and returns how it exited; `None` if it still runs.
+    pub async fn wait_for_exit(&self, index: usize, limit: Duration) -> Option<ExitStatus> {
+        let node = &self.nodes[index];
+        let deadline = Instant::now() + limit;
+        loop {
+            {
+                let mut slot = node.child.lock().expect("node mutex poisoned");
+                let child = slot
+                    .as_mut()
+                    .unwrap_or_else(|| panic!("node {} is not running", node.id));
+                if let Some(status) = child.try_wait().expect("poll the node process") {
+                    slot.take();
+                    return Some(status);
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The data directory of node index `index`.
+    pub fn data_dir(&self, index: usize) -> &std::path::Path {
+        &self.nodes[index].data_dir
+    }
+
+    /// Starts node index `index`, which must not be running. Does not wait
+    /// for it.
+    pub fn start_node(&self, index: usize) {
+        self.spawn(index);
+    }
+
     /// Kills every node.
     pub fn stop_all(&self) {
         for index in 0..self.len() {
@@ -842,6 +902,26 @@ pub fn assert_names_tokens(what: &str, status: &Status, tokens: &[u64]) {
             status.message()
         );
     }
+}
+
+/// Fails unless `result` is an error with `code` whose typed detail (the
+/// status details every refusal carries) has `reason`; returns the detail.
+pub fn expect_refusal<T: Debug>(
+    what: &str,
+    result: Result<T, Status>,
+    code: Code,
+    reason: quorumlock_proto::v1::ErrorReason,
+) -> quorumlock_proto::v1::ErrorDetail {
+    let status = expect_code(what, result, code);
+    let detail = quorumlock_proto::details::detail(&status)
+        .unwrap_or_else(|| panic!("{what}: the refusal carries no typed detail: {status:?}"));
+    assert_eq!(
+        detail.reason(),
+        reason,
+        "{what}: the detail's reason is {:?}, not {reason:?}: {detail:?}",
+        detail.reason()
+    );
+    detail
 }
 
 /// A fence naming `lock` and `token`.

@@ -22,7 +22,6 @@ held, 1 on any mismatch and 2 when its Python packages are missing.
 import argparse
 import importlib
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -32,9 +31,10 @@ REQUIREMENTS = "tests/python/requirements.txt"
 try:
     import grpc
     import grpc_tools
+    from grpc_status import rpc_status
 except ImportError as error:
     print(
-        f"missing Python package ({error}); this check needs grpcio and grpcio-tools: "
+        f"missing Python package ({error}); this check needs grpcio, grpcio-tools and grpcio-status: "
         f"pip install -r {REQUIREMENTS}",
         file=sys.stderr,
     )
@@ -122,12 +122,22 @@ class Client:
             channel.close()
 
 
-def refused_code(call):
-    """Runs call; returns (code, details) of its error, or None if it succeeded."""
+def refused(pb, call):
+    """Runs call; returns (code, message, ErrorDetail) of its error, or None if
+    it succeeded. The detail is read from the gRPC status details (a
+    google.rpc.Status whose one entry is a quorumlock.v1.ErrorDetail), as
+    any client should: the message is for people."""
     try:
         call()
     except grpc.RpcError as error:
-        return error.code(), error.details()
+        detail = None
+        status = rpc_status.from_call(error)
+        if status is not None:
+            for entry in status.details:
+                if entry.Is(pb.ErrorDetail.DESCRIPTOR):
+                    detail = pb.ErrorDetail()
+                    entry.Unpack(detail)
+        return error.code(), error.details(), detail
     return None
 
 
@@ -178,24 +188,31 @@ def run(pb, client, lock, key):
     client.call("Put", pb.PutRequest(key=key_bytes, value=b"written by B", fence=pb.Fence(lock=lock_bytes, token=t2)))
     print(f"B put {key} with token {t2}")
 
-    refusal = refused_code(
+    refusal = refused(
+        pb,
         lambda: client.call(
             "Put",
             pb.PutRequest(key=key_bytes, value=b"late write by A", fence=pb.Fence(lock=lock_bytes, token=t1)),
-        )
+        ),
     )
     expect(refusal is not None, f"A's put with stale token {t1} was accepted")
-    code, details = refusal
+    code, message, detail = refusal
     expect(
         code == grpc.StatusCode.FAILED_PRECONDITION,
-        f"A's stale put is refused with FAILED_PRECONDITION, got {code}: {details}",
+        f"A's stale put is refused with FAILED_PRECONDITION, got {code}: {message}",
     )
-    numbers = {int(number) for number in re.findall(r"\d+", details)}
+    expect(detail is not None, f"the refusal carries a typed ErrorDetail: {message!r}")
     expect(
-        t1 in numbers and t2 in numbers,
-        f"the refusal names the presented token {t1} and the current {t2}: {details!r}",
+        detail.reason == pb.ERROR_REASON_STALE_TOKEN
+        and detail.presented_token == t1
+        and detail.current_token == t2
+        and detail.lock == lock_bytes,
+        f"the refusal's detail names the lock, the presented token {t1} and the current {t2}: {detail}",
     )
-    print(f"A's put with stale token {t1} refused: {code.name}: {details}")
+    print(
+        f"A's put with stale token {t1} refused: {code.name}: reason STALE_TOKEN, "
+        f"presented {detail.presented_token}, current {detail.current_token}"
+    )
 
     got = client.call("Get", pb.GetRequest(key=key_bytes))
     expect(

@@ -1,6 +1,7 @@
 //! [`Client`]: calls with retries and failover, and the typed wrappers of the
 //! lock API.
 
+use quorumlock_proto::{FencingToken, NodeId, SessionId};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,10 +13,13 @@ use tonic::{Code, Request, Response, Status};
 use super::backoff::Backoff;
 use super::config::ClientConfig;
 use super::endpoints::{leader_hint, parse_endpoint, parse_endpoint_list, Picked, Pool};
-use super::error::{code_name, describe_status, ClientError, EndpointFailure};
+use super::error::{code_name, describe_status, ClientError, EndpointFailure, Refusal};
 use super::guard::LockGuard;
 use super::session::Session;
-use quorumlock_proto::limits::{API_MESSAGE_BYTES_MAX, SESSION_TTL_MS_MAX, SESSION_TTL_MS_MIN};
+use quorumlock_proto::limits::{
+    API_MESSAGE_BYTES_MAX, KEY_BYTES_MAX, LOCK_NAME_BYTES_MAX, SESSION_TTL_MS_MAX, SESSION_TTL_MS_MIN,
+    VALUE_BYTES_MAX,
+};
 use quorumlock_proto::v1 as pb;
 use quorumlock_proto::v1::cluster_client::ClusterClient;
 use quorumlock_proto::v1::lock_client::LockClient;
@@ -27,21 +31,21 @@ pub struct Fence {
     /// The lock's name.
     pub lock: String,
     /// The fencing token of a grant of that lock.
-    pub token: u64,
+    pub token: FencingToken,
 }
 
 impl Fence {
     fn to_pb(&self) -> pb::Fence {
         pb::Fence {
             lock: self.lock.as_bytes().to_vec(),
-            token: self.token,
+            token: self.token.get(),
         }
     }
 
     fn from_pb(fence: pb::Fence) -> Self {
         Fence {
             lock: String::from_utf8_lossy(&fence.lock).into_owned(),
-            token: fence.token,
+            token: FencingToken::new(fence.token),
         }
     }
 }
@@ -68,9 +72,9 @@ pub struct LockDescription {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Holder {
     /// The holding session.
-    pub session_id: u64,
+    pub session_id: SessionId,
     /// The fencing token of its grant.
-    pub token: u64,
+    pub token: FencingToken,
 }
 
 /// The answer of `CheckToken`.
@@ -79,7 +83,7 @@ pub struct TokenCheck {
     /// Whether the token asked about is the lock's current one.
     pub current: bool,
     /// The lock's current token, if it is held.
-    pub current_token: Option<u64>,
+    pub current_token: Option<FencingToken>,
 }
 
 /// What `Release` did besides releasing.
@@ -95,11 +99,11 @@ pub struct NodeStatus {
     /// The endpoint that answered.
     pub endpoint: String,
     /// The node's id.
-    pub node_id: u64,
+    pub node_id: NodeId,
     /// `raft` or `paxos`.
     pub engine: String,
     /// The leader it knows of: id and address.
-    pub leader: Option<(u64, String)>,
+    pub leader: Option<(NodeId, String)>,
     /// Whether this node is the leader.
     pub is_leader: bool,
     /// Raft term or Paxos ballot round.
@@ -109,16 +113,16 @@ pub struct NodeStatus {
     /// Highest log index applied to the lock state.
     pub applied_index: u64,
     /// Every member: id and address.
-    pub members: Vec<(u64, String)>,
+    pub members: Vec<(NodeId, String)>,
 }
 
 impl NodeStatus {
     fn from_pb(endpoint: &str, status: pb::StatusResponse) -> Self {
         NodeStatus {
             endpoint: endpoint.to_string(),
-            node_id: status.node_id,
+            node_id: NodeId::new(status.node_id),
             engine: status.engine,
-            leader: (status.leader_id != 0).then_some((status.leader_id, status.leader_addr)),
+            leader: (status.leader_id != 0).then_some((NodeId::new(status.leader_id), status.leader_addr)),
             is_leader: status.is_leader,
             term: status.term,
             commit_index: status.commit_index,
@@ -126,7 +130,7 @@ impl NodeStatus {
             members: status
                 .members
                 .into_iter()
-                .map(|member| (member.id, member.addr))
+                .map(|member| (NodeId::new(member.id), member.addr))
                 .collect(),
         }
     }
@@ -167,9 +171,15 @@ fn retryable(status: &Status) -> bool {
 }
 
 /// Whether a failed attempt certainly did not take effect: a node that says
-/// it is not the leader refuses before proposing anything.
+/// it is not the leader, or an overloaded leader, refuses before proposing
+/// anything. Every other failure (no quorum in time, a broken connection,
+/// a failed forward, a node stopping) may come after the command was
+/// proposed.
 fn certainly_not_applied(status: &Status) -> bool {
-    status.code() == Code::Unavailable && leader_hint(status).is_some()
+    matches!(
+        Refusal::of(status),
+        Some(Refusal::NotLeader { .. } | Refusal::Overloaded { .. })
+    )
 }
 
 /// What repeating a call after a failure that may have taken effect does.
@@ -207,6 +217,7 @@ impl<T> Called<T> {
                     endpoint,
                     code,
                     message,
+                    ..
                 }),
                 Some(earlier_failure),
             ) if refused_if_applied.contains(&code) => Err(ClientError::OutcomeUnknown {
@@ -268,6 +279,7 @@ impl Client {
                                 endpoint,
                                 code,
                                 message,
+                                ..
                             } => EndpointFailure {
                                 endpoint,
                                 code,
@@ -385,6 +397,7 @@ impl Client {
                         describe_status(&status),
                         started.elapsed()
                     ),
+                    refusal: Refusal::of(&status),
                 };
                 // The last failure is the error itself, not an earlier one.
                 return done(Err(error), None);
@@ -411,7 +424,7 @@ impl Client {
     /// An `OpenSession` repeated after a failure that may have taken effect
     /// opens a second session; the first, unknown to the client, holds
     /// nothing and expires one TTL later.
-    pub async fn open_bare_session(&self, ttl: Duration) -> Result<(u64, Duration), ClientError> {
+    pub async fn open_bare_session(&self, ttl: Duration) -> Result<(SessionId, Duration), ClientError> {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         if !(SESSION_TTL_MS_MIN..=SESSION_TTL_MS_MAX).contains(&ttl_ms) {
             return Err(ClientError::InvalidArgument(format!(
@@ -427,21 +440,29 @@ impl Client {
                     .await
             })
             .await?;
-        Ok((opened.session_id, Duration::from_millis(opened.ttl_ms)))
+        Ok((
+            SessionId::new(opened.session_id),
+            Duration::from_millis(opened.ttl_ms),
+        ))
     }
 
     /// Closes a session by id, releasing its locks and leaving its queues;
     /// returns the locks it held. [`ClientError::OutcomeUnknown`] when an
     /// attempt that may have closed it failed and the repeat found no such
     /// session.
-    pub async fn close_session(&self, session_id: u64) -> Result<Vec<String>, ClientError> {
+    pub async fn close_session(&self, session_id: SessionId) -> Result<Vec<String>, ClientError> {
         let closed = self
             .call_tracked(
                 Duration::ZERO,
                 Repeat::Ambiguous,
                 |mut client, timeout| async move {
                     client
-                        .close_session(request(pb::CloseSessionRequest { session_id }, timeout))
+                        .close_session(request(
+                            pb::CloseSessionRequest {
+                                session_id: session_id.get(),
+                            },
+                            timeout,
+                        ))
                         .await
                 },
             )
@@ -457,10 +478,11 @@ impl Client {
     /// [`Session::lock`] and friends, which return guards.
     pub async fn acquire(
         &self,
-        session_id: u64,
+        session_id: SessionId,
         name: &str,
         wait: Duration,
-    ) -> Result<Option<u64>, ClientError> {
+    ) -> Result<Option<FencingToken>, ClientError> {
+        check_lock_name(name)?;
         let wait = wait.min(self.inner.config.lock_wait_step_max);
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
         let name = name.as_bytes().to_vec();
@@ -471,7 +493,7 @@ impl Client {
                     client
                         .acquire(request(
                             pb::AcquireRequest {
-                                session_id,
+                                session_id: session_id.get(),
                                 name,
                                 wait_ms,
                             },
@@ -481,7 +503,7 @@ impl Client {
                 }
             })
             .await?;
-        Ok(answer.acquired.then_some(answer.token))
+        Ok(answer.acquired.then_some(FencingToken::new(answer.token)))
     }
 
     /// `Release` of `name` held by a session with `token`; the first waiter
@@ -491,7 +513,13 @@ impl Client {
     /// released failed and the repeat was refused as if it had (the session
     /// no longer holds the lock, or is gone): the lock is then not held by
     /// this session, but who was granted it next is unknown.
-    pub async fn release(&self, session_id: u64, name: &str, token: u64) -> Result<Released, ClientError> {
+    pub async fn release(
+        &self,
+        session_id: SessionId,
+        name: &str,
+        token: FencingToken,
+    ) -> Result<Released, ClientError> {
+        check_lock_name(name)?;
         let name = name.as_bytes().to_vec();
         let answer = self
             .call_tracked(Duration::ZERO, Repeat::Ambiguous, |mut client, timeout| {
@@ -500,9 +528,9 @@ impl Client {
                     client
                         .release(request(
                             pb::ReleaseRequest {
-                                session_id,
+                                session_id: session_id.get(),
                                 name,
-                                token,
+                                token: token.get(),
                             },
                             timeout,
                         ))
@@ -513,14 +541,15 @@ impl Client {
             .resolve(&[Code::NotFound, Code::FailedPrecondition])?;
         Ok(Released {
             next: (answer.next_session_id != 0).then_some(Holder {
-                session_id: answer.next_session_id,
-                token: answer.next_token,
+                session_id: SessionId::new(answer.next_session_id),
+                token: FencingToken::new(answer.next_token),
             }),
         })
     }
 
     /// Holder, token and queue length of a lock (linearizable).
     pub async fn describe(&self, name: &str) -> Result<LockDescription, ClientError> {
+        check_lock_name(name)?;
         let name = name.as_bytes().to_vec();
         let answer = self
             .call(Duration::ZERO, |mut client, timeout| {
@@ -534,8 +563,8 @@ impl Client {
             .await?;
         Ok(LockDescription {
             holder: answer.held.then_some(Holder {
-                session_id: answer.holder_session_id,
-                token: answer.token,
+                session_id: SessionId::new(answer.holder_session_id),
+                token: FencingToken::new(answer.token),
             }),
             queue_length: answer.queue_length,
         })
@@ -563,8 +592,11 @@ impl Client {
         value: impl Into<Vec<u8>>,
         fence: &Fence,
     ) -> Result<(), ClientError> {
-        let key = key.as_bytes().to_vec();
+        check_key(key)?;
+        check_lock_name(&fence.lock)?;
         let value = value.into();
+        check_value(&value)?;
+        let key = key.as_bytes().to_vec();
         let fence = fence.to_pb();
         self.call_tracked(Duration::ZERO, Repeat::Ambiguous, |mut client, timeout| {
             let message = pb::PutRequest {
@@ -584,6 +616,7 @@ impl Client {
 
     /// Reads a key (linearizable); `None` when it is not set.
     pub async fn get(&self, key: &str) -> Result<Option<Entry>, ClientError> {
+        check_key(key)?;
         let key = key.as_bytes().to_vec();
         let answer = self
             .call(Duration::ZERO, |mut client, timeout| {
@@ -607,6 +640,8 @@ impl Client {
 
     /// Like [`Client::delete`] with an explicit fence.
     pub async fn delete_fenced(&self, key: &str, fence: &Fence) -> Result<bool, ClientError> {
+        check_key(key)?;
+        check_lock_name(&fence.lock)?;
         let key = key.as_bytes().to_vec();
         let fence = fence.to_pb();
         let called = self
@@ -637,21 +672,28 @@ impl Client {
 
     /// Whether `token` is the current token of `lock` (linearizable), for
     /// storage outside quorumlock that checks tokens itself.
-    pub async fn check_token(&self, lock: &str, token: u64) -> Result<TokenCheck, ClientError> {
+    pub async fn check_token(&self, lock: &str, token: FencingToken) -> Result<TokenCheck, ClientError> {
+        check_lock_name(lock)?;
         let lock = lock.as_bytes().to_vec();
         let answer = self
             .call(Duration::ZERO, |mut client, timeout| {
                 let lock = lock.clone();
                 async move {
                     client
-                        .check_token(request(pb::CheckTokenRequest { lock, token }, timeout))
+                        .check_token(request(
+                            pb::CheckTokenRequest {
+                                lock,
+                                token: token.get(),
+                            },
+                            timeout,
+                        ))
                         .await
                 }
             })
             .await?;
         Ok(TokenCheck {
             current: answer.current,
-            current_token: (answer.current_token != 0).then_some(answer.current_token),
+            current_token: (answer.current_token != 0).then_some(FencingToken::new(answer.current_token)),
         })
     }
 
@@ -710,8 +752,44 @@ async fn status_on(picked: &Picked, timeout: Duration) -> Result<NodeStatus, Cli
             endpoint: picked.addr.clone(),
             code: Code::Unavailable,
             message: format!("no answer within {timeout:?}"),
+            refusal: None,
         }),
     }
+}
+
+/// Checks a lock name or key against the API's limits before it is sent, so
+/// that a bad argument is refused here, precisely, rather than by the
+/// server or the transport.
+fn check_text(what: &str, text: &str, max: usize) -> Result<(), ClientError> {
+    if text.is_empty() {
+        return Err(ClientError::InvalidArgument(format!("{what} is empty")));
+    }
+    if text.len() > max {
+        return Err(ClientError::InvalidArgument(format!(
+            "{what} is {} bytes, more than the {max}-byte limit",
+            text.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_lock_name(name: &str) -> Result<(), ClientError> {
+    check_text("lock name", name, LOCK_NAME_BYTES_MAX)
+}
+
+fn check_key(key: &str) -> Result<(), ClientError> {
+    check_text("key", key, KEY_BYTES_MAX)
+}
+
+/// Checks a value of the fenced store against its limit before it is sent.
+fn check_value(value: &[u8]) -> Result<(), ClientError> {
+    if value.len() > VALUE_BYTES_MAX {
+        return Err(ClientError::InvalidArgument(format!(
+            "value is {} bytes, more than the {VALUE_BYTES_MAX}-byte limit",
+            value.len()
+        )));
+    }
+    Ok(())
 }
 
 /// A request carrying the client's deadline, so that the server spends no

@@ -8,7 +8,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
 use super::config::ENDPOINTS_MAX;
-use super::error::ClientError;
+use super::error::{ClientError, Refusal};
 use quorumlock_proto::headers::LEADER_HINT_HEADER;
 
 /// Parses one endpoint, `host:port` or `http://host:port`, into `host:port`.
@@ -76,8 +76,12 @@ where
     Ok(parsed)
 }
 
-/// The leader's address named by an `UNAVAILABLE` answer, if any.
+/// The leader's address named by an `UNAVAILABLE` answer, if any: from its
+/// typed detail, or else from the `x-quorumlock-leader` metadata.
 pub fn leader_hint(status: &Status) -> Option<String> {
+    if let Some((_, addr)) = Refusal::of(status).as_ref().and_then(Refusal::leader) {
+        return parse_endpoint(addr).ok();
+    }
     let value = status.metadata().get(LEADER_HINT_HEADER)?.to_str().ok()?;
     let (_, addr) = value.split_once('@')?;
     parse_endpoint(addr).ok()

@@ -3,7 +3,146 @@
 use std::fmt;
 use std::time::Duration;
 
+use quorumlock_proto::v1::{ErrorDetail, ErrorReason};
+use quorumlock_proto::{details, FencingToken, NodeId, SessionId};
 use tonic::{Code, Status};
+
+/// Why the cluster refused a call: the typed detail every refusal of the
+/// API carries (see `ErrorDetail` in the proto), read from the status
+/// details rather than parsed from the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// An argument outside its limits, or missing.
+    InvalidArgument {
+        /// The request field that is wrong.
+        field: String,
+        /// Its bound (bytes or milliseconds), when it has one.
+        limit: Option<u64>,
+    },
+    /// The session does not exist (never opened, closed or expired).
+    SessionNotFound {
+        /// The session.
+        session: SessionId,
+    },
+    /// The session ended (closed or expired) while the call waited.
+    SessionEnded {
+        /// The session.
+        session: SessionId,
+    },
+    /// A release named a lock the session does not hold.
+    NotHolder {
+        /// The lock.
+        lock: String,
+        /// The session.
+        session: SessionId,
+    },
+    /// The token presented is not the lock's current one.
+    StaleToken {
+        /// The lock.
+        lock: String,
+        /// The token presented.
+        presented: FencingToken,
+        /// The lock's current token; `None` when nobody holds it.
+        current: Option<FencingToken>,
+    },
+    /// The lock's wait queue is full.
+    QueueFull {
+        /// The lock.
+        lock: String,
+        /// The bound.
+        limit: u64,
+    },
+    /// The cluster holds as many sessions as it allows.
+    TooManySessions {
+        /// The bound.
+        limit: u64,
+    },
+    /// The node does not lead and could not forward: nothing was proposed.
+    NotLeader {
+        /// The leader it knows, if any: id and address.
+        leader: Option<(NodeId, String)>,
+    },
+    /// No quorum ordered the command or confirmed the read in time; a
+    /// command may still take effect.
+    NoQuorum {
+        /// The leader the node knows, if any: id and address.
+        leader: Option<(NodeId, String)>,
+    },
+    /// The leader holds as many commands as it may; nothing was proposed.
+    Overloaded {
+        /// The bound.
+        limit: u64,
+    },
+    /// The node is stopping.
+    ShuttingDown,
+    /// The node's storage failed; it stops serving.
+    NodeFailed,
+    /// Forwarding to the leader failed in transport; the command may or may
+    /// not have reached it.
+    ForwardingFailed,
+    /// The node answered in a way it never should.
+    Internal,
+    /// A reason this client does not know (a newer server).
+    Other(i32),
+}
+
+impl Refusal {
+    /// The refusal a status carries, if it carries one.
+    pub fn of(status: &Status) -> Option<Refusal> {
+        details::detail(status).map(Refusal::from_detail)
+    }
+
+    fn from_detail(detail: ErrorDetail) -> Refusal {
+        let lock = String::from_utf8_lossy(&detail.lock).into_owned();
+        let session = SessionId::new(detail.session_id);
+        let leader =
+            (detail.leader_id != 0).then(|| (NodeId::new(detail.leader_id), detail.leader_addr.clone()));
+        match ErrorReason::try_from(detail.reason) {
+            Ok(ErrorReason::InvalidArgument) => Refusal::InvalidArgument {
+                field: detail.field,
+                limit: (detail.limit != 0).then_some(detail.limit),
+            },
+            Ok(ErrorReason::SessionNotFound) => Refusal::SessionNotFound { session },
+            Ok(ErrorReason::SessionEnded) => Refusal::SessionEnded { session },
+            Ok(ErrorReason::NotHolder) => Refusal::NotHolder { lock, session },
+            Ok(ErrorReason::StaleToken) => Refusal::StaleToken {
+                lock,
+                presented: FencingToken::new(detail.presented_token),
+                current: (detail.current_token != 0).then_some(FencingToken::new(detail.current_token)),
+            },
+            Ok(ErrorReason::QueueFull) => Refusal::QueueFull {
+                lock,
+                limit: detail.limit,
+            },
+            Ok(ErrorReason::TooManySessions) => Refusal::TooManySessions { limit: detail.limit },
+            Ok(ErrorReason::NotLeader) => Refusal::NotLeader { leader },
+            Ok(ErrorReason::NoQuorum) => Refusal::NoQuorum { leader },
+            Ok(ErrorReason::Overloaded) => Refusal::Overloaded { limit: detail.limit },
+            Ok(ErrorReason::ShuttingDown) => Refusal::ShuttingDown,
+            Ok(ErrorReason::NodeFailed) => Refusal::NodeFailed,
+            Ok(ErrorReason::ForwardingFailed) => Refusal::ForwardingFailed,
+            Ok(ErrorReason::Internal) => Refusal::Internal,
+            Ok(ErrorReason::Unspecified) | Err(_) => Refusal::Other(detail.reason),
+        }
+    }
+
+    /// The leader the refusing node named, if it named one.
+    pub fn leader(&self) -> Option<&(NodeId, String)> {
+        match self {
+            Refusal::NotLeader { leader } | Refusal::NoQuorum { leader } => leader.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Whether the refusal says the session is gone.
+    pub fn is_session_gone(&self) -> bool {
+        matches!(
+            self,
+            Refusal::SessionNotFound { .. } | Refusal::SessionEnded { .. }
+        )
+    }
+}
 
 /// Why a session ended without its owner closing it, or why it ended at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -81,6 +220,9 @@ pub enum ClientError {
         code: Code,
         /// The status message, with the transport's cause when there is one.
         message: String,
+        /// Why, as the status's typed detail says; `None` for failures of
+        /// the transport itself (no node answered).
+        refusal: Option<Refusal>,
     },
     /// A call that is not safe to repeat failed in a way that may have come
     /// after it took effect (the node went away, the answer was lost), and
@@ -113,7 +255,7 @@ pub enum ClientError {
     #[error("session {session} already holds lock {lock:?} (or is acquiring it)")]
     AlreadyHeld {
         /// The session id.
-        session: u64,
+        session: SessionId,
         /// The lock's name.
         lock: String,
     },
@@ -121,7 +263,7 @@ pub enum ClientError {
     #[error("session {session} lost: {reason}")]
     SessionLost {
         /// The session id.
-        session: u64,
+        session: SessionId,
         /// Why it is gone.
         reason: LostReason,
     },
@@ -156,12 +298,31 @@ impl ClientError {
         self.code() == Some(Code::FailedPrecondition)
     }
 
+    /// The typed reason of a server's refusal, if this error is one.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            ClientError::Rpc { refusal, .. } => refusal.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The presented and current token of a refusal for a stale token.
+    pub fn stale_token(&self) -> Option<(FencingToken, Option<FencingToken>)> {
+        match self.refusal() {
+            Some(Refusal::StaleToken {
+                presented, current, ..
+            }) => Some((*presented, *current)),
+            _ => None,
+        }
+    }
+
     /// An error for a status answered by `endpoint`.
     pub(crate) fn from_status(endpoint: &str, status: &Status) -> Self {
         ClientError::Rpc {
             endpoint: endpoint.to_string(),
             code: status.code(),
             message: describe_status(status),
+            refusal: Refusal::of(status),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! [`LockGuard`]: a held lock and its fencing token.
 
+use quorumlock_proto::{FencingToken, SessionId};
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -19,13 +20,13 @@ use super::session::SessionShared;
 /// errors.
 pub struct LockGuard {
     name: String,
-    token: u64,
+    token: FencingToken,
     session: Arc<SessionShared>,
     released: bool,
 }
 
 impl LockGuard {
-    pub(crate) fn new(session: Arc<SessionShared>, name: String, token: u64) -> Self {
+    pub(crate) fn new(session: Arc<SessionShared>, name: String, token: FencingToken) -> Self {
         LockGuard {
             name,
             token,
@@ -41,12 +42,12 @@ impl LockGuard {
 
     /// The fencing token of this grant: larger than every token granted
     /// before it, by any lock.
-    pub fn token(&self) -> u64 {
+    pub fn token(&self) -> FencingToken {
         self.token
     }
 
     /// The session that holds the lock.
-    pub fn session_id(&self) -> u64 {
+    pub fn session_id(&self) -> SessionId {
         self.session.id
     }
 
@@ -139,7 +140,7 @@ impl Drop for LockGuard {
         runtime.spawn(async move {
             let session = slot.session();
             if let Err(error) = session.client.release(session.id, slot.name(), token).await {
-                tracing::debug!(lock = %slot.name(), token, %error, "releasing a dropped lock guard failed");
+                tracing::debug!(lock = %slot.name(), %token, %error, "releasing a dropped lock guard failed");
             }
             drop(slot);
         });

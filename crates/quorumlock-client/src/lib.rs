@@ -55,6 +55,7 @@ pub use connection::{
     node_status, Client, Entry, Fence, Holder, LockDescription, NodeStatus, Released, TokenCheck,
 };
 pub use endpoints::{parse_endpoint, parse_endpoint_list};
-pub use error::{code_name, ClientError, EndpointFailure, LostReason};
+pub use error::{code_name, ClientError, EndpointFailure, LostReason, Refusal};
 pub use guard::LockGuard;
+pub use quorumlock_proto::{FencingToken, NodeId, SessionId};
 pub use session::Session;

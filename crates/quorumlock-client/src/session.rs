@@ -1,6 +1,7 @@
 //! [`Session`]: a lease kept alive in the background, the locks taken under
 //! it, and the signal that it is lost.
 
+use quorumlock_proto::{FencingToken, SessionId};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use quorumlock_proto::v1::lock_client::LockClient;
 /// lost signal, and the switch that stops its keepalive.
 pub(crate) struct SessionShared {
     pub(crate) client: Client,
-    pub(crate) id: u64,
+    pub(crate) id: SessionId,
     ttl: Duration,
     lost: watch::Receiver<Option<LostReason>>,
     lost_sender: Arc<watch::Sender<Option<LostReason>>>,
@@ -97,7 +98,8 @@ impl SessionShared {
                 endpoint,
                 code: Code::NotFound,
                 message,
-            } if message.contains("session") => {
+                refusal: Some(refusal),
+            } if refusal.is_session_gone() => {
                 let reason = LostReason::Ended {
                     endpoint: endpoint.clone(),
                     message: message.clone(),
@@ -124,7 +126,7 @@ impl Drop for SessionShared {
             let id = self.id;
             runtime.spawn(async move {
                 if let Err(error) = client.close_session(id).await {
-                    tracing::debug!(session = id, %error, "closing a dropped session failed");
+                    tracing::debug!(session = %id, %error, "closing a dropped session failed");
                 }
             });
         }
@@ -149,7 +151,7 @@ impl Session {
     /// Starts keeping session `id` alive; `opened_at` is when `OpenSession`
     /// was sent, so the client's idea of the lease never outlasts the
     /// server's.
-    pub(crate) fn start(client: Client, id: u64, ttl: Duration, opened_at: Instant) -> Session {
+    pub(crate) fn start(client: Client, id: SessionId, ttl: Duration, opened_at: Instant) -> Session {
         let (lost_sender, lost) = watch::channel(None);
         let lost_sender = Arc::new(lost_sender);
         let (stop_sender, stop) = oneshot::channel();
@@ -178,7 +180,7 @@ impl Session {
     }
 
     /// The session id the cluster assigned.
-    pub fn id(&self) -> u64 {
+    pub fn id(&self) -> SessionId {
         self.shared.id
     }
 
@@ -326,7 +328,7 @@ impl Session {
     /// unless something else renews it. For handing a session to another
     /// process; returns its id. Guards taken under it no longer renew it
     /// either; detach them too so that dropping them does not release.
-    pub fn detach(self) -> u64 {
+    pub fn detach(self) -> SessionId {
         self.shared.closed.store(true, Ordering::SeqCst);
         self.shared.stop_keepalive();
         self.shared.id
@@ -358,7 +360,7 @@ struct Claim {
 }
 
 impl Claim {
-    fn into_guard(mut self, token: u64) -> LockGuard {
+    fn into_guard(mut self, token: FencingToken) -> LockGuard {
         self.done = true;
         LockGuard::new(self.session.clone(), std::mem::take(&mut self.name), token)
     }
@@ -397,7 +399,7 @@ enum StreamEnd {
 /// Renews session `id` until stopped or lost, moving between endpoints.
 async fn keep_alive(
     client: Client,
-    id: u64,
+    id: SessionId,
     ttl: Duration,
     lease: watch::Sender<Instant>,
     lost: Arc<watch::Sender<Option<LostReason>>>,
@@ -441,7 +443,7 @@ async fn keep_alive(
                     // The stream did renew before it broke: start over.
                     backoff = Backoff::new(config.backoff_initial, config.backoff_max.min(period));
                 }
-                tracing::debug!(session = id, endpoint = %picked.addr, "keepalive stream broke; reconnecting");
+                tracing::debug!(session = %id, endpoint = %picked.addr, "keepalive stream broke; reconnecting");
                 client.pool().failed(&picked, hint);
                 let pause = backoff.next_pause();
                 tokio::select! {
@@ -463,13 +465,13 @@ async fn keep_alive(
 /// server's own deadline).
 async fn one_stream(
     picked: &Picked,
-    id: u64,
+    id: SessionId,
     period: Duration,
     open_timeout: Duration,
     deadline: &mut Instant,
     lease: &watch::Sender<Instant>,
 ) -> StreamEnd {
-    let renewal = pb::KeepAliveRequest { session_id: id };
+    let renewal = pb::KeepAliveRequest { session_id: id.get() };
     let (sender, receiver) = mpsc::channel(KEEPALIVE_UNANSWERED_MAX);
     let mut sent: VecDeque<Instant> = VecDeque::with_capacity(KEEPALIVE_UNANSWERED_MAX);
     if sender.try_send(renewal).is_err() {

@@ -268,7 +268,7 @@ where
             match self.machine.decode_snapshot(data) {
                 Ok(snapshot) => self.verified_snapshot = Some((*slot, snapshot)),
                 Err(error) => {
-                    tracing::warn!(from, slot, %error, "undecodable snapshot from a peer ignored");
+                    tracing::warn!(%from, slot, %error, "undecodable snapshot from a peer ignored");
                     return;
                 }
             }

@@ -147,7 +147,7 @@ impl PaxosEngine {
         replica_config.seed = rand::random();
         let replica = Replica::new(replica_config, durable);
         tracing::info!(
-            node = config.node_id,
+            node = %config.node_id,
             boot,
             promised = %replica.promised(),
             snapshot_slot = replica.compacted(),
@@ -320,8 +320,8 @@ impl Shell {
                 Err(error) => {
                     // The replica's durable state is unknown: stop rather than
                     // risk answering from memory that disk does not back.
+                    // The node reports the reason, once, and exits.
                     let reason = error.to_string();
-                    tracing::error!(%reason, "the paxos engine stops");
                     // No longer anyone's leader: the services stop serving.
                     self.leadership.send_replace(Leadership::default());
                     self.stop_driver(EngineError::Fatal(reason.clone())).await;

@@ -259,7 +259,7 @@ impl<C: Clone> Links<C> {
     /// Sends through the faults.
     pub fn send(&mut self, envelope: Envelope<C>) {
         let now = self.now.load(Ordering::Relaxed);
-        let (from, to) = (envelope.from, envelope.to);
+        let (from, to) = (envelope.from.get(), envelope.to.get());
         self.network
             .send(&mut self.rng, &self.faults, now, from, to, envelope);
     }
@@ -293,12 +293,16 @@ impl<C: Clone> Transport<C> for SimTransport<C> {
 mod tests {
     use super::*;
     use crate::core::types::Value;
+    use quorumlock_core::consensus::NodeId;
 
     fn accept(slot: Slot, round: u64) -> Persist<u64> {
         Persist::Accept {
             slot,
             accepted: Accepted {
-                ballot: Ballot { round, node: 1 },
+                ballot: Ballot {
+                    round,
+                    node: NodeId::new(1),
+                },
                 value: Value::Noop,
             },
         }
@@ -334,15 +338,33 @@ mod tests {
     fn the_disk_refuses_a_falling_promise_and_an_acceptance_below_it() {
         let now = Arc::new(AtomicU64::new(0));
         let mut disk: SimDisk<u64> = SimDisk::new(1, 0, now);
-        disk.persist(1, vec![Persist::Promise(Ballot { round: 3, node: 2 })])
-            .unwrap();
+        disk.persist(
+            1,
+            vec![Persist::Promise(Ballot {
+                round: 3,
+                node: NodeId::new(2),
+            })],
+        )
+        .unwrap();
         disk.persist(2, vec![accept(1, 2)]).unwrap();
         assert!(disk.violation().unwrap().starts_with("acceptor"));
         let mut disk: SimDisk<u64> = SimDisk::new(1, 0, Arc::new(AtomicU64::new(0)));
-        disk.persist(1, vec![Persist::Promise(Ballot { round: 3, node: 2 })])
-            .unwrap();
-        disk.persist(2, vec![Persist::Promise(Ballot { round: 3, node: 2 })])
-            .unwrap();
+        disk.persist(
+            1,
+            vec![Persist::Promise(Ballot {
+                round: 3,
+                node: NodeId::new(2),
+            })],
+        )
+        .unwrap();
+        disk.persist(
+            2,
+            vec![Persist::Promise(Ballot {
+                round: 3,
+                node: NodeId::new(2),
+            })],
+        )
+        .unwrap();
         assert!(disk.violation().unwrap().starts_with("durable promise"));
     }
 }

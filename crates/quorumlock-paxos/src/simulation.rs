@@ -347,7 +347,7 @@ impl Sim {
             let disk = SimDisk::new(sim.rng.gen(), limits.disk_latency_max, now.clone());
             let tick_phase = sim.rng.gen_range(0..STEPS_PER_TICK);
             sim.nodes.push(Node {
-                id,
+                id: NodeId::new(id),
                 driver: None,
                 disk,
                 restart_at: 0,
@@ -371,13 +371,13 @@ impl Sim {
     }
 
     fn index(&self, id: NodeId) -> usize {
-        usize::try_from(id - 1).expect("node ids are small")
+        usize::try_from(id.get() - 1).expect("node ids are small")
     }
 
     /// Starts node `i`'s driver from its disk alone.
     fn start(&mut self, i: usize) {
         let size = self.nodes.len() as u64;
-        let members: BTreeSet<NodeId> = (1..=size).collect();
+        let members: BTreeSet<NodeId> = (1..=size).map(NodeId::new).collect();
         let mut config = ReplicaConfig::new(self.nodes[i].id, members, HEARTBEAT_TICKS, ELECTION_TICKS);
         config.batch_proposals_max = self.limits.batch_proposals_max;
         config.inflight_slots_max = self.limits.inflight_slots_max;
@@ -758,7 +758,7 @@ impl Sim {
         }
         if self.links.borrow().network.partition.is_none() && self.rng.gen_bool(self.faults.partition) {
             let length = self.rng.gen_range(50..=1_000);
-            let leaders = self.leaders();
+            let leaders: Vec<u64> = self.leaders().into_iter().map(NodeId::get).collect();
             let partition = Partition::draw(&mut self.rng, size, &leaders, step, length);
             self.log(|| format!("partition {partition:?}"));
             self.links.borrow_mut().network.partition = Some(partition);
@@ -894,9 +894,9 @@ fn the_simulation_notices_acceptors_that_forget_what_they_acknowledged() {
                 if step % 61 == 0 {
                     // The leader if it is one of the two, else the other.
                     let leaders = sim.leaders();
-                    let i = if leaders.contains(&1) {
+                    let i = if leaders.contains(&NodeId::new(1)) {
                         0
-                    } else if leaders.contains(&2) {
+                    } else if leaders.contains(&NodeId::new(2)) {
                         1
                     } else {
                         ((step / 61) % 2) as usize

@@ -255,7 +255,7 @@ fn persist_loop<C: Serialize>(
         match result {
             Ok(()) => progress.durable.store(last, Ordering::Release),
             Err(error) => {
-                tracing::error!(error = %format!("{error:#}"), "paxos storage failed; no more records are written");
+                // Reported once, by the node, through the engine's failure.
                 *progress.failure.lock() = Some(format!("{error:#}"));
                 wake.notify_one();
                 return;
@@ -269,10 +269,14 @@ fn persist_loop<C: Serialize>(
 mod tests {
     use super::*;
     use crate::core::types::Value;
+    use quorumlock_core::consensus::NodeId;
 
     fn record(round: u64) -> Accepted<u64> {
         Accepted {
-            ballot: Ballot { round, node: 2 },
+            ballot: Ballot {
+                round,
+                node: NodeId::new(2),
+            },
             value: Value::Noop,
         }
     }
@@ -284,7 +288,10 @@ mod tests {
             let store = PaxosStore::open(dir.path()).unwrap();
             store
                 .persist(&[
-                    Persist::Promise(Ballot { round: 3, node: 1 }),
+                    Persist::Promise(Ballot {
+                        round: 3,
+                        node: NodeId::new(1),
+                    }),
                     Persist::Accept {
                         slot: 1,
                         accepted: record(2),
@@ -299,7 +306,10 @@ mod tests {
         let state: DurableState<u64> = PaxosStore::open(dir.path()).unwrap().load().unwrap();
         assert_eq!(
             state.promised,
-            Ballot { round: 3, node: 2 },
+            Ballot {
+                round: 3,
+                node: NodeId::new(2)
+            },
             "an accepted ballot implies its promise"
         );
         assert_eq!(state.accepted.keys().copied().collect::<Vec<_>>(), vec![1, 300]);

@@ -78,11 +78,11 @@ impl<C: Command> Outboxes<C> {
     /// Queues `message` for `to`; drops it when the outbox is full.
     pub fn send(&self, to: NodeId, message: Message<C>) {
         let Some(outbox) = self.outboxes.get(&to) else {
-            tracing::error!(to, "message for a node that is not a peer dropped");
+            tracing::error!(%to, "message for a node that is not a peer dropped");
             return;
         };
         if let Err(mpsc::error::TrySendError::Full(message)) = outbox.try_send(message) {
-            tracing::debug!(to, kind = message.kind(), "peer outbox full; message dropped");
+            tracing::debug!(%to, kind = message.kind(), "peer outbox full; message dropped");
         }
     }
 }
@@ -156,17 +156,20 @@ async fn send_loop<C: Serialize>(
         // Big batches (snapshots) get time to travel at a modest rate.
         let timeout =
             PEER_RPC_TIMEOUT + Duration::from_millis((messages.len() / PEER_BYTES_PER_MS_MIN) as u64);
-        let mut request = Request::new(PaxosBatch { from, messages });
+        let mut request = Request::new(PaxosBatch {
+            from: from.get(),
+            messages,
+        });
         request.set_timeout(timeout);
         match tokio::time::timeout(timeout, client.deliver(request)).await {
             Ok(Ok(_)) => failures = 0,
             Ok(Err(status)) => {
                 failures += 1;
-                tracing::debug!(to, code = ?status.code(), message = status.message(), "paxos delivery failed");
+                tracing::debug!(%to, code = ?status.code(), message = status.message(), "paxos delivery failed");
             }
             Err(_) => {
                 failures += 1;
-                tracing::debug!(to, "paxos delivery timed out");
+                tracing::debug!(%to, "paxos delivery timed out");
             }
         }
         if failures > 0 {
@@ -185,7 +188,7 @@ fn encode<C: Serialize>(to: NodeId, message: &Message<C>) -> Option<Vec<u8>> {
         Ok(encoded) if encoded.len() + 8 <= PEER_MESSAGE_BYTES_MAX => Some(encoded),
         Ok(encoded) => {
             tracing::error!(
-                to,
+                %to,
                 kind = message.kind(),
                 bytes = encoded.len(),
                 "paxos message exceeds the peer message limit; dropped"
@@ -193,7 +196,7 @@ fn encode<C: Serialize>(to: NodeId, message: &Message<C>) -> Option<Vec<u8>> {
             None
         }
         Err(error) => {
-            tracing::error!(to, %error, "unencodable paxos message dropped");
+            tracing::error!(%to, %error, "unencodable paxos message dropped");
             None
         }
     }
@@ -223,6 +226,7 @@ impl<C> PaxosPeerService<C> {
 impl<C: Command> PaxosPeer for PaxosPeerService<C> {
     async fn deliver(&self, request: Request<PaxosBatch>) -> Result<Response<PaxosAck>, Status> {
         let PaxosBatch { from, messages } = request.into_inner();
+        let from = NodeId::new(from);
         if !self.members.contains(&from) {
             return Err(Status::permission_denied(format!(
                 "node {from} is not a member of this cluster"
@@ -247,13 +251,16 @@ mod tests {
     fn a_batch_assembled_from_single_encodings_decodes_as_the_message_list() {
         let messages: Vec<Message<u64>> = vec![
             Message::Probe {
-                ballot: Ballot { round: 1, node: 2 },
+                ballot: Ballot {
+                    round: 1,
+                    node: NodeId::new(2),
+                },
             },
             Message::Learn { from_slot: 42 },
         ];
         let mut assembled = (messages.len() as u64).to_le_bytes().to_vec();
         for message in &messages {
-            assembled.extend(encode(1, message).expect("small messages encode"));
+            assembled.extend(encode(NodeId::new(1), message).expect("small messages encode"));
         }
         let decoded: Vec<Message<u64>> = bincode::deserialize(&assembled).expect("the batch decodes");
         assert_eq!(decoded, messages);

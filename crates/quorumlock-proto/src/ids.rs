@@ -52,6 +52,22 @@ macro_rules! id_type {
             }
         }
 
+        /// `id + n` is the identifier `n` after `id`: ids of one kind may be
+        /// counted forward, never mixed with another kind.
+        impl std::ops::Add<u64> for $name {
+            type Output = $name;
+
+            fn add(self, n: u64) -> $name {
+                $name(self.0 + n)
+            }
+        }
+
+        impl From<u64> for $name {
+            fn from(value: u64) -> $name {
+                $name(value)
+            }
+        }
+
         impl From<$name> for u64 {
             fn from(id: $name) -> u64 {
                 id.0

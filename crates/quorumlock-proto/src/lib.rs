@@ -6,6 +6,7 @@
 //! It is the leaf of the workspace: the client depends on it alone, and so
 //! does everything that speaks gRPC.
 
+pub mod details;
 pub mod headers;
 pub mod ids;
 pub mod limits;

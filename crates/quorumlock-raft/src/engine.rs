@@ -33,6 +33,10 @@ use quorumlock_proto::raft::raft_peer_server::RaftPeerServer;
 /// queue behind them).
 pub const PROPOSALS_IN_FLIGHT_MAX: usize = 4_096;
 
+/// How long openraft's tasks get, once its core stopped, to let go of the
+/// database before the engine reports that it could not close it.
+pub const STORAGE_RELEASE_WAIT_MAX: Duration = Duration::from_secs(10);
+
 /// The openraft engine.
 pub struct RaftEngine {
     raft: Raft,
@@ -48,7 +52,14 @@ pub struct RaftEngine {
     barrier_retry_pause: Duration,
     /// How long a read barrier keeps trying to hear a quorum.
     barrier_patience: Duration,
+    /// The database and the WAL sync thread, closed in order by
+    /// [`ConsensusEngine::shutdown`].
+    storage: parking_lot::Mutex<Option<OpenStorage>>,
 }
+
+/// The engine's database and its WAL sync thread (absent when appends sync
+/// inline).
+type OpenStorage = (Arc<rocksdb::DB>, Option<std::thread::JoinHandle<()>>);
 
 impl RaftEngine {
     /// Opens storage, starts the node, and forms the cluster if storage is
@@ -103,8 +114,8 @@ impl RaftEngine {
         let db = quorumlock_storage::open(&config.data_dir.join("raft"), &[CF_LOG, CF_META, CF_SNAPSHOT])?;
         let commit_index = Arc::new(AtomicU64::new(0));
         let applied_index = Arc::new(AtomicU64::new(0));
-        let log_store = LogStore::new(db.clone(), commit_index.clone(), wal)?;
-        let state_machine = StateMachineStore::open(db, state.clone(), applied_index.clone())?;
+        let (log_store, wal_thread) = LogStore::new(db.clone(), commit_index.clone(), wal)?;
+        let state_machine = StateMachineStore::open(db.clone(), state.clone(), applied_index.clone())?;
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
@@ -121,10 +132,10 @@ impl RaftEngine {
                 .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
                 .collect();
             match raft.initialize(members).await {
-                Ok(()) => tracing::info!(node = config.node_id, "initialized a fresh cluster membership"),
+                Ok(()) => tracing::info!(node = %config.node_id, "initialized a fresh cluster membership"),
                 // Another member's log reached us first: nothing to do.
                 Err(RaftError::APIError(error)) => {
-                    tracing::info!(node = config.node_id, %error, "membership already initialized")
+                    tracing::info!(node = %config.node_id, %error, "membership already initialized")
                 }
                 Err(RaftError::Fatal(error)) => return Err(error.into()),
             }
@@ -145,6 +156,7 @@ impl RaftEngine {
             applied_index,
             barrier_retry_pause: config.heartbeat,
             barrier_patience: config.election_timeout,
+            storage: parking_lot::Mutex::new(Some((db, wal_thread))),
         });
         Ok(engine)
     }
@@ -295,11 +307,44 @@ impl ConsensusEngine for RaftEngine {
         }
     }
 
+    /// Stops openraft's core, waits until every task of openraft has let go
+    /// of the stores (replication streams end just after the core), joins
+    /// the WAL sync thread, and closes the database: when this returns,
+    /// nothing of this engine touches storage.
     async fn shutdown(&self) -> Result<(), EngineError> {
-        self.raft
+        let stopped = self
+            .raft
             .shutdown()
             .await
-            .map_err(|error| EngineError::Fatal(format!("raft task failed while stopping: {error}")))
+            .map_err(|error| EngineError::Fatal(format!("raft task failed while stopping: {error}")));
+        let storage = self.storage.lock().take();
+        if let Some((db, wal_thread)) = storage {
+            // The WAL thread holds one handle; every other is a store of
+            // openraft's, and each store also holds the thread's queue.
+            let others = usize::from(wal_thread.is_some());
+            let deadline = tokio::time::Instant::now() + STORAGE_RELEASE_WAIT_MAX;
+            while Arc::strong_count(&db) > 1 + others {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(EngineError::Fatal(format!(
+                        "openraft still holds its stores {STORAGE_RELEASE_WAIT_MAX:?} after stopping; \
+                         the database is left open"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::task::spawn_blocking(move || {
+                if let Some(thread) = wal_thread {
+                    if thread.join().is_err() {
+                        tracing::error!("the raft WAL sync thread panicked");
+                    }
+                }
+                // The last handle: RocksDB closes here.
+                drop(db);
+            })
+            .await
+            .map_err(|error| EngineError::Fatal(format!("closing the raft database: {error}")))?;
+        }
+        stopped
     }
 }
 

@@ -41,13 +41,22 @@ pub struct LogStore {
 impl LogStore {
     /// Wraps a database opened with [`CF_LOG`] and [`CF_META`];
     /// `commit_index` is updated whenever openraft saves its committed id.
-    pub fn new(db: Arc<DB>, commit_index: Arc<AtomicU64>, sync: WalSync) -> std::io::Result<Self> {
-        let syncer = WalSyncer::start(db.clone(), sync)?;
-        Ok(LogStore {
-            db,
-            commit_index,
-            syncer,
-        })
+    /// Also returns the WAL sync thread, if `sync` runs one: it ends once
+    /// every clone of the store is dropped.
+    pub fn new(
+        db: Arc<DB>,
+        commit_index: Arc<AtomicU64>,
+        sync: WalSync,
+    ) -> std::io::Result<(Self, Option<std::thread::JoinHandle<()>>)> {
+        let (syncer, thread) = WalSyncer::start(db.clone(), sync)?;
+        Ok((
+            LogStore {
+                db,
+                commit_index,
+                syncer,
+            },
+            thread,
+        ))
     }
 
     fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageIOError<NodeId>> {

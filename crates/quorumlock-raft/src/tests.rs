@@ -19,7 +19,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         let dir = tempfile::tempdir().expect("creating a temporary directory");
         let db =
             quorumlock_storage::open(dir.path(), &[CF_LOG, CF_META, CF_SNAPSHOT]).expect("opening RocksDB");
-        let log = LogStore::new(db.clone(), Arc::new(AtomicU64::new(0)), WalSync::Background)
+        let (log, _sync_thread) = LogStore::new(db.clone(), Arc::new(AtomicU64::new(0)), WalSync::Background)
             .expect("starting the WAL syncer");
         let state = Arc::new(AppliedState::default());
         let state_machine = StateMachineStore::open(db, state, Arc::new(AtomicU64::new(0)))?;

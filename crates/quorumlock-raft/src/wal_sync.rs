@@ -16,6 +16,7 @@
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use openraft::storage::LogFlushed;
 use rocksdb::DB;
@@ -52,16 +53,18 @@ pub enum WalSyncer {
 }
 
 impl WalSyncer {
-    /// Starts syncing for `db` the way `mode` says.
-    pub fn start(db: Arc<DB>, mode: WalSync) -> std::io::Result<WalSyncer> {
+    /// Starts syncing for `db` the way `mode` says; returns the syncer and
+    /// the syncing thread, which ends once every clone of the syncer is
+    /// dropped (join it before closing the database).
+    pub fn start(db: Arc<DB>, mode: WalSync) -> std::io::Result<(WalSyncer, Option<JoinHandle<()>>)> {
         if mode == WalSync::Inline {
-            return Ok(WalSyncer::Inline(db));
+            return Ok((WalSyncer::Inline(db), None));
         }
         let (queue, pending) = sync_channel(APPENDS_AWAITING_SYNC_MAX);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("raft-wal-sync".to_string())
             .spawn(move || sync_loop(&db, &pending))?;
-        Ok(WalSyncer::Background(queue))
+        Ok((WalSyncer::Background(queue), Some(thread)))
     }
 
     /// Reports `callback` flushed once the WAL holding everything written so

@@ -75,8 +75,8 @@ pub fn parse_peers(text: &str) -> anyhow::Result<BTreeMap<NodeId, String>> {
         let id: NodeId = id
             .trim()
             .parse()
-            .with_context(|| format!("peer id {id:?} is not a number"))?;
-        if id == 0 {
+            .map_err(|_| anyhow::anyhow!("peer id {id:?} is not a number"))?;
+        if id == NodeId::new(0) {
             bail!("peer id 0 is reserved; ids start at 1");
         }
         if peers.insert(id, addr.trim().to_string()).is_some() {
@@ -120,7 +120,10 @@ mod tests {
     #[test]
     fn peers_parse_and_reject_malformed_lists() {
         let peers = parse_peers("1=127.0.0.1:7001, 2=127.0.0.1:7002").unwrap();
-        assert_eq!(peers.get(&2).map(String::as_str), Some("127.0.0.1:7002"));
+        assert_eq!(
+            peers.get(&NodeId::new(2)).map(String::as_str),
+            Some("127.0.0.1:7002")
+        );
         assert!(parse_peers("1=a,1=b").is_err());
         assert!(parse_peers("x=a").is_err());
         assert!(parse_peers("0=a").is_err());

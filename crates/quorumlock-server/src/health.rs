@@ -126,10 +126,10 @@ async fn follow(engine: Arc<dyn ConsensusEngine>, mut reporter: HealthReporter, 
         // Watchers get one message per change, not one per probe.
         if published != Some(serving) {
             tracing::info!(
-                node = config.node_id,
+                node = %config.node_id,
                 serving,
                 term = view.term,
-                leader = view.leader.as_ref().map(|leader| leader.id),
+                leader = ?view.leader.as_ref().map(|leader| leader.id),
                 is_leader = view.is_self,
                 "lock API health changed"
             );
@@ -157,7 +157,7 @@ mod tests {
         Leadership {
             term: 3,
             leader: leader.map(|id| LeaderInfo {
-                id,
+                id: NodeId::new(id),
                 addr: format!("127.0.0.1:700{id}"),
             }),
             is_self,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
@@ -40,7 +40,9 @@ pub struct Node {
     engine: Arc<dyn ConsensusEngine>,
     addr: std::net::SocketAddr,
     stop: Option<oneshot::Sender<()>>,
+    stopping: watch::Sender<bool>,
     health: Option<HealthKeeper>,
+    leases: JoinHandle<()>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
@@ -88,14 +90,26 @@ impl Node {
                 proposal_timeout: config.request_timeout,
             },
         );
-        tokio::spawn(leases.clone().run());
+        let lease_task = tokio::spawn(leases.clone().run());
+        // A storage failure is fail-stop: reported here, once, with its
+        // cause; `serve` then stops the node and exits non-zero.
+        let mut failed = engine.failed();
+        let node_id = config.id;
+        tokio::spawn(async move {
+            if let Ok(reason) = failed.wait_for(Option::is_some).await {
+                let reason = reason.clone().unwrap_or_default();
+                tracing::error!(node = %node_id, %reason, "the node's storage failed; it stops serving");
+            }
+        });
 
+        let (stopping, stopping_rx) = watch::channel(false);
         let lock_service = LockService::new(
             engine.clone(),
             leases,
             LockServiceConfig {
                 request_timeout: config.request_timeout,
             },
+            stopping_rx,
         );
 
         // Reflection serves the API, the peer transport and the health
@@ -150,12 +164,14 @@ impl Node {
                 let _ = stopped.await;
             });
         let server = tokio::spawn(server);
-        tracing::info!(node = config.id, %addr, engine = %config.engine, "node serving");
+        tracing::info!(node = %config.id, %addr, engine = %config.engine, "node serving");
         Ok(Node {
             engine,
             addr,
             stop: Some(stop),
+            stopping,
             health: Some(health),
+            leases: lease_task,
             server,
         })
     }
@@ -170,21 +186,53 @@ impl Node {
         &self.engine
     }
 
-    /// Stops serving and shuts the engine down.
+    /// Resolves with the reason once the engine stopped by itself on a
+    /// fatal failure (its storage failed); never while it runs.
+    pub async fn failed(&self) -> String {
+        let mut failed = self.engine.failed();
+        loop {
+            if let Some(reason) = failed.borrow_and_update().clone() {
+                return reason;
+            }
+            if failed.changed().await.is_err() {
+                // The engine is gone without a failure: wait for the caller
+                // to stop the node.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Stops in a defined order, so that nothing touches storage once it
+    /// closes: health says NOT_SERVING (watchers drain the node first); the
+    /// server stops accepting and in-flight calls finish, keepalive streams
+    /// and waits ending at once with UNAVAILABLE; the lease driver stops
+    /// proposing; the engine stops, joining every task and thread that
+    /// writes to its database, and closes it. Returns once all of that is
+    /// done; an engine that had failed reports its failure.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
-        // Health watchers learn first, while their streams are still open.
         if let Some(health) = self.health.take() {
             health.stop().await;
         }
+        self.stopping.send_replace(true);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        self.engine.shutdown().await?;
-        // Open keepalive streams would hold a graceful stop open for ever.
-        match tokio::time::timeout(SERVER_STOP_GRACE, &mut self.server).await {
-            Ok(result) => result??,
-            Err(_) => self.server.abort(),
+        let drained = tokio::time::timeout(SERVER_STOP_GRACE, &mut self.server).await;
+        self.leases.abort();
+        let _ = (&mut self.leases).await;
+        let engine = self.engine.shutdown().await;
+        match drained {
+            Ok(served) => served??,
+            // Calls still waiting on the engine were answered as it stopped.
+            Err(_) => match tokio::time::timeout(SERVER_STOP_GRACE, &mut self.server).await {
+                Ok(served) => served??,
+                Err(_) => {
+                    self.server.abort();
+                    let _ = (&mut self.server).await;
+                }
+            },
         }
+        engine?;
         Ok(())
     }
 }

@@ -7,8 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::lock::{LockError, Outcome};
 
-/// A node's id; unique within a cluster and stable across restarts.
-pub type NodeId = u64;
+pub use quorumlock_proto::NodeId;
 
 /// What a committed command returns to its proposer.
 pub type CommandResult = Result<Outcome, LockError>;

@@ -246,12 +246,12 @@ impl LeaseKeeper {
         };
         match outcome {
             Some(Ok(_)) => {
-                tracing::info!(session, "session expired");
+                tracing::info!(%session, "session expired");
                 active.tracker.forget(session);
             }
             Some(Err(LockError::SessionNotFound { .. })) => active.tracker.forget(session),
             Some(Err(error)) => {
-                tracing::error!(session, %error, "expiry refused");
+                tracing::error!(%session, %error, "expiry refused");
                 active.tracker.forget(session);
             }
             None => active.tracker.retry_expiry(session),
@@ -299,13 +299,13 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::consensus::LeaderInfo;
+    use crate::consensus::{LeaderInfo, NodeId};
 
     fn leading(term: u64) -> Leadership {
         Leadership {
             term,
             leader: Some(LeaderInfo {
-                id: 1,
+                id: NodeId::new(1),
                 addr: "127.0.0.1:7001".to_string(),
             }),
             is_self: true,
@@ -338,20 +338,26 @@ mod tests {
             vec![KeeperAction::ReadBarrier { term: 3 }]
         );
         assert!(keeper.tick(&view, now).is_empty(), "one barrier at a time");
-        assert_eq!(keeper.renew(1, now, || Some(1_000)), Err(RenewError::NotLeader));
-        let sessions = [(1, session(4_000))];
+        assert_eq!(
+            keeper.renew(SessionId::new(1), now, || Some(1_000)),
+            Err(RenewError::NotLeader)
+        );
+        let sessions = [(SessionId::new(1), session(4_000))];
         let charges = keeper.barrier_passed(3, &view, now, sessions.iter().map(|(id, s)| (*id, s)));
         assert_eq!(
             charges,
             vec![KeeperAction::Propose {
                 command: Command::CheckpointSessions {
-                    remaining: vec![(1, 3_000)]
+                    remaining: vec![(SessionId::new(1), 3_000)]
                 },
                 purpose: ProposalPurpose::TakeoverCharge { term: 3 },
             }]
         );
         assert_eq!(keeper.active_term(), Some(3));
-        assert_eq!(keeper.renew(1, now, || None), Ok(Duration::from_millis(4_000)));
+        assert_eq!(
+            keeper.renew(SessionId::new(1), now, || None),
+            Ok(Duration::from_millis(4_000))
+        );
     }
 
     #[test]
@@ -392,10 +398,12 @@ mod tests {
         let view = leading(1);
         keeper.tick(&view, start);
         keeper.barrier_passed(1, &view, start, std::iter::empty());
-        keeper.opened(9, Duration::from_secs(1), start);
+        keeper.opened(SessionId::new(9), Duration::from_secs(1), start);
         let expire = KeeperAction::Propose {
-            command: Command::ExpireSession { session: 9 },
-            purpose: ProposalPurpose::Expire(9),
+            command: Command::ExpireSession {
+                session: SessionId::new(9),
+            },
+            purpose: ProposalPurpose::Expire(SessionId::new(9)),
         };
         let late = start + Duration::from_millis(1_200);
         assert!(keeper.tick(&view, late).contains(&expire));
@@ -403,16 +411,19 @@ mod tests {
             !keeper.tick(&view, late).contains(&expire),
             "one expiry in flight"
         );
-        keeper.proposal_done(ProposalPurpose::Expire(9), None);
+        keeper.proposal_done(ProposalPurpose::Expire(SessionId::new(9)), None);
         assert!(
             keeper.tick(&view, late).contains(&expire),
             "retried after a failure"
         );
         keeper.proposal_done(
-            ProposalPurpose::Expire(9),
+            ProposalPurpose::Expire(SessionId::new(9)),
             Some(&Ok(crate::lock::Outcome::SessionEnded { released: vec![] })),
         );
         assert!(keeper.is_empty());
-        assert_eq!(keeper.renew(9, late, || None), Err(RenewError::NotFound));
+        assert_eq!(
+            keeper.renew(SessionId::new(9), late, || None),
+            Err(RenewError::NotFound)
+        );
     }
 }

@@ -334,15 +334,15 @@ mod tests {
     #[test]
     fn takeover_grants_full_ttl_plus_grace_to_unrecorded_sessions() {
         let now = Instant::now();
-        let sessions = [(1, session(4_000, None))];
+        let sessions = [(SessionId::new(1), session(4_000, None))];
         let (mut tracker, charges) =
             LeaseTracker::take_over(now, GRACE, sessions.iter().map(|(id, s)| (*id, s)));
-        assert_eq!(charges, vec![(1, 3_000)]);
+        assert_eq!(charges, vec![(SessionId::new(1), 3_000)]);
         let just_before = now + Duration::from_millis(4_499);
         assert!(tracker.take_expired(just_before, 10).is_empty());
         assert_eq!(
             tracker.take_expired(now + Duration::from_millis(4_500), 10),
-            vec![1]
+            vec![SessionId::new(1)]
         );
     }
 
@@ -350,31 +350,31 @@ mod tests {
     fn renewal_extends_by_ttl_and_expired_lease_cannot_renew() {
         let now = Instant::now();
         let mut tracker = LeaseTracker::take_over(now, GRACE, std::iter::empty()).0;
-        tracker.track(7, Duration::from_secs(2), now);
+        tracker.track(SessionId::new(7), Duration::from_secs(2), now);
         assert_eq!(
-            tracker.renew(7, now + Duration::from_millis(1_900)),
+            tracker.renew(SessionId::new(7), now + Duration::from_millis(1_900)),
             Ok(Duration::from_secs(2))
         );
         assert!(tracker
             .take_expired(now + Duration::from_millis(3_800), 10)
             .is_empty());
         assert_eq!(
-            tracker.renew(7, now + Duration::from_millis(3_900)),
+            tracker.renew(SessionId::new(7), now + Duration::from_millis(3_900)),
             Err(RenewRefused::Expired)
         );
-        assert_eq!(tracker.renew(8, now), Err(RenewRefused::Unknown));
+        assert_eq!(tracker.renew(SessionId::new(8), now), Err(RenewRefused::Unknown));
     }
 
     #[test]
     fn expiry_in_flight_is_not_reported_twice_until_retried() {
         let now = Instant::now();
         let mut tracker = LeaseTracker::take_over(now, GRACE, std::iter::empty()).0;
-        tracker.track(1, Duration::from_secs(1), now);
+        tracker.track(SessionId::new(1), Duration::from_secs(1), now);
         let later = now + Duration::from_secs(2);
-        assert_eq!(tracker.take_expired(later, 10), vec![1]);
+        assert_eq!(tracker.take_expired(later, 10), vec![SessionId::new(1)]);
         assert!(tracker.take_expired(later, 10).is_empty());
-        tracker.retry_expiry(1);
-        assert_eq!(tracker.take_expired(later, 10), vec![1]);
+        tracker.retry_expiry(SessionId::new(1));
+        assert_eq!(tracker.take_expired(later, 10), vec![SessionId::new(1)]);
     }
 
     #[test]
@@ -382,12 +382,12 @@ mod tests {
         let start = Instant::now();
         let ttl = Duration::from_secs(3);
         let mut tracker = LeaseTracker::take_over(start, GRACE, std::iter::empty()).0;
-        tracker.track(1, ttl, start);
+        tracker.track(SessionId::new(1), ttl, start);
         for step in 1..=30u32 {
             let now = start + ttl / 3 * step;
             // Checkpoints are examined just before each renewal, at the lowest remaining lease.
             assert!(tracker.take_checkpoints(now, 10).is_empty(), "step {step}");
-            tracker.renew(1, now).unwrap();
+            tracker.renew(SessionId::new(1), now).unwrap();
         }
     }
 
@@ -399,11 +399,11 @@ mod tests {
         let mut recorded: Option<u64> = None;
         let mut now = Instant::now();
         for takeover in 0..10 {
-            let sessions = [(1, session(ttl_ms, recorded))];
+            let sessions = [(SessionId::new(1), session(ttl_ms, recorded))];
             let (mut tracker, charges) =
                 LeaseTracker::take_over(now, GRACE, sessions.iter().map(|(id, s)| (*id, s)));
             for (id, remaining) in charges {
-                assert_eq!(id, 1);
+                assert_eq!(id, SessionId::new(1));
                 recorded = Some(remaining);
             }
             // Each leader lives only half a grace period before the next election.
@@ -422,22 +422,25 @@ mod tests {
     #[test]
     fn spent_budget_gets_no_grace_so_leaders_shorter_than_the_grace_cannot_keep_it_alive() {
         let now = Instant::now();
-        let sessions = [(1, session(4_000, Some(0)))];
+        let sessions = [(SessionId::new(1), session(4_000, Some(0)))];
         let (mut tracker, charges) =
             LeaseTracker::take_over(now, GRACE, sessions.iter().map(|(id, s)| (*id, s)));
         assert!(charges.is_empty(), "nothing is left to charge");
-        assert_eq!(tracker.take_expired(now, 10), vec![1]);
+        assert_eq!(tracker.take_expired(now, 10), vec![SessionId::new(1)]);
     }
 
     #[test]
     fn renewal_after_a_low_record_checkpoints_the_budget_back_up() {
         let now = Instant::now();
-        let sessions = [(1, session(4_000, Some(1_000)))];
+        let sessions = [(SessionId::new(1), session(4_000, Some(1_000)))];
         let (mut tracker, charges) =
             LeaseTracker::take_over(now, GRACE, sessions.iter().map(|(id, s)| (*id, s)));
-        assert_eq!(charges, vec![(1, 0)]);
-        tracker.renew(1, now).unwrap();
-        assert_eq!(tracker.take_checkpoints(now, 10), vec![(1, 4_000)]);
+        assert_eq!(charges, vec![(SessionId::new(1), 0)]);
+        tracker.renew(SessionId::new(1), now).unwrap();
+        assert_eq!(
+            tracker.take_checkpoints(now, 10),
+            vec![(SessionId::new(1), 4_000)]
+        );
         assert!(tracker.take_checkpoints(now, 10).is_empty());
     }
 
@@ -446,7 +449,7 @@ mod tests {
         let now = Instant::now();
         let mut tracker = LeaseTracker::take_over(now, GRACE, std::iter::empty()).0;
         for id in 0..10 {
-            tracker.track(id, Duration::from_secs(1), now);
+            tracker.track(SessionId::new(id), Duration::from_secs(1), now);
         }
         let later = now + Duration::from_secs(5);
         assert_eq!(
@@ -456,5 +459,129 @@ mod tests {
             3
         );
         assert_eq!(tracker.take_expired(later, 4).len(), 4);
+    }
+
+    /// The table as a full scan decides it: what the indexed tracker must
+    /// agree with, whatever the operations and the time.
+    #[derive(Default)]
+    struct ScanModel {
+        leases: BTreeMap<SessionId, Lease>,
+    }
+
+    impl ScanModel {
+        fn track(&mut self, session: SessionId, ttl: Duration, now: Instant) {
+            self.leases.entry(session).or_insert(Lease {
+                ttl,
+                deadline: now + ttl,
+                recorded: ttl,
+                renewed_since_checkpoint: false,
+                expiring: false,
+            });
+        }
+
+        fn renew(&mut self, session: SessionId, now: Instant) -> Result<Duration, RenewRefused> {
+            let lease = self.leases.get_mut(&session).ok_or(RenewRefused::Unknown)?;
+            if lease.expiring || now >= lease.deadline {
+                return Err(RenewRefused::Expired);
+            }
+            lease.deadline = now + lease.ttl;
+            lease.renewed_since_checkpoint = true;
+            Ok(lease.ttl)
+        }
+
+        fn take_expired(&mut self, now: Instant) -> Vec<SessionId> {
+            let mut expired = Vec::new();
+            for (id, lease) in self.leases.iter_mut() {
+                if !lease.expiring && now >= lease.deadline {
+                    lease.expiring = true;
+                    expired.push(*id);
+                }
+            }
+            expired
+        }
+
+        fn take_checkpoints(&mut self, now: Instant) -> Vec<(SessionId, u64)> {
+            let mut entries = Vec::new();
+            for (id, lease) in self.leases.iter_mut() {
+                if let Some(record) = lease.checkpoint_due(now) {
+                    lease.recorded = record;
+                    lease.renewed_since_checkpoint = false;
+                    entries.push((*id, ms(record)));
+                }
+            }
+            entries
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Track(u64, u64),
+        Renew(u64),
+        Forget(u64),
+        RetryExpiry(u64),
+        Expire,
+        Checkpoint,
+        Advance(u64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u64..12, 1_000u64..4_000).prop_map(|(id, ttl)| Op::Track(id, ttl)),
+            (0u64..12).prop_map(Op::Renew),
+            (0u64..12).prop_map(Op::Forget),
+            (0u64..12).prop_map(Op::RetryExpiry),
+            Just(Op::Expire),
+            Just(Op::Checkpoint),
+            (0u64..1_500).prop_map(Op::Advance),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The indexed tracker expires and checkpoints exactly the leases a
+        /// scan of every lease would, after any sequence of operations.
+        #[test]
+        fn the_indexes_decide_exactly_what_a_full_scan_decides(ops in proptest::collection::vec(op(), 1..120)) {
+            let start = Instant::now();
+            let mut now = start;
+            let mut tracker = LeaseTracker::take_over(start, GRACE, std::iter::empty()).0;
+            let mut model = ScanModel::default();
+            for op in ops {
+                match op {
+                    Op::Track(id, ttl) => {
+                        tracker.track(SessionId::new(id), Duration::from_millis(ttl), now);
+                        model.track(SessionId::new(id), Duration::from_millis(ttl), now);
+                    }
+                    Op::Renew(id) => {
+                        proptest::prop_assert_eq!(
+                            tracker.renew(SessionId::new(id), now),
+                            model.renew(SessionId::new(id), now)
+                        );
+                    }
+                    Op::Forget(id) => {
+                        tracker.forget(SessionId::new(id));
+                        model.leases.remove(&SessionId::new(id));
+                    }
+                    Op::RetryExpiry(id) => {
+                        tracker.retry_expiry(SessionId::new(id));
+                        if let Some(lease) = model.leases.get_mut(&SessionId::new(id)) {
+                            lease.expiring = false;
+                        }
+                    }
+                    Op::Expire => {
+                        let mut indexed = tracker.take_expired(now, usize::MAX);
+                        indexed.sort();
+                        proptest::prop_assert_eq!(indexed, model.take_expired(now));
+                    }
+                    Op::Checkpoint => {
+                        let mut indexed = tracker.take_checkpoints(now, usize::MAX);
+                        indexed.sort();
+                        proptest::prop_assert_eq!(indexed, model.take_checkpoints(now));
+                    }
+                    Op::Advance(ms) => now += Duration::from_millis(ms),
+                }
+                proptest::prop_assert_eq!(tracker.len(), model.leases.len());
+            }
+        }
     }
 }

@@ -4,10 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::LockError;
 
-/// Identifies a session; assigned by the state machine from a counter.
-pub type SessionId = u64;
-/// A fencing token; assigned by the state machine from one counter on every grant.
-pub type FencingToken = u64;
+pub use quorumlock_proto::{FencingToken, SessionId};
 
 /// A lock name together with a token that claims to be its current one.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

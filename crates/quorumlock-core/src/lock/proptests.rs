@@ -28,7 +28,7 @@ const LOCKS: [&str; 3] = ["a", "b", "c"];
 /// The keys of the fenced store commands name.
 const KEYS: [&str; 2] = ["k1", "k2"];
 /// Sessions every sequence starts with; they get ids 1 to 4.
-const SESSIONS_UP_FRONT: SessionId = 4;
+const SESSIONS_UP_FRONT: u64 = 4;
 /// The TTL of every session the tests open.
 const TTL_MS: u64 = 10_000;
 /// Longest generated command sequence.
@@ -97,12 +97,12 @@ impl SessionPick {
             SessionPick::Live(index) => {
                 let live = state.sessions().count();
                 if live == 0 {
-                    return 0;
+                    return SessionId::new(0);
                 }
                 state
                     .sessions()
                     .nth(index % live)
-                    .map_or(0, |(session, _)| session)
+                    .map_or(SessionId::new(0), |(session, _)| session)
             }
             SessionPick::HolderOf(lock) => match state.describe(LOCKS[lock]).holder {
                 Some((holder, _)) => holder,
@@ -115,10 +115,12 @@ impl SessionPick {
 
 impl TokenPick {
     fn resolve(&self, state: &LockState, lock: &str) -> FencingToken {
-        let current = state.current_token(lock).unwrap_or(state.next_token() - 1);
+        let current = state
+            .current_token(lock)
+            .unwrap_or(FencingToken::new(state.next_token().get() - 1));
         match *self {
             TokenPick::Current => current,
-            TokenPick::Behind(distance) => current.saturating_sub(distance),
+            TokenPick::Behind(distance) => FencingToken::new(current.get().saturating_sub(distance)),
             TokenPick::Literal(token) => token,
         }
     }
@@ -183,7 +185,7 @@ fn session_pick() -> impl Strategy<Value = SessionPick> {
     prop_oneof![
         6 => (0..8usize).prop_map(SessionPick::Live),
         2 => (0..LOCKS.len()).prop_map(SessionPick::HolderOf),
-        1 => (0..=10u64).prop_map(SessionPick::Id),
+        1 => (0..=10u64).prop_map(|id| SessionPick::Id(SessionId::new(id))),
     ]
 }
 
@@ -200,7 +202,7 @@ fn token_pick() -> impl Strategy<Value = TokenPick> {
     prop_oneof![
         4 => Just(TokenPick::Current),
         1 => (1..=3u64).prop_map(TokenPick::Behind),
-        1 => (0..16u64).prop_map(TokenPick::Literal),
+        1 => (0..16u64).prop_map(|token| TokenPick::Literal(FencingToken::new(token))),
     ]
 }
 
@@ -265,7 +267,7 @@ fn initial_state() -> LockState {
             state.apply(&Command::OpenSession { ttl_ms: TTL_MS }),
             Applied {
                 result: Ok(Outcome::SessionOpened {
-                    session,
+                    session: SessionId::new(session),
                     ttl_ms: TTL_MS
                 }),
                 events: Vec::new(),
@@ -482,7 +484,7 @@ proptest! {
     #[test]
     fn token_monotonicity_every_grant_exceeds_all_earlier_grants(steps in steps()) {
         let mut state = initial_state();
-        let mut last_granted: FencingToken = 0;
+        let mut last_granted: FencingToken = FencingToken::new(0);
         for step in &steps {
             let command = step.resolve(&state);
             let next_before = state.next_token();
@@ -500,7 +502,7 @@ proptest! {
             }
             prop_assert!(state.next_token() >= next_before, "the token counter went down");
             prop_assert_eq!(
-                state.next_token() - next_before,
+                state.next_token().get() - next_before.get(),
                 grants.len() as u64,
                 "the counter must move once per grant"
             );

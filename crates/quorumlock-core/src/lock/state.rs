@@ -70,8 +70,8 @@ impl Default for LockState {
     fn default() -> Self {
         // Ids and tokens start at 1 so that 0 can mean "none" on the wire.
         LockState {
-            next_session: 1,
-            next_token: 1,
+            next_session: SessionId::new(1),
+            next_token: FencingToken::new(1),
             sessions: BTreeMap::new(),
             locks: BTreeMap::new(),
             kv: BTreeMap::new(),
@@ -179,7 +179,7 @@ impl LockState {
             return Err(LockError::TooManySessions { max: SESSIONS_MAX });
         }
         let session = self.next_session;
-        self.next_session += 1;
+        self.next_session = session.next();
         self.sessions.insert(
             session,
             Session {
@@ -356,7 +356,7 @@ impl LockState {
     /// Grants a free lock to `session` with a fresh token.
     fn grant(&mut self, name: &str, session: SessionId, events: &mut Vec<Event>) -> FencingToken {
         let token = self.next_token;
-        self.next_token += 1;
+        self.next_token = token.next();
         let lock = self.locks.get_mut(name).expect("granting an existing lock");
         assert!(lock.holder.is_none(), "granting lock {name:?}, which is held");
         lock.holder = Some((session, token));
@@ -468,7 +468,10 @@ impl LockState {
         // Ids and tokens start at 1 (0 means "none" on the wire), and a
         // counter near the top of u64 would overflow on a later grant and
         // hand out tokens that are not larger than the earlier ones.
-        for (counter, value) in [("session", state.next_session), ("token", state.next_token)] {
+        for (counter, value) in [
+            ("session", state.next_session.get()),
+            ("token", state.next_token.get()),
+        ] {
             if !(1..=COUNTER_VALUE_MAX).contains(&value) {
                 return Err(format!(
                     "bad lock snapshot: next {counter} counter {value} is outside 1..={COUNTER_VALUE_MAX}"

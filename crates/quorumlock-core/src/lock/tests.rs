@@ -173,7 +173,7 @@ fn open_session_assigns_increasing_ids_from_one_and_records_the_ttl() {
     assert_eq!(
         state.apply(&Command::OpenSession { ttl_ms: TTL_MS }),
         quiet(Outcome::SessionOpened {
-            session: 1,
+            session: SessionId::new(1),
             ttl_ms: TTL_MS
         })
     );
@@ -182,15 +182,18 @@ fn open_session_assigns_increasing_ids_from_one_and_records_the_ttl() {
             ttl_ms: SESSION_TTL_MS_MIN
         }),
         quiet(Outcome::SessionOpened {
-            session: 2,
+            session: SessionId::new(2),
             ttl_ms: SESSION_TTL_MS_MIN
         })
     );
-    let first = state.session(1).expect("session 1 is open");
+    let first = state.session(SessionId::new(1)).expect("session 1 is open");
     assert_eq!(first.ttl_ms, TTL_MS);
     assert_eq!(first.checkpoint_remaining_ms, None);
     assert!(first.held.is_empty() && first.waiting.is_empty());
-    assert_eq!(state.sessions().map(|(id, _)| id).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(
+        state.sessions().map(|(id, _)| id).collect::<Vec<_>>(),
+        vec![SessionId::new(1), SessionId::new(2)]
+    );
 }
 
 #[test]
@@ -201,7 +204,10 @@ fn ttl_out_of_bounds_is_invalid_argument() {
     }
     assert_eq!(state.sessions().count(), 0);
     // Both bounds are inclusive, and the refusals consumed no session id.
-    for (session, ttl_ms) in [(1, SESSION_TTL_MS_MIN), (2, SESSION_TTL_MS_MAX)] {
+    for (session, ttl_ms) in [
+        (SessionId::new(1), SESSION_TTL_MS_MIN),
+        (SessionId::new(2), SESSION_TTL_MS_MAX),
+    ] {
         assert_eq!(
             state.apply(&Command::OpenSession { ttl_ms }),
             quiet(Outcome::SessionOpened { session, ttl_ms })
@@ -226,13 +232,17 @@ fn too_many_sessions_is_refused_at_sessions_max() {
     );
     // Ending one session makes room for exactly one more.
     assert_eq!(
-        state.apply(&Command::CloseSession { session: 1 }),
+        state.apply(&Command::CloseSession {
+            session: SessionId::new(1)
+        }),
         Applied {
             result: Ok(Outcome::SessionEnded { released: Vec::new() }),
-            events: vec![Event::SessionEnded { session: 1 }],
+            events: vec![Event::SessionEnded {
+                session: SessionId::new(1)
+            }],
         }
     );
-    assert_eq!(open(&mut state), SESSIONS_MAX as SessionId + 1);
+    assert_eq!(open(&mut state), SessionId::new(SESSIONS_MAX as u64 + 1));
     assert_refused(
         &mut state,
         &Command::OpenSession { ttl_ms: TTL_MS },
@@ -366,13 +376,21 @@ fn ending_an_unknown_or_ended_session_is_session_not_found() {
     let session = open(&mut state);
     assert_refused(
         &mut state,
-        &Command::CloseSession { session: 7 },
-        LockError::SessionNotFound { session: 7 },
+        &Command::CloseSession {
+            session: SessionId::new(7),
+        },
+        LockError::SessionNotFound {
+            session: SessionId::new(7),
+        },
     );
     assert_refused(
         &mut state,
-        &Command::ExpireSession { session: 0 },
-        LockError::SessionNotFound { session: 0 },
+        &Command::ExpireSession {
+            session: SessionId::new(0),
+        },
+        LockError::SessionNotFound {
+            session: SessionId::new(0),
+        },
     );
     assert_eq!(
         state.apply(&Command::CloseSession { session }),
@@ -427,11 +445,15 @@ fn checkpoint_is_bounded_and_skips_unknown_sessions() {
     let (first, second) = (open(&mut state), open(&mut state));
     assert_eq!(
         state.apply(&Command::CheckpointSessions {
-            remaining: vec![(first, 4_000), (99, 1_000), (second, 0)],
+            remaining: vec![(first, 4_000), (SessionId::new(99), 1_000), (second, 0)],
         }),
         quiet(Outcome::Checkpointed { sessions: 2 })
     );
-    assert_eq!(state.session(99), None, "a checkpoint never creates a session");
+    assert_eq!(
+        state.session(SessionId::new(99)),
+        None,
+        "a checkpoint never creates a session"
+    );
     assert_eq!(
         state.session(first).map(|s| s.checkpoint_remaining_ms),
         Some(Some(4_000))
@@ -490,19 +512,23 @@ fn checkpoint_never_records_more_than_the_session_ttl() {
 fn acquire_of_free_lock_grants_a_fresh_token_and_emits_granted() {
     let mut state = LockState::default();
     let session = open(&mut state);
-    assert_eq!(state.next_token(), 1, "tokens start at 1; 0 means none");
+    assert_eq!(
+        state.next_token(),
+        FencingToken::new(1),
+        "tokens start at 1; 0 means none"
+    );
     assert_eq!(
         state.apply(&acquire(session, "a", false)),
-        acquired_fresh("a", session, 1)
+        acquired_fresh("a", session, FencingToken::new(1))
     );
-    assert_eq!(state.next_token(), 2);
-    assert_eq!(state.describe("a"), held_by(session, 1, 0));
-    assert_eq!(state.current_token("a"), Some(1));
+    assert_eq!(state.next_token(), FencingToken::new(2));
+    assert_eq!(state.describe("a"), held_by(session, FencingToken::new(1), 0));
+    assert_eq!(state.current_token("a"), Some(FencingToken::new(1)));
     assert!(state.session(session).is_some_and(|s| s.held.contains("a")));
     // Waiting makes no difference for a free lock.
     assert_eq!(
         state.apply(&acquire(session, "b", true)),
-        acquired_fresh("b", session, 2)
+        acquired_fresh("b", session, FencingToken::new(2))
     );
     assert_eq!(state.lock_count(), 2);
 }
@@ -511,11 +537,11 @@ fn acquire_of_free_lock_grants_a_fresh_token_and_emits_granted() {
 fn tokens_come_from_one_counter_shared_by_all_locks() {
     let mut state = LockState::default();
     let (first, second) = (open(&mut state), open(&mut state));
-    assert_eq!(take(&mut state, first, "a"), 1);
-    assert_eq!(take(&mut state, second, "b"), 2);
-    state.apply(&release(first, "a", 1));
-    assert_eq!(take(&mut state, second, "a"), 3);
-    assert_eq!(take(&mut state, first, "c"), 4);
+    assert_eq!(take(&mut state, first, "a"), FencingToken::new(1));
+    assert_eq!(take(&mut state, second, "b"), FencingToken::new(2));
+    state.apply(&release(first, "a", FencingToken::new(1)));
+    assert_eq!(take(&mut state, second, "a"), FencingToken::new(3));
+    assert_eq!(take(&mut state, first, "c"), FencingToken::new(4));
 }
 
 #[test]
@@ -652,17 +678,17 @@ fn name_empty_or_too_long_is_invalid_argument() {
         assert_invalid_argument(&mut state, &acquire(session, name, false));
         assert_invalid_argument(&mut state, &acquire(session, name, true));
         assert_invalid_argument(&mut state, &cancel_wait(session, name));
-        assert_invalid_argument(&mut state, &release(session, name, 1));
-        assert_invalid_argument(&mut state, &put("k", b"v", name, 1));
-        assert_invalid_argument(&mut state, &delete("k", name, 1));
+        assert_invalid_argument(&mut state, &release(session, name, FencingToken::new(1)));
+        assert_invalid_argument(&mut state, &put("k", b"v", name, FencingToken::new(1)));
+        assert_invalid_argument(&mut state, &delete("k", name, FencingToken::new(1)));
     }
     // The argument is checked before the session, whatever the session.
-    assert_invalid_argument(&mut state, &acquire(999, "", false));
+    assert_invalid_argument(&mut state, &acquire(SessionId::new(999), "", false));
     assert_eq!(state.lock_count(), 0);
     let longest = "x".repeat(LOCK_NAME_BYTES_MAX);
     let longest_in_bytes = "é".repeat(LOCK_NAME_BYTES_MAX / 2);
-    assert_eq!(take(&mut state, session, &longest), 1);
-    assert_eq!(take(&mut state, session, &longest_in_bytes), 2);
+    assert_eq!(take(&mut state, session, &longest), FencingToken::new(1));
+    assert_eq!(take(&mut state, session, &longest_in_bytes), FencingToken::new(2));
 }
 
 // Cancelling a wait.
@@ -799,7 +825,7 @@ fn release_with_wrong_token_is_refused_as_stale() {
     state.apply(&release(holder, "a", old));
     take(&mut state, other, "b");
     let token = take(&mut state, holder, "a");
-    for presented in [old, token + 1, 0] {
+    for presented in [old, token + 1, FencingToken::new(0)] {
         assert_refused(
             &mut state,
             &release(holder, "a", presented),
@@ -821,7 +847,11 @@ fn release_by_a_session_that_does_not_hold_the_lock_is_not_holder() {
     };
     // Even the holder's exact token does not let another session release it.
     assert_refused(&mut state, &release(other, "a", token), not_holder("a"));
-    assert_refused(&mut state, &release(other, "free", 1), not_holder("free"));
+    assert_refused(
+        &mut state,
+        &release(other, "free", FencingToken::new(1)),
+        not_holder("free"),
+    );
     assert_eq!(state.describe("a"), held_by(holder, token, 1));
 }
 
@@ -932,7 +962,11 @@ fn put_after_release_is_refused() {
     assert_refused(&mut state, &put("k", b"v", "a", token), stale("a", token, None));
     assert_refused(&mut state, &delete("k", "a", token), stale("a", token, None));
     // So is a fence on a lock that was never held.
-    assert_refused(&mut state, &put("k", b"v", "never", 1), stale("never", 1, None));
+    assert_refused(
+        &mut state,
+        &put("k", b"v", "never", FencingToken::new(1)),
+        stale("never", FencingToken::new(1), None),
+    );
     assert_eq!(state.get("k"), None);
 }
 
@@ -1056,21 +1090,28 @@ fn snapshot_restore_round_trips_and_preserves_token_counter() {
     assert_eq!(restored, original);
     assert_eq!(restored.snapshot(), bytes);
     assert_eq!(restored.next_token(), original.next_token());
-    assert_eq!(restored.next_token(), 4, "three grants were made");
+    assert_eq!(
+        restored.next_token(),
+        FencingToken::new(4),
+        "three grants were made"
+    );
     assert_eq!(restored.describe("a"), original.describe("a"));
     assert_eq!(restored.get("k"), original.get("k"));
     // The restored copy carries on exactly like the original: the next grant
     // gets the next token, never a reused one.
     for command in [
-        release(1, "a", 1),
-        acquire(2, "c", false),
+        release(SessionId::new(1), "a", FencingToken::new(1)),
+        acquire(SessionId::new(2), "c", false),
         Command::OpenSession { ttl_ms: TTL_MS },
     ] {
         assert_eq!(restored.apply(&command), original.apply(&command));
     }
-    assert_eq!(restored.current_token("a"), Some(4));
-    assert_eq!(restored.current_token("c"), Some(5));
-    assert_eq!(restored.session(4).map(|s| s.ttl_ms), Some(TTL_MS));
+    assert_eq!(restored.current_token("a"), Some(FencingToken::new(4)));
+    assert_eq!(restored.current_token("c"), Some(FencingToken::new(5)));
+    assert_eq!(
+        restored.session(SessionId::new(4)).map(|s| s.ttl_ms),
+        Some(TTL_MS)
+    );
     assert_eq!(restored.snapshot(), original.snapshot());
 }
 
@@ -1079,7 +1120,7 @@ fn restore_of_an_empty_state_round_trips() {
     let empty = LockState::default();
     let restored = LockState::restore(&empty.snapshot()).expect("an empty snapshot restores");
     assert_eq!(restored, empty);
-    assert_eq!(restored.next_token(), 1);
+    assert_eq!(restored.next_token(), FencingToken::new(1));
 }
 
 #[test]
@@ -1146,22 +1187,24 @@ fn every_refusal_message_names_its_values() {
             "invalid argument: lock name is empty",
         ),
         (
-            LockError::SessionNotFound { session: 7 },
+            LockError::SessionNotFound {
+                session: SessionId::new(7),
+            },
             "session 7 not found (closed, expired or never opened)",
         ),
         (
             LockError::NotHolder {
                 lock: "a".to_string(),
-                session: 3,
+                session: SessionId::new(3),
             },
             "session 3 does not hold lock \"a\"",
         ),
         (
-            stale("a", 4, Some(9)),
+            stale("a", FencingToken::new(4), Some(FencingToken::new(9))),
             "stale fencing token for lock \"a\": presented 4, current 9",
         ),
         (
-            stale("a", 4, None),
+            stale("a", FencingToken::new(4), None),
             "stale fencing token for lock \"a\": presented 4, current none (lock is free)",
         ),
         (

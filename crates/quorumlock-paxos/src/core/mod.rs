@@ -73,7 +73,7 @@ impl ReplicaConfig {
             inflight_slots_max: 64,
             queued_proposals_max: 65_536,
             learn_batch_max: 512,
-            seed: id,
+            seed: id.get(),
         }
     }
 }

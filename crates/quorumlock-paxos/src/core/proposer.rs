@@ -258,7 +258,7 @@ impl<C: Command> Replica<C> {
             leading.next_quorum_check_at = now + election_ticks;
             if heard < majority {
                 tracing::warn!(
-                    node = self.config.id,
+                    node = %self.config.id,
                     heard,
                     "leader lost touch with a quorum; stepping down"
                 );
@@ -278,7 +278,7 @@ impl<C: Command> Replica<C> {
             // records, which a leader may not do at its current ballot
             // because its promises omitted them.
             tracing::warn!(
-                node = self.config.id,
+                node = %self.config.id,
                 chosen_upto = self.chosen_upto,
                 reported = self.leader_chosen_upto,
                 "leader cannot learn slots reported chosen; stepping down"

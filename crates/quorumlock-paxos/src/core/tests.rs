@@ -27,13 +27,18 @@ type Ready1 = Ready<Command>;
 const HEARTBEAT_TICKS: u64 = 2;
 const ELECTION_TICKS: u64 = 10;
 
-fn ballot(round: u64, node: NodeId) -> Ballot {
-    Ballot { round, node }
+/// Node `id`.
+fn n(id: u64) -> NodeId {
+    NodeId::new(id)
 }
 
-fn config(id: NodeId, size: u64) -> ReplicaConfig {
-    let members: BTreeSet<NodeId> = (1..=size).collect();
-    ReplicaConfig::new(id, members, HEARTBEAT_TICKS, ELECTION_TICKS)
+fn ballot(round: u64, node: u64) -> Ballot {
+    Ballot { round, node: n(node) }
+}
+
+fn config(id: u64, size: u64) -> ReplicaConfig {
+    let members: BTreeSet<NodeId> = (1..=size).map(n).collect();
+    ReplicaConfig::new(n(id), members, HEARTBEAT_TICKS, ELECTION_TICKS)
 }
 
 /// Takes the replica's Ready and reports it durable at once; the Ready
@@ -45,7 +50,7 @@ fn take(replica: &mut Replica1) -> Ready1 {
     ready
 }
 
-fn fresh(id: NodeId) -> Replica1 {
+fn fresh(id: u64) -> Replica1 {
     Replica::new(config(id, 3), DurableState::default())
 }
 
@@ -53,7 +58,7 @@ fn fresh(id: NodeId) -> Replica1 {
 fn proposal(seq: u64) -> Proposal<Command> {
     Proposal {
         id: ProposalId {
-            node: 1,
+            node: NodeId::new(1),
             boot: 0,
             seq,
         },
@@ -69,12 +74,16 @@ fn accepted(at: Ballot, value: Value<Command>) -> Accepted<Command> {
     Accepted { ballot: at, value }
 }
 
-fn envelope(from: NodeId, to: NodeId, message: Message<Command>) -> Envelope<Command> {
-    Envelope { from, to, message }
+fn envelope(from: u64, to: u64, message: Message<Command>) -> Envelope<Command> {
+    Envelope {
+        from: n(from),
+        to: n(to),
+        message,
+    }
 }
 
 /// The same message from `from` to each of `to`, in order.
-fn to_each(from: NodeId, to: &[NodeId], message: Message<Command>) -> Vec<Envelope<Command>> {
+fn to_each(from: u64, to: &[u64], message: Message<Command>) -> Vec<Envelope<Command>> {
     to.iter()
         .map(|peer| envelope(from, *peer, message.clone()))
         .collect()
@@ -94,7 +103,7 @@ fn tick_until_probe(replica: &mut Replica1) -> (Ready1, u64) {
 }
 
 /// A promise as a peer sends it: sender, chosen prefix, accepted values.
-type PromiseFrom = (NodeId, Slot, Vec<(Slot, Accepted<Command>)>);
+type PromiseFrom = (u64, Slot, Vec<(Slot, Accepted<Command>)>);
 
 /// Makes node 1 of three the leader: it probes, node 2 grants, and the
 /// given promises arrive. Returns the ready of the last promise.
@@ -104,7 +113,7 @@ fn elect(replica: &mut Replica1, promises: Vec<PromiseFrom>) -> Ready1 {
         panic!("the first election message is a probe: {probe:?}");
     };
     replica.step(
-        2,
+        NodeId::new(2),
         Message::ProbeReply {
             ballot: probed,
             granted: true,
@@ -114,7 +123,7 @@ fn elect(replica: &mut Replica1, promises: Vec<PromiseFrom>) -> Ready1 {
     let mut last = Ready1::default();
     for (from, chosen_upto, accepted) in promises {
         replica.step(
-            from,
+            n(from),
             Message::Promise {
                 ballot: replica.promised(),
                 chosen_upto,
@@ -186,7 +195,7 @@ fn a_majority_of_probe_grants_persists_the_promise_before_preparing() {
     let mut replica = fresh(1);
     tick_until_probe(&mut replica);
     replica.step(
-        2,
+        NodeId::new(2),
         Message::ProbeReply {
             ballot: ballot(1, 1),
             granted: true,
@@ -214,7 +223,7 @@ fn a_refused_probe_starts_no_phase_one() {
     let mut replica = fresh(1);
     tick_until_probe(&mut replica);
     replica.step(
-        2,
+        NodeId::new(2),
         Message::ProbeReply {
             ballot: ballot(1, 1),
             granted: false,
@@ -228,7 +237,7 @@ fn a_refused_probe_starts_no_phase_one() {
 fn leader_stickiness_a_probe_is_refused_while_a_live_leader_is_heard() {
     let mut follower = fresh(2);
     follower.step(
-        1,
+        NodeId::new(1),
         Message::Heartbeat {
             ballot: ballot(1, 1),
             chosen_upto: 0,
@@ -236,7 +245,7 @@ fn leader_stickiness_a_probe_is_refused_while_a_live_leader_is_heard() {
         },
     );
     take(&mut follower);
-    follower.step(3, Message::Probe { ballot: ballot(2, 3) });
+    follower.step(NodeId::new(3), Message::Probe { ballot: ballot(2, 3) });
     assert_eq!(
         take(&mut follower),
         Ready {
@@ -258,7 +267,7 @@ fn leader_stickiness_a_probe_is_refused_while_a_live_leader_is_heard() {
 fn a_probe_is_granted_once_the_leader_fell_silent() {
     let mut follower = fresh(2);
     follower.step(
-        1,
+        NodeId::new(1),
         Message::Heartbeat {
             ballot: ballot(1, 1),
             chosen_upto: 0,
@@ -269,7 +278,7 @@ fn a_probe_is_granted_once_the_leader_fell_silent() {
         follower.tick();
     }
     take(&mut follower);
-    follower.step(3, Message::Probe { ballot: ballot(2, 3) });
+    follower.step(NodeId::new(3), Message::Probe { ballot: ballot(2, 3) });
     let ready = take(&mut follower);
     assert_eq!(
         ready.messages,
@@ -291,7 +300,7 @@ fn a_probe_is_granted_once_the_leader_fell_silent() {
 fn prepare_below_the_promise_is_nacked_with_the_promise() {
     let mut acceptor = fresh(2);
     acceptor.step(
-        1,
+        NodeId::new(1),
         Message::Prepare {
             ballot: ballot(3, 1),
             from_slot: 1,
@@ -299,7 +308,7 @@ fn prepare_below_the_promise_is_nacked_with_the_promise() {
     );
     take(&mut acceptor);
     acceptor.step(
-        3,
+        NodeId::new(3),
         Message::Prepare {
             ballot: ballot(2, 3),
             from_slot: 1,
@@ -336,7 +345,7 @@ fn prepare_above_the_promise_persists_it_then_promises_values_above_the_chosen_p
     let mut acceptor = Replica::new(config(2, 3), durable);
     // The leader at 1.1 announces slot 1 chosen: the acceptor holds its value.
     acceptor.step(
-        1,
+        NodeId::new(1),
         Message::Heartbeat {
             ballot: ballot(1, 1),
             chosen_upto: 1,
@@ -346,7 +355,7 @@ fn prepare_above_the_promise_persists_it_then_promises_values_above_the_chosen_p
     assert_eq!(take(&mut acceptor).apply, vec![chosen(1, x)]);
 
     acceptor.step(
-        3,
+        NodeId::new(3),
         Message::Prepare {
             ballot: ballot(2, 3),
             from_slot: 1,
@@ -377,10 +386,10 @@ fn a_duplicate_prepare_is_promised_again_without_a_second_persist() {
         ballot: ballot(1, 1),
         from_slot: 1,
     };
-    acceptor.step(1, prepare.clone());
+    acceptor.step(NodeId::new(1), prepare.clone());
     let first = take(&mut acceptor);
     assert_eq!(first.persist, vec![Persist::Promise(ballot(1, 1))]);
-    acceptor.step(1, prepare);
+    acceptor.step(NodeId::new(1), prepare);
     assert_eq!(
         take(&mut acceptor),
         Ready {
@@ -394,7 +403,10 @@ fn a_duplicate_prepare_is_promised_again_without_a_second_persist() {
 fn accept_persists_the_record_before_answering_accepted() {
     let mut acceptor = fresh(2);
     let value = batch(&[1, 2]);
-    acceptor.step(1, accept_message(ballot(1, 1), vec![(1, value.clone())], 0));
+    acceptor.step(
+        NodeId::new(1),
+        accept_message(ballot(1, 1), vec![(1, value.clone())], 0),
+    );
     assert_eq!(
         take(&mut acceptor),
         Ready {
@@ -422,10 +434,10 @@ fn accept_persists_the_record_before_answering_accepted() {
 fn a_duplicate_accept_is_acknowledged_without_a_second_persist() {
     let mut acceptor = fresh(2);
     let message = accept_message(ballot(1, 1), vec![(1, batch(&[1]))], 0);
-    acceptor.step(1, message.clone());
+    acceptor.step(NodeId::new(1), message.clone());
     let first = take(&mut acceptor);
     assert_eq!(first.persist.len(), 2);
-    acceptor.step(1, message);
+    acceptor.step(NodeId::new(1), message);
     assert_eq!(
         take(&mut acceptor),
         Ready {
@@ -439,14 +451,17 @@ fn a_duplicate_accept_is_acknowledged_without_a_second_persist() {
 fn accept_below_the_promise_is_nacked_and_not_recorded() {
     let mut acceptor = fresh(2);
     acceptor.step(
-        3,
+        NodeId::new(3),
         Message::Prepare {
             ballot: ballot(2, 3),
             from_slot: 1,
         },
     );
     take(&mut acceptor);
-    acceptor.step(1, accept_message(ballot(1, 1), vec![(1, batch(&[1]))], 0));
+    acceptor.step(
+        NodeId::new(1),
+        accept_message(ballot(1, 1), vec![(1, batch(&[1]))], 0),
+    );
     assert_eq!(
         take(&mut acceptor),
         Ready {
@@ -547,7 +562,7 @@ fn pipelining_stops_at_inflight_slots_max_and_resumes_when_a_slot_is_chosen() {
         }
     );
     leader.step(
-        2,
+        NodeId::new(2),
         Message::Accepted {
             ballot: ballot(1, 1),
             slots: vec![1],
@@ -573,7 +588,7 @@ fn chosen_slots_are_applied_in_slot_order_after_a_majority_accepted() {
     leader.propose(proposal(2));
     take(&mut leader);
     leader.step(
-        3,
+        NodeId::new(3),
         Message::Accepted {
             ballot: ballot(1, 1),
             slots: vec![2],
@@ -582,7 +597,7 @@ fn chosen_slots_are_applied_in_slot_order_after_a_majority_accepted() {
     assert_eq!(take(&mut leader), Ready::default(), "slot 2 waits for slot 1");
     assert_eq!(leader.chosen_upto(), 0);
     leader.step(
-        2,
+        NodeId::new(2),
         Message::Accepted {
             ballot: ballot(1, 1),
             slots: vec![1],
@@ -604,7 +619,7 @@ fn accepted_at_another_ballot_is_not_a_vote() {
     leader.propose(proposal(1));
     take(&mut leader);
     leader.step(
-        2,
+        NodeId::new(2),
         Message::Accepted {
             ballot: ballot(7, 3),
             slots: vec![1],
@@ -618,7 +633,7 @@ fn accepted_at_another_ballot_is_not_a_vote() {
 fn a_follower_refuses_proposals_and_names_its_leader() {
     let mut follower = fresh(2);
     follower.step(
-        1,
+        NodeId::new(1),
         Message::Heartbeat {
             ballot: ballot(1, 1),
             chosen_upto: 0,
@@ -627,12 +642,17 @@ fn a_follower_refuses_proposals_and_names_its_leader() {
     );
     take(&mut follower);
     let mut command = proposal(1);
-    command.id.node = 2;
+    command.id.node = NodeId::new(2);
     follower.propose(command.clone());
     assert_eq!(
         take(&mut follower),
         Ready {
-            refused: vec![(command.id, Refusal::NotLeader { leader: Some(1) })],
+            refused: vec![(
+                command.id,
+                Refusal::NotLeader {
+                    leader: Some(NodeId::new(1))
+                }
+            )],
             ..Ready::default()
         }
     );
@@ -665,7 +685,7 @@ fn a_follower_learns_from_the_heartbeat_only_slots_it_accepted_at_that_ballot() 
     };
     let mut follower = Replica::new(config(2, 3), durable);
     follower.step(
-        3,
+        NodeId::new(3),
         Message::Heartbeat {
             ballot: ballot(1, 3),
             chosen_upto: 2,
@@ -697,7 +717,7 @@ fn a_follower_learns_from_the_heartbeat_only_slots_it_accepted_at_that_ballot() 
 fn learned_chosen_values_are_applied_in_order() {
     let mut follower = fresh(2);
     follower.step(
-        1,
+        NodeId::new(1),
         Message::Chosen {
             entries: vec![Chosen {
                 slot: 2,
@@ -708,7 +728,7 @@ fn learned_chosen_values_are_applied_in_order() {
     let ready = take(&mut follower);
     assert!(ready.apply.is_empty(), "slot 2 waits for slot 1: {ready:?}");
     follower.step(
-        1,
+        NodeId::new(1),
         Message::Chosen {
             entries: vec![Chosen {
                 slot: 1,
@@ -730,7 +750,7 @@ fn learn_below_the_compaction_point_is_answered_with_the_snapshot() {
         ..DurableState::default()
     };
     let mut replica = Replica::new(config(1, 3), durable);
-    replica.step(2, Message::Learn { from_slot: 3 });
+    replica.step(NodeId::new(2), Message::Learn { from_slot: 3 });
     assert_eq!(
         take(&mut replica),
         Ready {
@@ -749,7 +769,7 @@ fn learn_above_the_compaction_point_is_answered_with_chosen_values() {
         leader.propose(proposal(seq));
         take(&mut leader);
         leader.step(
-            2,
+            NodeId::new(2),
             Message::Accepted {
                 ballot: ballot(1, 1),
                 slots: vec![seq],
@@ -758,7 +778,7 @@ fn learn_above_the_compaction_point_is_answered_with_chosen_values() {
         take(&mut leader);
     }
     leader.compact(1, Arc::new(vec![1]));
-    leader.step(3, Message::Learn { from_slot: 2 });
+    leader.step(NodeId::new(3), Message::Learn { from_slot: 2 });
     assert_eq!(
         take(&mut leader).messages,
         vec![envelope(
@@ -789,7 +809,7 @@ fn learn_beyond_the_chosen_prefix_is_ignored() {
     leader.propose(proposal(1));
     take(&mut leader);
     leader.step(
-        2,
+        NodeId::new(2),
         Message::Accepted {
             ballot: ballot(1, 1),
             slots: vec![1],
@@ -797,8 +817,8 @@ fn learn_beyond_the_chosen_prefix_is_ignored() {
     );
     take(&mut leader);
     // The map of chosen values is not empty, so the range is really built.
-    leader.step(2, Message::Learn { from_slot: 2 });
-    leader.step(2, Message::Learn { from_slot: 9 });
+    leader.step(NodeId::new(2), Message::Learn { from_slot: 2 });
+    leader.step(NodeId::new(2), Message::Learn { from_slot: 9 });
     assert_eq!(take(&mut leader), Ready::default());
 }
 
@@ -807,7 +827,7 @@ fn a_snapshot_ahead_of_apply_replaces_the_applied_prefix() {
     let mut follower = fresh(2);
     let data = Arc::new(vec![1, 2, 3]);
     follower.step(
-        1,
+        NodeId::new(1),
         Message::Snapshot {
             slot: 4,
             data: data.clone(),
@@ -826,7 +846,7 @@ fn a_snapshot_ahead_of_apply_replaces_the_applied_prefix() {
     );
     assert_eq!((follower.applied(), follower.compacted()), (4, 4));
     follower.step(
-        1,
+        NodeId::new(1),
         Message::Snapshot {
             slot: 3,
             data: Arc::new(vec![]),
@@ -862,7 +882,7 @@ fn a_read_is_confirmed_only_by_a_heartbeat_round_sent_after_it_began() {
     );
     // Round 1 began before the read (at election): its quorum proves nothing.
     leader.step(
-        2,
+        NodeId::new(2),
         Message::HeartbeatAck {
             ballot: ballot(1, 1),
             seq: 1,
@@ -870,7 +890,7 @@ fn a_read_is_confirmed_only_by_a_heartbeat_round_sent_after_it_began() {
     );
     assert_eq!(take(&mut leader), Ready::default());
     leader.step(
-        2,
+        NodeId::new(2),
         Message::HeartbeatAck {
             ballot: ballot(1, 1),
             seq: 2,
@@ -893,7 +913,7 @@ fn a_read_waits_for_apply_to_reach_every_slot_assigned_before_it() {
     leader.read(8);
     take(&mut leader);
     leader.step(
-        2,
+        NodeId::new(2),
         Message::HeartbeatAck {
             ballot: ballot(1, 1),
             seq: 2,
@@ -901,7 +921,7 @@ fn a_read_waits_for_apply_to_reach_every_slot_assigned_before_it() {
     );
     assert_eq!(take(&mut leader), Ready::default(), "slot 1 is not applied yet");
     leader.step(
-        2,
+        NodeId::new(2),
         Message::Accepted {
             ballot: ballot(1, 1),
             slots: vec![1],
@@ -944,7 +964,7 @@ fn a_leader_steps_down_on_a_higher_nack_and_reports_what_it_held() {
     leader.read(4);
     take(&mut leader);
     leader.step(
-        2,
+        NodeId::new(2),
         Message::Nack {
             ballot: ballot(1, 1),
             promised: ballot(5, 3),
@@ -967,7 +987,7 @@ fn a_leader_steps_down_on_a_higher_nack_and_reports_what_it_held() {
 fn a_nack_for_an_older_ballot_is_ignored() {
     let mut leader = leader();
     leader.step(
-        2,
+        NodeId::new(2),
         Message::Nack {
             ballot: ballot(0, 1),
             promised: ballot(5, 3),
@@ -997,7 +1017,7 @@ fn check_quorum_a_leader_with_acknowledging_peers_stays() {
     for tick in 1..=3 * ELECTION_TICKS {
         leader.tick();
         leader.step(
-            2,
+            NodeId::new(2),
             Message::HeartbeatAck {
                 ballot: ballot(1, 1),
                 seq: tick,
@@ -1012,7 +1032,10 @@ fn a_higher_accept_makes_a_leader_follow() {
     let mut leader = leader();
     leader.propose(proposal(1));
     take(&mut leader);
-    leader.step(3, accept_message(ballot(2, 3), vec![(1, batch(&[9]))], 0));
+    leader.step(
+        NodeId::new(3),
+        accept_message(ballot(2, 3), vec![(1, batch(&[9]))], 0),
+    );
     let ready = take(&mut leader);
     assert_eq!(ready.abandoned, vec![proposal(1).id]);
     assert_eq!(
@@ -1026,7 +1049,7 @@ fn a_higher_accept_makes_a_leader_follow() {
         ]
     );
     assert!(!leader.is_leader());
-    assert_eq!(leader.leader_id(), Some(3));
+    assert_eq!(leader.leader_id(), Some(n(3)));
 }
 
 // ---- Regressions found by the simulation -------------------------------
@@ -1040,7 +1063,7 @@ fn a_leader_that_learned_during_phase_one_does_not_refill_chosen_slots() {
     let mut replica = fresh(1);
     tick_until_probe(&mut replica);
     replica.step(
-        2,
+        NodeId::new(2),
         Message::ProbeReply {
             ballot: ballot(1, 1),
             granted: true,
@@ -1050,7 +1073,7 @@ fn a_leader_that_learned_during_phase_one_does_not_refill_chosen_slots() {
     // Phase 1 is under way from slot 1 when a snapshot up to slot 5 arrives.
     let data = Arc::new(vec![5]);
     replica.step(
-        3,
+        NodeId::new(3),
         Message::Snapshot {
             slot: 5,
             data: data.clone(),
@@ -1059,7 +1082,7 @@ fn a_leader_that_learned_during_phase_one_does_not_refill_chosen_slots() {
     assert_eq!(take(&mut replica).apply, vec![Apply::Snapshot { slot: 5, data }]);
     // Node 2 answers a Prepare resent from slot 6: it omits slots 1..=5.
     replica.step(
-        2,
+        NodeId::new(2),
         Message::Promise {
             ballot: ballot(1, 1),
             chosen_upto: 0,
@@ -1095,7 +1118,7 @@ fn a_leader_that_cannot_learn_slots_reported_chosen_steps_down() {
         assert!(replica.is_leader(), "still trying to learn at tick {tick}");
         replica.tick();
         replica.step(
-            2,
+            NodeId::new(2),
             Message::HeartbeatAck {
                 ballot: ballot(1, 1),
                 seq: 1,
@@ -1116,7 +1139,7 @@ fn a_leader_that_learns_slowly_keeps_leading() {
     for tick in 1..=3 * ELECTION_TICKS {
         replica.tick();
         replica.step(
-            2,
+            NodeId::new(2),
             Message::HeartbeatAck {
                 ballot: ballot(1, 1),
                 seq: 1,
@@ -1125,7 +1148,7 @@ fn a_leader_that_learns_slowly_keeps_leading() {
         if tick % ELECTION_TICKS == ELECTION_TICKS - 1 {
             let slot = tick / ELECTION_TICKS + 1;
             replica.step(
-                2,
+                NodeId::new(2),
                 Message::Chosen {
                     entries: vec![Chosen {
                         slot,
@@ -1148,7 +1171,7 @@ fn a_stale_leader_reports_its_commands_abandoned_when_another_value_is_chosen() 
     leader.propose(proposal(1));
     take(&mut leader);
     leader.step(
-        3,
+        NodeId::new(3),
         Message::Chosen {
             entries: vec![Chosen {
                 slot: 1,
@@ -1178,7 +1201,7 @@ fn a_snapshot_over_unapplied_own_commands_reports_them_abandoned() {
     leader.propose(proposal(2));
     take(&mut leader);
     leader.step(
-        2,
+        NodeId::new(2),
         Message::Accepted {
             ballot: ballot(1, 1),
             slots: vec![2],
@@ -1191,7 +1214,7 @@ fn a_snapshot_over_unapplied_own_commands_reports_them_abandoned() {
     );
     let data = Arc::new(vec![2]);
     leader.step(
-        3,
+        NodeId::new(3),
         Message::Snapshot {
             slot: 2,
             data: data.clone(),
@@ -1219,11 +1242,11 @@ fn a_late_heartbeat_from_an_older_leader_does_not_replace_the_newer_one() {
         chosen_upto: 0,
         seq: 1,
     };
-    follower.step(3, heartbeat(ballot(2, 3)));
-    follower.step(1, heartbeat(ballot(1, 1)));
+    follower.step(NodeId::new(3), heartbeat(ballot(2, 3)));
+    follower.step(NodeId::new(1), heartbeat(ballot(1, 1)));
     assert_eq!(
         follower.leader_id(),
-        Some(3),
+        Some(n(3)),
         "the newer ballot stays the followed leader"
     );
 }
@@ -1250,7 +1273,7 @@ fn slots_and_accept_messages_stay_within_their_byte_bounds() {
     let to_node_2: Vec<&Message<Command>> = ready
         .messages
         .iter()
-        .filter(|envelope| envelope.to == 2)
+        .filter(|envelope| envelope.to == NodeId::new(2))
         .map(|envelope| &envelope.message)
         .collect();
     assert_eq!(
@@ -1269,7 +1292,7 @@ fn a_snapshot_is_not_resent_to_a_peer_that_asks_again_within_an_election_timeout
     leader.propose(proposal(1));
     take(&mut leader);
     leader.step(
-        2,
+        NodeId::new(2),
         Message::Accepted {
             ballot: ballot(1, 1),
             slots: vec![1],
@@ -1285,9 +1308,9 @@ fn a_snapshot_is_not_resent_to_a_peer_that_asks_again_within_an_election_timeout
             data: Arc::new(vec![7]),
         },
     );
-    leader.step(3, Message::Learn { from_slot: 1 });
+    leader.step(NodeId::new(3), Message::Learn { from_slot: 1 });
     assert_eq!(take(&mut leader).messages, vec![snapshot.clone()]);
-    leader.step(3, Message::Learn { from_slot: 1 });
+    leader.step(NodeId::new(3), Message::Learn { from_slot: 1 });
     assert!(
         !take(&mut leader).messages.contains(&snapshot),
         "a second ask right away gets no second copy"
@@ -1296,7 +1319,7 @@ fn a_snapshot_is_not_resent_to_a_peer_that_asks_again_within_an_election_timeout
         leader.tick();
     }
     take(&mut leader);
-    leader.step(3, Message::Learn { from_slot: 1 });
+    leader.step(NodeId::new(3), Message::Learn { from_slot: 1 });
     assert!(
         take(&mut leader).messages.contains(&snapshot),
         "after an election timeout the snapshot is sent again"
@@ -1329,7 +1352,7 @@ fn a_leader_counts_its_own_vote_only_once_its_record_is_durable() {
         "the Accepts leave at once, while the leader's own write syncs"
     );
     leader.step(
-        2,
+        NodeId::new(2),
         Message::Accepted {
             ballot: ballot(1, 1),
             slots: vec![1],
@@ -1352,13 +1375,19 @@ fn a_leader_counts_its_own_vote_only_once_its_record_is_durable() {
 #[test]
 fn an_acceptor_answers_only_once_everything_before_is_durable() {
     let mut acceptor = fresh(2);
-    acceptor.step(1, accept_message(ballot(1, 1), vec![(1, batch(&[1]))], 0));
+    acceptor.step(
+        NodeId::new(1),
+        accept_message(ballot(1, 1), vec![(1, batch(&[1]))], 0),
+    );
     let first = acceptor.take_ready();
     assert!(first.messages.is_empty(), "nothing leaves before the persist");
     assert_eq!(first.persisted_messages.len(), 1);
     // A duplicate arrives before the first write is durable: its answer is
     // held too, behind the same write.
-    acceptor.step(1, accept_message(ballot(1, 1), vec![(1, batch(&[1]))], 0));
+    acceptor.step(
+        NodeId::new(1),
+        accept_message(ballot(1, 1), vec![(1, batch(&[1]))], 0),
+    );
     let second = acceptor.take_ready();
     assert!(second.persist.is_empty(), "nothing new to write");
     assert!(second.messages.is_empty());
@@ -1384,7 +1413,7 @@ fn a_candidate_counts_its_own_promise_only_once_it_is_durable() {
         panic!("a probe first");
     };
     replica.step(
-        2,
+        NodeId::new(2),
         Message::ProbeReply {
             ballot: probed,
             granted: true,
@@ -1397,7 +1426,7 @@ fn a_candidate_counts_its_own_promise_only_once_it_is_durable() {
     );
     // Without its own durable promise, one peer's promise is no majority.
     replica.step(
-        2,
+        NodeId::new(2),
         Message::Promise {
             ballot: replica.promised(),
             chosen_upto: 0,

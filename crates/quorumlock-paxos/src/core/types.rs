@@ -38,7 +38,10 @@ pub struct Ballot {
 
 impl Ballot {
     /// The ballot below every real one; nothing is promised or accepted at it.
-    pub const ZERO: Ballot = Ballot { round: 0, node: 0 };
+    pub const ZERO: Ballot = Ballot {
+        round: 0,
+        node: NodeId::new(0),
+    };
 
     /// The smallest ballot owned by `node` that is above `self`.
     pub fn next_for(self, node: NodeId) -> Ballot {

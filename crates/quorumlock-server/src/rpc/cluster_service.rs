@@ -34,9 +34,9 @@ impl pb::cluster_server::Cluster for ClusterService {
         };
         let leader = status.leadership.leader.clone();
         Ok(Response::new(pb::StatusResponse {
-            node_id: status.node_id,
+            node_id: status.node_id.get(),
             engine: status.engine.to_string(),
-            leader_id: leader.as_ref().map_or(0, |leader| leader.id),
+            leader_id: leader.as_ref().map_or(0, |leader| leader.id.get()),
             leader_addr: leader.map(|leader| leader.addr).unwrap_or_default(),
             term: status.leadership.term,
             commit_index: status.commit_index,
@@ -45,7 +45,7 @@ impl pb::cluster_server::Cluster for ClusterService {
                 .members
                 .into_iter()
                 .map(|member| pb::Member {
-                    id: member.id,
+                    id: member.id.get(),
                     addr: member.addr,
                 })
                 .collect(),

@@ -8,18 +8,23 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::forward::{forwarded, Forwarder};
-use super::status::{budget, client_timeout, from_engine_error, from_lock_error, is_forwarded, unavailable};
+use super::status::{
+    budget, client_timeout, forwarding_failed, from_engine_error, from_lock_error, internal,
+    invalid_argument, is_forwarded, no_quorum, not_leader, session_gone,
+};
 use crate::lease_driver::LeaseDriver;
 use quorumlock_core::consensus::{ConsensusEngine, GrantWatch, StateNotice};
 use quorumlock_core::lease::RenewError;
-use quorumlock_core::lock::limits::{KEY_BYTES_MAX, LOCK_NAME_BYTES_MAX};
-use quorumlock_core::lock::{validate, Command, Event, Fence, LockState, Outcome, SessionId};
+use quorumlock_core::lock::limits::{
+    KEY_BYTES_MAX, LOCK_NAME_BYTES_MAX, SESSION_TTL_MS_MAX, VALUE_BYTES_MAX,
+};
+use quorumlock_core::lock::{validate, Command, Event, Fence, FencingToken, LockState, Outcome, SessionId};
 use quorumlock_proto::limits::WAIT_MS_MAX;
 use quorumlock_proto::v1 as pb;
 use quorumlock_proto::v1::lock_client::LockClient;
@@ -41,6 +46,20 @@ pub struct LockService {
     leases: Arc<LeaseDriver>,
     forwarder: Arc<Forwarder>,
     config: LockServiceConfig,
+    /// Turns true when the node begins to stop: keepalive streams and
+    /// waiting acquires end at once (UNAVAILABLE, the node is stopping), so
+    /// their clients move to another node and the server drains quickly.
+    stopping: watch::Receiver<bool>,
+}
+
+/// Resolves once `stopping` turns true (or its sender is gone).
+async fn stopped(mut stopping: watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stopping| *stopping).await;
+}
+
+/// UNAVAILABLE for a stream or a wait cut short because the node stops.
+fn node_stopping() -> Status {
+    from_engine_error(quorumlock_core::consensus::EngineError::ShuttingDown)
 }
 
 enum Route {
@@ -57,23 +76,26 @@ macro_rules! forward_unless_leader {
             return client
                 .$method(forwarded($request.into_inner(), timeout))
                 .await
-                .map_err(forwarding_failed);
+                .map_err(relayed);
         }
     };
 }
 
 impl LockService {
-    /// Serves the lock API over `engine`, answering keepalives from `leases`.
+    /// Serves the lock API over `engine`, answering keepalives from `leases`,
+    /// until `stopping` turns true.
     pub fn new(
         engine: Arc<dyn ConsensusEngine>,
         leases: Arc<LeaseDriver>,
         config: LockServiceConfig,
+        stopping: watch::Receiver<bool>,
     ) -> Self {
         LockService {
             engine,
             leases,
             forwarder: Arc::new(Forwarder::default()),
             config,
+            stopping,
         }
     }
 
@@ -86,7 +108,7 @@ impl LockService {
             Some(leader) if !is_forwarded(request) => {
                 Ok(Route::Forward(self.forwarder.client(&leader.addr)?))
             }
-            leader => Err(unavailable("this node is not the leader", leader.as_ref())),
+            leader => Err(not_leader("this node is not the leader", leader.as_ref())),
         }
     }
 
@@ -98,7 +120,7 @@ impl LockService {
     /// Confirms leadership and catch-up, then reads the applied state.
     async fn read<R>(&self, budget: Duration, read: impl FnOnce(&LockState) -> R) -> Result<R, Status> {
         match tokio::time::timeout(budget, self.engine.read_barrier()).await {
-            Err(_) => Err(unavailable(
+            Err(_) => Err(no_quorum(
                 &format!("leadership not confirmed by a quorum within {budget:?}"),
                 self.engine.leadership().borrow().leader.as_ref(),
             )),
@@ -146,13 +168,15 @@ impl LockService {
                 }
                 WaiterStatus::SessionGone => {
                     leave_on_drop.disarm();
-                    return Err(session_ended_while_waiting(session));
+                    return Err(session_gone(session, true));
                 }
                 WaiterStatus::Waiting => {}
             }
             tokio::select! {
                 () = &mut woken => {}
                 () = tokio::time::sleep_until(deadline) => break,
+                // The session keeps its place; its client asks another node.
+                () = stopped(self.stopping.clone()) => return Err(node_stopping()),
             }
         }
         // The wait passed: leave the queue. A grant may have raced with the
@@ -191,7 +215,7 @@ async fn propose_within(
     budget: Duration,
 ) -> Result<Outcome, Status> {
     match tokio::time::timeout(budget, engine.propose(command)).await {
-        Err(_) => Err(unavailable(
+        Err(_) => Err(no_quorum(
             // A slow commit has two causes the node cannot tell apart: the
             // leader is too busy to replicate in time, or no quorum answers.
             &format!(
@@ -216,7 +240,7 @@ fn waiter_status(state: &LockState, session: SessionId, lock: &str) -> WaiterSta
         return WaiterStatus::SessionGone;
     }
     match state.describe(lock).holder {
-        Some((holder, token)) if holder == session => WaiterStatus::Holds(token),
+        Some((holder, token)) if holder == session => WaiterStatus::Holds(token.get()),
         _ => WaiterStatus::Waiting,
     }
 }
@@ -230,24 +254,28 @@ async fn serve_keepalives(
     engine: Arc<dyn ConsensusEngine>,
     mut inbound: Streaming<pb::KeepAliveRequest>,
     replies: mpsc::Sender<Result<pb::KeepAliveResponse, Status>>,
+    stopping: watch::Receiver<bool>,
 ) {
     let mut notices = engine.state().subscribe_session_ends();
     let mut renewed: BTreeSet<SessionId> = BTreeSet::new();
+    let stop = stopped(stopping);
+    tokio::pin!(stop);
     loop {
         let reply = tokio::select! {
+            () = &mut stop => Err(node_stopping()),
             message = inbound.next() => {
                 let Some(Ok(message)) = message else { return };
-                let session = message.session_id;
+                let session = SessionId::new(message.session_id);
                 match leases.renew(session) {
                     Ok(ttl) => {
                         renewed.insert(session);
                         Ok(pb::KeepAliveResponse {
-                            session_id: session,
+                            session_id: session.get(),
                             ttl_ms: ttl.as_millis() as u64,
                         })
                     }
-                    Err(RenewError::NotFound) => Err(session_gone(session)),
-                    Err(RenewError::NotLeader) => Err(unavailable(
+                    Err(RenewError::NotFound) => Err(session_gone(session, false)),
+                    Err(RenewError::NotLeader) => Err(not_leader(
                         "this node does not keep leases now; reconnect",
                         engine.leadership().borrow().leader.as_ref(),
                     )),
@@ -265,7 +293,7 @@ async fn serve_keepalives(
                     Err(RecvError::Closed) => return,
                 };
                 match ended {
-                    Some(session) => Err(session_gone(session)),
+                    Some(session) => Err(session_gone(session, false)),
                     None => continue,
                 }
             }
@@ -275,18 +303,6 @@ async fn serve_keepalives(
             return;
         }
     }
-}
-
-fn session_gone(session: SessionId) -> Status {
-    Status::not_found(format!(
-        "session {session} not found: expired, closed or never opened"
-    ))
-}
-
-fn session_ended_while_waiting(session: SessionId) -> Status {
-    Status::not_found(format!(
-        "session {session} ended (closed or expired) while waiting"
-    ))
 }
 
 /// Attempts made to take a waiter whose call ended out of its queue.
@@ -344,14 +360,14 @@ fn leave_queue_in_background(engine: Arc<dyn ConsensusEngine>, session: SessionI
             match propose_within(engine.as_ref(), command, LEAVE_QUEUE_ATTEMPT_BUDGET).await {
                 Ok(_) => return,
                 Err(status) => {
-                    tracing::debug!(%status, session, attempt, "a waiter whose call ended could not leave its queue yet");
+                    tracing::debug!(%status, %session, attempt, "a waiter whose call ended could not leave its queue yet");
                 }
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(LEAVE_QUEUE_BACKOFF_MAX);
         }
         tracing::warn!(
-            session,
+            %session,
             lock = %lock,
             "a waiter whose call ended stays queued until its session ends: {LEAVE_QUEUE_ATTEMPTS} attempts to leave failed"
         );
@@ -361,38 +377,46 @@ fn leave_queue_in_background(engine: Arc<dyn ConsensusEngine>, session: SessionI
 /// A forwarded call that failed in transport (the leader died mid-call, the
 /// connection reset) is reported as UNAVAILABLE: the client did not cancel
 /// anything, and retrying elsewhere is the right response.
-fn forwarding_failed(status: Status) -> Status {
+fn relayed(status: Status) -> Status {
     match status.code() {
-        Code::Cancelled | Code::Unknown => {
-            Status::unavailable(format!("forwarding to the leader failed: {}", status.message()))
-        }
+        Code::Cancelled | Code::Unknown => forwarding_failed(status.message()),
         _ => status,
     }
 }
 
 fn unexpected(outcome: Outcome) -> Status {
-    Status::internal(format!("unexpected state machine outcome {outcome:?}"))
+    internal(format!("unexpected state machine outcome {outcome:?}"))
 }
 
-fn lock_name(bytes: &[u8]) -> Result<String, Status> {
+/// A lock name from request field `field`, checked against its limits.
+fn lock_name(field: &str, bytes: &[u8]) -> Result<String, Status> {
     validate::utf8_name("lock name", bytes, LOCK_NAME_BYTES_MAX)
         .map(str::to_string)
-        .map_err(from_lock_error)
+        .map_err(|error| invalid_argument(field, Some(LOCK_NAME_BYTES_MAX as u64), error.to_string()))
 }
 
 fn key(bytes: &[u8]) -> Result<String, Status> {
     validate::utf8_name("key", bytes, KEY_BYTES_MAX)
         .map(str::to_string)
-        .map_err(from_lock_error)
+        .map_err(|error| invalid_argument("key", Some(KEY_BYTES_MAX as u64), error.to_string()))
+}
+
+fn value(bytes: &[u8]) -> Result<(), Status> {
+    validate::value(bytes)
+        .map_err(|error| invalid_argument("value", Some(VALUE_BYTES_MAX as u64), error.to_string()))
 }
 
 fn fence(fence: Option<&pb::Fence>) -> Result<Fence, Status> {
     let fence = fence.ok_or_else(|| {
-        Status::invalid_argument("fence is required: the lock and token that guard the write")
+        invalid_argument(
+            "fence",
+            None,
+            "fence is required: the lock and token that guard the write",
+        )
     })?;
     Ok(Fence {
-        lock: lock_name(&fence.lock)?,
-        token: fence.token,
+        lock: lock_name("fence.lock", &fence.lock)?,
+        token: FencingToken::new(fence.token),
     })
 }
 
@@ -405,7 +429,8 @@ impl pb::lock_server::Lock for LockService {
         request: Request<pb::OpenSessionRequest>,
     ) -> Result<Response<pb::OpenSessionResponse>, Status> {
         let ttl_ms = request.get_ref().ttl_ms;
-        validate::ttl_ms(ttl_ms).map_err(from_lock_error)?;
+        validate::ttl_ms(ttl_ms)
+            .map_err(|error| invalid_argument("ttl_ms", Some(SESSION_TTL_MS_MAX), error.to_string()))?;
         forward_unless_leader!(self, request, open_session);
         match self
             .propose(Command::OpenSession { ttl_ms }, self.budget(&request))
@@ -414,7 +439,7 @@ impl pb::lock_server::Lock for LockService {
             Outcome::SessionOpened { session, ttl_ms } => {
                 self.leases.opened(session, Duration::from_millis(ttl_ms));
                 Ok(Response::new(pb::OpenSessionResponse {
-                    session_id: session,
+                    session_id: session.get(),
                     ttl_ms,
                 }))
             }
@@ -437,9 +462,16 @@ impl pb::lock_server::Lock for LockService {
             let replies = client
                 .keep_alive(forwarded(inbound, None))
                 .await
-                .map_err(forwarding_failed)?
+                .map_err(relayed)?
                 .into_inner()
-                .map(|reply| reply.map_err(forwarding_failed));
+                .map(|reply| reply.map_err(relayed));
+            // A stopping node ends the relayed stream too, saying why.
+            let stopping = self.stopping.clone();
+            let ending = self.stopping.clone();
+            let replies = replies.take_until(stopped(stopping)).chain(
+                futures::stream::once(async move { *ending.borrow() })
+                    .filter_map(|stopped| futures::future::ready(stopped.then(|| Err(node_stopping())))),
+            );
             return Ok(Response::new(Box::pin(replies)));
         }
         let (replies, outbound) = mpsc::channel(KEEPALIVE_QUEUE_MAX);
@@ -448,6 +480,7 @@ impl pb::lock_server::Lock for LockService {
             self.engine.clone(),
             request.into_inner(),
             replies,
+            self.stopping.clone(),
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(outbound))))
     }
@@ -457,7 +490,7 @@ impl pb::lock_server::Lock for LockService {
         request: Request<pb::CloseSessionRequest>,
     ) -> Result<Response<pb::CloseSessionResponse>, Status> {
         forward_unless_leader!(self, request, close_session);
-        let session = request.get_ref().session_id;
+        let session = SessionId::new(request.get_ref().session_id);
         match self
             .propose(Command::CloseSession { session }, self.budget(&request))
             .await?
@@ -474,15 +507,17 @@ impl pb::lock_server::Lock for LockService {
         &self,
         request: Request<pb::AcquireRequest>,
     ) -> Result<Response<pb::AcquireResponse>, Status> {
-        let lock = lock_name(&request.get_ref().name)?;
+        let lock = lock_name("name", &request.get_ref().name)?;
         let wait_ms = request.get_ref().wait_ms;
         if wait_ms > WAIT_MS_MAX {
-            return Err(Status::invalid_argument(format!(
-                "wait_ms {wait_ms} is more than the {WAIT_MS_MAX} ms limit"
-            )));
+            return Err(invalid_argument(
+                "wait_ms",
+                Some(WAIT_MS_MAX),
+                format!("wait_ms {wait_ms} is more than the {WAIT_MS_MAX} ms limit"),
+            ));
         }
         forward_unless_leader!(self, request, acquire);
-        let session = request.get_ref().session_id;
+        let session = SessionId::new(request.get_ref().session_id);
         let wait = Duration::from_millis(wait_ms);
         let wait = match client_timeout(&request) {
             Some(_) => wait.min(budget(&request, Duration::MAX)),
@@ -499,7 +534,7 @@ impl pb::lock_server::Lock for LockService {
         let response = match self.propose(command, self.budget(&request)).await? {
             Outcome::Acquired { token } => pb::AcquireResponse {
                 acquired: true,
-                token,
+                token: token.get(),
             },
             Outcome::Busy { .. } => pb::AcquireResponse {
                 acquired: false,
@@ -522,17 +557,17 @@ impl pb::lock_server::Lock for LockService {
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
-        let lock = lock_name(&request.get_ref().name)?;
+        let lock = lock_name("name", &request.get_ref().name)?;
         forward_unless_leader!(self, request, release);
         let command = Command::Release {
-            session: request.get_ref().session_id,
+            session: SessionId::new(request.get_ref().session_id),
             lock,
-            token: request.get_ref().token,
+            token: FencingToken::new(request.get_ref().token),
         };
         match self.propose(command, self.budget(&request)).await? {
             Outcome::Released { next } => Ok(Response::new(pb::ReleaseResponse {
-                next_session_id: next.as_ref().map_or(0, |grant| grant.session),
-                next_token: next.as_ref().map_or(0, |grant| grant.token),
+                next_session_id: next.as_ref().map_or(0, |grant| grant.session.get()),
+                next_token: next.as_ref().map_or(0, |grant| grant.token.get()),
             })),
             other => Err(unexpected(other)),
         }
@@ -542,12 +577,14 @@ impl pb::lock_server::Lock for LockService {
         &self,
         request: Request<pb::DescribeRequest>,
     ) -> Result<Response<pb::DescribeResponse>, Status> {
-        let lock = lock_name(&request.get_ref().name)?;
+        let lock = lock_name("name", &request.get_ref().name)?;
         forward_unless_leader!(self, request, describe);
         let view = self
             .read(self.budget(&request), |state| state.describe(&lock))
             .await?;
-        let (holder, token) = view.holder.unwrap_or((0, 0));
+        let (holder, token) = view
+            .holder
+            .map_or((0, 0), |(holder, token)| (holder.get(), token.get()));
         Ok(Response::new(pb::DescribeResponse {
             held: view.holder.is_some(),
             holder_session_id: holder,
@@ -558,7 +595,7 @@ impl pb::lock_server::Lock for LockService {
 
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let key = key(&request.get_ref().key)?;
-        validate::value(&request.get_ref().value).map_err(from_lock_error)?;
+        value(&request.get_ref().value)?;
         let fence = fence(request.get_ref().fence.as_ref())?;
         forward_unless_leader!(self, request, put);
         let budget = self.budget(&request);
@@ -581,7 +618,7 @@ impl pb::lock_server::Lock for LockService {
                 value: entry.value,
                 written_by: Some(pb::Fence {
                     lock: entry.written_by.lock.into_bytes(),
-                    token: entry.written_by.token,
+                    token: entry.written_by.token.get(),
                 }),
             },
             None => pb::GetResponse::default(),
@@ -608,15 +645,15 @@ impl pb::lock_server::Lock for LockService {
         &self,
         request: Request<pb::CheckTokenRequest>,
     ) -> Result<Response<pb::CheckTokenResponse>, Status> {
-        let lock = lock_name(&request.get_ref().lock)?;
+        let lock = lock_name("lock", &request.get_ref().lock)?;
         forward_unless_leader!(self, request, check_token);
         let token = request.get_ref().token;
         let current = self
             .read(self.budget(&request), |state| state.current_token(&lock))
             .await?;
         Ok(Response::new(pb::CheckTokenResponse {
-            current: current == Some(token),
-            current_token: current.unwrap_or(0),
+            current: current == Some(FencingToken::new(token)),
+            current_token: current.map_or(0, FencingToken::get),
         }))
     }
 }

@@ -7,49 +7,182 @@ use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Status};
 
 use quorumlock_core::consensus::{EngineError, LeaderInfo};
-use quorumlock_core::lock::LockError;
+use quorumlock_core::lock::{LockError, SessionId};
+use quorumlock_proto::details::{self, reason};
+use quorumlock_proto::v1::{self as pb, ErrorReason};
 
 pub use quorumlock_proto::headers::{FORWARDED_HEADER, LEADER_HINT_HEADER};
 
 /// The status for a refusal of the lock state machine.
 pub fn from_lock_error(error: LockError) -> Status {
-    let code = match &error {
-        LockError::InvalidArgument(_) => Code::InvalidArgument,
-        LockError::SessionNotFound { .. } => Code::NotFound,
-        LockError::NotHolder { .. } | LockError::StaleToken { .. } => Code::FailedPrecondition,
-        LockError::QueueFull { .. } | LockError::TooManySessions { .. } => Code::ResourceExhausted,
+    let message = error.to_string();
+    let (code, detail) = match error {
+        LockError::InvalidArgument(_) => (Code::InvalidArgument, reason(ErrorReason::InvalidArgument)),
+        LockError::SessionNotFound { session } => (
+            Code::NotFound,
+            pb::ErrorDetail {
+                session_id: session.get(),
+                ..reason(ErrorReason::SessionNotFound)
+            },
+        ),
+        LockError::NotHolder { lock, session } => (
+            Code::FailedPrecondition,
+            pb::ErrorDetail {
+                lock: lock.into_bytes(),
+                session_id: session.get(),
+                ..reason(ErrorReason::NotHolder)
+            },
+        ),
+        LockError::StaleToken {
+            lock,
+            presented,
+            current,
+        } => (
+            Code::FailedPrecondition,
+            pb::ErrorDetail {
+                lock: lock.into_bytes(),
+                presented_token: presented.get(),
+                current_token: current.map_or(0, |token| token.get()),
+                ..reason(ErrorReason::StaleToken)
+            },
+        ),
+        LockError::QueueFull { lock, max } => (
+            Code::ResourceExhausted,
+            pb::ErrorDetail {
+                lock: lock.into_bytes(),
+                limit: max as u64,
+                ..reason(ErrorReason::QueueFull)
+            },
+        ),
+        LockError::TooManySessions { max } => (
+            Code::ResourceExhausted,
+            pb::ErrorDetail {
+                limit: max as u64,
+                ..reason(ErrorReason::TooManySessions)
+            },
+        ),
     };
-    Status::new(code, error.to_string())
+    details::status(code, message, detail)
+}
+
+/// INVALID_ARGUMENT for request field `field`, whose bound is `limit` (bytes
+/// or milliseconds) when it has one.
+pub fn invalid_argument(field: &str, limit: Option<u64>, message: impl Into<String>) -> Status {
+    details::status(
+        Code::InvalidArgument,
+        message,
+        pb::ErrorDetail {
+            field: field.to_string(),
+            limit: limit.unwrap_or(0),
+            ..reason(ErrorReason::InvalidArgument)
+        },
+    )
 }
 
 /// The status for an engine failure.
 pub fn from_engine_error(error: EngineError) -> Status {
     match error {
         EngineError::NotLeader { leader } => {
-            unavailable("this node is not the leader; retry", leader.as_ref())
+            not_leader("this node is not the leader; retry", leader.as_ref())
         }
-        EngineError::Unavailable(reason) => unavailable(&format!("no quorum: {reason}"), None),
-        error @ EngineError::Overloaded { .. } => Status::unavailable(format!("{error}; retry with backoff")),
-        EngineError::ShuttingDown => Status::unavailable("node is shutting down"),
-        EngineError::Fatal(reason) => Status::internal(format!("node failed: {reason}")),
+        EngineError::Unavailable(why) => no_quorum(&format!("no quorum: {why}"), None),
+        error @ EngineError::Overloaded { queued_max } => details::status(
+            Code::Unavailable,
+            format!("{error}; retry with backoff"),
+            pb::ErrorDetail {
+                limit: queued_max as u64,
+                ..reason(ErrorReason::Overloaded)
+            },
+        ),
+        EngineError::ShuttingDown => details::status(
+            Code::Unavailable,
+            "node is shutting down",
+            reason(ErrorReason::ShuttingDown),
+        ),
+        EngineError::Fatal(why) => details::status(
+            Code::Internal,
+            format!("node failed: {why}"),
+            reason(ErrorReason::NodeFailed),
+        ),
     }
 }
 
-/// UNAVAILABLE with the leader named in the message and in metadata.
-pub fn unavailable(message: &str, leader: Option<&LeaderInfo>) -> Status {
+/// UNAVAILABLE because this node does not lead: nothing was proposed. Names
+/// the leader, when known, in the message, the detail and the metadata.
+pub fn not_leader(message: &str, leader: Option<&LeaderInfo>) -> Status {
+    unavailable(ErrorReason::NotLeader, message, leader)
+}
+
+/// UNAVAILABLE because no quorum ordered a command or confirmed a read in
+/// time: a command may still take effect.
+pub fn no_quorum(message: &str, leader: Option<&LeaderInfo>) -> Status {
+    unavailable(ErrorReason::NoQuorum, message, leader)
+}
+
+/// UNAVAILABLE with a reason, naming the leader (when known) in the message,
+/// the detail and the `x-quorumlock-leader` metadata.
+fn unavailable(why: ErrorReason, message: &str, leader: Option<&LeaderInfo>) -> Status {
     match leader {
         Some(leader) => {
-            let mut status = Status::unavailable(format!(
-                "{message} (leader hint: node {} at {})",
-                leader.id, leader.addr
-            ));
+            let mut status = details::status(
+                Code::Unavailable,
+                format!("{message} (leader hint: node {} at {})", leader.id, leader.addr),
+                pb::ErrorDetail {
+                    leader_id: leader.id.get(),
+                    leader_addr: leader.addr.clone(),
+                    ..reason(why)
+                },
+            );
             if let Ok(value) = MetadataValue::try_from(format!("{}@{}", leader.id, leader.addr)) {
                 status.metadata_mut().insert(LEADER_HINT_HEADER, value);
             }
             status
         }
-        None => Status::unavailable(format!("{message} (no leader known)")),
+        None => details::status(
+            Code::Unavailable,
+            format!("{message} (no leader known)"),
+            reason(why),
+        ),
     }
+}
+
+/// NOT_FOUND for a session that is gone: `ended` while the call waited, or
+/// not there when the call came.
+pub fn session_gone(session: SessionId, ended: bool) -> Status {
+    let (why, message) = if ended {
+        (
+            ErrorReason::SessionEnded,
+            format!("session {session} ended (closed or expired) while waiting"),
+        )
+    } else {
+        (
+            ErrorReason::SessionNotFound,
+            format!("session {session} not found: expired, closed or never opened"),
+        )
+    };
+    details::status(
+        Code::NotFound,
+        message,
+        pb::ErrorDetail {
+            session_id: session.get(),
+            ..reason(why)
+        },
+    )
+}
+
+/// INTERNAL for an answer the node should never give (a bug), saying what.
+pub fn internal(message: impl Into<String>) -> Status {
+    details::status(Code::Internal, message, reason(ErrorReason::Internal))
+}
+
+/// UNAVAILABLE for a forwarded call that failed in transport: the command
+/// may or may not have reached the leader.
+pub fn forwarding_failed(message: &str) -> Status {
+    details::status(
+        Code::Unavailable,
+        format!("forwarding to the leader failed: {message}"),
+        reason(ErrorReason::ForwardingFailed),
+    )
 }
 
 /// Whether a follower already forwarded this request.
@@ -96,6 +229,8 @@ pub fn budget<T>(request: &Request<T>, max: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use quorumlock_core::consensus::NodeId;
+    use quorumlock_core::lock::FencingToken;
 
     #[test]
     fn grpc_timeouts_parse_in_every_unit_and_reject_garbage() {
@@ -114,18 +249,22 @@ mod tests {
     fn stale_token_maps_to_failed_precondition_naming_both_tokens() {
         let status = from_lock_error(LockError::StaleToken {
             lock: "a".into(),
-            presented: 3,
-            current: Some(4),
+            presented: FencingToken::new(3),
+            current: Some(FencingToken::new(4)),
         });
         assert_eq!(status.code(), Code::FailedPrecondition);
         assert!(status.message().contains("presented 3"), "{}", status.message());
         assert!(status.message().contains("current 4"), "{}", status.message());
+        let detail = details::detail(&status).expect("a typed detail");
+        assert_eq!(detail.reason(), ErrorReason::StaleToken);
+        assert_eq!((detail.presented_token, detail.current_token), (3, 4));
+        assert_eq!(detail.lock, b"a");
     }
 
     #[test]
     fn unavailable_carries_the_leader_hint_in_metadata() {
         let leader = LeaderInfo {
-            id: 2,
+            id: NodeId::new(2),
             addr: "127.0.0.1:7002".into(),
         };
         let status = from_engine_error(EngineError::NotLeader { leader: Some(leader) });
@@ -133,6 +272,12 @@ mod tests {
         assert_eq!(
             status.metadata().get(LEADER_HINT_HEADER).unwrap(),
             "2@127.0.0.1:7002"
+        );
+        let detail = details::detail(&status).expect("a typed detail");
+        assert_eq!(detail.reason(), ErrorReason::NotLeader);
+        assert_eq!(
+            (detail.leader_id, detail.leader_addr.as_str()),
+            (2, "127.0.0.1:7002")
         );
     }
 }

@@ -544,7 +544,7 @@ async fn final_reads(endpoints: &[String], locks: usize) -> anyhow::Result<Vec<O
             };
             let ret = match read {
                 Ok(entry) => Return::Read {
-                    token: entry.as_ref().map(|entry| entry.written_by.token),
+                    token: entry.as_ref().map(|entry| entry.written_by.token.get()),
                     value: entry.map(|entry| String::from_utf8_lossy(&entry.value).into_owned()),
                 },
                 Err(error) if started.elapsed() >= FINAL_READ_WAIT_MAX => Return::Failed {

@@ -157,10 +157,15 @@ async fn one_cycle<W: Write>(
 ) -> anyhow::Result<()> {
     let id = session.id();
     let key = key_of(lock);
-    let seq = recorder.invoke(id, Call::Acquire { lock: lock.into() })?;
+    let seq = recorder.invoke(id.get(), Call::Acquire { lock: lock.into() })?;
     let guard = match session.lock_timeout(lock, ACQUIRE_WAIT).await {
         Ok(Some(guard)) => {
-            recorder.complete(seq, Return::Granted { token: guard.token() })?;
+            recorder.complete(
+                seq,
+                Return::Granted {
+                    token: guard.token().get(),
+                },
+            )?;
             guard
         }
         Ok(None) => {
@@ -185,12 +190,12 @@ async fn one_cycle<W: Write>(
     };
     let token = guard.token();
     let seq = recorder.invoke(
-        id,
+        id.get(),
         Call::Put {
             lock: lock.into(),
             key: key.clone(),
             value: value.clone(),
-            token,
+            token: token.get(),
         },
     )?;
     let put = client.put(&key, value, &guard).await;
@@ -203,7 +208,7 @@ async fn one_cycle<W: Write>(
         },
     )?;
     let seq = recorder.invoke(
-        id,
+        id.get(),
         Call::Get {
             lock: lock.into(),
             key: key.clone(),
@@ -214,7 +219,7 @@ async fn one_cycle<W: Write>(
         seq,
         match read {
             Ok(entry) => Return::Read {
-                token: entry.as_ref().map(|entry| entry.written_by.token),
+                token: entry.as_ref().map(|entry| entry.written_by.token.get()),
                 value: entry.map(|entry| String::from_utf8_lossy(&entry.value).into_owned()),
             },
             // A read changes nothing: a failed one is simply failed.
@@ -222,10 +227,10 @@ async fn one_cycle<W: Write>(
         },
     )?;
     let seq = recorder.invoke(
-        id,
+        id.get(),
         Call::Release {
             lock: lock.into(),
-            token,
+            token: token.get(),
         },
     )?;
     let released = guard.release().await;

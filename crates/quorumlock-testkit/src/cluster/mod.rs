@@ -275,11 +275,11 @@ impl ProcessCluster {
             let status = node_status(node.addr(), &config)
                 .await
                 .map_err(|error| error.to_string())?;
-            named.insert(index, status.leader.as_ref().map_or(0, |(id, _)| *id));
+            named.insert(index, status.leader.as_ref().map_or(0, |(id, _)| (*id).get()));
             if status.is_leader {
                 leader = Some(Leader {
                     index,
-                    id: status.node_id,
+                    id: status.node_id.get(),
                     term: status.term,
                 });
             }

@@ -70,7 +70,11 @@ impl Checker {
                 grant.token, grant.lock, grant.session, known.0, known.1
             ));
         }
-        let floor = self.token_floor.get(&node).copied().unwrap_or(0);
+        let floor = self
+            .token_floor
+            .get(&node)
+            .copied()
+            .unwrap_or(FencingToken::new(0));
         if grant.token <= floor {
             self.violation(format!(
                 "token monotonicity: node {node} granted token {} of lock {:?} at or below {floor}, \
@@ -78,7 +82,10 @@ impl Checker {
                 grant.token, grant.lock
             ));
         }
-        let last = self.last_grant.entry((node, grant.lock.clone())).or_insert(0);
+        let last = self
+            .last_grant
+            .entry((node, grant.lock.clone()))
+            .or_insert(FencingToken::new(0));
         if grant.token <= *last {
             let last = *last;
             self.violation(format!(
@@ -95,7 +102,8 @@ impl Checker {
     pub fn restored(&mut self, node: NodeId, state: &LockState) {
         self.last_grant.retain(|(id, _), _| *id != node);
         self.last_put.retain(|(id, _), _| *id != node);
-        self.token_floor.insert(node, state.next_token() - 1);
+        self.token_floor
+            .insert(node, FencingToken::new(state.next_token().get() - 1));
     }
 
     /// A replica's state was replaced by one the checker cannot see (an
@@ -108,7 +116,10 @@ impl Checker {
 
     /// A replica's fenced store accepted a write under `fence`.
     pub fn put_accepted(&mut self, node: NodeId, fence: &Fence) {
-        let last = self.last_put.entry((node, fence.lock.clone())).or_insert(0);
+        let last = self
+            .last_put
+            .entry((node, fence.lock.clone()))
+            .or_insert(FencingToken::new(0));
         if fence.token < *last {
             let last = *last;
             self.violation(format!(

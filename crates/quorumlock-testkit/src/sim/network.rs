@@ -102,7 +102,7 @@ impl Hub {
         faults
             .partition
             .as_ref()
-            .is_some_and(|partition| partition.separates(from, to))
+            .is_some_and(|partition| partition.separates(from.get(), to.get()))
     }
 
     /// Draws one leg of a message: its delay, and whether it arrives.

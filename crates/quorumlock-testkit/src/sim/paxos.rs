@@ -257,7 +257,7 @@ impl PaxosSim {
         let mut nodes = Vec::new();
         for id in 1..=size {
             nodes.push(Node {
-                id,
+                id: NodeId::new(id),
                 driver: None,
                 disk: SimDisk::new(rng.gen(), disk_latency_ms_max, now.clone()),
                 restart_at: 0,
@@ -270,7 +270,7 @@ impl PaxosSim {
         let clients = (0..client_count)
             .map(|id| {
                 let target = rng.gen_range(1..=size);
-                Client::new(id, target, &mut rng)
+                Client::new(id, NodeId::new(target), &mut rng)
             })
             .collect();
         let mut sim = PaxosSim {
@@ -497,7 +497,7 @@ impl PaxosSim {
         loop {
             let next = self.links.borrow_mut().deliver_due();
             let Some(envelope) = next else { break };
-            let to = (envelope.to - 1) as usize;
+            let to = (envelope.to.get() - 1) as usize;
             if let Some(driver) = self.nodes[to].driver.as_mut() {
                 driver.step(envelope.from, envelope.message);
             }
@@ -641,7 +641,7 @@ impl PaxosSim {
     /// Starts node `i` from its disk alone.
     fn start(&mut self, i: usize) {
         self.log(|| format!("start node {}", i + 1));
-        let members: BTreeSet<NodeId> = (1..=self.nodes.len() as NodeId).collect();
+        let members: BTreeSet<NodeId> = (1..=self.nodes.len() as u64).map(NodeId::new).collect();
         let mut config = ReplicaConfig::new(self.nodes[i].id, members, HEARTBEAT_TICKS, ELECTION_TICKS);
         config.seed = self.rng.gen();
         let node = &mut self.nodes[i];
@@ -680,6 +680,7 @@ impl PaxosSim {
         if self.links.borrow().network.partition.is_none() && self.rng.gen_bool(self.faults.partition) {
             let length = self.rng.gen_range(50..=1_000);
             let leaders = self.leaders();
+            let leaders: Vec<u64> = leaders.into_iter().map(NodeId::get).collect();
             let partition = Partition::draw(&mut self.rng, size, &leaders, now, length);
             self.log(|| format!("partition {partition:?}"));
             self.counts.partitions += 1;
@@ -733,7 +734,7 @@ impl PaxosSim {
         let now = self.now_ms();
         for client in 0..self.clients.len() {
             if let Some(session) = self.clients[client].renewal_due(now) {
-                let target = (self.clients[client].target - 1) as usize;
+                let target = (self.clients[client].target.get() - 1) as usize;
                 let result = self.renew(target, session);
                 let leader = match result {
                     Err(RenewError::NotLeader) => self.leader_hint(target),
@@ -755,7 +756,7 @@ impl PaxosSim {
             };
             self.client_serial[client] += 1;
             let serial = self.client_serial[client];
-            let target = (self.clients[client].target - 1) as usize;
+            let target = (self.clients[client].target.get() - 1) as usize;
             match self.nodes[target].driver.as_mut() {
                 Some(driver) => {
                     driver.propose(command, Waiter::Client { client, serial });
@@ -775,7 +776,7 @@ impl PaxosSim {
             .driver
             .as_ref()
             .and_then(|driver| driver.replica().leader_id());
-        Some(known.unwrap_or_else(|| self.rng.gen_range(1..=self.nodes.len() as NodeId)))
+        Some(known.unwrap_or_else(|| NodeId::new(self.rng.gen_range(1..=self.nodes.len() as u64))))
     }
 
     /// A keepalive, answered from the keeper's memory as the server's lease

@@ -157,7 +157,7 @@ impl RaftSim {
         let dir = scratch_dir();
         let nodes = (1..=size)
             .map(|id| Node {
-                id,
+                id: NodeId::new(id),
                 dir: dir.path().join(format!("node-{id}")),
                 engine: None,
                 leases: None,
@@ -170,7 +170,7 @@ impl RaftSim {
         let clients = (0..client_count)
             .map(|id| {
                 let target = rng.gen_range(1..=size);
-                Client::new(id, target, &mut rng)
+                Client::new(id, NodeId::new(target), &mut rng)
             })
             .collect();
         let (answers_tx, answers) = mpsc::unbounded_channel();
@@ -473,6 +473,7 @@ impl RaftSim {
         } else if self.network.partition.is_none() && self.rng.gen_bool(self.faults.partition) {
             let length = self.rng.gen_range(50..=1_000);
             let leaders = self.leaders();
+            let leaders: Vec<u64> = leaders.into_iter().map(NodeId::get).collect();
             let partition = Partition::draw(&mut self.rng, size, &leaders, now, length);
             self.log(|| format!("partition {:?}", partition.sides));
             self.partitions += 1;
@@ -559,7 +560,7 @@ impl RaftSim {
                 }
                 // The RPC layer tells the keeper about sessions opened here.
                 if let Ok(Outcome::SessionOpened { session, ttl_ms }) = result {
-                    if let Some(leases) = &self.nodes[(node - 1) as usize].leases {
+                    if let Some(leases) = &self.nodes[(node.get() - 1) as usize].leases {
                         leases.opened(session, Duration::from_millis(ttl_ms));
                     }
                 }
@@ -580,14 +581,14 @@ impl RaftSim {
     }
 
     fn random_node(&mut self) -> Option<NodeId> {
-        Some(self.rng.gen_range(1..=self.nodes.len() as NodeId))
+        Some(NodeId::new(self.rng.gen_range(1..=self.nodes.len() as u64)))
     }
 
     fn client_work(&mut self) {
         let now = self.now_ms();
         for client in 0..self.clients.len() {
             if let Some(session) = self.clients[client].renewal_due(now) {
-                let target = (self.clients[client].target - 1) as usize;
+                let target = (self.clients[client].target.get() - 1) as usize;
                 let result = match &self.nodes[target].leases {
                     Some(leases) => leases.renew(session).map(|_| ()),
                     None => Err(RenewError::NotLeader),
@@ -611,7 +612,7 @@ impl RaftSim {
             self.client_serial[client] += 1;
             let serial = self.client_serial[client];
             let target = self.clients[client].target;
-            let Some(engine) = self.nodes[(target - 1) as usize].engine.clone() else {
+            let Some(engine) = self.nodes[(target.get() - 1) as usize].engine.clone() else {
                 let leader = self.random_node();
                 self.clients[client].refused(now, leader, &mut self.rng);
                 continue;

@@ -5,7 +5,8 @@ use super::checker::{AckedWrite, Checker};
 use super::paxos::PaxosSim;
 use super::raft::RaftSim;
 use super::*;
-use quorumlock_core::lock::{Fence, Grant, LockState};
+use quorumlock_core::consensus::NodeId;
+use quorumlock_core::lock::{Fence, FencingToken, Grant, LockState, SessionId};
 
 fn run_paxos(seed: u64) -> Result<RunSummary, Violation> {
     PaxosSim::new(seed, size_of(seed)).run()
@@ -76,8 +77,8 @@ fn raft_seed_replays_keep_the_properties() {
 fn grant(lock: &str, session: u64, token: u64) -> Grant {
     Grant {
         lock: lock.to_string(),
-        session,
-        token,
+        session: SessionId::new(session),
+        token: FencingToken::new(token),
     }
 }
 
@@ -86,24 +87,24 @@ fn grant(lock: &str, session: u64, token: u64) -> Grant {
 #[test]
 fn checker_reports_token_regressions_and_disagreements() {
     let mut checker = Checker::default();
-    checker.granted(1, &grant("a", 1, 5));
-    checker.granted(1, &grant("a", 2, 4));
+    checker.granted(NodeId::new(1), &grant("a", 1, 5));
+    checker.granted(NodeId::new(1), &grant("a", 2, 4));
     assert!(checker
         .first_violation()
         .is_some_and(|v| v.starts_with("token monotonicity")));
 
     let mut checker = Checker::default();
-    checker.granted(1, &grant("a", 1, 5));
-    checker.granted(2, &grant("a", 2, 5));
+    checker.granted(NodeId::new(1), &grant("a", 1, 5));
+    checker.granted(NodeId::new(2), &grant("a", 2, 5));
     assert!(checker
         .first_violation()
         .is_some_and(|v| v.starts_with("grant agreement")));
 
     // After a restore the replica's order starts again, above the floor.
     let mut checker = Checker::default();
-    checker.granted(1, &grant("a", 1, 5));
-    checker.restored(1, &LockState::default());
-    checker.granted(1, &grant("a", 1, 5));
+    checker.granted(NodeId::new(1), &grant("a", 1, 5));
+    checker.restored(NodeId::new(1), &LockState::default());
+    checker.granted(NodeId::new(1), &grant("a", 1, 5));
     assert!(checker.first_violation().is_none());
 }
 
@@ -114,7 +115,7 @@ fn write(client: usize, token: u64, value: &str, invoked_ms: u64, completed_ms: 
         value: value.as_bytes().to_vec(),
         fence: Fence {
             lock: "a".to_string(),
-            token,
+            token: FencingToken::new(token),
         },
         invoked_ms,
         completed_ms,
@@ -130,8 +131,8 @@ fn checker_reports_stale_fenced_writes_and_lost_writes() {
         token,
     };
     let mut checker = Checker::default();
-    checker.put_accepted(1, &fence(3));
-    checker.put_accepted(1, &fence(2));
+    checker.put_accepted(NodeId::new(1), &fence(FencingToken::new(3)));
+    checker.put_accepted(NodeId::new(1), &fence(FencingToken::new(2)));
     assert!(checker
         .first_violation()
         .is_some_and(|v| v.starts_with("fencing")));
@@ -146,14 +147,14 @@ fn checker_reports_stale_fenced_writes_and_lost_writes() {
 
     let mut checker = Checker::default();
     checker.put_acked(write(0, 3, "x", 0, 10));
-    checker.check_durability(1, &LockState::default());
+    checker.check_durability(NodeId::new(1), &LockState::default());
     assert!(checker
         .first_violation()
         .is_some_and(|v| v.starts_with("durability")));
 
     let mut checker = Checker::default();
-    checker.applied_state(1, 4, vec![1]);
-    checker.applied_state(2, 4, vec![2]);
+    checker.applied_state(NodeId::new(1), 4, vec![1]);
+    checker.applied_state(NodeId::new(2), 4, vec![2]);
     assert!(checker
         .first_violation()
         .is_some_and(|v| v.starts_with("state agreement")));
