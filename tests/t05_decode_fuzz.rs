@@ -21,7 +21,7 @@ use proptest::prelude::*;
 use quorumlock_core::consensus::NodeId;
 use quorumlock_core::lock::{Command, Fence, FencingToken, LockState, SessionId};
 use quorumlock_paxos::transport::decode_batch;
-use quorumlock_paxos::{Ballot, Chosen, DurableState, Proposal, ProposalId, ReplicaConfig};
+use quorumlock_paxos::{Ballot, Chosen, DurableState, Proposal, ProposalId, ReplicaConfig, Slot};
 
 /// The engine's types, ordering lock commands.
 type Accepted = quorumlock_paxos::Accepted<Command>;
@@ -160,7 +160,7 @@ fn value() -> impl Strategy<Value = Value> {
 }
 
 fn message() -> impl Strategy<Value = Message> {
-    let slot = 0u64..8;
+    let slot = (0u64..8).prop_map(Slot::new);
     prop_oneof![
         ballot().prop_map(|ballot| Message::Probe { ballot }),
         (ballot(), any::<bool>()).prop_map(|(ballot, granted)| Message::ProbeReply { ballot, granted }),

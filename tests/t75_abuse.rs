@@ -568,7 +568,7 @@ async fn hostile_peer_requests(engine: &str, channel: Channel, node: u64) {
             // spoofed member: accepted by the transport, and then ignored
             // by the engine because it does not decode as a lock state.
             let snapshot = quorumlock_paxos::Message::<quorumlock_core::lock::Command>::Snapshot {
-                slot: 1 << 40,
+                slot: quorumlock_paxos::Slot::new(1 << 40),
                 data: Arc::new(vec![0xee; 256]),
             };
             let messages = bincode::serialize(&vec![snapshot]).expect("a message encodes");

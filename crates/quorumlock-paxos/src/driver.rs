@@ -268,7 +268,7 @@ where
             match self.machine.decode_snapshot(data) {
                 Ok(snapshot) => self.verified_snapshot = Some((*slot, snapshot)),
                 Err(error) => {
-                    tracing::warn!(%from, slot, %error, "undecodable snapshot from a peer ignored");
+                    tracing::warn!(%from, %slot, %error, "undecodable snapshot from a peer ignored");
                     return;
                 }
             }
@@ -352,7 +352,7 @@ where
                     );
                     self.applied = slot;
                     self.machine.install_snapshot(slot, snapshot);
-                    tracing::info!(slot, bytes = data.len(), "installed snapshot from a peer");
+                    tracing::info!(%slot, bytes = data.len(), "installed snapshot from a peer");
                 }
             }
         }
@@ -405,7 +405,7 @@ where
     /// Snapshots the state machine once enough slots were applied since the
     /// last snapshot; the replica persists it and forgets those slots.
     fn maybe_compact(&mut self) {
-        if self.applied.saturating_sub(self.replica.compacted()) < self.snapshot_every_entries {
+        if self.applied.since(self.replica.compacted()) < self.snapshot_every_entries {
             return;
         }
         self.compact_now();
@@ -418,7 +418,7 @@ where
         let slot = self.applied;
         if slot > self.replica.compacted() {
             let data = self.machine.snapshot();
-            tracing::debug!(slot, bytes = data.len(), "snapshot taken; log truncated");
+            tracing::debug!(%slot, bytes = data.len(), "snapshot taken; log truncated");
             self.replica.compact(slot, Arc::new(data));
         }
     }

@@ -150,7 +150,7 @@ impl PaxosEngine {
             node = %config.node_id,
             boot,
             promised = %replica.promised(),
-            snapshot_slot = replica.compacted(),
+            snapshot_slot = %replica.compacted(),
             "paxos replica restored"
         );
 
@@ -168,8 +168,8 @@ impl PaxosEngine {
         let (leadership_tx, leadership) = watch::channel(Leadership::default());
         let (stop, stop_rx) = watch::channel(false);
         let (failed_tx, failed) = watch::channel(None);
-        let chosen_upto = Arc::new(AtomicU64::new(replica.chosen_upto()));
-        let applied = Arc::new(AtomicU64::new(replica.applied()));
+        let chosen_upto = Arc::new(AtomicU64::new(replica.chosen_upto().get()));
+        let applied = Arc::new(AtomicU64::new(replica.applied().get()));
 
         let shell = Shell {
             driver: Driver::new(
@@ -416,8 +416,9 @@ impl Shell {
 
     fn publish(&self) {
         let replica = self.driver.replica();
-        self.chosen_upto.store(replica.chosen_upto(), Ordering::Relaxed);
-        self.applied.store(replica.applied(), Ordering::Relaxed);
+        self.chosen_upto
+            .store(replica.chosen_upto().get(), Ordering::Relaxed);
+        self.applied.store(replica.applied().get(), Ordering::Relaxed);
         let view = Leadership {
             term: replica.term(),
             leader: self.leader_info(),

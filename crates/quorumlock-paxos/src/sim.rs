@@ -295,9 +295,9 @@ mod tests {
     use crate::core::types::Value;
     use quorumlock_core::consensus::NodeId;
 
-    fn accept(slot: Slot, round: u64) -> Persist<u64> {
+    fn accept(slot: u64, round: u64) -> Persist<u64> {
         Persist::Accept {
-            slot,
+            slot: Slot::new(slot),
             accepted: Accepted {
                 ballot: Ballot {
                     round,
@@ -326,7 +326,7 @@ mod tests {
         let slots: Vec<Slot> = image.accepted.keys().copied().collect();
         assert_eq!(
             slots,
-            (1..=slots.len() as u64).collect::<Vec<_>>(),
+            (1..=slots.len() as u64).map(Slot::new).collect::<Vec<_>>(),
             "a prefix, no holes"
         );
         assert!(slots.len() >= 20);

@@ -125,20 +125,24 @@ impl StateMachine<Op> for OpLog {
         }
         let applied = std::mem::take(&mut self.current);
         let mut history = self.history.borrow_mut();
-        match history.slots.get(slot as usize - 1) {
+        match history.slots.get(slot.prev().get() as usize) {
             Some(known) if *known != applied => {
                 let node = self.node;
                 drop(history);
                 self.violation(format!(
                     "agreement: node {node} applied {applied:?} at slot {slot}, but {known:?} before",
-                    known = self.history.borrow().slots[slot as usize - 1].clone()
+                    known = self.history.borrow().slots[slot.prev().get() as usize].clone()
                 ));
             }
             Some(_) => {}
             None => {
                 // The first replica to apply this slot extends the history
                 // (it applied every earlier slot, so the history has no gaps).
-                assert_eq!(history.slots.len() as Slot, slot - 1, "the history has no gaps");
+                assert_eq!(
+                    Slot::new(history.slots.len() as u64),
+                    slot.prev(),
+                    "the history has no gaps"
+                );
                 for (id, op) in &applied {
                     if !history.seen_proposals.insert(*id) {
                         drop(history);
@@ -187,7 +191,7 @@ impl StateMachine<Op> for OpLog {
             ));
         }
         let history = self.history.borrow();
-        match history.ends.get(slot as usize).copied() {
+        match history.ends.get(slot.get() as usize).copied() {
             None => {
                 let slots = history.slots.len();
                 drop(history);
@@ -393,7 +397,7 @@ impl Sim {
                 assert_eq!(covered, *slot, "a snapshot is stored with the slot it covers");
                 (*slot, ops)
             }
-            None => (0, Vec::new()),
+            None => (Slot::ZERO, Vec::new()),
         };
         let machine = OpLog {
             node: node.id,
@@ -479,7 +483,11 @@ impl Sim {
                 let applied: Vec<Slot> = self
                     .nodes
                     .iter()
-                    .map(|node| node.driver.as_ref().map_or(0, |driver| driver.machine().slot))
+                    .map(|node| {
+                        node.driver
+                            .as_ref()
+                            .map_or(Slot::ZERO, |driver| driver.machine().slot)
+                    })
                     .collect();
                 return Err(format!(
                     "convergence: replicas did not all apply the history of {} slots within \
@@ -523,7 +531,7 @@ impl Sim {
     }
 
     fn converged(&mut self) -> bool {
-        let slots = self.history.borrow().slots.len() as Slot;
+        let slots = Slot::new(self.history.borrow().slots.len() as u64);
         let nodes_done = self.nodes.iter_mut().all(|node| {
             let disk_idle = !node.disk.has_pending();
             node.driver.as_mut().is_some_and(|driver| {
@@ -622,7 +630,7 @@ impl Sim {
                     output: slot,
                 } => {
                     self.ops[op as usize] = OpState::Acked;
-                    let end = self.history.borrow().ends[slot as usize];
+                    let end = self.history.borrow().ends[slot.get() as usize];
                     self.acked_len = self.acked_len.max(end);
                 }
                 Answer::Refused {
@@ -673,9 +681,12 @@ impl Sim {
             let Some(driver) = node.driver.as_mut() else {
                 continue;
             };
+            if let Some(breach) = driver.replica().agreement_breach() {
+                return Err(format!("agreement: node {}: {breach}", node.id));
+            }
             let machine = driver.machine();
             let (slot, ops) = (machine.slot, machine.ops.len());
-            let end = history.ends[slot as usize];
+            let end = history.ends[slot.get() as usize];
             if ops != end || driver.machine().ops[..] != history.ops[..end] {
                 return Err(format!(
                     "prefix: node {}'s applied sequence is not a prefix of the history",

@@ -94,7 +94,7 @@ impl PaxosStore {
             .iterator_cf(cf(&self.db, CF_ACCEPTED), rocksdb::IteratorMode::Start)
         {
             let (key, value) = item?;
-            let slot = parse_u64_key(&key)?;
+            let slot = Slot::new(parse_u64_key(&key)?);
             let record: Accepted<C> = bincode::deserialize(&value)
                 .with_context(|| format!("decoding the accepted record of slot {slot}"))?;
             accepted.insert(slot, record);
@@ -126,11 +126,11 @@ impl PaxosStore {
                 Persist::Accept {
                     slot,
                     accepted: record,
-                } => batch.put_cf(accepted, u64_key(*slot), bincode::serialize(record)?),
+                } => batch.put_cf(accepted, u64_key(slot.get()), bincode::serialize(record)?),
                 Persist::Snapshot { slot, data } => {
                     batch.put_cf(meta, KEY_SNAPSHOT, bincode::serialize(&(slot, data.as_slice()))?);
                     // The records the snapshot covers go in the same write.
-                    batch.delete_range_cf(accepted, u64_key(0), u64_key(slot + 1));
+                    batch.delete_range_cf(accepted, u64_key(0), u64_key(slot.next().get()));
                 }
             }
         }
@@ -293,11 +293,11 @@ mod tests {
                         node: NodeId::new(1),
                     }),
                     Persist::Accept {
-                        slot: 1,
+                        slot: Slot::new(1),
                         accepted: record(2),
                     },
                     Persist::Accept {
-                        slot: 300,
+                        slot: Slot::new(300),
                         accepted: record(3),
                     },
                 ])
@@ -312,7 +312,10 @@ mod tests {
             },
             "an accepted ballot implies its promise"
         );
-        assert_eq!(state.accepted.keys().copied().collect::<Vec<_>>(), vec![1, 300]);
+        assert_eq!(
+            state.accepted.keys().copied().collect::<Vec<_>>(),
+            vec![Slot::new(1), Slot::new(300)]
+        );
         assert!(state.snapshot.is_none());
     }
 
@@ -322,19 +325,22 @@ mod tests {
         let store = PaxosStore::open(dir.path()).unwrap();
         let mut records: Vec<Persist<u64>> = (1..=10)
             .map(|slot| Persist::Accept {
-                slot,
+                slot: Slot::new(slot),
                 accepted: record(1),
             })
             .collect();
         records.push(Persist::Snapshot {
-            slot: 7,
+            slot: Slot::new(7),
             data: Arc::new(b"state".to_vec()),
         });
         store.persist(&records).unwrap();
         drop(store);
         let state: DurableState<u64> = PaxosStore::open(dir.path()).unwrap().load().unwrap();
-        assert_eq!(state.accepted.keys().copied().collect::<Vec<_>>(), vec![8, 9, 10]);
-        assert_eq!(state.snapshot, Some((7, Arc::new(b"state".to_vec()))));
+        assert_eq!(
+            state.accepted.keys().copied().collect::<Vec<_>>(),
+            [8, 9, 10].map(Slot::new)
+        );
+        assert_eq!(state.snapshot, Some((Slot::new(7), Arc::new(b"state".to_vec()))));
     }
 
     #[test]
@@ -356,7 +362,7 @@ mod tests {
                 .persist(
                     number,
                     vec![Persist::Accept {
-                        slot: number,
+                        slot: Slot::new(number),
                         accepted: record(1),
                     }],
                 )

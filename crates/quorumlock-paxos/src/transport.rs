@@ -245,7 +245,7 @@ impl<C: Command> PaxosPeer for PaxosPeerService<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::types::Ballot;
+    use crate::core::types::{Ballot, Slot};
 
     #[test]
     fn a_batch_assembled_from_single_encodings_decodes_as_the_message_list() {
@@ -256,7 +256,9 @@ mod tests {
                     node: NodeId::new(2),
                 },
             },
-            Message::Learn { from_slot: 42 },
+            Message::Learn {
+                from_slot: Slot::new(42),
+            },
         ];
         let mut assembled = (messages.len() as u64).to_le_bytes().to_vec();
         for message in &messages {

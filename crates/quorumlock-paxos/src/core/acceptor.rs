@@ -27,10 +27,10 @@ impl<C: Command> Replica<C> {
             self.promised >= ballot,
             "a promise is never below the ballot it answers"
         );
-        let above = from_slot.saturating_sub(1).max(self.chosen_upto);
+        let above = from_slot.prev().max(self.chosen_upto);
         let accepted = self
             .accepted
-            .range(above + 1..)
+            .range(above.next()..)
             .map(|(slot, record)| (*slot, record.clone()))
             .collect();
         self.send_after_persist(

@@ -2,6 +2,7 @@
 //! catch-up from peers (chosen values, or a snapshot when they were
 //! compacted), and compaction.
 
+use std::collections::btree_map::Entry;
 use std::sync::Arc;
 
 use super::message::Message;
@@ -28,11 +29,32 @@ impl<C: Command> Replica<C> {
             .map(|(slot, record)| (*slot, record.value.clone()))
             .collect();
         for (slot, value) in known {
-            self.chosen.entry(slot).or_insert(value);
+            self.record_chosen(slot, value);
         }
         self.advance();
         if self.chosen_upto < self.leader_chosen_upto && self.learn_asked_at.is_none() {
             self.ask_learn();
+        }
+    }
+
+    /// Notes `value` as chosen for `slot`. Agreement: a slot is chosen
+    /// once, with one value, so whoever tells of it again (the leader's
+    /// commit, a peer's answer, this node's own count of votes) must bring
+    /// the same value. A different one is kept out and reported (see
+    /// [`Replica::agreement_breach`]).
+    pub(super) fn record_chosen(&mut self, slot: Slot, value: Value<C>) {
+        match self.chosen.entry(slot) {
+            Entry::Vacant(vacant) => {
+                vacant.insert(value);
+            }
+            Entry::Occupied(known) if *known.get() == value => {}
+            Entry::Occupied(_) => {
+                if self.agreement_breach.is_none() {
+                    let breach = format!("slot {slot} was reported chosen with two different values");
+                    tracing::error!(node = %self.config.id, %slot, "agreement breach: {breach}");
+                    self.agreement_breach = Some(breach);
+                }
+            }
         }
     }
 
@@ -163,7 +185,7 @@ impl<C: Command> Replica<C> {
                 }
             }
             self.leader_chosen_upto = self.leader_chosen_upto.max(slot);
-            self.chosen.insert(slot, value);
+            self.record_chosen(slot, value);
             learned = true;
         }
         if learned {

@@ -233,6 +233,9 @@ pub struct Replica<C> {
     failed_elections: u32,
     /// Highest ballot seen anywhere.
     max_seen: Ballot,
+    /// The first report that a slot known chosen was chosen with another
+    /// value: Paxos rules it out, so it means a bug or a corrupted peer.
+    agreement_breach: Option<String>,
 }
 
 impl<C: Command> Replica<C> {
@@ -246,7 +249,7 @@ impl<C: Command> Replica<C> {
         assert!(config.heartbeat_ticks > 0 && config.election_ticks > config.heartbeat_ticks);
         let (compacted, snapshot) = match durable.snapshot {
             Some((slot, data)) => (slot, Some(data)),
-            None => (0, None),
+            None => (Slot::ZERO, None),
         };
         let mut accepted = durable.accepted;
         accepted.retain(|slot, _| *slot > compacted);
@@ -273,6 +276,7 @@ impl<C: Command> Replica<C> {
             election_at: 0,
             failed_elections: 0,
             max_seen: durable.promised,
+            agreement_breach: None,
         };
         replica.reset_election_timer();
         replica
@@ -448,6 +452,15 @@ impl<C: Command> Replica<C> {
     }
 
     /// The chosen value of `slot`, if this replica still holds it.
+    /// The first report of a second value chosen for a slot, if any. The
+    /// simulations require `None` after every step; a node keeps the value
+    /// it knew first and logs the report once, since a peer's message
+    /// must never be able to crash it.
+    pub fn agreement_breach(&self) -> Option<&str> {
+        self.agreement_breach.as_deref()
+    }
+
+    /// The value known chosen for `slot`, if it is still kept.
     pub fn chosen_value(&self, slot: Slot) -> Option<&Value<C>> {
         self.chosen.get(&slot)
     }

@@ -52,7 +52,7 @@ impl<C: Command> Replica<C> {
         }
         let last = recovered
             .last_key_value()
-            .map_or(0, |(slot, _)| *slot)
+            .map_or(Slot::ZERO, |(slot, _)| *slot)
             .max(max_chosen)
             .max(self.chosen_upto);
 
@@ -61,7 +61,7 @@ impl<C: Command> Replica<C> {
         let heard_at = self.peers().map(|peer| (peer, self.now)).collect();
         self.role = Role::Leading(Box::new(Leading {
             ballot,
-            next_slot: last + 1,
+            next_slot: last.next(),
             inflight: BTreeMap::new(),
             queue: VecDeque::new(),
             round: 0,
@@ -80,7 +80,7 @@ impl<C: Command> Replica<C> {
             self.ask_learn();
         }
         let mut entries = Vec::new();
-        for slot in max_chosen + 1..=last {
+        for slot in max_chosen.after_through(last) {
             let value = recovered.remove(&slot).map_or(Value::Noop, |record| record.value);
             self.accept_own(slot, value.clone());
             entries.push((slot, value));
@@ -233,9 +233,12 @@ impl<C: Command> Replica<C> {
         if done.is_empty() {
             return;
         }
-        for slot in done {
-            let inflight = leading.inflight.remove(&slot).expect("listed above");
-            self.chosen.insert(slot, inflight.value);
+        let chosen: Vec<(Slot, Value<C>)> = done
+            .into_iter()
+            .map(|slot| (slot, leading.inflight.remove(&slot).expect("listed above").value))
+            .collect();
+        for (slot, value) in chosen {
+            self.record_chosen(slot, value);
         }
         self.advance();
     }
@@ -279,8 +282,8 @@ impl<C: Command> Replica<C> {
             // because its promises omitted them.
             tracing::warn!(
                 node = %self.config.id,
-                chosen_upto = self.chosen_upto,
-                reported = self.leader_chosen_upto,
+                chosen_upto = %self.chosen_upto,
+                reported = %self.leader_chosen_upto,
                 "leader cannot learn slots reported chosen; stepping down"
             );
             self.step_down();
@@ -357,7 +360,7 @@ impl<C: Command> Replica<C> {
             self.ready.reads_failed.push(id);
             return;
         };
-        let index = leading.next_slot - 1;
+        let index = leading.next_slot.prev();
         let start_round = leading.round_for_reads.is_none();
         // A round already in flight began before this read: wait for the next.
         let round = leading.round + 1;

@@ -139,7 +139,7 @@ fn elect(replica: &mut Replica1, promises: Vec<PromiseFrom>) -> Ready1 {
 /// election's effects drained.
 fn leader_with(config: ReplicaConfig) -> Replica1 {
     let mut replica = Replica::new(config, DurableState::default());
-    elect(&mut replica, vec![(2, 0, Vec::new())]);
+    elect(&mut replica, vec![(2, Slot::new(0), Vec::new())]);
     assert!(replica.is_leader(), "node 1 won with node 2's promise");
     replica
 }
@@ -210,7 +210,7 @@ fn a_majority_of_probe_grants_persists_the_promise_before_preparing() {
                 &[2, 3],
                 Message::Prepare {
                     ballot: ballot(1, 1),
-                    from_slot: 1,
+                    from_slot: Slot::new(1),
                 }
             ),
             ..Ready::default()
@@ -240,7 +240,7 @@ fn leader_stickiness_a_probe_is_refused_while_a_live_leader_is_heard() {
         NodeId::new(1),
         Message::Heartbeat {
             ballot: ballot(1, 1),
-            chosen_upto: 0,
+            chosen_upto: Slot::new(0),
             seq: 1,
         },
     );
@@ -270,7 +270,7 @@ fn a_probe_is_granted_once_the_leader_fell_silent() {
         NodeId::new(1),
         Message::Heartbeat {
             ballot: ballot(1, 1),
-            chosen_upto: 0,
+            chosen_upto: Slot::new(0),
             seq: 1,
         },
     );
@@ -303,7 +303,7 @@ fn prepare_below_the_promise_is_nacked_with_the_promise() {
         NodeId::new(1),
         Message::Prepare {
             ballot: ballot(3, 1),
-            from_slot: 1,
+            from_slot: Slot::new(1),
         },
     );
     take(&mut acceptor);
@@ -311,7 +311,7 @@ fn prepare_below_the_promise_is_nacked_with_the_promise() {
         NodeId::new(3),
         Message::Prepare {
             ballot: ballot(2, 3),
-            from_slot: 1,
+            from_slot: Slot::new(1),
         },
     );
     assert_eq!(
@@ -336,9 +336,9 @@ fn prepare_above_the_promise_persists_it_then_promises_values_above_the_chosen_p
     let durable = DurableState {
         promised: ballot(1, 1),
         accepted: BTreeMap::from([
-            (1, accepted(ballot(1, 1), x.clone())),
-            (2, accepted(ballot(1, 1), y.clone())),
-            (3, accepted(ballot(1, 1), z.clone())),
+            (Slot::new(1), accepted(ballot(1, 1), x.clone())),
+            (Slot::new(2), accepted(ballot(1, 1), y.clone())),
+            (Slot::new(3), accepted(ballot(1, 1), z.clone())),
         ]),
         snapshot: None,
     };
@@ -348,17 +348,17 @@ fn prepare_above_the_promise_persists_it_then_promises_values_above_the_chosen_p
         NodeId::new(1),
         Message::Heartbeat {
             ballot: ballot(1, 1),
-            chosen_upto: 1,
+            chosen_upto: Slot::new(1),
             seq: 1,
         },
     );
-    assert_eq!(take(&mut acceptor).apply, vec![chosen(1, x)]);
+    assert_eq!(take(&mut acceptor).apply, vec![chosen(Slot::new(1), x)]);
 
     acceptor.step(
         NodeId::new(3),
         Message::Prepare {
             ballot: ballot(2, 3),
-            from_slot: 1,
+            from_slot: Slot::new(1),
         },
     );
     assert_eq!(
@@ -370,8 +370,11 @@ fn prepare_above_the_promise_persists_it_then_promises_values_above_the_chosen_p
                 3,
                 Message::Promise {
                     ballot: ballot(2, 3),
-                    chosen_upto: 1,
-                    accepted: vec![(2, accepted(ballot(1, 1), y)), (3, accepted(ballot(1, 1), z))],
+                    chosen_upto: Slot::new(1),
+                    accepted: vec![
+                        (Slot::new(2), accepted(ballot(1, 1), y)),
+                        (Slot::new(3), accepted(ballot(1, 1), z))
+                    ],
                 }
             )],
             ..Ready::default()
@@ -384,7 +387,7 @@ fn a_duplicate_prepare_is_promised_again_without_a_second_persist() {
     let mut acceptor = fresh(2);
     let prepare = Message::Prepare {
         ballot: ballot(1, 1),
-        from_slot: 1,
+        from_slot: Slot::new(1),
     };
     acceptor.step(NodeId::new(1), prepare.clone());
     let first = take(&mut acceptor);
@@ -405,7 +408,7 @@ fn accept_persists_the_record_before_answering_accepted() {
     let value = batch(&[1, 2]);
     acceptor.step(
         NodeId::new(1),
-        accept_message(ballot(1, 1), vec![(1, value.clone())], 0),
+        accept_message(ballot(1, 1), vec![(Slot::new(1), value.clone())], Slot::new(0)),
     );
     assert_eq!(
         take(&mut acceptor),
@@ -413,7 +416,7 @@ fn accept_persists_the_record_before_answering_accepted() {
             persist: vec![
                 Persist::Promise(ballot(1, 1)),
                 Persist::Accept {
-                    slot: 1,
+                    slot: Slot::new(1),
                     accepted: accepted(ballot(1, 1), value),
                 },
             ],
@@ -422,7 +425,7 @@ fn accept_persists_the_record_before_answering_accepted() {
                 1,
                 Message::Accepted {
                     ballot: ballot(1, 1),
-                    slots: vec![1],
+                    slots: vec![Slot::new(1)],
                 }
             )],
             ..Ready::default()
@@ -433,7 +436,7 @@ fn accept_persists_the_record_before_answering_accepted() {
 #[test]
 fn a_duplicate_accept_is_acknowledged_without_a_second_persist() {
     let mut acceptor = fresh(2);
-    let message = accept_message(ballot(1, 1), vec![(1, batch(&[1]))], 0);
+    let message = accept_message(ballot(1, 1), vec![(Slot::new(1), batch(&[1]))], Slot::new(0));
     acceptor.step(NodeId::new(1), message.clone());
     let first = take(&mut acceptor);
     assert_eq!(first.persist.len(), 2);
@@ -454,13 +457,13 @@ fn accept_below_the_promise_is_nacked_and_not_recorded() {
         NodeId::new(3),
         Message::Prepare {
             ballot: ballot(2, 3),
-            from_slot: 1,
+            from_slot: Slot::new(1),
         },
     );
     take(&mut acceptor);
     acceptor.step(
         NodeId::new(1),
-        accept_message(ballot(1, 1), vec![(1, batch(&[1]))], 0),
+        accept_message(ballot(1, 1), vec![(Slot::new(1), batch(&[1]))], Slot::new(0)),
     );
     assert_eq!(
         take(&mut acceptor),
@@ -476,7 +479,7 @@ fn accept_below_the_promise_is_nacked_and_not_recorded() {
             ..Ready::default()
         }
     );
-    assert_eq!(acceptor.accepted_at(1), None);
+    assert_eq!(acceptor.accepted_at(Slot::new(1)), None);
 }
 
 // ---- Leader: phase 1 recovery, batching, pipelining, commit ------------
@@ -486,7 +489,7 @@ fn new_leader_reproposes_the_highest_ballot_value_per_slot_and_fills_holes_with_
     let (old, newer, only) = (batch(&[1]), batch(&[2]), batch(&[3]));
     let durable = DurableState {
         promised: ballot(1, 3),
-        accepted: BTreeMap::from([(1, accepted(ballot(1, 2), old))]),
+        accepted: BTreeMap::from([(Slot::new(1), accepted(ballot(1, 2), old))]),
         snapshot: None,
     };
     let mut replica = Replica::new(config(1, 3), durable);
@@ -494,22 +497,26 @@ fn new_leader_reproposes_the_highest_ballot_value_per_slot_and_fills_holes_with_
         &mut replica,
         vec![(
             2,
-            0,
+            Slot::new(0),
             vec![
-                (1, accepted(ballot(1, 3), newer.clone())),
-                (3, accepted(ballot(1, 2), only.clone())),
+                (Slot::new(1), accepted(ballot(1, 3), newer.clone())),
+                (Slot::new(3), accepted(ballot(1, 2), only.clone())),
             ],
         )],
     );
     let own = ballot(2, 1);
-    let entries = vec![(1, newer), (2, Value::Noop), (3, only)];
-    let mut messages = to_each(1, &[2, 3], accept_message(own, entries.clone(), 0));
+    let entries = vec![
+        (Slot::new(1), newer),
+        (Slot::new(2), Value::Noop),
+        (Slot::new(3), only),
+    ];
+    let mut messages = to_each(1, &[2, 3], accept_message(own, entries.clone(), Slot::new(0)));
     messages.extend(to_each(
         1,
         &[2, 3],
         Message::Heartbeat {
             ballot: own,
-            chosen_upto: 0,
+            chosen_upto: Slot::new(0),
             seq: 1,
         },
     ));
@@ -532,12 +539,16 @@ fn proposals_batch_into_one_slot_up_to_batch_proposals_max() {
     for seq in 1..=5 {
         leader.propose(proposal(seq));
     }
-    let entries = vec![(1, batch(&[1, 2])), (2, batch(&[3, 4])), (3, batch(&[5]))];
+    let entries = vec![
+        (Slot::new(1), batch(&[1, 2])),
+        (Slot::new(2), batch(&[3, 4])),
+        (Slot::new(3), batch(&[5])),
+    ];
     assert_eq!(
         take(&mut leader),
         Ready {
             persist: persist_accepts(ballot(1, 1), &entries),
-            messages: to_each(1, &[2, 3], accept_message(ballot(1, 1), entries, 0)),
+            messages: to_each(1, &[2, 3], accept_message(ballot(1, 1), entries, Slot::new(0))),
             ..Ready::default()
         }
     );
@@ -552,12 +563,12 @@ fn pipelining_stops_at_inflight_slots_max_and_resumes_when_a_slot_is_chosen() {
     for seq in 1..=4 {
         leader.propose(proposal(seq));
     }
-    let first = vec![(1, batch(&[1])), (2, batch(&[2]))];
+    let first = vec![(Slot::new(1), batch(&[1])), (Slot::new(2), batch(&[2]))];
     assert_eq!(
         take(&mut leader),
         Ready {
             persist: persist_accepts(ballot(1, 1), &first),
-            messages: to_each(1, &[2, 3], accept_message(ballot(1, 1), first, 0)),
+            messages: to_each(1, &[2, 3], accept_message(ballot(1, 1), first, Slot::new(0))),
             ..Ready::default()
         }
     );
@@ -565,16 +576,16 @@ fn pipelining_stops_at_inflight_slots_max_and_resumes_when_a_slot_is_chosen() {
         NodeId::new(2),
         Message::Accepted {
             ballot: ballot(1, 1),
-            slots: vec![1],
+            slots: vec![Slot::new(1)],
         },
     );
-    let next = vec![(3, batch(&[3]))];
+    let next = vec![(Slot::new(3), batch(&[3]))];
     assert_eq!(
         take(&mut leader),
         Ready {
             persist: persist_accepts(ballot(1, 1), &next),
-            messages: to_each(1, &[2, 3], accept_message(ballot(1, 1), next, 1)),
-            apply: vec![chosen(1, batch(&[1]))],
+            messages: to_each(1, &[2, 3], accept_message(ballot(1, 1), next, Slot::new(1))),
+            apply: vec![chosen(Slot::new(1), batch(&[1]))],
             ..Ready::default()
         }
     );
@@ -591,26 +602,32 @@ fn chosen_slots_are_applied_in_slot_order_after_a_majority_accepted() {
         NodeId::new(3),
         Message::Accepted {
             ballot: ballot(1, 1),
-            slots: vec![2],
+            slots: vec![Slot::new(2)],
         },
     );
     assert_eq!(take(&mut leader), Ready::default(), "slot 2 waits for slot 1");
-    assert_eq!(leader.chosen_upto(), 0);
+    assert_eq!(leader.chosen_upto(), Slot::new(0));
     leader.step(
         NodeId::new(2),
         Message::Accepted {
             ballot: ballot(1, 1),
-            slots: vec![1],
+            slots: vec![Slot::new(1)],
         },
     );
     assert_eq!(
         take(&mut leader),
         Ready {
-            apply: vec![chosen(1, batch(&[1])), chosen(2, batch(&[2]))],
+            apply: vec![
+                chosen(Slot::new(1), batch(&[1])),
+                chosen(Slot::new(2), batch(&[2]))
+            ],
             ..Ready::default()
         }
     );
-    assert_eq!((leader.chosen_upto(), leader.applied()), (2, 2));
+    assert_eq!(
+        (leader.chosen_upto(), leader.applied()),
+        (Slot::new(2), Slot::new(2))
+    );
 }
 
 #[test]
@@ -622,11 +639,11 @@ fn accepted_at_another_ballot_is_not_a_vote() {
         NodeId::new(2),
         Message::Accepted {
             ballot: ballot(7, 3),
-            slots: vec![1],
+            slots: vec![Slot::new(1)],
         },
     );
     assert_eq!(take(&mut leader), Ready::default());
-    assert_eq!(leader.chosen_upto(), 0);
+    assert_eq!(leader.chosen_upto(), Slot::new(0));
 }
 
 #[test]
@@ -636,7 +653,7 @@ fn a_follower_refuses_proposals_and_names_its_leader() {
         NodeId::new(1),
         Message::Heartbeat {
             ballot: ballot(1, 1),
-            chosen_upto: 0,
+            chosen_upto: Slot::new(0),
             seq: 1,
         },
     );
@@ -667,7 +684,10 @@ fn a_full_queue_refuses_as_overloaded() {
     leader.propose(proposal(2));
     let ready = take(&mut leader);
     assert_eq!(ready.refused, vec![(proposal(2).id, Refusal::Overloaded)]);
-    assert_eq!(ready.persist, persist_accepts(ballot(1, 1), &[(1, batch(&[1]))]));
+    assert_eq!(
+        ready.persist,
+        persist_accepts(ballot(1, 1), &[(Slot::new(1), batch(&[1]))])
+    );
 }
 
 // ---- Learner -----------------------------------------------------------
@@ -678,8 +698,8 @@ fn a_follower_learns_from_the_heartbeat_only_slots_it_accepted_at_that_ballot() 
     let durable = DurableState {
         promised: ballot(1, 3),
         accepted: BTreeMap::from([
-            (1, accepted(ballot(1, 3), x.clone())),
-            (2, accepted(ballot(1, 2), y)),
+            (Slot::new(1), accepted(ballot(1, 3), x.clone())),
+            (Slot::new(2), accepted(ballot(1, 2), y)),
         ]),
         snapshot: None,
     };
@@ -688,7 +708,7 @@ fn a_follower_learns_from_the_heartbeat_only_slots_it_accepted_at_that_ballot() 
         NodeId::new(3),
         Message::Heartbeat {
             ballot: ballot(1, 3),
-            chosen_upto: 2,
+            chosen_upto: Slot::new(2),
             seq: 1,
         },
     );
@@ -704,9 +724,15 @@ fn a_follower_learns_from_the_heartbeat_only_slots_it_accepted_at_that_ballot() 
                         seq: 1,
                     }
                 ),
-                envelope(2, 3, Message::Learn { from_slot: 2 }),
+                envelope(
+                    2,
+                    3,
+                    Message::Learn {
+                        from_slot: Slot::new(2)
+                    }
+                ),
             ],
-            apply: vec![chosen(1, x)],
+            apply: vec![chosen(Slot::new(1), x)],
             ..Ready::default()
         },
         "slot 2 was accepted at 1.2, which the leader at 1.3 may have overridden"
@@ -720,7 +746,7 @@ fn learned_chosen_values_are_applied_in_order() {
         NodeId::new(1),
         Message::Chosen {
             entries: vec![Chosen {
-                slot: 2,
+                slot: Slot::new(2),
                 value: batch(&[2]),
             }],
         },
@@ -731,14 +757,56 @@ fn learned_chosen_values_are_applied_in_order() {
         NodeId::new(1),
         Message::Chosen {
             entries: vec![Chosen {
-                slot: 1,
+                slot: Slot::new(1),
                 value: batch(&[1]),
             }],
         },
     );
     assert_eq!(
         take(&mut follower).apply,
-        vec![chosen(1, batch(&[1])), chosen(2, batch(&[2]))]
+        vec![
+            chosen(Slot::new(1), batch(&[1])),
+            chosen(Slot::new(2), batch(&[2]))
+        ]
+    );
+}
+
+#[test]
+fn a_second_value_told_chosen_for_a_slot_is_kept_out_and_reported_not_applied() {
+    let mut follower = fresh(2);
+    let told = |follower: &mut Replica1, slot: u64, value: Value<Command>| {
+        follower.step(
+            NodeId::new(3),
+            Message::Chosen {
+                entries: vec![Chosen {
+                    slot: Slot::new(slot),
+                    value,
+                }],
+            },
+        );
+        take(follower)
+    };
+    told(&mut follower, 2, batch(&[2]));
+    assert_eq!(follower.agreement_breach(), None, "one value per slot so far");
+    told(&mut follower, 2, batch(&[2]));
+    assert_eq!(
+        follower.agreement_breach(),
+        None,
+        "the same value again is no breach"
+    );
+    told(&mut follower, 2, batch(&[9]));
+    assert_eq!(
+        follower.agreement_breach(),
+        Some("slot 2 was reported chosen with two different values")
+    );
+    assert_eq!(follower.chosen_value(Slot::new(2)), Some(&batch(&[2])));
+    assert_eq!(
+        told(&mut follower, 1, batch(&[1])).apply,
+        vec![
+            chosen(Slot::new(1), batch(&[1])),
+            chosen(Slot::new(2), batch(&[2]))
+        ],
+        "the value known first is the one applied"
     );
 }
 
@@ -746,15 +814,27 @@ fn learned_chosen_values_are_applied_in_order() {
 fn learn_below_the_compaction_point_is_answered_with_the_snapshot() {
     let data = Arc::new(vec![7, 7, 7]);
     let durable = DurableState {
-        snapshot: Some((5, data.clone())),
+        snapshot: Some((Slot::new(5), data.clone())),
         ..DurableState::default()
     };
     let mut replica = Replica::new(config(1, 3), durable);
-    replica.step(NodeId::new(2), Message::Learn { from_slot: 3 });
+    replica.step(
+        NodeId::new(2),
+        Message::Learn {
+            from_slot: Slot::new(3),
+        },
+    );
     assert_eq!(
         take(&mut replica),
         Ready {
-            messages: vec![envelope(1, 2, Message::Snapshot { slot: 5, data })],
+            messages: vec![envelope(
+                1,
+                2,
+                Message::Snapshot {
+                    slot: Slot::new(5),
+                    data
+                }
+            )],
             ..Ready::default()
         }
     );
@@ -772,13 +852,18 @@ fn learn_above_the_compaction_point_is_answered_with_chosen_values() {
             NodeId::new(2),
             Message::Accepted {
                 ballot: ballot(1, 1),
-                slots: vec![seq],
+                slots: vec![Slot::new(seq)],
             },
         );
         take(&mut leader);
     }
-    leader.compact(1, Arc::new(vec![1]));
-    leader.step(NodeId::new(3), Message::Learn { from_slot: 2 });
+    leader.compact(Slot::new(1), Arc::new(vec![1]));
+    leader.step(
+        NodeId::new(3),
+        Message::Learn {
+            from_slot: Slot::new(2),
+        },
+    );
     assert_eq!(
         take(&mut leader).messages,
         vec![envelope(
@@ -787,11 +872,11 @@ fn learn_above_the_compaction_point_is_answered_with_chosen_values() {
             Message::Chosen {
                 entries: vec![
                     Chosen {
-                        slot: 2,
+                        slot: Slot::new(2),
                         value: batch(&[2]),
                     },
                     Chosen {
-                        slot: 3,
+                        slot: Slot::new(3),
                         value: batch(&[3]),
                     },
                 ],
@@ -812,13 +897,23 @@ fn learn_beyond_the_chosen_prefix_is_ignored() {
         NodeId::new(2),
         Message::Accepted {
             ballot: ballot(1, 1),
-            slots: vec![1],
+            slots: vec![Slot::new(1)],
         },
     );
     take(&mut leader);
     // The map of chosen values is not empty, so the range is really built.
-    leader.step(NodeId::new(2), Message::Learn { from_slot: 2 });
-    leader.step(NodeId::new(2), Message::Learn { from_slot: 9 });
+    leader.step(
+        NodeId::new(2),
+        Message::Learn {
+            from_slot: Slot::new(2),
+        },
+    );
+    leader.step(
+        NodeId::new(2),
+        Message::Learn {
+            from_slot: Slot::new(9),
+        },
+    );
     assert_eq!(take(&mut leader), Ready::default());
 }
 
@@ -829,7 +924,7 @@ fn a_snapshot_ahead_of_apply_replaces_the_applied_prefix() {
     follower.step(
         NodeId::new(1),
         Message::Snapshot {
-            slot: 4,
+            slot: Slot::new(4),
             data: data.clone(),
         },
     );
@@ -837,18 +932,24 @@ fn a_snapshot_ahead_of_apply_replaces_the_applied_prefix() {
         take(&mut follower),
         Ready {
             persist: vec![Persist::Snapshot {
-                slot: 4,
+                slot: Slot::new(4),
                 data: data.clone()
             }],
-            apply: vec![Apply::Snapshot { slot: 4, data }],
+            apply: vec![Apply::Snapshot {
+                slot: Slot::new(4),
+                data
+            }],
             ..Ready::default()
         }
     );
-    assert_eq!((follower.applied(), follower.compacted()), (4, 4));
+    assert_eq!(
+        (follower.applied(), follower.compacted()),
+        (Slot::new(4), Slot::new(4))
+    );
     follower.step(
         NodeId::new(1),
         Message::Snapshot {
-            slot: 3,
+            slot: Slot::new(3),
             data: Arc::new(vec![]),
         },
     );
@@ -873,7 +974,7 @@ fn a_read_is_confirmed_only_by_a_heartbeat_round_sent_after_it_began() {
                 &[2, 3],
                 Message::Heartbeat {
                     ballot: ballot(1, 1),
-                    chosen_upto: 0,
+                    chosen_upto: Slot::new(0),
                     seq: 2,
                 }
             ),
@@ -924,13 +1025,13 @@ fn a_read_waits_for_apply_to_reach_every_slot_assigned_before_it() {
         NodeId::new(2),
         Message::Accepted {
             ballot: ballot(1, 1),
-            slots: vec![1],
+            slots: vec![Slot::new(1)],
         },
     );
     assert_eq!(
         take(&mut leader),
         Ready {
-            apply: vec![chosen(1, batch(&[1]))],
+            apply: vec![chosen(Slot::new(1), batch(&[1]))],
             reads_ready: vec![8],
             ..Ready::default()
         }
@@ -1034,7 +1135,7 @@ fn a_higher_accept_makes_a_leader_follow() {
     take(&mut leader);
     leader.step(
         NodeId::new(3),
-        accept_message(ballot(2, 3), vec![(1, batch(&[9]))], 0),
+        accept_message(ballot(2, 3), vec![(Slot::new(1), batch(&[9]))], Slot::new(0)),
     );
     let ready = take(&mut leader);
     assert_eq!(ready.abandoned, vec![proposal(1).id]);
@@ -1043,7 +1144,7 @@ fn a_higher_accept_makes_a_leader_follow() {
         vec![
             Persist::Promise(ballot(2, 3)),
             Persist::Accept {
-                slot: 1,
+                slot: Slot::new(1),
                 accepted: accepted(ballot(2, 3), batch(&[9])),
             },
         ]
@@ -1075,17 +1176,23 @@ fn a_leader_that_learned_during_phase_one_does_not_refill_chosen_slots() {
     replica.step(
         NodeId::new(3),
         Message::Snapshot {
-            slot: 5,
+            slot: Slot::new(5),
             data: data.clone(),
         },
     );
-    assert_eq!(take(&mut replica).apply, vec![Apply::Snapshot { slot: 5, data }]);
+    assert_eq!(
+        take(&mut replica).apply,
+        vec![Apply::Snapshot {
+            slot: Slot::new(5),
+            data
+        }]
+    );
     // Node 2 answers a Prepare resent from slot 6: it omits slots 1..=5.
     replica.step(
         NodeId::new(2),
         Message::Promise {
             ballot: ballot(1, 1),
-            chosen_upto: 0,
+            chosen_upto: Slot::new(0),
             accepted: Vec::new(),
         },
     );
@@ -1095,7 +1202,7 @@ fn a_leader_that_learned_during_phase_one_does_not_refill_chosen_slots() {
     replica.propose(proposal(1));
     assert_eq!(
         take(&mut replica).persist,
-        persist_accepts(ballot(1, 1), &[(6, batch(&[1]))]),
+        persist_accepts(ballot(1, 1), &[(Slot::new(6), batch(&[1]))]),
         "new commands go after the known chosen prefix"
     );
 }
@@ -1106,12 +1213,16 @@ fn a_leader_that_learned_during_phase_one_does_not_refill_chosen_slots() {
 #[test]
 fn a_leader_that_cannot_learn_slots_reported_chosen_steps_down() {
     let mut replica = fresh(1);
-    let ready = elect(&mut replica, vec![(2, 3, Vec::new())]);
+    let ready = elect(&mut replica, vec![(2, Slot::new(3), Vec::new())]);
     assert!(replica.is_leader());
     assert!(
-        ready
-            .messages
-            .contains(&envelope(1, 2, Message::Learn { from_slot: 1 })),
+        ready.messages.contains(&envelope(
+            1,
+            2,
+            Message::Learn {
+                from_slot: Slot::new(1)
+            }
+        )),
         "the leader asks the promiser for the slots it reported chosen: {ready:?}"
     );
     for tick in 1..=ELECTION_TICKS {
@@ -1135,7 +1246,7 @@ fn a_leader_that_cannot_learn_slots_reported_chosen_steps_down() {
 #[test]
 fn a_leader_that_learns_slowly_keeps_leading() {
     let mut replica = fresh(1);
-    elect(&mut replica, vec![(2, 3, Vec::new())]);
+    elect(&mut replica, vec![(2, Slot::new(3), Vec::new())]);
     for tick in 1..=3 * ELECTION_TICKS {
         replica.tick();
         replica.step(
@@ -1151,7 +1262,7 @@ fn a_leader_that_learns_slowly_keeps_leading() {
                 NodeId::new(2),
                 Message::Chosen {
                     entries: vec![Chosen {
-                        slot,
+                        slot: Slot::new(slot),
                         value: Value::Noop,
                     }],
                 },
@@ -1159,7 +1270,7 @@ fn a_leader_that_learns_slowly_keeps_leading() {
         }
     }
     assert!(replica.is_leader());
-    assert_eq!(replica.chosen_upto(), 3);
+    assert_eq!(replica.chosen_upto(), Slot::new(3));
 }
 
 /// Regression (simulation seed 65 of 3 replicas): a stale leader that
@@ -1174,7 +1285,7 @@ fn a_stale_leader_reports_its_commands_abandoned_when_another_value_is_chosen() 
         NodeId::new(3),
         Message::Chosen {
             entries: vec![Chosen {
-                slot: 1,
+                slot: Slot::new(1),
                 value: Value::Noop,
             }],
         },
@@ -1182,7 +1293,7 @@ fn a_stale_leader_reports_its_commands_abandoned_when_another_value_is_chosen() 
     assert_eq!(
         take(&mut leader),
         Ready {
-            apply: vec![chosen(1, Value::Noop)],
+            apply: vec![chosen(Slot::new(1), Value::Noop)],
             abandoned: vec![proposal(1).id],
             ..Ready::default()
         }
@@ -1204,7 +1315,7 @@ fn a_snapshot_over_unapplied_own_commands_reports_them_abandoned() {
         NodeId::new(2),
         Message::Accepted {
             ballot: ballot(1, 1),
-            slots: vec![2],
+            slots: vec![Slot::new(2)],
         },
     );
     assert_eq!(
@@ -1216,7 +1327,7 @@ fn a_snapshot_over_unapplied_own_commands_reports_them_abandoned() {
     leader.step(
         NodeId::new(3),
         Message::Snapshot {
-            slot: 2,
+            slot: Slot::new(2),
             data: data.clone(),
         },
     );
@@ -1224,10 +1335,13 @@ fn a_snapshot_over_unapplied_own_commands_reports_them_abandoned() {
         take(&mut leader),
         Ready {
             persist: vec![Persist::Snapshot {
-                slot: 2,
+                slot: Slot::new(2),
                 data: data.clone()
             }],
-            apply: vec![Apply::Snapshot { slot: 2, data }],
+            apply: vec![Apply::Snapshot {
+                slot: Slot::new(2),
+                data
+            }],
             abandoned: vec![proposal(1).id, proposal(2).id],
             ..Ready::default()
         }
@@ -1239,7 +1353,7 @@ fn a_late_heartbeat_from_an_older_leader_does_not_replace_the_newer_one() {
     let mut follower = fresh(2);
     let heartbeat = |at: Ballot| Message::Heartbeat {
         ballot: at,
-        chosen_upto: 0,
+        chosen_upto: Slot::new(0),
         seq: 1,
     };
     follower.step(NodeId::new(3), heartbeat(ballot(2, 3)));
@@ -1264,10 +1378,10 @@ fn slots_and_accept_messages_stay_within_their_byte_bounds() {
     }
     let ready = take(&mut leader);
     let slots = vec![
-        (1, batch(&[1, 2])),
-        (2, batch(&[3, 4])),
-        (3, batch(&[5, 6])),
-        (4, batch(&[7])),
+        (Slot::new(1), batch(&[1, 2])),
+        (Slot::new(2), batch(&[3, 4])),
+        (Slot::new(3), batch(&[5, 6])),
+        (Slot::new(4), batch(&[7])),
     ];
     assert_eq!(ready.persist, persist_accepts(ballot(1, 1), &slots));
     let to_node_2: Vec<&Message<Command>> = ready
@@ -1279,8 +1393,8 @@ fn slots_and_accept_messages_stay_within_their_byte_bounds() {
     assert_eq!(
         to_node_2,
         vec![
-            &accept_message(ballot(1, 1), slots[..2].to_vec(), 0),
-            &accept_message(ballot(1, 1), slots[2..].to_vec(), 0),
+            &accept_message(ballot(1, 1), slots[..2].to_vec(), Slot::new(0)),
+            &accept_message(ballot(1, 1), slots[2..].to_vec(), Slot::new(0)),
         ],
         "the run of slots is split where the byte bound falls"
     );
@@ -1295,22 +1409,32 @@ fn a_snapshot_is_not_resent_to_a_peer_that_asks_again_within_an_election_timeout
         NodeId::new(2),
         Message::Accepted {
             ballot: ballot(1, 1),
-            slots: vec![1],
+            slots: vec![Slot::new(1)],
         },
     );
     take(&mut leader);
-    leader.compact(1, Arc::new(vec![7]));
+    leader.compact(Slot::new(1), Arc::new(vec![7]));
     let snapshot = envelope(
         1,
         3,
         Message::Snapshot {
-            slot: 1,
+            slot: Slot::new(1),
             data: Arc::new(vec![7]),
         },
     );
-    leader.step(NodeId::new(3), Message::Learn { from_slot: 1 });
+    leader.step(
+        NodeId::new(3),
+        Message::Learn {
+            from_slot: Slot::new(1),
+        },
+    );
     assert_eq!(take(&mut leader).messages, vec![snapshot.clone()]);
-    leader.step(NodeId::new(3), Message::Learn { from_slot: 1 });
+    leader.step(
+        NodeId::new(3),
+        Message::Learn {
+            from_slot: Slot::new(1),
+        },
+    );
     assert!(
         !take(&mut leader).messages.contains(&snapshot),
         "a second ask right away gets no second copy"
@@ -1319,7 +1443,12 @@ fn a_snapshot_is_not_resent_to_a_peer_that_asks_again_within_an_election_timeout
         leader.tick();
     }
     take(&mut leader);
-    leader.step(NodeId::new(3), Message::Learn { from_slot: 1 });
+    leader.step(
+        NodeId::new(3),
+        Message::Learn {
+            from_slot: Slot::new(1),
+        },
+    );
     assert!(
         take(&mut leader).messages.contains(&snapshot),
         "after an election timeout the snapshot is sent again"
@@ -1342,7 +1471,7 @@ fn a_leader_counts_its_own_vote_only_once_its_record_is_durable() {
     let proposed = leader.take_ready();
     assert_eq!(
         proposed.persist,
-        persist_accepts(ballot(1, 1), &[(1, batch(&[1]))])
+        persist_accepts(ballot(1, 1), &[(Slot::new(1), batch(&[1]))])
     );
     assert!(
         proposed
@@ -1355,7 +1484,7 @@ fn a_leader_counts_its_own_vote_only_once_its_record_is_durable() {
         NodeId::new(2),
         Message::Accepted {
             ballot: ballot(1, 1),
-            slots: vec![1],
+            slots: vec![Slot::new(1)],
         },
     );
     let answered = leader.take_ready();
@@ -1363,11 +1492,11 @@ fn a_leader_counts_its_own_vote_only_once_its_record_is_durable() {
         answered.apply.is_empty(),
         "one durable vote of three is no majority: the leader's own is not durable yet"
     );
-    assert_eq!(leader.chosen_upto(), 0);
+    assert_eq!(leader.chosen_upto(), Slot::new(0));
     leader.on_persisted(answered.number);
     assert_eq!(
         leader.take_ready().apply,
-        vec![chosen(1, batch(&[1]))],
+        vec![chosen(Slot::new(1), batch(&[1]))],
         "with its own record durable, the leader and node 2 are a majority"
     );
 }
@@ -1377,7 +1506,7 @@ fn an_acceptor_answers_only_once_everything_before_is_durable() {
     let mut acceptor = fresh(2);
     acceptor.step(
         NodeId::new(1),
-        accept_message(ballot(1, 1), vec![(1, batch(&[1]))], 0),
+        accept_message(ballot(1, 1), vec![(Slot::new(1), batch(&[1]))], Slot::new(0)),
     );
     let first = acceptor.take_ready();
     assert!(first.messages.is_empty(), "nothing leaves before the persist");
@@ -1386,7 +1515,7 @@ fn an_acceptor_answers_only_once_everything_before_is_durable() {
     // held too, behind the same write.
     acceptor.step(
         NodeId::new(1),
-        accept_message(ballot(1, 1), vec![(1, batch(&[1]))], 0),
+        accept_message(ballot(1, 1), vec![(Slot::new(1), batch(&[1]))], Slot::new(0)),
     );
     let second = acceptor.take_ready();
     assert!(second.persist.is_empty(), "nothing new to write");
@@ -1398,7 +1527,7 @@ fn an_acceptor_answers_only_once_everything_before_is_durable() {
             1,
             Message::Accepted {
                 ballot: ballot(1, 1),
-                slots: vec![1],
+                slots: vec![Slot::new(1)],
             }
         )]
     );
@@ -1429,7 +1558,7 @@ fn a_candidate_counts_its_own_promise_only_once_it_is_durable() {
         NodeId::new(2),
         Message::Promise {
             ballot: replica.promised(),
-            chosen_upto: 0,
+            chosen_upto: Slot::new(0),
             accepted: Vec::new(),
         },
     );

@@ -24,7 +24,71 @@ impl<T> Command for T where
 
 /// A position in the replicated sequence. Slot 0 is never used: it names the
 /// empty prefix, so "chosen up to slot 0" means nothing is chosen.
-pub type Slot = u64;
+///
+/// A slot is not a count, a ballot round or a node id: it can be moved
+/// forward by a count (`slot + n`), and two slots give the count between
+/// them ([`Slot::since`]), nothing else. It encodes exactly as the `u64` it
+/// wraps, so logs and messages read back unchanged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Slot(u64);
+
+impl Slot {
+    /// The empty prefix: "chosen up to `Slot::ZERO`" means nothing is chosen.
+    pub const ZERO: Slot = Slot(0);
+
+    /// Wraps a slot number read from storage or the wire.
+    pub const fn new(number: u64) -> Slot {
+        Slot(number)
+    }
+
+    /// The number as storage and the wire carry it.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The slot after this one.
+    pub fn next(self) -> Slot {
+        self + 1
+    }
+
+    /// The slot before this one; the empty prefix has none before it and
+    /// stays where it is.
+    pub fn prev(self) -> Slot {
+        Slot(self.0.saturating_sub(1))
+    }
+
+    /// How many slots lie after `earlier` up to and including `self`
+    /// (0 when `earlier` is not before `self`).
+    pub fn since(self, earlier: Slot) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+
+    /// The slots after `self` up to and including `last`, in order.
+    pub fn after_through(self, last: Slot) -> impl DoubleEndedIterator<Item = Slot> {
+        (self.0 + 1..=last.0).map(Slot)
+    }
+}
+
+impl std::ops::Add<u64> for Slot {
+    type Output = Slot;
+
+    fn add(self, n: u64) -> Slot {
+        Slot(self.0.checked_add(n).expect("a slot number never wraps around"))
+    }
+}
+
+impl std::ops::AddAssign<u64> for Slot {
+    fn add_assign(&mut self, n: u64) {
+        *self = *self + n;
+    }
+}
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
 
 /// A proposal number: unique per proposer because it carries the proposer's
 /// id, and totally ordered by `(round, node)`.

@@ -381,7 +381,7 @@ impl PaxosSim {
             .machine()
             .state
             .snapshot();
-        let slots = self.applied_slots().into_iter().max().unwrap_or(0);
+        let slots = self.applied_slots().into_iter().max().unwrap_or(Slot::ZERO).get();
         Ok(RunSummary {
             steps: self.now_ms(),
             slots,
@@ -399,7 +399,11 @@ impl PaxosSim {
     fn applied_slots(&self) -> Vec<Slot> {
         self.nodes
             .iter()
-            .map(|node| node.driver.as_ref().map_or(0, |driver| driver.machine().slot))
+            .map(|node| {
+                node.driver
+                    .as_ref()
+                    .map_or(Slot::ZERO, |driver| driver.machine().slot)
+            })
             .collect()
     }
 
@@ -437,7 +441,7 @@ impl PaxosSim {
             .iter()
             .filter_map(|node| node.driver.as_ref().map(|driver| driver.replica().chosen_upto()))
             .max()
-            .unwrap_or(0);
+            .unwrap_or(Slot::ZERO);
         keeper_ready
             && self.clients.iter().all(|client| client.in_flight().is_none())
             && slots.iter().all(|slot| *slot == chosen)
@@ -525,6 +529,13 @@ impl PaxosSim {
             if let Some(violation) = node.disk.violation() {
                 return Err(format!("node {}: {violation}", node.id));
             }
+            if let Some(breach) = node
+                .driver
+                .as_ref()
+                .and_then(|driver| driver.replica().agreement_breach())
+            {
+                return Err(format!("agreement: node {}: {breach}", node.id));
+            }
         }
         self.check()
     }
@@ -544,7 +555,7 @@ impl PaxosSim {
             match observation {
                 Observation::Granted(grant) => self.checker.granted(id, &grant),
                 Observation::PutAccepted(fence) => self.checker.put_accepted(id, &fence),
-                Observation::State(slot, bytes) => self.checker.applied_state(id, slot, bytes),
+                Observation::State(slot, bytes) => self.checker.applied_state(id, slot.get(), bytes),
                 Observation::Restored(state) => self.checker.restored(id, &state),
             }
         }
@@ -651,7 +662,7 @@ impl PaxosSim {
                 *slot,
                 LockState::restore(data).expect("the simulated disk keeps snapshots whole"),
             ),
-            None => (0, LockState::default()),
+            None => (Slot::ZERO, LockState::default()),
         };
         self.checker.restored(node.id, &state);
         let replica = Replica::new(config, image.durable_state());
