@@ -120,7 +120,9 @@ async fn check_fifty_stops_of_leaders_and_followers_exit_zero_and_reopen_cleanly
         rounds.load(Ordering::Relaxed) > 0,
         "the workload completed no round while nodes stopped"
     );
-    assert_digests_agree(&cluster).await;
+    cluster
+        .wait_for_one_state("every node applied the same state")
+        .await;
     for index in 0..cluster.len() {
         let log = cluster.log(index);
         assert!(
@@ -161,32 +163,5 @@ async fn wait_for_rejoin(cluster: &Cluster, target: usize, stop_number: usize) {
             ))
         }
     })
-    .await;
-}
-
-/// Every node's state digest is the same once they applied the same index.
-async fn assert_digests_agree(cluster: &Cluster) {
-    wait_until(
-        "every node applied the same state",
-        CONDITION_WAIT,
-        || async move {
-            let mut digests = Vec::new();
-            for index in 0..cluster.len() {
-                let status = cluster
-                    .status_with_digest(index)
-                    .await
-                    .map_err(|error| format!("{error:#}"))?;
-                digests.push((status.applied_index, status.state_digest));
-            }
-            if digests.windows(2).all(|pair| pair[0] == pair[1]) {
-                Ok(())
-            } else {
-                Err(format!(
-                    "applied indexes {:?}",
-                    digests.iter().map(|(applied, _)| *applied).collect::<Vec<_>>()
-                ))
-            }
-        },
-    )
     .await;
 }

@@ -9,8 +9,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 
 engine_tests!(check_lagging_follower_catches_up_by_snapshot_to_identical_state);
@@ -56,37 +54,13 @@ async fn check_lagging_follower_catches_up_by_snapshot_to_identical_state(engine
     }
 
     cluster.restart(lagging);
-    let digests = wait_until(
-        "all replicas at one applied index with one state digest",
-        Duration::from_secs(60),
-        || async {
-            let mut seen = Vec::new();
-            for index in 0..cluster.len() {
-                let status = cluster
-                    .status_with_digest(index)
-                    .await
-                    .map_err(|error| error.to_string())?;
-                seen.push((status.applied_index, status.state_digest));
-            }
-            let first = &seen[0];
-            if first.1.len() == 32 && seen.iter().all(|other| other == first) {
-                Ok(seen)
-            } else {
-                Err(format!(
-                    "(applied index, digest length) per node: {:?}",
-                    seen.iter()
-                        .map(|(index, digest)| (*index, digest.len()))
-                        .collect::<Vec<_>>()
-                ))
-            }
-        },
-    )
-    .await;
+    let applied = cluster
+        .wait_for_one_state("all replicas at one applied index with one state digest")
+        .await;
     // 60 acquires, 60 puts and 40 releases, besides sessions and blank entries.
     assert!(
-        digests[0].0 >= 160,
-        "the replicas applied the whole workload: {}",
-        digests[0].0
+        applied >= 160,
+        "the replicas applied the whole workload: {applied}"
     );
     assert!(
         cluster.log(lagging).contains("installed snapshot from"),

@@ -195,25 +195,9 @@ async fn check_a_full_disk_stops_the_node_which_rejoins_once_space_is_freed(engi
         }
     })
     .await;
-    wait_until("every node holds the same state", CONDITION_WAIT, || async {
-        let mut digests = Vec::new();
-        for index in 0..cluster.len() {
-            let status = cluster
-                .status_with_digest(index)
-                .await
-                .map_err(|error| format!("{error:#}"))?;
-            digests.push((status.applied_index, status.state_digest));
-        }
-        if digests.windows(2).all(|pair| pair[0] == pair[1]) {
-            Ok(())
-        } else {
-            Err(format!(
-                "applied indexes {:?}",
-                digests.iter().map(|(applied, _)| *applied).collect::<Vec<_>>()
-            ))
-        }
-    })
-    .await;
+    cluster
+        .wait_for_one_state("every node holds the same state")
+        .await;
     let read = get(&client, "t58/after").await.expect("Get");
     assert_eq!(read.value, b"still served");
     assert!(

@@ -462,6 +462,33 @@ impl Cluster {
         self.status_request(index, true).await
     }
 
+    /// Waits until every node has applied the same index with the same
+    /// state digest, and returns that index.
+    pub async fn wait_for_one_state(&self, what: &str) -> u64 {
+        wait_until(what, CONDITION_WAIT, || async {
+            let mut seen = Vec::new();
+            for index in 0..self.len() {
+                let status = self
+                    .status_with_digest(index)
+                    .await
+                    .map_err(|error| format!("{error:#}"))?;
+                seen.push((status.applied_index, status.state_digest));
+            }
+            let first = &seen[0];
+            if first.1.len() == 32 && seen.iter().all(|other| other == first) {
+                Ok(first.0)
+            } else {
+                Err(format!(
+                    "(applied index, digest length) per node: {:?}",
+                    seen.iter()
+                        .map(|(index, digest)| (*index, digest.len()))
+                        .collect::<Vec<_>>()
+                ))
+            }
+        })
+        .await
+    }
+
     async fn status_request(
         &self,
         index: usize,
