@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use quorumlock_core::consensus::NodeId;
-use quorumlock_core::lock::{Command, SessionId};
+use quorumlock_core::lock::{Command, Credential, SessionId};
 use quorumlock_paxos::{Apply, DurableState, ProposalId, ReplicaConfig};
 
 type Envelope = quorumlock_paxos::Envelope<Command>;
@@ -100,6 +100,7 @@ impl Cluster {
                         session: SessionId::new(1 + index as u64),
                         lock: format!("bench/{index}"),
                         wait: false,
+                        by: Credential::of_secret(&[7; 32]),
                     },
                 }
             })

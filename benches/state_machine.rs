@@ -15,13 +15,19 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use quorumlock_core::lock::limits::CHECKPOINT_ENTRIES_MAX;
-use quorumlock_core::lock::{Command, Fence, FencingToken, LockState, Outcome, SessionId};
+use quorumlock_core::lock::{Command, Credential, Fence, FencingToken, LockState, Outcome, SessionId};
 
 /// The state sizes measured, in held locks.
 const LOCK_COUNTS: [usize; 3] = [0, 10_000, 1_000_000];
 /// Locks each background session holds, so that no session's set is huge.
 const LOCKS_PER_SESSION: usize = 1_000;
 const TTL_MS: u64 = 60_000;
+
+/// The owner of every session of the benchmark, and the caller of every
+/// command: the ownership check is part of what is measured.
+fn owner() -> Credential {
+    Credential::of_secret(&[7; 32])
+}
 
 /// A state with `locks` held locks plus one idle session for the benchmark,
 /// which holds the lock `bench/held` that fences its writes.
@@ -32,7 +38,13 @@ struct Setup {
 }
 
 fn open(state: &mut LockState) -> u64 {
-    match state.apply(&Command::OpenSession { ttl_ms: TTL_MS }).result {
+    match state
+        .apply(&Command::OpenSession {
+            ttl_ms: TTL_MS,
+            owner: owner(),
+        })
+        .result
+    {
         Ok(Outcome::SessionOpened { session, .. }) => session.get(),
         other => panic!("OpenSession: {other:?}"),
     }
@@ -43,6 +55,7 @@ fn acquire(state: &mut LockState, session: u64, lock: &str) -> u64 {
         session: SessionId::new(session),
         lock: lock.to_string(),
         wait: false,
+        by: owner(),
     };
     match state.apply(&command).result {
         Ok(Outcome::Acquired { token }) => token.get(),
@@ -101,6 +114,7 @@ fn bench_apply(c: &mut Criterion) {
             session: SessionId::new(session),
             lock: free_lock.clone(),
             wait: false,
+            by: owner(),
         };
         group.bench_function(BenchmarkId::new("acquire", locks), |b| {
             b.iter_custom(|iterations| {
@@ -108,6 +122,7 @@ fn bench_apply(c: &mut Criterion) {
                     session: SessionId::new(session),
                     lock: free_lock.clone(),
                     token: state.current_token(&free_lock).expect("just acquired"),
+                    by: owner(),
                 })
             })
         });
@@ -121,6 +136,7 @@ fn bench_apply(c: &mut Criterion) {
                         session: SessionId::new(session),
                         lock: free_lock.clone(),
                         token: FencingToken::new(token),
+                        by: owner(),
                     };
                     let start = Instant::now();
                     black_box(state.apply(black_box(&release)));
@@ -139,6 +155,7 @@ fn bench_apply(c: &mut Criterion) {
                 "bench/held".into()
             },
             wait: false,
+            by: owner(),
         };
         let other = open(&mut state);
         let acquire_busy = match acquire_busy {
@@ -146,6 +163,7 @@ fn bench_apply(c: &mut Criterion) {
                 session: SessionId::new(other),
                 lock,
                 wait,
+                by: owner(),
             },
             command => command,
         };
@@ -160,6 +178,8 @@ fn bench_apply(c: &mut Criterion) {
                 lock: "bench/held".into(),
                 token: FencingToken::new(held_token),
             },
+            session: SessionId::new(session),
+            by: owner(),
         };
         group.bench_function(BenchmarkId::new("put_with_token_1KiB", locks), |b| {
             b.iter(|| black_box(state.apply(black_box(&put))))
@@ -172,6 +192,8 @@ fn bench_apply(c: &mut Criterion) {
                 lock: "bench/held".into(),
                 token: FencingToken::new(held_token - 1),
             },
+            session: SessionId::new(session),
+            by: owner(),
         };
         group.bench_function(BenchmarkId::new("put_stale_token_refused", locks), |b| {
             b.iter(|| black_box(state.apply(black_box(&stale_put))))

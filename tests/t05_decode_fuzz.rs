@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use quorumlock_core::consensus::NodeId;
-use quorumlock_core::lock::{Command, Fence, FencingToken, LockState, SessionId};
+use quorumlock_core::lock::{Command, Credential, Fence, FencingToken, LockState, SecretDigest, SessionId};
 use quorumlock_paxos::transport::decode_batch;
 use quorumlock_paxos::{Ballot, Chosen, DurableState, Proposal, ProposalId, ReplicaConfig, Slot};
 
@@ -45,13 +45,17 @@ fn config() -> ProptestConfig {
 fn live_state() -> LockState {
     let mut state = LockState::default();
     for _ in 0..3 {
-        state.apply(&Command::OpenSession { ttl_ms: 10_000 });
+        state.apply(&Command::OpenSession {
+            ttl_ms: 10_000,
+            owner: owner(),
+        });
     }
     for session in 1..=3 {
         state.apply(&Command::Acquire {
             session: SessionId::new(session),
             lock: "a".into(),
             wait: true,
+            by: owner(),
         });
     }
     let token = state.current_token("a").expect("session 1 holds a");
@@ -62,8 +66,28 @@ fn live_state() -> LockState {
             lock: "a".into(),
             token,
         },
+        session: SessionId::new(1),
+        by: owner(),
     });
     state
+}
+
+/// The owner of the live state's sessions.
+fn owner() -> Credential {
+    Credential::of_secret(b"the live state's sessions")
+}
+
+/// The owner or a caller with any other secret and identity.
+fn caller() -> impl Strategy<Value = Credential> {
+    prop_oneof![
+        3 => Just(owner()),
+        1 => (proptest::collection::vec(any::<u8>(), 0..40), proptest::option::of(text())).prop_map(
+            |(secret, identity)| Credential {
+                secret: SecretDigest::of(&secret),
+                identity,
+            }
+        ),
+    ]
 }
 
 /// Applies `command` to `state` and checks the invariants afterwards.
@@ -86,36 +110,51 @@ fn text() -> impl Strategy<Value = String> {
 
 fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
-        prop_oneof![Just(10_000u64), any::<u64>()].prop_map(|ttl_ms| Command::OpenSession { ttl_ms }),
-        session().prop_map(|session| Command::CloseSession { session }),
+        (prop_oneof![Just(10_000u64), any::<u64>()], caller())
+            .prop_map(|(ttl_ms, owner)| Command::OpenSession { ttl_ms, owner }),
+        (session(), caller()).prop_map(|(session, by)| Command::CloseSession { session, by }),
         session().prop_map(|session| Command::ExpireSession { session }),
         proptest::collection::vec((session(), any::<u64>()), 0..4)
             .prop_map(|remaining| Command::CheckpointSessions { remaining }),
-        (session(), text(), any::<bool>()).prop_map(|(session, lock, wait)| Command::Acquire {
+        (session(), text(), any::<bool>(), caller()).prop_map(|(session, lock, wait, by)| Command::Acquire {
             session,
             lock,
-            wait
+            wait,
+            by
         }),
-        (session(), text()).prop_map(|(session, lock)| Command::CancelWait { session, lock }),
-        (session(), text(), token()).prop_map(|(session, lock, token)| Command::Release {
+        (session(), text(), caller()).prop_map(|(session, lock, by)| Command::CancelWait {
             session,
             lock,
-            token
+            by
+        }),
+        (session(), text(), token(), caller()).prop_map(|(session, lock, token, by)| Command::Release {
+            session,
+            lock,
+            token,
+            by
         }),
         (
             text(),
             proptest::collection::vec(any::<u8>(), 0..16),
             text(),
-            token()
+            token(),
+            session(),
+            caller()
         )
-            .prop_map(|(key, value, lock, token)| Command::Put {
+            .prop_map(|(key, value, lock, token, session, by)| Command::Put {
                 key,
                 value,
                 fence: Fence { lock, token },
+                session,
+                by,
             }),
-        (text(), text(), token()).prop_map(|(key, lock, token)| Command::Delete {
-            key,
-            fence: Fence { lock, token },
+        (text(), text(), token(), session(), caller()).prop_map(|(key, lock, token, session, by)| {
+            Command::Delete {
+                key,
+                fence: Fence { lock, token },
+                session,
+                by,
+            }
         }),
     ]
 }
@@ -328,7 +367,11 @@ fn snapshots_with_exhausted_or_zero_counters_are_refused() {
     let mut edge = snapshot;
     edge[8..16].copy_from_slice(&u64::to_le_bytes(1 << 62));
     let mut state = LockState::restore(&edge).expect("a counter at the bound restores");
-    let session = match state.apply(&Command::OpenSession { ttl_ms: 10_000 }).result {
+    let opened = state.apply(&Command::OpenSession {
+        ttl_ms: 10_000,
+        owner: owner(),
+    });
+    let session = match opened.result {
         Ok(quorumlock_core::lock::Outcome::SessionOpened { session, .. }) => session,
         other => panic!("OpenSession: {other:?}"),
     };
@@ -337,6 +380,7 @@ fn snapshots_with_exhausted_or_zero_counters_are_refused() {
             session,
             lock: lock.into(),
             wait: false,
+            by: owner(),
         };
         apply_checked(&mut state, &command).expect("grants above the bound keep the invariants");
     }

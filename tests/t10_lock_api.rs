@@ -29,13 +29,13 @@ async fn check_acquire_release_roundtrip(engine: &str) {
     let lock = "t10/roundtrip";
 
     assert_free(&client, lock).await;
-    let first = acquire_granted(&client, session.id, lock, 0).await;
+    let first = acquire_granted(&client, session.key, lock, 0).await;
     assert_held(&client, lock, session.id, first, 0).await;
     let checked = check_token(&client, lock, first).await.expect("CheckToken");
     assert!(checked.current, "the granted token is current: {checked:?}");
     assert_eq!(checked.current_token, first);
 
-    let released = release(&client, session.id, lock, first)
+    let released = release(&client, session.key, lock, first)
         .await
         .expect("Release by the holder");
     assert_eq!(
@@ -48,12 +48,12 @@ async fn check_acquire_release_roundtrip(engine: &str) {
     assert!(!checked.current, "a released token is not current");
     assert_eq!(checked.current_token, 0, "a free lock has no current token");
 
-    let second = acquire_granted(&client, session.id, lock, 0).await;
+    let second = acquire_granted(&client, session.key, lock, 0).await;
     assert!(
         second > first,
         "tokens strictly increase across grants: {first} then {second}"
     );
-    release(&client, session.id, lock, second)
+    release(&client, session.key, lock, second)
         .await
         .expect("second Release");
     assert_free(&client, lock).await;
@@ -68,9 +68,9 @@ async fn check_try_lock_refused_while_held(engine: &str) {
     let other = cluster.session(30_000).await;
     let lock = "t10/try-lock";
 
-    let token = acquire_granted(&client, holder.id, lock, 0).await;
+    let token = acquire_granted(&client, holder.key, lock, 0).await;
     for attempt in 0..3 {
-        let refused = acquire(&client, other.id, lock, 0)
+        let refused = acquire(&client, other.key, lock, 0)
             .await
             .expect("a try-lock on a held lock is answered OK");
         assert!(
@@ -80,10 +80,10 @@ async fn check_try_lock_refused_while_held(engine: &str) {
     }
     assert_held(&client, lock, holder.id, token, 0).await;
 
-    release(&client, holder.id, lock, token)
+    release(&client, holder.key, lock, token)
         .await
         .expect("Release by the holder");
-    let granted = acquire_granted(&client, other.id, lock, 0).await;
+    let granted = acquire_granted(&client, other.key, lock, 0).await;
     assert!(
         granted > token,
         "the next grant has a higher token: {token} then {granted}"
@@ -99,11 +99,11 @@ async fn check_reacquire_by_holder_returns_same_token(engine: &str) {
     let session = cluster.session(30_000).await;
     let lock = "t10/reacquire";
 
-    let token = acquire_granted(&client, session.id, lock, 0).await;
-    let again = acquire_granted(&client, session.id, lock, 0).await;
+    let token = acquire_granted(&client, session.key, lock, 0).await;
+    let again = acquire_granted(&client, session.key, lock, 0).await;
     assert_eq!(again, token, "a try-lock by the holder returns its token");
     // A waiting re-acquire must not queue behind the session itself.
-    let waited = acquire_granted(&client, session.id, lock, 5_000).await;
+    let waited = acquire_granted(&client, session.key, lock, 5_000).await;
     assert_eq!(
         waited, token,
         "a waiting re-acquire by the holder returns its token"
@@ -122,12 +122,12 @@ async fn check_describe_reports_holder_token_and_queue(engine: &str) {
     let third = cluster.session(30_000).await;
     let lock = "t10/describe";
 
-    let first_token = acquire_granted(&client, first.id, lock, 0).await;
+    let first_token = acquire_granted(&client, first.key, lock, 0).await;
     assert_held(&client, lock, first.id, first_token, 0).await;
 
     let second_wait = {
         let client = client.clone();
-        let session_id = second.id;
+        let session_id = second.key;
         tokio::spawn(async move { acquire(&client, session_id, lock, LONG_WAIT_MS).await })
     };
     wait_for_queue_length(&client, lock, 1).await;
@@ -135,13 +135,13 @@ async fn check_describe_reports_holder_token_and_queue(engine: &str) {
 
     let third_wait = {
         let client = client.clone();
-        let session_id = third.id;
+        let session_id = third.key;
         tokio::spawn(async move { acquire(&client, session_id, lock, LONG_WAIT_MS).await })
     };
     wait_for_queue_length(&client, lock, 2).await;
     assert_held(&client, lock, first.id, first_token, 2).await;
 
-    let handed = release(&client, first.id, lock, first_token)
+    let handed = release(&client, first.key, lock, first_token)
         .await
         .expect("Release by the first holder");
     assert_eq!(
@@ -161,7 +161,7 @@ async fn check_describe_reports_holder_token_and_queue(engine: &str) {
     assert_eq!(second_granted.token, handed.next_token);
     assert_held(&client, lock, second.id, handed.next_token, 1).await;
 
-    let handed_again = release(&client, second.id, lock, second_granted.token)
+    let handed_again = release(&client, second.key, lock, second_granted.token)
         .await
         .expect("Release by the second holder");
     assert_eq!(handed_again.next_session_id, third.id);
@@ -174,7 +174,7 @@ async fn check_describe_reports_holder_token_and_queue(engine: &str) {
     assert_eq!(third_granted.token, handed_again.next_token);
     assert_held(&client, lock, third.id, third_granted.token, 0).await;
 
-    let last = release(&client, third.id, lock, third_granted.token)
+    let last = release(&client, third.key, lock, third_granted.token)
         .await
         .expect("Release by the third holder");
     assert_eq!((last.next_session_id, last.next_token), (0, 0));
@@ -223,7 +223,7 @@ async fn check_every_node_answers_alike(engine: &str) {
 
     let session = cluster.session(30_000).await;
     let through_follower = cluster.client(follower).await;
-    let token = acquire_granted(&through_follower, session.id, lock, 0).await;
+    let token = acquire_granted(&through_follower, session.key, lock, 0).await;
     for index in 0..cluster.len() {
         let client = cluster.client(index).await;
         assert_held(&client, lock, session.id, token, 0).await;
@@ -234,7 +234,7 @@ async fn check_every_node_answers_alike(engine: &str) {
         .find(|&index| index != leader && index != follower)
         .expect("three nodes have two followers");
     let through_other = cluster.client(other_follower).await;
-    release(&through_other, session.id, lock, token)
+    release(&through_other, session.key, lock, token)
         .await
         .expect("Release through the other follower");
     for index in 0..cluster.len() {

@@ -61,7 +61,7 @@ async fn check_fifo_grants_to_100_waiters(engine: &str) {
         clients.push(cluster.client(index).await);
     }
 
-    let holder = cluster.open_session_id(LONG_TTL_MS).await;
+    let holder = cluster.open_session_key(LONG_TTL_MS).await;
     let holder_token = acquire_granted(&watcher, holder, lock, 0).await;
 
     let (events, mut event_receiver) = mpsc::unbounded_channel();
@@ -70,7 +70,7 @@ async fn check_fifo_grants_to_100_waiters(engine: &str) {
     for index in 0..WAITERS {
         // Waiters are spread over all nodes, so forwarded calls queue too.
         let client = clients[index % clients.len()].clone();
-        let session_id = cluster.open_session_id(LONG_TTL_MS).await;
+        let session_id = cluster.open_session_key(LONG_TTL_MS).await;
         sessions.push(session_id);
         let events = events.clone();
         tasks.push(tokio::spawn(async move {
@@ -96,13 +96,13 @@ async fn check_fifo_grants_to_100_waiters(engine: &str) {
         wait_for_queue_length(&watcher, lock, index as u64 + 1).await;
     }
     drop(events);
-    assert_held(&watcher, lock, holder, holder_token, WAITERS as u64).await;
+    assert_held(&watcher, lock, holder.id, holder_token, WAITERS as u64).await;
 
     let handed = release(&watcher, holder, lock, holder_token)
         .await
         .expect("Release by the holder");
     assert_eq!(
-        handed.next_session_id, sessions[0],
+        handed.next_session_id, sessions[0].id,
         "the holder's Release grants the first waiter"
     );
 
@@ -166,7 +166,7 @@ async fn check_fifo_grants_to_100_waiters(engine: &str) {
     }
     for index in 0..WAITERS {
         let next = match grants.get(index + 1) {
-            Some((next_index, next_token)) => (sessions[*next_index], *next_token),
+            Some((next_index, next_token)) => (sessions[*next_index].id, *next_token),
             None => (0, 0),
         };
         assert_eq!(
@@ -187,8 +187,8 @@ async fn check_waiter_leaves_queue_when_wait_passes(engine: &str) {
     let waiter = cluster.session(30_000).await;
     let lock = "t20/wait-passes";
 
-    let token = acquire_granted(&client, holder.id, lock, 0).await;
-    let gave_up = acquire(&client, waiter.id, lock, 1_500)
+    let token = acquire_granted(&client, holder.key, lock, 0).await;
+    let gave_up = acquire(&client, waiter.key, lock, 1_500)
         .await
         .expect("an Acquire whose wait passes is answered OK");
     assert!(
@@ -198,7 +198,7 @@ async fn check_waiter_leaves_queue_when_wait_passes(engine: &str) {
     wait_for_queue_length(&client, lock, 0).await;
     assert_held(&client, lock, holder.id, token, 0).await;
 
-    let released = release(&client, holder.id, lock, token)
+    let released = release(&client, holder.key, lock, token)
         .await
         .expect("Release by the holder");
     assert_eq!(
@@ -217,10 +217,10 @@ async fn check_cancelled_waiter_leaves_queue(engine: &str) {
     let waiter = cluster.session(30_000).await;
     let lock = "t20/cancelled-waiter";
 
-    let token = acquire_granted(&client, holder.id, lock, 0).await;
+    let token = acquire_granted(&client, holder.key, lock, 0).await;
     let waiting = {
         let client = client.clone();
-        let session_id = waiter.id;
+        let session_id = waiter.key;
         tokio::spawn(async move { acquire(&client, session_id, lock, LONG_WAIT_MS).await })
     };
     wait_for_queue_length(&client, lock, 1).await;
@@ -228,7 +228,7 @@ async fn check_cancelled_waiter_leaves_queue(engine: &str) {
     waiting.abort();
     wait_for_queue_length(&client, lock, 0).await;
 
-    let released = release(&client, holder.id, lock, token)
+    let released = release(&client, holder.key, lock, token)
         .await
         .expect("Release by the holder");
     assert_eq!(released.next_session_id, 0, "the cancelled waiter is not granted");
@@ -244,7 +244,7 @@ async fn check_keepalive_keeps_session_alive(engine: &str) {
     let holder = cluster.session(ttl_ms).await;
     let lock = "t20/kept-alive";
 
-    let token = acquire_granted(&client, holder.id, lock, 0).await;
+    let token = acquire_granted(&client, holder.key, lock, 0).await;
     let observe_until = Instant::now() + Duration::from_millis(3 * ttl_ms);
     while Instant::now() < observe_until {
         assert_held(&client, lock, holder.id, token, 0).await;
@@ -254,13 +254,13 @@ async fn check_keepalive_keeps_session_alive(engine: &str) {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let renewed = keep_alive_once(&client, holder.id)
+    let renewed = keep_alive_once(&client, holder.key)
         .await
         .expect("KeepAlive of a live session")
         .expect("KeepAlive answers a renewal");
     assert_eq!(renewed.session_id, holder.id);
     assert_eq!(renewed.ttl_ms, ttl_ms, "a renewal grants the session's TTL");
-    release(&client, holder.id, lock, token)
+    release(&client, holder.key, lock, token)
         .await
         .expect("Release after several TTLs");
 }
@@ -275,10 +275,10 @@ async fn check_session_expiry_hands_lock_to_waiter(engine: &str) {
     let waiter = cluster.session(30_000).await;
     let lock = "t20/expiry";
 
-    let holder_token = acquire_granted(&client, holder.id, lock, 0).await;
+    let holder_token = acquire_granted(&client, holder.key, lock, 0).await;
     let waiting = {
         let client = client.clone();
-        let session_id = waiter.id;
+        let session_id = waiter.key;
         tokio::spawn(async move { acquire(&client, session_id, lock, LONG_WAIT_MS).await })
     };
     wait_for_queue_length(&client, lock, 1).await;
@@ -304,13 +304,13 @@ async fn check_session_expiry_hands_lock_to_waiter(engine: &str) {
     );
     assert_held(&client, lock, waiter.id, granted.token, 0).await;
 
-    let renewal = keep_alive_once(&client, holder.id).await;
+    let renewal = keep_alive_once(&client, holder.key).await;
     expect_code("KeepAlive of the expired session", renewal, Code::NotFound);
-    let released = release(&client, holder.id, lock, holder_token).await;
+    let released = release(&client, holder.key, lock, holder_token).await;
     expect_code("Release by the expired session", released, Code::NotFound);
-    let acquired = acquire(&client, holder.id, "t20/expiry-other", 0).await;
+    let acquired = acquire(&client, holder.key, "t20/expiry-other", 0).await;
     expect_code("Acquire by the expired session", acquired, Code::NotFound);
-    let closed = close_session(&client, holder.id).await;
+    let closed = close_session(&client, holder.key).await;
     expect_code("CloseSession of the expired session", closed, Code::NotFound);
     assert_held(&client, lock, waiter.id, granted.token, 0).await;
 }
@@ -325,17 +325,17 @@ async fn check_closed_session_releases_its_locks(engine: &str) {
     let contended = "t20/closed-contended";
     let alone = "t20/closed-alone";
 
-    let contended_token = acquire_granted(&client, holder.id, contended, 0).await;
-    acquire_granted(&client, holder.id, alone, 0).await;
+    let contended_token = acquire_granted(&client, holder.key, contended, 0).await;
+    acquire_granted(&client, holder.key, alone, 0).await;
     let waiting = {
         let client = client.clone();
-        let session_id = waiter.id;
+        let session_id = waiter.key;
         tokio::spawn(async move { acquire(&client, session_id, contended, LONG_WAIT_MS).await })
     };
     wait_for_queue_length(&client, contended, 1).await;
 
     holder.stop_keepalive().await;
-    let closed = close_session(&client, holder.id)
+    let closed = close_session(&client, holder.key)
         .await
         .expect("CloseSession of a live session");
     let mut released = closed.released.clone();
@@ -356,11 +356,11 @@ async fn check_closed_session_releases_its_locks(engine: &str) {
     assert_held(&client, contended, waiter.id, granted.token, 0).await;
     assert_free(&client, alone).await;
 
-    let acquired = acquire(&client, holder.id, alone, 0).await;
+    let acquired = acquire(&client, holder.key, alone, 0).await;
     expect_code("Acquire by a closed session", acquired, Code::NotFound);
-    let renewal = keep_alive_once(&client, holder.id).await;
+    let renewal = keep_alive_once(&client, holder.key).await;
     expect_code("KeepAlive of a closed session", renewal, Code::NotFound);
-    let closed_again = close_session(&client, holder.id).await;
+    let closed_again = close_session(&client, holder.key).await;
     expect_code("CloseSession of a closed session", closed_again, Code::NotFound);
 }
 
@@ -371,7 +371,7 @@ async fn check_keepalive_stream_reports_session_end_at_once(engine: &str) {
     let cluster = Cluster::start(engine, 3).await;
     let mut holder = cluster.session(60_000).await;
     let client = cluster.leader_client().await;
-    acquire_granted(&client, holder.id, "t20/lost", 0).await;
+    acquire_granted(&client, holder.key, "t20/lost", 0).await;
     // Let the first renewal reach the leader, so the stream watches the session.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
@@ -379,7 +379,7 @@ async fn check_keepalive_stream_reports_session_end_at_once(engine: &str) {
         "the stream is open while the session lives"
     );
 
-    close_session(&client, holder.id).await.expect("CloseSession");
+    close_session(&client, holder.key).await.expect("CloseSession");
     wait_until("the keepalive stream to end", Duration::from_secs(10), || async {
         if holder.keepalive_ended() {
             Ok(())

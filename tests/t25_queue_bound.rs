@@ -41,19 +41,19 @@ async fn check_full_queue_is_resource_exhausted(engine: &str) {
     }
     let watcher = channels[0].clone();
 
-    let holder = cluster.open_session_id(LONG_TTL_MS).await;
+    let holder = cluster.open_session_key(LONG_TTL_MS).await;
     let holder_token = acquire_granted(&watcher, holder, lock, 0).await;
 
-    let opened: Vec<u64> = tokio::time::timeout(
+    let opened: Vec<Key> = tokio::time::timeout(
         PHASE_WAIT,
         stream::iter(0..WAITERS_PER_LOCK_MAX + 2)
             .map(|index| {
                 let client = channels[index % CHANNELS].clone();
                 async move {
-                    open_session(&client, LONG_TTL_MS)
+                    let opened = open_session(&client, LONG_TTL_MS)
                         .await
-                        .unwrap_or_else(|status| panic!("OpenSession #{index}: {status:?}"))
-                        .session_id
+                        .unwrap_or_else(|status| panic!("OpenSession #{index}: {status:?}"));
+                    Key::of(&opened)
                 }
             })
             .buffer_unordered(OPEN_CONCURRENCY)
@@ -117,7 +117,14 @@ async fn check_full_queue_is_resource_exhausted(engine: &str) {
         .await
         .expect("a try-lock does not need the queue and is answered OK");
     assert!(!tried.acquired, "the lock is held: {tried:?}");
-    assert_held(&watcher, lock, holder, holder_token, WAITERS_PER_LOCK_MAX as u64).await;
+    assert_held(
+        &watcher,
+        lock,
+        holder.id,
+        holder_token,
+        WAITERS_PER_LOCK_MAX as u64,
+    )
+    .await;
 
     // One waiter gives up; the queue then has room for one more.
     tasks[WAITERS_PER_LOCK_MAX - 1].abort();

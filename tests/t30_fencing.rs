@@ -27,14 +27,20 @@ async fn check_stale_token_fenced_after_expiry_handover(engine: &str) {
     let lock = "t30/fenced";
     let key = "t30/fenced-key";
 
-    let old_token = acquire_granted(&client, old_holder.id, lock, 0).await;
-    put(&client, key, "from the old holder", fence(lock, old_token))
-        .await
-        .expect("Put by the current holder");
+    let old_token = acquire_granted(&client, old_holder.key, lock, 0).await;
+    put(
+        &client,
+        key,
+        "from the old holder",
+        fence(lock, old_token),
+        old_holder.key,
+    )
+    .await
+    .expect("Put by the current holder");
 
     let waiting = {
         let client = client.clone();
-        let session_id = new_holder.id;
+        let session_id = new_holder.key;
         tokio::spawn(async move { acquire(&client, session_id, lock, LONG_WAIT_MS).await })
     };
     wait_for_queue_length(&client, lock, 1).await;
@@ -52,7 +58,14 @@ async fn check_stale_token_fenced_after_expiry_handover(engine: &str) {
     );
 
     // The old holder, unaware it lost the lock, writes with its old token.
-    let stale = put(&client, key, "stale write", fence(lock, old_token)).await;
+    let stale = put(
+        &client,
+        key,
+        "stale write",
+        fence(lock, old_token),
+        old_holder.key,
+    )
+    .await;
     let status = expect_code("Put with the old token", stale, Code::FailedPrecondition);
     assert_names_tokens("Put with the old token", &status, &[old_token, new_token]);
     let read = get(&client, key).await.expect("Get");
@@ -63,9 +76,15 @@ async fn check_stale_token_fenced_after_expiry_handover(engine: &str) {
     );
     assert_eq!(read.written_by, fence(lock, old_token));
 
-    put(&client, key, "from the new holder", fence(lock, new_token))
-        .await
-        .expect("Put by the new holder");
+    put(
+        &client,
+        key,
+        "from the new holder",
+        fence(lock, new_token),
+        new_holder.key,
+    )
+    .await
+    .expect("Put by the new holder");
     let read = get(&client, key).await.expect("Get");
     assert!(read.found);
     assert_eq!(read.value, b"from the new holder");
@@ -86,7 +105,7 @@ async fn check_stale_token_fenced_after_expiry_handover(engine: &str) {
     assert!(new_check.current, "the new token is current: {new_check:?}");
     assert_eq!(new_check.current_token, new_token);
 
-    let stale_delete = delete(&client, key, fence(lock, old_token)).await;
+    let stale_delete = delete(&client, key, fence(lock, old_token), old_holder.key).await;
     let status = expect_code(
         "Delete with the old token",
         stale_delete,
@@ -94,13 +113,13 @@ async fn check_stale_token_fenced_after_expiry_handover(engine: &str) {
     );
     assert_names_tokens("Delete with the old token", &status, &[old_token, new_token]);
     assert!(get(&client, key).await.expect("Get").found);
-    let deleted = delete(&client, key, fence(lock, new_token))
+    let deleted = delete(&client, key, fence(lock, new_token), new_holder.key)
         .await
         .expect("Delete by the new holder");
     assert!(deleted.existed, "the key existed before the Delete");
     let read = get(&client, key).await.expect("Get");
     assert!(!read.found, "a deleted key is not found: {read:?}");
-    let deleted_again = delete(&client, key, fence(lock, new_token))
+    let deleted_again = delete(&client, key, fence(lock, new_token), new_holder.key)
         .await
         .expect("a second Delete by the holder");
     assert!(!deleted_again.existed, "the key was already deleted");
@@ -118,16 +137,16 @@ async fn check_fence_follows_release_and_regrant(engine: &str) {
     let missing = get(&client, "t30/never-written").await.expect("Get");
     assert!(!missing.found, "a key never written is not found: {missing:?}");
 
-    let first = acquire_granted(&client, session.id, lock, 0).await;
-    put(&client, key, "first", fence(lock, first))
+    let first = acquire_granted(&client, session.key, lock, 0).await;
+    put(&client, key, "first", fence(lock, first), session.key)
         .await
         .expect("Put with the current token");
-    release(&client, session.id, lock, first).await.expect("Release");
+    release(&client, session.key, lock, first).await.expect("Release");
 
     let free_check = check_token(&client, lock, first).await.expect("CheckToken");
     assert!(!free_check.current);
     assert_eq!(free_check.current_token, 0, "a free lock has no current token");
-    let on_free = put(&client, key, "after release", fence(lock, first)).await;
+    let on_free = put(&client, key, "after release", fence(lock, first), session.key).await;
     let status = expect_code(
         "Put with the token of a released lock",
         on_free,
@@ -135,19 +154,19 @@ async fn check_fence_follows_release_and_regrant(engine: &str) {
     );
     assert_names_tokens("Put on a released lock", &status, &[first]);
 
-    let second = acquire_granted(&client, session.id, lock, 0).await;
+    let second = acquire_granted(&client, session.key, lock, 0).await;
     assert!(
         second > first,
         "a re-grant to the same session gets a new, higher token"
     );
-    let stale = put(&client, key, "stale", fence(lock, first)).await;
+    let stale = put(&client, key, "stale", fence(lock, first), session.key).await;
     let status = expect_code(
         "Put with the previous grant's token",
         stale,
         Code::FailedPrecondition,
     );
     assert_names_tokens("Put with the previous grant's token", &status, &[first, second]);
-    put(&client, key, "second", fence(lock, second))
+    put(&client, key, "second", fence(lock, second), session.key)
         .await
         .expect("Put with the current token");
     let read = get(&client, key).await.expect("Get");

@@ -31,11 +31,17 @@ async fn check_leader_crash_preserves_locks_and_tokens(engine: &str) {
     let third_lock = "t40/third";
     let key = "t40/key";
 
-    let first_token = acquire_granted(&client, first.id, first_lock, 0).await;
-    let second_token = acquire_granted(&client, second.id, second_lock, 0).await;
-    put(&client, key, "before the crash", fence(first_lock, first_token))
-        .await
-        .expect("Put before the crash");
+    let first_token = acquire_granted(&client, first.key, first_lock, 0).await;
+    let second_token = acquire_granted(&client, second.key, second_lock, 0).await;
+    put(
+        &client,
+        key,
+        "before the crash",
+        fence(first_lock, first_token),
+        first.key,
+    )
+    .await
+    .expect("Put before the crash");
     let highest_before = first_token.max(second_token);
 
     cluster.kill(old_leader);
@@ -59,7 +65,7 @@ async fn check_leader_crash_preserves_locks_and_tokens(engine: &str) {
     assert!(checked.current, "the pre-crash token is still current");
 
     let third_token = retry_unavailable("Acquire after failover", || {
-        acquire(&client, third.id, third_lock, 0)
+        acquire(&client, third.key, third_lock, 0)
     })
     .await
     .expect("Acquire after failover");
@@ -71,12 +77,12 @@ async fn check_leader_crash_preserves_locks_and_tokens(engine: &str) {
     );
 
     // The pre-crash holder hands its lock over through the new leader.
-    release(&client, first.id, first_lock, first_token)
+    release(&client, first.key, first_lock, first_token)
         .await
         .expect("Release of a pre-crash grant");
-    let regranted = acquire_granted(&client, third.id, first_lock, 0).await;
+    let regranted = acquire_granted(&client, third.key, first_lock, 0).await;
     assert!(regranted > third_token.token, "tokens keep increasing");
-    let stale = put(&client, key, "stale", fence(first_lock, first_token)).await;
+    let stale = put(&client, key, "stale", fence(first_lock, first_token), first.key).await;
     let status = expect_code(
         "Put with a pre-crash token after handover",
         stale,
@@ -134,7 +140,7 @@ async fn check_tokens_never_go_backwards_across_leader_changes(engine: &str) {
             );
         }
         for grant in 0..GRANTS_PER_ROUND {
-            let granted = retry_unavailable("Acquire", || acquire(&client, session.id, lock, 0))
+            let granted = retry_unavailable("Acquire", || acquire(&client, session.key, lock, 0))
                 .await
                 .expect("Acquire");
             assert!(granted.acquired, "round {round}: the lock is free");
@@ -144,12 +150,12 @@ async fn check_tokens_never_go_backwards_across_leader_changes(engine: &str) {
                 granted.token
             );
             highest = granted.token;
-            release(&client, session.id, lock, granted.token)
+            release(&client, session.key, lock, granted.token)
                 .await
                 .expect("Release");
         }
         let held_lock = format!("t40/held-{round}");
-        let token = acquire_granted(&client, session.id, &held_lock, 0).await;
+        let token = acquire_granted(&client, session.key, &held_lock, 0).await;
         assert!(
             token > highest,
             "round {round}: held token {token} above {highest}"
@@ -166,7 +172,7 @@ async fn check_tokens_never_go_backwards_across_leader_changes(engine: &str) {
     cluster.wait_for_leader().await;
     let client = cluster.leader_client().await;
     let last = retry_unavailable("Acquire after the last failover", || {
-        acquire(&client, session.id, lock, 0)
+        acquire(&client, session.key, lock, 0)
     })
     .await
     .expect("Acquire after the last failover");

@@ -23,12 +23,12 @@ const TAKEOVERS_MAX: usize = 10;
 async fn check_dead_session_expires_despite_leaders_shorter_than_its_ttl(engine: &str) {
     let cluster = Cluster::start(engine, 3).await;
     let live = cluster.session(TTL_MS).await;
-    let dead = cluster.open_session_id(TTL_MS).await;
+    let dead = cluster.open_session_key(TTL_MS).await;
     let client = cluster.leader_client().await;
     let dead_lock = "t45/dead";
     let live_lock = "t45/live";
     acquire_granted(&client, dead, dead_lock, 0).await;
-    let live_token = acquire_granted(&client, live.id, live_lock, 0).await;
+    let live_token = acquire_granted(&client, live.key, live_lock, 0).await;
 
     let mut leader = cluster.wait_for_leader().await;
     let mut elected_at = Instant::now();

@@ -25,15 +25,27 @@ async fn check_full_restart_preserves_state(engine: &str) {
     let held_lock = "t50/held";
     let released_lock = "t50/released";
 
-    let held_token = acquire_granted(&client, holder.id, held_lock, 0).await;
-    put(&client, "t50/one", "value one", fence(held_lock, held_token))
-        .await
-        .expect("Put one");
-    put(&client, "t50/two", "value two", fence(held_lock, held_token))
-        .await
-        .expect("Put two");
-    let released_token = acquire_granted(&client, other.id, released_lock, 0).await;
-    release(&client, other.id, released_lock, released_token)
+    let held_token = acquire_granted(&client, holder.key, held_lock, 0).await;
+    put(
+        &client,
+        "t50/one",
+        "value one",
+        fence(held_lock, held_token),
+        holder.key,
+    )
+    .await
+    .expect("Put one");
+    put(
+        &client,
+        "t50/two",
+        "value two",
+        fence(held_lock, held_token),
+        holder.key,
+    )
+    .await
+    .expect("Put two");
+    let released_token = acquire_granted(&client, other.key, released_lock, 0).await;
+    release(&client, other.key, released_lock, released_token)
         .await
         .expect("Release");
     let highest_before = held_token.max(released_token);
@@ -65,15 +77,15 @@ async fn check_full_restart_preserves_state(engine: &str) {
         .expect("CheckToken after restart");
     assert!(checked.current, "the held token is still current");
 
-    let fresh = acquire_granted(&client, other.id, "t50/fresh", 0).await;
+    let fresh = acquire_granted(&client, other.key, "t50/fresh", 0).await;
     assert!(
         fresh > highest_before,
         "a grant after restart ({fresh}) is above every earlier token ({highest_before})"
     );
-    release(&client, holder.id, held_lock, held_token)
+    release(&client, holder.key, held_lock, held_token)
         .await
         .expect("the pre-restart holder releases");
-    let handed = acquire_granted(&client, other.id, held_lock, 0).await;
+    let handed = acquire_granted(&client, other.key, held_lock, 0).await;
     assert!(handed > fresh, "tokens keep increasing: {fresh} then {handed}");
     assert!(!holder.keepalive_ended() && !other.keepalive_ended());
 }
@@ -94,11 +106,17 @@ async fn check_restarted_follower_catches_up(engine: &str) {
     let client = cluster.client(leader).await;
     let mut last_token = 0;
     for grant in 0..GRANTS_WHILE_DOWN {
-        let token = acquire_granted(&client, session.id, lock, 0).await;
-        put(&client, key, format!("grant {grant}"), fence(lock, token))
-            .await
-            .expect("Put while a follower is down");
-        release(&client, session.id, lock, token)
+        let token = acquire_granted(&client, session.key, lock, 0).await;
+        put(
+            &client,
+            key,
+            format!("grant {grant}"),
+            fence(lock, token),
+            session.key,
+        )
+        .await
+        .expect("Put while a follower is down");
+        release(&client, session.key, lock, token)
             .await
             .expect("Release while a follower is down");
         last_token = token;
@@ -136,7 +154,7 @@ async fn check_restarted_follower_catches_up(engine: &str) {
     let leader = cluster.wait_for_leader().await;
     let client = cluster.client(leader).await;
     let granted = retry_unavailable("Acquire with the restarted node in the quorum", || {
-        acquire(&client, session.id, lock, 0)
+        acquire(&client, session.key, lock, 0)
     })
     .await
     .expect("Acquire with the restarted node in the quorum");

@@ -35,7 +35,7 @@ async fn check_lagging_follower_catches_up_by_snapshot_to_identical_state(engine
         } else {
             format!("t55/lock-{}", round % 7)
         };
-        let token = acquire_granted(&client, holder.id, &lock, 0).await;
+        let token = acquire_granted(&client, holder.key, &lock, 0).await;
         assert!(token > last_token, "tokens increase: {token} after {last_token}");
         last_token = token;
         put(
@@ -43,11 +43,12 @@ async fn check_lagging_follower_catches_up_by_snapshot_to_identical_state(engine
             format!("t55/key-{round}"),
             format!("value {round}"),
             fence(&lock, token),
+            holder.key,
         )
         .await
         .expect("fenced Put by the holder");
         if !keep {
-            release(&client, holder.id, &lock, token)
+            release(&client, holder.key, &lock, token)
                 .await
                 .expect("Release by the holder");
         }

@@ -126,7 +126,7 @@ async fn check_a_full_disk_stops_the_node_which_rejoins_once_space_is_freed(engi
     let client = cluster.leader_client().await;
     let session = cluster.session(60_000).await;
     let lock = "t58/lock";
-    let token = acquire_granted(&client, session.id, lock, 0).await;
+    let token = acquire_granted(&client, session.key, lock, 0).await;
     let filler = small.fill();
     let value = vec![7u8; VALUE_BYTES];
     let mut writes = 0u64;
@@ -147,6 +147,7 @@ async fn check_a_full_disk_stops_the_node_which_rejoins_once_space_is_freed(engi
                 format!("t58/key-{}", writes % 16),
                 &value,
                 fence(lock, token),
+                session.key,
             )
         })
         .await
@@ -170,9 +171,15 @@ async fn check_a_full_disk_stops_the_node_which_rejoins_once_space_is_freed(engi
     );
 
     // The others still serve.
-    put(&client, "t58/after", "still served", fence(lock, token))
-        .await
-        .expect("the two healthy nodes still serve");
+    put(
+        &client,
+        "t58/after",
+        "still served",
+        fence(lock, token),
+        session.key,
+    )
+    .await
+    .expect("the two healthy nodes still serve");
 
     // Space is freed: the node starts on the same directory and rejoins.
     std::fs::remove_file(&filler).expect("free the space");

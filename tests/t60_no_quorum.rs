@@ -44,10 +44,10 @@ async fn check_minority_follower_answers_unavailable(engine: &str) {
 
 async fn check_survivor_answers_unavailable(cluster: &Cluster, survivor: usize) {
     let client = cluster.client(survivor).await;
-    let session_id = retry_unavailable("OpenSession", || open_session(&client, LONG_TTL_MS))
+    let opened = retry_unavailable("OpenSession", || open_session(&client, LONG_TTL_MS))
         .await
-        .expect("OpenSession with a quorum")
-        .session_id;
+        .expect("OpenSession with a quorum");
+    let session = Key::of(&opened);
     let lock = "t60/no-quorum";
 
     let stopped: Vec<usize> = (0..cluster.len()).filter(|&index| index != survivor).collect();
@@ -75,9 +75,10 @@ async fn check_survivor_answers_unavailable(cluster: &Cluster, survivor: usize) 
         expect_unavailable(
             &format!("Acquire {round}"),
             client.acquire(with_deadline(AcquireRequest {
-                session_id,
+                session_id: session.id,
                 name: lock.as_bytes().to_vec(),
                 wait_ms: 0,
+                session_secret: session.secret.to_vec(),
             })),
         )
         .await;
@@ -98,7 +99,7 @@ async fn check_survivor_answers_unavailable(cluster: &Cluster, survivor: usize) 
     cluster.restart(stopped[0]);
     cluster.wait_for_leader().await;
     let granted = retry_unavailable("Acquire after the quorum is back", || {
-        acquire(&client, session_id, lock, 0)
+        acquire(&client, session, lock, 0)
     })
     .await
     .expect("Acquire after the quorum is back");

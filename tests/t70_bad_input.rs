@@ -31,7 +31,10 @@ const VALUE_BYTES_MAX: usize = 1 << 20;
 const TTL_MS_MIN: u64 = 1_000;
 const TTL_MS_MAX: u64 = 3_600_000;
 /// A session id no test ever opens.
-const NEVER_OPENED: u64 = 987_654_321_012;
+const NEVER_OPENED: Key = Key {
+    id: 987_654_321_012,
+    secret: [7; 32],
+};
 
 /// Names the service must refuse, with a label for failure messages.
 fn bad_names() -> Vec<(&'static str, Vec<u8>)> {
@@ -52,7 +55,7 @@ async fn check_bad_lock_names_are_invalid_argument(engine: &str) {
     let session = cluster.session(30_000).await;
 
     for (label, name) in bad_names() {
-        let acquired = acquire(&client, session.id, &name, 0).await;
+        let acquired = acquire(&client, session.key, &name, 0).await;
         let detail = expect_refusal(
             &format!("Acquire with {label}"),
             acquired,
@@ -64,13 +67,13 @@ async fn check_bad_lock_names_are_invalid_argument(engine: &str) {
             ("name", NAME_BYTES_MAX as u64),
             "the detail names the field and its limit"
         );
-        let waited = acquire(&client, session.id, &name, 1_000).await;
+        let waited = acquire(&client, session.key, &name, 1_000).await;
         expect_code(
             &format!("waiting Acquire with {label}"),
             waited,
             Code::InvalidArgument,
         );
-        let released = release(&client, session.id, &name, 1).await;
+        let released = release(&client, session.key, &name, 1).await;
         expect_code(&format!("Release with {label}"), released, Code::InvalidArgument);
         let described = describe(&client, &name).await;
         expect_code(
@@ -88,7 +91,14 @@ async fn check_bad_lock_names_are_invalid_argument(engine: &str) {
             lock: name.clone(),
             token: 1,
         });
-        let written = put(&client, "t70/key", "value", fence_with_bad_name.clone()).await;
+        let written = put(
+            &client,
+            "t70/key",
+            "value",
+            fence_with_bad_name.clone(),
+            session.key,
+        )
+        .await;
         let detail = expect_refusal(
             &format!("Put fenced by {label}"),
             written,
@@ -96,7 +106,7 @@ async fn check_bad_lock_names_are_invalid_argument(engine: &str) {
             ErrorReason::InvalidArgument,
         );
         assert_eq!(detail.field, "fence.lock");
-        let deleted = delete(&client, "t70/key", fence_with_bad_name).await;
+        let deleted = delete(&client, "t70/key", fence_with_bad_name, session.key).await;
         expect_code(
             &format!("Delete fenced by {label}"),
             deleted,
@@ -107,12 +117,18 @@ async fn check_bad_lock_names_are_invalid_argument(engine: &str) {
     let longest_ascii = "a".repeat(NAME_BYTES_MAX);
     let longest_multibyte = "é".repeat(NAME_BYTES_MAX / 2);
     for name in [longest_ascii, longest_multibyte] {
-        let token = acquire_granted(&client, session.id, &name, 0).await;
+        let token = acquire_granted(&client, session.key, &name, 0).await;
         assert_held(&client, &name, session.id, token, 0).await;
-        put(&client, "t70/longest-name-key", "value", fence(&name, token))
-            .await
-            .expect("Put fenced by a 512-byte name");
-        release(&client, session.id, &name, token)
+        put(
+            &client,
+            "t70/longest-name-key",
+            "value",
+            fence(&name, token),
+            session.key,
+        )
+        .await
+        .expect("Put fenced by a 512-byte name");
+        release(&client, session.key, &name, token)
             .await
             .expect("Release of a 512-byte name");
     }
@@ -125,7 +141,7 @@ async fn check_bad_keys_and_values_are_invalid_argument(engine: &str) {
     let client = cluster.any_client().await;
     let session = cluster.session(30_000).await;
     let lock = "t70/keys";
-    let token = acquire_granted(&client, session.id, lock, 0).await;
+    let token = acquire_granted(&client, session.key, lock, 0).await;
 
     let bad_keys: Vec<(&str, Vec<u8>)> = vec![
         ("an empty key", Vec::new()),
@@ -133,16 +149,16 @@ async fn check_bad_keys_and_values_are_invalid_argument(engine: &str) {
         ("a non-UTF-8 key", b"t70/\xc3\x28-not-utf8".to_vec()),
     ];
     for (label, key) in bad_keys {
-        let written = put(&client, &key, "value", fence(lock, token)).await;
+        let written = put(&client, &key, "value", fence(lock, token), session.key).await;
         expect_code(&format!("Put with {label}"), written, Code::InvalidArgument);
         let read = get(&client, &key).await;
         expect_code(&format!("Get with {label}"), read, Code::InvalidArgument);
-        let deleted = delete(&client, &key, fence(lock, token)).await;
+        let deleted = delete(&client, &key, fence(lock, token), session.key).await;
         expect_code(&format!("Delete with {label}"), deleted, Code::InvalidArgument);
     }
 
     let too_big = vec![0u8; VALUE_BYTES_MAX + 1];
-    let written = put(&client, "t70/big", &too_big, fence(lock, token)).await;
+    let written = put(&client, "t70/big", &too_big, fence(lock, token), session.key).await;
     let detail = expect_refusal(
         "Put of a value over 1 MiB",
         written,
@@ -157,7 +173,7 @@ async fn check_bad_keys_and_values_are_invalid_argument(engine: &str) {
     assert!(!read.found, "a refused Put stores nothing");
 
     let longest_key = "k".repeat(KEY_BYTES_MAX);
-    put(&client, &longest_key, "value", fence(lock, token))
+    put(&client, &longest_key, "value", fence(lock, token), session.key)
         .await
         .expect("Put with a 1024-byte key");
     let read = get(&client, &longest_key)
@@ -165,7 +181,7 @@ async fn check_bad_keys_and_values_are_invalid_argument(engine: &str) {
         .expect("Get with a 1024-byte key");
     assert_eq!(read.value, b"value");
     let largest = vec![7u8; VALUE_BYTES_MAX];
-    put(&client, "t70/largest", &largest, fence(lock, token))
+    put(&client, "t70/largest", &largest, fence(lock, token), session.key)
         .await
         .expect("Put of a value of exactly 1 MiB");
     let read = get(&client, "t70/largest")
@@ -181,7 +197,7 @@ async fn check_bad_ttls_are_invalid_argument(engine: &str) {
     let client = cluster.any_client().await;
     // The first call goes through the harness so that a fresh leader's
     // transient UNAVAILABLE is retried.
-    cluster.open_session_id(TTL_MS_MIN).await;
+    cluster.open_session_key(TTL_MS_MIN).await;
 
     for ttl_ms in [0, 1, TTL_MS_MIN - 1, TTL_MS_MAX + 1, u64::MAX] {
         let opened = open_session(&client, ttl_ms).await;
@@ -196,7 +212,7 @@ async fn check_bad_ttls_are_invalid_argument(engine: &str) {
             .await
             .unwrap_or_else(|status| panic!("OpenSession with a TTL of {ttl_ms} ms: {status:?}"));
         assert_eq!(opened.ttl_ms, ttl_ms);
-        close_session(&client, opened.session_id)
+        close_session(&client, Key::of(&opened))
             .await
             .expect("CloseSession");
     }
@@ -209,16 +225,16 @@ async fn check_missing_fence_is_invalid_argument(engine: &str) {
     let session = cluster.session(30_000).await;
     let lock = "t70/unfenced";
     let key = "t70/unfenced-key";
-    let token = acquire_granted(&client, session.id, lock, 0).await;
+    let token = acquire_granted(&client, session.key, lock, 0).await;
 
-    let written = put(&client, key, "unfenced", None).await;
+    let written = put(&client, key, "unfenced", None, session.key).await;
     expect_code("Put without a fence", written, Code::InvalidArgument);
     assert!(!get(&client, key).await.expect("Get").found);
 
-    put(&client, key, "fenced", fence(lock, token))
+    put(&client, key, "fenced", fence(lock, token), session.key)
         .await
         .expect("Put with a fence");
-    let deleted = delete(&client, key, None).await;
+    let deleted = delete(&client, key, None, session.key).await;
     expect_code("Delete without a fence", deleted, Code::InvalidArgument);
     let read = get(&client, key).await.expect("Get");
     assert_eq!(read.value, b"fenced", "a refused Delete deletes nothing");
@@ -229,7 +245,7 @@ async fn check_missing_fence_is_invalid_argument(engine: &str) {
 async fn check_unknown_sessions_are_not_found(engine: &str) {
     let cluster = Cluster::start(engine, 3).await;
     let client = cluster.any_client().await;
-    let closed = cluster.open_session_id(30_000).await;
+    let closed = cluster.open_session_key(30_000).await;
     close_session(&client, closed)
         .await
         .expect("CloseSession of an open session");
@@ -242,7 +258,7 @@ async fn check_unknown_sessions_are_not_found(engine: &str) {
             Code::NotFound,
             ErrorReason::SessionNotFound,
         );
-        assert_eq!(detail.session_id, session_id, "the detail names the session");
+        assert_eq!(detail.session_id, session_id.id, "the detail names the session");
         let waited = acquire(&client, session_id, "t70/unknown", 1_000).await;
         expect_code(
             &format!("waiting Acquire by {label} session"),
@@ -277,13 +293,13 @@ async fn check_stale_tokens_and_non_holders_are_failed_precondition(engine: &str
     let other = cluster.session(30_000).await;
     let lock = "t70/stale";
     let key = "t70/stale-key";
-    let token = acquire_granted(&client, holder.id, lock, 0).await;
-    put(&client, key, "original", fence(lock, token))
+    let token = acquire_granted(&client, holder.key, lock, 0).await;
+    put(&client, key, "original", fence(lock, token), holder.key)
         .await
         .expect("Put by the holder");
     let wrong = token + 1_000;
 
-    let released = release(&client, holder.id, lock, wrong).await;
+    let released = release(&client, holder.key, lock, wrong).await;
     let detail = expect_refusal(
         "Release by the holder with a wrong token",
         released,
@@ -299,7 +315,7 @@ async fn check_stale_tokens_and_non_holders_are_failed_precondition(engine: &str
         (lock.as_bytes(), wrong, token),
         "the detail carries the lock, the presented and the current token as numbers"
     );
-    let released = release(&client, other.id, lock, token).await;
+    let released = release(&client, other.key, lock, token).await;
     let detail = expect_refusal(
         "Release by a session that does not hold the lock",
         released,
@@ -310,22 +326,29 @@ async fn check_stale_tokens_and_non_holders_are_failed_precondition(engine: &str
         (detail.lock.as_slice(), detail.session_id),
         (lock.as_bytes(), other.id)
     );
-    let released = release(&client, holder.id, "t70/never-acquired", token).await;
+    let released = release(&client, holder.key, "t70/never-acquired", token).await;
     expect_code(
         "Release of a lock nobody holds",
         released,
         Code::FailedPrecondition,
     );
 
-    let written = put(&client, key, "wrong token", fence(lock, wrong)).await;
+    let written = put(&client, key, "wrong token", fence(lock, wrong), holder.key).await;
     let status = expect_code("Put with a wrong token", written, Code::FailedPrecondition);
     assert_names_tokens("Put with a wrong token", &status, &[wrong, token]);
     let detail = quorumlock_proto::details::detail(&status).expect("a typed detail");
     assert_eq!((detail.presented_token, detail.current_token), (wrong, token));
-    let deleted = delete(&client, key, fence(lock, wrong)).await;
+    let deleted = delete(&client, key, fence(lock, wrong), holder.key).await;
     let status = expect_code("Delete with a wrong token", deleted, Code::FailedPrecondition);
     assert_names_tokens("Delete with a wrong token", &status, &[wrong, token]);
-    let written = put(&client, key, "free lock", fence("t70/never-acquired", token)).await;
+    let written = put(
+        &client,
+        key,
+        "free lock",
+        fence("t70/never-acquired", token),
+        holder.key,
+    )
+    .await;
     let detail = expect_refusal(
         "Put fenced by a lock nobody holds",
         written,
@@ -337,7 +360,7 @@ async fn check_stale_tokens_and_non_holders_are_failed_precondition(engine: &str
     let read = get(&client, key).await.expect("Get");
     assert_eq!(read.value, b"original", "refused writes change nothing");
     assert_held(&client, lock, holder.id, token, 0).await;
-    release(&client, holder.id, lock, token)
+    release(&client, holder.key, lock, token)
         .await
         .expect("the holder can still release with its token");
     assert_free(&client, lock).await;
@@ -354,9 +377,9 @@ async fn check_oversized_messages_are_refused_naming_their_limit(engine: &str) {
     let client = cluster.any_client().await;
     let session = cluster.session(30_000).await;
     let lock = "t70/oversized";
-    let token = acquire_granted(&client, session.id, lock, 0).await;
+    let token = acquire_granted(&client, session.key, lock, 0).await;
     let huge = vec![1u8; 1_200_000];
-    let written = put(&client, "t70/huge", &huge, fence(lock, token)).await;
+    let written = put(&client, "t70/huge", &huge, fence(lock, token), session.key).await;
     let status = written.expect_err("a 1.2 MB message is refused");
     assert!(
         matches!(
@@ -379,7 +402,15 @@ async fn check_oversized_messages_are_refused_naming_their_limit(engine: &str) {
         token: quorumlock_client::FencingToken::new(token),
     };
     let error = rust_client
-        .put_fenced("t70/huge", huge, &fenced)
+        .put_fenced(
+            "t70/huge",
+            huge,
+            &fenced,
+            &quorumlock_client::SessionKey::new(
+                quorumlock_client::SessionId::new(session.id),
+                quorumlock_client::SessionSecret::from_bytes(&session.key.secret).expect("32 bytes"),
+            ),
+        )
         .await
         .expect_err("the client refuses a value over 1 MiB");
     assert!(

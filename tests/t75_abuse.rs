@@ -47,7 +47,10 @@ const API_MESSAGE_BYTES_MAX: usize = VALUE_BYTES_MAX + 64 * 1024;
 const FAR_OVER_CAP_BYTES: usize = 8 << 20;
 const WAITERS_PER_LOCK_MAX: usize = 10_000;
 /// A session id no test ever opens.
-const NEVER_OPENED: u64 = 424_242_424_242;
+const NEVER_OPENED: Key = Key {
+    id: 424_242_424_242,
+    secret: [7; 32],
+};
 
 /// Sessions opened at once by the flood.
 const SESSION_FLOOD: usize = 20_000;
@@ -103,7 +106,7 @@ fn refused<T: std::fmt::Debug>(what: &str, result: Result<T, Status>, code: Code
 
 /// State written before the abuse, to compare with afterwards.
 struct Precious {
-    holder: u64,
+    holder: Key,
     lock: &'static str,
     token: u64,
     /// An earlier grant of the same lock: stale now.
@@ -115,7 +118,7 @@ impl Precious {
     /// Takes a lock twice (so that one token is stale), and writes a small
     /// and a maximal value fenced by the current token.
     async fn write(cluster: &Cluster, client: &LockClient<Channel>, lock: &'static str) -> Precious {
-        let holder = cluster.open_session_id(LONG_TTL_MS).await;
+        let holder = cluster.open_session_key(LONG_TTL_MS).await;
         let stale_token = acquire_granted(client, holder, lock, 0).await;
         release(client, holder, lock, stale_token)
             .await
@@ -126,7 +129,7 @@ impl Precious {
             ("t75/small", b"precious".to_vec()),
             ("t75/largest", vec![0x5a; VALUE_BYTES_MAX]),
         ] {
-            put(client, key, &value, fence(lock, token))
+            put(client, key, &value, fence(lock, token), holder)
                 .await
                 .unwrap_or_else(|status| panic!("Put {key:?} before the abuse: {status:?}"));
             let read = get(client, key).await.expect("Get before the abuse");
@@ -157,7 +160,9 @@ impl Precious {
             let client = cluster.client(index).await;
             let described = describe_ok(&client, self.lock).await;
             assert!(
-                described.held && described.holder_session_id == self.holder && described.token == self.token,
+                described.held
+                    && described.holder_session_id == self.holder.id
+                    && described.token == self.token,
                 "node {}: the lock held before the abuse changed: {described:?}",
                 cluster.node_id(index)
             );
@@ -181,9 +186,15 @@ impl Precious {
             }
         }
         let client = cluster.any_client().await;
-        put(&client, "t75/after", "still fenced", fence(self.lock, self.token))
-            .await
-            .expect("the holder still writes with its token after the abuse");
+        put(
+            &client,
+            "t75/after",
+            "still fenced",
+            fence(self.lock, self.token),
+            self.holder,
+        )
+        .await
+        .expect("the holder still writes with its token after the abuse");
     }
 }
 
@@ -264,11 +275,11 @@ async fn check_hostile_requests_get_precise_statuses_and_change_nothing(engine: 
     let follower = cluster.follower_index().await;
     let leader_client = cluster.client(leader).await;
     let precious = Precious::write(&cluster, &leader_client, "t75/precious").await;
-    let other = cluster.open_session_id(LONG_TTL_MS).await;
+    let other = cluster.open_session_key(LONG_TTL_MS).await;
     let other_lock = "t75/other";
     let other_token = acquire_granted(&leader_client, other, other_lock, 0).await;
-    let expired = cluster.open_session_id(TTL_MS_MIN).await;
-    let closed = cluster.open_session_id(LONG_TTL_MS).await;
+    let expired = cluster.open_session_key(TTL_MS_MIN).await;
+    let closed = cluster.open_session_key(LONG_TTL_MS).await;
     close_session(&leader_client, closed).await.expect("CloseSession");
 
     for index in [leader, follower] {
@@ -290,14 +301,14 @@ async fn check_hostile_requests_get_precise_statuses_and_change_nothing(engine: 
         let key = vec![b'k'; KEY_BYTES_MAX + 1];
         refused(
             &at("Put of a 1025-byte key"),
-            put(&client, &key, "value", fence(lock, token)).await,
+            put(&client, &key, "value", fence(lock, token), precious.holder).await,
             Code::InvalidArgument,
             &["key is 1025 bytes", "1024-byte limit"],
         );
         let value = vec![1u8; VALUE_BYTES_MAX + 1];
         refused(
             &at("Put of a value one byte over 1 MiB"),
-            put(&client, "t75/small", &value, fence(lock, token)).await,
+            put(&client, "t75/small", &value, fence(lock, token), precious.holder).await,
             Code::InvalidArgument,
             &["value is 1048577 bytes", "1048576-byte limit"],
         );
@@ -329,6 +340,7 @@ async fn check_hostile_requests_get_precise_statuses_and_change_nothing(engine: 
                     lock: b"t75/\xc3\x28".to_vec(),
                     token,
                 }),
+                precious.holder,
             )
             .await,
             Code::InvalidArgument,
@@ -336,7 +348,7 @@ async fn check_hostile_requests_get_precise_statuses_and_change_nothing(engine: 
         );
         refused(
             &at("Delete of a non-UTF-8 key"),
-            delete(&client, b"\xed\xa0\x80", fence(lock, token)).await,
+            delete(&client, b"\xed\xa0\x80", fence(lock, token), precious.holder).await,
             Code::InvalidArgument,
             &["key is not valid UTF-8"],
         );
@@ -359,7 +371,7 @@ async fn check_hostile_requests_get_precise_statuses_and_change_nothing(engine: 
         );
         refused(
             &at("Put of an 8 MiB value"),
-            put(&client, "t75/small", &huge, fence(lock, token)).await,
+            put(&client, "t75/small", &huge, fence(lock, token), precious.holder).await,
             Code::OutOfRange,
             &["message length too large", &cap],
         );
@@ -442,20 +454,34 @@ async fn check_hostile_requests_get_precise_statuses_and_change_nothing(engine: 
             );
             refused(
                 &at(&format!("Put with token {presented}")),
-                put(&client, "t75/small", "overwritten", fence(lock, presented)).await,
+                put(
+                    &client,
+                    "t75/small",
+                    "overwritten",
+                    fence(lock, presented),
+                    precious.holder,
+                )
+                .await,
                 Code::FailedPrecondition,
                 &[&stale],
             );
             refused(
                 &at(&format!("Delete with token {presented}")),
-                delete(&client, "t75/largest", fence(lock, presented)).await,
+                delete(&client, "t75/largest", fence(lock, presented), precious.holder).await,
                 Code::FailedPrecondition,
                 &[&stale],
             );
         }
         refused(
             &at("Put fenced by a lock nobody holds"),
-            put(&client, "t75/small", "overwritten", fence("t75/free", token)).await,
+            put(
+                &client,
+                "t75/small",
+                "overwritten",
+                fence("t75/free", token),
+                precious.holder,
+            )
+            .await,
             Code::FailedPrecondition,
             &[&format!("presented {token}, current none (lock is free)")],
         );
@@ -470,7 +496,7 @@ async fn check_hostile_requests_get_precise_statuses_and_change_nothing(engine: 
         );
         // Field 2 (the name) as a varint instead of length-delimited bytes.
         let mut wrong_wire_type = vec![0x08];
-        varint(precious.holder, &mut wrong_wire_type);
+        varint(precious.holder.id, &mut wrong_wire_type);
         wrong_wire_type.extend_from_slice(&[0x10, 0x01]);
         refused(
             &at("Acquire whose name has the wrong wire type"),
@@ -524,7 +550,7 @@ async fn check_hostile_requests_get_precise_statuses_and_change_nothing(engine: 
     );
 
     precious.assert_intact(&cluster).await;
-    assert_held(&leader_client, other_lock, other, other_token, 0).await;
+    assert_held(&leader_client, other_lock, other.id, other_token, 0).await;
 }
 
 /// Garbage and spoofed senders at the engine's own peer service.
@@ -636,7 +662,7 @@ struct BulkWaiter {
 /// cause.
 async fn bulk_waiter(
     client: LockClient<Channel>,
-    session: u64,
+    session: Key,
     lock: &'static str,
     attempts: Arc<AtomicUsize>,
 ) -> BulkWaiter {
@@ -703,7 +729,7 @@ async fn bulk_waiter(
 /// lock after all (its answer, naming the next holder, was lost).
 async fn release_under_flood(
     client: &LockClient<Channel>,
-    session: u64,
+    session: Key,
     lock: &str,
     token: u64,
 ) -> Result<Option<ReleaseResponse>, Status> {
@@ -731,7 +757,7 @@ async fn release_under_flood(
 }
 
 /// Closes `session`, repeating while the leader is too busy to order it.
-async fn close_giving_up(client: &LockClient<Channel>, session: u64) {
+async fn close_giving_up(client: &LockClient<Channel>, session: Key) {
     let deadline = Instant::now() + PHASE_WAIT;
     loop {
         match close_session(client, session).await {
@@ -762,22 +788,22 @@ async fn check_session_and_waiter_floods_stay_bounded_and_fifo(engine: &str) {
     let watcher = channels[0].clone();
     let precious = Precious::write(&cluster, &watcher, "t75/precious").await;
     let hot = "t75/hot";
-    let hot_holder = cluster.open_session_id(LONG_TTL_MS).await;
+    let hot_holder = cluster.open_session_key(LONG_TTL_MS).await;
     let hot_token = acquire_granted(&watcher, hot_holder, hot, 0).await;
 
     // The session flood: every open is answered, each with its own id.
     let started = Instant::now();
-    let opened: Vec<u64> = tokio::time::timeout(
+    let opened: Vec<Key> = tokio::time::timeout(
         PHASE_WAIT,
         stream::iter(0..SESSION_FLOOD)
             .map(|index| {
                 let mut client = channels[index % CHANNELS].clone();
                 async move {
                     let request = OpenSessionRequest { ttl_ms: LONG_TTL_MS };
-                    call("OpenSession", RPC_TIMEOUT, client.open_session(request))
+                    let opened = call("OpenSession", RPC_TIMEOUT, client.open_session(request))
                         .await
-                        .unwrap_or_else(|status| panic!("OpenSession #{index} of the flood: {status:?}"))
-                        .session_id
+                        .unwrap_or_else(|status| panic!("OpenSession #{index} of the flood: {status:?}"));
+                    Key::of(&opened)
                 }
             })
             .buffer_unordered(OPEN_CONCURRENCY)
@@ -785,7 +811,7 @@ async fn check_session_and_waiter_floods_stay_bounded_and_fifo(engine: &str) {
     )
     .await
     .unwrap_or_else(|_| panic!("opening {SESSION_FLOOD} sessions took over {PHASE_WAIT:?}"));
-    let distinct: BTreeSet<u64> = opened.iter().copied().collect();
+    let distinct: BTreeSet<u64> = opened.iter().map(|key| key.id).collect();
     assert_eq!(
         distinct.len(),
         SESSION_FLOOD,
@@ -833,7 +859,9 @@ async fn check_session_and_waiter_floods_stay_bounded_and_fifo(engine: &str) {
                 "the queue grew past its bound: {described:?}"
             );
             assert!(
-                described.held && described.holder_session_id == hot_holder && described.token == hot_token,
+                described.held
+                    && described.holder_session_id == hot_holder.id
+                    && described.token == hot_token,
                 "the hot lock changed hands while held: {described:?}"
             );
             queue_length_max = queue_length_max.max(described.queue_length);
@@ -863,7 +891,7 @@ async fn check_session_and_waiter_floods_stay_bounded_and_fifo(engine: &str) {
         .expect("release of the hot lock");
     if let Some(handed) = handed {
         assert_eq!(
-            handed.next_session_id, ordered[0],
+            handed.next_session_id, ordered[0].id,
             "the release hands the lock to the first waiter in line"
         );
     }

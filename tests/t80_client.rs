@@ -177,9 +177,9 @@ async fn check_a_stale_guard_is_refused_by_fenced_writes_and_its_session_reports
     // The cluster ends the first session behind its back; its keepalive
     // stream ends with NOT_FOUND and the client says so.
     client
-        .close_session(first.id())
+        .close_session(first.key())
         .await
-        .expect("close session 1 by id");
+        .expect("close session 1 by its key");
     let reason = bounded("the lost signal", first.lost()).await;
     assert!(matches!(reason, LostReason::Ended { .. }), "{reason:?}");
     assert!(old.is_lost(), "the guard sees its session lost");

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use quorumlock_client::{Client, ClientConfig, ClientError, Fence, FencingToken};
+use quorumlock_client::{
+    Client, ClientConfig, ClientError, Fence, FencingToken, SessionId, SessionKey, SessionSecret,
+};
 use quorumlock_proto::v1 as pb;
 use quorumlock_proto::v1::cluster_server::{Cluster, ClusterServer};
 use quorumlock_proto::v1::lock_server::{Lock, LockServer};
@@ -133,6 +135,14 @@ fn config() -> ClientConfig {
     }
 }
 
+/// The key of the session the scripted writes name.
+fn key() -> SessionKey {
+    SessionKey::new(
+        SessionId::new(1),
+        SessionSecret::from_bytes(&[9; 32]).expect("32 bytes"),
+    )
+}
+
 #[tokio::test]
 async fn a_put_refused_on_repeat_after_an_ambiguous_attempt_has_an_unknown_outcome() {
     let server = Scripted::default();
@@ -142,7 +152,7 @@ async fn a_put_refused_on_repeat_after_an_ambiguous_attempt_has_an_unknown_outco
         lock: "l".into(),
         token: FencingToken::new(5),
     };
-    let error = client.put_fenced("k", "v", &fence).await.unwrap_err();
+    let error = client.put_fenced("k", "v", &fence, &key()).await.unwrap_err();
     assert_eq!(server.puts.load(Ordering::SeqCst), 2, "the put was repeated once");
     assert!(
         matches!(
@@ -166,7 +176,7 @@ async fn a_delete_refused_on_repeat_after_an_ambiguous_attempt_has_an_unknown_ou
         lock: "l".into(),
         token: FencingToken::new(5),
     };
-    let error = client.delete_fenced("k", &fence).await.unwrap_err();
+    let error = client.delete_fenced("k", &fence, &key()).await.unwrap_err();
     assert_eq!(server.deletes.load(Ordering::SeqCst), 2);
     assert!(error.is_outcome_unknown(), "{error}");
 }
@@ -182,6 +192,6 @@ async fn a_put_refused_at_the_first_attempt_is_a_plain_refusal() {
         lock: "l".into(),
         token: FencingToken::new(5),
     };
-    let error = client.put_fenced("k", "v", &fence).await.unwrap_err();
+    let error = client.put_fenced("k", "v", &fence, &key()).await.unwrap_err();
     assert!(error.is_failed_precondition(), "{error}");
 }

@@ -28,6 +28,8 @@ fn quorumlock(cluster: &Cluster) -> Command {
         .env("QUORUMLOCK_ENDPOINTS", cluster.urls().join(","))
         .env_remove("QUORUMLOCK_LOCK")
         .env_remove("QUORUMLOCK_TOKEN")
+        .env_remove("QUORUMLOCK_SESSION")
+        .env_remove("QUORUMLOCK_SESSION_SECRET")
         .env_remove("RUST_LOG")
         .kill_on_drop(true);
     command
@@ -71,10 +73,17 @@ fn assert_exit(what: &str, output: &Output, code: i32) {
 
 /// The value of `name=` in a `key=value` line.
 fn field(line: &str, name: &str) -> u64 {
+    text_field(line, name)
+        .parse()
+        .unwrap_or_else(|_| panic!("{name}= is not a number in {line:?}"))
+}
+
+/// The text after `name=` in a `key=value` line.
+fn text_field(line: &str, name: &str) -> String {
     line.split_whitespace()
         .find_map(|part| part.strip_prefix(&format!("{name}=")))
-        .and_then(|value| value.parse().ok())
         .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,6 +94,9 @@ async fn scripting_commands_round_trip_acquire_describe_put_get_release_and_stat
     assert_exit("acquire", &acquired, 0);
     let line = stdout(&acquired);
     let (session, token) = (field(&line, "session"), field(&line, "token"));
+    let secret = text_field(&line, "secret");
+    assert_eq!(secret.len(), 64, "the secret is 32 bytes in hex: {line:?}");
+    let session_text = session.to_string();
 
     let described = run(quorumlock(&cluster).args(["describe", "job"])).await;
     assert_exit("describe", &described, 0);
@@ -102,10 +114,59 @@ async fn scripting_commands_round_trip_acquire_describe_put_get_release_and_stat
     );
 
     let token_text = token.to_string();
-    let put =
-        run(quorumlock(&cluster).args(["put", "report", "v1", "--lock", "job", "--token", &token_text]))
-            .await;
+    // The session's secret goes in the environment, not on the command line.
+    let put = run(quorumlock(&cluster)
+        .args(["put", "report", "v1", "--lock", "job", "--token", &token_text])
+        .args(["--session", &session_text])
+        .env("QUORUMLOCK_SESSION_SECRET", &secret))
+    .await;
     assert_exit("put", &put, 0);
+
+    // Someone who read the session and the token from `describe` but has
+    // not the secret can neither write under the lock nor release it.
+    let guessed = "0".repeat(64);
+    let hijack = run(quorumlock(&cluster)
+        .args([
+            "put",
+            "report",
+            "hijacked",
+            "--lock",
+            "job",
+            "--token",
+            &token_text,
+        ])
+        .args(["--session", &session_text, "--session-secret", &guessed]))
+    .await;
+    assert_exit("put with a guessed secret", &hijack, 1);
+    assert!(
+        stderr(&hijack).contains("PERMISSION_DENIED") && stderr(&hijack).contains("not the owner of session"),
+        "{}",
+        stderr(&hijack)
+    );
+    assert!(
+        !stderr(&hijack).contains(&secret),
+        "the secret stays out of errors"
+    );
+    let hijack = run(quorumlock(&cluster)
+        .args(["release", "job", "--token", &token_text])
+        .args(["--session", &session_text, "--session-secret", &guessed]))
+    .await;
+    assert_exit("release with a guessed secret", &hijack, 1);
+    assert!(
+        stderr(&hijack).contains("PERMISSION_DENIED"),
+        "{}",
+        stderr(&hijack)
+    );
+    let malformed = run(quorumlock(&cluster)
+        .args(["release", "job", "--token", &token_text])
+        .args(["--session", &session_text, "--session-secret", "not-hex"]))
+    .await;
+    assert_exit("release with a malformed secret", &malformed, 2);
+    assert!(
+        stderr(&malformed).contains("64 hex digits"),
+        "{}",
+        stderr(&malformed)
+    );
     let got = run(quorumlock(&cluster).args(["get", "report"])).await;
     assert_exit("get", &got, 0);
     assert_eq!(stdout(&got), "v1", "get prints the value exactly");
@@ -113,8 +174,11 @@ async fn scripting_commands_round_trip_acquire_describe_put_get_release_and_stat
     assert_eq!(stdout(&fence).trim(), format!("lock=job token={token}"));
 
     let stale = (token + 1000).to_string();
-    let refused =
-        run(quorumlock(&cluster).args(["put", "report", "v2", "--lock", "job", "--token", &stale])).await;
+    let refused = run(quorumlock(&cluster)
+        .args(["put", "report", "v2", "--lock", "job", "--token", &stale])
+        .args(["--session", &session_text])
+        .env("QUORUMLOCK_SESSION_SECRET", &secret))
+    .await;
     assert_exit("put with a wrong token", &refused, 1);
     let error = stderr(&refused);
     assert!(
@@ -129,21 +193,31 @@ async fn scripting_commands_round_trip_acquire_describe_put_get_release_and_stat
         "the error names the endpoint: {error}"
     );
 
-    let released = run(quorumlock(&cluster).args([
-        "release",
-        "job",
-        "--session",
-        &session.to_string(),
-        "--token",
-        &token_text,
-    ]))
+    let released = run(quorumlock(&cluster)
+        .args([
+            "release",
+            "job",
+            "--session",
+            &session_text,
+            "--token",
+            &token_text,
+        ])
+        .env("QUORUMLOCK_SESSION_SECRET", &secret))
     .await;
     assert_exit("release", &released, 0);
     assert_eq!(stdout(&released).trim(), "released job");
     let described = run(quorumlock(&cluster).args(["describe", "job"])).await;
     assert_eq!(stdout(&described).trim(), "held=false queue_length=0");
     // release closed the session acquire opened.
-    let closed = run(quorumlock(&cluster).args(["acquire", "job", "--session", &session.to_string()])).await;
+    let closed = run(quorumlock(&cluster).args([
+        "acquire",
+        "job",
+        "--session",
+        &session_text,
+        "--session-secret",
+        &secret,
+    ]))
+    .await;
     assert_exit("acquire under a closed session", &closed, 1);
     assert!(stderr(&closed).contains("NOT_FOUND"), "{}", stderr(&closed));
 
@@ -154,7 +228,9 @@ async fn scripting_commands_round_trip_acquire_describe_put_get_release_and_stat
     let deleted = run(quorumlock(&cluster)
         .args(["delete", "report"])
         .env("QUORUMLOCK_LOCK", "job")
-        .env("QUORUMLOCK_TOKEN", new_token.to_string()))
+        .env("QUORUMLOCK_TOKEN", new_token.to_string())
+        .env("QUORUMLOCK_SESSION", text_field(&stdout(&again), "session"))
+        .env("QUORUMLOCK_SESSION_SECRET", text_field(&stdout(&again), "secret")))
     .await;
     assert_exit("delete", &deleted, 0);
     assert_eq!(stdout(&deleted).trim(), "existed=true");
@@ -194,14 +270,18 @@ async fn scripting_commands_round_trip_acquire_describe_put_get_release_and_stat
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_runs_the_command_with_the_token_in_its_environment_and_passes_on_its_exit_code() {
     let cluster = Cluster::start("raft", 3).await;
-    let ran = run(quorumlock(&cluster).args([
-        "lock",
-        "build",
-        "--",
-        "sh",
-        "-c",
-        "echo \"$QUORUMLOCK_LOCK $QUORUMLOCK_TOKEN\"; exit 7",
-    ]))
+    // The command writes under the lock with what `lock` exported.
+    let ran = run(quorumlock(&cluster)
+        .args([
+            "lock",
+            "build",
+            "--",
+            "sh",
+            "-c",
+            "\"$QUORUMLOCK_BIN\" put build/out \"from the command\" || exit 9; \
+             echo \"$QUORUMLOCK_LOCK $QUORUMLOCK_TOKEN\"; exit 7",
+        ])
+        .env("QUORUMLOCK_BIN", env!("CARGO_BIN_EXE_quorumlock")))
     .await;
     assert_exit("lock -- sh", &ran, 7);
     let line = stdout(&ran);
@@ -215,6 +295,17 @@ async fn lock_runs_the_command_with_the_token_in_its_environment_and_passes_on_i
 
     // The lock was released when the command exited.
     let client = Client::connect(cluster.urls()).await.expect("connect");
+    let written = client
+        .get("build/out")
+        .await
+        .expect("get")
+        .expect("the command's write is stored");
+    assert_eq!(written.value, b"from the command");
+    assert_eq!(
+        written.written_by.token.get(),
+        token,
+        "written under the lock's token"
+    );
     let described = client.describe("build").await.expect("describe");
     assert_eq!(described.holder, None, "lock released after the command");
 

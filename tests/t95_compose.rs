@@ -449,10 +449,10 @@ async fn check_layout_forms_a_cluster(layout: Layout, expected_nodes: &[&str]) {
             .await
             .expect("connect to the last node"),
     );
-    let session = retry_unavailable("OpenSession", || open_session(&client, LONG_TTL_MS))
+    let opened = retry_unavailable("OpenSession", || open_session(&client, LONG_TTL_MS))
         .await
-        .expect("OpenSession on the compose cluster")
-        .session_id;
+        .expect("OpenSession on the compose cluster");
+    let session = Key::of(&opened);
     acquire_granted(&client, session, "t95/compose", 0).await;
 
     // With the demo profile, its client runs exactly the compose command

@@ -195,7 +195,7 @@ impl LockSession for QuorumlockSession {
             }
             // An operation still runs on it: close by id instead.
             Err(session) => {
-                self.client.close_session(session.id()).await?;
+                self.client.close_session(session.key()).await?;
             }
         }
         Ok(())

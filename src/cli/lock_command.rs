@@ -60,8 +60,9 @@ fn send(child: &Child, signal: Signal) {
 }
 
 /// Acquires the lock, runs the command with `QUORUMLOCK_LOCK`,
-/// `QUORUMLOCK_TOKEN`, `QUORUMLOCK_SESSION` and `QUORUMLOCK_ENDPOINTS` in its
-/// environment, releases the lock when it exits, and exits with its code.
+/// `QUORUMLOCK_TOKEN`, `QUORUMLOCK_SESSION`, `QUORUMLOCK_SESSION_SECRET` and
+/// `QUORUMLOCK_ENDPOINTS` in its environment (so that it can make fenced
+/// writes under the lock with `put` and `delete`), releases the lock when it exits, and exits with its code.
 pub async fn lock(args: LockArgs) -> anyhow::Result<i32> {
     let client = args.cluster.connect().await?;
     let session = client.session(args.ttl).await?;
@@ -93,6 +94,7 @@ pub async fn lock(args: LockArgs) -> anyhow::Result<i32> {
         .env("QUORUMLOCK_LOCK", &args.name)
         .env("QUORUMLOCK_TOKEN", guard.token().to_string())
         .env("QUORUMLOCK_SESSION", session.id().to_string())
+        .env("QUORUMLOCK_SESSION_SECRET", session.key().secret.to_hex())
         .env("QUORUMLOCK_ENDPOINTS", client.endpoints().join(","))
         // If this process ends without waiting for the command (an error,
         // a panic), the command is killed rather than left running unlocked.

@@ -3,11 +3,15 @@
 //!
 //! A script holds a lock across several commands by passing on what
 //! `acquire` printed: `acquire` opens a session of `--ttl` (or uses
-//! `--session`), keeps it alive while it waits, and on a grant prints
-//! `session=<id> token=<n>` and exits, leaving the session open with no
-//! keepalive: it and its lock last one TTL unless released sooner. The
-//! token then guards `put` and `delete`, and `release` takes the session and
-//! token back (and closes the session unless `--keep-session`).
+//! `--session` with `--session-secret`), keeps it alive while it waits, and
+//! on a grant prints `session=<id> secret=<hex> token=<n>` and exits,
+//! leaving the session open with no keepalive: it and its lock last one TTL
+//! unless released sooner. The session, its secret and the token then guard
+//! `put` and `delete`, and `release` takes them back (and closes the session
+//! unless `--keep-session`). The secret proves the caller owns the session:
+//! keep it out of logs, and pass it in the environment
+//! (`QUORUMLOCK_SESSION_SECRET`) rather than on a command line that others
+//! can read with `ps`.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -15,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use quorumlock_client::{Fence, FencingToken, NodeStatus, SessionId};
+use quorumlock_client::{Fence, FencingToken, NodeStatus, SessionId, SessionKey, SessionSecret};
 
 use super::{parse_duration, ClusterArgs, EXIT_NO};
 
@@ -32,29 +36,41 @@ pub struct AcquireArgs {
     ttl: Duration,
     /// Acquire under this existing session instead of opening one; it must
     /// stay alive through the wait (nothing renews it here).
-    #[arg(long)]
+    #[arg(long, requires = "session_secret")]
     session: Option<SessionId>,
+    /// The secret of `--session`, as `acquire` printed it.
+    #[arg(long, requires = "session", value_parser = parse_secret)]
+    session_secret: Option<SessionSecret>,
     /// Give up after waiting this long in the lock's queue (0s: only if
     /// free) [default: wait until granted, with or without --session].
     #[arg(long, value_parser = parse_duration)]
     wait: Option<Duration>,
 }
 
-/// Acquires a lock and prints `session=<id> token=<n>`.
+/// A session secret given as 64 hex digits.
+fn parse_secret(text: &str) -> Result<SessionSecret, String> {
+    SessionSecret::from_hex(text).map_err(|error| error.to_string())
+}
+
+/// Acquires a lock and prints `session=<id> secret=<hex> token=<n>`.
 pub async fn acquire(args: AcquireArgs) -> anyhow::Result<i32> {
     let client = args.cluster.connect().await?;
-    let (session_id, token) = match args.session {
-        Some(session_id) => match args.wait {
-            Some(wait) => (
-                session_id,
-                acquire_within(&client, session_id, &args.name, wait).await?,
-            ),
+    let given = args
+        .session
+        .zip(args.session_secret)
+        .map(|(id, secret)| SessionKey::new(id, secret));
+    let (key, token) = match given {
+        Some(key) => match args.wait {
+            Some(wait) => {
+                let token = acquire_within(&client, &key, &args.name, wait).await?;
+                (Some(key), token)
+            }
             // Without --wait the session waits in the queue until granted, one
             // server-side wait of at most lock_wait_step_max at a time.
             None => loop {
                 let step = client.config().lock_wait_step_max;
-                if let Some(token) = client.acquire(session_id, &args.name, step).await? {
-                    break (session_id, Some(token));
+                if let Some(token) = client.acquire(&key, &args.name, step).await? {
+                    break (Some(key), Some(token));
                 }
             },
         },
@@ -67,19 +83,19 @@ pub async fn acquire(args: AcquireArgs) -> anyhow::Result<i32> {
             match guard {
                 Some(guard) => {
                     let token = guard.detach().token;
-                    (session.detach(), Some(token))
+                    (Some(session.detach()), Some(token))
                 }
                 None => {
                     // Nothing was granted: the session has no further use.
                     session.close().await?;
-                    (SessionId::new(0), None)
+                    (None, None)
                 }
             }
         }
     };
-    match token {
-        Some(token) => {
-            println!("session={session_id} token={token}");
+    match key.zip(token) {
+        Some((key, token)) => {
+            println!("session={} secret={} token={token}", key.id, key.secret.to_hex());
             Ok(0)
         }
         None => {
@@ -103,14 +119,14 @@ pub async fn acquire(args: AcquireArgs) -> anyhow::Result<i32> {
 /// many server-side waits of at most `lock_wait_step_max` as that takes.
 async fn acquire_within(
     client: &quorumlock_client::Client,
-    session_id: SessionId,
+    key: &SessionKey,
     name: &str,
     wait: Duration,
 ) -> anyhow::Result<Option<FencingToken>> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if let Some(token) = client.acquire(session_id, name, left).await? {
+        if let Some(token) = client.acquire(key, name, left).await? {
             return Ok(Some(token));
         }
         if left <= client.config().lock_wait_step_max {
@@ -126,9 +142,8 @@ pub struct ReleaseArgs {
     cluster: ClusterArgs,
     /// The lock's name.
     name: String,
-    /// The holding session, as `acquire` printed it.
-    #[arg(long)]
-    session: SessionId,
+    #[command(flatten)]
+    session: SessionArgs,
     /// The token of the grant, as `acquire` printed it.
     #[arg(long)]
     token: FencingToken,
@@ -141,7 +156,8 @@ pub struct ReleaseArgs {
 /// Releases a lock and, unless asked not to, closes its session.
 pub async fn release(args: ReleaseArgs) -> anyhow::Result<i32> {
     let client = args.cluster.connect().await?;
-    let released = client.release(args.session, &args.name, args.token).await?;
+    let key = args.session.key();
+    let released = client.release(&key, &args.name, args.token).await?;
     match released.next {
         Some(next) => println!(
             "released {}; granted to session {} with token {}",
@@ -150,7 +166,7 @@ pub async fn release(args: ReleaseArgs) -> anyhow::Result<i32> {
         None => println!("released {}", args.name),
     }
     if !args.keep_session {
-        client.close_session(args.session).await?;
+        client.close_session(&key).await?;
     }
     Ok(0)
 }
@@ -176,6 +192,27 @@ pub async fn describe(args: DescribeArgs) -> anyhow::Result<i32> {
         None => println!("held=false queue_length={}", described.queue_length),
     }
     Ok(0)
+}
+
+/// The session a call is made on, and the secret that proves it is the
+/// caller's.
+#[derive(Args)]
+pub struct SessionArgs {
+    /// The session, as `acquire` printed it (`lock` exports it as
+    /// QUORUMLOCK_SESSION).
+    #[arg(long, env = "QUORUMLOCK_SESSION")]
+    session: SessionId,
+    /// The session's secret, as `acquire` printed it (`lock` exports it as
+    /// QUORUMLOCK_SESSION_SECRET). Prefer the environment: a command line
+    /// is visible to other users of the machine.
+    #[arg(long, env = "QUORUMLOCK_SESSION_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    session_secret: SessionSecret,
+}
+
+impl SessionArgs {
+    fn key(&self) -> SessionKey {
+        SessionKey::new(self.session, self.session_secret.clone())
+    }
 }
 
 /// The lock and token that guard a write.
@@ -207,6 +244,9 @@ pub struct PutArgs {
     cluster: ClusterArgs,
     #[command(flatten)]
     fence: FenceArgs,
+    /// The session that holds the fence's lock.
+    #[command(flatten)]
+    session: SessionArgs,
     /// The key.
     key: String,
     /// The value [default: read from standard input].
@@ -226,7 +266,9 @@ pub async fn put(args: PutArgs) -> anyhow::Result<i32> {
         }
     };
     let client = args.cluster.connect().await?;
-    client.put_fenced(&args.key, value, &args.fence.fence()).await?;
+    client
+        .put_fenced(&args.key, value, &args.fence.fence(), &args.session.key())
+        .await?;
     Ok(0)
 }
 
@@ -269,6 +311,9 @@ pub struct DeleteArgs {
     cluster: ClusterArgs,
     #[command(flatten)]
     fence: FenceArgs,
+    /// The session that holds the fence's lock.
+    #[command(flatten)]
+    session: SessionArgs,
     /// The key.
     key: String,
 }
@@ -276,7 +321,9 @@ pub struct DeleteArgs {
 /// Deletes a key; prints `existed=<bool>`.
 pub async fn delete(args: DeleteArgs) -> anyhow::Result<i32> {
     let client = args.cluster.connect().await?;
-    let existed = client.delete_fenced(&args.key, &args.fence.fence()).await?;
+    let existed = client
+        .delete_fenced(&args.key, &args.fence.fence(), &args.session.key())
+        .await?;
     println!("existed={existed}");
     Ok(0)
 }

@@ -616,24 +616,25 @@ impl Cluster {
     /// that sends a keepalive every `ttl_ms / 3` and reconnects to another
     /// node when its stream breaks.
     pub async fn session(&self, ttl_ms: u64) -> Session {
-        let id = self.open_session_id(ttl_ms).await;
+        let key = self.open_session_key(ttl_ms).await;
         Session {
-            id,
+            id: key.id,
+            key,
             ttl_ms,
-            keepalive: Some(KeepAlive::spawn(self.urls(), id, ttl_ms)),
+            keepalive: Some(KeepAlive::spawn(self.urls(), key, ttl_ms)),
         }
     }
 
     /// Opens a session of `ttl_ms` through a running node, retrying while the
     /// cluster answers UNAVAILABLE, without any keepalive.
-    pub async fn open_session_id(&self, ttl_ms: u64) -> u64 {
+    pub async fn open_session_key(&self, ttl_ms: u64) -> Key {
         let client = self.any_client().await;
         let opened = retry_unavailable("OpenSession", || open_session(&client, ttl_ms))
             .await
             .unwrap_or_else(|status| panic!("OpenSession(ttl_ms = {ttl_ms}) failed: {status:?}"));
         assert_eq!(opened.ttl_ms, ttl_ms, "OpenSession granted a different TTL");
         assert_ne!(opened.session_id, 0, "OpenSession returned session id 0");
-        opened.session_id
+        Key::of(&opened)
     }
 
     /// The last lines of every node's log, for failure reports.
@@ -692,10 +693,51 @@ pub async fn connect(url: &str) -> anyhow::Result<Channel> {
     Ok(channel)
 }
 
+/// What a call on a session presents: its id and the secret `OpenSession`
+/// returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key {
+    /// The session id.
+    pub id: u64,
+    /// Its secret.
+    pub secret: [u8; 32],
+}
+
+/// A key prints as its session id: the secret stays out of messages.
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.id)
+    }
+}
+
+impl Key {
+    /// The key `OpenSession` answered with.
+    pub fn of(opened: &OpenSessionResponse) -> Key {
+        Key {
+            id: opened.session_id,
+            secret: opened.session_secret.as_slice().try_into().unwrap_or_else(|_| {
+                panic!(
+                    "OpenSession returned a secret of {} bytes",
+                    opened.session_secret.len()
+                )
+            }),
+        }
+    }
+
+    /// The same id with another secret: an impostor's key.
+    pub fn forged(self) -> Key {
+        let mut secret = self.secret;
+        secret[0] ^= 0x5a;
+        Key { secret, ..self }
+    }
+}
+
 /// A session opened by the test, with its optional keepalive task.
 pub struct Session {
     /// The session id the cluster assigned.
     pub id: u64,
+    /// The id and secret that calls on it present.
+    pub key: Key,
     /// The TTL it was opened with.
     pub ttl_ms: u64,
     keepalive: Option<KeepAlive>,
@@ -739,7 +781,7 @@ impl KeepAlive {
     /// Starts keeping `session_id` alive, sending a renewal every
     /// `ttl_ms / 3` over a KeepAlive stream to one of `urls`; when a stream
     /// breaks it moves on to the next URL.
-    pub fn spawn(urls: Vec<String>, session_id: u64, ttl_ms: u64) -> KeepAlive {
+    pub fn spawn(urls: Vec<String>, session_id: Key, ttl_ms: u64) -> KeepAlive {
         assert!(!urls.is_empty(), "a keepalive needs at least one node");
         let (stop_sender, stop_receiver) = oneshot::channel();
         let period = Duration::from_millis((ttl_ms / 3).max(1));
@@ -780,7 +822,7 @@ impl Drop for KeepAlive {
 
 async fn keepalive_loop(
     urls: Vec<String>,
-    session_id: u64,
+    session_id: Key,
     period: Duration,
     mut stop: oneshot::Receiver<()>,
 ) -> KeepAliveEnd {
@@ -806,12 +848,15 @@ async fn keepalive_loop(
 /// Runs one KeepAlive stream against `url` until it breaks. Returns the
 /// NOT_FOUND status when the session is gone, or `None` when the stream broke
 /// for another reason and should be opened again elsewhere.
-async fn keepalive_stream(url: &str, session_id: u64, period: Duration) -> Option<Status> {
+async fn keepalive_stream(url: &str, session: Key, period: Duration) -> Option<Status> {
     let channel = connect(url).await.ok()?;
     let mut client = LockClient::new(channel);
-    let request = KeepAliveRequest { session_id };
+    let request = KeepAliveRequest {
+        session_id: session.id,
+        session_secret: session.secret.to_vec(),
+    };
     let (sender, receiver) = mpsc::channel(4);
-    sender.try_send(request).ok()?;
+    sender.try_send(request.clone()).ok()?;
     let mut responses =
         match tokio::time::timeout(RPC_TIMEOUT, client.keep_alive(ReceiverStream::new(receiver))).await {
             Ok(Ok(response)) => response.into_inner(),
@@ -833,7 +878,7 @@ async fn keepalive_stream(url: &str, session_id: u64, period: Duration) -> Optio
                 }
                 // A full buffer means the node is not reading; skipping a
                 // renewal is then better than blocking the loop.
-                if let Err(mpsc::error::TrySendError::Closed(_)) = sender.try_send(request) {
+                if let Err(mpsc::error::TrySendError::Closed(_)) = sender.try_send(request.clone()) {
                     return None;
                 }
             }
@@ -973,27 +1018,29 @@ pub async fn open_session(client: &LockClient<Channel>, ttl_ms: u64) -> Result<O
 /// `CloseSession`.
 pub async fn close_session(
     client: &LockClient<Channel>,
-    session_id: u64,
+    session: Key,
 ) -> Result<CloseSessionResponse, Status> {
     let mut client = client.clone();
-    call(
-        "CloseSession",
-        RPC_TIMEOUT,
-        client.close_session(CloseSessionRequest { session_id }),
-    )
-    .await
+    let request = CloseSessionRequest {
+        session_id: session.id,
+        session_secret: session.secret.to_vec(),
+    };
+    call("CloseSession", RPC_TIMEOUT, client.close_session(request)).await
 }
 
 /// Opens a KeepAlive stream, sends one renewal and reads one answer.
 /// `Ok(None)` means the stream ended cleanly without an answer.
 pub async fn keep_alive_once(
     client: &LockClient<Channel>,
-    session_id: u64,
+    session: Key,
 ) -> Result<Option<KeepAliveResponse>, Status> {
     let mut client = client.clone();
     let (sender, receiver) = mpsc::channel(1);
     sender
-        .try_send(KeepAliveRequest { session_id })
+        .try_send(KeepAliveRequest {
+            session_id: session.id,
+            session_secret: session.secret.to_vec(),
+        })
         .expect("a fresh channel has room");
     let exchange = async {
         let mut responses = client
@@ -1014,15 +1061,16 @@ pub async fn keep_alive_once(
 /// `Acquire`; the RPC bound covers the lock wait.
 pub async fn acquire(
     client: &LockClient<Channel>,
-    session_id: u64,
+    session: Key,
     name: impl AsRef<[u8]>,
     wait_ms: u64,
 ) -> Result<AcquireResponse, Status> {
     let mut client = client.clone();
     let request = AcquireRequest {
-        session_id,
+        session_id: session.id,
         name: name.as_ref().to_vec(),
         wait_ms,
+        session_secret: session.secret.to_vec(),
     };
     call(
         "Acquire",
@@ -1034,8 +1082,9 @@ pub async fn acquire(
 
 /// `Acquire` that must grant: panics unless the answer is OK with
 /// `acquired = true`, and returns the token.
-pub async fn acquire_granted(client: &LockClient<Channel>, session_id: u64, name: &str, wait_ms: u64) -> u64 {
-    let granted = acquire(client, session_id, name, wait_ms)
+pub async fn acquire_granted(client: &LockClient<Channel>, session: Key, name: &str, wait_ms: u64) -> u64 {
+    let session_id = session.id;
+    let granted = acquire(client, session, name, wait_ms)
         .await
         .unwrap_or_else(|status| panic!("Acquire({name:?}) by session {session_id}: {status:?}"));
     assert!(
@@ -1049,15 +1098,16 @@ pub async fn acquire_granted(client: &LockClient<Channel>, session_id: u64, name
 /// `Release`.
 pub async fn release(
     client: &LockClient<Channel>,
-    session_id: u64,
+    session: Key,
     name: impl AsRef<[u8]>,
     token: u64,
 ) -> Result<ReleaseResponse, Status> {
     let mut client = client.clone();
     let request = ReleaseRequest {
-        session_id,
+        session_id: session.id,
         name: name.as_ref().to_vec(),
         token,
+        session_secret: session.secret.to_vec(),
     };
     call("Release", RPC_TIMEOUT, client.release(request)).await
 }
@@ -1101,17 +1151,21 @@ pub async fn wait_for_queue_length(client: &LockClient<Channel>, name: &str, que
 }
 
 /// `Put`.
+/// `Put` by `session`, which must hold the fence's lock.
 pub async fn put(
     client: &LockClient<Channel>,
     key: impl AsRef<[u8]>,
     value: impl AsRef<[u8]>,
     fence: Option<Fence>,
+    session: Key,
 ) -> Result<(), Status> {
     let mut client = client.clone();
     let request = PutRequest {
         key: key.as_ref().to_vec(),
         value: value.as_ref().to_vec(),
         fence,
+        session_id: session.id,
+        session_secret: session.secret.to_vec(),
     };
     call("Put", RPC_TIMEOUT, client.put(request)).await.map(|_| ())
 }
@@ -1126,15 +1180,19 @@ pub async fn get(client: &LockClient<Channel>, key: impl AsRef<[u8]>) -> Result<
 }
 
 /// `Delete`.
+/// `Delete` by `session`, which must hold the fence's lock.
 pub async fn delete(
     client: &LockClient<Channel>,
     key: impl AsRef<[u8]>,
     fence: Option<Fence>,
+    session: Key,
 ) -> Result<DeleteResponse, Status> {
     let mut client = client.clone();
     let request = DeleteRequest {
         key: key.as_ref().to_vec(),
         fence,
+        session_id: session.id,
+        session_secret: session.secret.to_vec(),
     };
     call("Delete", RPC_TIMEOUT, client.delete(request)).await
 }

@@ -106,11 +106,12 @@ class Client:
                 self.current = (self.current + 1) % len(self.stubs)
                 time.sleep(UNAVAILABLE_PAUSE_SECONDS)
 
-    def keep_alive_once(self, pb, session_id):
+    def keep_alive_once(self, pb, session_id, secret):
         """Sends one renewal on the KeepAlive stream and reads its answer."""
         stub = self.stubs[self.current]
         responses = stub.KeepAlive(
-            iter([pb.KeepAliveRequest(session_id=session_id)]), timeout=RPC_DEADLINE_SECONDS
+            iter([pb.KeepAliveRequest(session_id=session_id, session_secret=secret)]),
+            timeout=RPC_DEADLINE_SECONDS,
         )
         try:
             return next(responses)
@@ -145,11 +146,15 @@ def run(pb, client, lock, key):
     lock_bytes = lock.encode()
     key_bytes = key.encode()
 
-    a = client.call("OpenSession", pb.OpenSessionRequest(ttl_ms=SESSION_TTL_MS)).session_id
+    opened = client.call("OpenSession", pb.OpenSessionRequest(ttl_ms=SESSION_TTL_MS))
+    a, a_secret = opened.session_id, opened.session_secret
     expect(a != 0, "OpenSession returned session id 0")
-    print(f"session A opened: id={a}")
+    expect(len(a_secret) == 32, f"OpenSession returned a 32-byte session secret, not {len(a_secret)} bytes")
+    print(f"session A opened: id={a}, with a {len(a_secret)}-byte secret")
 
-    granted = client.call("Acquire", pb.AcquireRequest(session_id=a, name=lock_bytes, wait_ms=0))
+    granted = client.call(
+        "Acquire", pb.AcquireRequest(session_id=a, name=lock_bytes, wait_ms=0, session_secret=a_secret)
+    )
     expect(granted.acquired, f"A's try-lock of {lock!r} was not granted: {granted}")
     t1 = granted.token
     expect(t1 > 0, "a grant carries a nonzero token")
@@ -162,11 +167,20 @@ def run(pb, client, lock, key):
     )
     print(f"describe {lock}: held by session {described.holder_session_id}, token={described.token}")
 
-    renewed = client.keep_alive_once(pb, a)
+    renewed = client.keep_alive_once(pb, a, a_secret)
     expect(renewed.session_id == a, f"KeepAlive renewed session {a}: {renewed}")
     print(f"A renewed its session over KeepAlive: ttl_ms={renewed.ttl_ms}")
 
-    client.call("Put", pb.PutRequest(key=key_bytes, value=b"written by A", fence=pb.Fence(lock=lock_bytes, token=t1)))
+    client.call(
+        "Put",
+        pb.PutRequest(
+            key=key_bytes,
+            value=b"written by A",
+            fence=pb.Fence(lock=lock_bytes, token=t1),
+            session_id=a,
+            session_secret=a_secret,
+        ),
+    )
     print(f"A put {key} with token {t1}")
     got = client.call("Get", pb.GetRequest(key=key_bytes))
     expect(
@@ -175,24 +189,82 @@ def run(pb, client, lock, key):
     )
     print(f"get {key}: {got.value.decode()!r} written with token {got.written_by.token}")
 
-    client.call("Release", pb.ReleaseRequest(session_id=a, name=lock_bytes, token=t1))
+    # Someone who knows A's id and the current token, but not A's secret,
+    # can neither release A's lock nor write under it.
+    guessed = bytes(32)
+    for method, request in (
+        ("Release", pb.ReleaseRequest(session_id=a, name=lock_bytes, token=t1, session_secret=guessed)),
+        (
+            "Put",
+            pb.PutRequest(
+                key=key_bytes,
+                value=b"hijacked",
+                fence=pb.Fence(lock=lock_bytes, token=t1),
+                session_id=a,
+                session_secret=guessed,
+            ),
+        ),
+        ("CloseSession", pb.CloseSessionRequest(session_id=a, session_secret=guessed)),
+    ):
+        refusal = refused(pb, lambda: client.call(method, request))
+        expect(refusal is not None, f"{method} on A's session with a guessed secret was accepted")
+        code, message, detail = refusal
+        expect(
+            code == grpc.StatusCode.PERMISSION_DENIED
+            and detail is not None
+            and detail.reason == pb.ERROR_REASON_NOT_SESSION_OWNER
+            and detail.session_id == a,
+            f"{method} with a guessed secret is PERMISSION_DENIED (NOT_SESSION_OWNER): {code}: {message}",
+        )
+        print(f"{method} on A's session with a guessed secret refused: {code.name}: {message}")
+    refusal = refused(pb, lambda: client.call("CloseSession", pb.CloseSessionRequest(session_id=a)))
+    expect(
+        refusal is not None and refusal[0] == grpc.StatusCode.UNAUTHENTICATED,
+        f"CloseSession without a secret is UNAUTHENTICATED: {refusal}",
+    )
+    print(f"CloseSession of A without a secret refused: {refusal[0].name}")
+    described = client.call("Describe", pb.DescribeRequest(name=lock_bytes))
+    expect(
+        described.held and described.holder_session_id == a and described.token == t1,
+        f"A still holds {lock} after the hijack attempts: {described}",
+    )
+
+    client.call("Release", pb.ReleaseRequest(session_id=a, name=lock_bytes, token=t1, session_secret=a_secret))
     print(f"A released token {t1}")
 
-    b = client.call("OpenSession", pb.OpenSessionRequest(ttl_ms=SESSION_TTL_MS)).session_id
+    opened = client.call("OpenSession", pb.OpenSessionRequest(ttl_ms=SESSION_TTL_MS))
+    b, b_secret = opened.session_id, opened.session_secret
     print(f"session B opened: id={b}")
-    granted = client.call("Acquire", pb.AcquireRequest(session_id=b, name=lock_bytes, wait_ms=0))
+    granted = client.call(
+        "Acquire", pb.AcquireRequest(session_id=b, name=lock_bytes, wait_ms=0, session_secret=b_secret)
+    )
     expect(granted.acquired, f"B's try-lock of {lock!r} was not granted: {granted}")
     t2 = granted.token
     expect(t2 > t1, f"tokens increase: B's {t2} must exceed A's {t1}")
     print(f"B acquired {lock}: token={t2}")
-    client.call("Put", pb.PutRequest(key=key_bytes, value=b"written by B", fence=pb.Fence(lock=lock_bytes, token=t2)))
+    client.call(
+        "Put",
+        pb.PutRequest(
+            key=key_bytes,
+            value=b"written by B",
+            fence=pb.Fence(lock=lock_bytes, token=t2),
+            session_id=b,
+            session_secret=b_secret,
+        ),
+    )
     print(f"B put {key} with token {t2}")
 
     refusal = refused(
         pb,
         lambda: client.call(
             "Put",
-            pb.PutRequest(key=key_bytes, value=b"late write by A", fence=pb.Fence(lock=lock_bytes, token=t1)),
+            pb.PutRequest(
+                key=key_bytes,
+                value=b"late write by A",
+                fence=pb.Fence(lock=lock_bytes, token=t1),
+                session_id=a,
+                session_secret=a_secret,
+            ),
         ),
     )
     expect(refusal is not None, f"A's put with stale token {t1} was accepted")
@@ -221,13 +293,13 @@ def run(pb, client, lock, key):
     )
     print(f"get {key}: {got.value.decode()!r} written with token {got.written_by.token}")
 
-    client.call("Release", pb.ReleaseRequest(session_id=b, name=lock_bytes, token=t2))
+    client.call("Release", pb.ReleaseRequest(session_id=b, name=lock_bytes, token=t2, session_secret=b_secret))
     print(f"B released token {t2}")
     described = client.call("Describe", pb.DescribeRequest(name=lock_bytes))
     expect(not described.held, f"{lock} is free after both releases: {described}")
 
-    for name, session in (("A", a), ("B", b)):
-        client.call("CloseSession", pb.CloseSessionRequest(session_id=session))
+    for name, session, secret in (("A", a, a_secret), ("B", b, b_secret)):
+        client.call("CloseSession", pb.CloseSessionRequest(session_id=session, session_secret=secret))
         print(f"session {name} closed")
 
 

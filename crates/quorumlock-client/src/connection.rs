@@ -15,10 +15,11 @@ use super::config::ClientConfig;
 use super::endpoints::{leader_hint, parse_endpoint, parse_endpoint_list, Picked, Pool};
 use super::error::{code_name, describe_status, ClientError, EndpointFailure, Refusal};
 use super::guard::LockGuard;
+use super::key::{SessionKey, SessionSecret};
 use super::session::Session;
 use quorumlock_proto::limits::{
-    API_MESSAGE_BYTES_MAX, KEY_BYTES_MAX, LOCK_NAME_BYTES_MAX, SESSION_TTL_MS_MAX, SESSION_TTL_MS_MIN,
-    VALUE_BYTES_MAX,
+    API_MESSAGE_BYTES_MAX, KEY_BYTES_MAX, LOCK_NAME_BYTES_MAX, SESSION_SECRET_BYTES, SESSION_TTL_MS_MAX,
+    SESSION_TTL_MS_MIN, VALUE_BYTES_MAX,
 };
 use quorumlock_proto::v1 as pb;
 use quorumlock_proto::v1::cluster_client::ClusterClient;
@@ -412,19 +413,20 @@ impl Client {
     /// [`LockGuard`]s) is dropped.
     pub async fn session(&self, ttl: Duration) -> Result<Session, ClientError> {
         let opened_at = Instant::now();
-        let (session_id, ttl) = self.open_bare_session(ttl).await?;
-        Ok(Session::start(self.clone(), session_id, ttl, opened_at))
+        let (key, ttl) = self.open_bare_session(ttl).await?;
+        Ok(Session::start(self.clone(), key, ttl, opened_at))
     }
 
     /// Opens a session that nothing keeps alive: it expires one TTL after
     /// the cluster opened it unless renewed. For scripts that hand the
-    /// session id on; programs want [`Client::session`]. Returns the
-    /// session id and the TTL granted.
+    /// session on; programs want [`Client::session`]. Returns the session's
+    /// key (its id and the secret every call on it presents) and the TTL
+    /// granted.
     ///
     /// An `OpenSession` repeated after a failure that may have taken effect
     /// opens a second session; the first, unknown to the client, holds
     /// nothing and expires one TTL later.
-    pub async fn open_bare_session(&self, ttl: Duration) -> Result<(SessionId, Duration), ClientError> {
+    pub async fn open_bare_session(&self, ttl: Duration) -> Result<(SessionKey, Duration), ClientError> {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         if !(SESSION_TTL_MS_MIN..=SESSION_TTL_MS_MAX).contains(&ttl_ms) {
             return Err(ClientError::InvalidArgument(format!(
@@ -440,45 +442,47 @@ impl Client {
                     .await
             })
             .await?;
+        let secret = SessionSecret::from_bytes(&opened.session_secret).map_err(|_| ClientError::Rpc {
+            endpoint: self.current_endpoint(),
+            code: Code::Internal,
+            refusal: None,
+            message: format!(
+                "OpenSession returned a session secret of {} bytes, not {SESSION_SECRET_BYTES}",
+                opened.session_secret.len()
+            ),
+        })?;
         Ok((
-            SessionId::new(opened.session_id),
+            SessionKey::new(SessionId::new(opened.session_id), secret),
             Duration::from_millis(opened.ttl_ms),
         ))
     }
 
-    /// Closes a session by id, releasing its locks and leaving its queues;
+    /// Closes a session, releasing its locks and leaving its queues;
     /// returns the locks it held. [`ClientError::OutcomeUnknown`] when an
     /// attempt that may have closed it failed and the repeat found no such
     /// session.
-    pub async fn close_session(&self, session_id: SessionId) -> Result<Vec<String>, ClientError> {
+    pub async fn close_session(&self, session: &SessionKey) -> Result<Vec<String>, ClientError> {
         let closed = self
-            .call_tracked(
-                Duration::ZERO,
-                Repeat::Ambiguous,
-                |mut client, timeout| async move {
-                    client
-                        .close_session(request(
-                            pb::CloseSessionRequest {
-                                session_id: session_id.get(),
-                            },
-                            timeout,
-                        ))
-                        .await
-                },
-            )
+            .call_tracked(Duration::ZERO, Repeat::Ambiguous, |mut client, timeout| {
+                let message = pb::CloseSessionRequest {
+                    session_id: session.id.get(),
+                    session_secret: session.secret_bytes(),
+                };
+                async move { client.close_session(request(message, timeout)).await }
+            })
             .await
             .resolve(&[Code::NotFound])?;
         Ok(closed.released)
     }
 
-    /// `Acquire` for a session by id: a try-lock when `wait` is zero, else a
+    /// `Acquire` for a session: a try-lock when `wait` is zero, else a
     /// wait of at most `wait` in the lock's FIFO queue. Returns the fencing
     /// token, or `None` when the lock was not granted. The wait is capped at
     /// [`ClientConfig::lock_wait_step_max`]. Programs want
     /// [`Session::lock`] and friends, which return guards.
     pub async fn acquire(
         &self,
-        session_id: SessionId,
+        session: &SessionKey,
         name: &str,
         wait: Duration,
     ) -> Result<Option<FencingToken>, ClientError> {
@@ -488,19 +492,13 @@ impl Client {
         let name = name.as_bytes().to_vec();
         let answer = self
             .call(wait, |mut client, timeout| {
-                let name = name.clone();
-                async move {
-                    client
-                        .acquire(request(
-                            pb::AcquireRequest {
-                                session_id: session_id.get(),
-                                name,
-                                wait_ms,
-                            },
-                            timeout,
-                        ))
-                        .await
-                }
+                let message = pb::AcquireRequest {
+                    session_id: session.id.get(),
+                    name: name.clone(),
+                    wait_ms,
+                    session_secret: session.secret_bytes(),
+                };
+                async move { client.acquire(request(message, timeout)).await }
             })
             .await?;
         Ok(answer.acquired.then_some(FencingToken::new(answer.token)))
@@ -515,7 +513,7 @@ impl Client {
     /// this session, but who was granted it next is unknown.
     pub async fn release(
         &self,
-        session_id: SessionId,
+        session: &SessionKey,
         name: &str,
         token: FencingToken,
     ) -> Result<Released, ClientError> {
@@ -523,19 +521,13 @@ impl Client {
         let name = name.as_bytes().to_vec();
         let answer = self
             .call_tracked(Duration::ZERO, Repeat::Ambiguous, |mut client, timeout| {
-                let name = name.clone();
-                async move {
-                    client
-                        .release(request(
-                            pb::ReleaseRequest {
-                                session_id: session_id.get(),
-                                name,
-                                token: token.get(),
-                            },
-                            timeout,
-                        ))
-                        .await
-                }
+                let message = pb::ReleaseRequest {
+                    session_id: session.id.get(),
+                    name: name.clone(),
+                    token: token.get(),
+                    session_secret: session.secret_bytes(),
+                };
+                async move { client.release(request(message, timeout)).await }
             })
             .await
             .resolve(&[Code::NotFound, Code::FailedPrecondition])?;
@@ -572,7 +564,7 @@ impl Client {
 
     /// Writes `value` under `key`, fenced by the guard's lock and token: the
     /// cluster refuses it with `FAILED_PRECONDITION` unless the token is
-    /// still the lock's current one. [`ClientError::OutcomeUnknown`] when an
+    /// still the lock's current one and the guard's session holds it. [`ClientError::OutcomeUnknown`] when an
     /// attempt that may have written failed and the repeat was refused: the
     /// value may or may not be stored.
     pub async fn put(
@@ -581,16 +573,19 @@ impl Client {
         value: impl Into<Vec<u8>>,
         guard: &LockGuard,
     ) -> Result<(), ClientError> {
-        self.put_fenced(key, value, &guard.fence()).await
+        self.put_fenced(key, value, &guard.fence(), guard.session_key())
+            .await
     }
 
-    /// Like [`Client::put`] with an explicit fence, for holders that keep
-    /// the token elsewhere (a script, another process).
+    /// Like [`Client::put`] with an explicit fence and the key of the
+    /// session that holds its lock, for holders that keep them elsewhere (a
+    /// script, another process).
     pub async fn put_fenced(
         &self,
         key: &str,
         value: impl Into<Vec<u8>>,
         fence: &Fence,
+        session: &SessionKey,
     ) -> Result<(), ClientError> {
         check_key(key)?;
         check_lock_name(&fence.lock)?;
@@ -603,6 +598,8 @@ impl Client {
                 key: key.clone(),
                 value: value.clone(),
                 fence: Some(fence.clone()),
+                session_id: session.id.get(),
+                session_secret: session.secret_bytes(),
             };
             async move { client.put(request(message, timeout)).await }
         })
@@ -635,11 +632,16 @@ impl Client {
     /// it failed and the repeat found the key gone: it is gone, but whether
     /// this call deleted it is unknown.
     pub async fn delete(&self, key: &str, guard: &LockGuard) -> Result<bool, ClientError> {
-        self.delete_fenced(key, &guard.fence()).await
+        self.delete_fenced(key, &guard.fence(), guard.session_key()).await
     }
 
-    /// Like [`Client::delete`] with an explicit fence.
-    pub async fn delete_fenced(&self, key: &str, fence: &Fence) -> Result<bool, ClientError> {
+    /// Like [`Client::delete`] with an explicit fence and session.
+    pub async fn delete_fenced(
+        &self,
+        key: &str,
+        fence: &Fence,
+        session: &SessionKey,
+    ) -> Result<bool, ClientError> {
         check_key(key)?;
         check_lock_name(&fence.lock)?;
         let key = key.as_bytes().to_vec();
@@ -649,6 +651,8 @@ impl Client {
                 let message = pb::DeleteRequest {
                     key: key.clone(),
                     fence: Some(fence.clone()),
+                    session_id: session.id.get(),
+                    session_secret: session.secret_bytes(),
                 };
                 async move { client.delete(request(message, timeout)).await }
             })

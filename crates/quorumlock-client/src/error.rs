@@ -30,7 +30,21 @@ pub enum Refusal {
         /// The session.
         session: SessionId,
     },
-    /// A release named a lock the session does not hold.
+    /// The caller is not the session's owner: the secret presented is not
+    /// the session's, or the identity is not the one that opened it.
+    NotSessionOwner {
+        /// The session.
+        session: SessionId,
+    },
+    /// The call presented no session secret, or no identity where the node
+    /// requires one.
+    Unauthenticated {
+        /// The session, when the call named one.
+        session: SessionId,
+        /// What was missing (`session_secret`), when the node said.
+        field: String,
+    },
+    /// A release or fenced write named a lock the session does not hold.
     NotHolder {
         /// The lock.
         lock: String,
@@ -123,6 +137,11 @@ impl Refusal {
             Ok(ErrorReason::NodeFailed) => Refusal::NodeFailed,
             Ok(ErrorReason::ForwardingFailed) => Refusal::ForwardingFailed,
             Ok(ErrorReason::Internal) => Refusal::Internal,
+            Ok(ErrorReason::NotSessionOwner) => Refusal::NotSessionOwner { session },
+            Ok(ErrorReason::Unauthenticated) => Refusal::Unauthenticated {
+                session,
+                field: detail.field,
+            },
             Ok(ErrorReason::Unspecified) | Err(_) => Refusal::Other(detail.reason),
         }
     }

@@ -51,6 +51,12 @@ impl LockGuard {
         self.session.id
     }
 
+    /// The key (id and secret) of the session that holds the lock, which
+    /// fenced writes present with the fence.
+    pub fn session_key(&self) -> &super::SessionKey {
+        &self.session.key
+    }
+
     /// The lock and token, as fenced writes present them.
     pub fn fence(&self) -> Fence {
         Fence {
@@ -105,7 +111,7 @@ impl LockGuard {
         let _releasing = Claims::start_release(&self.session, &self.name);
         self.session
             .client
-            .release(self.session.id, &self.name, self.token)
+            .release(&self.session.key, &self.name, self.token)
             .await
     }
 }
@@ -139,7 +145,7 @@ impl Drop for LockGuard {
         let token = self.token;
         runtime.spawn(async move {
             let session = slot.session();
-            if let Err(error) = session.client.release(session.id, slot.name(), token).await {
+            if let Err(error) = session.client.release(&session.key, slot.name(), token).await {
                 tracing::debug!(lock = %slot.name(), %token, %error, "releasing a dropped lock guard failed");
             }
             drop(slot);

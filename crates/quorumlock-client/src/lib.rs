@@ -47,6 +47,7 @@ mod connection;
 mod endpoints;
 mod error;
 mod guard;
+mod key;
 mod session;
 
 pub use backoff::Backoff;
@@ -57,5 +58,6 @@ pub use connection::{
 pub use endpoints::{parse_endpoint, parse_endpoint_list};
 pub use error::{code_name, ClientError, EndpointFailure, LostReason, Refusal};
 pub use guard::LockGuard;
+pub use key::{SessionKey, SessionSecret};
 pub use quorumlock_proto::{FencingToken, NodeId, SessionId};
 pub use session::Session;

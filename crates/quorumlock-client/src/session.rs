@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Code;
+use tonic::{Code, Status};
 
 use super::backoff::Backoff;
 use super::claims::{release_if_holder, ClaimAttempt, Claims};
@@ -20,6 +20,7 @@ use super::connection::Client;
 use super::endpoints::{leader_hint, Picked};
 use super::error::{describe_status, ClientError, LostReason};
 use super::guard::LockGuard;
+use super::key::SessionKey;
 use quorumlock_proto::v1 as pb;
 use quorumlock_proto::v1::lock_client::LockClient;
 
@@ -28,6 +29,8 @@ use quorumlock_proto::v1::lock_client::LockClient;
 pub(crate) struct SessionShared {
     pub(crate) client: Client,
     pub(crate) id: SessionId,
+    /// The id and the secret every call on the session presents.
+    pub(crate) key: SessionKey,
     ttl: Duration,
     lost: watch::Receiver<Option<LostReason>>,
     lost_sender: Arc<watch::Sender<Option<LostReason>>>,
@@ -123,10 +126,10 @@ impl Drop for SessionShared {
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let client = self.client.clone();
-            let id = self.id;
+            let key = self.key.clone();
             runtime.spawn(async move {
-                if let Err(error) = client.close_session(id).await {
-                    tracing::debug!(session = %id, %error, "closing a dropped session failed");
+                if let Err(error) = client.close_session(&key).await {
+                    tracing::debug!(session = %key.id, %error, "closing a dropped session failed");
                 }
             });
         }
@@ -151,14 +154,15 @@ impl Session {
     /// Starts keeping session `id` alive; `opened_at` is when `OpenSession`
     /// was sent, so the client's idea of the lease never outlasts the
     /// server's.
-    pub(crate) fn start(client: Client, id: SessionId, ttl: Duration, opened_at: Instant) -> Session {
+    pub(crate) fn start(client: Client, key: SessionKey, ttl: Duration, opened_at: Instant) -> Session {
+        let id = key.id;
         let (lost_sender, lost) = watch::channel(None);
         let lost_sender = Arc::new(lost_sender);
         let (stop_sender, stop) = oneshot::channel();
         let (lease_sender, lease_deadline) = watch::channel(opened_at + ttl);
         tokio::spawn(keep_alive(
             client.clone(),
-            id,
+            key.clone(),
             ttl,
             lease_sender,
             lost_sender.clone(),
@@ -168,6 +172,7 @@ impl Session {
             shared: Arc::new(SessionShared {
                 client,
                 id,
+                key,
                 ttl,
                 lost,
                 lost_sender,
@@ -182,6 +187,13 @@ impl Session {
     /// The session id the cluster assigned.
     pub fn id(&self) -> SessionId {
         self.shared.id
+    }
+
+    /// The session's id and secret, for calls made on it by hand (a
+    /// fenced write with [`Client::put_fenced`], another process that takes
+    /// the session over). Treat it as a password.
+    pub fn key(&self) -> &SessionKey {
+        &self.shared.key
     }
 
     /// The TTL the cluster granted.
@@ -267,7 +279,7 @@ impl Session {
             // releases that grant.
             claim.maybe_granted = true;
             let granted = tokio::select! {
-                granted = shared.client.acquire(shared.id, name, step) => granted,
+                granted = shared.client.acquire(&shared.key, name, step) => granted,
                 // Dropping the call cancels it, and the server takes the
                 // session out of the queue.
                 reason = shared.lost() => return Err(shared.lost_error(reason)),
@@ -326,12 +338,13 @@ impl Session {
     /// Stops renewing the session and lets go of it without closing it: it
     /// stays open, with its locks, until one TTL after its last renewal
     /// unless something else renews it. For handing a session to another
-    /// process; returns its id. Guards taken under it no longer renew it
-    /// either; detach them too so that dropping them does not release.
-    pub fn detach(self) -> SessionId {
+    /// process; returns its key (id and secret). Guards taken under it no
+    /// longer renew it either; detach them too so that dropping them does
+    /// not release.
+    pub fn detach(self) -> SessionKey {
         self.shared.closed.store(true, Ordering::SeqCst);
         self.shared.stop_keepalive();
-        self.shared.id
+        self.shared.key.clone()
     }
 
     /// Closes the session: releases its locks, leaves its queues and stops
@@ -341,7 +354,7 @@ impl Session {
         let shared = &self.shared;
         shared.stop_keepalive();
         shared.closed.store(true, Ordering::SeqCst);
-        let outcome = shared.client.close_session(shared.id).await;
+        let outcome = shared.client.close_session(&shared.key).await;
         shared.mark_lost(LostReason::Closed);
         outcome
     }
@@ -399,7 +412,7 @@ enum StreamEnd {
 /// Renews session `id` until stopped or lost, moving between endpoints.
 async fn keep_alive(
     client: Client,
-    id: SessionId,
+    key: SessionKey,
     ttl: Duration,
     lease: watch::Sender<Instant>,
     lost: Arc<watch::Sender<Option<LostReason>>>,
@@ -424,7 +437,7 @@ async fn keep_alive(
         let deadline_before = deadline;
         let end = tokio::select! {
             _ = &mut stop => return,
-            end = one_stream(&picked, id, period, config.rpc_timeout, &mut deadline, &lease) => end,
+            end = one_stream(&picked, &key, period, config.rpc_timeout, &mut deadline, &lease) => end,
         };
         match end {
             StreamEnd::Gone { message } => {
@@ -443,7 +456,7 @@ async fn keep_alive(
                     // The stream did renew before it broke: start over.
                     backoff = Backoff::new(config.backoff_initial, config.backoff_max.min(period));
                 }
-                tracing::debug!(session = %id, endpoint = %picked.addr, "keepalive stream broke; reconnecting");
+                tracing::debug!(session = %key.id, endpoint = %picked.addr, "keepalive stream broke; reconnecting");
                 client.pool().failed(&picked, hint);
                 let pause = backoff.next_pause();
                 tokio::select! {
@@ -465,16 +478,19 @@ async fn keep_alive(
 /// server's own deadline).
 async fn one_stream(
     picked: &Picked,
-    id: SessionId,
+    key: &SessionKey,
     period: Duration,
     open_timeout: Duration,
     deadline: &mut Instant,
     lease: &watch::Sender<Instant>,
 ) -> StreamEnd {
-    let renewal = pb::KeepAliveRequest { session_id: id.get() };
+    let renewal = pb::KeepAliveRequest {
+        session_id: key.id.get(),
+        session_secret: key.secret_bytes(),
+    };
     let (sender, receiver) = mpsc::channel(KEEPALIVE_UNANSWERED_MAX);
     let mut sent: VecDeque<Instant> = VecDeque::with_capacity(KEEPALIVE_UNANSWERED_MAX);
-    if sender.try_send(renewal).is_err() {
+    if sender.try_send(renewal.clone()).is_err() {
         return StreamEnd::Broken { hint: None };
     }
     sent.push_back(Instant::now());
@@ -486,7 +502,7 @@ async fn one_stream(
     };
     let mut replies = match opened {
         Ok(response) => response.into_inner(),
-        Err(status) if status.code() == Code::NotFound => {
+        Err(status) if session_refused(&status) => {
             return StreamEnd::Gone {
                 message: describe_status(&status),
             }
@@ -512,7 +528,7 @@ async fn one_stream(
                 if sent.front().is_some_and(|oldest| oldest.elapsed() > period) {
                     return StreamEnd::Broken { hint: None };
                 }
-                match sender.try_send(renewal) {
+                match sender.try_send(renewal.clone()) {
                     Ok(()) => sent.push_back(Instant::now()),
                     Err(mpsc::error::TrySendError::Full(_)) => {}
                     Err(mpsc::error::TrySendError::Closed(_)) => return StreamEnd::Broken { hint: None },
@@ -526,11 +542,21 @@ async fn one_stream(
                     }
                 }
                 Ok(None) => return StreamEnd::Broken { hint: None },
-                Err(status) if status.code() == Code::NotFound => {
+                Err(status) if session_refused(&status) => {
                     return StreamEnd::Gone { message: describe_status(&status) }
                 }
                 Err(status) => return StreamEnd::Broken { hint: leader_hint(&status) },
             }
         }
     }
+}
+
+/// Whether a keepalive answer says the session cannot be renewed by this
+/// client at all (it is gone, or the cluster does not take this client for
+/// its owner), so that no other node would renew it either.
+fn session_refused(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::NotFound | Code::PermissionDenied | Code::Unauthenticated | Code::InvalidArgument
+    )
 }

@@ -22,3 +22,5 @@ pub const WAIT_MS_MAX: u64 = 3_600_000;
 /// Largest public API message either side sends or accepts: a maximal value
 /// plus its key and fence, with room to spare.
 pub const API_MESSAGE_BYTES_MAX: usize = VALUE_BYTES_MAX + 64 * 1024;
+/// Bytes of a session secret: exactly this many, from the OS's random source.
+pub const SESSION_SECRET_BYTES: usize = 32;

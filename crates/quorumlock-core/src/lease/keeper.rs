@@ -321,6 +321,7 @@ mod tests {
 
     fn session(ttl_ms: u64) -> Session {
         Session {
+            owner: crate::lock::Credential::of_secret(b"a lease test's session"),
             ttl_ms,
             checkpoint_remaining_ms: None,
             held: BTreeSet::new(),

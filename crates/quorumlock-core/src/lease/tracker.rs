@@ -322,6 +322,7 @@ mod tests {
 
     fn session(ttl_ms: u64, checkpoint: Option<u64>) -> Session {
         Session {
+            owner: crate::lock::Credential::of_secret(b"a lease test's session"),
             ttl_ms,
             checkpoint_remaining_ms: checkpoint,
             held: BTreeSet::new(),

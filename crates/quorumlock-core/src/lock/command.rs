@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::credential::Credential;
 use super::error::LockError;
 
 pub use quorumlock_proto::{FencingToken, SessionId};
@@ -23,11 +24,16 @@ pub enum Command {
     OpenSession {
         /// Lease length the leader grants on every keepalive.
         ttl_ms: u64,
+        /// Who may use the session: the digest of the secret the proposing
+        /// node drew, and the identity that asked, if authenticated.
+        owner: Credential,
     },
     /// Closes a session at its client's request, releasing what it holds.
     CloseSession {
         /// The session to close.
         session: SessionId,
+        /// The caller, who must be the session's owner.
+        by: Credential,
     },
     /// Expires a session whose lease the leader saw run out.
     ExpireSession {
@@ -48,6 +54,8 @@ pub enum Command {
         lock: String,
         /// Join the queue instead of failing when the lock is held.
         wait: bool,
+        /// The caller, who must be the session's owner.
+        by: Credential,
     },
     /// Leaves a lock's queue (a waiter gave up). Holding the lock is not affected.
     CancelWait {
@@ -55,6 +63,8 @@ pub enum Command {
         session: SessionId,
         /// The lock's name.
         lock: String,
+        /// The caller, who must be the session's owner.
+        by: Credential,
     },
     /// Releases a held lock; the next waiter is granted in the same command.
     Release {
@@ -64,8 +74,11 @@ pub enum Command {
         lock: String,
         /// The token the holder was granted.
         token: FencingToken,
+        /// The caller, who must be the session's owner.
+        by: Credential,
     },
-    /// Writes a key if the fence's token is its lock's current token.
+    /// Writes a key if the fence's token is its lock's current token and
+    /// the writer is the session that holds the lock under that token.
     Put {
         /// The key.
         key: String,
@@ -73,13 +86,21 @@ pub enum Command {
         value: Vec<u8>,
         /// The lock and token that authorise the write.
         fence: Fence,
+        /// The session that holds the fence's lock.
+        session: SessionId,
+        /// The caller, who must be that session's owner.
+        by: Credential,
     },
-    /// Deletes a key if the fence's token is its lock's current token.
+    /// Deletes a key under the same conditions as [`Command::Put`].
     Delete {
         /// The key.
         key: String,
         /// The lock and token that authorise the delete.
         fence: Fence,
+        /// The session that holds the fence's lock.
+        session: SessionId,
+        /// The caller, who must be that session's owner.
+        by: Credential,
     },
 }
 

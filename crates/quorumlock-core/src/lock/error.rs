@@ -20,7 +20,19 @@ pub enum LockError {
         /// The session the command named.
         session: SessionId,
     },
-    /// A release named a lock the session does not hold.
+    /// The caller is not the session's owner: the secret it presented (or
+    /// its identity) is not the one the session was opened with.
+    #[error(
+        "{} is not the owner of session {session}: the session secret or identity presented is not the one it was opened with",
+        fmt_caller(.caller)
+    )]
+    NotSessionOwner {
+        /// The session the command named.
+        session: SessionId,
+        /// The caller's authenticated identity, if it had one.
+        caller: Option<String>,
+    },
+    /// A release or fenced write named a lock the session does not hold.
     #[error("session {session} does not hold lock {lock:?}")]
     NotHolder {
         /// The lock the command named.
@@ -52,6 +64,13 @@ pub enum LockError {
         /// The bound that was hit.
         max: usize,
     },
+}
+
+fn fmt_caller(caller: &Option<String>) -> String {
+    match caller {
+        Some(identity) => format!("caller {identity:?}"),
+        None => "the caller".to_string(),
+    }
 }
 
 fn fmt_token(token: &Option<FencingToken>) -> String {

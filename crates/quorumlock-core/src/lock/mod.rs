@@ -4,12 +4,14 @@
 //! expires only when an [`Command::ExpireSession`] is applied.
 
 pub mod command;
+pub mod credential;
 pub mod error;
 pub mod limits;
 pub mod state;
 pub mod validate;
 
 pub use command::{Applied, Command, Event, Fence, FencingToken, Grant, Outcome, SessionId};
+pub use credential::{Credential, SecretDigest};
 pub use error::LockError;
 pub use state::{KvEntry, LockState, LockView, Session};
 

@@ -20,7 +20,8 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{FileFailurePersistence, TestRunner};
 
 use super::{
-    Applied, Command, Event, Fence, FencingToken, Grant, KvEntry, LockError, LockState, Outcome, SessionId,
+    Applied, Command, Credential, Event, Fence, FencingToken, Grant, KvEntry, LockError, LockState, Outcome,
+    SessionId,
 };
 
 /// The locks commands name.
@@ -57,38 +58,69 @@ enum TokenPick {
     Literal(FencingToken),
 }
 
+/// Who sends a session-scoped step.
+#[derive(Debug, Clone, Copy)]
+enum CallerPick {
+    /// The session's owner (what it was opened with).
+    Owner,
+    /// Someone else, with a secret no session was opened with.
+    Impostor,
+}
+
 /// An abstract command, turned into a [`Command`] by [`Step::resolve`].
 #[derive(Debug, Clone)]
 enum Step {
-    Open,
-    Close(SessionPick),
+    /// Opens a session whose secret is this byte.
+    Open(u8),
+    Close(SessionPick, CallerPick),
     Expire(SessionPick),
     Checkpoint(Vec<(SessionPick, u64)>),
     Acquire {
         session: SessionPick,
         lock: usize,
         wait: bool,
+        caller: CallerPick,
     },
     CancelWait {
         session: SessionPick,
         lock: usize,
+        caller: CallerPick,
     },
     Release {
         session: SessionPick,
         lock: usize,
         token: TokenPick,
+        caller: CallerPick,
     },
     Put {
         key: usize,
         value: u8,
         lock: usize,
         token: TokenPick,
+        session: SessionPick,
+        caller: CallerPick,
     },
     Delete {
         key: usize,
         lock: usize,
         token: TokenPick,
+        session: SessionPick,
+        caller: CallerPick,
     },
+}
+
+/// The secret of [`CallerPick::Impostor`]; sessions are opened with
+/// one-byte secrets, so it is nobody's.
+const IMPOSTOR_SECRET: &[u8] = b"a guess";
+
+impl CallerPick {
+    /// The credential the caller presents for `session`.
+    fn resolve(self, state: &LockState, session: SessionId) -> Credential {
+        match (self, state.session(session)) {
+            (CallerPick::Owner, Some(found)) => found.owner.clone(),
+            _ => Credential::of_secret(IMPOSTOR_SECRET),
+        }
+    }
 }
 
 impl SessionPick {
@@ -129,10 +161,17 @@ impl TokenPick {
 impl Step {
     fn resolve(&self, state: &LockState) -> Command {
         match self {
-            Step::Open => Command::OpenSession { ttl_ms: TTL_MS },
-            Step::Close(session) => Command::CloseSession {
-                session: session.resolve(state),
+            Step::Open(secret) => Command::OpenSession {
+                ttl_ms: TTL_MS,
+                owner: Credential::of_secret(&[*secret]),
             },
+            Step::Close(session, caller) => {
+                let session = session.resolve(state);
+                Command::CloseSession {
+                    session,
+                    by: caller.resolve(state, session),
+                }
+            }
             Step::Expire(session) => Command::ExpireSession {
                 session: session.resolve(state),
             },
@@ -142,34 +181,78 @@ impl Step {
                     .map(|(session, remaining_ms)| (session.resolve(state), *remaining_ms))
                     .collect(),
             },
-            Step::Acquire { session, lock, wait } => Command::Acquire {
-                session: session.resolve(state),
-                lock: LOCKS[*lock].to_string(),
-                wait: *wait,
-            },
-            Step::CancelWait { session, lock } => Command::CancelWait {
-                session: session.resolve(state),
-                lock: LOCKS[*lock].to_string(),
-            },
-            Step::Release { session, lock, token } => Command::Release {
-                session: session.resolve(state),
-                lock: LOCKS[*lock].to_string(),
-                token: token.resolve(state, LOCKS[*lock]),
-            },
+            Step::Acquire {
+                session,
+                lock,
+                wait,
+                caller,
+            } => {
+                let session = session.resolve(state);
+                Command::Acquire {
+                    session,
+                    lock: LOCKS[*lock].to_string(),
+                    wait: *wait,
+                    by: caller.resolve(state, session),
+                }
+            }
+            Step::CancelWait {
+                session,
+                lock,
+                caller,
+            } => {
+                let session = session.resolve(state);
+                Command::CancelWait {
+                    session,
+                    lock: LOCKS[*lock].to_string(),
+                    by: caller.resolve(state, session),
+                }
+            }
+            Step::Release {
+                session,
+                lock,
+                token,
+                caller,
+            } => {
+                let session = session.resolve(state);
+                Command::Release {
+                    session,
+                    lock: LOCKS[*lock].to_string(),
+                    token: token.resolve(state, LOCKS[*lock]),
+                    by: caller.resolve(state, session),
+                }
+            }
             Step::Put {
                 key,
                 value,
                 lock,
                 token,
-            } => Command::Put {
-                key: KEYS[*key].to_string(),
-                value: vec![*value],
-                fence: fence(state, *lock, token),
-            },
-            Step::Delete { key, lock, token } => Command::Delete {
-                key: KEYS[*key].to_string(),
-                fence: fence(state, *lock, token),
-            },
+                session,
+                caller,
+            } => {
+                let session = session.resolve(state);
+                Command::Put {
+                    key: KEYS[*key].to_string(),
+                    value: vec![*value],
+                    fence: fence(state, *lock, token),
+                    session,
+                    by: caller.resolve(state, session),
+                }
+            }
+            Step::Delete {
+                key,
+                lock,
+                token,
+                session,
+                caller,
+            } => {
+                let session = session.resolve(state);
+                Command::Delete {
+                    key: KEYS[*key].to_string(),
+                    fence: fence(state, *lock, token),
+                    session,
+                    by: caller.resolve(state, session),
+                }
+            }
         }
     }
 }
@@ -198,6 +281,23 @@ fn session_pick_for(lock: usize) -> impl Strategy<Value = SessionPick> {
     ]
 }
 
+/// Mostly the owner: an impostor's step is always refused, so it exercises
+/// only the refusal.
+fn caller_pick() -> impl Strategy<Value = CallerPick> {
+    prop_oneof![
+        12 => Just(CallerPick::Owner),
+        1 => Just(CallerPick::Impostor),
+    ]
+}
+
+/// The session a fenced write names: mostly the holder of its lock.
+fn writer_pick(lock: usize) -> impl Strategy<Value = SessionPick> {
+    prop_oneof![
+        4 => Just(SessionPick::HolderOf(lock)),
+        1 => session_pick(),
+    ]
+}
+
 fn token_pick() -> impl Strategy<Value = TokenPick> {
     prop_oneof![
         4 => Just(TokenPick::Current),
@@ -212,39 +312,66 @@ fn lock_index() -> impl Strategy<Value = usize> {
 
 fn step() -> impl Strategy<Value = Step> {
     let acquire = lock_index().prop_flat_map(|lock| {
-        (session_pick_for(lock), any::<bool>()).prop_map(move |(session, wait)| Step::Acquire {
-            session,
-            lock,
-            wait,
+        (session_pick_for(lock), any::<bool>(), caller_pick()).prop_map(move |(session, wait, caller)| {
+            Step::Acquire {
+                session,
+                lock,
+                wait,
+                caller,
+            }
         })
     });
     let cancel_wait = lock_index().prop_flat_map(|lock| {
-        session_pick_for(lock).prop_map(move |session| Step::CancelWait { session, lock })
+        (session_pick_for(lock), caller_pick()).prop_map(move |(session, caller)| Step::CancelWait {
+            session,
+            lock,
+            caller,
+        })
     });
     let release = lock_index().prop_flat_map(|lock| {
         (
             prop_oneof![3 => Just(SessionPick::HolderOf(lock)), 1 => session_pick()],
             token_pick(),
+            caller_pick(),
         )
-            .prop_map(move |(session, token)| Step::Release { session, lock, token })
+            .prop_map(move |(session, token, caller)| Step::Release {
+                session,
+                lock,
+                token,
+                caller,
+            })
     });
-    let put =
-        (0..KEYS.len(), any::<u8>(), lock_index(), token_pick()).prop_map(|(key, value, lock, token)| {
-            Step::Put {
+    let put = lock_index().prop_flat_map(|lock| {
+        (
+            0..KEYS.len(),
+            any::<u8>(),
+            token_pick(),
+            writer_pick(lock),
+            caller_pick(),
+        )
+            .prop_map(move |(key, value, token, session, caller)| Step::Put {
                 key,
                 value,
                 lock,
                 token,
-            }
-        });
-    let delete = (0..KEYS.len(), lock_index(), token_pick()).prop_map(|(key, lock, token)| Step::Delete {
-        key,
-        lock,
-        token,
+                session,
+                caller,
+            })
+    });
+    let delete = lock_index().prop_flat_map(|lock| {
+        (0..KEYS.len(), token_pick(), writer_pick(lock), caller_pick()).prop_map(
+            move |(key, token, session, caller)| Step::Delete {
+                key,
+                lock,
+                token,
+                session,
+                caller,
+            },
+        )
     });
     prop_oneof![
-        3 => Just(Step::Open),
-        1 => session_pick().prop_map(Step::Close),
+        3 => any::<u8>().prop_map(Step::Open),
+        1 => (session_pick(), caller_pick()).prop_map(|(session, caller)| Step::Close(session, caller)),
         1 => session_pick().prop_map(Step::Expire),
         1 => prop::collection::vec((session_pick(), 0..20_000u64), 0..4).prop_map(Step::Checkpoint),
         10 => acquire,
@@ -264,7 +391,10 @@ fn initial_state() -> LockState {
     let mut state = LockState::default();
     for session in 1..=SESSIONS_UP_FRONT {
         assert_eq!(
-            state.apply(&Command::OpenSession { ttl_ms: TTL_MS }),
+            state.apply(&Command::OpenSession {
+                ttl_ms: TTL_MS,
+                owner: Credential::of_secret(&[session as u8]),
+            }),
             Applied {
                 result: Ok(Outcome::SessionOpened {
                     session: SessionId::new(session),
@@ -292,7 +422,7 @@ fn grants(applied: &Applied) -> Vec<&Grant> {
 /// The session a close or expiry ends.
 fn ending(command: &Command) -> Option<SessionId> {
     match command {
-        Command::CloseSession { session } | Command::ExpireSession { session } => Some(*session),
+        Command::CloseSession { session, .. } | Command::ExpireSession { session } => Some(*session),
         _ => None,
     }
 }
@@ -370,6 +500,7 @@ fn outcome_kind(command: &Command, applied: &Applied) -> &'static str {
         (Err(LockError::InvalidArgument(_)), _) => "invalid argument",
         (Err(LockError::SessionNotFound { .. }), _) => "session not found",
         (Err(LockError::NotHolder { .. }), _) => "not holder",
+        (Err(LockError::NotSessionOwner { .. }), _) => "not session owner",
         (Err(LockError::StaleToken { .. }), Command::Release { .. }) => "stale release",
         (Err(LockError::StaleToken { .. }), _) => "stale write",
         (Err(LockError::QueueFull { .. }), _) => "queue full",
@@ -417,6 +548,7 @@ fn random_sequences_reach_every_outcome_and_refusal() {
         "deleted nothing",
         "session not found",
         "not holder",
+        "not session owner",
         "stale release",
         "stale write",
     ]);
@@ -547,7 +679,7 @@ proptest! {
                         }
                     }
                 }
-                (Command::CancelWait { session, lock }, Ok(Outcome::WaitCancelled { was_waiting })) => {
+                (Command::CancelWait { session, lock, .. }, Ok(Outcome::WaitCancelled { was_waiting })) => {
                     let queue = queues.entry(lock.clone()).or_default();
                     prop_assert_eq!(queue.contains(session), *was_waiting);
                     queue.retain(|waiter| waiter != session);
@@ -600,46 +732,92 @@ proptest! {
     }
 
     /// Fencing: a put or delete is applied if and only if its token is the
-    /// lock's current token when it is applied; otherwise it is refused as
-    /// stale, naming both tokens, and the store is unchanged.
+    /// lock's current token and it comes from the owner of the session that
+    /// holds the lock under that token; otherwise it is refused (stale token
+    /// first, then the session, its owner and its holding), and the store is
+    /// unchanged. A current token alone, which `Describe` shows anyone,
+    /// writes nothing.
     #[test]
-    fn fencing_a_write_is_accepted_iff_its_token_is_current(steps in steps()) {
+    fn a_fenced_write_is_accepted_iff_its_token_is_current_and_it_comes_from_the_holders_owner(steps in steps()) {
         let mut state = initial_state();
         for step in &steps {
             let command = step.resolve(&state);
-            let (current, stored_before) = match &command {
-                Command::Put { key, fence, .. } | Command::Delete { key, fence } => {
-                    (state.current_token(&fence.lock), state.get(key).cloned())
+            let (key, fence, session, by) = match &command {
+                Command::Put { key, fence, session, by, .. }
+                | Command::Delete { key, fence, session, by, .. } => (key.clone(), fence.clone(), *session, by.clone()),
+                _ => {
+                    state.apply(&command);
+                    continue;
                 }
-                _ => (None, None),
+            };
+            let current = state.current_token(&fence.lock);
+            let stored_before = state.get(&key).cloned();
+            let refusal = if current != Some(fence.token) {
+                Some(LockError::StaleToken { lock: fence.lock.clone(), presented: fence.token, current })
+            } else {
+                match state.session(session) {
+                    None => Some(LockError::SessionNotFound { session }),
+                    Some(found) if !found.owner.admits(&by) => {
+                        Some(LockError::NotSessionOwner { session, caller: by.identity.clone() })
+                    }
+                    Some(_) if state.describe(&fence.lock).holder.map(|(holder, _)| holder) != Some(session) => {
+                        Some(LockError::NotHolder { lock: fence.lock.clone(), session })
+                    }
+                    Some(_) => None,
+                }
             };
             let applied = state.apply(&command);
-            let (key, fence) = match &command {
-                Command::Put { key, fence, .. } | Command::Delete { key, fence } => (key, fence),
-                _ => continue,
-            };
             prop_assert!(applied.events.is_empty(), "a write emits no events");
-            if current == Some(fence.token) {
-                match &command {
-                    Command::Put { value, .. } => {
-                        prop_assert_eq!(&applied.result, &Ok(Outcome::Written { existed: true }));
-                        let stored = KvEntry { value: value.clone(), written_by: fence.clone() };
-                        prop_assert_eq!(state.get(key), Some(&stored));
-                    }
-                    _ => {
-                        let existed = stored_before.is_some();
-                        prop_assert_eq!(&applied.result, &Ok(Outcome::Written { existed }));
-                        prop_assert_eq!(state.get(key), None);
-                    }
+            match (refusal, &command) {
+                (Some(refusal), _) => {
+                    prop_assert_eq!(&applied.result, &Err(refusal));
+                    prop_assert_eq!(state.get(&key), stored_before.as_ref());
                 }
-            } else {
-                let refusal = LockError::StaleToken {
-                    lock: fence.lock.clone(),
-                    presented: fence.token,
-                    current,
-                };
-                prop_assert_eq!(&applied.result, &Err(refusal));
-                prop_assert_eq!(state.get(key), stored_before.as_ref());
+                (None, Command::Put { value, .. }) => {
+                    prop_assert_eq!(&applied.result, &Ok(Outcome::Written { existed: true }));
+                    let stored = KvEntry { value: value.clone(), written_by: fence.clone() };
+                    prop_assert_eq!(state.get(&key), Some(&stored));
+                }
+                (None, _) => {
+                    let existed = stored_before.is_some();
+                    prop_assert_eq!(&applied.result, &Ok(Outcome::Written { existed }));
+                    prop_assert_eq!(state.get(&key), None);
+                }
+            }
+        }
+    }
+
+    /// Ownership: every session-scoped command whose caller is not the
+    /// session's owner is refused as such and changes nothing, whatever it
+    /// asked for; the owner's locks, queues and values stay as they were.
+    #[test]
+    fn a_caller_that_is_not_the_sessions_owner_is_refused_and_changes_nothing(steps in steps()) {
+        let mut state = initial_state();
+        for step in &steps {
+            let command = step.resolve(&state);
+            let named = match &command {
+                Command::CloseSession { session, by }
+                | Command::Acquire { session, by, .. }
+                | Command::CancelWait { session, by, .. }
+                | Command::Release { session, by, .. } => Some((*session, by)),
+                // A write with a stale token is refused for that first.
+                Command::Put { session, by, fence, .. } | Command::Delete { session, by, fence, .. }
+                    if state.current_token(&fence.lock) == Some(fence.token) => Some((*session, by)),
+                _ => None,
+            };
+            let impostor = named.and_then(|(session, by)| {
+                let found = state.session(session)?;
+                (!found.owner.admits(by)).then(|| (session, by.identity.clone()))
+            });
+            let before = state.snapshot();
+            let applied = state.apply(&command);
+            if let Some((session, caller)) = impostor {
+                let is_argument_error = matches!(applied.result, Err(LockError::InvalidArgument(_)));
+                if !is_argument_error {
+                    prop_assert_eq!(&applied.result, &Err(LockError::NotSessionOwner { session, caller }));
+                }
+                prop_assert!(applied.events.is_empty());
+                prop_assert_eq!(state.snapshot(), before, "{:?} by an impostor changed the state", command);
             }
         }
     }

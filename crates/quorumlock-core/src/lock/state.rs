@@ -11,6 +11,7 @@ use bincode::Options;
 use serde::{Deserialize, Serialize};
 
 use super::command::{Applied, Command, Event, Fence, FencingToken, Grant, Outcome, SessionId};
+use super::credential::Credential;
 use super::error::LockError;
 use super::limits::{CHECKPOINT_ENTRIES_MAX, COUNTER_VALUE_MAX, SESSIONS_MAX, WAITERS_PER_LOCK_MAX};
 use super::validate;
@@ -19,6 +20,9 @@ use super::validate;
 /// the leader tracks deadlines, on its own monotonic clock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
+    /// Who may use it: the digest of its secret and the identity that
+    /// opened it, if authenticated.
+    pub owner: Credential,
     /// Lease length granted on each keepalive.
     pub ttl_ms: u64,
     /// Lease left at the last checkpoint, if one was recorded.
@@ -85,16 +89,49 @@ impl LockState {
     pub fn apply(&mut self, command: &Command) -> Applied {
         let mut events = Vec::new();
         let result = match command {
-            Command::OpenSession { ttl_ms } => self.open_session(*ttl_ms),
-            Command::CloseSession { session } | Command::ExpireSession { session } => {
-                self.end_session(*session, &mut events)
-            }
+            Command::OpenSession { ttl_ms, owner } => self.open_session(*ttl_ms, owner),
+            Command::CloseSession { session, by } => self
+                .check_owner(*session, by)
+                .and_then(|()| self.end_session(*session, &mut events)),
+            Command::ExpireSession { session } => self.end_session(*session, &mut events),
             Command::CheckpointSessions { remaining } => self.checkpoint(remaining),
-            Command::Acquire { session, lock, wait } => self.acquire(*session, lock, *wait, &mut events),
-            Command::CancelWait { session, lock } => self.cancel_wait(*session, lock),
-            Command::Release { session, lock, token } => self.release(*session, lock, *token, &mut events),
-            Command::Put { key, value, fence } => self.put(key, value, fence),
-            Command::Delete { key, fence } => self.delete(key, fence),
+            Command::Acquire {
+                session,
+                lock,
+                wait,
+                by,
+            } => validate::lock_name(lock)
+                .and_then(|()| self.check_owner(*session, by))
+                .and_then(|()| self.acquire(*session, lock, *wait, &mut events)),
+            Command::CancelWait { session, lock, by } => validate::lock_name(lock)
+                .and_then(|()| self.check_owner(*session, by))
+                .and_then(|()| self.cancel_wait(*session, lock)),
+            Command::Release {
+                session,
+                lock,
+                token,
+                by,
+            } => validate::lock_name(lock)
+                .and_then(|()| self.check_owner(*session, by))
+                .and_then(|()| self.release(*session, lock, *token, &mut events)),
+            Command::Put {
+                key,
+                value,
+                fence,
+                session,
+                by,
+            } => validate::key(key)
+                .and_then(|()| validate::value(value))
+                .and_then(|()| self.check_writer(fence, *session, by))
+                .map(|()| self.put(key, value, fence)),
+            Command::Delete {
+                key,
+                fence,
+                session,
+                by,
+            } => validate::key(key)
+                .and_then(|()| self.check_writer(fence, *session, by))
+                .map(|()| self.delete(key)),
         };
         let applied = Applied { result, events };
         self.assert_applied(command, &applied);
@@ -163,7 +200,7 @@ impl LockState {
                         != Some(*session),
                 "session {session} no longer holds lock {lock:?} after releasing it"
             ),
-            (Command::CancelWait { session, lock }, Ok(_)) => assert!(
+            (Command::CancelWait { session, lock, .. }, Ok(_)) => assert!(
                 self.sessions
                     .get(session)
                     .is_some_and(|found| !found.waiting.contains(lock)),
@@ -173,8 +210,43 @@ impl LockState {
         }
     }
 
-    fn open_session(&mut self, ttl_ms: u64) -> Result<Outcome, LockError> {
+    /// Admits a session-scoped command only from the session's owner. A
+    /// session that does not exist is reported as such first: its id says
+    /// nothing about anyone's secret.
+    fn check_owner(&self, session: SessionId, by: &Credential) -> Result<(), LockError> {
+        let found = self
+            .sessions
+            .get(&session)
+            .ok_or(LockError::SessionNotFound { session })?;
+        if !found.owner.admits(by) {
+            return Err(LockError::NotSessionOwner {
+                session,
+                caller: by.identity.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Admits a fenced write only from the owner of the session that holds
+    /// the fence's lock under the fence's token. The token alone is public
+    /// (`Describe` shows it): it proves the write is current, not who sent it.
+    fn check_writer(&self, fence: &Fence, session: SessionId, by: &Credential) -> Result<(), LockError> {
+        self.check_fence(fence)?;
+        self.check_owner(session, by)?;
+        match self.locks.get(&fence.lock).and_then(|lock| lock.holder) {
+            Some((holder, _)) if holder == session => Ok(()),
+            _ => Err(LockError::NotHolder {
+                lock: fence.lock.clone(),
+                session,
+            }),
+        }
+    }
+
+    fn open_session(&mut self, ttl_ms: u64, owner: &Credential) -> Result<Outcome, LockError> {
         validate::ttl_ms(ttl_ms)?;
+        if let Some(identity) = &owner.identity {
+            validate::identity(identity)?;
+        }
         if self.sessions.len() >= SESSIONS_MAX {
             return Err(LockError::TooManySessions { max: SESSIONS_MAX });
         }
@@ -183,6 +255,7 @@ impl LockState {
         self.sessions.insert(
             session,
             Session {
+                owner: owner.clone(),
                 ttl_ms,
                 checkpoint_remaining_ms: None,
                 held: BTreeSet::new(),
@@ -236,10 +309,6 @@ impl LockState {
         wait: bool,
         events: &mut Vec<Event>,
     ) -> Result<Outcome, LockError> {
-        validate::lock_name(name)?;
-        if !self.sessions.contains_key(&session) {
-            return Err(LockError::SessionNotFound { session });
-        }
         let lock = self.locks.entry(name.to_string()).or_default();
         match lock.holder {
             None => {
@@ -271,7 +340,6 @@ impl LockState {
     }
 
     fn cancel_wait(&mut self, session: SessionId, name: &str) -> Result<Outcome, LockError> {
-        validate::lock_name(name)?;
         let state = self
             .sessions
             .get_mut(&session)
@@ -291,10 +359,6 @@ impl LockState {
         token: FencingToken,
         events: &mut Vec<Event>,
     ) -> Result<Outcome, LockError> {
-        validate::lock_name(name)?;
-        if !self.sessions.contains_key(&session) {
-            return Err(LockError::SessionNotFound { session });
-        }
         let current = self.current_token(name);
         match self.locks.get(name).and_then(|lock| lock.holder) {
             Some((holder, held_token)) if holder == session => {
@@ -318,10 +382,8 @@ impl LockState {
         Ok(Outcome::Released { next })
     }
 
-    fn put(&mut self, key: &str, value: &[u8], fence: &Fence) -> Result<Outcome, LockError> {
-        validate::key(key)?;
-        validate::value(value)?;
-        self.check_fence(fence)?;
+    /// Stores a value; the caller checked the writer.
+    fn put(&mut self, key: &str, value: &[u8], fence: &Fence) -> Outcome {
         self.kv.insert(
             key.to_string(),
             KvEntry {
@@ -329,14 +391,13 @@ impl LockState {
                 written_by: fence.clone(),
             },
         );
-        Ok(Outcome::Written { existed: true })
+        Outcome::Written { existed: true }
     }
 
-    fn delete(&mut self, key: &str, fence: &Fence) -> Result<Outcome, LockError> {
-        validate::key(key)?;
-        self.check_fence(fence)?;
+    /// Deletes a value; the caller checked the writer.
+    fn delete(&mut self, key: &str) -> Outcome {
         let existed = self.kv.remove(key).is_some();
-        Ok(Outcome::Written { existed })
+        Outcome::Written { existed }
     }
 
     /// Accepts a fence only if its token is the lock's current token.

@@ -9,16 +9,35 @@ use super::limits::{
     SESSION_TTL_MS_MIN, VALUE_BYTES_MAX, WAITERS_PER_LOCK_MAX,
 };
 use super::{
-    validate, Applied, Command, Event, Fence, FencingToken, Grant, KvEntry, LockError, LockState, LockView,
-    Outcome, SessionId,
+    validate, Applied, Command, Credential, Event, Fence, FencingToken, Grant, KvEntry, LockError, LockState,
+    LockView, Outcome, SecretDigest, SessionId,
 };
 
 /// A TTL inside the documented bounds.
 const TTL_MS: u64 = 10_000;
 
+/// The owner of every session these tests open, and the caller of every
+/// command they send, except in the tests of callers that are not owners.
+fn owner() -> Credential {
+    Credential::of_secret(b"the secret of the tests' sessions")
+}
+
+/// An `OpenSession` by [`owner`].
+fn open_command(ttl_ms: u64) -> Command {
+    Command::OpenSession {
+        ttl_ms,
+        owner: owner(),
+    }
+}
+
+/// A `CloseSession` by [`owner`].
+fn close(session: SessionId) -> Command {
+    Command::CloseSession { session, by: owner() }
+}
+
 /// Opens a session and returns its id, failing the test on any other outcome.
 fn open(state: &mut LockState) -> SessionId {
-    match state.apply(&Command::OpenSession { ttl_ms: TTL_MS }) {
+    match state.apply(&open_command(TTL_MS)) {
         Applied {
             result: Ok(Outcome::SessionOpened { session, ttl_ms }),
             events,
@@ -43,6 +62,7 @@ fn acquire(session: SessionId, lock: &str, wait: bool) -> Command {
         session,
         lock: lock.to_string(),
         wait,
+        by: owner(),
     }
 }
 
@@ -51,6 +71,7 @@ fn release(session: SessionId, lock: &str, token: FencingToken) -> Command {
         session,
         lock: lock.to_string(),
         token,
+        by: owner(),
     }
 }
 
@@ -58,21 +79,28 @@ fn cancel_wait(session: SessionId, lock: &str) -> Command {
     Command::CancelWait {
         session,
         lock: lock.to_string(),
+        by: owner(),
     }
 }
 
-fn put(key: &str, value: &[u8], lock: &str, token: FencingToken) -> Command {
+/// A fenced put by `session`'s owner.
+fn put(session: SessionId, key: &str, value: &[u8], lock: &str, token: FencingToken) -> Command {
     Command::Put {
         key: key.to_string(),
         value: value.to_vec(),
         fence: fence(lock, token),
+        session,
+        by: owner(),
     }
 }
 
-fn delete(key: &str, lock: &str, token: FencingToken) -> Command {
+/// A fenced delete by `session`'s owner.
+fn delete(session: SessionId, key: &str, lock: &str, token: FencingToken) -> Command {
     Command::Delete {
         key: key.to_string(),
         fence: fence(lock, token),
+        session,
+        by: owner(),
     }
 }
 
@@ -171,16 +199,14 @@ fn assert_invalid_argument(state: &mut LockState, command: &Command) {
 fn open_session_assigns_increasing_ids_from_one_and_records_the_ttl() {
     let mut state = LockState::default();
     assert_eq!(
-        state.apply(&Command::OpenSession { ttl_ms: TTL_MS }),
+        state.apply(&open_command(TTL_MS)),
         quiet(Outcome::SessionOpened {
             session: SessionId::new(1),
             ttl_ms: TTL_MS
         })
     );
     assert_eq!(
-        state.apply(&Command::OpenSession {
-            ttl_ms: SESSION_TTL_MS_MIN
-        }),
+        state.apply(&open_command(SESSION_TTL_MS_MIN)),
         quiet(Outcome::SessionOpened {
             session: SessionId::new(2),
             ttl_ms: SESSION_TTL_MS_MIN
@@ -200,7 +226,7 @@ fn open_session_assigns_increasing_ids_from_one_and_records_the_ttl() {
 fn ttl_out_of_bounds_is_invalid_argument() {
     let mut state = LockState::default();
     for ttl_ms in [0, SESSION_TTL_MS_MIN - 1, SESSION_TTL_MS_MAX + 1, u64::MAX] {
-        assert_invalid_argument(&mut state, &Command::OpenSession { ttl_ms });
+        assert_invalid_argument(&mut state, &open_command(ttl_ms));
     }
     assert_eq!(state.sessions().count(), 0);
     // Both bounds are inclusive, and the refusals consumed no session id.
@@ -209,7 +235,7 @@ fn ttl_out_of_bounds_is_invalid_argument() {
         (SessionId::new(2), SESSION_TTL_MS_MAX),
     ] {
         assert_eq!(
-            state.apply(&Command::OpenSession { ttl_ms }),
+            state.apply(&open_command(ttl_ms)),
             quiet(Outcome::SessionOpened { session, ttl_ms })
         );
     }
@@ -227,14 +253,12 @@ fn too_many_sessions_is_refused_at_sessions_max() {
     }
     assert_refused(
         &mut state,
-        &Command::OpenSession { ttl_ms: TTL_MS },
+        &open_command(TTL_MS),
         LockError::TooManySessions { max: SESSIONS_MAX },
     );
     // Ending one session makes room for exactly one more.
     assert_eq!(
-        state.apply(&Command::CloseSession {
-            session: SessionId::new(1)
-        }),
+        state.apply(&close(SessionId::new(1))),
         Applied {
             result: Ok(Outcome::SessionEnded { released: Vec::new() }),
             events: vec![Event::SessionEnded {
@@ -245,7 +269,7 @@ fn too_many_sessions_is_refused_at_sessions_max() {
     assert_eq!(open(&mut state), SessionId::new(SESSIONS_MAX as u64 + 1));
     assert_refused(
         &mut state,
-        &Command::OpenSession { ttl_ms: TTL_MS },
+        &open_command(TTL_MS),
         LockError::TooManySessions { max: SESSIONS_MAX },
     );
     assert_eq!(state.check_invariants(), Ok(()));
@@ -260,7 +284,7 @@ fn close_session_releases_held_locks_in_name_order_and_reports_them() {
     take(&mut state, session, "a");
     let kept = take(&mut state, other, "c");
     assert_eq!(
-        state.apply(&Command::CloseSession { session }),
+        state.apply(&close(session)),
         Applied {
             result: Ok(Outcome::SessionEnded {
                 released: vec!["a".to_string(), "b".to_string()]
@@ -354,7 +378,7 @@ fn ending_a_session_that_holds_and_waits_grants_its_lock_and_leaves_the_other_qu
     );
     let next = state.next_token();
     assert_eq!(
-        state.apply(&Command::CloseSession { session: ending }),
+        state.apply(&close(ending)),
         Applied {
             result: Ok(Outcome::SessionEnded {
                 released: vec!["b".to_string()]
@@ -376,9 +400,7 @@ fn ending_an_unknown_or_ended_session_is_session_not_found() {
     let session = open(&mut state);
     assert_refused(
         &mut state,
-        &Command::CloseSession {
-            session: SessionId::new(7),
-        },
+        &close(SessionId::new(7)),
         LockError::SessionNotFound {
             session: SessionId::new(7),
         },
@@ -393,7 +415,7 @@ fn ending_an_unknown_or_ended_session_is_session_not_found() {
         },
     );
     assert_eq!(
-        state.apply(&Command::CloseSession { session }),
+        state.apply(&close(session)),
         Applied {
             result: Ok(Outcome::SessionEnded { released: Vec::new() }),
             events: vec![Event::SessionEnded { session }],
@@ -407,7 +429,7 @@ fn ending_an_unknown_or_ended_session_is_session_not_found() {
     );
     assert_refused(
         &mut state,
-        &Command::CloseSession { session },
+        &close(session),
         LockError::SessionNotFound { session },
     );
 }
@@ -416,7 +438,7 @@ fn ending_an_unknown_or_ended_session_is_session_not_found() {
 fn ended_session_ids_are_never_reused() {
     let mut state = LockState::default();
     let first = open(&mut state);
-    state.apply(&Command::CloseSession { session: first });
+    state.apply(&close(first));
     let second = open(&mut state);
     assert!(second > first, "id {second} reuses or precedes {first}");
     assert_eq!(state.session(first), None);
@@ -427,7 +449,7 @@ fn commands_naming_an_ended_session_are_session_not_found() {
     let mut state = LockState::default();
     let (ended, live) = (open(&mut state), open(&mut state));
     let token = take(&mut state, ended, "a");
-    state.apply(&Command::CloseSession { session: ended });
+    state.apply(&close(ended));
     let not_found = LockError::SessionNotFound { session: ended };
     assert_refused(&mut state, &acquire(ended, "a", false), not_found.clone());
     assert_refused(&mut state, &acquire(ended, "a", true), not_found.clone());
@@ -679,8 +701,8 @@ fn name_empty_or_too_long_is_invalid_argument() {
         assert_invalid_argument(&mut state, &acquire(session, name, true));
         assert_invalid_argument(&mut state, &cancel_wait(session, name));
         assert_invalid_argument(&mut state, &release(session, name, FencingToken::new(1)));
-        assert_invalid_argument(&mut state, &put("k", b"v", name, FencingToken::new(1)));
-        assert_invalid_argument(&mut state, &delete("k", name, FencingToken::new(1)));
+        assert_invalid_argument(&mut state, &put(session, "k", b"v", name, FencingToken::new(1)));
+        assert_invalid_argument(&mut state, &delete(session, "k", name, FencingToken::new(1)));
     }
     // The argument is checked before the session, whatever the session.
     assert_invalid_argument(&mut state, &acquire(SessionId::new(999), "", false));
@@ -879,11 +901,11 @@ fn put_with_current_token_is_written_and_records_its_fence() {
     let session = open(&mut state);
     let token = take(&mut state, session, "a");
     assert_eq!(
-        state.apply(&put("k", b"one", "a", token)),
+        state.apply(&put(session, "k", b"one", "a", token)),
         quiet(Outcome::Written { existed: true })
     );
     assert_eq!(
-        state.apply(&put("k", b"two", "a", token)),
+        state.apply(&put(session, "k", b"two", "a", token)),
         quiet(Outcome::Written { existed: true })
     );
     assert_eq!(
@@ -896,7 +918,7 @@ fn put_with_current_token_is_written_and_records_its_fence() {
     assert_eq!(state.check_fence(&fence("a", token)), Ok(()));
     // An empty value is a value.
     assert_eq!(
-        state.apply(&put("empty", b"", "a", token)),
+        state.apply(&put(session, "empty", b"", "a", token)),
         quiet(Outcome::Written { existed: true })
     );
     assert_eq!(state.get("empty").map(|e| e.value.len()), Some(0));
@@ -907,14 +929,14 @@ fn fenced_put_with_stale_token_names_presented_and_current() {
     let mut state = LockState::default();
     let (old_holder, new_holder) = (open(&mut state), open(&mut state));
     let old = take(&mut state, old_holder, "a");
-    state.apply(&put("k", b"old", "a", old));
+    state.apply(&put(old_holder, "k", b"old", "a", old));
     state.apply(&acquire(new_holder, "a", true));
     state.apply(&release(old_holder, "a", old));
     let current = old + 1;
     // The paused old holder wakes up and writes with its old token.
     assert_refused(
         &mut state,
-        &put("k", b"late", "a", old),
+        &put(old_holder, "k", b"late", "a", old),
         stale("a", old, Some(current)),
     );
     assert_eq!(
@@ -924,12 +946,12 @@ fn fenced_put_with_stale_token_names_presented_and_current() {
     // A token from the future is just as stale.
     assert_refused(
         &mut state,
-        &put("k", b"early", "a", current + 1),
+        &put(new_holder, "k", b"early", "a", current + 1),
         stale("a", current + 1, Some(current)),
     );
     assert_eq!(state.get("k").map(|e| e.value.as_slice()), Some(&b"old"[..]));
     assert_eq!(
-        state.apply(&put("k", b"new", "a", current)),
+        state.apply(&put(new_holder, "k", b"new", "a", current)),
         quiet(Outcome::Written { existed: true })
     );
     assert_eq!(state.get("k").map(|e| &e.written_by), Some(&fence("a", current)));
@@ -944,11 +966,11 @@ fn fence_of_another_lock_is_checked_against_that_lock() {
     // A token is only current for the lock that granted it.
     assert_refused(
         &mut state,
-        &put("k", b"v", "b", a_token),
+        &put(first, "k", b"v", "b", a_token),
         stale("b", a_token, Some(b_token)),
     );
     assert_eq!(
-        state.apply(&put("k", b"v", "b", b_token)),
+        state.apply(&put(second, "k", b"v", "b", b_token)),
         quiet(Outcome::Written { existed: true })
     );
 }
@@ -959,12 +981,20 @@ fn put_after_release_is_refused() {
     let session = open(&mut state);
     let token = take(&mut state, session, "a");
     state.apply(&release(session, "a", token));
-    assert_refused(&mut state, &put("k", b"v", "a", token), stale("a", token, None));
-    assert_refused(&mut state, &delete("k", "a", token), stale("a", token, None));
+    assert_refused(
+        &mut state,
+        &put(session, "k", b"v", "a", token),
+        stale("a", token, None),
+    );
+    assert_refused(
+        &mut state,
+        &delete(session, "k", "a", token),
+        stale("a", token, None),
+    );
     // So is a fence on a lock that was never held.
     assert_refused(
         &mut state,
-        &put("k", b"v", "never", FencingToken::new(1)),
+        &put(session, "k", b"v", "never", FencingToken::new(1)),
         stale("never", FencingToken::new(1), None),
     );
     assert_eq!(state.get("k"), None);
@@ -976,7 +1006,11 @@ fn put_after_holder_session_ends_is_refused() {
     let session = open(&mut state);
     let token = take(&mut state, session, "a");
     state.apply(&Command::ExpireSession { session });
-    assert_refused(&mut state, &put("k", b"v", "a", token), stale("a", token, None));
+    assert_refused(
+        &mut state,
+        &put(session, "k", b"v", "a", token),
+        stale("a", token, None),
+    );
 }
 
 #[test]
@@ -984,19 +1018,23 @@ fn delete_reports_whether_the_key_existed_and_is_fenced() {
     let mut state = LockState::default();
     let (first, second) = (open(&mut state), open(&mut state));
     let old = take(&mut state, first, "a");
-    state.apply(&put("k", b"v", "a", old));
+    state.apply(&put(first, "k", b"v", "a", old));
     state.apply(&acquire(second, "a", true));
     state.apply(&release(first, "a", old));
     let current = old + 1;
-    assert_refused(&mut state, &delete("k", "a", old), stale("a", old, Some(current)));
+    assert_refused(
+        &mut state,
+        &delete(first, "k", "a", old),
+        stale("a", old, Some(current)),
+    );
     assert!(state.get("k").is_some(), "a stale delete keeps the key");
     assert_eq!(
-        state.apply(&delete("k", "a", current)),
+        state.apply(&delete(second, "k", "a", current)),
         quiet(Outcome::Written { existed: true })
     );
     assert_eq!(state.get("k"), None);
     assert_eq!(
-        state.apply(&delete("k", "a", current)),
+        state.apply(&delete(second, "k", "a", current)),
         quiet(Outcome::Written { existed: false })
     );
 }
@@ -1007,13 +1045,13 @@ fn value_over_limit_is_invalid_argument() {
     let session = open(&mut state);
     let token = take(&mut state, session, "a");
     let too_big = vec![7; VALUE_BYTES_MAX + 1];
-    assert_invalid_argument(&mut state, &put("k", &too_big, "a", token));
+    assert_invalid_argument(&mut state, &put(session, "k", &too_big, "a", token));
     // The value is checked before the fence.
-    assert_invalid_argument(&mut state, &put("k", &too_big, "a", token + 5));
+    assert_invalid_argument(&mut state, &put(session, "k", &too_big, "a", token + 5));
     assert_eq!(state.get("k"), None);
     let largest = vec![7; VALUE_BYTES_MAX];
     assert_eq!(
-        state.apply(&put("k", &largest, "a", token)),
+        state.apply(&put(session, "k", &largest, "a", token)),
         quiet(Outcome::Written { existed: true })
     );
     assert_eq!(state.get("k").map(|e| e.value.len()), Some(VALUE_BYTES_MAX));
@@ -1026,12 +1064,12 @@ fn key_empty_or_too_long_is_invalid_argument() {
     let token = take(&mut state, session, "a");
     let too_long = "k".repeat(KEY_BYTES_MAX + 1);
     for key in ["", too_long.as_str()] {
-        assert_invalid_argument(&mut state, &put(key, b"v", "a", token));
-        assert_invalid_argument(&mut state, &delete(key, "a", token));
+        assert_invalid_argument(&mut state, &put(session, key, b"v", "a", token));
+        assert_invalid_argument(&mut state, &delete(session, key, "a", token));
     }
     let longest = "k".repeat(KEY_BYTES_MAX);
     assert_eq!(
-        state.apply(&put(&longest, b"v", "a", token)),
+        state.apply(&put(session, &longest, b"v", "a", token)),
         quiet(Outcome::Written { existed: true })
     );
 }
@@ -1066,7 +1104,7 @@ fn busy_state() -> LockState {
     take(&mut state, second, "b");
     state.apply(&acquire(third, "a", true));
     state.apply(&acquire(first, "b", true));
-    state.apply(&put("k", b"v", "a", a_token));
+    state.apply(&put(first, "k", b"v", "a", a_token));
     let c_token = take(&mut state, third, "c");
     state.apply(&release(third, "c", c_token));
     state.apply(&Command::CheckpointSessions {
@@ -1102,7 +1140,7 @@ fn snapshot_restore_round_trips_and_preserves_token_counter() {
     for command in [
         release(SessionId::new(1), "a", FencingToken::new(1)),
         acquire(SessionId::new(2), "c", false),
-        Command::OpenSession { ttl_ms: TTL_MS },
+        open_command(TTL_MS),
     ] {
         assert_eq!(restored.apply(&command), original.apply(&command));
     }
@@ -1222,4 +1260,165 @@ fn every_refusal_message_names_its_values() {
     for (error, message) in cases {
         assert_eq!(error.to_string(), message);
     }
+}
+
+// Session ownership.
+
+/// A caller with the id of someone else's session but not its secret.
+fn impostor() -> Credential {
+    Credential::of_secret(b"a guessed secret")
+}
+
+#[test]
+fn every_session_scoped_command_from_a_caller_without_the_sessions_secret_is_refused_and_changes_nothing() {
+    let mut state = LockState::default();
+    let (victim, waiter) = (open(&mut state), open(&mut state));
+    let token = take(&mut state, victim, "a");
+    state.apply(&acquire(waiter, "a", true));
+    state.apply(&put(victim, "k", b"victim's", "a", token));
+    let not_owner = |session| LockError::NotSessionOwner {
+        session,
+        caller: None,
+    };
+    let by_impostor = [
+        Command::CloseSession {
+            session: victim,
+            by: impostor(),
+        },
+        Command::Acquire {
+            session: victim,
+            lock: "b".to_string(),
+            wait: false,
+            by: impostor(),
+        },
+        Command::CancelWait {
+            session: waiter,
+            lock: "a".to_string(),
+            by: impostor(),
+        },
+        Command::Release {
+            session: victim,
+            lock: "a".to_string(),
+            token,
+            by: impostor(),
+        },
+        Command::Put {
+            key: "k".to_string(),
+            value: b"hijacked".to_vec(),
+            fence: fence("a", token),
+            session: victim,
+            by: impostor(),
+        },
+        Command::Delete {
+            key: "k".to_string(),
+            fence: fence("a", token),
+            session: victim,
+            by: impostor(),
+        },
+    ];
+    for command in &by_impostor {
+        let session = match command {
+            Command::CancelWait { session, .. } => *session,
+            _ => victim,
+        };
+        assert_refused(&mut state, command, not_owner(session));
+    }
+    assert_eq!(state.describe("a"), held_by(victim, token, 1));
+    assert_eq!(
+        state.get("k").map(|entry| entry.value.as_slice()),
+        Some(&b"victim's"[..])
+    );
+    // The owner still can.
+    assert_eq!(
+        state.apply(&release(victim, "a", token)),
+        Applied {
+            result: Ok(Outcome::Released {
+                next: Some(grant("a", waiter, token + 1))
+            }),
+            events: vec![Event::Granted(grant("a", waiter, token + 1))],
+        }
+    );
+}
+
+#[test]
+fn a_fenced_write_by_a_session_that_read_the_current_token_but_does_not_hold_the_lock_is_refused() {
+    let mut state = LockState::default();
+    let (holder, other) = (open(&mut state), open(&mut state));
+    let token = take(&mut state, holder, "a");
+    // The token is public: anyone can read it with `Describe`.
+    let seen = state.describe("a").holder.map(|(_, token)| token).expect("held");
+    let not_holder = LockError::NotHolder {
+        lock: "a".to_string(),
+        session: other,
+    };
+    assert_refused(&mut state, &put(other, "k", b"v", "a", seen), not_holder.clone());
+    assert_refused(&mut state, &delete(other, "k", "a", seen), not_holder);
+    assert_eq!(
+        state.apply(&put(holder, "k", b"v", "a", token)),
+        quiet(Outcome::Written { existed: true })
+    );
+}
+
+#[test]
+fn a_session_opened_by_an_identity_admits_only_that_identity_with_the_secret() {
+    let mut state = LockState::default();
+    let secret = b"drawn by the node";
+    let as_identity = |identity: Option<&str>| Credential {
+        secret: SecretDigest::of(secret),
+        identity: identity.map(str::to_string),
+    };
+    let opened = state.apply(&Command::OpenSession {
+        ttl_ms: TTL_MS,
+        owner: as_identity(Some("jobs-worker")),
+    });
+    let Ok(Outcome::SessionOpened { session, .. }) = opened.result else {
+        panic!("opening gave {opened:?}");
+    };
+    let try_lock = |by: Credential| Command::Acquire {
+        session,
+        lock: "jobs/1".to_string(),
+        wait: false,
+        by,
+    };
+    assert_refused(
+        &mut state,
+        &try_lock(as_identity(Some("billing"))),
+        LockError::NotSessionOwner {
+            session,
+            caller: Some("billing".to_string()),
+        },
+    );
+    assert_refused(
+        &mut state,
+        &try_lock(as_identity(None)),
+        LockError::NotSessionOwner {
+            session,
+            caller: None,
+        },
+    );
+    assert_eq!(
+        state.apply(&try_lock(as_identity(Some("jobs-worker")))),
+        acquired_fresh("jobs/1", session, FencingToken::new(1))
+    );
+    // An identity longer than the bound is refused when opening.
+    assert_invalid_argument(
+        &mut state,
+        &Command::OpenSession {
+            ttl_ms: TTL_MS,
+            owner: as_identity(Some(&"x".repeat(super::credential::IDENTITY_BYTES_MAX + 1))),
+        },
+    );
+}
+
+#[test]
+fn the_not_owner_refusal_names_the_caller_and_the_session_but_no_secret() {
+    let refusal = LockError::NotSessionOwner {
+        session: SessionId::new(7),
+        caller: Some("jobs".to_string()),
+    };
+    assert_eq!(
+        refusal.to_string(),
+        "caller \"jobs\" is not the owner of session 7: the session secret or identity presented \
+         is not the one it was opened with"
+    );
 }

@@ -1,6 +1,7 @@
 //! Argument checks shared by the RPC layer (before proposing) and the state
 //! machine (on apply).
 
+use super::credential::IDENTITY_BYTES_MAX;
 use super::error::LockError;
 use super::limits::{
     KEY_BYTES_MAX, LOCK_NAME_BYTES_MAX, SESSION_TTL_MS_MAX, SESSION_TTL_MS_MIN, VALUE_BYTES_MAX,
@@ -35,6 +36,11 @@ pub fn value(value: &[u8]) -> Result<(), LockError> {
         )));
     }
     Ok(())
+}
+
+/// Checks a caller identity: 1 to [`IDENTITY_BYTES_MAX`] bytes.
+pub fn identity(identity: &str) -> Result<(), LockError> {
+    bounded_text("identity", identity, IDENTITY_BYTES_MAX)
 }
 
 /// Decodes wire bytes as a UTF-8 name and checks its length.

@@ -1,7 +1,7 @@
 //! `quorumlock.v1.Lock`: validates requests, routes them to the leader, and
 //! turns them into lock commands and linearizable reads.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +16,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use super::forward::{forwarded, Forwarder};
 use super::status::{
     budget, client_timeout, forwarding_failed, from_engine_error, from_lock_error, internal,
-    invalid_argument, is_forwarded, no_quorum, not_leader, session_gone,
+    invalid_argument, is_forwarded, no_quorum, not_leader, secret_missing, session_gone,
 };
 use crate::lease_driver::LeaseDriver;
 use quorumlock_core::consensus::{ConsensusEngine, GrantWatch, StateNotice};
@@ -24,8 +24,11 @@ use quorumlock_core::lease::RenewError;
 use quorumlock_core::lock::limits::{
     KEY_BYTES_MAX, LOCK_NAME_BYTES_MAX, SESSION_TTL_MS_MAX, VALUE_BYTES_MAX,
 };
-use quorumlock_core::lock::{validate, Command, Event, Fence, FencingToken, LockState, Outcome, SessionId};
-use quorumlock_proto::limits::WAIT_MS_MAX;
+use quorumlock_core::lock::{
+    validate, Command, Credential, Event, Fence, FencingToken, LockError, LockState, Outcome, SecretDigest,
+    SessionId,
+};
+use quorumlock_proto::limits::{SESSION_SECRET_BYTES, WAIT_MS_MAX};
 use quorumlock_proto::v1 as pb;
 use quorumlock_proto::v1::lock_client::LockClient;
 
@@ -139,6 +142,7 @@ impl LockService {
         &self,
         session: SessionId,
         lock: String,
+        by: Credential,
         wait: Duration,
         watch: GrantWatch,
     ) -> Result<pb::AcquireResponse, Status> {
@@ -146,6 +150,7 @@ impl LockService {
             engine: Some(self.engine.clone()),
             session,
             lock: lock.clone(),
+            by: by.clone(),
         };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -185,11 +190,12 @@ impl LockService {
         let cancel = Command::CancelWait {
             session,
             lock: lock.clone(),
+            by: by.clone(),
         };
         if let Err(status) = self.propose(cancel, self.config.request_timeout).await {
             // The answer is UNAVAILABLE (outcome unknown); the waiter still
             // leaves the queue once the leader can order it.
-            leave_queue_in_background(self.engine.clone(), session, lock);
+            leave_queue_in_background(self.engine.clone(), session, lock, by);
             return Err(status);
         }
         match self
@@ -258,6 +264,10 @@ async fn serve_keepalives(
 ) {
     let mut notices = engine.state().subscribe_session_ends();
     let mut renewed: BTreeSet<SessionId> = BTreeSet::new();
+    // Sessions whose owner this stream proved, with the secret's digest: a
+    // session's owner never changes, so later renewals need not read the
+    // state again.
+    let mut proved: BTreeMap<SessionId, SecretDigest> = BTreeMap::new();
     let stop = stopped(stopping);
     tokio::pin!(stop);
     loop {
@@ -266,20 +276,11 @@ async fn serve_keepalives(
             message = inbound.next() => {
                 let Some(Ok(message)) = message else { return };
                 let session = SessionId::new(message.session_id);
-                match leases.renew(session) {
-                    Ok(ttl) => {
-                        renewed.insert(session);
-                        Ok(pb::KeepAliveResponse {
-                            session_id: session.get(),
-                            ttl_ms: ttl.as_millis() as u64,
-                        })
-                    }
-                    Err(RenewError::NotFound) => Err(session_gone(session, false)),
-                    Err(RenewError::NotLeader) => Err(not_leader(
-                        "this node does not keep leases now; reconnect",
-                        engine.leadership().borrow().leader.as_ref(),
-                    )),
+                let renewal = renew_one(&leases, engine.as_ref(), &mut proved, session, &message.session_secret);
+                if renewal.is_ok() {
+                    renewed.insert(session);
                 }
+                renewal
             }
             notice = notices.recv() => {
                 let ended = match notice {
@@ -305,6 +306,91 @@ async fn serve_keepalives(
     }
 }
 
+/// Answers one keepalive message: renews `session` if the caller proves it
+/// owns it.
+fn renew_one(
+    leases: &LeaseDriver,
+    engine: &dyn ConsensusEngine,
+    proved: &mut BTreeMap<SessionId, SecretDigest>,
+    session: SessionId,
+    secret: &[u8],
+) -> Result<pb::KeepAliveResponse, Status> {
+    prove_owner(engine, proved, session, secret)?;
+    match leases.renew(session) {
+        Ok(ttl) => Ok(pb::KeepAliveResponse {
+            session_id: session.get(),
+            ttl_ms: ttl.as_millis() as u64,
+        }),
+        Err(RenewError::NotFound) => Err(session_gone(session, false)),
+        Err(RenewError::NotLeader) => Err(not_leader(
+            "this node does not keep leases now; reconnect",
+            engine.leadership().borrow().leader.as_ref(),
+        )),
+    }
+}
+
+/// Checks that a keepalive for `session` comes from its owner: against the
+/// digest this stream proved before, or else against the applied state. A
+/// session this node does not know is left to the renewal, which reports it
+/// not found.
+fn prove_owner(
+    engine: &dyn ConsensusEngine,
+    proved: &mut BTreeMap<SessionId, SecretDigest>,
+    session: SessionId,
+    secret: &[u8],
+) -> Result<(), Status> {
+    let caller = credential(session, secret)?;
+    if let Some(digest) = proved.get(&session) {
+        if digest.matches(&caller.secret) {
+            return Ok(());
+        }
+    }
+    let admitted = engine
+        .state()
+        .read(|state| state.session(session).map(|found| found.owner.admits(&caller)));
+    match admitted {
+        Some(false) => Err(from_lock_error(LockError::NotSessionOwner {
+            session,
+            caller: caller.identity,
+        })),
+        Some(true) => {
+            proved.insert(session, caller.secret);
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
+/// The caller of a call on `session`, from the secret it presented.
+fn credential(session: SessionId, secret: &[u8]) -> Result<Credential, Status> {
+    if secret.is_empty() {
+        return Err(secret_missing(session));
+    }
+    if secret.len() != SESSION_SECRET_BYTES {
+        return Err(invalid_argument(
+            "session_secret",
+            Some(SESSION_SECRET_BYTES as u64),
+            format!(
+                "session_secret is {} bytes; a session secret is exactly {SESSION_SECRET_BYTES} bytes, as OpenSession returned it",
+                secret.len()
+            ),
+        ));
+    }
+    Ok(Credential::of_secret(secret))
+}
+
+/// A fresh session secret from the operating system's random source.
+fn draw_secret() -> Result<[u8; SESSION_SECRET_BYTES], Status> {
+    use rand::RngCore;
+    let mut secret = [0u8; SESSION_SECRET_BYTES];
+    rand::rngs::OsRng.try_fill_bytes(&mut secret).map_err(|error| {
+        internal(format!(
+            "the OS random source failed to give a session secret: {error}"
+        ))
+    })?;
+    Ok(secret)
+}
+
 /// Attempts made to take a waiter whose call ended out of its queue.
 pub const LEAVE_QUEUE_ATTEMPTS: u32 = 8;
 /// Pause after the first failed attempt; it doubles after each failure.
@@ -319,6 +405,7 @@ struct LeaveQueueOnDrop {
     engine: Option<Arc<dyn ConsensusEngine>>,
     session: SessionId,
     lock: String,
+    by: Credential,
 }
 
 impl LeaveQueueOnDrop {
@@ -330,7 +417,12 @@ impl LeaveQueueOnDrop {
 impl Drop for LeaveQueueOnDrop {
     fn drop(&mut self) {
         if let Some(engine) = self.engine.take() {
-            leave_queue_in_background(engine, self.session, std::mem::take(&mut self.lock));
+            leave_queue_in_background(
+                engine,
+                self.session,
+                std::mem::take(&mut self.lock),
+                self.by.clone(),
+            );
         }
     }
 }
@@ -341,7 +433,12 @@ impl Drop for LeaveQueueOnDrop {
 /// lock. Tries [`LEAVE_QUEUE_ATTEMPTS`] times with doubling pauses, and stops
 /// early once the session no longer waits on the lock or this node no longer
 /// leads (the waiter then leaves when its session ends).
-fn leave_queue_in_background(engine: Arc<dyn ConsensusEngine>, session: SessionId, lock: String) {
+fn leave_queue_in_background(
+    engine: Arc<dyn ConsensusEngine>,
+    session: SessionId,
+    lock: String,
+    by: Credential,
+) {
     tokio::spawn(async move {
         let mut pause = LEAVE_QUEUE_BACKOFF_FIRST;
         for attempt in 1..=LEAVE_QUEUE_ATTEMPTS {
@@ -356,6 +453,7 @@ fn leave_queue_in_background(engine: Arc<dyn ConsensusEngine>, session: SessionI
             let command = Command::CancelWait {
                 session,
                 lock: lock.clone(),
+                by: by.clone(),
             };
             match propose_within(engine.as_ref(), command, LEAVE_QUEUE_ATTEMPT_BUDGET).await {
                 Ok(_) => return,
@@ -432,8 +530,13 @@ impl pb::lock_server::Lock for LockService {
         validate::ttl_ms(ttl_ms)
             .map_err(|error| invalid_argument("ttl_ms", Some(SESSION_TTL_MS_MAX), error.to_string()))?;
         forward_unless_leader!(self, request, open_session);
+        // Drawn here, by the node that orders the session, and carried in
+        // the command only as its digest: apply stays deterministic and the
+        // log never holds the secret.
+        let secret = draw_secret()?;
+        let owner = Credential::of_secret(&secret);
         match self
-            .propose(Command::OpenSession { ttl_ms }, self.budget(&request))
+            .propose(Command::OpenSession { ttl_ms, owner }, self.budget(&request))
             .await?
         {
             Outcome::SessionOpened { session, ttl_ms } => {
@@ -441,6 +544,7 @@ impl pb::lock_server::Lock for LockService {
                 Ok(Response::new(pb::OpenSessionResponse {
                     session_id: session.get(),
                     ttl_ms,
+                    session_secret: secret.to_vec(),
                 }))
             }
             other => Err(unexpected(other)),
@@ -489,10 +593,11 @@ impl pb::lock_server::Lock for LockService {
         &self,
         request: Request<pb::CloseSessionRequest>,
     ) -> Result<Response<pb::CloseSessionResponse>, Status> {
-        forward_unless_leader!(self, request, close_session);
         let session = SessionId::new(request.get_ref().session_id);
+        let by = credential(session, &request.get_ref().session_secret)?;
+        forward_unless_leader!(self, request, close_session);
         match self
-            .propose(Command::CloseSession { session }, self.budget(&request))
+            .propose(Command::CloseSession { session, by }, self.budget(&request))
             .await?
         {
             Outcome::SessionEnded { released } => {
@@ -516,8 +621,9 @@ impl pb::lock_server::Lock for LockService {
                 format!("wait_ms {wait_ms} is more than the {WAIT_MS_MAX} ms limit"),
             ));
         }
-        forward_unless_leader!(self, request, acquire);
         let session = SessionId::new(request.get_ref().session_id);
+        let by = credential(session, &request.get_ref().session_secret)?;
+        forward_unless_leader!(self, request, acquire);
         let wait = Duration::from_millis(wait_ms);
         let wait = match client_timeout(&request) {
             Some(_) => wait.min(budget(&request, Duration::MAX)),
@@ -530,6 +636,7 @@ impl pb::lock_server::Lock for LockService {
             session,
             lock: lock.clone(),
             wait: wait_ms > 0,
+            by: by.clone(),
         };
         let response = match self.propose(command, self.budget(&request)).await? {
             Outcome::Acquired { token } => pb::AcquireResponse {
@@ -541,7 +648,7 @@ impl pb::lock_server::Lock for LockService {
                 token: 0,
             },
             Outcome::Queued { .. } => match watch {
-                Some(watch) => self.wait_for_grant(session, lock, wait, watch).await?,
+                Some(watch) => self.wait_for_grant(session, lock, by, wait, watch).await?,
                 // A try-lock by a session that already waits keeps its place.
                 None => pb::AcquireResponse {
                     acquired: false,
@@ -558,11 +665,14 @@ impl pb::lock_server::Lock for LockService {
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
         let lock = lock_name("name", &request.get_ref().name)?;
+        let session = SessionId::new(request.get_ref().session_id);
+        let by = credential(session, &request.get_ref().session_secret)?;
         forward_unless_leader!(self, request, release);
         let command = Command::Release {
-            session: SessionId::new(request.get_ref().session_id),
+            session,
             lock,
             token: FencingToken::new(request.get_ref().token),
+            by,
         };
         match self.propose(command, self.budget(&request)).await? {
             Outcome::Released { next } => Ok(Response::new(pb::ReleaseResponse {
@@ -597,10 +707,19 @@ impl pb::lock_server::Lock for LockService {
         let key = key(&request.get_ref().key)?;
         value(&request.get_ref().value)?;
         let fence = fence(request.get_ref().fence.as_ref())?;
+        let session = SessionId::new(request.get_ref().session_id);
+        let by = credential(session, &request.get_ref().session_secret)?;
         forward_unless_leader!(self, request, put);
         let budget = self.budget(&request);
         let value = request.into_inner().value;
-        match self.propose(Command::Put { key, value, fence }, budget).await? {
+        let command = Command::Put {
+            key,
+            value,
+            fence,
+            session,
+            by,
+        };
+        match self.propose(command, budget).await? {
             Outcome::Written { .. } => Ok(Response::new(pb::PutResponse {})),
             other => Err(unexpected(other)),
         }
@@ -631,11 +750,16 @@ impl pb::lock_server::Lock for LockService {
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let key = key(&request.get_ref().key)?;
         let fence = fence(request.get_ref().fence.as_ref())?;
+        let session = SessionId::new(request.get_ref().session_id);
+        let by = credential(session, &request.get_ref().session_secret)?;
         forward_unless_leader!(self, request, delete);
-        match self
-            .propose(Command::Delete { key, fence }, self.budget(&request))
-            .await?
-        {
+        let command = Command::Delete {
+            key,
+            fence,
+            session,
+            by,
+        };
+        match self.propose(command, self.budget(&request)).await? {
             Outcome::Written { existed } => Ok(Response::new(pb::DeleteResponse { existed })),
             other => Err(unexpected(other)),
         }

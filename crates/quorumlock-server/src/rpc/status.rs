@@ -54,6 +54,13 @@ pub fn from_lock_error(error: LockError) -> Status {
                 ..reason(ErrorReason::QueueFull)
             },
         ),
+        LockError::NotSessionOwner { session, .. } => (
+            Code::PermissionDenied,
+            pb::ErrorDetail {
+                session_id: session.get(),
+                ..reason(ErrorReason::NotSessionOwner)
+            },
+        ),
         LockError::TooManySessions { max } => (
             Code::ResourceExhausted,
             pb::ErrorDetail {
@@ -166,6 +173,22 @@ pub fn session_gone(session: SessionId, ended: bool) -> Status {
         pb::ErrorDetail {
             session_id: session.get(),
             ..reason(why)
+        },
+    )
+}
+
+/// UNAUTHENTICATED for a call on `session` that presented no session secret.
+pub fn secret_missing(session: SessionId) -> Status {
+    details::status(
+        Code::Unauthenticated,
+        format!(
+            "session_secret is missing: every call on session {session} must present the secret \
+             OpenSession returned"
+        ),
+        pb::ErrorDetail {
+            session_id: session.get(),
+            field: "session_secret".to_string(),
+            ..reason(ErrorReason::Unauthenticated)
         },
     )
 }

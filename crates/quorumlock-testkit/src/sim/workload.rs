@@ -15,7 +15,7 @@ use rand::Rng;
 use super::checker::AckedWrite;
 use quorumlock_core::consensus::{CommandResult, NodeId};
 use quorumlock_core::lease::RenewError;
-use quorumlock_core::lock::{Command, Fence, FencingToken, LockError, Outcome, SessionId};
+use quorumlock_core::lock::{Command, Credential, Fence, FencingToken, LockError, Outcome, SessionId};
 
 /// Locks the clients contend for.
 pub const LOCKS: usize = 2;
@@ -46,7 +46,8 @@ pub struct Client {
     /// The node it sends commands and keepalives to.
     pub target: NodeId,
     ttl_ms: u64,
-    session: Option<SessionId>,
+    /// Its session and the credential it opened it with.
+    session: Option<(SessionId, Credential)>,
     /// The lock it holds, its token, and whether it wrote under it yet.
     holding: Option<(String, FencingToken, bool)>,
     in_flight: Option<(Command, u64)>,
@@ -112,14 +113,22 @@ impl Client {
         if self.in_flight.is_some() || now_ms < self.next_command_ms || self.paused(now_ms) {
             return None;
         }
-        let command = match (self.session, &self.holding) {
-            (None, _) => Command::OpenSession { ttl_ms: self.ttl_ms },
-            (Some(session), None) => Command::Acquire {
+        let command = match (self.session.clone(), &self.holding) {
+            (None, _) => {
+                // As a node draws it from the OS; here from the run's seed.
+                let secret: [u8; 32] = rng.gen();
+                Command::OpenSession {
+                    ttl_ms: self.ttl_ms,
+                    owner: Credential::of_secret(&secret),
+                }
+            }
+            (Some((session, by)), None) => Command::Acquire {
                 session,
                 lock: lock_name(rng.gen_range(0..LOCKS)),
                 wait: false,
+                by,
             },
-            (Some(_), Some((lock, token, false))) => {
+            (Some((session, by)), Some((lock, token, false))) => {
                 self.writes += 1;
                 Command::Put {
                     key: key_of(lock),
@@ -128,12 +137,15 @@ impl Client {
                         lock: lock.clone(),
                         token: *token,
                     },
+                    session,
+                    by,
                 }
             }
-            (Some(session), Some((lock, token, true))) => Command::Release {
+            (Some((session, by)), Some((lock, token, true))) => Command::Release {
                 session,
                 lock: lock.clone(),
                 token: *token,
+                by,
             },
         };
         self.in_flight = Some((command.clone(), now_ms));
@@ -148,8 +160,8 @@ impl Client {
         let mut acked = None;
         match (&command, result) {
             (_, Err(LockError::SessionNotFound { .. })) => self.lost_session(),
-            (Command::OpenSession { .. }, Ok(Outcome::SessionOpened { session, .. })) => {
-                self.session = Some(*session);
+            (Command::OpenSession { owner, .. }, Ok(Outcome::SessionOpened { session, .. })) => {
+                self.session = Some((*session, owner.clone()));
                 self.holding = None;
                 self.next_renew_ms = now_ms + self.ttl_ms / 3;
             }
@@ -160,7 +172,12 @@ impl Client {
                 }
             }
             (Command::Acquire { .. }, Ok(Outcome::Busy { .. })) => {}
-            (Command::Put { key, value, fence }, Ok(Outcome::Written { .. })) => {
+            (
+                Command::Put {
+                    key, value, fence, ..
+                },
+                Ok(Outcome::Written { .. }),
+            ) => {
                 if let Some(holding) = &mut self.holding {
                     holding.2 = true;
                 }
@@ -210,7 +227,8 @@ impl Client {
 
     /// The session to renew now, if a renewal is due.
     pub fn renewal_due(&mut self, now_ms: u64) -> Option<SessionId> {
-        let session = self.session?;
+        let (session, _) = self.session.as_ref()?;
+        let session = *session;
         if self.paused(now_ms) || now_ms < self.next_renew_ms {
             return None;
         }
