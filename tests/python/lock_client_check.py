@@ -142,6 +142,17 @@ def refused(pb, call):
     return None
 
 
+def put_request(pb, key, value, lock, token, session, secret):
+    """A fenced Put by `session`, which must hold `lock` under `token`."""
+    return pb.PutRequest(
+        key=key,
+        value=value,
+        fence=pb.Fence(lock=lock, token=token),
+        session_id=session,
+        session_secret=secret,
+    )
+
+
 def run(pb, client, lock, key):
     lock_bytes = lock.encode()
     key_bytes = key.encode()
@@ -173,13 +184,7 @@ def run(pb, client, lock, key):
 
     client.call(
         "Put",
-        pb.PutRequest(
-            key=key_bytes,
-            value=b"written by A",
-            fence=pb.Fence(lock=lock_bytes, token=t1),
-            session_id=a,
-            session_secret=a_secret,
-        ),
+        put_request(pb, key_bytes, b"written by A", lock_bytes, t1, a, a_secret),
     )
     print(f"A put {key} with token {t1}")
     got = client.call("Get", pb.GetRequest(key=key_bytes))
@@ -196,13 +201,7 @@ def run(pb, client, lock, key):
         ("Release", pb.ReleaseRequest(session_id=a, name=lock_bytes, token=t1, session_secret=guessed)),
         (
             "Put",
-            pb.PutRequest(
-                key=key_bytes,
-                value=b"hijacked",
-                fence=pb.Fence(lock=lock_bytes, token=t1),
-                session_id=a,
-                session_secret=guessed,
-            ),
+            put_request(pb, key_bytes, b"hijacked", lock_bytes, t1, a, guessed),
         ),
         ("CloseSession", pb.CloseSessionRequest(session_id=a, session_secret=guessed)),
     ):
@@ -244,13 +243,7 @@ def run(pb, client, lock, key):
     print(f"B acquired {lock}: token={t2}")
     client.call(
         "Put",
-        pb.PutRequest(
-            key=key_bytes,
-            value=b"written by B",
-            fence=pb.Fence(lock=lock_bytes, token=t2),
-            session_id=b,
-            session_secret=b_secret,
-        ),
+        put_request(pb, key_bytes, b"written by B", lock_bytes, t2, b, b_secret),
     )
     print(f"B put {key} with token {t2}")
 
@@ -258,13 +251,7 @@ def run(pb, client, lock, key):
         pb,
         lambda: client.call(
             "Put",
-            pb.PutRequest(
-                key=key_bytes,
-                value=b"late write by A",
-                fence=pb.Fence(lock=lock_bytes, token=t1),
-                session_id=a,
-                session_secret=a_secret,
-            ),
+            put_request(pb, key_bytes, b"late write by A", lock_bytes, t1, a, a_secret),
         ),
     )
     expect(refusal is not None, f"A's put with stale token {t1} was accepted")
