@@ -115,7 +115,7 @@ pub(crate) async fn release_if_holder(slot: ReleaseSlot) {
     let name = slot.name();
     match session.client.describe(name).await {
         Ok(described) => match described.holder {
-            Some(holder) if holder.session_id == session.id => {
+            Some(holder) if holder.session_id == session.key.id => {
                 if let Err(error) = session.client.release(&session.key, name, holder.token).await {
                     tracing::debug!(lock = %name, %error, "releasing the grant of an abandoned acquire failed");
                 }

@@ -48,7 +48,7 @@ impl LockGuard {
 
     /// The session that holds the lock.
     pub fn session_id(&self) -> SessionId {
-        self.session.id
+        self.session.key.id
     }
 
     /// The key (id and secret) of the session that holds the lock, which
@@ -121,7 +121,7 @@ impl std::fmt::Debug for LockGuard {
         f.debug_struct("LockGuard")
             .field("name", &self.name)
             .field("token", &self.token)
-            .field("session", &self.session.id)
+            .field("session", &self.session.key.id)
             .finish()
     }
 }

@@ -28,7 +28,6 @@ use quorumlock_proto::v1::lock_client::LockClient;
 /// lost signal, and the switch that stops its keepalive.
 pub(crate) struct SessionShared {
     pub(crate) client: Client,
-    pub(crate) id: SessionId,
     /// The id and the secret every call on the session presents.
     pub(crate) key: SessionKey,
     ttl: Duration,
@@ -89,7 +88,7 @@ impl SessionShared {
     /// The error for an operation that needs the session once it is gone.
     fn lost_error(&self, reason: LostReason) -> ClientError {
         ClientError::SessionLost {
-            session: self.id,
+            session: self.key.id,
             reason,
         }
     }
@@ -151,11 +150,10 @@ pub struct Session {
 }
 
 impl Session {
-    /// Starts keeping session `id` alive; `opened_at` is when `OpenSession`
+    /// Starts keeping session `key` alive; `opened_at` is when `OpenSession`
     /// was sent, so the client's idea of the lease never outlasts the
     /// server's.
     pub(crate) fn start(client: Client, key: SessionKey, ttl: Duration, opened_at: Instant) -> Session {
-        let id = key.id;
         let (lost_sender, lost) = watch::channel(None);
         let lost_sender = Arc::new(lost_sender);
         let (stop_sender, stop) = oneshot::channel();
@@ -171,7 +169,6 @@ impl Session {
         Session {
             shared: Arc::new(SessionShared {
                 client,
-                id,
                 key,
                 ttl,
                 lost,
@@ -186,7 +183,7 @@ impl Session {
 
     /// The session id the cluster assigned.
     pub fn id(&self) -> SessionId {
-        self.shared.id
+        self.shared.key.id
     }
 
     /// The session's id and secret, for calls made on it by hand (a
@@ -321,7 +318,7 @@ impl Session {
                 }
                 ClaimAttempt::AlreadyClaimed => {
                     return Err(ClientError::AlreadyHeld {
-                        session: shared.id,
+                        session: shared.key.id,
                         lock: name.to_string(),
                     })
                 }
@@ -409,7 +406,7 @@ enum StreamEnd {
     Broken { hint: Option<String> },
 }
 
-/// Renews session `id` until stopped or lost, moving between endpoints.
+/// Renews session `key` until stopped or lost, moving between endpoints.
 async fn keep_alive(
     client: Client,
     key: SessionKey,

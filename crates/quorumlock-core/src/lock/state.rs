@@ -100,19 +100,19 @@ impl LockState {
                 lock,
                 wait,
                 by,
-            } => validate::lock_name(lock)
-                .and_then(|()| self.check_owner(*session, by))
+            } => self
+                .check_lock_call(*session, lock, by)
                 .and_then(|()| self.acquire(*session, lock, *wait, &mut events)),
-            Command::CancelWait { session, lock, by } => validate::lock_name(lock)
-                .and_then(|()| self.check_owner(*session, by))
+            Command::CancelWait { session, lock, by } => self
+                .check_lock_call(*session, lock, by)
                 .and_then(|()| self.cancel_wait(*session, lock)),
             Command::Release {
                 session,
                 lock,
                 token,
                 by,
-            } => validate::lock_name(lock)
-                .and_then(|()| self.check_owner(*session, by))
+            } => self
+                .check_lock_call(*session, lock, by)
                 .and_then(|()| self.release(*session, lock, *token, &mut events)),
             Command::Put {
                 key,
@@ -225,6 +225,13 @@ impl LockState {
             });
         }
         Ok(())
+    }
+
+    /// Admits a call by `session` on lock `lock`: a valid name (checked
+    /// first, whatever the session) from the session's owner.
+    fn check_lock_call(&self, session: SessionId, lock: &str, by: &Credential) -> Result<(), LockError> {
+        validate::lock_name(lock)?;
+        self.check_owner(session, by)
     }
 
     /// Admits a fenced write only from the owner of the session that holds
