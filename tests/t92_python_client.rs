@@ -13,7 +13,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -21,35 +20,10 @@ use common::*;
 
 /// Bound on the whole script, stub generation included.
 const SCRIPT_TIME_MAX: Duration = Duration::from_secs(120);
-const REQUIREMENTS: &str = "tests/python/requirements.txt";
 const LOCK: &str = "t92/python-lock";
 const KEY: &str = "t92/python-key";
 
 engine_tests!(check_python_client_is_fenced_like_any_client);
-
-fn repo_path(relative: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
-}
-
-/// Fails the test, naming what to install, unless python3 can import grpcio,
-/// grpcio-tools and grpcio-status.
-fn require_python_packages() {
-    let probe = std::process::Command::new("python3")
-        .args(["-c", "import grpc, grpc_tools, grpc_status"])
-        .output();
-    match probe {
-        Err(error) => panic!(
-            "python3 is required to run the Python client check ({error}); install Python 3 and then \
-             `pip install -r {REQUIREMENTS}` (grpcio, grpcio-tools, grpcio-status)"
-        ),
-        Ok(output) if !output.status.success() => panic!(
-            "python3 cannot import the pip packages grpcio, grpcio-tools and grpcio-status; run \
-             `pip install -r {REQUIREMENTS}` (as ./x test does): {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        ),
-        Ok(_) => {}
-    }
-}
 
 /// The number after `prefix` on the output line that starts with `line_start`.
 fn number_after(output: &str, line_start: &str, prefix: &str) -> u64 {
@@ -78,7 +52,7 @@ async fn check_python_client_is_fenced_like_any_client(engine: &str) {
     let script = repo_path("tests/python/lock_client_check.py");
     let child = tokio::process::Command::new("python3")
         .arg(&script)
-        .args(["--endpoints", &endpoints, "--lock", LOCK, "--key", KEY])
+        .args(["--endpoints", &endpoints, "--lock", LOCK, "--fenced-key", KEY])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

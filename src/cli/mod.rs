@@ -1,15 +1,17 @@
 //! The subcommands of the `quorumlock` binary, one module per area.
 
+mod certs;
 mod demo;
 mod lock_command;
 mod scripting;
 mod serve;
 mod serve_args;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use quorumlock_client::{Client, ClientConfig};
+use quorumlock_client::{Client, ClientConfig, ClientTls, ClientTlsFiles};
 use serve_args::ServeArgs;
 
 /// Exit code of a failure (bad input, unreachable cluster, refused call).
@@ -63,6 +65,8 @@ enum Command {
     Delete(scripting::DeleteArgs),
     /// Prints a table of the cluster's members.
     Status(scripting::StatusArgs),
+    /// Makes a CA (or uses the one in --dir) and node and client certificates.
+    Certs(certs::CertsArgs),
     /// Runs a cluster under kills, pauses, partitions and clock skew, and
     /// checks that the locks stayed safe.
     Chaos(quorumlock_testkit::chaos::ChaosArgs),
@@ -100,6 +104,7 @@ impl Cli {
             Command::Get(args) => scripting::get(args).await,
             Command::Delete(args) => scripting::delete(args).await,
             Command::Status(args) => scripting::status(args).await,
+            Command::Certs(args) => certs::certs(args),
             Command::DemoClient(args) => demo::demo_client(args).await,
             Command::Chaos(args) => quorumlock_testkit::chaos::run(args).await,
             Command::ChaosWorker(args) => quorumlock_testkit::chaos::run_worker(args).await,
@@ -107,26 +112,50 @@ impl Cli {
     }
 }
 
-/// Where the cluster is.
+/// Where the cluster is, and how to reach it.
 #[derive(Args, Clone)]
 pub struct ClusterArgs {
-    /// The cluster's endpoints, comma-separated, each host:port or
-    /// http://host:port; any subset of the members works.
+    /// The cluster's endpoints, comma-separated, each host:port,
+    /// http://host:port or https://host:port; any subset of the members works.
     #[arg(long, env = "QUORUMLOCK_ENDPOINTS", default_value = DEFAULT_ENDPOINTS)]
     pub endpoints: String,
     /// How long to look for an endpoint that answers before giving up.
     #[arg(long, value_parser = parse_duration, default_value = "3s")]
     pub connect_wait: Duration,
+    /// CA certificate (PEM) the nodes' certificates must chain to; turns TLS on.
+    #[arg(long, env = "QUORUMLOCK_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// This client's certificate (PEM), for clusters that require one (mutual TLS).
+    #[arg(long = "cert", id = "tls_cert", env = "QUORUMLOCK_CERT", requires = "tls_key")]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long = "key", id = "tls_key", env = "QUORUMLOCK_KEY", requires = "tls_cert")]
+    pub key: Option<PathBuf>,
 }
 
 impl ClusterArgs {
+    /// The client settings these flags give.
+    pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
+        let tls = match (&self.cacert, &self.cert, &self.key) {
+            (None, None, None) => None,
+            (None, _, _) => anyhow::bail!(
+                "--cert and --key need --cacert (the CA the nodes' certificates chain to) to turn TLS on"
+            ),
+            (Some(ca), cert, key) => Some(ClientTls::load(ClientTlsFiles {
+                ca: ca.clone(),
+                identity: cert.clone().zip(key.clone()),
+            })?),
+        };
+        Ok(ClientConfig {
+            connect_wait_max: self.connect_wait,
+            tls,
+            ..ClientConfig::default()
+        })
+    }
+
     /// Connects to the cluster.
     pub async fn connect(&self) -> anyhow::Result<Client> {
-        let config = ClientConfig {
-            connect_wait_max: self.connect_wait,
-            ..ClientConfig::default()
-        };
-        Ok(Client::connect_with([self.endpoints.as_str()], config).await?)
+        Ok(Client::connect_with([self.endpoints.as_str()], self.client_config()?).await?)
     }
 }
 

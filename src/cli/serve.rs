@@ -11,6 +11,7 @@ use quorumlock_core::consensus::{EngineKind, NodeId};
 use quorumlock_server::skew_file::SkewFileClock;
 use quorumlock_server::{Node, NodeConfig};
 
+use super::certs::DevTls;
 use super::EXIT_STORAGE_FAILED;
 
 /// Flags of `dev`.
@@ -31,6 +32,11 @@ pub struct DevArgs {
     /// Delete the data left by an earlier run first.
     #[arg(long)]
     fresh: bool,
+    /// Serve TLS with client certificates required, using a throwaway CA
+    /// and certificates made in <data-dir>/tls (kept for the next start),
+    /// and print the client flags that reach the cluster.
+    #[arg(long)]
+    tls: bool,
 }
 
 /// Runs one node until SIGINT or SIGTERM (exit 0), or until its storage
@@ -47,13 +53,24 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         }
         None => Node::start(config).await?,
     };
-    let failure = tokio::select! {
-        signal = shutdown_signal() => {
-            signal?;
-            tracing::info!("stopping");
-            None
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing a SIGHUP handler")?;
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    let failure = loop {
+        tokio::select! {
+            signal = &mut stop => {
+                signal?;
+                tracing::info!("stopping");
+                break None;
+            }
+            reason = node.failed() => break Some(reason),
+            _ = hangup.recv() => match node.reload_tls() {
+                Ok(Some(_)) => {}
+                Ok(None) => tracing::info!("SIGHUP: nothing to reload (no TLS)"),
+                Err(error) => tracing::error!(%error, "SIGHUP: TLS files not reloaded; the ones in use stay"),
+            },
         }
-        reason = node.failed() => Some(reason),
     };
     let stopped = node.shutdown().await;
     match failure {
@@ -96,6 +113,10 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<i32> {
     let addr = |id: u64| format!("127.0.0.1:{}", u64::from(args.base_port) + id - 1);
     let peers: std::collections::BTreeMap<NodeId, String> =
         (1..=args.nodes).map(|id| (NodeId::new(id), addr(id))).collect();
+    let tls = match args.tls {
+        true => Some(DevTls::prepare(&data_dir.join("tls"), args.nodes)?),
+        false => None,
+    };
     let mut nodes = Vec::new();
     for id in 1..=args.nodes {
         let config = NodeConfig {
@@ -108,6 +129,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<i32> {
             election_timeout: Duration::from_millis(500),
             request_timeout: Duration::from_millis(5_000),
             snapshot_every_entries: 10_000,
+            tls: tls.as_ref().map(|tls| tls.nodes[id as usize - 1].clone()),
         };
         nodes.push(Node::start(config).await?);
     }
@@ -118,6 +140,12 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<i32> {
         data_dir.display()
     );
     println!("endpoints: {}", endpoints.join(","));
+    if let Some(tls) = &tls {
+        println!(
+            "TLS with client certificates; client flags: {}",
+            tls.client_flags()
+        );
+    }
     println!("press Ctrl-C to stop (data is kept for the next start unless --fresh)");
     shutdown_signal().await?;
     for node in nodes {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use quorumlock_core::consensus::{EngineKind, NodeId};
-use quorumlock_server::config::{parse_peers, FileConfig};
+use quorumlock_server::config::{parse_peers, tls_files, FileConfig};
 use quorumlock_server::NodeConfig;
 
 /// Flags of `serve`; each overrides the same setting from `--config`.
@@ -44,6 +44,18 @@ pub struct ServeArgs {
     /// Snapshot after this many log entries [default: 10000].
     #[arg(long)]
     snapshot_every_entries: Option<u64>,
+    /// The node's TLS certificate (PEM). With --key and --ca, the node
+    /// serves its API and peer protocol over TLS only, requires a client
+    /// certificate the CA signed on every connection, and dials its peers
+    /// with this certificate. Re-read on SIGHUP.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// CA certificates (PEM) that clients' and peers' certificates must chain to.
+    #[arg(long)]
+    ca: Option<PathBuf>,
     /// Fault injection for chaos runs: the lease keeper's clock is skewed by
     /// the `OFFSET_MS RATE` this file holds, re-read while the node runs
     /// (see `SkewedClock`). Not for production.
@@ -100,6 +112,11 @@ impl ServeArgs {
                 .snapshot_every_entries
                 .or(file.snapshot_every_entries)
                 .unwrap_or(10_000),
+            tls: tls_files(
+                self.cert.or(file.cert),
+                self.key.or(file.key),
+                self.ca.or(file.ca),
+            )?,
         })
     }
 }

@@ -111,6 +111,43 @@ fn cluster_slots() -> Arc<Semaphore> {
         .clone()
 }
 
+/// A cluster slot for a cluster the test starts by other means; hold it
+/// for the cluster's lifetime.
+pub async fn cluster_slot() -> OwnedSemaphorePermit {
+    cluster_slots()
+        .acquire_owned()
+        .await
+        .expect("the slots are never closed")
+}
+
+/// A path inside the repository.
+pub fn repo_path(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// The pip packages the Python client check needs.
+pub const PYTHON_REQUIREMENTS: &str = "tests/python/requirements.txt";
+
+/// Fails the test, naming what to install, unless python3 can import grpcio,
+/// grpcio-tools and grpcio-status.
+pub fn require_python_packages() {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import grpc, grpc_tools, grpc_status"])
+        .output();
+    match probe {
+        Err(error) => panic!(
+            "python3 is required to run the Python client check ({error}); install Python 3 and then \
+             `pip install -r {PYTHON_REQUIREMENTS}` (grpcio, grpcio-tools, grpcio-status)"
+        ),
+        Ok(output) if !output.status.success() => panic!(
+            "python3 cannot import the pip packages grpcio, grpcio-tools and grpcio-status; run \
+             `pip install -r {PYTHON_REQUIREMENTS}` (as ./x test does): {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ),
+        Ok(_) => {}
+    }
+}
+
 /// One server process slot: fixed id, address and data directory, and the
 /// child process while it runs.
 struct Node {

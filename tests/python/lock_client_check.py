@@ -84,8 +84,11 @@ class Client:
     """Calls any of the endpoints; every node forwards to the leader, so the
     first endpoint that answers is used, and UNAVAILABLE moves to the next."""
 
-    def __init__(self, rpc, endpoints):
-        self.channels = [grpc.insecure_channel(endpoint) for endpoint in endpoints]
+    def __init__(self, rpc, endpoints, credentials=None):
+        if credentials is None:
+            self.channels = [grpc.insecure_channel(endpoint) for endpoint in endpoints]
+        else:
+            self.channels = [grpc.secure_channel(endpoint, credentials) for endpoint in endpoints]
         self.stubs = [rpc.LockStub(channel) for channel in self.channels]
         self.endpoints = endpoints
         self.current = 0
@@ -302,19 +305,35 @@ def main():
         default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "crates", "quorumlock-proto", "proto"),
         help="directory holding quorumlock/v1/lock.proto [default: the repository's crates/quorumlock-proto/proto/]",
     )
+    parser.add_argument("--cacert", help="CA certificate (PEM) the nodes' certificates chain to; turns TLS on")
+    parser.add_argument("--cert", help="client certificate (PEM), for clusters that require one")
+    parser.add_argument("--key", dest="tls_key", help="private key (PEM) of --cert")
     parser.add_argument("--lock", default="python/lock", help="lock name to use")
-    parser.add_argument("--key", default="python/key", help="fenced key to write")
+    parser.add_argument("--fenced-key", "--kv-key", dest="key", default="python/key", help="fenced key to write")
     args = parser.parse_args()
     endpoints = [endpoint.strip() for endpoint in args.endpoints.split(",") if endpoint.strip()]
     if not endpoints:
         parser.error("--endpoints names no endpoint")
+    credentials = None
+    if args.cacert:
+        def read(path):
+            with open(path, "rb") as file:
+                return file.read()
+
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=read(args.cacert),
+            private_key=read(args.tls_key) if args.tls_key else None,
+            certificate_chain=read(args.cert) if args.cert else None,
+        )
+    elif args.cert or args.tls_key:
+        parser.error("--cert and --key need --cacert")
 
     with tempfile.TemporaryDirectory(prefix="quorumlock-python-stubs-") as out_dir:
         client = None
         try:
             pb, rpc = generate_stubs(os.path.abspath(args.proto_root), out_dir)
             print(f"generated Python stubs from {os.path.normpath(args.proto_root)}/quorumlock/v1/lock.proto")
-            client = Client(rpc, endpoints)
+            client = Client(rpc, endpoints, credentials)
             run(pb, client, args.lock, args.key)
         except Mismatch as mismatch:
             print(f"FAIL: {mismatch}", file=sys.stderr)

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use quorumlock_proto::limits::WAIT_MS_MAX;
+use quorumlock_tls::ClientTls;
 
 /// Most endpoints a client keeps: the given ones plus leaders it was told about.
 pub const ENDPOINTS_MAX: usize = 64;
@@ -36,6 +37,11 @@ pub struct ClientConfig {
     /// Longest single `Acquire` wait a blocking lock asks the server for; a
     /// longer wait is made of several. The server's limit is one hour.
     pub lock_wait_step_max: Duration,
+    /// TLS for every connection (see [`ClientTls::load`]): the CA the
+    /// nodes' certificates must chain to and, for a cluster that requires
+    /// client certificates, this client's own. `None` connects in
+    /// plaintext, except that an `https://` endpoint then is an error.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ClientConfig {
@@ -48,6 +54,7 @@ impl Default for ClientConfig {
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(1),
             lock_wait_step_max: Duration::from_millis(WAIT_MS_MAX),
+            tls: None,
         }
     }
 }

@@ -12,7 +12,7 @@ use tonic::{Code, Request, Response, Status};
 
 use super::backoff::Backoff;
 use super::config::ClientConfig;
-use super::endpoints::{leader_hint, parse_endpoint, parse_endpoint_list, Picked, Pool};
+use super::endpoints::{check_schemes, leader_hint, parse_endpoint, parse_endpoint_list, Picked, Pool};
 use super::error::{code_name, describe_status, ClientError, EndpointFailure, Refusal};
 use super::guard::LockGuard;
 use super::key::{SessionKey, SessionSecret};
@@ -233,7 +233,7 @@ impl<T> Called<T> {
 }
 
 impl Client {
-    /// Connects through `endpoints` (each `host:port` or `http://host:port`,
+    /// Connects through `endpoints` (each `host:port`, `http://host:port` or `https://host:port`,
     /// or a comma-separated list of them) with the default
     /// [`ClientConfig`].
     pub async fn connect<I, S>(endpoints: I) -> Result<Client, ClientError>
@@ -252,8 +252,13 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let endpoints = parse_endpoint_list(endpoints)?;
-        let pool = Pool::new(&endpoints, config.connect_timeout)?;
+        let given: Vec<String> = endpoints
+            .into_iter()
+            .map(|item| item.as_ref().to_string())
+            .collect();
+        check_schemes(&given, config.tls.is_some())?;
+        let endpoints = parse_endpoint_list(&given)?;
+        let pool = Pool::new(&endpoints, config.connect_timeout, config.tls.as_ref())?;
         let client = Client {
             inner: Arc::new(Inner { pool, config }),
         };
@@ -741,8 +746,13 @@ impl Client {
 /// nodes that may not be up yet. No retries; `config` bounds the connection
 /// and the call.
 pub async fn node_status(endpoint: &str, config: &ClientConfig) -> Result<NodeStatus, ClientError> {
+    check_schemes([endpoint], config.tls.is_some())?;
     let addr = parse_endpoint(endpoint)?;
-    let pool = Pool::new(std::slice::from_ref(&addr), config.connect_timeout)?;
+    let pool = Pool::new(
+        std::slice::from_ref(&addr),
+        config.connect_timeout,
+        config.tls.as_ref(),
+    )?;
     status_on(&pool.current(), config.rpc_timeout).await
 }
 

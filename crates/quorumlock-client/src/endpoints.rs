@@ -10,24 +10,42 @@ use tonic::Status;
 use super::config::ENDPOINTS_MAX;
 use super::error::{ClientError, Refusal};
 use quorumlock_proto::headers::LEADER_HINT_HEADER;
+use quorumlock_tls::{ClientTls, Dialer};
 
-/// Parses one endpoint, `host:port` or `http://host:port`, into `host:port`.
-///
-/// TLS is not supported, so `https://` is refused rather than silently
-/// downgraded.
+/// How an endpoint asks to be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `host:port`: as the client's config says (TLS when it has one).
+    Any,
+    /// `http://host:port`: plaintext.
+    Plaintext,
+    /// `https://host:port`: TLS.
+    Tls,
+}
+
+/// Parses one endpoint, `host:port`, `http://host:port` or
+/// `https://host:port`, into `host:port`.
 pub fn parse_endpoint(text: &str) -> Result<String, ClientError> {
+    parse_endpoint_scheme(text).map(|(_, address)| address)
+}
+
+/// Parses one endpoint into its scheme and `host:port`.
+pub fn parse_endpoint_scheme(text: &str) -> Result<(Scheme, String), ClientError> {
     let invalid = |reason: &str| ClientError::InvalidEndpoint {
         endpoint: text.to_string(),
         reason: reason.to_string(),
     };
     let trimmed = text.trim();
-    if trimmed.starts_with("https://") {
-        return Err(invalid("TLS is not supported; use host:port or http://host:port"));
-    }
-    let address = trimmed.strip_prefix("http://").unwrap_or(trimmed);
+    let (scheme, address) = if let Some(address) = trimmed.strip_prefix("https://") {
+        (Scheme::Tls, address)
+    } else if let Some(address) = trimmed.strip_prefix("http://") {
+        (Scheme::Plaintext, address)
+    } else {
+        (Scheme::Any, trimmed)
+    };
     let address = address.strip_suffix('/').unwrap_or(address);
     if address.contains("://") {
-        return Err(invalid("only http:// endpoints are supported"));
+        return Err(invalid("only http:// and https:// endpoints are supported"));
     }
     if address.contains('/') {
         return Err(invalid("an endpoint has no path: expected host:port"));
@@ -45,8 +63,41 @@ pub fn parse_endpoint(text: &str) -> Result<String, ClientError> {
     }
     match port.parse::<u16>() {
         Ok(0) | Err(_) => Err(invalid("the port must be a number from 1 to 65535")),
-        Ok(_) => Ok(address.to_string()),
+        Ok(_) => Ok((scheme, address.to_string())),
     }
+}
+
+/// Checks that every endpoint's scheme agrees with whether the client has
+/// a TLS config: `https://` needs one, `http://` refuses one, rather than
+/// silently downgrading or upgrading.
+pub(crate) fn check_schemes<I, S>(endpoints: I, tls: bool) -> Result<(), ClientError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    for item in endpoints {
+        for text in item.as_ref().split(',').filter(|text| !text.trim().is_empty()) {
+            let invalid = |reason: &str| ClientError::InvalidEndpoint {
+                endpoint: text.trim().to_string(),
+                reason: reason.to_string(),
+            };
+            match (parse_endpoint_scheme(text)?.0, tls) {
+                (Scheme::Tls, false) => {
+                    return Err(invalid(
+                        "https:// needs a TLS config: the CA file the nodes' certificates chain to \
+                         (ClientConfig::tls, or --cacert / QUORUMLOCK_CACERT)",
+                    ))
+                }
+                (Scheme::Plaintext, true) => {
+                    return Err(invalid(
+                        "http:// asks for plaintext but a TLS config is given; use https:// or host:port",
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Parses a comma-separated endpoint list, dropping duplicates.
@@ -100,6 +151,7 @@ struct Slots {
 /// The endpoints in use and the one calls go to first.
 pub(crate) struct Pool {
     connect_timeout: Duration,
+    dialer: Dialer,
     state: Mutex<Slots>,
 }
 
@@ -116,18 +168,24 @@ pub(crate) struct Picked {
 
 impl Pool {
     /// A pool over already parsed endpoints (see [`parse_endpoint_list`]).
-    pub fn new(endpoints: &[String], connect_timeout: Duration) -> Result<Self, ClientError> {
+    pub fn new(
+        endpoints: &[String],
+        connect_timeout: Duration,
+        tls: Option<&ClientTls>,
+    ) -> Result<Self, ClientError> {
+        let dialer = tls.cloned().map(Dialer::tls).unwrap_or_default();
         let slots = endpoints
             .iter()
             .map(|addr| {
                 Ok(Slot {
                     addr: addr.clone(),
-                    channel: lazy_channel(addr, connect_timeout)?,
+                    channel: lazy_channel(addr, connect_timeout, &dialer)?,
                 })
             })
             .collect::<Result<Vec<_>, ClientError>>()?;
         Ok(Pool {
             connect_timeout,
+            dialer,
             state: Mutex::new(Slots { slots, preferred: 0 }),
         })
     }
@@ -192,7 +250,7 @@ impl Pool {
                 return;
             }
             if state.slots.len() < ENDPOINTS_MAX {
-                if let Ok(channel) = lazy_channel(&hint, self.connect_timeout) {
+                if let Ok(channel) = lazy_channel(&hint, self.connect_timeout, &self.dialer) {
                     state.slots.push(Slot { addr: hint, channel });
                     state.preferred = state.slots.len() - 1;
                     return;
@@ -203,16 +261,22 @@ impl Pool {
     }
 }
 
-fn lazy_channel(addr: &str, connect_timeout: Duration) -> Result<Channel, ClientError> {
-    let endpoint =
-        Endpoint::from_shared(format!("http://{addr}")).map_err(|error| ClientError::InvalidEndpoint {
-            endpoint: addr.to_string(),
-            reason: error.to_string(),
-        })?;
-    Ok(endpoint
+/// A lazily connected channel to `addr`; over TLS the node's certificate
+/// must name the host the endpoint gives (an IP address or a DNS name).
+fn lazy_channel(addr: &str, connect_timeout: Duration, dialer: &Dialer) -> Result<Channel, ClientError> {
+    let invalid = |reason: String| ClientError::InvalidEndpoint {
+        endpoint: addr.to_string(),
+        reason,
+    };
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|error| invalid(error.to_string()))?
         .connect_timeout(connect_timeout)
-        .tcp_nodelay(true)
-        .connect_lazy())
+        .tcp_nodelay(true);
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    dialer
+        .channel(&endpoint, host)
+        .map_err(|error| invalid(error.to_string()))
 }
 
 #[cfg(test)]
@@ -225,6 +289,23 @@ mod tests {
         assert_eq!(parse_endpoint("http://127.0.0.1:7001").unwrap(), "127.0.0.1:7001");
         assert_eq!(parse_endpoint(" http://node1:7001/ ").unwrap(), "node1:7001");
         assert_eq!(parse_endpoint("[::1]:7001").unwrap(), "[::1]:7001");
+        assert_eq!(
+            parse_endpoint_scheme("https://node1:7001").unwrap(),
+            (Scheme::Tls, "node1:7001".to_string())
+        );
+    }
+
+    #[test]
+    fn schemes_must_agree_with_the_tls_config() {
+        assert!(check_schemes(["a:1,http://b:2"], false).is_ok());
+        assert!(check_schemes(["a:1,https://b:2"], true).is_ok());
+        let error = check_schemes(["a:1,https://b:2"], false).unwrap_err().to_string();
+        assert!(
+            error.contains("https://b:2") && error.contains("--cacert"),
+            "{error}"
+        );
+        let error = check_schemes(["http://b:2"], true).unwrap_err().to_string();
+        assert!(error.contains("plaintext"), "{error}");
     }
 
     #[test]
@@ -235,7 +316,6 @@ mod tests {
             ("host:0", "port must be"),
             ("host:99999", "port must be"),
             ("host:http", "port must be"),
-            ("https://host:7001", "TLS"),
             ("grpc://host:7001", "only http://"),
             ("http://host:7001/path", "no path"),
             ("::1:7001", "brackets"),
@@ -276,6 +356,7 @@ mod tests {
         let pool = Pool::new(
             &["a:1".to_string(), "b:2".to_string(), "c:3".to_string()],
             Duration::from_secs(1),
+            None,
         )
         .unwrap();
         let first = pool.current();

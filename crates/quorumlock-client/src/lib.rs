@@ -55,9 +55,10 @@ pub use config::{ClientConfig, ENDPOINTS_MAX, KEEPALIVE_UNANSWERED_MAX, RENEWALS
 pub use connection::{
     node_status, Client, Entry, Fence, Holder, LockDescription, NodeStatus, Released, TokenCheck,
 };
-pub use endpoints::{parse_endpoint, parse_endpoint_list};
+pub use endpoints::{parse_endpoint, parse_endpoint_list, parse_endpoint_scheme, Scheme};
 pub use error::{code_name, ClientError, EndpointFailure, LostReason, Refusal};
 pub use guard::LockGuard;
 pub use key::{SessionKey, SessionSecret};
 pub use quorumlock_proto::{FencingToken, NodeId, SessionId};
+pub use quorumlock_tls::{ClientTls, ClientTlsFiles, TlsError};
 pub use session::Session;

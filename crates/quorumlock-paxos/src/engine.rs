@@ -26,6 +26,7 @@ use quorumlock_core::consensus::{
 };
 use quorumlock_core::lock::{Command, LockState};
 use quorumlock_proto::paxos::paxos_peer_server::PaxosPeerServer;
+use quorumlock_tls::Dialer;
 
 /// Client requests queued for the driver before callers wait.
 pub const INPUT_QUEUE_MAX: usize = 16_384;
@@ -124,7 +125,7 @@ impl PaxosEngine {
     /// Opens storage, restores the snapshot and the acceptor's records, and
     /// starts the driver. Returns the engine and the routes of its peer
     /// service, to mount on the node's gRPC server.
-    pub async fn start(config: EngineConfig) -> anyhow::Result<(Arc<Self>, Routes)> {
+    pub async fn start(config: EngineConfig, dialer: Dialer) -> anyhow::Result<(Arc<Self>, Routes)> {
         config.validate()?;
         let tick = (config.heartbeat / 2).max(Duration::from_millis(1));
         let heartbeat_ticks = 2;
@@ -160,7 +161,7 @@ impl PaxosEngine {
             .filter(|(id, _)| **id != config.node_id)
             .map(|(id, addr)| (*id, addr.clone()))
             .collect();
-        let outboxes = Outboxes::start(config.node_id, &peers)?;
+        let outboxes = Outboxes::start(config.node_id, &peers, &dialer)?;
         let wake = Arc::new(Notify::new());
         let persister = Persister::start(store, wake.clone())?;
         let (inbox_tx, inbox) = mpsc::channel(INBOX_BATCHES_MAX);

@@ -24,6 +24,7 @@ use quorumlock_core::consensus::NodeId;
 use quorumlock_proto::paxos::paxos_peer_client::PaxosPeerClient;
 use quorumlock_proto::paxos::paxos_peer_server::PaxosPeer;
 use quorumlock_proto::paxos::{PaxosAck, PaxosBatch};
+use quorumlock_tls::{node_name, Dialer};
 
 /// Largest peer message, in bytes: a snapshot travels in one message.
 pub const PEER_MESSAGE_BYTES_MAX: usize = 256 << 20;
@@ -56,8 +57,14 @@ pub struct Outboxes<C> {
 }
 
 impl<C: Command> Outboxes<C> {
-    /// Starts a sender task for every peer in `peers` (id → address).
-    pub fn start(from: NodeId, peers: &BTreeMap<NodeId, String>) -> anyhow::Result<Outboxes<C>> {
+    /// Starts a sender task for every peer in `peers` (id → address),
+    /// dialing with `dialer`: over TLS, a peer's certificate must name it
+    /// ([`quorumlock_tls::node_name`]).
+    pub fn start(
+        from: NodeId,
+        peers: &BTreeMap<NodeId, String>,
+        dialer: &Dialer,
+    ) -> anyhow::Result<Outboxes<C>> {
         let mut outboxes = BTreeMap::new();
         let mut tasks = Vec::new();
         for (id, addr) in peers {
@@ -65,7 +72,10 @@ impl<C: Command> Outboxes<C> {
                 .map_err(|error| anyhow::anyhow!("bad address {addr:?} for node {id}: {error}"))?
                 .connect_timeout(PEER_CONNECT_TIMEOUT)
                 .tcp_nodelay(true);
-            let client = PaxosPeerClient::new(endpoint.connect_lazy())
+            let channel = dialer
+                .channel(&endpoint, &node_name(id.get()))
+                .map_err(|error| anyhow::anyhow!("node {id}: {error}"))?;
+            let client = PaxosPeerClient::new(channel)
                 .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
             let (sender, receiver) = mpsc::channel(OUTBOX_MESSAGES_MAX);

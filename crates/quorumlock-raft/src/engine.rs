@@ -25,6 +25,7 @@ use quorumlock_core::consensus::{
 };
 use quorumlock_core::lock::Command;
 use quorumlock_proto::raft::raft_peer_server::RaftPeerServer;
+use quorumlock_tls::Dialer;
 
 /// Commands a leader accepts for ordering at once; beyond this `propose`
 /// is refused at once as overloaded. openraft queues client writes without
@@ -66,10 +67,10 @@ impl RaftEngine {
     /// fresh (every member initializes with the same membership, which
     /// openraft's voting makes safe). Returns the engine and the routes of its
     /// peer service, to mount on the node's gRPC server.
-    pub async fn start(config: EngineConfig) -> anyhow::Result<(Arc<Self>, Routes)> {
+    pub async fn start(config: EngineConfig, dialer: Dialer) -> anyhow::Result<(Arc<Self>, Routes)> {
         let engine = Self::start_with_network(
             config,
-            PeerNetwork::default(),
+            PeerNetwork::new(dialer),
             Arc::new(AppliedState::default()),
             WalSync::Background,
         )

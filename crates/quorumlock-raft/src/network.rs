@@ -26,6 +26,7 @@ use super::types::TypeConfig;
 use quorumlock_core::consensus::NodeId;
 use quorumlock_proto::raft::raft_peer_client::RaftPeerClient;
 use quorumlock_proto::raft::RaftPayload;
+use quorumlock_tls::{node_name, Dialer};
 
 /// Largest peer message, in bytes: big enough for a batch of maximal values
 /// and for a whole snapshot sent in one message.
@@ -44,9 +45,19 @@ pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 #[derive(Clone, Default)]
 pub struct PeerNetwork {
     channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
+    dialer: Dialer,
 }
 
 impl PeerNetwork {
+    /// Dials peers with `dialer`: over TLS, a peer's certificate must name
+    /// it ([`quorumlock_tls::node_name`]).
+    pub fn new(dialer: Dialer) -> PeerNetwork {
+        PeerNetwork {
+            channels: Arc::default(),
+            dialer,
+        }
+    }
+
     fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, String> {
         let mut channels = self.channels.lock();
         if let Some((cached_addr, channel)) = channels.get(&target) {
@@ -54,11 +65,14 @@ impl PeerNetwork {
                 return Ok(channel.clone());
             }
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|error| format!("bad address {addr:?} for node {target}: {error}"))?
             .connect_timeout(PEER_CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
+        let channel = self
+            .dialer
+            .channel(&endpoint, &node_name(target.get()))
+            .map_err(|error| format!("node {target}: {error}"))?;
         channels.insert(target, (addr.to_string(), channel.clone()));
         Ok(channel)
     }

@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 
 use quorumlock_core::consensus::{EngineKind, NodeId};
+use quorumlock_tls::ServerTlsFiles;
 
 /// Everything a node needs to start.
 #[derive(Debug, Clone)]
@@ -31,6 +32,9 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// Build a snapshot after this many applied commands.
     pub snapshot_every_entries: u64,
+    /// TLS on the API and the peer protocol, with client certificates
+    /// required and verified on every connection; `None` serves plaintext.
+    pub tls: Option<ServerTlsFiles>,
 }
 
 /// The optional TOML file: the same settings as the flags, all optional.
@@ -55,6 +59,12 @@ pub struct FileConfig {
     pub request_timeout_ms: Option<u64>,
     /// Entries between snapshots.
     pub snapshot_every_entries: Option<u64>,
+    /// The node's certificate (PEM).
+    pub cert: Option<PathBuf>,
+    /// The node's private key (PEM).
+    pub key: Option<PathBuf>,
+    /// The CA certificates (PEM) clients and peers must be signed by.
+    pub ca: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -62,6 +72,37 @@ impl FileConfig {
     pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+}
+
+/// The TLS files from `--cert`, `--key` and `--ca`: all three, or none.
+///
+/// A node's peers authenticate each other by client certificate, so TLS
+/// without a CA (server authentication only) would leave the peer protocol
+/// open to anyone who can connect; it is refused.
+pub fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+) -> anyhow::Result<Option<ServerTlsFiles>> {
+    match (cert, key, ca) {
+        (None, None, None) => Ok(None),
+        (Some(cert), Some(key), Some(ca)) => Ok(Some(ServerTlsFiles { cert, key, ca })),
+        (cert, key, ca) => {
+            let missing: Vec<&str> = [
+                ("--cert", cert.is_none()),
+                ("--key", key.is_none()),
+                ("--ca", ca.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(flag, missing)| missing.then_some(flag))
+            .collect();
+            bail!(
+                "TLS needs --cert, --key and --ca together (missing {}): members prove who they are to each other \
+                 with certificates the CA signed",
+                missing.join(", ")
+            )
+        }
     }
 }
 
@@ -129,5 +170,20 @@ mod tests {
         assert!(parse_peers("0=a").is_err());
         assert!(parse_peers("1").is_err());
         assert!(parse_peers("").is_err());
+    }
+
+    #[test]
+    fn tls_files_come_as_a_set_of_three() {
+        assert!(tls_files(None, None, None).unwrap().is_none());
+        let all = tls_files(Some("c".into()), Some("k".into()), Some("ca".into()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(all.ca, PathBuf::from("ca"));
+        let error = tls_files(Some("c".into()), Some("k".into()), None)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("missing --ca"), "{error}");
+        let error = tls_files(None, Some("k".into()), None).unwrap_err().to_string();
+        assert!(error.contains("missing --cert, --ca"), "{error}");
     }
 }

@@ -8,7 +8,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::service::Routes;
-use tonic::transport::server::TcpIncoming;
 
 use quorumlock_core::consensus::{ConsensusEngine, EngineConfig, EngineKind};
 use quorumlock_core::time::{Clock, MonotonicClock};
@@ -18,10 +17,12 @@ use quorumlock_proto::v1::cluster_server::ClusterServer;
 use quorumlock_proto::v1::lock_server::LockServer;
 use quorumlock_proto::FILE_DESCRIPTOR_SET;
 use quorumlock_raft::RaftEngine;
+use quorumlock_tls::{CertNames, ClientTls, ClientTlsFiles, Dialer, ServerTls};
 
 use crate::config::NodeConfig;
 use crate::health::{HealthConfig, HealthKeeper};
 use crate::lease_driver::{LeaseConfig, LeaseDriver};
+use crate::rpc::peer_guard::{PeerGuardLayer, PeerPolicy};
 use crate::rpc::{ClusterService, LockService, LockServiceConfig};
 
 /// Concurrent calls (HTTP/2 streams) one client connection may have open.
@@ -39,6 +40,7 @@ pub const SERVER_STOP_GRACE: std::time::Duration = std::time::Duration::from_sec
 pub struct Node {
     engine: Arc<dyn ConsensusEngine>,
     addr: std::net::SocketAddr,
+    tls: Tls,
     stop: Option<oneshot::Sender<()>>,
     stopping: watch::Sender<bool>,
     health: Option<HealthKeeper>,
@@ -55,6 +57,7 @@ impl Node {
     /// Starts a node whose lease keeper reads `clock`.
     pub async fn start_with_clock(config: NodeConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Node> {
         config.validate()?;
+        let tls = Tls::load(&config)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -71,11 +74,11 @@ impl Node {
         };
         let (engine, peer_routes): (Arc<dyn ConsensusEngine>, Routes) = match config.engine {
             EngineKind::Raft => {
-                let (engine, routes) = RaftEngine::start(engine_config).await?;
+                let (engine, routes) = RaftEngine::start(engine_config, tls.dialer.clone()).await?;
                 (engine, routes)
             }
             EngineKind::Paxos => {
-                let (engine, routes) = PaxosEngine::start(engine_config).await?;
+                let (engine, routes) = PaxosEngine::start(engine_config, tls.dialer.clone()).await?;
                 (engine, routes)
             }
         };
@@ -110,6 +113,7 @@ impl Node {
                 request_timeout: config.request_timeout,
             },
             stopping_rx,
+            tls.dialer.clone(),
         );
 
         // Reflection serves the API, the peer transport and the health
@@ -146,10 +150,14 @@ impl Node {
         .await;
 
         let (stop, stopped) = oneshot::channel::<()>();
-        let incoming = accepted_sockets(listener)
-            .map_err(|error| anyhow::anyhow!("configuring the listener on {addr}: {error}"))?;
+        let incoming = quorumlock_tls::incoming(listener, tls.server.clone());
+        let peer_guard = PeerGuardLayer::new(PeerPolicy {
+            tls: tls.server.is_some(),
+            members: config.peers.keys().map(|id| id.get()).collect(),
+        });
         let server = tonic::transport::Server::builder()
             .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
+            .layer(peer_guard)
             .add_routes(peer_routes)
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -164,10 +172,28 @@ impl Node {
                 let _ = stopped.await;
             });
         let server = tokio::spawn(server);
-        tracing::info!(node = %config.id, %addr, engine = %config.engine, "node serving");
+        match &tls.server {
+            Some(server) => {
+                let served = server.served();
+                tracing::info!(
+                    node = %config.id, %addr, engine = %config.engine,
+                    subject = %served.subject, serial = %served.serial, not_after = %served.not_after,
+                    "node serving over TLS; client certificates required"
+                );
+            }
+            None if addr.ip().is_loopback() => {
+                tracing::info!(node = %config.id, %addr, engine = %config.engine, "node serving (plaintext, loopback)");
+            }
+            None => tracing::warn!(
+                node = %config.id, %addr, engine = %config.engine,
+                "node serving PLAINTEXT on a non-loopback address: anyone who can reach it can read the traffic, \
+                 speak the peer protocol and pass calls off as forwarded; start it with --cert, --key and --ca"
+            ),
+        }
         Ok(Node {
             engine,
             addr,
+            tls,
             stop: Some(stop),
             stopping,
             health: Some(health),
@@ -184,6 +210,25 @@ impl Node {
     /// The node's engine.
     pub fn engine(&self) -> &Arc<dyn ConsensusEngine> {
         &self.engine
+    }
+
+    /// Re-reads the certificate, key and CA files (on SIGHUP): new
+    /// connections, in and out, use them; established ones keep theirs, so
+    /// no call or session is cut. Returns the certificate now served, or
+    /// `None` on a plaintext node; on error the files in use stay.
+    pub fn reload_tls(&self) -> Result<Option<CertNames>, quorumlock_tls::TlsError> {
+        let Some(server) = &self.tls.server else {
+            return Ok(None);
+        };
+        let served = server.reload()?;
+        if let Some(client) = self.tls.dialer.tls_config() {
+            client.reload()?;
+        }
+        tracing::info!(
+            subject = %served.subject, serial = %served.serial, not_after = %served.not_after,
+            "TLS files reloaded; new connections get this certificate"
+        );
+        Ok(Some(served))
     }
 
     /// Resolves with the reason once the engine stopped by itself on a
@@ -237,33 +282,39 @@ impl Node {
     }
 }
 
-/// The connections `listener` accepts, with Nagle's algorithm off.
-///
-/// `Server::tcp_nodelay` applies only to listeners tonic binds itself; a
-/// server fed its own listener sets options per accepted socket here.
-/// Without `TCP_NODELAY`, a small response written while an earlier one is
-/// still unacknowledged waits for the peer's delayed ACK (40 ms on Linux):
-/// a 3-node cluster then stalled 40 ms on one operation in thirty.
-fn accepted_sockets(listener: TcpListener) -> Result<TcpIncoming, Box<dyn std::error::Error + Send + Sync>> {
-    TcpIncoming::from_listener(listener, true, None)
+/// A node's TLS: the listener's config and the dialer its peer and
+/// forwarding channels use (the node's own certificate as client
+/// certificate), both read from the same files.
+struct Tls {
+    server: Option<ServerTls>,
+    dialer: Dialer,
 }
 
-#[cfg(test)]
-mod tests {
-    use futures::StreamExt;
-
-    use super::*;
-
-    #[tokio::test]
-    async fn accepted_sockets_have_nagle_disabled() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut incoming = accepted_sockets(listener).unwrap();
-        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let accepted = incoming.next().await.expect("one connection").unwrap();
-        assert!(
-            accepted.nodelay().unwrap(),
-            "an accepted socket still delays small writes"
+impl Tls {
+    fn load(config: &NodeConfig) -> anyhow::Result<Tls> {
+        let Some(files) = &config.tls else {
+            return Ok(Tls {
+                server: None,
+                dialer: Dialer::plaintext(),
+            });
+        };
+        let server = ServerTls::load(files.clone())?;
+        let served = server.served();
+        let name = quorumlock_tls::node_name(config.id.get());
+        anyhow::ensure!(
+            served.dns_names.contains(&name),
+            "the certificate {} ({}) does not carry this node's name {name:?}; its peers would refuse it \
+             (`quorumlock certs` issues node certificates that do)",
+            files.cert.display(),
+            served.subject
         );
+        let client = ClientTls::load(ClientTlsFiles {
+            ca: files.ca.clone(),
+            identity: Some((files.cert.clone(), files.key.clone())),
+        })?;
+        Ok(Tls {
+            server: Some(server),
+            dialer: Dialer::tls(client),
+        })
     }
 }

@@ -8,29 +8,46 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
+use quorumlock_core::consensus::{LeaderInfo, NodeId};
 use quorumlock_proto::headers::FORWARDED_HEADER;
 use quorumlock_proto::limits::API_MESSAGE_BYTES_MAX;
 use quorumlock_proto::v1::lock_client::LockClient;
+use quorumlock_tls::{node_name, Dialer};
 
-/// One lazily connected channel per leader address.
-#[derive(Default)]
+/// One lazily connected channel per leader, dialed as the node's peers
+/// are: over TLS with the node's own certificate, requiring the leader's
+/// certificate to name it.
 pub struct Forwarder {
-    channels: Mutex<HashMap<String, Channel>>,
+    dialer: Dialer,
+    channels: Mutex<HashMap<(NodeId, String), Channel>>,
 }
 
 impl Forwarder {
-    /// A client for the node at `addr`.
-    pub fn client(&self, addr: &str) -> Result<LockClient<Channel>, Status> {
+    /// Forwards over channels `dialer` makes.
+    pub fn new(dialer: Dialer) -> Forwarder {
+        Forwarder {
+            dialer,
+            channels: Mutex::default(),
+        }
+    }
+
+    /// A client for `leader`.
+    pub fn client(&self, leader: &LeaderInfo) -> Result<LockClient<Channel>, Status> {
         let mut channels = self.channels.lock();
-        let channel = match channels.get(addr) {
+        let key = (leader.id, leader.addr.clone());
+        let channel = match channels.get(&key) {
             Some(channel) => channel.clone(),
             None => {
-                let channel = Endpoint::from_shared(format!("http://{addr}"))
+                let addr = &leader.addr;
+                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
                     .map_err(|error| Status::internal(format!("bad leader address {addr:?}: {error}")))?
                     .connect_timeout(Duration::from_millis(500))
-                    .tcp_nodelay(true)
-                    .connect_lazy();
-                channels.insert(addr.to_string(), channel.clone());
+                    .tcp_nodelay(true);
+                let channel = self
+                    .dialer
+                    .channel(&endpoint, &node_name(leader.id.get()))
+                    .map_err(|error| Status::internal(format!("dialing leader {}: {error}", leader.id)))?;
+                channels.insert(key, channel.clone());
                 channel
             }
         };

@@ -31,6 +31,7 @@ use quorumlock_core::lock::{
 use quorumlock_proto::limits::{SESSION_SECRET_BYTES, WAIT_MS_MAX};
 use quorumlock_proto::v1 as pb;
 use quorumlock_proto::v1::lock_client::LockClient;
+use quorumlock_tls::Dialer;
 
 /// Bound of each keepalive stream's outgoing queue.
 pub const KEEPALIVE_QUEUE_MAX: usize = 16;
@@ -92,11 +93,12 @@ impl LockService {
         leases: Arc<LeaseDriver>,
         config: LockServiceConfig,
         stopping: watch::Receiver<bool>,
+        dialer: Dialer,
     ) -> Self {
         LockService {
             engine,
             leases,
-            forwarder: Arc::new(Forwarder::default()),
+            forwarder: Arc::new(Forwarder::new(dialer)),
             config,
             stopping,
         }
@@ -108,9 +110,7 @@ impl LockService {
             return Ok(Route::Local);
         }
         match view.leader {
-            Some(leader) if !is_forwarded(request) => {
-                Ok(Route::Forward(self.forwarder.client(&leader.addr)?))
-            }
+            Some(leader) if !is_forwarded(request) => Ok(Route::Forward(self.forwarder.client(&leader)?)),
             leader => Err(not_leader("this node is not the leader", leader.as_ref())),
         }
     }

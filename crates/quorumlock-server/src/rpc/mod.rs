@@ -3,6 +3,7 @@
 pub mod cluster_service;
 pub mod forward;
 pub mod lock_service;
+pub mod peer_guard;
 pub mod status;
 
 pub use cluster_service::ClusterService;

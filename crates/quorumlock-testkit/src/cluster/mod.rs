@@ -22,7 +22,7 @@ use anyhow::{bail, Context};
 use tokio::time::Instant;
 
 pub use process::{NodeProcess, ProcessUsage, LOG_TAIL_LINES};
-use quorumlock_client::{node_status, ClientConfig};
+use quorumlock_client::{node_status, ClientConfig, ClientTls};
 
 /// Attempts at starting the cluster when a picked port was taken meanwhile.
 pub const START_ATTEMPTS_MAX: usize = 3;
@@ -60,6 +60,9 @@ pub struct ClusterSpec {
     pub ports: Option<Vec<u16>>,
     /// Peer routing; direct when `None`.
     pub route: Option<Route>,
+    /// The TLS config the harness's own probes use, for a cluster whose
+    /// `extra_args` turn TLS on; plaintext when `None`.
+    pub client_tls: Option<ClientTls>,
 }
 
 impl ClusterSpec {
@@ -76,6 +79,7 @@ impl ClusterSpec {
             dir: None,
             ports: None,
             route: None,
+            client_tls: None,
         }
     }
 }
@@ -264,6 +268,7 @@ impl ProcessCluster {
         let config = ClientConfig {
             rpc_timeout: PROBE_TIMEOUT,
             connect_timeout: PROBE_TIMEOUT,
+            tls: self.spec.client_tls.clone(),
             ..ClientConfig::default()
         };
         let mut named: BTreeMap<usize, u64> = BTreeMap::new();
