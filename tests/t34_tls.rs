@@ -7,13 +7,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
+
+use common::pki::{certs, client_config, exe, run, tls_channel, wait_for_log_lines, Pki};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use quorumlock_client::{Client, ClientConfig, ClientError, ClientTls, ClientTlsFiles, Fence};
+use quorumlock_client::{Client, ClientConfig, ClientError, Fence};
 use quorumlock_proto::headers::FORWARDED_HEADER;
 use quorumlock_proto::paxos::paxos_peer_client::PaxosPeerClient;
 use quorumlock_proto::paxos::PaxosBatch;
@@ -22,8 +22,6 @@ use quorumlock_proto::raft::RaftPayload;
 use quorumlock_proto::v1::lock_client::LockClient;
 use quorumlock_proto::v1::OpenSessionRequest;
 use quorumlock_testkit::cluster::{ClusterSpec, ProcessCluster};
-use quorumlock_tls::Dialer;
-use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
 engine_tests!(
@@ -32,177 +30,32 @@ engine_tests!(
     check_node_certificates_rotate_under_load_without_losing_a_session,
 );
 
-/// Bound on one CLI or Python run.
-const RUN_TIME_MAX: Duration = Duration::from_secs(120);
-/// Bound on waiting for a node's log to show a line.
-const LOG_WAIT_MAX: Duration = Duration::from_secs(30);
-
-fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_quorumlock"))
-}
-
-/// Runs `quorumlock certs --dir dir ARGS` and returns its output.
-fn certs(dir: &Path, args: &[&str]) -> String {
-    let output = std::process::Command::new(exe())
-        .arg("certs")
-        .arg("--dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("run quorumlock certs");
-    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-    assert!(
-        output.status.success(),
-        "quorumlock certs {args:?} failed: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
-/// The certificates of one cluster: its CA, three nodes, clients `alice`
-/// and `bob`; and another CA with a client `mallory`.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::tempdir().unwrap();
-        let pki = Pki { dir };
-        let made = certs(
-            &pki.ours(),
-            &[
-                "--node",
-                "1=127.0.0.1",
-                "--node",
-                "2=127.0.0.1",
-                "--node",
-                "3=127.0.0.1",
-                "--client",
-                "alice",
-                "--client",
-                "bob",
-            ],
-        );
-        assert!(made.contains("made a CA"), "{made}");
-        certs(&pki.others(), &["--client", "mallory"]);
-        pki
-    }
-
-    fn ours(&self) -> PathBuf {
-        self.dir.path().join("ours")
-    }
-
-    fn others(&self) -> PathBuf {
-        self.dir.path().join("others")
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.ours().join("ca.pem")
-    }
-
-    fn client_files(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-        (
-            dir.join(format!("client-{name}.pem")),
-            dir.join(format!("client-{name}-key.pem")),
-        )
-    }
-
-    /// A TLS config trusting `ca` with client `name` of the CA in `dir`.
-    fn tls(&self, ca: &Path, identity: Option<(&Path, &str)>) -> ClientTls {
-        ClientTls::load(ClientTlsFiles {
-            ca: ca.to_path_buf(),
-            identity: identity.map(|(dir, name)| self.client_files(dir, name)),
-        })
-        .expect("load the client's TLS files")
-    }
-
-    fn alice(&self) -> ClientTls {
-        self.tls(&self.ca(), Some((&self.ours(), "alice")))
-    }
-
-    /// The CLI flags of client `name`.
-    fn cli_flags(&self, name: &str) -> Vec<String> {
-        let (cert, key) = self.client_files(&self.ours(), name);
-        vec![
-            "--cacert".into(),
-            self.ca().display().to_string(),
-            "--cert".into(),
-            cert.display().to_string(),
-            "--key".into(),
-            key.display().to_string(),
-        ]
-    }
-}
-
 /// A TLS cluster, and the slot it holds among the test binary's clusters.
 async fn tls_cluster(engine: &str, pki: &Pki) -> (ProcessCluster, tokio::sync::OwnedSemaphorePermit) {
     let slot = common::cluster_slot().await;
-    let ours = pki.ours().display().to_string();
     let mut spec = ClusterSpec::new(exe(), engine, 3);
     spec.heartbeat_ms = common::HEARTBEAT_MS;
     spec.election_timeout_ms = common::ELECTION_TIMEOUT_MS;
-    spec.extra_args = vec![
-        "--cert".into(),
-        format!("{ours}/node-{{id}}.pem"),
-        "--key".into(),
-        format!("{ours}/node-{{id}}-key.pem"),
-        "--ca".into(),
-        format!("{ours}/ca.pem"),
-    ];
-    spec.client_tls = Some(pki.alice());
+    spec.extra_args = pki.serve_flags();
+    spec.client_tls = Some(pki.client("alice"));
     let cluster = ProcessCluster::start(spec).await.expect("start a TLS cluster");
     (cluster, slot)
 }
 
-fn config(tls: Option<ClientTls>) -> ClientConfig {
-    ClientConfig {
-        connect_wait_max: Duration::from_secs(10),
-        tls,
-        ..ClientConfig::default()
-    }
-}
-
-/// A channel to `addr` over TLS as `tls`'s client.
-fn channel(addr: &str, tls: ClientTls) -> Channel {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(common::RPC_TIMEOUT);
-    Dialer::tls(tls).channel(&endpoint, "127.0.0.1").unwrap()
-}
-
-async fn run(command: &mut tokio::process::Command) -> (bool, String) {
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
-    let output = tokio::time::timeout(RUN_TIME_MAX, child.wait_with_output())
-        .await
-        .expect("the command ran too long")
-        .expect("wait for the command");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
-}
-
 async fn check_a_tls_cluster_serves_the_rust_client_the_cli_and_python(engine: &str) {
-    let pki = Pki::new();
+    let pki = Pki::new(&["alice", "bob"]);
     let (mut cluster, _slot) = tls_cluster(engine, &pki).await;
     let leader = cluster.wait_for_leader().await.unwrap();
     let follower = cluster.endpoints()[(leader.index + 1) % 3].clone();
 
     // The Rust client through a follower alone, so every call is forwarded
     // to the leader over the members' own mutual TLS.
-    let client = Client::connect_with([format!("https://{follower}")], config(Some(pki.alice())))
-        .await
-        .expect("connect over TLS through a follower");
+    let client = Client::connect_with(
+        [format!("https://{follower}")],
+        client_config(Some(pki.client("alice"))),
+    )
+    .await
+    .expect("connect over TLS through a follower");
     let session = client.session(Duration::from_secs(10)).await.unwrap();
     let guard = session.lock("jobs/tls").await.unwrap();
     client
@@ -265,13 +118,13 @@ async fn check_a_tls_cluster_serves_the_rust_client_the_cli_and_python(engine: &
 async fn check_connections_that_cannot_prove_who_they_are_or_prove_they_are_clients_are_refused(
     engine: &str,
 ) {
-    let pki = Pki::new();
+    let pki = Pki::new(&["alice", "bob"]);
     let (mut cluster, _slot) = tls_cluster(engine, &pki).await;
     let leader = cluster.wait_for_leader().await.unwrap();
     let endpoints = cluster.endpoints();
     let quick = |tls| ClientConfig {
         connect_wait_max: Duration::from_secs(2),
-        ..config(tls)
+        ..client_config(tls)
     };
     let refused = |what: &str, result: Result<Client, ClientError>| match result {
         Ok(_) => panic!("{what} was served"),
@@ -317,12 +170,12 @@ async fn check_connections_that_cannot_prove_who_they_are_or_prove_they_are_clie
     let follower_addr = endpoints[(leader.index + 1) % 3].clone();
     for addr in [&leader_addr, &follower_addr] {
         let status = match engine {
-            "raft" => RaftPeerClient::new(channel(addr, pki.alice()))
+            "raft" => RaftPeerClient::new(tls_channel(addr, pki.client("alice")))
                 .vote(RaftPayload::default())
                 .await
                 .map(|_| ())
                 .unwrap_err(),
-            _ => PaxosPeerClient::new(channel(addr, pki.alice()))
+            _ => PaxosPeerClient::new(tls_channel(addr, pki.client("alice")))
                 .deliver(PaxosBatch::default())
                 .await
                 .map(|_| ())
@@ -339,7 +192,7 @@ async fn check_connections_that_cannot_prove_who_they_are_or_prove_they_are_clie
     // ...nor pass a call off as forwarded, at the leader or at a follower;
     // the same call without the claim is served.
     for addr in [&leader_addr, &follower_addr] {
-        let mut api = LockClient::new(channel(addr, pki.alice()));
+        let mut api = LockClient::new(tls_channel(addr, pki.client("alice")));
         let mut forged = tonic::Request::new(OpenSessionRequest { ttl_ms: 10_000 });
         forged
             .metadata_mut()
@@ -381,26 +234,6 @@ async fn check_connections_that_cannot_prove_who_they_are_or_prove_they_are_clie
     assert!(out.contains("does not carry this node's name"), "{out}");
 }
 
-/// Polls until node `index`'s log has `count` lines containing `needle`.
-async fn wait_for_log_lines(cluster: &ProcessCluster, index: usize, needle: &str, count: usize) -> String {
-    common::wait_until(
-        &format!("node {} logs {count} x {needle:?}", index + 1),
-        LOG_WAIT_MAX,
-        || {
-            let log = std::fs::read_to_string(cluster.node(index).log_path()).unwrap_or_default();
-            async move {
-                let seen = log.matches(needle).count();
-                if seen >= count {
-                    Ok(log)
-                } else {
-                    Err(format!("{seen} so far"))
-                }
-            }
-        },
-    )
-    .await
-}
-
 /// The `serial=` value on the last log line containing `needle`.
 fn last_serial(log: &str, needle: &str) -> String {
     let line = log
@@ -413,14 +246,14 @@ fn last_serial(log: &str, needle: &str) -> String {
 }
 
 async fn check_node_certificates_rotate_under_load_without_losing_a_session(engine: &str) {
-    let pki = Pki::new();
+    let pki = Pki::new(&["alice", "bob"]);
     let (mut cluster, _slot) = tls_cluster(engine, &pki).await;
     cluster.wait_for_leader().await.unwrap();
     let endpoints = cluster.endpoints();
 
     // Two holders renewing short leases (one renewal every second) and
     // writing under their locks all through the rotation.
-    let client = Client::connect_with(&endpoints, config(Some(pki.alice())))
+    let client = Client::connect_with(&endpoints, client_config(Some(pki.client("alice"))))
         .await
         .unwrap();
     let mut holders = Vec::new();
@@ -466,7 +299,7 @@ async fn check_node_certificates_rotate_under_load_without_losing_a_session(engi
             "node {id} still serves its old certificate"
         );
         // A new connection to the node gets, and accepts, the new certificate.
-        let fresh = Client::connect_with([endpoint.as_str()], config(Some(pki.alice())))
+        let fresh = Client::connect_with([endpoint.as_str()], client_config(Some(pki.client("alice"))))
             .await
             .expect("a new connection after the rotation");
         fresh.status().await.expect("Status over the new certificate");

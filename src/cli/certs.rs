@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use quorumlock_tls::{write_pem, Authority, ServerTlsFiles, ISSUED_VALIDITY_DAYS};
+use quorumlock_tls::{write_pem, Authority, ClientCerts, ServerTlsFiles, ISSUED_VALIDITY_DAYS};
 
 /// Flags of `certs`.
 #[derive(Debug, Args)]
@@ -185,6 +185,7 @@ impl DevTls {
                 cert: files.cert,
                 key: files.key,
                 ca: dir.join("ca.pem"),
+                client_certs: ClientCerts::Required,
             });
         }
         let client = match existing("client-dev-client") {

@@ -6,12 +6,13 @@ mod lock_command;
 mod scripting;
 mod serve;
 mod serve_args;
+mod token;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use quorumlock_client::{Client, ClientConfig, ClientTls, ClientTlsFiles};
+use quorumlock_client::{BearerToken, Client, ClientConfig, ClientTls, ClientTlsFiles};
 use serve_args::ServeArgs;
 
 /// Exit code of a failure (bad input, unreachable cluster, refused call).
@@ -67,6 +68,9 @@ enum Command {
     Status(scripting::StatusArgs),
     /// Makes a CA (or uses the one in --dir) and node and client certificates.
     Certs(certs::CertsArgs),
+    /// Makes a bearer token for an identity and prints the access-policy
+    /// entry that lists it.
+    Token(token::TokenArgs),
     /// Runs a cluster under kills, pauses, partitions and clock skew, and
     /// checks that the locks stayed safe.
     Chaos(quorumlock_testkit::chaos::ChaosArgs),
@@ -105,6 +109,7 @@ impl Cli {
             Command::Delete(args) => scripting::delete(args).await,
             Command::Status(args) => scripting::status(args).await,
             Command::Certs(args) => certs::certs(args),
+            Command::Token(args) => token::token(args),
             Command::DemoClient(args) => demo::demo_client(args).await,
             Command::Chaos(args) => quorumlock_testkit::chaos::run(args).await,
             Command::ChaosWorker(args) => quorumlock_testkit::chaos::run_worker(args).await,
@@ -131,6 +136,18 @@ pub struct ClusterArgs {
     /// The private key (PEM) of --cert.
     #[arg(long = "key", id = "tls_key", env = "QUORUMLOCK_KEY", requires = "tls_cert")]
     pub key: Option<PathBuf>,
+    /// A bearer token (`quorumlock token` makes one), sent with every call.
+    /// Prefer the environment or --token-file: a flag shows in `ps`.
+    #[arg(
+        long,
+        env = "QUORUMLOCK_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// A file holding the bearer token.
+    #[arg(long, env = "QUORUMLOCK_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 impl ClusterArgs {
@@ -146,9 +163,23 @@ impl ClusterArgs {
                 identity: cert.clone().zip(key.clone()),
             })?),
         };
+        let token = match (&self.token, &self.token_file) {
+            (Some(token), _) => Some(token.clone()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|error| anyhow::anyhow!("reading --token-file {}: {error}", path.display()))?,
+            ),
+            (None, None) => None,
+        };
+        let token = token
+            .map(|token| {
+                BearerToken::new(&token).map_err(|error| anyhow::anyhow!("the bearer token: {error}"))
+            })
+            .transpose()?;
         Ok(ClientConfig {
             connect_wait_max: self.connect_wait,
             tls,
+            token,
             ..ClientConfig::default()
         })
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use quorumlock_core::consensus::{EngineKind, NodeId};
-use quorumlock_server::config::{parse_peers, tls_files, FileConfig};
+use quorumlock_server::config::{parse_client_certs, parse_peers, tls_files, FileConfig};
 use quorumlock_server::NodeConfig;
 
 /// Flags of `serve`; each overrides the same setting from `--config`.
@@ -46,8 +46,8 @@ pub struct ServeArgs {
     snapshot_every_entries: Option<u64>,
     /// The node's TLS certificate (PEM). With --key and --ca, the node
     /// serves its API and peer protocol over TLS only, requires a client
-    /// certificate the CA signed on every connection, and dials its peers
-    /// with this certificate. Re-read on SIGHUP.
+    /// certificate the CA signed on every connection (see --client-certs),
+    /// and dials its peers with this certificate. Re-read on SIGHUP.
     #[arg(long)]
     cert: Option<PathBuf>,
     /// The private key (PEM) of --cert.
@@ -56,6 +56,16 @@ pub struct ServeArgs {
     /// CA certificates (PEM) that clients' and peers' certificates must chain to.
     #[arg(long)]
     ca: Option<PathBuf>,
+    /// With TLS: `required` (default; every connection presents a
+    /// certificate the CA signed) or `optional` (clients may come without
+    /// one and prove who they are with a bearer token; needs --auth-policy;
+    /// members still present theirs).
+    #[arg(long)]
+    client_certs: Option<String>,
+    /// Access policy (TOML): roles, the identities that hold them, bearer
+    /// tokens. Turns authentication and authorization on. Re-read on SIGHUP.
+    #[arg(long)]
+    auth_policy: Option<PathBuf>,
     /// Fault injection for chaos runs: the lease keeper's clock is skewed by
     /// the `OFFSET_MS RATE` this file holds, re-read while the node runs
     /// (see `SkewedClock`). Not for production.
@@ -116,7 +126,13 @@ impl ServeArgs {
                 self.cert.or(file.cert),
                 self.key.or(file.key),
                 self.ca.or(file.ca),
+                self.client_certs
+                    .or(file.client_certs)
+                    .as_deref()
+                    .map(parse_client_certs)
+                    .transpose()?,
             )?,
+            auth_policy: self.auth_policy.or(file.auth_policy),
         })
     }
 }
@@ -170,6 +186,27 @@ mod tests {
             overridden.listen, from_file.listen,
             "unset flags keep the file's values"
         );
+    }
+
+    #[test]
+    fn readme_access_policy_example_is_a_valid_policy() {
+        let readme = include_str!("../../README.md");
+        let marker = "```toml\n# policy.toml\n";
+        let start = readme.find(marker).expect("README has the policy example") + "```toml\n".len();
+        let end = start + readme[start..].find("```").expect("the policy example is closed");
+        let policy = quorumlock_server::auth::Policy::parse(&readme[start..end]).expect("the example parses");
+        let summary = policy.summary();
+        assert_eq!((summary.roles, summary.identities, summary.tokens), (4, 4, 1));
+        use quorumlock_server::auth::Action;
+        assert!(policy
+            .check("build-worker", &Action::Lock("acquire", "jobs/x"))
+            .is_ok());
+        assert!(policy
+            .check("build-worker", &Action::Lock("acquire", "billing/x"))
+            .is_err());
+        assert!(policy
+            .check("alice@example.com", &Action::Admin("state digest"))
+            .is_ok());
     }
 
     #[test]

@@ -12,6 +12,8 @@
 
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::fmt::Debug;
 use std::fs::OpenOptions;
 use std::future::Future;

@@ -84,7 +84,10 @@ class Client:
     """Calls any of the endpoints; every node forwards to the leader, so the
     first endpoint that answers is used, and UNAVAILABLE moves to the next."""
 
-    def __init__(self, rpc, endpoints, credentials=None):
+    def __init__(self, rpc, endpoints, credentials=None, token=None):
+        # A bearer token goes with every call, as README's access control
+        # section says: metadata `authorization: Bearer TOKEN`.
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         if credentials is None:
             self.channels = [grpc.insecure_channel(endpoint) for endpoint in endpoints]
         else:
@@ -98,7 +101,7 @@ class Client:
         while True:
             stub = self.stubs[self.current]
             try:
-                return getattr(stub, method)(request, timeout=RPC_DEADLINE_SECONDS)
+                return getattr(stub, method)(request, timeout=RPC_DEADLINE_SECONDS, metadata=self.metadata)
             except grpc.RpcError as error:
                 if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
                     raise
@@ -115,6 +118,7 @@ class Client:
         responses = stub.KeepAlive(
             iter([pb.KeepAliveRequest(session_id=session_id, session_secret=secret)]),
             timeout=RPC_DEADLINE_SECONDS,
+            metadata=self.metadata,
         )
         try:
             return next(responses)
@@ -308,6 +312,11 @@ def main():
     parser.add_argument("--cacert", help="CA certificate (PEM) the nodes' certificates chain to; turns TLS on")
     parser.add_argument("--cert", help="client certificate (PEM), for clusters that require one")
     parser.add_argument("--key", dest="tls_key", help="private key (PEM) of --cert")
+    parser.add_argument(
+        "--token-env",
+        metavar="VAR",
+        help="environment variable holding a bearer token for clusters with an access policy",
+    )
     parser.add_argument("--lock", default="python/lock", help="lock name to use")
     parser.add_argument("--fenced-key", "--kv-key", dest="key", default="python/key", help="fenced key to write")
     args = parser.parse_args()
@@ -333,7 +342,8 @@ def main():
         try:
             pb, rpc = generate_stubs(os.path.abspath(args.proto_root), out_dir)
             print(f"generated Python stubs from {os.path.normpath(args.proto_root)}/quorumlock/v1/lock.proto")
-            client = Client(rpc, endpoints, credentials)
+            token = os.environ[args.token_env] if args.token_env else None
+            client = Client(rpc, endpoints, credentials, token)
             run(pb, client, args.lock, args.key)
         except Mismatch as mismatch:
             print(f"FAIL: {mismatch}", file=sys.stderr)

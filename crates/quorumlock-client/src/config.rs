@@ -42,6 +42,48 @@ pub struct ClientConfig {
     /// client certificates, this client's own. `None` connects in
     /// plaintext, except that an `https://` endpoint then is an error.
     pub tls: Option<ClientTls>,
+    /// A bearer token sent with every call (`authorization: Bearer TOKEN`),
+    /// for clusters whose access policy lists it. Over plaintext anyone on
+    /// the path can read it: use it with TLS beyond loopback.
+    pub token: Option<BearerToken>,
+}
+
+/// A bearer token: an opaque secret the access policy of the cluster
+/// stands for an identity. Its `Debug` form never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerToken(String);
+
+/// Longest bearer token, in bytes.
+pub const BEARER_TOKEN_BYTES_MAX: usize = 1024;
+
+impl BearerToken {
+    /// A token of visible ASCII characters (no spaces), 1 to
+    /// [`BEARER_TOKEN_BYTES_MAX`] bytes; surrounding whitespace, as a token
+    /// file's final newline, is trimmed.
+    pub fn new(token: &str) -> Result<BearerToken, String> {
+        let token = token.trim();
+        if token.is_empty() || token.len() > BEARER_TOKEN_BYTES_MAX {
+            return Err(format!(
+                "a bearer token is 1 to {BEARER_TOKEN_BYTES_MAX} bytes; this one is {}",
+                token.len()
+            ));
+        }
+        if !token.bytes().all(|byte| byte.is_ascii_graphic()) {
+            return Err("a bearer token holds visible ASCII characters only".into());
+        }
+        Ok(BearerToken(token.to_string()))
+    }
+
+    /// The token itself, to send.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(..)")
+    }
 }
 
 impl Default for ClientConfig {
@@ -55,6 +97,7 @@ impl Default for ClientConfig {
             backoff_max: Duration::from_secs(1),
             lock_wait_step_max: Duration::from_millis(WAIT_MS_MAX),
             tls: None,
+            token: None,
         }
     }
 }

@@ -7,12 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use super::backoff::Backoff;
 use super::config::ClientConfig;
-use super::endpoints::{check_schemes, leader_hint, parse_endpoint, parse_endpoint_list, Picked, Pool};
+use super::endpoints::{check_schemes, leader_hint, parse_endpoint, parse_endpoint_list, Picked, Pool, Rpc};
 use super::error::{code_name, describe_status, ClientError, EndpointFailure, Refusal};
 use super::guard::LockGuard;
 use super::key::{SessionKey, SessionSecret};
@@ -258,7 +257,12 @@ impl Client {
             .collect();
         check_schemes(&given, config.tls.is_some())?;
         let endpoints = parse_endpoint_list(&given)?;
-        let pool = Pool::new(&endpoints, config.connect_timeout, config.tls.as_ref())?;
+        let pool = Pool::new(
+            &endpoints,
+            config.connect_timeout,
+            config.tls.as_ref(),
+            config.token.as_ref(),
+        )?;
         let client = Client {
             inner: Arc::new(Inner { pool, config }),
         };
@@ -333,7 +337,7 @@ impl Client {
     /// is added to the per-attempt timeout for calls that wait on purpose.
     pub(crate) async fn call<T, F, Fut>(&self, wait: Duration, rpc: F) -> Result<T, ClientError>
     where
-        F: FnMut(LockClient<Channel>, Duration) -> Fut,
+        F: FnMut(LockClient<Rpc>, Duration) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         self.call_tracked(wait, Repeat::Idempotent, rpc).await.outcome
@@ -350,7 +354,7 @@ impl Client {
         mut rpc: F,
     ) -> Called<T>
     where
-        F: FnMut(LockClient<Channel>, Duration) -> Fut,
+        F: FnMut(LockClient<Rpc>, Duration) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let config = &self.inner.config;
@@ -752,6 +756,7 @@ pub async fn node_status(endpoint: &str, config: &ClientConfig) -> Result<NodeSt
         std::slice::from_ref(&addr),
         config.connect_timeout,
         config.tls.as_ref(),
+        config.token.as_ref(),
     )?;
     status_on(&pool.current(), config.rpc_timeout).await
 }

@@ -4,10 +4,13 @@
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
-use super::config::ENDPOINTS_MAX;
+use super::config::{BearerToken, ENDPOINTS_MAX};
 use super::error::{ClientError, Refusal};
 use quorumlock_proto::headers::LEADER_HINT_HEADER;
 use quorumlock_tls::{ClientTls, Dialer};
@@ -138,9 +141,40 @@ pub fn leader_hint(status: &Status) -> Option<String> {
     parse_endpoint(addr).ok()
 }
 
+/// A channel that sends the client's bearer token, if it has one, with
+/// every call.
+pub(crate) type Rpc = InterceptedService<Channel, Bearer>;
+
+/// Adds `authorization: Bearer TOKEN` to every request.
+#[derive(Clone)]
+pub(crate) struct Bearer(Option<AsciiMetadataValue>);
+
+impl Bearer {
+    fn new(token: Option<&BearerToken>) -> Result<Bearer, ClientError> {
+        let Some(token) = token else {
+            return Ok(Bearer(None));
+        };
+        let mut value = AsciiMetadataValue::try_from(format!("Bearer {}", token.expose()))
+            .map_err(|_| ClientError::InvalidArgument("the bearer token is not valid metadata".into()))?;
+        value.set_sensitive(true);
+        Ok(Bearer(Some(value)))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert(quorumlock_proto::headers::AUTHORIZATION_HEADER, value.clone());
+        }
+        Ok(request)
+    }
+}
+
 struct Slot {
     addr: String,
-    channel: Channel,
+    channel: Rpc,
 }
 
 struct Slots {
@@ -152,6 +186,7 @@ struct Slots {
 pub(crate) struct Pool {
     connect_timeout: Duration,
     dialer: Dialer,
+    bearer: Bearer,
     state: Mutex<Slots>,
 }
 
@@ -163,29 +198,33 @@ pub(crate) struct Picked {
     /// `host:port`.
     pub addr: String,
     /// A lazily connected channel to it.
-    pub channel: Channel,
+    pub channel: Rpc,
 }
 
 impl Pool {
-    /// A pool over already parsed endpoints (see [`parse_endpoint_list`]).
+    /// A pool over already parsed endpoints (see [`parse_endpoint_list`])
+    /// whose calls carry `token`.
     pub fn new(
         endpoints: &[String],
         connect_timeout: Duration,
         tls: Option<&ClientTls>,
+        token: Option<&BearerToken>,
     ) -> Result<Self, ClientError> {
         let dialer = tls.cloned().map(Dialer::tls).unwrap_or_default();
+        let bearer = Bearer::new(token)?;
         let slots = endpoints
             .iter()
             .map(|addr| {
                 Ok(Slot {
                     addr: addr.clone(),
-                    channel: lazy_channel(addr, connect_timeout, &dialer)?,
+                    channel: lazy_channel(addr, connect_timeout, &dialer, &bearer)?,
                 })
             })
             .collect::<Result<Vec<_>, ClientError>>()?;
         Ok(Pool {
             connect_timeout,
             dialer,
+            bearer,
             state: Mutex::new(Slots { slots, preferred: 0 }),
         })
     }
@@ -250,7 +289,7 @@ impl Pool {
                 return;
             }
             if state.slots.len() < ENDPOINTS_MAX {
-                if let Ok(channel) = lazy_channel(&hint, self.connect_timeout, &self.dialer) {
+                if let Ok(channel) = lazy_channel(&hint, self.connect_timeout, &self.dialer, &self.bearer) {
                     state.slots.push(Slot { addr: hint, channel });
                     state.preferred = state.slots.len() - 1;
                     return;
@@ -263,7 +302,12 @@ impl Pool {
 
 /// A lazily connected channel to `addr`; over TLS the node's certificate
 /// must name the host the endpoint gives (an IP address or a DNS name).
-fn lazy_channel(addr: &str, connect_timeout: Duration, dialer: &Dialer) -> Result<Channel, ClientError> {
+fn lazy_channel(
+    addr: &str,
+    connect_timeout: Duration,
+    dialer: &Dialer,
+    bearer: &Bearer,
+) -> Result<Rpc, ClientError> {
     let invalid = |reason: String| ClientError::InvalidEndpoint {
         endpoint: addr.to_string(),
         reason,
@@ -274,9 +318,10 @@ fn lazy_channel(addr: &str, connect_timeout: Duration, dialer: &Dialer) -> Resul
         .tcp_nodelay(true);
     let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    dialer
+    let channel = dialer
         .channel(&endpoint, host)
-        .map_err(|error| invalid(error.to_string()))
+        .map_err(|error| invalid(error.to_string()))?;
+    Ok(InterceptedService::new(channel, bearer.clone()))
 }
 
 #[cfg(test)]
@@ -356,6 +401,7 @@ mod tests {
         let pool = Pool::new(
             &["a:1".to_string(), "b:2".to_string(), "c:3".to_string()],
             Duration::from_secs(1),
+            None,
             None,
         )
         .unwrap();

@@ -44,6 +44,16 @@ pub enum Refusal {
         /// What was missing (`session_secret`), when the node said.
         field: String,
     },
+    /// The cluster's access policy does not let this identity make the call.
+    AccessDenied {
+        /// The identity refused.
+        identity: String,
+    },
+    /// An expensive call (the state digest) came too soon after others.
+    RateLimited {
+        /// How long until it may succeed (zero while another one runs).
+        retry_after: Duration,
+    },
     /// A release or fenced write named a lock the session does not hold.
     NotHolder {
         /// The lock.
@@ -141,6 +151,12 @@ impl Refusal {
             Ok(ErrorReason::Unauthenticated) => Refusal::Unauthenticated {
                 session,
                 field: detail.field,
+            },
+            Ok(ErrorReason::AccessDenied) => Refusal::AccessDenied {
+                identity: detail.identity,
+            },
+            Ok(ErrorReason::RateLimited) => Refusal::RateLimited {
+                retry_after: Duration::from_millis(detail.retry_after_ms),
             },
             Ok(ErrorReason::Unspecified) | Err(_) => Refusal::Other(detail.reason),
         }

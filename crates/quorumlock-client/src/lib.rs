@@ -51,7 +51,10 @@ mod key;
 mod session;
 
 pub use backoff::Backoff;
-pub use config::{ClientConfig, ENDPOINTS_MAX, KEEPALIVE_UNANSWERED_MAX, RENEWALS_PER_TTL};
+pub use config::{
+    BearerToken, ClientConfig, BEARER_TOKEN_BYTES_MAX, ENDPOINTS_MAX, KEEPALIVE_UNANSWERED_MAX,
+    RENEWALS_PER_TTL,
+};
 pub use connection::{
     node_status, Client, Entry, Fence, Holder, LockDescription, NodeStatus, Released, TokenCheck,
 };

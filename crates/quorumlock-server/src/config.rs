@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 
 use quorumlock_core::consensus::{EngineKind, NodeId};
-use quorumlock_tls::ServerTlsFiles;
+use quorumlock_tls::{ClientCerts, ServerTlsFiles};
 
 /// Everything a node needs to start.
 #[derive(Debug, Clone)]
@@ -33,8 +33,11 @@ pub struct NodeConfig {
     /// Build a snapshot after this many applied commands.
     pub snapshot_every_entries: u64,
     /// TLS on the API and the peer protocol, with client certificates
-    /// required and verified on every connection; `None` serves plaintext.
+    /// verified on every connection (required unless the files say
+    /// otherwise); `None` serves plaintext.
     pub tls: Option<ServerTlsFiles>,
+    /// The access policy (TOML); `None` turns access control off.
+    pub auth_policy: Option<PathBuf>,
 }
 
 /// The optional TOML file: the same settings as the flags, all optional.
@@ -65,6 +68,10 @@ pub struct FileConfig {
     pub key: Option<PathBuf>,
     /// The CA certificates (PEM) clients and peers must be signed by.
     pub ca: Option<PathBuf>,
+    /// `required` or `optional`.
+    pub client_certs: Option<String>,
+    /// The access policy (TOML).
+    pub auth_policy: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -75,7 +82,18 @@ impl FileConfig {
     }
 }
 
-/// The TLS files from `--cert`, `--key` and `--ca`: all three, or none.
+/// Parses `--client-certs`: `required` or `optional`.
+pub fn parse_client_certs(text: &str) -> anyhow::Result<ClientCerts> {
+    match text {
+        "required" => Ok(ClientCerts::Required),
+        "optional" => Ok(ClientCerts::Optional),
+        other => bail!("--client-certs {other:?}: expected required or optional"),
+    }
+}
+
+/// The TLS files from `--cert`, `--key` and `--ca`: all three, or none;
+/// and whether clients must present certificates (`--client-certs`, only
+/// with TLS).
 ///
 /// A node's peers authenticate each other by client certificate, so TLS
 /// without a CA (server authentication only) would leave the peer protocol
@@ -84,10 +102,19 @@ pub fn tls_files(
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     ca: Option<PathBuf>,
+    client_certs: Option<ClientCerts>,
 ) -> anyhow::Result<Option<ServerTlsFiles>> {
     match (cert, key, ca) {
-        (None, None, None) => Ok(None),
-        (Some(cert), Some(key), Some(ca)) => Ok(Some(ServerTlsFiles { cert, key, ca })),
+        (None, None, None) => match client_certs {
+            None => Ok(None),
+            Some(_) => bail!("--client-certs needs TLS: --cert, --key and --ca"),
+        },
+        (Some(cert), Some(key), Some(ca)) => Ok(Some(ServerTlsFiles {
+            cert,
+            key,
+            ca,
+            client_certs: client_certs.unwrap_or_default(),
+        })),
         (cert, key, ca) => {
             let missing: Vec<&str> = [
                 ("--cert", cert.is_none()),
@@ -150,6 +177,16 @@ impl NodeConfig {
         if self.snapshot_every_entries == 0 {
             bail!("snapshot interval must be at least one entry");
         }
+        let optional = self
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.client_certs == ClientCerts::Optional);
+        if optional && self.auth_policy.is_none() {
+            bail!(
+                "--client-certs optional needs --auth-policy: without client certificates, callers prove who \
+                 they are with the policy's bearer tokens"
+            );
+        }
         Ok(())
     }
 }
@@ -174,16 +211,23 @@ mod tests {
 
     #[test]
     fn tls_files_come_as_a_set_of_three() {
-        assert!(tls_files(None, None, None).unwrap().is_none());
-        let all = tls_files(Some("c".into()), Some("k".into()), Some("ca".into()))
+        assert!(tls_files(None, None, None, None).unwrap().is_none());
+        let all = tls_files(Some("c".into()), Some("k".into()), Some("ca".into()), None)
             .unwrap()
             .unwrap();
         assert_eq!(all.ca, PathBuf::from("ca"));
-        let error = tls_files(Some("c".into()), Some("k".into()), None)
+        assert_eq!(all.client_certs, ClientCerts::Required, "mutual TLS by default");
+        let error = tls_files(Some("c".into()), Some("k".into()), None, None)
             .unwrap_err()
             .to_string();
         assert!(error.contains("missing --ca"), "{error}");
-        let error = tls_files(None, Some("k".into()), None).unwrap_err().to_string();
+        let error = tls_files(None, Some("k".into()), None, None)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("missing --cert, --ca"), "{error}");
+        let error = tls_files(None, None, None, Some(ClientCerts::Optional))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("needs TLS"), "{error}");
     }
 }

@@ -2,6 +2,7 @@
 //! leader, the lease driver, health reporting, and the assembly of a node
 //! from its configuration and one of the consensus engines.
 
+pub mod auth;
 pub mod config;
 pub mod health;
 pub mod lease_driver;

@@ -17,8 +17,9 @@ use quorumlock_proto::v1::cluster_server::ClusterServer;
 use quorumlock_proto::v1::lock_server::LockServer;
 use quorumlock_proto::FILE_DESCRIPTOR_SET;
 use quorumlock_raft::RaftEngine;
-use quorumlock_tls::{CertNames, ClientTls, ClientTlsFiles, Dialer, ServerTls};
+use quorumlock_tls::{ClientCerts, Dialer, NodeTls};
 
+use crate::auth::Access;
 use crate::config::NodeConfig;
 use crate::health::{HealthConfig, HealthKeeper};
 use crate::lease_driver::{LeaseConfig, LeaseDriver};
@@ -40,7 +41,8 @@ pub const SERVER_STOP_GRACE: std::time::Duration = std::time::Duration::from_sec
 pub struct Node {
     engine: Arc<dyn ConsensusEngine>,
     addr: std::net::SocketAddr,
-    tls: Tls,
+    tls: Option<NodeTls>,
+    access: Arc<Access>,
     stop: Option<oneshot::Sender<()>>,
     stopping: watch::Sender<bool>,
     health: Option<HealthKeeper>,
@@ -57,7 +59,12 @@ impl Node {
     /// Starts a node whose lease keeper reads `clock`.
     pub async fn start_with_clock(config: NodeConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Node> {
         config.validate()?;
-        let tls = Tls::load(&config)?;
+        let tls = match &config.tls {
+            Some(files) => Some(NodeTls::load(config.id.get(), files.clone())?),
+            None => None,
+        };
+        let dialer = tls.as_ref().map_or_else(Dialer::plaintext, NodeTls::dialer);
+        let access = Arc::new(Access::load(config.auth_policy.clone())?);
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -74,11 +81,11 @@ impl Node {
         };
         let (engine, peer_routes): (Arc<dyn ConsensusEngine>, Routes) = match config.engine {
             EngineKind::Raft => {
-                let (engine, routes) = RaftEngine::start(engine_config, tls.dialer.clone()).await?;
+                let (engine, routes) = RaftEngine::start(engine_config, dialer.clone()).await?;
                 (engine, routes)
             }
             EngineKind::Paxos => {
-                let (engine, routes) = PaxosEngine::start(engine_config, tls.dialer.clone()).await?;
+                let (engine, routes) = PaxosEngine::start(engine_config, dialer.clone()).await?;
                 (engine, routes)
             }
         };
@@ -113,7 +120,8 @@ impl Node {
                 request_timeout: config.request_timeout,
             },
             stopping_rx,
-            tls.dialer.clone(),
+            dialer,
+            access.clone(),
         );
 
         // Reflection serves the API, the peer transport and the health
@@ -150,9 +158,9 @@ impl Node {
         .await;
 
         let (stop, stopped) = oneshot::channel::<()>();
-        let incoming = quorumlock_tls::incoming(listener, tls.server.clone());
+        let incoming = quorumlock_tls::incoming(listener, tls.as_ref().map(|tls| tls.server().clone()));
         let peer_guard = PeerGuardLayer::new(PeerPolicy {
-            tls: tls.server.is_some(),
+            tls: tls.is_some(),
             members: config.peers.keys().map(|id| id.get()).collect(),
         });
         let server = tonic::transport::Server::builder()
@@ -167,18 +175,25 @@ impl Node {
                     .max_decoding_message_size(API_MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(API_MESSAGE_BYTES_MAX),
             )
-            .add_service(ClusterServer::new(ClusterService::new(engine.clone())))
+            .add_service(ClusterServer::new(ClusterService::new(
+                engine.clone(),
+                access.clone(),
+            )))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stopped.await;
             });
         let server = tokio::spawn(server);
-        match &tls.server {
-            Some(server) => {
-                let served = server.served();
+        match &tls {
+            Some(tls) => {
+                let served = tls.server().served();
+                let client_certs = match tls.server().files().client_certs {
+                    ClientCerts::Required => "client certificates required",
+                    ClientCerts::Optional => "client certificates optional (callers may use bearer tokens)",
+                };
                 tracing::info!(
                     node = %config.id, %addr, engine = %config.engine,
                     subject = %served.subject, serial = %served.serial, not_after = %served.not_after,
-                    "node serving over TLS; client certificates required"
+                    "node serving over TLS; {client_certs}"
                 );
             }
             None if addr.ip().is_loopback() => {
@@ -190,10 +205,20 @@ impl Node {
                  speak the peer protocol and pass calls off as forwarded; start it with --cert, --key and --ca"
             ),
         }
+        match access.summary() {
+            Some(summary) => tracing::info!(
+                node = %config.id, "access control on: {summary} from {}",
+                config.auth_policy.as_deref().map(|path| path.display().to_string()).unwrap_or_default()
+            ),
+            None => {
+                tracing::info!(node = %config.id, "access control off: a session's secret alone proves its owner")
+            }
+        }
         Ok(Node {
             engine,
             addr,
             tls,
+            access,
             stop: Some(stop),
             stopping,
             health: Some(health),
@@ -212,23 +237,39 @@ impl Node {
         &self.engine
     }
 
-    /// Re-reads the certificate, key and CA files (on SIGHUP): new
-    /// connections, in and out, use them; established ones keep theirs, so
-    /// no call or session is cut. Returns the certificate now served, or
-    /// `None` on a plaintext node; on error the files in use stay.
-    pub fn reload_tls(&self) -> Result<Option<CertNames>, quorumlock_tls::TlsError> {
-        let Some(server) = &self.tls.server else {
-            return Ok(None);
-        };
-        let served = server.reload()?;
-        if let Some(client) = self.tls.dialer.tls_config() {
-            client.reload()?;
+    /// Re-reads the certificate, key and CA files and the access policy
+    /// (on SIGHUP), and logs what each now is. New connections, in and out,
+    /// use the new certificates and established ones keep theirs, so no
+    /// call or session is cut; calls that start afterwards are judged by
+    /// the new policy. Each is replaced only if it loads whole: on error the
+    /// one in use stays, and the error is returned.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let mut failed = Vec::new();
+        match &self.tls {
+            None => tracing::info!("reload: no TLS files"),
+            Some(tls) => match tls.reload() {
+                Ok(served) => tracing::info!(
+                    subject = %served.subject, serial = %served.serial, not_after = %served.not_after,
+                    "TLS files reloaded; new connections get this certificate"
+                ),
+                Err(error) => {
+                    tracing::error!(%error, "TLS files not reloaded; the ones in use stay");
+                    failed.push(format!("TLS: {error}"));
+                }
+            },
         }
-        tracing::info!(
-            subject = %served.subject, serial = %served.serial, not_after = %served.not_after,
-            "TLS files reloaded; new connections get this certificate"
-        );
-        Ok(Some(served))
+        match self.access.reload() {
+            Ok(None) => tracing::info!("reload: no access policy"),
+            Ok(Some(summary)) => tracing::info!("access policy reloaded: {summary}"),
+            Err(error) => {
+                tracing::error!("access policy not reloaded, the one in force stays: {error:#}");
+                failed.push(format!("access policy: {error:#}"));
+            }
+        }
+        match failed.is_empty() {
+            true => Ok(()),
+            false => anyhow::bail!("{}", failed.join("; ")),
+        }
     }
 
     /// Resolves with the reason once the engine stopped by itself on a
@@ -279,42 +320,5 @@ impl Node {
         }
         engine?;
         Ok(())
-    }
-}
-
-/// A node's TLS: the listener's config and the dialer its peer and
-/// forwarding channels use (the node's own certificate as client
-/// certificate), both read from the same files.
-struct Tls {
-    server: Option<ServerTls>,
-    dialer: Dialer,
-}
-
-impl Tls {
-    fn load(config: &NodeConfig) -> anyhow::Result<Tls> {
-        let Some(files) = &config.tls else {
-            return Ok(Tls {
-                server: None,
-                dialer: Dialer::plaintext(),
-            });
-        };
-        let server = ServerTls::load(files.clone())?;
-        let served = server.served();
-        let name = quorumlock_tls::node_name(config.id.get());
-        anyhow::ensure!(
-            served.dns_names.contains(&name),
-            "the certificate {} ({}) does not carry this node's name {name:?}; its peers would refuse it \
-             (`quorumlock certs` issues node certificates that do)",
-            files.cert.display(),
-            served.subject
-        );
-        let client = ClientTls::load(ClientTlsFiles {
-            ca: files.ca.clone(),
-            identity: Some((files.cert.clone(), files.key.clone())),
-        })?;
-        Ok(Tls {
-            server: Some(server),
-            dialer: Dialer::tls(client),
-        })
     }
 }

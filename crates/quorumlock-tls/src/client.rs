@@ -8,8 +8,8 @@ use std::task::{Context, Poll};
 
 use hyper_util::rt::TokioIo;
 use parking_lot::RwLock;
-use rustls::ClientConfig;
-use rustls_pki_types::ServerName;
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -55,8 +55,22 @@ impl ClientTls {
     /// Re-reads the files; on error the config in use stays.
     pub fn reload(&self) -> Result<(), TlsError> {
         let config = build(&self.files)?;
-        *self.config.write() = Arc::new(config);
+        self.install(config);
         Ok(())
+    }
+
+    /// A config over an already built one (see [`client_config`]).
+    #[cfg(feature = "server")]
+    pub(crate) fn from_parts(files: ClientTlsFiles, config: ClientConfig) -> ClientTls {
+        ClientTls {
+            files: Arc::new(files),
+            config: Arc::new(RwLock::new(Arc::new(config))),
+        }
+    }
+
+    /// Connects with `config` from now on.
+    pub(crate) fn install(&self, config: ClientConfig) {
+        *self.config.write() = Arc::new(config);
     }
 
     /// The files this config is read from.
@@ -71,15 +85,27 @@ impl ClientTls {
 
 fn build(files: &ClientTlsFiles) -> Result<ClientConfig, TlsError> {
     let roots = files::roots(&files.ca)?;
+    let identity = match &files.identity {
+        Some((cert, key)) => Some((
+            files::certificates("certificate", cert)?,
+            files::private_key(key)?,
+        )),
+        None => None,
+    };
+    client_config(roots, identity)
+}
+
+/// A client config trusting `roots`, presenting `identity` (a certificate
+/// chain and its key) to servers that ask for one.
+pub(crate) fn client_config(
+    roots: RootCertStore,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<ClientConfig, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots);
-    let mut config = match &files.identity {
-        Some((cert, key)) => {
-            let chain = files::certificates("certificate", cert)?;
-            let key = files::private_key(key)?;
-            builder.with_client_auth_cert(chain, key)?
-        }
+    let mut config = match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![ALPN_H2.to_vec()];

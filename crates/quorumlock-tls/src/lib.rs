@@ -23,6 +23,8 @@ mod issue;
 #[cfg(feature = "server")]
 mod names;
 #[cfg(feature = "server")]
+mod node;
+#[cfg(feature = "server")]
 mod server;
 
 pub use client::{ClientTls, ClientTlsFiles, Dialer};
@@ -32,8 +34,11 @@ pub use issue::{write_pem, Authority, Issued, ISSUED_VALIDITY_DAYS};
 #[cfg(feature = "server")]
 pub use names::CertNames;
 #[cfg(feature = "server")]
+pub use node::NodeTls;
+#[cfg(feature = "server")]
 pub use server::{
-    incoming, ConnInfo, Connection, ServerTls, ServerTlsFiles, HANDSHAKES_IN_FLIGHT_MAX, HANDSHAKE_TIMEOUT,
+    incoming, ClientCerts, ConnInfo, Connection, ServerTls, ServerTlsFiles, HANDSHAKES_IN_FLIGHT_MAX,
+    HANDSHAKE_TIMEOUT,
 };
 
 /// The DNS name every certificate of node `id` carries, and the name a node

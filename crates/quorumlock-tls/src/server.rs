@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 use rustls::server::WebPkiClientVerifier;
-use rustls::ServerConfig;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
@@ -40,9 +41,22 @@ pub struct ServerTlsFiles {
     pub cert: PathBuf,
     /// The node's private key.
     pub key: PathBuf,
-    /// CA certificates every client's certificate must chain to: with it,
-    /// every connection must present a valid client certificate.
+    /// CA certificates every client's certificate must chain to.
     pub ca: PathBuf,
+    /// Whether every connection must present a client certificate.
+    pub client_certs: ClientCerts,
+}
+
+/// Whether a TLS server requires client certificates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ClientCerts {
+    /// Every connection presents a certificate the CA signed (mutual TLS).
+    #[default]
+    Required,
+    /// A connection may present none; one it presents must verify. Meant
+    /// for clients that prove who they are with bearer tokens instead:
+    /// members still need their certificates for the peer protocol.
+    Optional,
 }
 
 /// A server TLS config read from files, re-read by [`ServerTls::reload`].
@@ -69,8 +83,21 @@ impl ServerTls {
     pub fn reload(&self) -> Result<CertNames, TlsError> {
         let built = build(&self.files)?;
         let names = built.1.clone();
-        *self.config.write() = built;
+        self.install(built);
         Ok(names)
+    }
+
+    /// A config over already built parts (see [`server_config`]).
+    pub(crate) fn from_parts(files: ServerTlsFiles, built: (Arc<ServerConfig>, CertNames)) -> ServerTls {
+        ServerTls {
+            files: Arc::new(files),
+            config: Arc::new(RwLock::new(built)),
+        }
+    }
+
+    /// Serves `built` to handshakes from now on.
+    pub(crate) fn install(&self, built: (Arc<ServerConfig>, CertNames)) {
+        *self.config.write() = built;
     }
 
     /// The certificate served now.
@@ -90,10 +117,26 @@ impl ServerTls {
 
 fn build(files: &ServerTlsFiles) -> Result<(Arc<ServerConfig>, CertNames), TlsError> {
     let chain = files::certificates("certificate", &files.cert)?;
-    let names = CertNames::parse(&chain[0])?;
     let key = files::private_key(&files.key)?;
     let roots = files::roots(&files.ca)?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+    server_config(chain, key, roots, files.client_certs)
+}
+
+/// A server config serving `chain` with `key`, verifying client
+/// certificates against `roots`; and the names of the certificate served.
+pub(crate) fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    roots: RootCertStore,
+    client_certs: ClientCerts,
+) -> Result<(Arc<ServerConfig>, CertNames), TlsError> {
+    let names = CertNames::parse(&chain[0])?;
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    let builder = match client_certs {
+        ClientCerts::Required => builder,
+        ClientCerts::Optional => builder.allow_unauthenticated(),
+    };
+    let verifier = builder
         .build()
         .map_err(|error| TlsError::Config(format!("client verifier: {error}")))?;
     let mut config = ServerConfig::builder_with_provider(provider())

@@ -45,6 +45,7 @@ fn server_files((cert, key): (PathBuf, PathBuf), ca: &Path) -> ServerTlsFiles {
         cert,
         key,
         ca: ca.to_path_buf(),
+        client_certs: ClientCerts::Required,
     }
 }
 
@@ -255,6 +256,7 @@ fn missing_and_malformed_files_name_the_file_and_never_the_key() {
         cert: pki.path("absent.pem"),
         key: key.clone(),
         ca: pki.path("ca.pem"),
+        client_certs: ClientCerts::Required,
     })
     .err()
     .unwrap()
@@ -269,6 +271,7 @@ fn missing_and_malformed_files_name_the_file_and_never_the_key() {
         cert: cert.clone(),
         key: cert.clone(),
         ca: pki.path("ca.pem"),
+        client_certs: ClientCerts::Required,
     })
     .err()
     .unwrap()
@@ -309,4 +312,69 @@ async fn plaintext_connections_have_nagle_disabled() {
         server::Io::Tls(_) => unreachable!("a plaintext listener"),
     }
     assert_eq!(accepted.info.remote.unwrap().ip(), addr.ip());
+}
+
+#[tokio::test]
+async fn a_node_reloads_only_a_certificate_that_names_it_and_changes_both_sides_together() {
+    let pki = Pki::new();
+    let ca = pki.authority("ca");
+    let files = server_files(
+        pki.save("node1", &ca.issue_node(1, &["127.0.0.1".into()]).unwrap()),
+        &pki.path("ca.pem"),
+    );
+    let other_node = ca.issue_node(2, &["127.0.0.1".into()]).unwrap();
+    pki.save("node2", &other_node);
+    let refused = NodeTls::load(
+        1,
+        server_files(
+            (pki.path("node2.pem"), pki.path("node2-key.pem")),
+            &pki.path("ca.pem"),
+        ),
+    )
+    .err()
+    .expect("node 1 must not start with node 2's certificate");
+    assert!(refused.to_string().contains("quorumlock-node-1"), "{refused}");
+
+    let tls = NodeTls::load(1, files.clone()).unwrap();
+    let before = tls.server().served();
+    // Node 2's certificate in node 1's files: the reload is refused and
+    // neither side changes.
+    pki.save("node1", &other_node);
+    let error = tls.reload().unwrap_err();
+    assert!(error.to_string().contains("quorumlock-node-1"), "{error}");
+    assert_eq!(tls.server().served(), before);
+
+    // The node's own new certificate is served, and the dialer presents it
+    // too: a server that requires client certificates accepts it.
+    pki.save("node1", &ca.issue_node(1, &["127.0.0.1".into()]).unwrap());
+    let after = tls.reload().unwrap();
+    assert_ne!(after.serial, before.serial);
+    let addr = serve(tls.server().clone()).await;
+    check(addr, &tls.dialer(), "quorumlock-node-1")
+        .await
+        .expect("the node's dialer is accepted with its new certificate");
+}
+
+#[tokio::test]
+async fn optional_client_certificates_admit_a_client_without_one_but_not_a_foreign_one() {
+    let pki = Pki::new();
+    let ca = pki.authority("ca");
+    let other = pki.authority("other");
+    let mut files = server_files(
+        pki.save("node1", &ca.issue_node(1, &["127.0.0.1".into()]).unwrap()),
+        &pki.path("ca.pem"),
+    );
+    files.client_certs = ClientCerts::Optional;
+    let addr = serve(ServerTls::load(files).unwrap()).await;
+    check(addr, &client(&pki.path("ca.pem"), None), "127.0.0.1")
+        .await
+        .expect("no client certificate is allowed");
+    let mallory = client(
+        &pki.path("ca.pem"),
+        Some(pki.save("mallory", &other.issue_client("mallory").unwrap())),
+    );
+    assert!(
+        check(addr, &mallory, "127.0.0.1").await.is_err(),
+        "a certificate another CA signed must still be refused"
+    );
 }

@@ -3,20 +3,60 @@
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
+use crate::auth::rate::DigestRefused;
+use crate::auth::{Access, Action, DIGESTS_BURST, DIGESTS_PER_SECOND};
 use quorumlock_core::consensus::ConsensusEngine;
-use quorumlock_proto::v1 as pb;
+use quorumlock_proto::details::{self, reason};
+use quorumlock_proto::v1::{self as pb, ErrorReason};
 
 /// Serves `quorumlock.v1.Cluster` on one node.
 pub struct ClusterService {
     engine: Arc<dyn ConsensusEngine>,
+    access: Arc<Access>,
 }
 
 impl ClusterService {
-    /// Reports on `engine`.
-    pub fn new(engine: Arc<dyn ConsensusEngine>) -> Self {
-        ClusterService { engine }
+    /// Reports on `engine`; the state digest only to whom `access` lets
+    /// through.
+    pub fn new(engine: Arc<dyn ConsensusEngine>, access: Arc<Access>) -> Self {
+        ClusterService { engine, access }
+    }
+
+    /// The state digest, for an admin and within the rate.
+    fn state_digest(&self, request: &Request<pb::StatusRequest>) -> Result<Vec<u8>, Status> {
+        let caller = self.access.caller(request)?;
+        self.access.allow(&caller, Action::Admin("state digest"))?;
+        let _permit = self
+            .access
+            .digests
+            .try_take(std::time::Instant::now())
+            .map_err(|refused| {
+                let (message, retry_after) = match refused {
+                    DigestRefused::Busy => (
+                        "another state digest is being computed on this node; one runs at a time".to_string(),
+                        0,
+                    ),
+                    DigestRefused::Rate(wait) => (
+                        format!(
+                            "state digests are limited to {DIGESTS_PER_SECOND} per second per node \
+                             (bursts of {DIGESTS_BURST}); retry in {} ms",
+                            wait.as_millis().max(1)
+                        ),
+                        wait.as_millis().max(1) as u64,
+                    ),
+                };
+                details::status(
+                    Code::ResourceExhausted,
+                    message,
+                    pb::ErrorDetail {
+                        retry_after_ms: retry_after,
+                        ..reason(ErrorReason::RateLimited)
+                    },
+                )
+            })?;
+        Ok(Sha256::digest(self.engine.state().snapshot()).to_vec())
     }
 }
 
@@ -28,7 +68,7 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let status = self.engine.status();
         let state_digest = if request.get_ref().include_state_digest {
-            Sha256::digest(self.engine.state().snapshot()).to_vec()
+            self.state_digest(&request)?
         } else {
             Vec::new()
         };

@@ -8,6 +8,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
+use crate::auth::Caller;
 use quorumlock_core::consensus::{LeaderInfo, NodeId};
 use quorumlock_proto::headers::FORWARDED_HEADER;
 use quorumlock_proto::limits::API_MESSAGE_BYTES_MAX;
@@ -57,9 +58,10 @@ impl Forwarder {
     }
 }
 
-/// A request to forward: the message, the client's remaining deadline, and
-/// the mark that stops it from being forwarded twice.
-pub fn forwarded<T>(message: T, timeout: Option<Duration>) -> Request<T> {
+/// A request to forward: the message, the client's remaining deadline, the
+/// mark that stops it from being forwarded twice, and what tells the leader
+/// who the caller is (see [`Caller::vouch`]).
+pub fn forwarded<T>(message: T, timeout: Option<Duration>, caller: &Caller, tls: bool) -> Request<T> {
     let mut request = Request::new(message);
     if let Some(timeout) = timeout {
         request.set_timeout(timeout);
@@ -67,5 +69,6 @@ pub fn forwarded<T>(message: T, timeout: Option<Duration>) -> Request<T> {
     request
         .metadata_mut()
         .insert(FORWARDED_HEADER, MetadataValue::from_static("1"));
+    caller.vouch(request.metadata_mut(), tls);
     request
 }

@@ -18,6 +18,7 @@ use super::status::{
     budget, client_timeout, forwarding_failed, from_engine_error, from_lock_error, internal,
     invalid_argument, is_forwarded, no_quorum, not_leader, secret_missing, session_gone,
 };
+use crate::auth::{Access, Action, Caller};
 use crate::lease_driver::LeaseDriver;
 use quorumlock_core::consensus::{ConsensusEngine, GrantWatch, StateNotice};
 use quorumlock_core::lease::RenewError;
@@ -49,6 +50,10 @@ pub struct LockService {
     engine: Arc<dyn ConsensusEngine>,
     leases: Arc<LeaseDriver>,
     forwarder: Arc<Forwarder>,
+    access: Arc<Access>,
+    /// Whether this node dials the leader over mutual TLS, so that the
+    /// leader takes its word for a caller's identity.
+    tls: bool,
     config: LockServiceConfig,
     /// Turns true when the node begins to stop: keepalive streams and
     /// waiting acquires end at once (UNAVAILABLE, the node is stopping), so
@@ -74,11 +79,11 @@ enum Route {
 /// Forwards the request to the leader and returns its answer, unless this
 /// node is the leader.
 macro_rules! forward_unless_leader {
-    ($service:ident, $request:ident, $method:ident) => {
+    ($service:ident, $request:ident, $method:ident, $caller:ident) => {
         if let Route::Forward(mut client) = $service.route(&$request)? {
             let timeout = client_timeout(&$request);
             return client
-                .$method(forwarded($request.into_inner(), timeout))
+                .$method(forwarded($request.into_inner(), timeout, &$caller, $service.tls))
                 .await
                 .map_err(relayed);
         }
@@ -86,19 +91,23 @@ macro_rules! forward_unless_leader {
 }
 
 impl LockService {
-    /// Serves the lock API over `engine`, answering keepalives from `leases`,
-    /// until `stopping` turns true.
+    /// Serves the lock API over `engine`, answering keepalives from `leases`
+    /// and letting callers through as `access` says, until `stopping` turns
+    /// true; forwards to the leader over channels `dialer` makes.
     pub fn new(
         engine: Arc<dyn ConsensusEngine>,
         leases: Arc<LeaseDriver>,
         config: LockServiceConfig,
         stopping: watch::Receiver<bool>,
         dialer: Dialer,
+        access: Arc<Access>,
     ) -> Self {
         LockService {
             engine,
             leases,
+            tls: dialer.tls_config().is_some(),
             forwarder: Arc::new(Forwarder::new(dialer)),
+            access,
             config,
             stopping,
         }
@@ -258,6 +267,8 @@ fn waiter_status(state: &LockState, session: SessionId, lock: &str) -> WaiterSta
 async fn serve_keepalives(
     leases: Arc<LeaseDriver>,
     engine: Arc<dyn ConsensusEngine>,
+    access: Arc<Access>,
+    caller: Caller,
     mut inbound: Streaming<pb::KeepAliveRequest>,
     replies: mpsc::Sender<Result<pb::KeepAliveResponse, Status>>,
     stopping: watch::Receiver<bool>,
@@ -276,7 +287,9 @@ async fn serve_keepalives(
             message = inbound.next() => {
                 let Some(Ok(message)) = message else { return };
                 let session = SessionId::new(message.session_id);
-                let renewal = renew_one(&leases, engine.as_ref(), &mut proved, session, &message.session_secret);
+                let renewal = access
+                    .allow(&caller, Action::UseSession("keep_alive"))
+                    .and_then(|()| renew_one(&leases, engine.as_ref(), &mut proved, session, &message.session_secret, &caller));
                 if renewal.is_ok() {
                     renewed.insert(session);
                 }
@@ -314,8 +327,9 @@ fn renew_one(
     proved: &mut BTreeMap<SessionId, SecretDigest>,
     session: SessionId,
     secret: &[u8],
+    caller: &Caller,
 ) -> Result<pb::KeepAliveResponse, Status> {
-    prove_owner(engine, proved, session, secret)?;
+    prove_owner(engine, proved, session, secret, caller)?;
     match leases.renew(session) {
         Ok(ttl) => Ok(pb::KeepAliveResponse {
             session_id: session.get(),
@@ -330,16 +344,17 @@ fn renew_one(
 }
 
 /// Checks that a keepalive for `session` comes from its owner: against the
-/// digest this stream proved before, or else against the applied state. A
-/// session this node does not know is left to the renewal, which reports it
-/// not found.
+/// digest this stream proved before (the stream's caller never changes), or
+/// else against the applied state. A session this node does not know is
+/// left to the renewal, which reports it not found.
 fn prove_owner(
     engine: &dyn ConsensusEngine,
     proved: &mut BTreeMap<SessionId, SecretDigest>,
     session: SessionId,
     secret: &[u8],
+    caller: &Caller,
 ) -> Result<(), Status> {
-    let caller = credential(session, secret)?;
+    let caller = credential(session, secret, caller)?;
     if let Some(digest) = proved.get(&session) {
         if digest.matches(&caller.secret) {
             return Ok(());
@@ -361,8 +376,9 @@ fn prove_owner(
     }
 }
 
-/// The caller of a call on `session`, from the secret it presented.
-fn credential(session: SessionId, secret: &[u8]) -> Result<Credential, Status> {
+/// The credential of a call on `session`: the secret it presented and the
+/// identity of its caller.
+fn credential(session: SessionId, secret: &[u8], caller: &Caller) -> Result<Credential, Status> {
     if secret.is_empty() {
         return Err(secret_missing(session));
     }
@@ -376,7 +392,10 @@ fn credential(session: SessionId, secret: &[u8]) -> Result<Credential, Status> {
             ),
         ));
     }
-    Ok(Credential::of_secret(secret))
+    Ok(Credential {
+        identity: caller.identity.clone(),
+        ..Credential::of_secret(secret)
+    })
 }
 
 /// A fresh session secret from the operating system's random source.
@@ -529,12 +548,17 @@ impl pb::lock_server::Lock for LockService {
         let ttl_ms = request.get_ref().ttl_ms;
         validate::ttl_ms(ttl_ms)
             .map_err(|error| invalid_argument("ttl_ms", Some(SESSION_TTL_MS_MAX), error.to_string()))?;
-        forward_unless_leader!(self, request, open_session);
+        let caller = self.access.caller(&request)?;
+        forward_unless_leader!(self, request, open_session, caller);
+        self.access.allow(&caller, Action::OpenSession)?;
         // Drawn here, by the node that orders the session, and carried in
         // the command only as its digest: apply stays deterministic and the
         // log never holds the secret.
         let secret = draw_secret()?;
-        let owner = Credential::of_secret(&secret);
+        let owner = Credential {
+            identity: caller.identity.clone(),
+            ..Credential::of_secret(&secret)
+        };
         match self
             .propose(Command::OpenSession { ttl_ms, owner }, self.budget(&request))
             .await?
@@ -557,6 +581,7 @@ impl pb::lock_server::Lock for LockService {
         &self,
         request: Request<Streaming<pb::KeepAliveRequest>>,
     ) -> Result<Response<Self::KeepAliveStream>, Status> {
+        let caller = self.access.caller(&request)?;
         if let Route::Forward(mut client) = self.route(&request)? {
             // Relay the whole stream: the leader answers every renewal.
             let inbound = request
@@ -564,7 +589,7 @@ impl pb::lock_server::Lock for LockService {
                 .take_while(|message| futures::future::ready(message.is_ok()))
                 .filter_map(|message| futures::future::ready(message.ok()));
             let replies = client
-                .keep_alive(forwarded(inbound, None))
+                .keep_alive(forwarded(inbound, None, &caller, self.tls))
                 .await
                 .map_err(relayed)?
                 .into_inner()
@@ -582,6 +607,8 @@ impl pb::lock_server::Lock for LockService {
         tokio::spawn(serve_keepalives(
             self.leases.clone(),
             self.engine.clone(),
+            self.access.clone(),
+            caller,
             request.into_inner(),
             replies,
             self.stopping.clone(),
@@ -594,8 +621,10 @@ impl pb::lock_server::Lock for LockService {
         request: Request<pb::CloseSessionRequest>,
     ) -> Result<Response<pb::CloseSessionResponse>, Status> {
         let session = SessionId::new(request.get_ref().session_id);
-        let by = credential(session, &request.get_ref().session_secret)?;
-        forward_unless_leader!(self, request, close_session);
+        let caller = self.access.caller(&request)?;
+        let by = credential(session, &request.get_ref().session_secret, &caller)?;
+        forward_unless_leader!(self, request, close_session, caller);
+        self.access.allow(&caller, Action::UseSession("close_session"))?;
         match self
             .propose(Command::CloseSession { session, by }, self.budget(&request))
             .await?
@@ -622,8 +651,10 @@ impl pb::lock_server::Lock for LockService {
             ));
         }
         let session = SessionId::new(request.get_ref().session_id);
-        let by = credential(session, &request.get_ref().session_secret)?;
-        forward_unless_leader!(self, request, acquire);
+        let caller = self.access.caller(&request)?;
+        let by = credential(session, &request.get_ref().session_secret, &caller)?;
+        forward_unless_leader!(self, request, acquire, caller);
+        self.access.allow(&caller, Action::Lock("acquire", &lock))?;
         let wait = Duration::from_millis(wait_ms);
         let wait = match client_timeout(&request) {
             Some(_) => wait.min(budget(&request, Duration::MAX)),
@@ -666,8 +697,10 @@ impl pb::lock_server::Lock for LockService {
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
         let lock = lock_name("name", &request.get_ref().name)?;
         let session = SessionId::new(request.get_ref().session_id);
-        let by = credential(session, &request.get_ref().session_secret)?;
-        forward_unless_leader!(self, request, release);
+        let caller = self.access.caller(&request)?;
+        let by = credential(session, &request.get_ref().session_secret, &caller)?;
+        forward_unless_leader!(self, request, release, caller);
+        self.access.allow(&caller, Action::Lock("release", &lock))?;
         let command = Command::Release {
             session,
             lock,
@@ -688,7 +721,9 @@ impl pb::lock_server::Lock for LockService {
         request: Request<pb::DescribeRequest>,
     ) -> Result<Response<pb::DescribeResponse>, Status> {
         let lock = lock_name("name", &request.get_ref().name)?;
-        forward_unless_leader!(self, request, describe);
+        let caller = self.access.caller(&request)?;
+        forward_unless_leader!(self, request, describe, caller);
+        self.access.allow(&caller, Action::Lock("describe", &lock))?;
         let view = self
             .read(self.budget(&request), |state| state.describe(&lock))
             .await?;
@@ -708,8 +743,11 @@ impl pb::lock_server::Lock for LockService {
         value(&request.get_ref().value)?;
         let fence = fence(request.get_ref().fence.as_ref())?;
         let session = SessionId::new(request.get_ref().session_id);
-        let by = credential(session, &request.get_ref().session_secret)?;
-        forward_unless_leader!(self, request, put);
+        let caller = self.access.caller(&request)?;
+        let by = credential(session, &request.get_ref().session_secret, &caller)?;
+        forward_unless_leader!(self, request, put, caller);
+        self.access
+            .allow(&caller, Action::WriteKey("put", &key, &fence.lock))?;
         let budget = self.budget(&request);
         let value = request.into_inner().value;
         let command = Command::Put {
@@ -727,7 +765,9 @@ impl pb::lock_server::Lock for LockService {
 
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let key = key(&request.get_ref().key)?;
-        forward_unless_leader!(self, request, get);
+        let caller = self.access.caller(&request)?;
+        forward_unless_leader!(self, request, get, caller);
+        self.access.allow(&caller, Action::ReadKey(&key))?;
         let entry = self
             .read(self.budget(&request), |state| state.get(&key).cloned())
             .await?;
@@ -751,8 +791,11 @@ impl pb::lock_server::Lock for LockService {
         let key = key(&request.get_ref().key)?;
         let fence = fence(request.get_ref().fence.as_ref())?;
         let session = SessionId::new(request.get_ref().session_id);
-        let by = credential(session, &request.get_ref().session_secret)?;
-        forward_unless_leader!(self, request, delete);
+        let caller = self.access.caller(&request)?;
+        let by = credential(session, &request.get_ref().session_secret, &caller)?;
+        forward_unless_leader!(self, request, delete, caller);
+        self.access
+            .allow(&caller, Action::WriteKey("delete", &key, &fence.lock))?;
         let command = Command::Delete {
             key,
             fence,
@@ -770,7 +813,9 @@ impl pb::lock_server::Lock for LockService {
         request: Request<pb::CheckTokenRequest>,
     ) -> Result<Response<pb::CheckTokenResponse>, Status> {
         let lock = lock_name("lock", &request.get_ref().lock)?;
-        forward_unless_leader!(self, request, check_token);
+        let caller = self.access.caller(&request)?;
+        forward_unless_leader!(self, request, check_token, caller);
+        self.access.allow(&caller, Action::Lock("check_token", &lock))?;
         let token = request.get_ref().token;
         let current = self
             .read(self.budget(&request), |state| state.current_token(&lock))

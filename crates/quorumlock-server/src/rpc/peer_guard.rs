@@ -1,13 +1,16 @@
-//! Keeps the member-only parts of a node to members: the peer protocols
-//! and the mark a follower sets on a call it forwards.
+//! Keeps the member-only parts of a node to members: the peer protocols,
+//! the mark a follower sets on a call it forwards, and the caller identity
+//! it vouches for.
 //!
 //! Over TLS every connection carries a verified client certificate; a
 //! connection counts as a member's only if that certificate names a member
 //! ([`quorumlock_tls::node_name`]). A client certificate, however valid,
 //! can then neither speak Raft or Paxos to a node nor pass a call off as
-//! forwarded. A plaintext node has no identities to check and accepts both
-//! from anyone who can reach it; it is meant for loopback and trusted
-//! networks only (`serve` warns otherwise).
+//! forwarded, nor claim an identity. A plaintext node has no identities to
+//! check: it accepts the peer protocols and the forwarded mark from anyone
+//! who can reach it (it is meant for loopback and trusted networks only, and
+//! `serve` warns otherwise), and refuses every claimed identity, which only
+//! a member proven over mutual TLS may make.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -17,7 +20,7 @@ use futures::future::{Either, Ready};
 use tonic::body::BoxBody;
 use tonic::Status;
 
-use quorumlock_proto::headers::FORWARDED_HEADER;
+use quorumlock_proto::headers::{FORWARDED_HEADER, IDENTITY_HEADER};
 use quorumlock_tls::ConnInfo;
 
 /// The gRPC path prefixes of the peer protocols.
@@ -36,11 +39,24 @@ impl PeerPolicy {
     /// Why a request for `path` with `headers` on connection `info` is
     /// refused, or `None` when it may go on.
     pub fn refusal(&self, path: &str, headers: &http::HeaderMap, info: Option<&ConnInfo>) -> Option<Status> {
+        let claims_identity = headers.contains_key(IDENTITY_HEADER);
         if !self.tls {
-            return None;
+            return claims_identity.then(|| {
+                let remote = info
+                    .and_then(|info| info.remote)
+                    .map(|addr| addr.to_string())
+                    .unwrap_or_else(|| "?".into());
+                tracing::warn!(target: "quorumlock::audit", %remote, path, "refused: a claimed identity on a plaintext node");
+                Status::permission_denied(format!(
+                    "{path}: metadata {IDENTITY_HEADER} is accepted only from cluster members over mutual TLS; \
+                     this node serves plaintext, so nobody can assert an identity to it"
+                ))
+            });
         }
         let what = if PEER_PATHS.iter().any(|prefix| path.starts_with(prefix)) {
             "the peer protocol"
+        } else if claims_identity {
+            "a caller identity asserted by a member (metadata x-quorumlock-identity-bin)"
         } else if headers.contains_key(FORWARDED_HEADER) {
             "a forwarded call (metadata x-quorumlock-forwarded)"
         } else {
@@ -179,7 +195,7 @@ mod tests {
     }
 
     #[test]
-    fn a_plaintext_node_checks_nothing() {
+    fn a_plaintext_node_checks_no_member_but_refuses_every_claimed_identity() {
         let policy = PeerPolicy {
             tls: false,
             ..policy()
@@ -187,5 +203,25 @@ mod tests {
         assert!(policy
             .refusal("/quorumlock.raft.v1.RaftPeer/Vote", &http::HeaderMap::new(), None)
             .is_none());
+        let mut claim = http::HeaderMap::new();
+        claim.insert(IDENTITY_HEADER, "YWRtaW4".parse().unwrap());
+        let refused = policy
+            .refusal("/quorumlock.v1.Lock/Acquire", &claim, None)
+            .expect("a plaintext node refuses a claimed identity");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    }
+
+    #[test]
+    fn only_a_member_may_claim_a_callers_identity() {
+        let mut claim = http::HeaderMap::new();
+        claim.insert(IDENTITY_HEADER, "YWRtaW4".parse().unwrap());
+        let policy = policy();
+        let api = "/quorumlock.v1.Lock/Acquire";
+        assert!(policy
+            .refusal(api, &claim, Some(&names(&["quorumlock-node-3"])))
+            .is_none());
+        let refused = policy.refusal(api, &claim, Some(&names(&[]))).unwrap();
+        assert!(refused.message().contains("identity"), "{}", refused.message());
+        assert!(policy.refusal(api, &claim, None).is_some());
     }
 }
