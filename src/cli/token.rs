@@ -24,10 +24,7 @@ fn new_token() -> anyhow::Result<String> {
     rand::rngs::OsRng
         .try_fill_bytes(&mut bytes)
         .map_err(|error| anyhow::anyhow!("the OS random source failed: {error}"))?;
-    Ok(format!(
-        "qlt_{}",
-        bytes.iter().map(|byte| format!("{byte:02x}")).collect::<String>()
-    ))
+    Ok(format!("qlt_{}", quorumlock_proto::hex::encode(&bytes)))
 }
 
 /// Prints the token alone on stdout (so `TOKEN=$(quorumlock token ...)`

@@ -39,20 +39,14 @@ impl SessionSecret {
                 text.chars().count()
             ))
         };
-        if text.len() != SESSION_SECRET_BYTES * 2 || !text.is_ascii() {
-            return Err(malformed());
-        }
-        let mut bytes = [0u8; SESSION_SECRET_BYTES];
-        for (byte, pair) in bytes.iter_mut().zip(text.as_bytes().chunks(2)) {
-            let pair = std::str::from_utf8(pair).map_err(|_| malformed())?;
-            *byte = u8::from_str_radix(pair, 16).map_err(|_| malformed())?;
-        }
-        Ok(SessionSecret(bytes))
+        quorumlock_proto::hex::decode::<SESSION_SECRET_BYTES>(text)
+            .map(SessionSecret)
+            .ok_or_else(malformed)
     }
 
     /// The secret as 64 lowercase hex digits.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|byte| format!("{byte:02x}")).collect()
+        quorumlock_proto::hex::encode(&self.0)
     }
 
     /// The secret's bytes, as requests carry them.

@@ -8,6 +8,7 @@
 
 pub mod details;
 pub mod headers;
+pub mod hex;
 pub mod ids;
 pub mod limits;
 

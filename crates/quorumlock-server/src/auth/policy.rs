@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use quorumlock_core::lock::IDENTITY_BYTES_MAX;
+use quorumlock_proto::hex;
 use quorumlock_tls::NODE_NAME_PREFIX;
 
 /// Most roles, identities or tokens one policy may define (each).
@@ -148,24 +149,9 @@ pub fn token_digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
 /// The `sha256` value a policy file gives for `token`.
 pub fn token_digest_hex(token: &str) -> String {
-    hex(&token_digest(token))
-}
-
-fn parse_hex_digest(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 || !text.bytes().all(|byte| byte.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut digest = [0u8; 32];
-    for (index, byte) in digest.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * index..2 * index + 2], 16).ok()?;
-    }
-    Some(digest)
+    hex::encode(&token_digest(token))
 }
 
 /// Checks an identity as a policy names it.
@@ -248,7 +234,7 @@ impl Policy {
         for (index, token) in file.tokens.iter().enumerate() {
             let where_ = format!("token {} (identity {:?})", index + 1, token.identity);
             check_identity(&token.identity, &where_)?;
-            let digest = parse_hex_digest(&token.sha256).ok_or_else(|| {
+            let digest = hex::decode::<32>(&token.sha256).ok_or_else(|| {
                 format!("{where_}: sha256 must be the token's SHA-256 as 64 hex digits (`quorumlock token` prints it)")
             })?;
             if identities

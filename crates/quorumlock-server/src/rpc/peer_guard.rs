@@ -40,12 +40,14 @@ impl PeerPolicy {
     /// refused, or `None` when it may go on.
     pub fn refusal(&self, path: &str, headers: &http::HeaderMap, info: Option<&ConnInfo>) -> Option<Status> {
         let claims_identity = headers.contains_key(IDENTITY_HEADER);
+        let remote = || {
+            info.and_then(|info| info.remote)
+                .map(|addr| addr.to_string())
+                .unwrap_or_else(|| "?".into())
+        };
         if !self.tls {
             return claims_identity.then(|| {
-                let remote = info
-                    .and_then(|info| info.remote)
-                    .map(|addr| addr.to_string())
-                    .unwrap_or_else(|| "?".into());
+                let remote = remote();
                 tracing::warn!(target: "quorumlock::audit", %remote, path, "refused: a claimed identity on a plaintext node");
                 Status::permission_denied(format!(
                     "{path}: metadata {IDENTITY_HEADER} is accepted only from cluster members over mutual TLS; \
@@ -70,10 +72,7 @@ impl PeerPolicy {
             Some(names) => format!("certificate {:?}", names.subject),
             None => "a connection without a client certificate".to_string(),
         };
-        let remote = info
-            .and_then(|info| info.remote)
-            .map(|addr| addr.to_string())
-            .unwrap_or_else(|| "?".into());
+        let remote = remote();
         tracing::warn!(target: "quorumlock::audit", %remote, %who, path, "refused: {what} is for cluster members only");
         Some(Status::permission_denied(format!(
             "{path}: {what} is for cluster members only; {who} names no member (a member's certificate carries the DNS name quorumlock-node-<id>)"
