@@ -457,7 +457,7 @@ async fn check_bearer_tokens_identify_callers_of_a_plaintext_cluster(engine: &st
             "--endpoints",
             &endpoint_list,
         ])
-        .env("QUORUMLOCK_TOKEN", &ci))
+        .env("QUORUMLOCK_AUTH_TOKEN", &ci))
     .await;
     assert!(ok, "acquire with a token failed: {out}");
     assert!(out.contains("session=") && !out.contains(&ci), "{out}");
@@ -470,7 +470,7 @@ async fn check_bearer_tokens_identify_callers_of_a_plaintext_cluster(engine: &st
             "--endpoints",
             &endpoint_list,
         ])
-        .env_remove("QUORUMLOCK_TOKEN"))
+        .env_remove("QUORUMLOCK_AUTH_TOKEN"))
     .await;
     assert!(!ok && out.contains("UNAUTHENTICATED"), "{out}");
 

@@ -137,17 +137,18 @@ pub struct ClusterArgs {
     #[arg(long = "key", id = "tls_key", env = "QUORUMLOCK_KEY", requires = "tls_cert")]
     pub key: Option<PathBuf>,
     /// A bearer token (`quorumlock token` makes one), sent with every call.
-    /// Prefer the environment or --token-file: a flag shows in `ps`.
+    /// Prefer the environment or --auth-token-file: a flag shows in `ps`.
+    /// (Not `--token`/`QUORUMLOCK_TOKEN`: those are the fencing token.)
     #[arg(
         long,
-        env = "QUORUMLOCK_TOKEN",
+        env = "QUORUMLOCK_AUTH_TOKEN",
         hide_env_values = true,
-        conflicts_with = "token_file"
+        conflicts_with = "auth_token_file"
     )]
-    pub token: Option<String>,
+    pub auth_token: Option<String>,
     /// A file holding the bearer token.
-    #[arg(long, env = "QUORUMLOCK_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
+    #[arg(long, env = "QUORUMLOCK_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
 }
 
 impl ClusterArgs {
@@ -163,14 +164,14 @@ impl ClusterArgs {
                 identity: cert.clone().zip(key.clone()),
             })?),
         };
-        let token = match (&self.token, &self.token_file) {
-            (Some(token), _) => Some(token.clone()),
-            (None, Some(path)) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|error| anyhow::anyhow!("reading --token-file {}: {error}", path.display()))?,
-            ),
-            (None, None) => None,
-        };
+        let token =
+            match (&self.auth_token, &self.auth_token_file) {
+                (Some(token), _) => Some(token.clone()),
+                (None, Some(path)) => Some(std::fs::read_to_string(path).map_err(|error| {
+                    anyhow::anyhow!("reading --auth-token-file {}: {error}", path.display())
+                })?),
+                (None, None) => None,
+            };
         let token = token
             .map(|token| {
                 BearerToken::new(&token).map_err(|error| anyhow::anyhow!("the bearer token: {error}"))
