@@ -35,20 +35,35 @@ use cli::Options;
 use systems::LockSystem;
 use workloads::SystemResults;
 
-/// The systems in report order.
-const SYSTEMS: [&str; 4] = ["quorumlock-raft", "quorumlock-paxos", "etcd", "redis"];
+/// The systems in report order. The `+tls` ones run workload 1 only, over
+/// mutual TLS, so that TLS's cost is measured beside the plaintext rows.
+const SYSTEMS: [&str; 6] = [
+    "quorumlock-raft",
+    "quorumlock-paxos",
+    "etcd",
+    "redis",
+    "quorumlock-raft+tls",
+    "quorumlock-paxos+tls",
+];
 
 async fn start(name: &str, options: &Options) -> anyhow::Result<Box<dyn LockSystem>> {
     Ok(match name {
-        "quorumlock-raft" | "quorumlock-paxos" => Box::new(
-            quorumlock::QuorumlockSystem::start(
-                name.trim_start_matches("quorumlock-"),
-                options.nodes,
-                options.heartbeat_ms,
-                options.election_timeout_ms,
+        "quorumlock-raft" | "quorumlock-paxos" | "quorumlock-raft+tls" | "quorumlock-paxos+tls" => {
+            let tls = name.ends_with(quorumlock::TLS_SUFFIX);
+            let engine = name
+                .trim_start_matches("quorumlock-")
+                .trim_end_matches(quorumlock::TLS_SUFFIX);
+            Box::new(
+                quorumlock::QuorumlockSystem::start(
+                    engine,
+                    options.nodes,
+                    options.heartbeat_ms,
+                    options.election_timeout_ms,
+                    tls,
+                )
+                .await?,
             )
-            .await?,
-        ),
+        }
         "etcd" => Box::new(
             etcd::EtcdSystem::start(options.nodes, options.heartbeat_ms, options.election_timeout_ms).await?,
         ),
@@ -114,6 +129,9 @@ async fn run(options: Options) -> anyhow::Result<bool> {
             continue;
         }
         match start(name, &options).await {
+            Ok(mut system) if name.ends_with(quorumlock::TLS_SUFFIX) => {
+                workloads::run_uncontended(system.as_mut(), &options, &mut system_results).await;
+            }
             Ok(mut system) => {
                 workloads::run_all(system.as_mut(), &options, &mut system_results).await;
             }

@@ -13,7 +13,13 @@ use tokio::process::Command;
 /// Bound on one demo run, cluster start included.
 const DEMO_MAX: Duration = Duration::from_secs(240);
 
+/// Runs `demo ARGS`; a demo that starts its own cluster holds a cluster
+/// slot while it runs, as the tests' own clusters do.
 async fn demo(args: &[&str]) -> Output {
+    let _slot = match args.contains(&"--endpoints") {
+        true => None,
+        false => Some(common::cluster_slot().await),
+    };
     let mut command = Command::new(env!("CARGO_BIN_EXE_quorumlock"));
     command.arg("demo").args(args).kill_on_drop(true);
     tokio::time::timeout(DEMO_MAX, command.output())
@@ -88,4 +94,33 @@ async fn demo_against_a_running_cluster_plays_every_step_but_the_leader_kill() {
         3,
         "the demo leaves a cluster it does not own alone"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_with_tls_plays_on_its_own_paxos_cluster_over_mutual_tls_and_plaintext_is_turned_away() {
+    let output = demo(&["--tls", "--engine", "paxos"]).await;
+    let stdout = assert_passed(&output);
+    assert!(stdout.contains("over mutual TLS"), "{stdout}");
+    assert!(
+        stdout.contains("a plaintext client is turned away"),
+        "the demo's own check that its cluster refuses plaintext: {stdout}"
+    );
+    assert!(stdout.contains("is the new leader"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_tls_flags_are_refused_where_they_cannot_apply() {
+    for args in [
+        &["--tls", "--endpoints", "127.0.0.1:1"][..],
+        &["--cacert", "ca.pem"][..],
+        &["--endpoints", "127.0.0.1:1", "--cert", "c.pem", "--key", "k.pem"][..],
+    ] {
+        let output = demo(args).await;
+        assert!(!output.status.success(), "demo {args:?} ran");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("cannot be used with") || stderr.contains("required arguments were not provided"),
+            "demo {args:?} says which flags clash: {stderr}"
+        );
+    }
 }

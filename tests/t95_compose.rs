@@ -9,8 +9,9 @@
 //! directory moved into a temporary directory. The cluster must form: every
 //! node reports the same leader and all members, and a lock can be taken.
 //!
-//! Layouts: the default (three nodes, no env file) and the `five` profile
-//! with `docker/five.env`. Alongside, static checks keep the file coherent:
+//! Layouts: the default (three nodes, no env file), the `five` profile
+//! with `docker/five.env`, and mutual TLS with `docker/tls.env` (its `certs`
+//! service runs first, and the cluster is probed over TLS). Alongside, static checks keep the file coherent:
 //! each node publishes its port and keeps its data in a named volume, the
 //! `five` profile's extra nodes refuse to start without the five-node env
 //! file, and the `demo` client targets the node services' ports.
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use process::{free_ports, ServerProcess};
+use quorumlock_client::{ClientTls, ClientTlsFiles};
 use quorumlock_proto::v1::cluster_client::ClusterClient;
 use quorumlock_proto::v1::{StatusRequest, StatusResponse};
 use serde_yaml_ng::Value;
@@ -33,6 +35,10 @@ use tokio::sync::Semaphore;
 
 const COMPOSE_FILE: &str = "docker/compose.yml";
 const FIVE_ENV_FILE: &str = "docker/five.env";
+const TLS_ENV_FILE: &str = "docker/tls.env";
+/// The client certificate the TLS layout issues for the host's operator,
+/// which this test probes the cluster with.
+const OPERATOR_CLIENT: &str = "operator";
 /// Bound on a misconfigured node's exit.
 const REFUSAL_WAIT: Duration = Duration::from_secs(30);
 /// How long the compose demo client may take (it pauses a client past a TTL).
@@ -78,8 +84,10 @@ fn env_file(relative: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Compose's interpolation for the forms the file uses: `${NAME}` and
-/// `${NAME:-default}` (default when unset or empty). Any other use of `$`
+/// Compose's interpolation for the forms the file uses: `${NAME}`,
+/// `${NAME:-default}` (default when unset or empty) and
+/// `${NAME:+replacement}` (replacement when set and not empty, otherwise
+/// nothing). Any other use of `$`
 /// fails the test, so the file cannot drift into syntax this test does not
 /// reproduce.
 fn interpolate(text: &str, env: &BTreeMap<String, String>) -> String {
@@ -93,18 +101,22 @@ fn interpolate(text: &str, env: &BTreeMap<String, String>) -> String {
             .find('}')
             .unwrap_or_else(|| panic!("unterminated ${{ in {text:?}"));
         let expression = &after[2..end];
-        let (name, default) = match expression.split_once(":-") {
-            Some((name, default)) => (name, Some(default)),
-            None => (expression, None),
+        let (name, default, replacement) = match (expression.split_once(":-"), expression.split_once(":+")) {
+            (Some((name, default)), _) => (name, Some(default), None),
+            (None, Some((name, replacement))) => (name, None, Some(replacement)),
+            (None, None) => (expression, None, None),
         };
         assert!(
             !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
             "unsupported interpolation ${{{expression}}} in {text:?}"
         );
-        match (env.get(name).filter(|value| !value.is_empty()), default) {
-            (Some(value), _) => out.push_str(value),
-            (None, Some(default)) => out.push_str(default),
-            (None, None) => panic!("${{{name}}} in {text:?} is unset and has no default"),
+        let value = env.get(name).filter(|value| !value.is_empty());
+        match (value, default, replacement) {
+            (Some(_), _, Some(replacement)) => out.push_str(replacement),
+            (None, _, Some(_)) => {}
+            (Some(value), _, None) => out.push_str(value),
+            (None, Some(default), None) => out.push_str(default),
+            (None, None, None) => panic!("${{{name}}} in {text:?} is unset and has no default"),
         }
         rest = &after[end + 1..];
     }
@@ -127,9 +139,18 @@ impl Layout {
     }
 
     fn five() -> Layout {
-        let env = env_file(FIVE_ENV_FILE);
-        // The README passes `--profile five`; the env file enables it too.
-        let mut profiles: BTreeSet<String> = ["five".to_string()].into();
+        Layout::from_env_file(FIVE_ENV_FILE, "five")
+    }
+
+    fn tls() -> Layout {
+        Layout::from_env_file(TLS_ENV_FILE, "tls")
+    }
+
+    /// The layout of an env file whose README command passes `--profile
+    /// profile`; the env file enables it too.
+    fn from_env_file(file: &str, profile: &str) -> Layout {
+        let env = env_file(file);
+        let mut profiles: BTreeSet<String> = [profile.to_string()].into();
         if let Some(listed) = env.get("COMPOSE_PROFILES") {
             profiles.extend(listed.split(',').map(|profile| profile.trim().to_string()));
         }
@@ -296,8 +317,17 @@ impl Loopback {
             .join(",")
     }
 
-    /// The node's command on loopback; the data directory must lie in one
-    /// of the service's volumes, or a container would lose it on removal.
+    fn endpoints(&self, endpoints: &str) -> String {
+        endpoints
+            .split(',')
+            .map(|endpoint| self.addr(endpoint))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The service's command on loopback; every file or directory it names
+    /// must lie in one of the service's volumes, or a container would not
+    /// see it (or lose it on removal).
     fn command(&self, node: &Service) -> Vec<String> {
         let mut args = Vec::new();
         let mut given = node.args.iter();
@@ -306,7 +336,10 @@ impl Loopback {
             let rewrite: fn(&Loopback, &Service, &str) -> String = match arg.as_str() {
                 "--listen" => |loopback, _, value| loopback.addr(value),
                 "--peers" => |loopback, _, value| loopback.peers(value),
-                "--data-dir" => |loopback, node, value| loopback.data_dir(node, value),
+                "--endpoints" => |loopback, _, value| loopback.endpoints(value),
+                "--data-dir" | "--dir" | "--cert" | "--key" | "--ca" | "--cacert" => {
+                    |loopback, node, value| loopback.path(node, value)
+                }
                 _ => continue,
             };
             let value = given
@@ -317,30 +350,36 @@ impl Loopback {
         args
     }
 
-    fn data_dir(&self, node: &Service, dir: &str) -> String {
+    /// A path in one of the service's named volumes, as a path under the
+    /// test's directory of that volume (shared by the services mounting it).
+    fn path(&self, node: &Service, path: &str) -> String {
         let (source, target) = node
             .volumes
             .iter()
-            .find(|(_, target)| Path::new(dir).starts_with(target))
-            .unwrap_or_else(|| panic!("{}: --data-dir {dir} is in none of its volumes", node.name));
+            .find(|(_, target)| Path::new(path).starts_with(target))
+            .unwrap_or_else(|| panic!("{}: {path} is in none of its volumes", node.name));
         assert!(
             !source.starts_with(['.', '/']),
-            "{}: the data volume {source:?} is a named volume, not a bind mount",
+            "{}: the volume {source:?} is a named volume, not a bind mount",
             node.name
         );
-        let relative = Path::new(dir).strip_prefix(target).expect("checked above");
-        self.data_root
-            .join(&node.name)
-            .join(relative)
-            .display()
-            .to_string()
+        let relative = Path::new(path).strip_prefix(target).expect("checked above");
+        self.data_root.join(source).join(relative).display().to_string()
     }
 }
 
-async fn status(addr: &str) -> Result<StatusResponse, String> {
-    let channel = connect(&format!("http://{addr}"))
-        .await
-        .map_err(|error| format!("connect to {addr}: {error:#}"))?;
+/// A channel to `addr`, over TLS as `tls`'s client when the layout is TLS.
+async fn channel(addr: &str, tls: Option<&ClientTls>) -> Result<tonic::transport::Channel, String> {
+    match tls {
+        Some(tls) => Ok(common::pki::tls_channel(addr, tls.clone())),
+        None => connect(&format!("http://{addr}"))
+            .await
+            .map_err(|error| format!("connect to {addr}: {error:#}")),
+    }
+}
+
+async fn status(addr: &str, tls: Option<&ClientTls>) -> Result<StatusResponse, String> {
+    let channel = channel(addr, tls).await?;
     let mut client = ClusterClient::new(channel);
     match tokio::time::timeout(
         STATUS_TIMEOUT,
@@ -359,10 +398,13 @@ async fn status(addr: &str) -> Result<StatusResponse, String> {
 }
 
 /// The leader every node names, once all list exactly `members_expected`.
-async fn agreed_leader(members_expected: &BTreeMap<u64, String>) -> Result<u64, String> {
+async fn agreed_leader(
+    members_expected: &BTreeMap<u64, String>,
+    tls: Option<&ClientTls>,
+) -> Result<u64, String> {
     let mut leaders = BTreeSet::new();
     for (id, addr) in members_expected {
-        let status = status(addr).await?;
+        let status = status(addr, tls).await?;
         let members: BTreeMap<u64, String> = status
             .members
             .iter()
@@ -398,6 +440,46 @@ async fn check_layout_forms_a_cluster(layout: Layout, expected_nodes: &[&str]) {
         .tempdir()
         .expect("create a temporary directory");
     let loopback = Loopback::new(&compose, &nodes, dir.path());
+    let services = enabled_services(&compose, &layout);
+
+    // Services that make files (the TLS layout's certificates) run to
+    // completion first, as the nodes' `depends_on` has Compose do.
+    let mut client_tls = None;
+    for certs in services
+        .iter()
+        .filter(|service| service.args.first().map(String::as_str) == Some("certs"))
+    {
+        let args = loopback.command(certs);
+        let mut process = ServerProcess::spawn(
+            &certs.name,
+            &args,
+            &dir.path().join(format!("{}.log", certs.name)),
+        );
+        let status = tokio::task::block_in_place(|| process.wait_exit(REFUSAL_WAIT));
+        assert!(
+            status.success(),
+            "{} failed ({status}):\n{}",
+            certs.name,
+            process.log()
+        );
+        let made = PathBuf::from(loopback.path(certs, flag(certs, "--dir")));
+        client_tls = Some(
+            ClientTls::load(ClientTlsFiles {
+                ca: made.join("ca.pem"),
+                identity: Some((
+                    made.join(format!("client-{OPERATOR_CLIENT}.pem")),
+                    made.join(format!("client-{OPERATOR_CLIENT}-key.pem")),
+                )),
+            })
+            .expect("the operator's client certificate the certs service made"),
+        );
+    }
+    assert_eq!(
+        client_tls.is_some(),
+        nodes.iter().all(|node| node.args.contains(&"--cert".to_string())),
+        "the nodes serve TLS exactly when the layout makes certificates"
+    );
+
     let mut members_expected = BTreeMap::new();
     let mut processes = Vec::new();
     for node in &nodes {
@@ -431,7 +513,7 @@ async fn check_layout_forms_a_cluster(layout: Layout, expected_nodes: &[&str]) {
                 );
             }
         }
-        let why = match agreed_leader(&members_expected).await {
+        let why = match agreed_leader(&members_expected, client_tls.as_ref()).await {
             Ok(_) => break,
             Err(why) => why,
         };
@@ -445,7 +527,7 @@ async fn check_layout_forms_a_cluster(layout: Layout, expected_nodes: &[&str]) {
 
     // The cluster serves: a session on the last node takes a lock.
     let client = quorumlock_proto::v1::lock_client::LockClient::new(
-        connect(&format!("http://{}", addrs.last().expect("a node")))
+        channel(addrs.last().expect("a node"), client_tls.as_ref())
             .await
             .expect("connect to the last node"),
     );
@@ -456,8 +538,8 @@ async fn check_layout_forms_a_cluster(layout: Layout, expected_nodes: &[&str]) {
     acquire_granted(&client, session, "t95/compose", 0).await;
 
     // With the demo profile, its client runs exactly the compose command
-    // (service names mapped to loopback) against the cluster and must pass.
-    let services = enabled_services(&compose, &layout);
+    // (service names and volumes mapped to loopback) against the cluster
+    // and must pass.
     let demo = services.iter().find(|service| service.name == "demo");
     assert_eq!(
         demo.is_some(),
@@ -465,17 +547,11 @@ async fn check_layout_forms_a_cluster(layout: Layout, expected_nodes: &[&str]) {
         "the demo service runs exactly when its profile is enabled"
     );
     if let Some(demo) = demo {
-        let mut args = demo.args.clone();
-        let endpoints = args
-            .iter()
-            .position(|arg| arg == "--endpoints")
-            .expect("the demo names its endpoints")
-            + 1;
-        args[endpoints] = args[endpoints]
-            .split(',')
-            .map(|endpoint| loopback.addr(endpoint))
-            .collect::<Vec<_>>()
-            .join(",");
+        assert!(
+            demo.args.contains(&"--endpoints".to_string()),
+            "the demo names its endpoints"
+        );
+        let args = loopback.command(demo);
         let mut process = ServerProcess::spawn("demo", &args, &dir.path().join("demo.log"));
         let status = tokio::task::block_in_place(|| process.wait_exit(DEMO_WAIT));
         assert!(
@@ -489,6 +565,102 @@ async fn check_layout_forms_a_cluster(layout: Layout, expected_nodes: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_layout_runs_three_nodes_that_form_a_cluster_and_the_demo_profile_passes() {
     check_layout_forms_a_cluster(Layout::three().with_profile("demo"), &["node1", "node2", "node3"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_layout_makes_certificates_first_and_its_nodes_form_a_mutual_tls_cluster_the_demo_passes() {
+    check_layout_forms_a_cluster(Layout::tls().with_profile("demo"), &["node1", "node2", "node3"]).await;
+}
+
+/// Without the TLS layout, no service makes certificates and no command
+/// names one; with it, every node waits for them and holds one named for
+/// its service, so peers dial each other by name under Compose.
+#[test]
+fn tls_layout_issues_each_node_a_certificate_for_its_service_name_before_it_starts() {
+    let compose = compose_file();
+    let plain = enabled_services(&compose, &Layout::three().with_profile("demo"));
+    assert!(plain
+        .iter()
+        .all(|service| service.args.first().map(String::as_str) != Some("certs")));
+    assert!(
+        plain
+            .iter()
+            .all(|service| !service.args.iter().any(|arg| arg.starts_with("--ca"))),
+        "a plaintext layout's commands name no certificate"
+    );
+
+    let layout = Layout::tls().with_profile("demo");
+    let services = enabled_services(&compose, &layout);
+    let certs = services
+        .iter()
+        .find(|service| service.args.first().map(String::as_str) == Some("certs"))
+        .expect("the tls profile enables a certs service");
+    let issued: Vec<&str> = certs
+        .args
+        .iter()
+        .zip(certs.args.iter().skip(1))
+        .filter(|(flag, _)| *flag == "--node")
+        .map(|(_, spec)| spec.as_str())
+        .collect();
+    let clients: Vec<&str> = certs
+        .args
+        .iter()
+        .zip(certs.args.iter().skip(1))
+        .filter(|(flag, _)| *flag == "--client")
+        .map(|(_, name)| name.as_str())
+        .collect();
+    assert!(clients.contains(&OPERATOR_CLIENT), "{clients:?}");
+    let all_services = compose
+        .get("services")
+        .and_then(Value::as_mapping)
+        .expect("services");
+    for node in services
+        .iter()
+        .filter(|service| service.args.first().map(String::as_str) == Some("serve"))
+    {
+        let id = flag(node, "--id");
+        let spec = issued
+            .iter()
+            .find(|spec| spec.split_once('=').map(|(issued_id, _)| issued_id) == Some(id))
+            .unwrap_or_else(|| panic!("no certificate is issued for node {id}: {issued:?}"));
+        let hosts: Vec<&str> = spec.split_once('=').expect("ID=HOSTS").1.split(',').collect();
+        assert!(
+            hosts.contains(&node.name.as_str()) && hosts.contains(&"127.0.0.1"),
+            "node {id}'s certificate names its service and the host's loopback: {spec}"
+        );
+        assert!(
+            flag(node, "--cert").ends_with(&format!("/node-{id}.pem")),
+            "{:?}",
+            node.args
+        );
+        assert!(
+            flag(node, "--key").ends_with(&format!("/node-{id}-key.pem")),
+            "{:?}",
+            node.args
+        );
+        let depends = all_services
+            .get(node.name.as_str())
+            .and_then(|service| service.get("depends_on"))
+            .and_then(|depends| depends.get(certs.name.as_str()))
+            .unwrap_or_else(|| panic!("{} does not depend on {}", node.name, certs.name));
+        assert_eq!(
+            depends.get("condition").and_then(Value::as_str),
+            Some("service_completed_successfully"),
+            "{} starts only once its certificates exist",
+            node.name
+        );
+        assert_eq!(
+            depends.get("required").and_then(Value::as_bool),
+            Some(false),
+            "{}: the plaintext layouts, without the certs service, must still start",
+            node.name
+        );
+    }
+    let demo = services
+        .iter()
+        .find(|service| service.name == "demo")
+        .expect("the demo service");
+    assert!(flag(demo, "--cacert").ends_with("/ca.pem"), "{:?}", demo.args);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! quorumlock clusters (either engine) as a [`LockSystem`], through the Rust
-//! client.
+//! client; plaintext, or over mutual TLS with certificates made by
+//! `quorumlock certs`, to measure what TLS costs.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,46 +9,106 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use quorumlock_client::{node_status, Client, ClientConfig, Session};
+use quorumlock_client::{node_status, Client, ClientConfig, ClientTls, ClientTlsFiles, Session};
 use quorumlock_testkit::cluster::{ClusterSpec, ProcessCluster, ProcessUsage};
 use tokio::time::Instant;
 
 use super::systems::{Held, HeldInner, LockClient, LockSession, LockSystem};
 
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// How the name of a system over TLS ends: `quorumlock-raft+tls`.
+pub const TLS_SUFFIX: &str = "+tls";
 
 /// A 3-node (or `nodes`-node) quorumlock cluster of one engine.
 pub struct QuorumlockSystem {
     engine: String,
     cluster: ProcessCluster,
+    /// The client side of mutual TLS, when the cluster serves it.
+    tls: Option<ClientTls>,
+    // Held for its lifetime: the certificates' directory.
+    _certs: Option<tempfile::TempDir>,
+}
+
+/// The name of the client certificate the benchmark's clients present.
+const BENCH_CLIENT: &str = "bench";
+
+/// Makes a CA, node certificates for 127.0.0.1 and a client certificate
+/// with `quorumlock certs`, as an operator would; the `serve` flags and the
+/// client's config that use them.
+fn make_certs(dir: &std::path::Path, nodes: usize) -> anyhow::Result<(Vec<String>, ClientTls)> {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_quorumlock"));
+    command.arg("certs").arg("--dir").arg(dir);
+    for id in 1..=nodes {
+        command.args(["--node", &format!("{id}=127.0.0.1")]);
+    }
+    command.args(["--client", BENCH_CLIENT]);
+    let output = command.output().context("running quorumlock certs")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "quorumlock certs failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let path = |name: String| dir.join(name).display().to_string();
+    let flags = vec![
+        "--cert".to_string(),
+        path("node-{id}.pem".to_string()),
+        "--key".to_string(),
+        path("node-{id}-key.pem".to_string()),
+        "--ca".to_string(),
+        path("ca.pem".to_string()),
+    ];
+    let tls = ClientTls::load(ClientTlsFiles {
+        ca: dir.join("ca.pem"),
+        identity: Some((
+            dir.join(format!("client-{BENCH_CLIENT}.pem")),
+            dir.join(format!("client-{BENCH_CLIENT}-key.pem")),
+        )),
+    })?;
+    Ok((flags, tls))
 }
 
 impl QuorumlockSystem {
-    /// Starts `nodes` nodes of `engine` with the given timings and waits for
-    /// a leader.
+    /// Starts `nodes` nodes of `engine` with the given timings, over
+    /// mutual TLS if `tls`, and waits for a leader.
     pub async fn start(
         engine: &str,
         nodes: usize,
         heartbeat_ms: u64,
         election_timeout_ms: u64,
+        tls: bool,
     ) -> anyhow::Result<QuorumlockSystem> {
         let mut spec = ClusterSpec::new(env!("CARGO_BIN_EXE_quorumlock"), engine, nodes);
         spec.heartbeat_ms = heartbeat_ms;
         spec.election_timeout_ms = election_timeout_ms;
         spec.env.push(("RUST_LOG".to_string(), "warn".to_string()));
+        let mut certs = None;
+        if tls {
+            let dir = tempfile::Builder::new()
+                .prefix("quorumlock-bench-tls-")
+                .tempdir()
+                .context("creating a directory for certificates")?;
+            let (flags, client_tls) = make_certs(dir.path(), nodes)?;
+            spec.extra_args = flags;
+            spec.client_tls = Some(client_tls);
+            certs = Some(dir);
+        }
+        let tls = spec.client_tls.clone();
         let cluster = ProcessCluster::start(spec)
             .await
             .with_context(|| format!("starting a quorumlock {engine} cluster"))?;
         Ok(QuorumlockSystem {
             engine: engine.to_string(),
             cluster,
+            tls,
+            _certs: certs,
         })
     }
 
-    fn probe_config() -> ClientConfig {
+    fn probe_config(&self) -> ClientConfig {
         ClientConfig {
             rpc_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
+            tls: self.tls.clone(),
             ..ClientConfig::default()
         }
     }
@@ -56,11 +117,18 @@ impl QuorumlockSystem {
 #[async_trait]
 impl LockSystem for QuorumlockSystem {
     fn name(&self) -> String {
-        format!("quorumlock-{}", self.engine)
+        match self.tls {
+            Some(_) => format!("quorumlock-{}{TLS_SUFFIX}", self.engine),
+            None => format!("quorumlock-{}", self.engine),
+        }
     }
 
     async fn connect(&self) -> anyhow::Result<Arc<dyn LockClient>> {
-        let client = Client::connect(self.cluster.endpoints())
+        let config = ClientConfig {
+            tls: self.tls.clone(),
+            ..ClientConfig::default()
+        };
+        let client = Client::connect_with(self.cluster.endpoints(), config)
             .await
             .context("connecting to quorumlock")?;
         Ok(Arc::new(QuorumlockClient { client }))
@@ -100,7 +168,7 @@ impl LockSystem for QuorumlockSystem {
 
     async fn wait_caught_up(&mut self, index: usize, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
-        let config = Self::probe_config();
+        let config = self.probe_config();
         let leader = self.cluster.wait_for_leader_within(limit).await?;
         let target = node_status(self.cluster.node(leader.index).addr(), &config)
             .await?

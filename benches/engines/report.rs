@@ -363,6 +363,44 @@ pub fn key_ratios(results: &[SystemResults], options: &Options) -> Vec<Ratio> {
     ratios
 }
 
+/// Workload 1 over mutual TLS against the same engine in plaintext: the
+/// cost of TLS, measured in this run.
+fn tls_cost(w: &mut String, results: &[SystemResults], options: &Options) {
+    let _ = writeln!(
+        w,
+        "\n### TLS cost (workload 1: the `+tls` rows against plaintext)\n\n\
+         Every link over mutual TLS (rustls; client and peer certificates from `quorumlock certs`), \
+         connections established before the window, so this is the per-call cost, not handshakes.\n\n\
+         | engine | workers | pairs/s TLS / plain | p50 ms plain → TLS | p99 ms plain → TLS | leader CPU µs/op plain → TLS |\n\
+         |---|---|---|---|---|---|"
+    );
+    for engine in ["quorumlock-raft", "quorumlock-paxos"] {
+        let (Some(plain), Some(tls)) = (
+            find(results, engine),
+            find(results, &format!("{engine}{}", super::quorumlock::TLS_SUFFIX)),
+        ) else {
+            continue;
+        };
+        for &workers in &options.uncontended_workers {
+            let (Some(plain), Some(tls)) = (uncontended(plain, workers), uncontended(tls, workers)) else {
+                continue;
+            };
+            let (p, t) = (&plain.summary, &tls.summary);
+            let _ = writeln!(
+                w,
+                "| {engine} | {workers} | {:.2} | {} → {} | {} → {} | {} → {} |",
+                t.throughput / p.throughput.max(1e-9),
+                num(p.p50_ms),
+                num(t.p50_ms),
+                num(p.p99_ms),
+                num(t.p99_ms),
+                opt(plain.leader_cpu_us_per_op),
+                opt(tls.leader_cpu_us_per_op),
+            );
+        }
+    }
+}
+
 /// Renders REPORT.md.
 pub fn render(results: &[SystemResults], options: &Options, context: &Context, charts: &[String]) -> String {
     let mut out = String::new();
@@ -456,6 +494,8 @@ pub fn render(results: &[SystemResults], options: &Options, context: &Context, c
         }
         skipped_line(w, results);
     }
+
+    tls_cost(w, results, options);
 
     let _ = writeln!(
         w,

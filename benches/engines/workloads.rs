@@ -168,34 +168,55 @@ enum Op {
     Fenced,
 }
 
+/// Runs one workload step: skipped unless selected, timed, and recorded as
+/// a failure if it fails.
+macro_rules! run_step {
+    ($name:expr, $options:expr, $results:expr, $label:expr, $run:expr) => {{
+        let label = $label;
+        if !$options.workload_selected(&label) {
+            eprintln!("[{}] {} skipped (not selected)", $name, label);
+        } else {
+            let started = Instant::now();
+            eprintln!("[{}] {} ...", $name, label);
+            match $run.await {
+                Ok(()) => eprintln!("[{}] {} done in {:.1?}", $name, label, started.elapsed()),
+                Err(error) => {
+                    eprintln!("[{}] {} FAILED: {error:#}", $name, label);
+                    $results.failures.push(format!("{}: {error:#}", label));
+                }
+            }
+        }
+    }};
+}
+
+/// Workload 1 at every worker count.
+pub async fn run_uncontended(system: &mut dyn LockSystem, options: &Options, results: &mut SystemResults) {
+    let name = system.name();
+    for &workers in &options.uncontended_workers {
+        run_step!(
+            name,
+            options,
+            results,
+            format!("1 uncontended, {workers} workers"),
+            async {
+                let row = loop_workload(system, options, Op::OwnLock, workers).await?.0;
+                let checked = check_errors(&row.summary);
+                results.uncontended.push((workers, row));
+                checked
+            }
+        );
+    }
+}
+
 /// Runs every workload against `system`, recording failures instead of
 /// stopping at the first.
 pub async fn run_all(system: &mut dyn LockSystem, options: &Options, results: &mut SystemResults) {
     let name = system.name();
+    run_uncontended(system, options, results).await;
     macro_rules! step {
-        ($label:expr, $run:expr) => {{
-            if !options.workload_selected(&$label) {
-                eprintln!("[{name}] {} skipped (not selected)", $label);
-            } else {
-                let started = Instant::now();
-                eprintln!("[{name}] {} ...", $label);
-                match $run.await {
-                    Ok(()) => eprintln!("[{name}] {} done in {:.1?}", $label, started.elapsed()),
-                    Err(error) => {
-                        eprintln!("[{name}] {} FAILED: {error:#}", $label);
-                        results.failures.push(format!("{}: {error:#}", $label));
-                    }
-                }
-            }
-        }};
-    }
-    for &workers in &options.uncontended_workers {
-        step!(format!("1 uncontended, {workers} workers"), async {
-            let row = loop_workload(system, options, Op::OwnLock, workers).await?.0;
-            let checked = check_errors(&row.summary);
-            results.uncontended.push((workers, row));
-            checked
-        });
+        ($label:expr, $run:expr) => {
+            run_step!(name, options, results, $label, $run)
+        };
     }
     step!("2 hot lock", async {
         let (row, per_worker) = loop_workload(system, options, Op::HotLock, options.hot_workers).await?;

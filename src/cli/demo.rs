@@ -9,11 +9,14 @@ use anyhow::{bail, ensure, Context};
 use clap::Args;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use quorumlock_client::{code_name, Client, ClientConfig, ClientError, FencingToken};
+use quorumlock_client::{
+    code_name, Client, ClientConfig, ClientError, ClientTls, ClientTlsFiles, FencingToken,
+};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::time::Instant;
 
+use super::certs::DevTls;
 use super::{parse_duration, EXIT_ERROR};
 use quorumlock_testkit::cluster::{ClusterSpec, ProcessCluster};
 
@@ -27,6 +30,9 @@ pub const STEP_WAIT_MAX: Duration = Duration::from_secs(60);
 /// How long the demo looks for a live endpoint of a given cluster, which
 /// may still be starting (as under docker compose).
 pub const CONNECT_WAIT_MAX: Duration = Duration::from_secs(60);
+/// How long the plaintext probe of a TLS cluster looks for an answer
+/// before the demo counts it refused.
+pub const PLAINTEXT_PROBE_WAIT: Duration = Duration::from_secs(2);
 
 /// Flags of `demo`.
 #[derive(Args)]
@@ -41,6 +47,58 @@ pub struct DemoArgs {
     /// TTL of client A's session: how long a frozen A keeps the lock.
     #[arg(long, value_parser = parse_duration, default_value = "2s")]
     ttl: Duration,
+    /// Run the demo's own cluster over mutual TLS, with a throwaway CA and
+    /// certificates made in a temporary directory (deleted at the end).
+    #[arg(long, conflicts_with = "endpoints")]
+    tls: bool,
+    #[command(flatten)]
+    client_tls: DemoTlsArgs,
+}
+
+/// TLS flags of a demo client against a running cluster (as the CLI's).
+#[derive(Args, Clone, Default)]
+pub struct DemoTlsArgs {
+    /// With --endpoints: the CA certificate (PEM) the nodes' certificates
+    /// chain to; turns TLS on.
+    #[arg(long, requires = "endpoints")]
+    cacert: Option<std::path::PathBuf>,
+    /// With --cacert: the clients' certificate (PEM), for clusters that
+    /// require one.
+    #[arg(long = "cert", id = "demo_cert", requires = "cacert", requires = "demo_key")]
+    cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long = "key", id = "demo_key", requires = "demo_cert")]
+    key: Option<std::path::PathBuf>,
+}
+
+impl DemoTlsArgs {
+    /// The client TLS config these flags give, if any.
+    fn load(&self) -> anyhow::Result<Option<ClientTls>> {
+        let Some(ca) = &self.cacert else {
+            return Ok(None);
+        };
+        let files = ClientTlsFiles {
+            ca: ca.clone(),
+            identity: self.cert.clone().zip(self.key.clone()),
+        };
+        Ok(Some(ClientTls::load(files)?))
+    }
+
+    /// The same flags for client A's command line.
+    fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args = Vec::new();
+        for (flag, path) in [
+            ("--cacert", &self.cacert),
+            ("--cert", &self.cert),
+            ("--key", &self.key),
+        ] {
+            if let Some(path) = path {
+                args.push(flag.into());
+                args.push(path.clone().into_os_string());
+            }
+        }
+        args
+    }
 }
 
 /// Flags of the hidden `demo-client`.
@@ -55,6 +113,8 @@ pub struct DemoClientArgs {
     /// The session's TTL.
     #[arg(long, value_parser = parse_duration)]
     ttl: Duration,
+    #[command(flatten)]
+    tls: DemoTlsArgs,
 }
 
 /// Numbers and prints the steps as they happen.
@@ -91,26 +151,77 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<i32> {
 async fn play(args: DemoArgs) -> anyhow::Result<()> {
     let mut steps = Steps { next: 0 };
     let mut cluster = None;
+    // Held until the end: the throwaway certificates of a --tls cluster.
+    let mut _certs_dir = None;
+    let mut client_tls = args.client_tls.clone();
     let endpoints = match &args.endpoints {
         Some(endpoints) => {
-            steps.say(format!("using the running cluster at {endpoints}"));
+            let over = match client_tls.cacert {
+                Some(_) => " over TLS",
+                None => "",
+            };
+            steps.say(format!("using the running cluster at {endpoints}{over}"));
             endpoints.clone()
         }
         None => {
             let exe = std::env::current_exe().context("finding the quorumlock executable")?;
-            let mut local = ProcessCluster::start(ClusterSpec::new(exe, &args.engine, DEMO_NODES)).await?;
+            let mut spec = ClusterSpec::new(exe, &args.engine, DEMO_NODES);
+            if args.tls {
+                let dir = tempfile::Builder::new()
+                    .prefix("quorumlock-demo-tls-")
+                    .tempdir()
+                    .context("creating a directory for the demo's certificates")?;
+                let certs = DevTls::prepare(dir.path(), DEMO_NODES as u64)?;
+                let tls_dir = dir.path().display().to_string();
+                spec.extra_args = vec![
+                    "--cert".into(),
+                    format!("{tls_dir}/node-{{id}}.pem"),
+                    "--key".into(),
+                    format!("{tls_dir}/node-{{id}}-key.pem"),
+                    "--ca".into(),
+                    certs.ca.display().to_string(),
+                ];
+                client_tls = DemoTlsArgs {
+                    cacert: Some(certs.ca.clone()),
+                    cert: Some(certs.client.cert.clone()),
+                    key: Some(certs.client.key.clone()),
+                };
+                spec.client_tls = client_tls.load()?;
+                _certs_dir = Some(dir);
+            }
+            let mut local = ProcessCluster::start(spec).await?;
             let leader = local.wait_for_leader().await?;
             let endpoints = local.endpoints().join(",");
+            let over = match args.tls {
+                true => " over mutual TLS (a throwaway CA; clients and peers show certificates)",
+                false => "",
+            };
             steps.say(format!(
-                "started a {DEMO_NODES}-node {} cluster on {endpoints}; node {} leads",
+                "started a {DEMO_NODES}-node {} cluster on {endpoints}{over}; node {} leads",
                 args.engine, leader.id
             ));
+            if args.tls {
+                let plaintext = ClientConfig {
+                    connect_wait_max: PLAINTEXT_PROBE_WAIT,
+                    ..ClientConfig::default()
+                };
+                match Client::connect_with([endpoints.as_str()], plaintext).await {
+                    Ok(_) => bail!("expectation failed: a plaintext client reached the TLS cluster"),
+                    Err(error) => {
+                        // Every node refuses alike; the first one says enough.
+                        let error = error.to_string();
+                        let first = error.split("; ").next().unwrap_or_default();
+                        steps.say(format!("a plaintext client is turned away: {first}"));
+                    }
+                }
+            }
             cluster = Some(local);
             endpoints
         }
     };
     let config = ClientConfig {
         connect_wait_max: CONNECT_WAIT_MAX,
+        tls: client_tls.load()?,
         ..ClientConfig::default()
     };
     let client = Client::connect_with([endpoints.as_str()], config).await?;
@@ -122,7 +233,7 @@ async fn play(args: DemoArgs) -> anyhow::Result<()> {
     let key = format!("{lock}/file");
 
     // Client A takes the lock in its own process.
-    let mut a = ClientA::spawn(&endpoints, &lock, args.ttl)?;
+    let mut a = ClientA::spawn(&endpoints, &client_tls, &lock, args.ttl)?;
     let acquired = a.read_line().await?;
     let (a_session, a_token) = parse_acquired(&acquired)?;
     steps.say(format!(
@@ -295,12 +406,13 @@ struct ClientA {
 }
 
 impl ClientA {
-    fn spawn(endpoints: &str, lock: &str, ttl: Duration) -> anyhow::Result<ClientA> {
+    fn spawn(endpoints: &str, tls: &DemoTlsArgs, lock: &str, ttl: Duration) -> anyhow::Result<ClientA> {
         let exe = std::env::current_exe().context("finding the quorumlock executable")?;
         let mut child = Command::new(exe)
             .arg("demo-client")
             .args(["--endpoints", endpoints, "--lock", lock])
             .args(["--ttl", &humantime::format_duration(ttl).to_string()])
+            .args(tls.to_args())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -359,6 +471,7 @@ impl ClientA {
 pub async fn demo_client(args: DemoClientArgs) -> anyhow::Result<i32> {
     let config = ClientConfig {
         connect_wait_max: CONNECT_WAIT_MAX,
+        tls: args.tls.load()?,
         ..ClientConfig::default()
     };
     let client = Client::connect_with([args.endpoints.as_str()], config).await?;
