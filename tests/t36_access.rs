@@ -23,7 +23,7 @@ use quorumlock_proto::v1::cluster_client::ClusterClient;
 use quorumlock_proto::v1::lock_client::LockClient;
 use quorumlock_proto::v1::{
     AcquireRequest, CloseSessionRequest, DescribeRequest, ErrorReason, Fence, GetRequest, OpenSessionRequest,
-    PutRequest, ReleaseRequest, StatusRequest,
+    PutRequest, ReleaseRequest, SaveSnapshotRequest, StatusRequest,
 };
 use quorumlock_testkit::cluster::{ClusterSpec, ProcessCluster};
 use tonic::metadata::{BinaryMetadataValue, MetadataValue};
@@ -174,6 +174,19 @@ async fn digest(
         .state_digest)
 }
 
+/// `Cluster/SaveSnapshot`: the whole file, or the refusal.
+async fn save_snapshot(channel: Channel) -> Result<Vec<u8>, Status> {
+    let mut chunks = ClusterClient::new(channel)
+        .save_snapshot(SaveSnapshotRequest {})
+        .await?
+        .into_inner();
+    let mut file = Vec::new();
+    while let Some(chunk) = chunks.message().await? {
+        file.extend_from_slice(&chunk.data);
+    }
+    Ok(file)
+}
+
 /// Sends SIGHUP to every node and waits until each logs the reload of its
 /// policy for the `count`th time; the nodes' pids stay the same.
 async fn reload_everywhere(cluster: &ProcessCluster, count: usize) {
@@ -316,6 +329,28 @@ async fn check_each_identity_gets_what_its_roles_grant_and_a_reloaded_policy_app
     let detail = details::detail(&status).expect("a typed detail");
     assert_eq!(detail.reason, ErrorReason::RateLimited as i32, "{status:?}");
     assert!(detail.retry_after_ms > 0, "{status:?}");
+
+    // A backup is an admin call too: refused to alice wherever she asks,
+    // sent to bob by the leader, and a follower points bob there.
+    assert_refused(
+        "alice asks for a snapshot",
+        save_snapshot(tls_channel(&leader_addr, pki.client("alice"))).await,
+        Code::PermissionDenied,
+        ErrorReason::AccessDenied,
+        &["\"alice\"", "snapshot save", "admin"],
+    );
+    let file = save_snapshot(tls_channel(&leader_addr, pki.client("bob")))
+        .await
+        .expect("bob is an admin");
+    let (header, _) = quorumlock_core::backup::read_backup(&file).expect("the leader's backup checks out");
+    assert!(header.index > 0, "{header:?}");
+    assert_refused(
+        "bob asks a follower for a snapshot",
+        save_snapshot(tls_channel(&follower_addr, pki.client("bob"))).await,
+        Code::Unavailable,
+        ErrorReason::NotLeader,
+        &["leader"],
+    );
 
     // Every refusal is an audit line on the node that judged it.
     let log = std::fs::read_to_string(cluster.node(leader.index).log_path()).unwrap();

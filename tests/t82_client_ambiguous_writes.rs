@@ -105,6 +105,15 @@ impl Lock for Scripted {
 
 #[tonic::async_trait]
 impl Cluster for Scripted {
+    type SaveSnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotChunk, Status>> + Send>>;
+
+    async fn save_snapshot(
+        &self,
+        _: Request<pb::SaveSnapshotRequest>,
+    ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
+        Err(Status::unimplemented("scripted"))
+    }
+
     async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         Ok(Response::new(pb::StatusResponse {
             node_id: 1,

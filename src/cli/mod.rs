@@ -6,6 +6,7 @@ mod lock_command;
 mod scripting;
 mod serve;
 mod serve_args;
+mod snapshot;
 mod token;
 
 use std::path::PathBuf;
@@ -66,6 +67,9 @@ enum Command {
     Delete(scripting::DeleteArgs),
     /// Prints a table of the cluster's members.
     Status(scripting::StatusArgs),
+    /// Backs up the cluster's state (`snapshot save FILE`) and checks a
+    /// backup file (`snapshot inspect FILE`).
+    Snapshot(snapshot::SnapshotArgs),
     /// Makes a CA (or uses the one in --dir) and node and client certificates.
     Certs(certs::CertsArgs),
     /// Makes a bearer token for an identity and prints the access-policy
@@ -108,6 +112,7 @@ impl Cli {
             Command::Get(args) => scripting::get(args).await,
             Command::Delete(args) => scripting::delete(args).await,
             Command::Status(args) => scripting::status(args).await,
+            Command::Snapshot(args) => snapshot::snapshot(args).await,
             Command::Certs(args) => certs::certs(args),
             Command::Token(args) => token::token(args),
             Command::DemoClient(args) => demo::demo_client(args).await,

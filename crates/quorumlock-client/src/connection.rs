@@ -160,7 +160,7 @@ struct Inner {
 /// leader, node down, leader change) and a connection that broke mid-call.
 /// Such a failure can come after the command took effect, so only some calls
 /// give the same answer when repeated; see [`Repeat`].
-fn retryable(status: &Status) -> bool {
+pub(crate) fn retryable(status: &Status) -> bool {
     match status.code() {
         Code::Unavailable => true,
         // A connection that broke mid-call surfaces as one of these with the

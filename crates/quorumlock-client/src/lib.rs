@@ -41,6 +41,7 @@
 //! `examples/fenced_counter.rs` in the repository is a complete program.
 
 mod backoff;
+mod backup;
 mod claims;
 mod config;
 mod connection;
@@ -51,6 +52,7 @@ mod key;
 mod session;
 
 pub use backoff::Backoff;
+pub use backup::SnapshotDownload;
 pub use config::{
     BearerToken, ClientConfig, BEARER_TOKEN_BYTES_MAX, ENDPOINTS_MAX, KEEPALIVE_UNANSWERED_MAX,
     RENEWALS_PER_TTL,

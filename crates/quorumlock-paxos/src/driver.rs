@@ -57,6 +57,17 @@ pub trait StateMachine<C> {
     /// Every command of `slot` is applied.
     fn slot_applied(&mut self, _slot: Slot) {}
 
+    /// Applies every command of the value chosen for `slot`, in order, and
+    /// then says the slot is applied; one output per proposal.
+    fn apply_slot(&mut self, slot: Slot, proposals: &[Proposal<C>]) -> Vec<Self::Output> {
+        let outputs = proposals
+            .iter()
+            .map(|proposal| self.apply(slot, proposal))
+            .collect();
+        self.slot_applied(slot);
+        outputs
+    }
+
     /// Serializes the whole state (for compaction).
     fn snapshot(&self) -> Vec<u8>;
 
@@ -328,15 +339,16 @@ where
         for step in apply {
             match step {
                 Apply::Chosen(chosen) => {
-                    for proposal in chosen.value.proposals() {
-                        let output = self.machine.apply(chosen.slot, proposal);
+                    assert_eq!(chosen.slot, self.applied + 1, "slots are applied in order");
+                    let proposals = chosen.value.proposals();
+                    let outputs = self.machine.apply_slot(chosen.slot, proposals);
+                    assert_eq!(outputs.len(), proposals.len(), "one output per proposal");
+                    for (proposal, output) in proposals.iter().zip(outputs) {
                         if let Some(reply) = self.proposals.remove(&proposal.id) {
                             answers.push(Answer::Applied { reply, output });
                         }
                     }
-                    assert_eq!(chosen.slot, self.applied + 1, "slots are applied in order");
                     self.applied = chosen.slot;
-                    self.machine.slot_applied(chosen.slot);
                 }
                 Apply::Snapshot { slot, data } => {
                     let snapshot = match self.verified_snapshot.take() {

@@ -79,8 +79,18 @@ impl StateMachine<Command> for LockMachine {
     type Output = CommandResult;
     type Snapshot = LockState;
 
-    fn apply(&mut self, _slot: Slot, proposal: &Proposal<Command>) -> CommandResult {
-        self.state.apply(&proposal.command)
+    fn apply(&mut self, slot: Slot, proposal: &Proposal<Command>) -> CommandResult {
+        self.state
+            .apply_entry(slot.get(), [&proposal.command])
+            .pop()
+            .expect("one command gives one result")
+    }
+
+    fn apply_slot(&mut self, slot: Slot, proposals: &[Proposal<Command>]) -> Vec<CommandResult> {
+        // The whole slot at once: a reader of the state and its index sees
+        // every command of the slot or none.
+        self.state
+            .apply_entry(slot.get(), proposals.iter().map(|proposal| &proposal.command))
     }
 
     fn snapshot(&self) -> Vec<u8> {
@@ -91,8 +101,8 @@ impl StateMachine<Command> for LockMachine {
         LockState::restore(data)
     }
 
-    fn install_snapshot(&mut self, _slot: Slot, snapshot: LockState) {
-        self.state.restore(snapshot);
+    fn install_snapshot(&mut self, slot: Slot, snapshot: LockState) {
+        self.state.restore(snapshot, slot.get());
     }
 }
 
@@ -138,7 +148,7 @@ impl PaxosEngine {
             Some((slot, data)) => {
                 let restored = LockState::restore(data)
                     .map_err(|error| anyhow::anyhow!("restoring the snapshot at slot {slot}: {error}"))?;
-                Arc::new(AppliedState::new(restored))
+                Arc::new(AppliedState::at(restored, slot.get()))
             }
             None => Arc::new(AppliedState::default()),
         };

@@ -113,7 +113,8 @@ impl StateMachineStore {
         let signature = Some(snapshot.meta.signature());
         let state = LockState::restore(&snapshot.data)
             .map_err(|e| StorageIOError::read_snapshot(signature, &std::io::Error::other(e)))?;
-        self.state.restore(state);
+        self.state
+            .restore(state, snapshot.meta.last_log_id.map_or(0, |log_id| log_id.index));
         self.last_applied = snapshot.meta.last_log_id;
         self.last_membership = snapshot.meta.last_membership.clone();
         self.publish_applied();
@@ -162,12 +163,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 "entries are applied once, in log order"
             );
             self.last_applied = Some(entry.log_id);
+            let index = entry.log_id.index;
             let response = match entry.payload {
-                EntryPayload::Blank => Vec::new(),
-                EntryPayload::Normal(commands) => {
-                    commands.iter().map(|command| self.state.apply(command)).collect()
+                EntryPayload::Blank => {
+                    self.state.advance(index);
+                    Vec::new()
                 }
+                EntryPayload::Normal(commands) => self.state.apply_entry(index, &commands),
                 EntryPayload::Membership(membership) => {
+                    self.state.advance(index);
                     self.last_membership = StoredMembership::new(Some(entry.log_id), membership);
                     Vec::new()
                 }

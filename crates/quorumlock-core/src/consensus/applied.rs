@@ -27,12 +27,21 @@ pub enum StateNotice {
 /// The applied lock state of one replica.
 #[derive(Debug)]
 pub struct AppliedState {
-    state: RwLock<LockState>,
+    state: RwLock<Indexed>,
     notices: broadcast::Sender<StateNotice>,
     /// Only session ends and restores: keepalive streams listen here, so a
     /// busy cluster's grants do not wake every stream.
     session_ends: broadcast::Sender<StateNotice>,
     waiters: Mutex<HashMap<SessionId, HashMap<String, Waiter>>>,
+}
+
+/// The state and the index (log index or slot) of the last entry whose
+/// commands it holds, changed together under one lock so that a reader sees
+/// every command of an entry or none of them.
+#[derive(Debug)]
+struct Indexed {
+    state: LockState,
+    index: u64,
 }
 
 /// The wake-up shared by every wait of one session on one lock.
@@ -89,38 +98,74 @@ impl Default for AppliedState {
 }
 
 impl AppliedState {
-    /// Wraps a state, e.g. one restored from a snapshot at start-up.
+    /// Wraps a state with nothing applied yet.
     pub fn new(state: LockState) -> Self {
+        Self::at(state, 0)
+    }
+
+    /// Wraps a state that holds every entry up to `index`, e.g. one
+    /// restored from a snapshot at start-up.
+    pub fn at(state: LockState, index: u64) -> Self {
         let (notices, _) = broadcast::channel(NOTICE_CHANNEL_CAPACITY);
         let (session_ends, _) = broadcast::channel(NOTICE_CHANNEL_CAPACITY);
         AppliedState {
-            state: RwLock::new(state),
+            state: RwLock::new(Indexed { state, index }),
             notices,
             session_ends,
             waiters: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Applies one committed command and publishes its events. Only the
-    /// engine's apply path calls this, in log order.
-    pub fn apply(&self, command: &Command) -> CommandResult {
-        let applied = self.state.write().apply(command);
-        if !applied.events.is_empty() {
-            self.wake_waiters(&applied.events);
-        }
-        for event in applied.events {
-            if matches!(event, Event::SessionEnded { .. }) {
-                let _ = self.session_ends.send(StateNotice::Event(event.clone()));
-            }
-            // Nobody listening is fine: notices only wake waiters.
-            let _ = self.notices.send(StateNotice::Event(event));
-        }
-        applied.result
+    /// Applies the commands of the committed entry `index` (a log index
+    /// or slot), all under one write lock, and publishes their events. Only
+    /// the engine's apply path calls this, in log order; an entry may be
+    /// applied in parts that share its index.
+    pub fn apply_entry<'a>(
+        &self,
+        index: u64,
+        commands: impl IntoIterator<Item = &'a Command>,
+    ) -> Vec<CommandResult> {
+        let applied: Vec<_> = {
+            let mut indexed = self.state.write();
+            assert!(
+                index >= indexed.index,
+                "entry {index} applied after entry {}",
+                indexed.index
+            );
+            indexed.index = index;
+            commands
+                .into_iter()
+                .map(|command| indexed.state.apply(command))
+                .collect()
+        };
+        applied
+            .into_iter()
+            .map(|applied| {
+                if !applied.events.is_empty() {
+                    self.wake_waiters(&applied.events);
+                }
+                for event in applied.events {
+                    if matches!(event, Event::SessionEnded { .. }) {
+                        let _ = self.session_ends.send(StateNotice::Event(event.clone()));
+                    }
+                    // Nobody listening is fine: notices only wake waiters.
+                    let _ = self.notices.send(StateNotice::Event(event));
+                }
+                applied.result
+            })
+            .collect()
     }
 
-    /// Replaces the state wholesale (snapshot install).
-    pub fn restore(&self, state: LockState) {
-        *self.state.write() = state;
+    /// Records that entry `index` carried no command (a blank or membership
+    /// entry, a no-op slot).
+    pub fn advance(&self, index: u64) {
+        self.apply_entry(index, []);
+    }
+
+    /// Replaces the state wholesale with one that holds every entry up to
+    /// `index` (snapshot install).
+    pub fn restore(&self, state: LockState, index: u64) {
+        *self.state.write() = Indexed { state, index };
         for locks in self.waiters.lock().values() {
             for waiter in locks.values() {
                 waiter.notify.notify_waiters();
@@ -182,12 +227,19 @@ impl AppliedState {
 
     /// Serializes the current state.
     pub fn snapshot(&self) -> Vec<u8> {
-        self.state.read().snapshot()
+        self.state.read().state.snapshot()
+    }
+
+    /// Runs `read` against the current state and the index of the last
+    /// entry it holds, read together.
+    pub fn read_indexed<R>(&self, read: impl FnOnce(&LockState, u64) -> R) -> R {
+        let indexed = self.state.read();
+        read(&indexed.state, indexed.index)
     }
 
     /// Runs `read` against the current state.
     pub fn read<R>(&self, read: impl FnOnce(&LockState) -> R) -> R {
-        read(&self.state.read())
+        read(&self.state.read().state)
     }
 
     /// Subscribes to notices of everything applied from now on.

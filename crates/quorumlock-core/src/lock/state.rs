@@ -518,6 +518,21 @@ impl LockState {
         self.locks.len()
     }
 
+    /// The id the next session will get.
+    pub fn next_session(&self) -> SessionId {
+        self.next_session
+    }
+
+    /// Number of live sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Number of keys in the fenced store.
+    pub fn key_count(&self) -> usize {
+        self.kv.len()
+    }
+
     /// Serializes the whole state. Equal states give equal bytes.
     pub fn snapshot(&self) -> Vec<u8> {
         bincode::serialize(self).expect("the lock state always serializes")

@@ -113,8 +113,12 @@ impl StateMachine<Command> for ObservedLocks {
     type Output = CommandResult;
     type Snapshot = LockState;
 
-    fn apply(&mut self, _slot: Slot, proposal: &Proposal<Command>) -> CommandResult {
-        let result = self.state.apply(&proposal.command);
+    fn apply(&mut self, slot: Slot, proposal: &Proposal<Command>) -> CommandResult {
+        let result = self
+            .state
+            .apply_entry(slot.get(), [&proposal.command])
+            .pop()
+            .expect("one command gives one result");
         while let Ok(notice) = self.notices.try_recv() {
             if let StateNotice::Event(Event::Granted(grant)) = notice {
                 self.observations.push(Observation::Granted(grant));
@@ -142,7 +146,7 @@ impl StateMachine<Command> for ObservedLocks {
 
     fn install_snapshot(&mut self, slot: Slot, snapshot: LockState) {
         self.observations.push(Observation::Restored(snapshot.clone()));
-        self.state.restore(snapshot);
+        self.state.restore(snapshot, slot.get());
         // The restore notice replaces what was observed; nothing to check.
         while self.notices.try_recv().is_ok() {}
         self.slot = slot;
