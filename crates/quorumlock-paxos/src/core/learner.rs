@@ -16,18 +16,34 @@ impl<C: Command> Replica<C> {
     /// this acceptor accepted *at that ballot* holds the chosen value (a
     /// leader proposes one value per slot per ballot, and announces a slot
     /// only once it is chosen); other slots must be learned.
+    ///
+    /// Each slot is looked at once per ballot: a replica with a gap below
+    /// its chosen prefix (waiting for a snapshot or for chosen values)
+    /// keeps accepting, and rescanning everything it accepted above the gap
+    /// at every commit made its work per message grow with the gap, until
+    /// it could no longer keep up and never caught up. A record that
+    /// arrives after the commit that covered its slot is learned instead.
     pub(super) fn observe_leader_commit(&mut self, ballot: Ballot, upto: Slot) {
         if upto <= self.chosen_upto {
             return;
         }
         self.leader_chosen_upto = self.leader_chosen_upto.max(upto);
         self.learn_source = Some(ballot.node);
-        let known: Vec<(Slot, Value<C>)> = self
-            .accepted
-            .range(self.chosen_upto + 1..=upto)
-            .filter(|(_, record)| record.ballot == ballot)
-            .map(|(slot, record)| (*slot, record.value.clone()))
-            .collect();
+        let from = match self.commit_scanned {
+            Some((scanned_ballot, scanned)) if scanned_ballot == ballot => scanned.max(self.chosen_upto) + 1,
+            _ => self.chosen_upto + 1,
+        };
+        let mut known: Vec<(Slot, Value<C>)> = Vec::new();
+        // `range` panics on a range whose start is past its end.
+        if from <= upto {
+            self.commit_scanned = Some((ballot, upto));
+            known = self
+                .accepted
+                .range(from..=upto)
+                .filter(|(_, record)| record.ballot == ballot)
+                .map(|(slot, record)| (*slot, record.value.clone()))
+                .collect();
+        }
         for (slot, value) in known {
             self.record_chosen(slot, value);
         }

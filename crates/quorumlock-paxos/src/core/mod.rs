@@ -215,6 +215,10 @@ pub struct Replica<C> {
     applied: Slot,
     /// The highest chosen prefix a leader announced.
     leader_chosen_upto: Slot,
+    /// The ballot of the last leader commit observed, and the slot up to
+    /// which this acceptor's records at that ballot were then taken as
+    /// chosen: the next commit of the same ballot looks only above it.
+    commit_scanned: Option<(Ballot, Slot)>,
     /// When this node last asked for chosen values.
     learn_asked_at: Option<u64>,
     /// Whom to ask for chosen values.
@@ -268,6 +272,7 @@ impl<C: Command> Replica<C> {
             chosen_upto: compacted,
             applied: compacted,
             leader_chosen_upto: compacted,
+            commit_scanned: None,
             learn_asked_at: None,
             learn_source: None,
             snapshot_sent: BTreeMap::new(),
