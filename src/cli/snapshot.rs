@@ -1,5 +1,6 @@
-//! `snapshot save` and `snapshot inspect`: backups of a cluster's applied
-//! state, in the engine-neutral file format of `quorumlock_core::backup`.
+//! `snapshot save`, `snapshot inspect` and `snapshot restore`: backups of a
+//! cluster's applied state, in the engine-neutral file format of
+//! `quorumlock_core::backup`, and new clusters started from them.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -8,6 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use quorumlock_core::backup::{read_backup, BackupHeader};
+use quorumlock_core::consensus::{EngineKind, NodeId};
+use quorumlock_server::config::parse_peers;
+use quorumlock_server::restore::restore_backup;
 
 use super::{parse_duration, ClusterArgs, EXIT_ERROR};
 
@@ -25,6 +29,31 @@ enum SnapshotCommand {
     Save(SaveArgs),
     /// Prints a backup file's header and checks the whole file.
     Inspect(InspectArgs),
+    /// Writes the data directory of one node of a new cluster (either
+    /// engine) holding the backup's state; run it for every member with the
+    /// same FILE and --peers, then start each with `serve` and those flags.
+    Restore(RestoreArgs),
+}
+
+/// Flags of `snapshot restore`.
+#[derive(Args)]
+pub struct RestoreArgs {
+    /// The backup file.
+    file: PathBuf,
+    /// The new node's data directory; must be absent or empty.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The new node's id.
+    #[arg(long)]
+    id: NodeId,
+    /// Every member of the new cluster as ID=HOST:PORT, comma-separated,
+    /// as its nodes' `serve --peers` will give them.
+    #[arg(long)]
+    peers: String,
+    /// The new cluster's engine: raft or paxos (either, whatever engine the
+    /// backup came from).
+    #[arg(long)]
+    engine: EngineKind,
 }
 
 /// Flags of `snapshot save`.
@@ -51,6 +80,7 @@ pub async fn snapshot(args: SnapshotArgs) -> anyhow::Result<i32> {
     match args.command {
         SnapshotCommand::Save(args) => save(args).await,
         SnapshotCommand::Inspect(args) => inspect(&args.file),
+        SnapshotCommand::Restore(args) => restore(args),
     }
 }
 
@@ -132,6 +162,34 @@ fn inspect(path: &Path) -> anyhow::Result<i32> {
         }
         Err(error) => {
             eprintln!("quorumlock: {}: {error}", path.display());
+            Ok(EXIT_ERROR)
+        }
+    }
+}
+
+fn restore(args: RestoreArgs) -> anyhow::Result<i32> {
+    let members = parse_peers(&args.peers)?;
+    let bytes = std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    match restore_backup(&bytes, args.engine, args.id, &members, &args.data_dir) {
+        Ok(header) => {
+            println!(
+                "restored {} into {} for node {} of a {} cluster of {} members",
+                args.file.display(),
+                args.data_dir.display(),
+                args.id,
+                args.engine,
+                members.len()
+            );
+            print_header(&header);
+            println!(
+                "sessions have one full TTL from the new cluster's first leader to reconnect; \
+                 tokens continue from {}",
+                header.next_token
+            );
+            Ok(0)
+        }
+        Err(error) => {
+            eprintln!("quorumlock: restore of {} refused: {error}", args.file.display());
             Ok(EXIT_ERROR)
         }
     }

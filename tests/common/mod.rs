@@ -198,13 +198,25 @@ impl Cluster {
 
     /// Like [`Cluster::start`], passing `extra_args` to every `quorumlock serve`.
     pub async fn start_with_args(engine: &str, nodes: usize, extra_args: &[&str]) -> Cluster {
+        Cluster::start_prepared(engine, nodes, extra_args, &|_, _, _| {}).await
+    }
+
+    /// Like [`Cluster::start_with_args`], calling `prepare(id, data_dir,
+    /// peers)` for every node before its first start (on every start
+    /// attempt), e.g. to restore a backup into its data directory.
+    pub async fn start_prepared(
+        engine: &str,
+        nodes: usize,
+        extra_args: &[&str],
+        prepare: &dyn Fn(u64, &std::path::Path, &str),
+    ) -> Cluster {
         assert!(nodes >= 1, "a cluster needs at least one node");
         for attempt in 1..=START_ATTEMPTS_MAX {
             let slot = cluster_slots()
                 .acquire_owned()
                 .await
                 .expect("the cluster semaphore is never closed");
-            let cluster = Cluster::launch(engine, nodes, extra_args, slot);
+            let cluster = Cluster::launch(engine, nodes, extra_args, slot, prepare);
             match cluster.poll_leader(LEADER_WAIT).await {
                 Ok(_) => return cluster,
                 Err(LeaderWait::Exited { index, status })
@@ -228,7 +240,13 @@ impl Cluster {
         unreachable!("the last start attempt either returns or panics")
     }
 
-    fn launch(engine: &str, nodes: usize, extra_args: &[&str], slot: OwnedSemaphorePermit) -> Cluster {
+    fn launch(
+        engine: &str,
+        nodes: usize,
+        extra_args: &[&str],
+        slot: OwnedSemaphorePermit,
+        prepare: &dyn Fn(u64, &std::path::Path, &str),
+    ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("quorumlock-test-")
             .tempdir()
@@ -267,6 +285,9 @@ impl Cluster {
             dir,
             _slot: slot,
         };
+        for node in &cluster.nodes {
+            prepare(node.id, &node.data_dir, &cluster.peers);
+        }
         for index in 0..cluster.len() {
             cluster.spawn(index);
         }

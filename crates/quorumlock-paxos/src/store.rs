@@ -112,6 +112,27 @@ impl PaxosStore {
         })
     }
 
+    /// Seeds an empty store with `data` as its snapshot at `slot` (the
+    /// state of a restored backup): the replica starts with that state
+    /// applied and the log continuing after `slot`. Refuses a store that
+    /// holds a promise, a record, a snapshot or a boot.
+    pub fn seed_restored(&self, slot: Slot, data: Vec<u8>) -> anyhow::Result<()> {
+        for family in [CF_META, CF_ACCEPTED] {
+            let mut entries = self
+                .db
+                .iterator_cf(cf(&self.db, family), rocksdb::IteratorMode::Start);
+            anyhow::ensure!(
+                entries.next().is_none(),
+                "the paxos store already holds data in {family}; a restore only seeds an empty one"
+            );
+        }
+        anyhow::ensure!(slot.get() > 0, "a restored snapshot needs a slot above 0");
+        self.persist::<()>(&[Persist::Snapshot {
+            slot,
+            data: Arc::new(data),
+        }])
+    }
+
     /// Adds `records` to `batch`, in order.
     fn add_to_batch<C: Serialize>(
         &self,

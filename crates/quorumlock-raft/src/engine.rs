@@ -162,6 +162,19 @@ impl RaftEngine {
         Ok(engine)
     }
 
+    /// Writes the raft storage of `data_dir` for a node of a cluster
+    /// restored from a backup: `data` (a lock state snapshot) at `index`,
+    /// with `members` as the voters. The directory must hold no raft state.
+    pub fn seed_restored(
+        data_dir: &std::path::Path,
+        index: u64,
+        members: &BTreeMap<NodeId, String>,
+        data: Vec<u8>,
+    ) -> anyhow::Result<()> {
+        let db = quorumlock_storage::open(&data_dir.join("raft"), &[CF_LOG, CF_META, CF_SNAPSHOT])?;
+        crate::state_machine::seed_restored_snapshot(&db, index, members, data)
+    }
+
     /// The openraft node, to which a transport delivers peer messages.
     pub fn raft(&self) -> &Raft {
         &self.raft

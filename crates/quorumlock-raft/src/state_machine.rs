@@ -75,6 +75,49 @@ impl SnapshotStore {
     }
 }
 
+/// Seeds an empty raft database with `data` as its snapshot at `index`,
+/// under `members` as the membership (the state of a restored backup). On
+/// its first start openraft takes the snapshot's membership and purges the
+/// (empty) log up to it, so the node joins an election among `members`
+/// without initializing a cluster of its own. Refuses a database that holds
+/// any log, vote or snapshot.
+pub fn seed_restored_snapshot(
+    db: &DB,
+    index: u64,
+    members: &std::collections::BTreeMap<quorumlock_core::consensus::NodeId, String>,
+    data: Vec<u8>,
+) -> anyhow::Result<()> {
+    for family in [CF_SNAPSHOT, super::log_store::CF_LOG, super::log_store::CF_META] {
+        let mut entries = db.iterator_cf(cf(db, family), rocksdb::IteratorMode::Start);
+        anyhow::ensure!(
+            entries.next().is_none(),
+            "the raft database already holds data in {family}; a restore only seeds an empty one"
+        );
+    }
+    anyhow::ensure!(index > 0, "a restored snapshot needs an index above 0");
+    LockState::restore(&data).map_err(|error| anyhow::anyhow!("the state to seed: {error}"))?;
+    // No leader wrote this index; term 0 sorts below every term an
+    // election of the restored cluster can reach.
+    let log_id = LogId::new(openraft::CommittedLeaderId::new(0, 0.into()), index);
+    let voters: std::collections::BTreeSet<_> = members.keys().copied().collect();
+    let nodes: std::collections::BTreeMap<_, _> = members
+        .iter()
+        .map(|(id, addr)| (*id, openraft::BasicNode { addr: addr.clone() }))
+        .collect();
+    let membership = openraft::Membership::new(vec![voters], nodes);
+    let snapshot = StoredSnapshot {
+        meta: SnapshotMeta {
+            last_log_id: Some(log_id),
+            last_membership: StoredMembership::new(Some(log_id), membership),
+            snapshot_id: format!("restored-{index}"),
+        },
+        data,
+    };
+    let bytes = bincode::serialize(&snapshot)?;
+    db.put_cf_opt(cf(db, CF_SNAPSHOT), KEY_SNAPSHOT, bytes, &synced())?;
+    Ok(())
+}
+
 /// openraft's state machine: the shared [`AppliedState`] plus what openraft
 /// needs to know about it.
 pub struct StateMachineStore {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod health;
 pub mod lease_driver;
 pub mod node;
+pub mod restore;
 pub mod rpc;
 pub mod skew_file;
 

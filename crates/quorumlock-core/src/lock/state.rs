@@ -533,6 +533,16 @@ impl LockState {
         self.kv.len()
     }
 
+    /// Gives every session its full TTL back, forgetting the budgets that
+    /// checkpoints and takeovers recorded. For a state restored from a
+    /// backup into a new cluster: its sessions get one full TTL (plus the
+    /// first leader's takeover grace) to reconnect.
+    pub fn restore_full_budgets(&mut self) {
+        for session in self.sessions.values_mut() {
+            session.checkpoint_remaining_ms = None;
+        }
+    }
+
     /// Serializes the whole state. Equal states give equal bytes.
     pub fn snapshot(&self) -> Vec<u8> {
         bincode::serialize(self).expect("the lock state always serializes")

@@ -528,6 +528,28 @@ fn checkpoint_never_records_more_than_the_session_ttl() {
     );
 }
 
+#[test]
+fn restoring_full_budgets_touches_only_the_budgets() {
+    let mut state = LockState::default();
+    let (first, second) = (open(&mut state), open(&mut state));
+    state.apply(&Command::CheckpointSessions {
+        remaining: vec![(first, 1_000), (second, 0)],
+    });
+    let mut expected = state.clone();
+    state.restore_full_budgets();
+    for session in [first, second] {
+        assert_eq!(
+            state.session(session).map(|s| s.checkpoint_remaining_ms),
+            Some(None),
+            "session {session} has its full TTL again"
+        );
+    }
+    assert_ne!(state, expected, "the budgets were recorded before");
+    expected.restore_full_budgets();
+    assert_eq!(state, expected);
+    assert_eq!(state.next_session(), SessionId::new(3));
+}
+
 // Acquiring.
 
 #[test]
