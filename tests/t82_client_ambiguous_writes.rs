@@ -121,6 +121,34 @@ impl Cluster for Scripted {
             ..Default::default()
         }))
     }
+
+    async fn list_members(
+        &self,
+        _: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        Err(Status::unimplemented("scripted"))
+    }
+
+    async fn add_member(
+        &self,
+        _: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::MembershipChangeResponse>, Status> {
+        Err(Status::unimplemented("scripted"))
+    }
+
+    async fn promote_member(
+        &self,
+        _: Request<pb::PromoteMemberRequest>,
+    ) -> Result<Response<pb::MembershipChangeResponse>, Status> {
+        Err(Status::unimplemented("scripted"))
+    }
+
+    async fn remove_member(
+        &self,
+        _: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::MembershipChangeResponse>, Status> {
+        Err(Status::unimplemented("scripted"))
+    }
 }
 
 async fn start(server: Scripted) -> String {

@@ -3,6 +3,7 @@
 mod certs;
 mod demo;
 mod lock_command;
+mod member;
 mod scripting;
 mod serve;
 mod serve_args;
@@ -70,6 +71,8 @@ enum Command {
     /// Backs up the cluster's state (`snapshot save FILE`) and checks a
     /// backup file (`snapshot inspect FILE`).
     Snapshot(snapshot::SnapshotArgs),
+    /// Lists, adds, promotes and removes members (`member list|add|promote|remove`).
+    Member(member::MemberArgs),
     /// Makes a CA (or uses the one in --dir) and node and client certificates.
     Certs(certs::CertsArgs),
     /// Makes a bearer token for an identity and prints the access-policy
@@ -113,6 +116,7 @@ impl Cli {
             Command::Delete(args) => scripting::delete(args).await,
             Command::Status(args) => scripting::status(args).await,
             Command::Snapshot(args) => snapshot::snapshot(args).await,
+            Command::Member(args) => member::member(args).await,
             Command::Certs(args) => certs::certs(args),
             Command::Token(args) => token::token(args),
             Command::DemoClient(args) => demo::demo_client(args).await,

@@ -122,6 +122,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<i32> {
             id: NodeId::new(id),
             listen: addr(id).parse()?,
             peers: peers.clone(),
+            join: false,
             data_dir: data_dir.join(format!("node-{id}")),
             engine,
             heartbeat: Duration::from_millis(100),

@@ -25,6 +25,13 @@ pub struct ServeArgs {
     /// Every member as ID=HOST:PORT, comma-separated, this node included.
     #[arg(long)]
     peers: Option<String>,
+    /// Join a running cluster (raft) instead of forming one: HOST:PORT of
+    /// one or more of its members, comma-separated. The node starts with
+    /// an empty data directory, never initializes a cluster of its own, and
+    /// serves once the leader added it (`quorumlock member add`). Excludes
+    /// --peers.
+    #[arg(long)]
+    join: Option<String>,
     /// Directory for this node's data.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -85,7 +92,23 @@ impl ServeArgs {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
+        let id = self.id.or(file.id).context("--id is required")?;
+        let listen = self.listen.or(file.listen).context("--listen is required")?;
+        let join = match (&self.join, &self.peers) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "--join and --peers exclude each other: a joining node learns its peers from the cluster"
+            ),
+            (Some(members), None) => {
+                anyhow::ensure!(
+                    members.split(',').any(|addr| !addr.trim().is_empty()),
+                    "--join needs the address of at least one member"
+                );
+                true
+            }
+            (None, _) => false,
+        };
         let peers = match (self.peers, file.peers) {
+            _ if join => [(id, listen.to_string())].into(),
             (Some(text), _) => parse_peers(&text)?,
             (None, Some(map)) => {
                 let text = map
@@ -107,9 +130,10 @@ impl ServeArgs {
             Duration::from_millis(flag.or(file).unwrap_or(default))
         };
         Ok(NodeConfig {
-            id: self.id.or(file.id).context("--id is required")?,
-            listen: self.listen.or(file.listen).context("--listen is required")?,
+            id,
+            listen,
             peers,
+            join,
             data_dir: self
                 .data_dir
                 .or(file.data_dir)

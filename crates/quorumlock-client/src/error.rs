@@ -107,6 +107,9 @@ pub enum Refusal {
     ForwardingFailed,
     /// The node answered in a way it never should.
     Internal,
+    /// The membership change cannot be made now; the status message says
+    /// why (another change in progress, the learner lags, the id is unknown).
+    MembershipRefused,
     /// A reason this client does not know (a newer server).
     Other(i32),
 }
@@ -147,6 +150,7 @@ impl Refusal {
             Ok(ErrorReason::NodeFailed) => Refusal::NodeFailed,
             Ok(ErrorReason::ForwardingFailed) => Refusal::ForwardingFailed,
             Ok(ErrorReason::Internal) => Refusal::Internal,
+            Ok(ErrorReason::MembershipRefused) => Refusal::MembershipRefused,
             Ok(ErrorReason::NotSessionOwner) => Refusal::NotSessionOwner { session },
             Ok(ErrorReason::Unauthenticated) => Refusal::Unauthenticated {
                 session,

@@ -49,6 +49,7 @@ mod endpoints;
 mod error;
 mod guard;
 mod key;
+mod membership;
 mod session;
 
 pub use backoff::Backoff;
@@ -64,6 +65,7 @@ pub use endpoints::{parse_endpoint, parse_endpoint_list, parse_endpoint_scheme, 
 pub use error::{code_name, ClientError, EndpointFailure, LostReason, Refusal};
 pub use guard::LockGuard;
 pub use key::{SessionKey, SessionSecret};
+pub use membership::MEMBERSHIP_CALL_MAX;
 pub use quorumlock_proto::{FencingToken, NodeId, SessionId};
 pub use quorumlock_tls::{ClientTls, ClientTlsFiles, TlsError};
 pub use session::Session;

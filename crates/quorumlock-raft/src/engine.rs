@@ -21,7 +21,7 @@ use super::types::{Raft, TypeConfig};
 use super::wal_sync::WalSync;
 use quorumlock_core::consensus::{
     AppliedState, CommandResult, ConsensusEngine, EngineConfig, EngineError, EngineKind, EngineStatus,
-    LeaderInfo, Leadership, Member, NodeId,
+    LeaderInfo, Leadership, Member, MemberState, MembershipChange, NodeId,
 };
 use quorumlock_core::lock::Command;
 use quorumlock_proto::raft::raft_peer_server::RaftPeerServer;
@@ -37,6 +37,15 @@ pub const PROPOSALS_IN_FLIGHT_MAX: usize = 4_096;
 /// How long openraft's tasks get, once its core stopped, to let go of the
 /// database before the engine reports that it could not close it.
 pub const STORAGE_RELEASE_WAIT_MAX: Duration = Duration::from_secs(10);
+
+/// A learner may be promoted once its log is at most this many entries
+/// behind the leader's: a voter that lags further would slow every commit
+/// that needs it, or leave the cluster without a quorum until it caught up.
+pub const PROMOTE_LAG_MAX: u64 = 1_000;
+
+/// How long a membership change step may take to commit before the call
+/// answers UNAVAILABLE (the step may still complete; `member list` tells).
+pub const MEMBERSHIP_CHANGE_WAIT_MAX: Duration = Duration::from_secs(30);
 
 /// The openraft engine.
 pub struct RaftEngine {
@@ -56,6 +65,8 @@ pub struct RaftEngine {
     /// The database and the WAL sync thread, closed in order by
     /// [`ConsensusEngine::shutdown`].
     storage: parking_lot::Mutex<Option<OpenStorage>>,
+    /// Held while a membership change step runs on this node.
+    membership_change: tokio::sync::Mutex<()>,
 }
 
 /// The engine's database and its WAL sync thread (absent when appends sync
@@ -126,7 +137,9 @@ impl RaftEngine {
         )
         .await?;
 
-        if !raft.is_initialized().await? {
+        if config.join {
+            tracing::info!(node = %config.node_id, "joining: waiting to be added by the cluster's leader");
+        } else if !raft.is_initialized().await? {
             let members: BTreeMap<NodeId, BasicNode> = config
                 .members
                 .iter()
@@ -158,6 +171,7 @@ impl RaftEngine {
             barrier_retry_pause: config.heartbeat,
             barrier_patience: config.election_timeout,
             storage: parking_lot::Mutex::new(Some((db, wal_thread))),
+            membership_change: tokio::sync::Mutex::new(()),
         });
         Ok(engine)
     }
@@ -318,6 +332,154 @@ impl ConsensusEngine for RaftEngine {
             commit_index: self.commit_index.load(Ordering::Relaxed),
             applied_index: self.applied_index.load(Ordering::Relaxed),
             members,
+        }
+    }
+
+    fn members(&self) -> Vec<MemberState> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        let leading = metrics.state == ServerState::Leader;
+        membership
+            .nodes()
+            .map(|(id, node)| {
+                let matched_index = match (leading, *id == self.node_id) {
+                    (false, _) => None,
+                    (true, true) => metrics.last_log_index,
+                    (true, false) => metrics
+                        .replication
+                        .as_ref()
+                        .and_then(|replication| replication.get(id).copied().flatten())
+                        .map(|log_id| log_id.index),
+                };
+                MemberState {
+                    id: *id,
+                    addr: node.addr.clone(),
+                    voter: voters.contains(id),
+                    matched_index,
+                }
+            })
+            .collect()
+    }
+
+    /// Learners through `add_learner`, voters through `change_membership`
+    /// (joint consensus: openraft commits the joint configuration, then the
+    /// new one, before answering), each bounded by
+    /// [`MEMBERSHIP_CHANGE_WAIT_MAX`].
+    async fn change_membership(&self, change: MembershipChange) -> Result<(), EngineError> {
+        let Ok(_one_at_a_time) = self.membership_change.try_lock() else {
+            return Err(EngineError::MembershipRefused(
+                "another membership change is in progress; run one change at a time".to_string(),
+            ));
+        };
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader {
+            return Err(EngineError::NotLeader {
+                leader: leadership_of(&metrics).leader,
+            });
+        }
+        let membership = metrics.membership_config.membership().clone();
+        if membership.get_joint_config().len() > 1 {
+            return Err(EngineError::MembershipRefused(
+                "the cluster is in a joint configuration; the change in progress must finish first"
+                    .to_string(),
+            ));
+        }
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        let is_member = |id: &NodeId| membership.get_node(id).is_some();
+        let refused = |why: String| Err(EngineError::MembershipRefused(why));
+        type Proposed<'a> = std::pin::Pin<
+            Box<
+                dyn std::future::Future<
+                        Output = Result<
+                            openraft::raft::ClientWriteResponse<TypeConfig>,
+                            RaftError<NodeId, openraft::error::ClientWriteError<NodeId, BasicNode>>,
+                        >,
+                    > + Send
+                    + 'a,
+            >,
+        >;
+        let proposed: Proposed<'_> = match change {
+            MembershipChange::AddLearner { id, addr } => {
+                if is_member(&id) {
+                    return refused(format!("node {id} is already a member"));
+                }
+                tracing::info!(node = %id, %addr, "adding a learner");
+                Box::pin(self.raft.add_learner(id, BasicNode { addr }, false))
+            }
+            MembershipChange::Promote { id } => {
+                if voters.contains(&id) {
+                    return refused(format!("node {id} is already a voter"));
+                }
+                if !is_member(&id) {
+                    return refused(format!(
+                        "node {id} is not a learner of this cluster; add it first"
+                    ));
+                }
+                let leader_last = metrics.last_log_index.unwrap_or(0);
+                let matched = metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|replication| replication.get(&id).copied().flatten())
+                    .map(|log_id| log_id.index);
+                match matched {
+                    None => {
+                        return refused(format!(
+                            "learner {id} has not acknowledged any entry yet; promote it once it caught up"
+                        ))
+                    }
+                    Some(matched) if leader_last.saturating_sub(matched) > PROMOTE_LAG_MAX => {
+                        return refused(format!(
+                            "learner {id} lags {} entries behind the leader's log (at most {PROMOTE_LAG_MAX}); \
+                             promote it once it caught up",
+                            leader_last - matched
+                        ))
+                    }
+                    Some(_) => {}
+                }
+                tracing::info!(node = %id, "promoting a learner to voter");
+                Box::pin(
+                    self.raft
+                        .change_membership(openraft::ChangeMembers::AddVoterIds([id].into()), false),
+                )
+            }
+            MembershipChange::Remove { id } => {
+                if !is_member(&id) {
+                    return refused(format!("node {id} is not a member"));
+                }
+                if voters.contains(&id) {
+                    if voters.len() == 1 {
+                        return refused(format!("node {id} is the last voter"));
+                    }
+                    tracing::info!(node = %id, "removing a voter");
+                    Box::pin(
+                        self.raft
+                            .change_membership(openraft::ChangeMembers::RemoveVoters([id].into()), false),
+                    )
+                } else {
+                    tracing::info!(node = %id, "removing a learner");
+                    Box::pin(
+                        self.raft
+                            .change_membership(openraft::ChangeMembers::RemoveNodes([id].into()), false),
+                    )
+                }
+            }
+        };
+        match tokio::time::timeout(MEMBERSHIP_CHANGE_WAIT_MAX, proposed).await {
+            Err(_) => Err(EngineError::Unavailable(format!(
+                "the membership change was not committed within {MEMBERSHIP_CHANGE_WAIT_MAX:?}; it may still \
+                 complete (see member list)"
+            ))),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(forward)))) => {
+                Err(EngineError::NotLeader {
+                    leader: leader_of(&forward),
+                })
+            }
+            Ok(Err(RaftError::APIError(openraft::error::ClientWriteError::ChangeMembershipError(error)))) => {
+                Err(EngineError::MembershipRefused(error.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(error))) => Err(fatal(error)),
         }
     }
 

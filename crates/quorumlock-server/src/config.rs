@@ -18,8 +18,12 @@ pub struct NodeConfig {
     pub id: NodeId,
     /// Address the gRPC server binds.
     pub listen: SocketAddr,
-    /// Every member's id and address, this node included.
+    /// Every member's id and address, this node included (only this node
+    /// when it joins).
     pub peers: BTreeMap<NodeId, String>,
+    /// This node joins a running cluster (`serve --join`): it never
+    /// initializes a membership and waits for `member add`.
+    pub join: bool,
     /// Directory for this node's RocksDB.
     pub data_dir: PathBuf,
     /// The consensus engine.
@@ -165,6 +169,12 @@ impl NodeConfig {
                 "--id {} is not among --peers {:?}",
                 self.id,
                 self.peers.keys().collect::<Vec<_>>()
+            );
+        }
+        if self.join && self.engine != EngineKind::Raft {
+            bail!(
+                "--join needs --engine raft: the {} engine's members are fixed at first start",
+                self.engine
             );
         }
         if self.heartbeat.is_zero() || self.election_timeout <= self.heartbeat * 2 {

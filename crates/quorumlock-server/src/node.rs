@@ -74,6 +74,7 @@ impl Node {
         let engine_config = EngineConfig {
             node_id: config.id,
             members: config.peers.clone(),
+            join: config.join,
             data_dir: config.data_dir.clone(),
             heartbeat: config.heartbeat,
             election_timeout: config.election_timeout,

@@ -13,6 +13,10 @@ pub struct EngineConfig {
     pub node_id: NodeId,
     /// Every voting member and its address, this node included.
     pub members: BTreeMap<NodeId, String>,
+    /// This node joins a running cluster: it never initializes a
+    /// membership of its own and waits for the leader to add it
+    /// (`members` then holds only itself).
+    pub join: bool,
     /// Directory of this node's RocksDB.
     pub data_dir: PathBuf,
     /// Leader heartbeat period.

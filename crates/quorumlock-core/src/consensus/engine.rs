@@ -3,7 +3,9 @@
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use super::{AppliedState, CommandResult, EngineError, EngineStatus, Leadership};
+use super::{
+    AppliedState, CommandResult, EngineError, EngineStatus, Leadership, MemberState, MembershipChange,
+};
 use crate::lock::Command;
 use std::sync::Arc;
 
@@ -38,6 +40,32 @@ pub trait ConsensusEngine: Send + Sync + 'static {
 
     /// Figures for `Cluster/Status`.
     fn status(&self) -> EngineStatus;
+
+    /// Every member with its role and, on the leader, how far its log has
+    /// caught up. The default lists [`EngineStatus::members`] as voters.
+    fn members(&self) -> Vec<MemberState> {
+        self.status()
+            .members
+            .into_iter()
+            .map(|member| MemberState {
+                id: member.id,
+                addr: member.addr,
+                voter: true,
+                matched_index: None,
+            })
+            .collect()
+    }
+
+    /// Runs one membership change step on the leader and returns once the
+    /// new configuration is committed. Only a leader can serve it; a step
+    /// that cannot run now is refused with [`EngineError::MembershipRefused`]
+    /// before anything is proposed. The default refuses every change.
+    async fn change_membership(&self, change: MembershipChange) -> Result<(), EngineError> {
+        Err(EngineError::Unsupported(format!(
+            "the {} engine does not change its membership ({change:?} refused); its members are fixed at first start",
+            self.status().engine
+        )))
+    }
 
     /// Stops the engine; pending proposals fail with [`EngineError::ShuttingDown`].
     async fn shutdown(&self) -> Result<(), EngineError>;

@@ -22,6 +22,13 @@ pub enum EngineError {
     /// The engine is stopping.
     #[error("engine is shutting down")]
     ShuttingDown,
+    /// A membership change was refused before anything was proposed; the
+    /// message says why (one is in progress, the learner lags, ...).
+    #[error("membership change refused: {0}")]
+    MembershipRefused(String),
+    /// This engine does not offer the operation.
+    #[error("{0}")]
+    Unsupported(String),
     /// A storage or invariant failure; the node must stop rather than serve.
     #[error("fatal engine failure: {0}")]
     Fatal(String),

@@ -15,4 +15,7 @@ pub use applied::{AppliedState, GrantWatch, StateNotice};
 pub use config::EngineConfig;
 pub use engine::ConsensusEngine;
 pub use error::EngineError;
-pub use types::{CommandResult, EngineKind, EngineStatus, LeaderInfo, Leadership, Member, NodeId};
+pub use types::{
+    CommandResult, EngineKind, EngineStatus, LeaderInfo, Leadership, Member, MemberState, MembershipChange,
+    NodeId,
+};

@@ -95,3 +95,41 @@ pub struct EngineStatus {
     /// Voting members.
     pub members: Vec<Member>,
 }
+
+/// One step of a membership change. Steps run one at a time: a step asked
+/// for while another is being committed is refused, not queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// Adds `id`, serving at `addr`, as a learner: it receives the log (or
+    /// a snapshot) but neither votes nor counts toward a quorum.
+    AddLearner {
+        /// The new node's id; never one the cluster has had.
+        id: NodeId,
+        /// `host:port` of its gRPC server.
+        addr: String,
+    },
+    /// Makes the learner `id` a voter, once it has caught up.
+    Promote {
+        /// The learner.
+        id: NodeId,
+    },
+    /// Removes `id`, voter or learner, from the cluster.
+    Remove {
+        /// The member to remove.
+        id: NodeId,
+    },
+}
+
+/// A member as this node sees it, for `member list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberState {
+    /// Node id.
+    pub id: NodeId,
+    /// `host:port` of its gRPC server.
+    pub addr: String,
+    /// Whether it votes (a learner does not).
+    pub voter: bool,
+    /// The highest log index the leader knows this member holds; `None`
+    /// when this node does not lead or has not heard from it.
+    pub matched_index: Option<u64>,
+}

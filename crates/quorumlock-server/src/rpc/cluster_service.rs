@@ -12,7 +12,7 @@ use super::status::from_engine_error;
 use crate::auth::rate::DigestRefused;
 use crate::auth::{Access, Action, DIGESTS_BURST, DIGESTS_PER_SECOND};
 use quorumlock_core::backup::{encode_backup, BackupHeader};
-use quorumlock_core::consensus::ConsensusEngine;
+use quorumlock_core::consensus::{ConsensusEngine, MemberState, MembershipChange, NodeId};
 use quorumlock_proto::details::{self, reason};
 use quorumlock_proto::v1::{self as pb, ErrorReason};
 
@@ -106,8 +106,132 @@ impl ClusterService {
     }
 }
 
+/// The members as the API reports them; `last_log_index` is the leader's.
+fn member_statuses(members: Vec<MemberState>, last_log_index: u64) -> Vec<pb::MemberStatus> {
+    members
+        .into_iter()
+        .map(|member| pb::MemberStatus {
+            id: member.id.get(),
+            addr: member.addr,
+            voter: member.voter,
+            matched_index: member.matched_index.unwrap_or(0),
+            lag: member
+                .matched_index
+                .map_or(0, |matched| last_log_index.saturating_sub(matched)),
+        })
+        .collect()
+}
+
+/// A node id from a request: 0 is no id.
+fn requested_id(id: u64) -> Result<NodeId, Status> {
+    match id {
+        0 => Err(details::status(
+            Code::InvalidArgument,
+            "id must be a node id (1 or more)",
+            reason(ErrorReason::InvalidArgument),
+        )),
+        id => Ok(NodeId::new(id)),
+    }
+}
+
+impl ClusterService {
+    /// Runs one membership change for an admin and reports the result.
+    async fn change(
+        &self,
+        caller: Result<crate::auth::Caller, Status>,
+        what: &'static str,
+        change: MembershipChange,
+    ) -> Result<Response<pb::MembershipChangeResponse>, Status> {
+        self.access.allow(&caller?, Action::Admin(what))?;
+        tracing::info!(?change, "membership change asked for");
+        self.engine
+            .change_membership(change)
+            .await
+            .map_err(from_engine_error)?;
+        let node = self.engine.status().node_id;
+        let members = self.engine.members();
+        let last_log_index = members
+            .iter()
+            .find(|member| member.id == node)
+            .and_then(|member| member.matched_index)
+            .unwrap_or(0);
+        Ok(Response::new(pb::MembershipChangeResponse {
+            members: member_statuses(members, last_log_index),
+        }))
+    }
+}
+
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
+    async fn list_members(
+        &self,
+        request: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        let caller = self.access.caller(&request)?;
+        self.access.allow(&caller, Action::Admin("member list"))?;
+        let status = self.engine.status();
+        let from_leader = status.leadership.is_self;
+        if let (false, Some(leader)) = (from_leader, &status.leadership.leader) {
+            // Only the leader knows how far each member caught up.
+            return Err(super::status::not_leader(
+                "this node is not the leader, which lists the members with their lag",
+                Some(leader),
+            ));
+        }
+        let members = self.engine.members();
+        let last_log_index = members
+            .iter()
+            .find(|member| member.id == status.node_id)
+            .and_then(|member| member.matched_index)
+            .unwrap_or(0);
+        Ok(Response::new(pb::ListMembersResponse {
+            members: member_statuses(members, last_log_index),
+            from_leader,
+            last_log_index,
+        }))
+    }
+
+    async fn add_member(
+        &self,
+        request: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::MembershipChangeResponse>, Status> {
+        let caller = self.access.caller(&request);
+        let id = requested_id(request.get_ref().id)?;
+        let addr = request.get_ref().addr.trim().to_string();
+        let host_port = addr
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port > 0));
+        if !host_port {
+            return Err(details::status(
+                Code::InvalidArgument,
+                format!("addr {addr:?} is not HOST:PORT"),
+                reason(ErrorReason::InvalidArgument),
+            ));
+        }
+        self.change(caller, "member add", MembershipChange::AddLearner { id, addr })
+            .await
+    }
+
+    async fn promote_member(
+        &self,
+        request: Request<pb::PromoteMemberRequest>,
+    ) -> Result<Response<pb::MembershipChangeResponse>, Status> {
+        let caller = self.access.caller(&request);
+        let id = requested_id(request.get_ref().id)?;
+        self.change(caller, "member promote", MembershipChange::Promote { id })
+            .await
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::MembershipChangeResponse>, Status> {
+        let caller = self.access.caller(&request);
+        let id = requested_id(request.get_ref().id)?;
+        self.change(caller, "member remove", MembershipChange::Remove { id })
+            .await
+    }
+
     type SaveSnapshotStream = SnapshotStream;
 
     async fn save_snapshot(

@@ -106,6 +106,12 @@ pub fn from_engine_error(error: EngineError) -> Status {
             "node is shutting down",
             reason(ErrorReason::ShuttingDown),
         ),
+        EngineError::MembershipRefused(why) => details::status(
+            Code::FailedPrecondition,
+            format!("membership change refused: {why}"),
+            reason(ErrorReason::MembershipRefused),
+        ),
+        EngineError::Unsupported(why) => Status::unimplemented(why),
         EngineError::Fatal(why) => details::status(
             Code::Internal,
             format!("node failed: {why}"),

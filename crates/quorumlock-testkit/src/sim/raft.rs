@@ -385,6 +385,7 @@ impl RaftSim {
         let config = EngineConfig {
             node_id: id,
             members,
+            join: false,
             data_dir: self.nodes[i].dir.clone(),
             heartbeat: Duration::from_millis(HEARTBEAT_MS),
             election_timeout: Duration::from_millis(ELECTION_MS),

@@ -1,0 +1,206 @@
+//! t59: changing membership through the real path. On a 3-process raft
+//! cluster that holds a lock and a fenced value, node 3 is killed and its
+//! data directory deleted; node 4 starts with `serve --join` and an empty
+//! directory, `quorumlock member add` makes it a learner, `member promote`
+//! a voter once it caught up, and `member remove` drops node 3. Then one
+//! more node is killed: the two survivors (one of them the new node) still
+//! grant locks, and the held lock, its token and the fenced value are
+//! intact. Changes that cannot apply are refused with FAILED_PRECONDITION
+//! naming why, and the paxos engine, whose members are fixed, refuses every
+//! change and `serve --join`.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::pki::{exe, run};
+use common::{
+    acquire_granted, assert_held, connect, fence, get, put, Cluster, KeepAlive, ELECTION_TIMEOUT_MS,
+    HEARTBEAT_MS,
+};
+use quorumlock_client::{Client, ClientConfig};
+use quorumlock_proto::v1::lock_client::LockClient;
+use tokio::process::Command;
+
+const TTL_MS: u64 = 30_000;
+const LOCK: &str = "jobs/nightly";
+const VALUE_KEY: &str = "jobs/nightly/state";
+
+fn member_cli(args: &[&str], endpoints: &[String]) -> Command {
+    let mut command = Command::new(exe());
+    command
+        .arg("member")
+        .args(args)
+        .args(["--endpoints", &endpoints.join(",")]);
+    command
+}
+
+/// The ids `member list` shows with `role`.
+fn ids_with_role(listing: &str, role: &str) -> Vec<u64> {
+    listing
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields.as_slice() {
+                [id, _, shown, ..] if *shown == role => id.parse().ok(),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_raft_node_is_replaced_by_a_new_one_and_the_cluster_survives_one_more_loss() {
+    let cluster = Cluster::start("raft", 3).await;
+    let holder_key = cluster.open_session_key(TTL_MS).await;
+    let client = cluster.leader_client().await;
+    let token = acquire_granted(&client, holder_key, LOCK, 0).await;
+    put(&client, VALUE_KEY, "running", fence(LOCK, token), holder_key)
+        .await
+        .unwrap();
+    let mut holder = KeepAlive::spawn(cluster.urls(), holder_key, TTL_MS);
+
+    // Node 3 dies with its disk.
+    cluster.kill(2);
+    std::fs::remove_dir_all(cluster.data_dir(2)).unwrap();
+
+    // Node 4 joins with an empty data directory.
+    let dir = tempfile::tempdir().unwrap();
+    let port = quorumlock_testkit::cluster::free_ports(1).unwrap()[0];
+    let addr = format!("127.0.0.1:{port}");
+    let log = std::fs::File::create(dir.path().join("node-4.log")).unwrap();
+    let mut node4 = Command::new(exe())
+        .args(["serve", "--id", "4", "--listen", &addr])
+        .arg("--join")
+        .arg(cluster.addr(0).to_string())
+        .arg("--data-dir")
+        .arg(dir.path().join("node-4"))
+        .args(["--engine", "raft"])
+        .args(["--heartbeat-ms", &HEARTBEAT_MS.to_string()])
+        .args(["--election-timeout-ms", &ELECTION_TIMEOUT_MS.to_string()])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let survivors = vec![cluster.url(0), cluster.url(1)];
+
+    let (added, output) = run(&mut member_cli(
+        &["add", "--id", "4", "--addr", &addr],
+        &survivors,
+    ))
+    .await;
+    assert!(added, "member add failed: {output}");
+    assert_eq!(ids_with_role(&output, "learner"), vec![4], "{output}");
+
+    // Refusals name what is wrong and change nothing.
+    for (args, why) in [
+        (
+            vec!["add", "--id", "2", "--addr", "127.0.0.1:1"],
+            "already a member",
+        ),
+        (vec!["promote", "--id", "9"], "not a learner"),
+        (vec!["remove", "--id", "9"], "not a member"),
+        (vec!["add", "--id", "5", "--addr", "no-port"], "HOST:PORT"),
+    ] {
+        let (accepted, output) = run(&mut member_cli(&args, &survivors)).await;
+        assert!(!accepted, "{args:?} was accepted: {output}");
+        assert!(
+            output.contains(why),
+            "{args:?} refused without naming {why:?}: {output}"
+        );
+    }
+
+    // Promote once node 4 caught up (a lagging learner is refused).
+    let config = ClientConfig {
+        connect_wait_max: Duration::from_secs(10),
+        ..ClientConfig::default()
+    };
+    let admin = Client::connect_with(survivors.clone(), config).await.unwrap();
+    common::wait_until("node 4 to catch up", common::CONDITION_WAIT, || async {
+        let listed = admin.list_members().await.map_err(|error| error.to_string())?;
+        match listed.members.iter().find(|member| member.id == 4) {
+            Some(member) if member.matched_index > 0 && member.lag <= 1_000 => Ok(()),
+            other => Err(format!("node 4 is {other:?}")),
+        }
+    })
+    .await;
+    let (promoted, output) = run(&mut member_cli(&["promote", "--id", "4"], &survivors)).await;
+    assert!(promoted, "member promote failed: {output}");
+    let (removed, output) = run(&mut member_cli(&["remove", "--id", "3"], &survivors)).await;
+    assert!(removed, "member remove failed: {output}");
+    let mut voters = ids_with_role(&output, "voter");
+    voters.sort_unstable();
+    assert_eq!(voters, vec![1, 2, 4], "{output}");
+    assert!(ids_with_role(&output, "learner").is_empty(), "{output}");
+
+    // The new node serves, and one more loss is survived.
+    let node4_url = format!("http://{addr}");
+    let (listed, output) = run(&mut member_cli(&["list"], std::slice::from_ref(&node4_url))).await;
+    assert!(listed, "member list through node 4 failed: {output}");
+    holder.stop().await;
+    cluster.kill(0);
+    let remaining = vec![cluster.url(1), node4_url.clone()];
+    holder = KeepAlive::spawn(remaining.clone(), holder_key, TTL_MS);
+    let client = common::wait_until("a leader among nodes 2 and 4", common::CONDITION_WAIT, || async {
+        for url in &remaining {
+            let Ok(channel) = connect(url).await else { continue };
+            let client = LockClient::new(channel);
+            if common::describe(&client, LOCK).await.is_ok() {
+                return Ok(client);
+            }
+        }
+        Err("neither answers Describe".to_string())
+    })
+    .await;
+    assert_held(&client, LOCK, holder_key.id, token, 0).await;
+    let value = get(&client, VALUE_KEY).await.unwrap();
+    assert_eq!(value.value, b"running");
+    let newcomer = common::retry_unavailable("OpenSession", || common::open_session(&client, TTL_MS))
+        .await
+        .unwrap();
+    let fresh = acquire_granted(&client, common::Key::of(&newcomer), "jobs/other", 0).await;
+    assert!(fresh > token, "token {fresh} after {token}");
+    put(&client, VALUE_KEY, "still mine", fence(LOCK, token), holder_key)
+        .await
+        .expect("the holder writes under its lock after the change");
+    holder.stop().await;
+    node4.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_paxos_engine_refuses_membership_changes_and_joining() {
+    let cluster = Cluster::start("paxos", 3).await;
+    let (listed, output) = run(&mut member_cli(&["list"], &cluster.urls())).await;
+    assert!(listed, "member list failed: {output}");
+    let mut voters = ids_with_role(&output, "voter");
+    voters.sort_unstable();
+    assert_eq!(voters, vec![1, 2, 3], "{output}");
+    let (added, output) = run(&mut member_cli(
+        &["add", "--id", "4", "--addr", "127.0.0.1:1"],
+        &cluster.urls(),
+    ))
+    .await;
+    assert!(!added, "a paxos cluster added a member: {output}");
+    assert!(output.contains("fixed at first start"), "{output}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (served, output) = run(Command::new(exe())
+        .args([
+            "serve",
+            "--id",
+            "4",
+            "--listen",
+            "127.0.0.1:1",
+            "--engine",
+            "paxos",
+        ])
+        .args(["--join", &cluster.addr(0).to_string()])
+        .arg("--data-dir")
+        .arg(dir.path().join("node-4")))
+    .await;
+    assert!(!served, "a paxos node joined: {output}");
+    assert!(output.contains("--join needs --engine raft"), "{output}");
+}
