@@ -6,8 +6,10 @@
 //! more node is killed: the two survivors (one of them the new node) still
 //! grant locks, and the held lock, its token and the fenced value are
 //! intact. Changes that cannot apply are refused with FAILED_PRECONDITION
-//! naming why, and the paxos engine, whose members are fixed, refuses every
-//! change and `serve --join`.
+//! naming why (one change at a time, a learner that never caught up, an id
+//! that is or was a member); a removed node, the leader included, stops
+//! serving and names its removal while the others serve on; and the paxos
+//! engine, whose members are fixed, refuses every change and `serve --join`.
 
 mod common;
 
@@ -168,6 +170,185 @@ async fn a_dead_raft_node_is_replaced_by_a_new_one_and_the_cluster_survives_one_
         .expect("the holder writes under its lock after the change");
     holder.stop().await;
     node4.kill().await.unwrap();
+}
+
+/// The reply of `member promote --id 9` (no such node) sent to the
+/// cluster: refused either as "not a learner" or, while another change
+/// runs, as "in progress" before the id is even looked at.
+async fn probe_change_in_progress(endpoints: &[String]) -> Result<(), String> {
+    let (accepted, output) = run(&mut member_cli(&["promote", "--id", "9"], endpoints)).await;
+    assert!(!accepted, "node 9 was promoted: {output}");
+    match output.contains("in progress") {
+        true => Ok(()),
+        false => Err(output),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_run_one_at_a_time_and_a_removed_node_stops_serving_and_its_id_is_never_reused() {
+    let cluster = Cluster::start("raft", 3).await;
+    let leader = cluster.wait_for_leader().await;
+    let followers: Vec<usize> = (0..3).filter(|index| *index != leader).collect();
+    let (leaving, witness) = (followers[0], followers[1]);
+    let urls = cluster.urls();
+
+    // A learner that never answers is not promoted; a removed learner's id
+    // is not taken again.
+    let silent = quorumlock_testkit::cluster::free_ports(1).unwrap()[0];
+    let silent_addr = format!("127.0.0.1:{silent}");
+    let (added, output) = run(&mut member_cli(
+        &["add", "--id", "5", "--addr", &silent_addr],
+        &urls,
+    ))
+    .await;
+    assert!(added, "member add failed: {output}");
+    let (promoted, output) = run(&mut member_cli(&["promote", "--id", "5"], &urls)).await;
+    assert!(!promoted, "a learner that never answered was promoted: {output}");
+    assert!(output.contains("has not acknowledged any entry"), "{output}");
+    let (removed, output) = run(&mut member_cli(&["remove", "--id", "5"], &urls)).await;
+    assert!(removed, "member remove of a learner failed: {output}");
+    let (readded, output) = run(&mut member_cli(
+        &["add", "--id", "5", "--addr", &silent_addr],
+        &urls,
+    ))
+    .await;
+    assert!(!readded, "a removed id was added again: {output}");
+    assert!(output.contains("never reused"), "{output}");
+
+    // With the witness down, removing a follower cannot commit (the new
+    // configuration needs the witness): it is in progress, and a second
+    // change is refused rather than queued.
+    cluster.kill(witness);
+    let leaving_id = cluster.node_id(leaving);
+    let admin = Client::connect(urls.clone()).await.unwrap();
+    let removal = tokio::spawn(async move { admin.remove_member(leaving_id).await });
+    common::wait_until("the removal to be in progress", common::CONDITION_WAIT, || {
+        probe_change_in_progress(&urls)
+    })
+    .await;
+    cluster.start_node(witness);
+    let members = removal
+        .await
+        .unwrap()
+        .expect("the removal completes once the witness is back");
+    let mut voters: Vec<u64> = members
+        .members
+        .iter()
+        .filter(|member| member.voter)
+        .map(|member| member.id)
+        .collect();
+    voters.sort_unstable();
+    let mut expected = vec![cluster.node_id(leader), cluster.node_id(witness)];
+    expected.sort_unstable();
+    assert_eq!(voters, expected);
+
+    // The removed node, still running, learns it was removed and refuses
+    // the API, naming the removal; the others serve on.
+    let client = cluster.client(leaving).await;
+    let refusal = common::wait_until("the removed node to refuse", common::CONDITION_WAIT, || async {
+        match common::describe(&client, LOCK).await {
+            Err(status) if status.message().contains("was removed") => Ok(status),
+            other => Err(format!("Describe answered {other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(refusal.code(), tonic::Code::Unavailable, "{refusal:?}");
+    let health = tonic_health::pb::health_client::HealthClient::new(cluster.channel(leaving).await);
+    common::wait_until(
+        "the removed node's lock API health",
+        common::CONDITION_WAIT,
+        || {
+            let mut health = health.clone();
+            async move {
+                let answer = health
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: "quorumlock.v1.Lock".to_string(),
+                    })
+                    .await
+                    .map_err(|status| status.to_string())?
+                    .into_inner();
+                match answer.status() {
+                    tonic_health::pb::health_check_response::ServingStatus::NotServing => Ok(()),
+                    other => Err(format!("health is {other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    let (listed, output) = run(&mut member_cli(&["list"], &[cluster.url(leaving)])).await;
+    assert!(!listed && output.contains("was removed"), "{output}");
+    let (readded, output) = run(&mut member_cli(
+        &[
+            "add",
+            "--id",
+            &leaving_id.to_string(),
+            "--addr",
+            &cluster.addr(leaving).to_string(),
+        ],
+        &[cluster.url(leader)],
+    ))
+    .await;
+    assert!(!readded && output.contains("never reused"), "{output}");
+    let serving = cluster.client(leader).await;
+    let opened = common::retry_unavailable("OpenSession", || common::open_session(&serving, TTL_MS))
+        .await
+        .unwrap();
+    acquire_granted(&serving, common::Key::of(&opened), LOCK, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_leader_hands_the_cluster_to_the_remaining_voters_with_its_locks() {
+    let cluster = Cluster::start("raft", 3).await;
+    let holder_key = cluster.open_session_key(TTL_MS).await;
+    let client = cluster.leader_client().await;
+    let token = acquire_granted(&client, holder_key, LOCK, 0).await;
+    let leader = cluster.wait_for_leader().await;
+    let leader_id = cluster.node_id(leader);
+
+    let (removed, output) = run(&mut member_cli(
+        &["remove", "--id", &leader_id.to_string()],
+        &cluster.urls(),
+    ))
+    .await;
+    assert!(removed, "removing the leader failed: {output}");
+    let mut voters = ids_with_role(&output, "voter");
+    voters.sort_unstable();
+    let mut expected: Vec<u64> = (0..3)
+        .filter(|index| *index != leader)
+        .map(|index| cluster.node_id(index))
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(voters, expected, "{output}");
+
+    // The old leader refuses the API, naming its removal; the other two
+    // elect a leader among themselves that still knows the holder.
+    let old = cluster.client(leader).await;
+    common::wait_until("the old leader to refuse", common::CONDITION_WAIT, || async {
+        match common::describe(&old, LOCK).await {
+            Err(status) if status.message().contains("was removed") => Ok(()),
+            other => Err(format!("Describe answered {other:?}")),
+        }
+    })
+    .await;
+    let remaining: Vec<usize> = (0..3).filter(|index| *index != leader).collect();
+    let serving = common::wait_until(
+        "a leader among the remaining voters",
+        common::CONDITION_WAIT,
+        || async {
+            for &index in &remaining {
+                let client = cluster.client(index).await;
+                if let Ok(opened) = common::open_session(&client, TTL_MS).await {
+                    return Ok((client, opened));
+                }
+            }
+            Err("no remaining voter opens a session".to_string())
+        },
+    )
+    .await;
+    let (serving, opened) = serving;
+    assert_held(&serving, LOCK, holder_key.id, token, 0).await;
+    let fresh = acquire_granted(&serving, common::Key::of(&opened), "jobs/other", 0).await;
+    assert!(fresh > token, "token {fresh} after {token}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

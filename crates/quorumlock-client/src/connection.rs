@@ -171,14 +171,14 @@ pub(crate) fn retryable(status: &Status) -> bool {
 }
 
 /// Whether a failed attempt certainly did not take effect: a node that says
-/// it is not the leader, or an overloaded leader, refuses before proposing
-/// anything. Every other failure (no quorum in time, a broken connection,
+/// it is not the leader, an overloaded leader, or a node removed from the
+/// cluster refuses before proposing anything. Every other failure (no quorum in time, a broken connection,
 /// a failed forward, a node stopping) may come after the command was
 /// proposed.
 fn certainly_not_applied(status: &Status) -> bool {
     matches!(
         Refusal::of(status),
-        Some(Refusal::NotLeader { .. } | Refusal::Overloaded { .. })
+        Some(Refusal::NotLeader { .. } | Refusal::Overloaded { .. } | Refusal::NodeRemoved)
     )
 }
 

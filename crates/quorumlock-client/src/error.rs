@@ -110,6 +110,8 @@ pub enum Refusal {
     /// The membership change cannot be made now; the status message says
     /// why (another change in progress, the learner lags, the id is unknown).
     MembershipRefused,
+    /// The node was removed from the cluster; another node serves.
+    NodeRemoved,
     /// A reason this client does not know (a newer server).
     Other(i32),
 }
@@ -151,6 +153,7 @@ impl Refusal {
             Ok(ErrorReason::ForwardingFailed) => Refusal::ForwardingFailed,
             Ok(ErrorReason::Internal) => Refusal::Internal,
             Ok(ErrorReason::MembershipRefused) => Refusal::MembershipRefused,
+            Ok(ErrorReason::NodeRemoved) => Refusal::NodeRemoved,
             Ok(ErrorReason::NotSessionOwner) => Refusal::NotSessionOwner { session },
             Ok(ErrorReason::Unauthenticated) => Refusal::Unauthenticated {
                 session,

@@ -75,12 +75,22 @@ impl Client {
         let config = self.config();
         let started = Instant::now();
         let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
+        let mut removed = std::collections::BTreeSet::new();
         loop {
             let picked = self.pool().current();
             let client = ClusterClient::new(picked.channel.clone());
             let status = match tokio::time::timeout(MEMBERSHIP_CALL_MAX, call(client)).await {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
                 Ok(Err(status)) if retryable(&status) && leader_hint(&status).is_some() => status,
+                Ok(Err(status)) if matches!(Refusal::of(&status), Some(Refusal::NodeRemoved)) => {
+                    // Another endpoint may still be a member; once every
+                    // one says it was removed, there is nobody to ask.
+                    removed.insert(picked.addr.clone());
+                    if removed.len() >= self.pool().len() {
+                        return Err(ClientError::from_status(&picked.addr, &status));
+                    }
+                    status
+                }
                 Ok(Err(status)) if status.code() == Code::Unavailable && Refusal::of(&status).is_none() => {
                     status
                 }

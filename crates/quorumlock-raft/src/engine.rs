@@ -15,6 +15,7 @@ use tonic::service::Routes;
 use super::batcher::{leader_of, Batcher};
 use super::log_store::{LogStore, CF_LOG, CF_META};
 use super::network::PeerNetwork;
+use super::retirement::Retirement;
 use super::service::RaftPeerService;
 use super::state_machine::{StateMachineStore, CF_SNAPSHOT};
 use super::types::{Raft, TypeConfig};
@@ -67,6 +68,8 @@ pub struct RaftEngine {
     storage: parking_lot::Mutex<Option<OpenStorage>>,
     /// Held while a membership change step runs on this node.
     membership_change: tokio::sync::Mutex<()>,
+    /// The ids membership changes removed, as applied here.
+    retirement: Arc<Retirement>,
 }
 
 /// The engine's database and its WAL sync thread (absent when appends sync
@@ -79,16 +82,21 @@ impl RaftEngine {
     /// openraft's voting makes safe). Returns the engine and the routes of its
     /// peer service, to mount on the node's gRPC server.
     pub async fn start(config: EngineConfig, dialer: Dialer) -> anyhow::Result<(Arc<Self>, Routes)> {
+        let retirement = Arc::new(Retirement::new(config.node_id));
         let engine = Self::start_with_network(
             config,
-            PeerNetwork::new(dialer),
+            PeerNetwork::new(dialer, retirement.clone()),
             Arc::new(AppliedState::default()),
             WalSync::Background,
+            retirement,
         )
         .await?;
-        let service = RaftPeerServer::new(RaftPeerService::new(engine.raft.clone()))
-            .max_decoding_message_size(super::network::PEER_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(super::network::PEER_MESSAGE_BYTES_MAX);
+        let service = RaftPeerServer::new(RaftPeerService::new(
+            engine.raft.clone(),
+            engine.retirement.clone(),
+        ))
+        .max_decoding_message_size(super::network::PEER_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(super::network::PEER_MESSAGE_BYTES_MAX);
         Ok((engine, Routes::new(service)))
     }
 
@@ -96,12 +104,14 @@ impl RaftEngine {
     /// to a given (empty) state, whose notices the caller may already watch.
     /// The simulation runs nodes this way over an in-memory network; the
     /// caller delivers peer messages to [`RaftEngine::raft`]; `wal` says
-    /// where log appends are synced.
+    /// where log appends are synced; the state machine keeps the retired
+    /// ids in `retirement`, which the transport may share.
     pub async fn start_with_network<N: RaftNetworkFactory<TypeConfig>>(
         config: EngineConfig,
         network: N,
         state: Arc<AppliedState>,
         wal: WalSync,
+        retirement: Arc<Retirement>,
     ) -> anyhow::Result<Arc<Self>> {
         config.validate()?;
         let (election_min_ms, election_max_ms) =
@@ -127,7 +137,12 @@ impl RaftEngine {
         let commit_index = Arc::new(AtomicU64::new(0));
         let applied_index = Arc::new(AtomicU64::new(0));
         let (log_store, wal_thread) = LogStore::new(db.clone(), commit_index.clone(), wal)?;
-        let state_machine = StateMachineStore::open(db.clone(), state.clone(), applied_index.clone())?;
+        let state_machine = StateMachineStore::open(
+            db.clone(),
+            state.clone(),
+            retirement.clone(),
+            applied_index.clone(),
+        )?;
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
@@ -155,6 +170,18 @@ impl RaftEngine {
             }
         }
 
+        // A removed node takes no further part in the protocol: the members
+        // refuse its votes and appends anyway.
+        let mut removed = retirement.subscribe();
+        let core = raft.clone();
+        tokio::spawn(async move {
+            if removed.wait_for(Option::is_some).await.is_ok() {
+                tracing::info!("stopping the raft core of a node removed from the cluster");
+                if let Err(error) = core.shutdown().await {
+                    tracing::error!(%error, "the raft core of a removed node failed while stopping");
+                }
+            }
+        });
         let (leadership_tx, leadership) = watch::channel(Leadership::default());
         let (failed_tx, failed) = watch::channel(None);
         tokio::spawn(publish_leadership(raft.metrics(), leadership_tx, failed_tx));
@@ -172,6 +199,7 @@ impl RaftEngine {
             barrier_patience: config.election_timeout,
             storage: parking_lot::Mutex::new(Some((db, wal_thread))),
             membership_change: tokio::sync::Mutex::new(()),
+            retirement,
         });
         Ok(engine)
     }
@@ -241,6 +269,8 @@ async fn publish_leadership(
             changed
         });
         if metrics.changed().await.is_err() {
+            // The core stopped: nobody leads as far as this node knows.
+            leadership.send_replace(Leadership::default());
             return;
         }
     }
@@ -335,6 +365,10 @@ impl ConsensusEngine for RaftEngine {
         }
     }
 
+    fn removed(&self) -> Option<String> {
+        self.retirement.removed()
+    }
+
     fn members(&self) -> Vec<MemberState> {
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
@@ -403,6 +437,12 @@ impl ConsensusEngine for RaftEngine {
             MembershipChange::AddLearner { id, addr } => {
                 if is_member(&id) {
                     return refused(format!("node {id} is already a member"));
+                }
+                if self.retirement.is_retired(id) {
+                    return refused(format!(
+                        "node {id} was removed from this cluster and a removed id is never reused; \
+                         give the new node a new id"
+                    ));
                 }
                 tracing::info!(node = %id, %addr, "adding a learner");
                 Box::pin(self.raft.add_learner(id, BasicNode { addr }, false))

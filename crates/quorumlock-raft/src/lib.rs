@@ -5,6 +5,7 @@ pub mod batcher;
 pub mod engine;
 pub mod log_store;
 pub mod network;
+pub mod retirement;
 pub mod service;
 pub mod state_machine;
 pub mod types;

@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
+use super::retirement::{Retirement, RETIRED_METADATA};
 use super::types::TypeConfig;
 use quorumlock_core::consensus::NodeId;
 use quorumlock_proto::raft::raft_peer_client::RaftPeerClient;
@@ -42,19 +43,22 @@ pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// channel each time would need a new TCP and HTTP/2 handshake inside a
 /// heartbeat interval, which a loaded machine misses; tonic channels
 /// multiplex and reconnect by themselves, so one per peer serves every call.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct PeerNetwork {
     channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
     dialer: Dialer,
+    retirement: Arc<Retirement>,
 }
 
 impl PeerNetwork {
     /// Dials peers with `dialer`: over TLS, a peer's certificate must name
-    /// it ([`quorumlock_tls::node_name`]).
-    pub fn new(dialer: Dialer) -> PeerNetwork {
+    /// it ([`quorumlock_tls::node_name`]). A peer's refusal of this node as
+    /// retired is told to `retirement`.
+    pub fn new(dialer: Dialer, retirement: Arc<Retirement>) -> PeerNetwork {
         PeerNetwork {
             channels: Arc::default(),
             dialer,
+            retirement,
         }
     }
 
@@ -87,7 +91,11 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
                 .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
         });
-        PeerConnection { target, client }
+        PeerConnection {
+            target,
+            client,
+            retirement: self.retirement.clone(),
+        }
     }
 }
 
@@ -95,6 +103,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 pub struct PeerConnection {
     target: NodeId,
     client: Result<RaftPeerClient<Channel>, String>,
+    retirement: Arc<Retirement>,
 }
 
 #[derive(Clone, Copy)]
@@ -145,7 +154,12 @@ impl PeerConnection {
             Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
                 return Err(RPCError::Unreachable(Unreachable::new(&status)));
             }
-            Ok(Err(status)) => return Err(RPCError::Network(NetworkError::new(&status))),
+            Ok(Err(status)) => {
+                if status.metadata().get(RETIRED_METADATA).is_some() {
+                    self.retirement.refused_by(self.target);
+                }
+                return Err(RPCError::Network(NetworkError::new(&status)));
+            }
             Ok(Ok(response)) => response.into_inner(),
         };
         let result: Result<Resp, RaftError<NodeId, E>> =

@@ -5,6 +5,7 @@
 //! the log entries after it, so the in-memory state never needs its own
 //! durability.
 
+use std::collections::BTreeSet;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,8 +16,9 @@ use parking_lot::Mutex;
 use rocksdb::DB;
 use serde::{Deserialize, Serialize};
 
+use super::retirement::Retirement;
 use super::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
-use quorumlock_core::consensus::{AppliedState, CommandResult};
+use quorumlock_core::consensus::{AppliedState, CommandResult, NodeId};
 use quorumlock_core::lock::LockState;
 use quorumlock_storage::{cf, synced};
 
@@ -24,11 +26,26 @@ use quorumlock_storage::{cf, synced};
 pub const CF_SNAPSHOT: &str = "raft_snapshot";
 const KEY_SNAPSHOT: &[u8] = b"current";
 
-/// A snapshot as persisted: openraft's metadata and the lock state's bytes.
+/// A snapshot as persisted: openraft's metadata and the bytes of a
+/// [`SnapshotData`].
 #[derive(Clone, Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
     data: Vec<u8>,
+}
+
+/// What a snapshot carries (and what travels to a follower that installs
+/// it): the lock state and the ids membership changes retired.
+#[derive(Serialize, Deserialize)]
+struct SnapshotData {
+    retired: BTreeSet<NodeId>,
+    state: Vec<u8>,
+}
+
+impl SnapshotData {
+    fn encode(retired: BTreeSet<NodeId>, state: Vec<u8>) -> Result<Vec<u8>, bincode::Error> {
+        bincode::serialize(&SnapshotData { retired, state })
+    }
 }
 
 /// The persisted current snapshot, shared by the state machine and its
@@ -84,7 +101,7 @@ impl SnapshotStore {
 pub fn seed_restored_snapshot(
     db: &DB,
     index: u64,
-    members: &std::collections::BTreeMap<quorumlock_core::consensus::NodeId, String>,
+    members: &std::collections::BTreeMap<NodeId, String>,
     data: Vec<u8>,
 ) -> anyhow::Result<()> {
     for family in [CF_SNAPSHOT, super::log_store::CF_LOG, super::log_store::CF_META] {
@@ -111,7 +128,7 @@ pub fn seed_restored_snapshot(
             last_membership: StoredMembership::new(Some(log_id), membership),
             snapshot_id: format!("restored-{index}"),
         },
-        data,
+        data: SnapshotData::encode(BTreeSet::new(), data)?,
     };
     let bytes = bincode::serialize(&snapshot)?;
     db.put_cf_opt(cf(db, CF_SNAPSHOT), KEY_SNAPSHOT, bytes, &synced())?;
@@ -124,6 +141,7 @@ pub struct StateMachineStore {
     state: Arc<AppliedState>,
     last_applied: Option<LogId>,
     last_membership: StoredMembership,
+    retirement: Arc<Retirement>,
     snapshots: Arc<SnapshotStore>,
     applied_index: Arc<AtomicU64>,
     snapshots_built: u64,
@@ -131,10 +149,12 @@ pub struct StateMachineStore {
 
 impl StateMachineStore {
     /// Opens the state machine over a database with [`CF_SNAPSHOT`],
-    /// restoring the persisted snapshot into `state` if there is one.
+    /// restoring the persisted snapshot into `state` and `retirement` if
+    /// there is one.
     pub fn open(
         db: Arc<DB>,
         state: Arc<AppliedState>,
+        retirement: Arc<Retirement>,
         applied_index: Arc<AtomicU64>,
     ) -> Result<Self, StorageError> {
         let snapshots = Arc::new(SnapshotStore::load(db)?);
@@ -142,6 +162,7 @@ impl StateMachineStore {
             state,
             last_applied: None,
             last_membership: StoredMembership::default(),
+            retirement,
             snapshots,
             applied_index,
             snapshots_built: 0,
@@ -154,8 +175,11 @@ impl StateMachineStore {
 
     fn restore(&mut self, snapshot: &StoredSnapshot) -> Result<(), StorageError> {
         let signature = Some(snapshot.meta.signature());
-        let state = LockState::restore(&snapshot.data)
+        let data: SnapshotData = bincode::deserialize(&snapshot.data)
+            .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
+        let state = LockState::restore(&data.state)
             .map_err(|e| StorageIOError::read_snapshot(signature, &std::io::Error::other(e)))?;
+        self.retirement.restore(data.retired);
         self.state
             .restore(state, snapshot.meta.last_log_id.map_or(0, |log_id| log_id.index));
         self.last_applied = snapshot.meta.last_log_id;
@@ -173,16 +197,21 @@ impl StateMachineStore {
 
 /// Builds a snapshot from state captured when the builder was created.
 pub struct SnapshotBuilder {
-    snapshot: StoredSnapshot,
+    /// The snapshot, or why it could not be encoded.
+    snapshot: Result<StoredSnapshot, bincode::Error>,
     snapshots: Arc<SnapshotStore>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        self.snapshots.save(&self.snapshot)?;
+        let snapshot = match &self.snapshot {
+            Ok(snapshot) => snapshot,
+            Err(error) => return Err(StorageIOError::write_snapshot(None, error).into()),
+        };
+        self.snapshots.save(snapshot)?;
         Ok(Snapshot {
-            meta: self.snapshot.meta.clone(),
-            snapshot: Box::new(Cursor::new(self.snapshot.data.clone())),
+            meta: snapshot.meta.clone(),
+            snapshot: Box::new(Cursor::new(snapshot.data.clone())),
         })
     }
 }
@@ -215,6 +244,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 EntryPayload::Normal(commands) => self.state.apply_entry(index, &commands),
                 EntryPayload::Membership(membership) => {
                     self.state.advance(index);
+                    let dropped: Vec<NodeId> = self
+                        .last_membership
+                        .membership()
+                        .nodes()
+                        .map(|(id, _)| *id)
+                        .filter(|id| membership.get_node(id).is_none())
+                        .collect();
+                    self.retirement.retire(dropped, index);
                     self.last_membership = StoredMembership::new(Some(entry.log_id), membership);
                     Vec::new()
                 }
@@ -232,15 +269,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             Some(log_id) => format!("{}-{}-{}", log_id.leader_id, log_id.index, self.snapshots_built),
             None => format!("empty-{}", self.snapshots_built),
         };
+        let data = SnapshotData::encode(self.retirement.retired(), self.state.snapshot());
         SnapshotBuilder {
-            snapshot: StoredSnapshot {
+            snapshot: data.map(|data| StoredSnapshot {
                 meta: SnapshotMeta {
                     last_log_id: self.last_applied,
                     last_membership: self.last_membership.clone(),
                     snapshot_id,
                 },
-                data: self.state.snapshot(),
-            },
+                data,
+            }),
             snapshots: self.snapshots.clone(),
         }
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use openraft::testing::{StoreBuilder, Suite};
 
 use super::log_store::{LogStore, CF_LOG, CF_META};
+use super::retirement::Retirement;
 use super::state_machine::{StateMachineStore, CF_SNAPSHOT};
 use super::types::{StorageError, TypeConfig};
 use super::wal_sync::WalSync;
@@ -45,7 +46,12 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, CaseGuard> for RocksB
         let (log, sync_thread) = LogStore::new(db.clone(), Arc::new(AtomicU64::new(0)), WalSync::Background)
             .expect("starting the WAL syncer");
         let state = Arc::new(AppliedState::default());
-        let state_machine = StateMachineStore::open(db, state, Arc::new(AtomicU64::new(0)))?;
+        let state_machine = StateMachineStore::open(
+            db,
+            state,
+            Arc::new(Retirement::new(quorumlock_core::consensus::NodeId::new(1))),
+            Arc::new(AtomicU64::new(0)),
+        )?;
         Ok((
             CaseGuard {
                 sync_thread,

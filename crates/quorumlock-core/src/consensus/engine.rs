@@ -38,6 +38,13 @@ pub trait ConsensusEngine: Send + Sync + 'static {
     /// does not back.
     fn failed(&self) -> watch::Receiver<Option<String>>;
 
+    /// `Some(why)` once this node learned that a membership change removed
+    /// it from the cluster: it then serves no API call (UNAVAILABLE, naming
+    /// the removal). Engines whose members are fixed are never removed.
+    fn removed(&self) -> Option<String> {
+        None
+    }
+
     /// Figures for `Cluster/Status`.
     fn status(&self) -> EngineStatus;
 

@@ -26,6 +26,10 @@ pub enum EngineError {
     /// message says why (one is in progress, the learner lags, ...).
     #[error("membership change refused: {0}")]
     MembershipRefused(String),
+    /// This node was removed from the cluster by a membership change; it
+    /// serves nothing more. The message says how it learned so.
+    #[error("{0}")]
+    Removed(String),
     /// This engine does not offer the operation.
     #[error("{0}")]
     Unsupported(String),

@@ -12,7 +12,7 @@ use super::status::from_engine_error;
 use crate::auth::rate::DigestRefused;
 use crate::auth::{Access, Action, DIGESTS_BURST, DIGESTS_PER_SECOND};
 use quorumlock_core::backup::{encode_backup, BackupHeader};
-use quorumlock_core::consensus::{ConsensusEngine, MemberState, MembershipChange, NodeId};
+use quorumlock_core::consensus::{ConsensusEngine, EngineError, MemberState, MembershipChange, NodeId};
 use quorumlock_proto::details::{self, reason};
 use quorumlock_proto::v1::{self as pb, ErrorReason};
 
@@ -49,6 +49,7 @@ impl ClusterService {
     ) -> Result<(Vec<u8>, OwnedSemaphorePermit), Status> {
         let caller = self.access.caller(request)?;
         self.access.allow(&caller, Action::Admin("snapshot save"))?;
+        self.not_removed()?;
         let permit = self.saves.clone().try_acquire_owned().map_err(|_| {
             details::status(
                 Code::ResourceExhausted,
@@ -135,6 +136,15 @@ fn requested_id(id: u64) -> Result<NodeId, Status> {
 }
 
 impl ClusterService {
+    /// UNAVAILABLE on a node removed from the cluster: its view of the
+    /// members and its state are no longer the cluster's.
+    fn not_removed(&self) -> Result<(), Status> {
+        match self.engine.removed() {
+            Some(why) => Err(from_engine_error(EngineError::Removed(why))),
+            None => Ok(()),
+        }
+    }
+
     /// Runs one membership change for an admin and reports the result.
     async fn change(
         &self,
@@ -143,6 +153,7 @@ impl ClusterService {
         change: MembershipChange,
     ) -> Result<Response<pb::MembershipChangeResponse>, Status> {
         self.access.allow(&caller?, Action::Admin(what))?;
+        self.not_removed()?;
         tracing::info!(?change, "membership change asked for");
         self.engine
             .change_membership(change)
@@ -169,6 +180,7 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
         let caller = self.access.caller(&request)?;
         self.access.allow(&caller, Action::Admin("member list"))?;
+        self.not_removed()?;
         let status = self.engine.status();
         let from_leader = status.leadership.is_self;
         if let (false, Some(leader)) = (from_leader, &status.leadership.leader) {

@@ -20,7 +20,7 @@ use super::status::{
 };
 use crate::auth::{Access, Action, Caller};
 use crate::lease_driver::LeaseDriver;
-use quorumlock_core::consensus::{ConsensusEngine, GrantWatch, StateNotice};
+use quorumlock_core::consensus::{ConsensusEngine, EngineError, GrantWatch, StateNotice};
 use quorumlock_core::lease::RenewError;
 use quorumlock_core::lock::limits::{
     KEY_BYTES_MAX, LOCK_NAME_BYTES_MAX, SESSION_TTL_MS_MAX, VALUE_BYTES_MAX,
@@ -68,7 +68,7 @@ async fn stopped(mut stopping: watch::Receiver<bool>) {
 
 /// UNAVAILABLE for a stream or a wait cut short because the node stops.
 fn node_stopping() -> Status {
-    from_engine_error(quorumlock_core::consensus::EngineError::ShuttingDown)
+    from_engine_error(EngineError::ShuttingDown)
 }
 
 enum Route {
@@ -114,6 +114,9 @@ impl LockService {
     }
 
     fn route<T>(&self, request: &Request<T>) -> Result<Route, Status> {
+        if let Some(why) = self.engine.removed() {
+            return Err(from_engine_error(EngineError::Removed(why)));
+        }
         let view = self.engine.leadership().borrow().clone();
         if view.is_self {
             return Ok(Route::Local);

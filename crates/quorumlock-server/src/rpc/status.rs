@@ -112,6 +112,11 @@ pub fn from_engine_error(error: EngineError) -> Status {
             reason(ErrorReason::MembershipRefused),
         ),
         EngineError::Unsupported(why) => Status::unimplemented(why),
+        EngineError::Removed(why) => details::status(
+            Code::Unavailable,
+            format!("{why}; use another node"),
+            reason(ErrorReason::NodeRemoved),
+        ),
         EngineError::Fatal(why) => details::status(
             Code::Internal,
             format!("node failed: {why}"),

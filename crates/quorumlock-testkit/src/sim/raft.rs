@@ -403,6 +403,7 @@ impl RaftSim {
                 self.hub.factory(id),
                 state.clone(),
                 WalSync::Inline,
+                Arc::new(quorumlock_raft::retirement::Retirement::new(id)),
             )
             .await
             {
