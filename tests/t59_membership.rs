@@ -52,6 +52,29 @@ fn ids_with_role(listing: &str, role: &str) -> Vec<u64> {
         .collect()
 }
 
+/// Starts node `id` with `serve --join join` and an empty data directory
+/// under `dir`; returns the process and its address.
+fn serve_joining(id: u64, dir: &std::path::Path, join: &str) -> (tokio::process::Child, String) {
+    let port = quorumlock_testkit::cluster::free_ports(1).unwrap()[0];
+    let addr = format!("127.0.0.1:{port}");
+    let log = std::fs::File::create(dir.join(format!("node-{id}.log"))).unwrap();
+    let child = Command::new(exe())
+        .args(["serve", "--id", &id.to_string(), "--listen", &addr])
+        .args(["--join", join])
+        .arg("--data-dir")
+        .arg(dir.join(format!("node-{id}")))
+        .args(["--engine", "raft"])
+        .args(["--heartbeat-ms", &HEARTBEAT_MS.to_string()])
+        .args(["--election-timeout-ms", &ELECTION_TIMEOUT_MS.to_string()])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    (child, addr)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_raft_node_is_replaced_by_a_new_one_and_the_cluster_survives_one_more_loss() {
     let cluster = Cluster::start("raft", 3).await;
@@ -69,24 +92,7 @@ async fn a_dead_raft_node_is_replaced_by_a_new_one_and_the_cluster_survives_one_
 
     // Node 4 joins with an empty data directory.
     let dir = tempfile::tempdir().unwrap();
-    let port = quorumlock_testkit::cluster::free_ports(1).unwrap()[0];
-    let addr = format!("127.0.0.1:{port}");
-    let log = std::fs::File::create(dir.path().join("node-4.log")).unwrap();
-    let mut node4 = Command::new(exe())
-        .args(["serve", "--id", "4", "--listen", &addr])
-        .arg("--join")
-        .arg(cluster.addr(0).to_string())
-        .arg("--data-dir")
-        .arg(dir.path().join("node-4"))
-        .args(["--engine", "raft"])
-        .args(["--heartbeat-ms", &HEARTBEAT_MS.to_string()])
-        .args(["--election-timeout-ms", &ELECTION_TIMEOUT_MS.to_string()])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let (mut node4, addr) = serve_joining(4, dir.path(), &cluster.addr(0).to_string());
     let survivors = vec![cluster.url(0), cluster.url(1)];
 
     let (added, output) = run(&mut member_cli(
@@ -349,6 +355,179 @@ async fn removing_the_leader_hands_the_cluster_to_the_remaining_voters_with_its_
     assert_held(&serving, LOCK, holder_key.id, token, 0).await;
     let fresh = acquire_granted(&serving, common::Key::of(&opened), "jobs/other", 0).await;
     assert!(fresh > token, "token {fresh} after {token}");
+}
+
+/// What the workers of the grow-and-shrink test saw.
+#[derive(Default)]
+struct Observed {
+    /// Every token granted, by lock.
+    grants: std::collections::BTreeMap<String, Vec<u64>>,
+    /// Rounds in which the holder's fenced write and the read after it
+    /// both answered.
+    checked_rounds: u64,
+    /// Calls that failed in passing (a leader change, a removed node).
+    transient_errors: u64,
+}
+
+/// One worker: take a lock, write under it, read the write back, release,
+/// until `stop`; every read must show this holder's own write.
+async fn lock_worker(
+    endpoints: Vec<String>,
+    worker: usize,
+    stop: tokio::sync::watch::Receiver<bool>,
+    observed: std::sync::Arc<parking_lot::Mutex<Observed>>,
+) {
+    let client = Client::connect(endpoints).await.unwrap();
+    let session = client.session(Duration::from_millis(TTL_MS)).await.unwrap();
+    let mut round = 0usize;
+    while !*stop.borrow() {
+        round += 1;
+        let lock = format!("grow/{}", (worker + round) % 2);
+        let guard = match session.lock_timeout(&lock, Duration::from_secs(5)).await {
+            Ok(Some(guard)) => guard,
+            Ok(None) | Err(_) => {
+                observed.lock().transient_errors += 1;
+                continue;
+            }
+        };
+        let token = guard.token().get();
+        observed
+            .lock()
+            .grants
+            .entry(lock.clone())
+            .or_default()
+            .push(token);
+        let key = format!("{lock}/value");
+        let written = client.put(&key, token.to_string(), &guard).await;
+        let read = client.get(&key).await;
+        match (written, read) {
+            (Ok(()), Ok(Some(entry))) => {
+                assert_eq!(
+                    (entry.value, entry.written_by.token.get()),
+                    (token.to_string().into_bytes(), token),
+                    "the holder of {lock} with token {token} read another write"
+                );
+                observed.lock().checked_rounds += 1;
+            }
+            (written, read) => {
+                assert!(
+                    !matches!(read, Ok(None)),
+                    "{lock}'s value vanished (write: {written:?})"
+                );
+                observed.lock().transient_errors += 1;
+            }
+        }
+        if guard.release().await.is_err() {
+            observed.lock().transient_errors += 1;
+        }
+    }
+    assert!(
+        session.lost_reason().is_none(),
+        "worker {worker} lost its session"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_grows_to_five_and_shrinks_to_three_without_the_leader_under_lock_traffic() {
+    let cluster = Cluster::start("raft", 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let join = cluster.addr(0).to_string();
+    let (_node4, addr4) = serve_joining(4, dir.path(), &join);
+    let (_node5, addr5) = serve_joining(5, dir.path(), &join);
+    let mut endpoints = cluster.urls();
+    endpoints.extend([format!("http://{addr4}"), format!("http://{addr5}")]);
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let observed = std::sync::Arc::new(parking_lot::Mutex::new(Observed::default()));
+    let workers: Vec<_> = (0..3)
+        .map(|worker| {
+            tokio::spawn(lock_worker(
+                endpoints.clone(),
+                worker,
+                stopped.clone(),
+                observed.clone(),
+            ))
+        })
+        .collect();
+    let rounds_at_least = |floor: u64| {
+        let observed = observed.clone();
+        async move {
+            common::wait_until("the workers to make progress", common::CONDITION_WAIT, || {
+                let rounds = observed.lock().checked_rounds;
+                async move {
+                    match rounds >= floor {
+                        true => Ok(()),
+                        false => Err(format!("{rounds} rounds")),
+                    }
+                }
+            })
+            .await
+        }
+    };
+    rounds_at_least(10).await;
+
+    let admin = Client::connect(endpoints.clone()).await.unwrap();
+    for (id, addr) in [(4, &addr4), (5, &addr5)] {
+        admin.add_member(id, addr).await.unwrap();
+        common::wait_until("the learner to catch up", common::CONDITION_WAIT, || async {
+            let listed = admin.list_members().await.map_err(|error| error.to_string())?;
+            match listed.members.iter().find(|member| member.id == id) {
+                Some(member) if member.matched_index > 0 && member.lag <= 1_000 => Ok(()),
+                other => Err(format!("node {id} is {other:?}")),
+            }
+        })
+        .await;
+        admin.promote_member(id).await.unwrap();
+        let done = observed.lock().checked_rounds;
+        rounds_at_least(done + 5).await;
+    }
+    let voters = |members: &[quorumlock_proto::v1::MemberStatus]| {
+        let mut ids: Vec<u64> = members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+        ids.sort_unstable();
+        ids
+    };
+    assert_eq!(
+        voters(&admin.list_members().await.unwrap().members),
+        vec![1, 2, 3, 4, 5]
+    );
+
+    // Shrink: the leader first, then another of the first three.
+    let leader_id = cluster.node_id(cluster.wait_for_leader().await);
+    let other_id = [1, 2, 3].into_iter().find(|id| *id != leader_id).unwrap();
+    for id in [leader_id, other_id] {
+        admin.remove_member(id).await.unwrap();
+        let done = observed.lock().checked_rounds;
+        rounds_at_least(done + 5).await;
+    }
+    let kept = [1, 2, 3]
+        .into_iter()
+        .find(|id| *id != leader_id && *id != other_id)
+        .unwrap();
+    let mut expected = vec![kept, 4, 5];
+    expected.sort_unstable();
+    assert_eq!(voters(&admin.list_members().await.unwrap().members), expected);
+
+    stop.send_replace(true);
+    for worker in workers {
+        worker.await.expect("a worker failed");
+    }
+    let observed = observed.lock();
+    for (lock, tokens) in &observed.grants {
+        let mut sorted = tokens.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(
+            sorted.len(),
+            tokens.len(),
+            "a token of {lock} was granted twice: {tokens:?}"
+        );
+    }
+    eprintln!(
+        "{} checked rounds, {} transient errors, grants {:?}",
+        observed.checked_rounds,
+        observed.transient_errors,
+        observed.grants.values().map(Vec::len).collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -433,6 +433,10 @@ impl ConsensusEngine for RaftEngine {
                     + 'a,
             >,
         >;
+        let removing = match change {
+            MembershipChange::Remove { id } => Some(id),
+            _ => None,
+        };
         let proposed: Proposed<'_> = match change {
             MembershipChange::AddLearner { id, addr } => {
                 if is_member(&id) {
@@ -518,6 +522,13 @@ impl ConsensusEngine for RaftEngine {
             }
             Ok(Err(RaftError::APIError(openraft::error::ClientWriteError::ChangeMembershipError(error)))) => {
                 Err(EngineError::MembershipRefused(error.to_string()))
+            }
+            // A leader that removed itself stops its core as soon as it
+            // applies the configuration without it, which may be before
+            // openraft answers: the id being retired says the removal was
+            // committed.
+            Ok(Err(RaftError::Fatal(_))) if removing.is_some_and(|id| self.retirement.is_retired(id)) => {
+                Ok(())
             }
             Ok(Err(RaftError::Fatal(error))) => Err(fatal(error)),
         }
