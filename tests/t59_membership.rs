@@ -357,6 +357,101 @@ async fn removing_the_leader_hands_the_cluster_to_the_remaining_voters_with_its_
     assert!(fresh > token, "token {fresh} after {token}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_interrupted_by_the_leaders_crash_is_completed_and_a_later_change_works() {
+    let cluster = Cluster::start("raft", 3).await;
+    let holder_key = cluster.open_session_key(TTL_MS).await;
+    let client = cluster.leader_client().await;
+    let token = acquire_granted(&client, holder_key, LOCK, 0).await;
+    let mut holder = KeepAlive::spawn(cluster.urls(), holder_key, TTL_MS);
+    let leader = cluster.wait_for_leader().await;
+    let followers: Vec<usize> = (0..3).filter(|index| *index != leader).collect();
+    let (leaving, witness) = (followers[0], followers[1]);
+    let urls = cluster.urls();
+
+    // With the witness down, removing a follower stops in its joint
+    // configuration (the new voters, leader and witness, lack a quorum).
+    cluster.kill(witness);
+    let admin = Client::connect(urls.clone()).await.unwrap();
+    let leaving_id = cluster.node_id(leaving);
+    let removal = tokio::spawn({
+        let admin = admin.clone();
+        async move { admin.remove_member(leaving_id).await }
+    });
+    common::wait_until("the joint configuration", common::CONDITION_WAIT, || async {
+        let listed = admin.list_members().await.map_err(|error| error.to_string())?;
+        match listed.joint {
+            true => Ok(()),
+            false => Err(format!("not joint yet: {listed:?}")),
+        }
+    })
+    .await;
+    let (listed, output) = run(&mut member_cli(&["list"], &urls)).await;
+    assert!(listed && output.contains("between its steps"), "{output}");
+
+    // The leader crashes between the steps; everyone comes back.
+    cluster.kill(leader);
+    removal.abort();
+    cluster.start_node(witness);
+    cluster.start_node(leader);
+
+    // Whoever leads now completes the change: the leaving node is retired.
+    let expected = {
+        let mut ids = vec![cluster.node_id(leader), cluster.node_id(witness)];
+        ids.sort_unstable();
+        ids
+    };
+    common::wait_until(
+        "the interrupted change to complete",
+        common::CONDITION_WAIT,
+        || async {
+            let listed = admin.list_members().await.map_err(|error| error.to_string())?;
+            let mut voters: Vec<u64> = listed.members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+            voters.sort_unstable();
+            match (listed.joint, voters == expected) {
+                (false, true) => Ok(()),
+                _ => Err(format!("members are {listed:?}")),
+            }
+        },
+    )
+    .await;
+
+    assert!(
+        (0..3).any(|index| cluster
+            .log(index)
+            .contains("completed the interrupted membership change")),
+        "no node says it completed the change: {}",
+        cluster.log_tails()
+    );
+
+    // A later change works, and the lock is still held with its token.
+    let silent = quorumlock_testkit::cluster::free_ports(1).unwrap()[0];
+    admin
+        .add_member(7, &format!("127.0.0.1:{silent}"))
+        .await
+        .expect("a change after the completed one");
+    admin.remove_member(7).await.expect("removing the learner again");
+    let serving = [leader, witness]
+        .into_iter()
+        .map(|index| cluster.url(index))
+        .collect::<Vec<_>>();
+    holder.stop().await;
+    holder = KeepAlive::spawn(serving.clone(), holder_key, TTL_MS);
+    let client = common::wait_until("a node that answers Describe", common::CONDITION_WAIT, || async {
+        for url in &serving {
+            let Ok(channel) = connect(url).await else { continue };
+            let client = LockClient::new(channel);
+            if common::describe(&client, LOCK).await.is_ok() {
+                return Ok(client);
+            }
+        }
+        Err("no remaining voter answers Describe".to_string())
+    })
+    .await;
+    assert_held(&client, LOCK, holder_key.id, token, 0).await;
+    holder.stop().await;
+}
+
 /// What the workers of the grow-and-shrink test saw.
 #[derive(Default)]
 struct Observed {

@@ -64,6 +64,9 @@ pub async fn member(args: MemberArgs) -> anyhow::Result<i32> {
             let client = args.cluster.connect().await?;
             let listed = client.list_members().await?;
             print_members(&listed.members, listed.from_leader);
+            if listed.joint {
+                println!("(a change is between its steps: old and new voters must both agree until the leader completes it)");
+            }
         }
         MemberCommand::Add(args) => {
             let client = args.cluster.connect().await?;

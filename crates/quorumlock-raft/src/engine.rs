@@ -67,7 +67,7 @@ pub struct RaftEngine {
     /// [`ConsensusEngine::shutdown`].
     storage: parking_lot::Mutex<Option<OpenStorage>>,
     /// Held while a membership change step runs on this node.
-    membership_change: tokio::sync::Mutex<()>,
+    membership_change: Arc<tokio::sync::Mutex<()>>,
     /// The ids membership changes removed, as applied here.
     retirement: Arc<Retirement>,
 }
@@ -198,9 +198,14 @@ impl RaftEngine {
             barrier_retry_pause: config.heartbeat,
             barrier_patience: config.election_timeout,
             storage: parking_lot::Mutex::new(Some((db, wal_thread))),
-            membership_change: tokio::sync::Mutex::new(()),
+            membership_change: Arc::new(tokio::sync::Mutex::new(())),
             retirement,
         });
+        tokio::spawn(finish_interrupted_changes(
+            raft.clone(),
+            engine.membership_change.clone(),
+            config.election_timeout,
+        ));
         Ok(engine)
     }
 
@@ -244,6 +249,44 @@ pub fn openraft_election_timeouts(heartbeat: Duration, t: Duration) -> (u64, u64
 /// Mirrors openraft's metrics into the engine-neutral leadership view, and
 /// reports the core's end when it was not asked to stop (a storage failure):
 /// openraft's core then quits while the process would stay up for good.
+/// Completes a membership change that a crash or a lost leadership left in
+/// its joint configuration: whenever this node leads a joint configuration
+/// and runs no change itself, it proposes the joint's new voters (openraft
+/// then commits the uniform configuration). Tried at most once per
+/// `pause`, since a quorum of the new voters may be down for a while.
+async fn finish_interrupted_changes(raft: Raft, changing: Arc<tokio::sync::Mutex<()>>, pause: Duration) {
+    let mut metrics = raft.metrics();
+    loop {
+        let target = {
+            let metrics = metrics.borrow_and_update();
+            let joint = metrics.membership_config.membership().get_joint_config();
+            match (metrics.state == ServerState::Leader, joint.len() > 1) {
+                (true, true) => joint.last().cloned(),
+                _ => None,
+            }
+        };
+        if let Some(voters) = target {
+            if let Ok(_one_at_a_time) = changing.try_lock() {
+                tracing::info!(?voters, "completing an interrupted membership change");
+                let change = raft.change_membership(openraft::ChangeMembers::ReplaceAllVoters(voters), false);
+                match tokio::time::timeout(MEMBERSHIP_CHANGE_WAIT_MAX, change).await {
+                    Ok(Ok(_)) => tracing::info!("completed the interrupted membership change"),
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "could not complete the interrupted membership change yet")
+                    }
+                    Err(_) => {
+                        tracing::warn!("the interrupted membership change did not complete in time; retrying")
+                    }
+                }
+            }
+            tokio::time::sleep(pause).await;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 async fn publish_leadership(
     mut metrics: watch::Receiver<RaftMetrics<NodeId, BasicNode>>,
     leadership: watch::Sender<Leadership>,
@@ -365,6 +408,17 @@ impl ConsensusEngine for RaftEngine {
         }
     }
 
+    fn membership_in_transition(&self) -> bool {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_joint_config()
+            .len()
+            > 1
+    }
+
     fn removed(&self) -> Option<String> {
         self.retirement.removed()
     }
@@ -415,7 +469,8 @@ impl ConsensusEngine for RaftEngine {
         let membership = metrics.membership_config.membership().clone();
         if membership.get_joint_config().len() > 1 {
             return Err(EngineError::MembershipRefused(
-                "the cluster is in a joint configuration; the change in progress must finish first"
+                "the cluster is in a joint configuration left by an interrupted change, which the leader is \
+                 completing; retry once `member list` shows no joint configuration"
                     .to_string(),
             ));
         }

@@ -63,6 +63,12 @@ pub trait ConsensusEngine: Send + Sync + 'static {
             .collect()
     }
 
+    /// Whether a membership change is between its steps (a joint
+    /// configuration is in effect).
+    fn membership_in_transition(&self) -> bool {
+        false
+    }
+
     /// Runs one membership change step on the leader and returns once the
     /// new configuration is committed. Only a leader can serve it; a step
     /// that cannot run now is refused with [`EngineError::MembershipRefused`]

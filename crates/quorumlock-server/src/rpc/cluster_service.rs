@@ -200,6 +200,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             members: member_statuses(members, last_log_index),
             from_leader,
             last_log_index,
+            joint: self.engine.membership_in_transition(),
         }))
     }
 
