@@ -222,6 +222,11 @@ impl RaftEngine {
         crate::state_machine::seed_restored_snapshot(&db, index, members, data)
     }
 
+    /// Whether this node applied a membership change that removed `id`.
+    pub fn is_retired(&self, id: NodeId) -> bool {
+        self.retirement.is_retired(id)
+    }
+
     /// The openraft node, to which a transport delivers peer messages.
     pub fn raft(&self) -> &Raft {
         &self.raft

@@ -14,7 +14,11 @@
 //!   exactly.
 //! - [`raft`] runs openraft nodes with their RocksDB stores in one paused
 //!   tokio runtime over [`network`]; openraft draws its own election
-//!   timeouts, so a seed replays the same faults but not bit-exactly.
+//!   timeouts, so a seed replays the same faults but not bit-exactly. Half
+//!   the raft seeds also change membership while the faults go on: a spare
+//!   node joins as a learner, is promoted through a joint configuration,
+//!   and one of the first members (the leader as likely as any) is removed
+//!   and stopped for good; the checks then cover the members that remain.
 //!
 //! Environment:
 //! - `QUORUMLOCK_WSIM_PAXOS_SEEDS=N`, `QUORUMLOCK_WSIM_RAFT_SEEDS=N`: seeds

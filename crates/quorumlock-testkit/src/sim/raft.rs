@@ -30,7 +30,8 @@ use super::network::{Hub, NetworkFaults};
 use super::workload::{key_of, lock_name, Client, ANSWER_MS_MAX, LOCKS, TTL_MS_MAX};
 use super::{fingerprint, RunSummary, Violation};
 use quorumlock_core::consensus::{
-    AppliedState, CommandResult, ConsensusEngine, EngineConfig, EngineError, NodeId, StateNotice,
+    AppliedState, CommandResult, ConsensusEngine, EngineConfig, EngineError, MembershipChange, NodeId,
+    StateNotice,
 };
 use quorumlock_core::lease::RenewError;
 use quorumlock_core::lock::{Command, Event, LockState, Outcome};
@@ -67,8 +68,43 @@ const JUMP_BACKWARD_MS_MAX: i64 = 1_000;
 /// Attempts to reopen a node's RocksDB while its last instance closes.
 const REOPEN_ATTEMPTS_MAX: u32 = 100;
 
+/// Where a node stands in the cluster's membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// A member: it runs unless crashed.
+    Member,
+    /// A spare that joins when the membership script adds it; not started.
+    Spare,
+    /// Removed by a membership change: stopped for good, as an operator
+    /// would, and left out of the final checks.
+    Retired,
+}
+
+/// The membership script of a run: add the spare as a learner, promote it
+/// once caught up, then remove one of the first members (the leader, as
+/// likely as any), all while the faults go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Script {
+    /// Not yet: starts at `at_ms`.
+    Waiting { at_ms: u64 },
+    /// A step is proposed on a leader and its answer awaited.
+    Running(Step),
+    /// The next step is tried at `at_ms` (after a refusal or a failure).
+    Retry { step: Step, at_ms: u64 },
+    /// Every step committed (or the run has no script).
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Add,
+    Promote,
+    Remove(NodeId),
+}
+
 struct Node {
     id: NodeId,
+    standing: Standing,
     dir: PathBuf,
     engine: Option<Arc<RaftEngine>>,
     leases: Option<Arc<LeaseDriver>>,
@@ -111,6 +147,14 @@ pub struct RaftSim {
     answers_tx: mpsc::UnboundedSender<Answer>,
     answers: mpsc::UnboundedReceiver<Answer>,
     next_sample_ms: u64,
+    script: Script,
+    /// Draws the script's choices apart from `rng`, so a run with a script
+    /// draws the same faults as one without.
+    script_rng: StdRng,
+    script_answer: Option<tokio::task::JoinHandle<Result<(), EngineError>>>,
+    membership_changes: u64,
+    /// How many nodes the cluster started with (ids 1 to this).
+    first_size: usize,
 }
 
 /// Where the nodes' RocksDB directories go: memory if the machine has a
@@ -155,9 +199,22 @@ impl RaftSim {
         hub.set_faults(network.clone());
         let start = tokio::time::Instant::now();
         let dir = scratch_dir();
-        let nodes = (1..=size)
+        let mut script_rng = StdRng::seed_from_u64(seed ^ 0x4d45_4d42);
+        let scripted = script_rng.gen_bool(0.5);
+        let script = match scripted {
+            true => Script::Waiting {
+                at_ms: script_rng.gen_range(200..FAULT_MS / 2),
+            },
+            false => Script::Done,
+        };
+        let nodes = (1..=size + u64::from(scripted))
             .map(|id| Node {
                 id: NodeId::new(id),
+                standing: if id <= size {
+                    Standing::Member
+                } else {
+                    Standing::Spare
+                },
                 dir: dir.path().join(format!("node-{id}")),
                 engine: None,
                 leases: None,
@@ -196,6 +253,11 @@ impl RaftSim {
             answers_tx,
             answers,
             next_sample_ms: 0,
+            script,
+            script_rng,
+            script_answer: None,
+            membership_changes: 0,
+            first_size: size as usize,
         }
     }
 
@@ -220,7 +282,9 @@ impl RaftSim {
     /// RocksDB, and the final checks.
     pub async fn run(&mut self) -> Result<RunSummary, Violation> {
         for i in 0..self.nodes.len() {
-            self.start_node(i).await?;
+            if self.nodes[i].standing == Standing::Member {
+                self.start_node(i).await?;
+            }
         }
         let result = self.phases().await;
         for i in 0..self.nodes.len() {
@@ -235,6 +299,18 @@ impl RaftSim {
             self.advance().await?;
         }
         self.heal().await?;
+        let script_deadline = self.now_ms() + LIVENESS_MS_MAX;
+        while self.script != Script::Done {
+            if self.now_ms() >= script_deadline {
+                return Err(format!(
+                    "liveness: the membership script is still at {:?} {LIVENESS_MS_MAX} ms after healing \
+                     (leaders: {:?})",
+                    self.script,
+                    self.leaders()
+                ));
+            }
+            self.advance().await?;
+        }
 
         let healed_at = self.now_ms();
         let acked_at_heal = self.checker.lock().acked_writes();
@@ -267,14 +343,16 @@ impl RaftSim {
             self.stop_node(i).await;
         }
         for i in 0..self.nodes.len() {
-            self.start_node(i).await?;
+            if self.nodes[i].standing == Standing::Member {
+                self.start_node(i).await?;
+            }
         }
         let index = self.converge("after every node restarted", index).await?;
 
         let mut checker = self.checker.lock();
         checker.check_realtime_fencing();
-        for node in &self.nodes {
-            let engine = node.engine.as_ref().expect("every node is up");
+        for node in self.nodes.iter().filter(|node| node.standing == Standing::Member) {
+            let engine = node.engine.as_ref().expect("every member is up");
             let state = engine.state().read(LockState::clone);
             checker.check_durability(node.id, &state);
             if let Err(broken) = state.check_invariants() {
@@ -284,7 +362,14 @@ impl RaftSim {
         if let Some(violation) = checker.first_violation() {
             return Err(violation.clone());
         }
-        let final_state = self.nodes[0].engine.as_ref().expect("up").state().snapshot();
+        let final_state = self
+            .nodes
+            .iter()
+            .find_map(|node| node.engine.as_ref())
+            .expect("a member is up")
+            .state()
+            .snapshot();
+        self.log(|| format!("membership: {} changes committed", self.membership_changes));
         Ok(RunSummary {
             steps: self.now_ms(),
             slots: index,
@@ -308,6 +393,7 @@ impl RaftSim {
             let applied: Vec<Option<u64>> = self
                 .nodes
                 .iter()
+                .filter(|node| node.standing == Standing::Member)
                 .map(|node| node.engine.as_ref().map(|engine| engine.status().applied_index))
                 .collect();
             let agreed = applied
@@ -361,7 +447,7 @@ impl RaftSim {
         self.hub.set_faults(self.network.clone());
         for i in 0..self.nodes.len() {
             self.nodes[i].clock.heal();
-            if self.nodes[i].engine.is_none() {
+            if self.nodes[i].engine.is_none() && self.nodes[i].standing == Standing::Member {
                 self.start_node(i).await?;
             }
         }
@@ -377,15 +463,21 @@ impl RaftSim {
     async fn start_node(&mut self, i: usize) -> Result<(), Violation> {
         let id = self.nodes[i].id;
         self.log(|| format!("start node {id}"));
-        let members = self
-            .nodes
-            .iter()
+        // The first members initialize the cluster; the spare joins it.
+        let first = self.nodes.iter();
+        let joining = i >= self.first_size;
+        // A joining node names only itself, as `serve --join` does.
+        let members = first
+            .filter(|node| match joining {
+                true => node.id == id,
+                false => node.id.get() as usize <= self.first_size,
+            })
             .map(|node| (node.id, format!("sim-{}", node.id)))
             .collect();
         let config = EngineConfig {
             node_id: id,
             members,
-            join: false,
+            join: joining,
             data_dir: self.nodes[i].dir.clone(),
             heartbeat: Duration::from_millis(HEARTBEAT_MS),
             election_timeout: Duration::from_millis(ELECTION_MS),
@@ -513,10 +605,14 @@ impl RaftSim {
         tokio::time::sleep(Duration::from_millis(DRIVER_STEP_MS)).await;
         let now = self.now_ms();
         for i in 0..self.nodes.len() {
-            if self.nodes[i].engine.is_none() && now >= self.nodes[i].restart_at_ms {
+            if self.nodes[i].engine.is_none()
+                && self.nodes[i].standing == Standing::Member
+                && now >= self.nodes[i].restart_at_ms
+            {
                 self.start_node(i).await?;
             }
         }
+        self.run_script().await?;
         while let Ok((client, serial, node, result)) = self.answers.try_recv() {
             self.answered(client, serial, node, result);
         }
@@ -583,7 +679,145 @@ impl RaftSim {
     }
 
     fn random_node(&mut self) -> Option<NodeId> {
-        Some(NodeId::new(self.rng.gen_range(1..=self.nodes.len() as u64)))
+        Some(NodeId::new(self.rng.gen_range(1..=self.size())))
+    }
+
+    /// How many nodes the cluster started with.
+    fn size(&self) -> u64 {
+        self.first_size as u64
+    }
+
+    /// Advances the membership script by at most one step.
+    async fn run_script(&mut self) -> Result<(), Violation> {
+        let now = self.now_ms();
+        let step = match self.script {
+            Script::Done => return Ok(()),
+            Script::Waiting { at_ms } if now < at_ms => return Ok(()),
+            Script::Waiting { .. } => {
+                let spare = self.nodes.len() - 1;
+                self.nodes[spare].standing = Standing::Member;
+                self.log(|| format!("membership: node {} starts and joins", spare + 1));
+                self.start_node(spare).await?;
+                Step::Add
+            }
+            Script::Retry { step, at_ms } if now >= at_ms => step,
+            Script::Retry { .. } => return Ok(()),
+            Script::Running(step) => {
+                let finished = self
+                    .script_answer
+                    .as_ref()
+                    .is_some_and(|answer| answer.is_finished());
+                if !finished {
+                    return Ok(());
+                }
+                let answer = self.script_answer.take().expect("a running step has an answer");
+                let result = answer.await.unwrap_or_else(|_| Err(EngineError::ShuttingDown));
+                self.log(|| format!("membership: {step:?} answered {result:?}"));
+                match (step, result) {
+                    (_, Ok(())) => self.step_committed(step).await,
+                    // An earlier attempt that looked failed committed.
+                    (Step::Add, Err(EngineError::MembershipRefused(why)))
+                        if why.contains("already a member") =>
+                    {
+                        self.step_committed(step).await
+                    }
+                    (Step::Promote, Err(EngineError::MembershipRefused(why)))
+                        if why.contains("already a voter") =>
+                    {
+                        self.step_committed(step).await
+                    }
+                    // The leader's view includes changes not yet committed,
+                    // which a new leader may drop: a removal counts once
+                    // it is applied (the id is retired), and a promotion
+                    // refused for want of a learner starts over with the add.
+                    (Step::Remove(id), Err(EngineError::MembershipRefused(why)))
+                        if why.contains("not a member") && self.retired_by_a_member(id) =>
+                    {
+                        self.step_committed(step).await
+                    }
+                    (Step::Promote, Err(EngineError::MembershipRefused(why)))
+                        if why.contains("not a learner") =>
+                    {
+                        self.script = Script::Retry {
+                            step: Step::Add,
+                            at_ms: now + ELECTION_MS,
+                        }
+                    }
+                    (_, Err(_)) => {
+                        self.script = Script::Retry {
+                            step,
+                            at_ms: now + ELECTION_MS,
+                        }
+                    }
+                }
+                return Ok(());
+            }
+        };
+        let Some(leader) = self.leaders().first().copied() else {
+            self.script = Script::Retry {
+                step,
+                at_ms: now + ELECTION_MS,
+            };
+            return Ok(());
+        };
+        let engine = self.nodes[(leader.get() - 1) as usize]
+            .engine
+            .clone()
+            .expect("a leader runs");
+        let spare = self.nodes[self.nodes.len() - 1].id;
+        let change = match step {
+            Step::Add => MembershipChange::AddLearner {
+                id: spare,
+                addr: format!("sim-{spare}"),
+            },
+            Step::Promote => MembershipChange::Promote { id: spare },
+            Step::Remove(id) => MembershipChange::Remove { id },
+        };
+        self.log(|| format!("membership: node {leader} proposes {change:?}"));
+        self.script_answer = Some(tokio::spawn(async move {
+            let answer = tokio::time::timeout(
+                Duration::from_millis(ANSWER_MS_MAX.max(5_000)),
+                engine.change_membership(change),
+            )
+            .await;
+            drop(engine);
+            answer.unwrap_or_else(|_| Err(EngineError::Unavailable("gave up waiting".to_string())))
+        }));
+        self.script = Script::Running(step);
+        Ok(())
+    }
+
+    /// Whether a running member applied the removal of `id`.
+    fn retired_by_a_member(&self, id: NodeId) -> bool {
+        self.nodes
+            .iter()
+            .filter_map(|node| node.engine.as_ref())
+            .any(|engine| engine.is_retired(id))
+    }
+
+    /// Moves the script past a committed step.
+    async fn step_committed(&mut self, step: Step) {
+        self.membership_changes += 1;
+        self.script = match step {
+            Step::Add => Script::Retry {
+                step: Step::Promote,
+                at_ms: self.now_ms(),
+            },
+            Step::Promote => {
+                let victim = self.script_rng.gen_range(1..=self.first_size as u64);
+                Script::Retry {
+                    step: Step::Remove(NodeId::new(victim)),
+                    at_ms: self.now_ms(),
+                }
+            }
+            Step::Remove(id) => {
+                let i = (id.get() - 1) as usize;
+                self.log(|| format!("membership: node {id} is retired and stopped"));
+                self.nodes[i].standing = Standing::Retired;
+                self.stop_node(i).await;
+                Script::Done
+            }
+        };
     }
 
     fn client_work(&mut self) {
