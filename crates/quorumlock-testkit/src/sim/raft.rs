@@ -711,7 +711,7 @@ impl RaftSim {
                     return Ok(());
                 }
                 let answer = self.script_answer.take().expect("a running step has an answer");
-                let result = answer.await.unwrap_or_else(|_| Err(EngineError::ShuttingDown));
+                let result = answer.await.unwrap_or(Err(EngineError::ShuttingDown));
                 self.log(|| format!("membership: {step:?} answered {result:?}"));
                 match (step, result) {
                     (_, Ok(())) => self.step_committed(step).await,
