@@ -327,3 +327,54 @@ async fn check_node_certificates_rotate_under_load_without_losing_a_session(engi
     }
     println!("{writes} fenced writes during the rotation; both sessions and locks intact");
 }
+
+/// The peer transport of a TLS cluster admits only the ids `--peers` named
+/// at start, so a member added later could never be reached: adding,
+/// promoting and joining are refused, naming why, while listing and
+/// removing work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_raft_cluster_refuses_new_members_and_joining_naming_why() {
+    let pki = Pki::new(&["alice"]);
+    let (cluster, _slot) = tls_cluster("raft", &pki).await;
+    let endpoints = cluster.endpoints();
+    let member = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(exe());
+        command
+            .arg("member")
+            .args(args)
+            .args(["--endpoints", &endpoints.join(",")])
+            .args(pki.cli_flags("alice"));
+        command
+    };
+    let (listed, output) = run(&mut member(&["list"])).await;
+    assert!(listed, "member list over TLS failed: {output}");
+    for args in [
+        vec!["add", "--id", "4", "--addr", "127.0.0.1:1"],
+        vec!["promote", "--id", "4"],
+    ] {
+        let (accepted, output) = run(&mut member(&args)).await;
+        assert!(!accepted, "{args:?} was accepted on a TLS cluster: {output}");
+        assert!(output.contains("not supported on a TLS cluster"), "{output}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (served, output) = run(tokio::process::Command::new(exe())
+        .args([
+            "serve",
+            "--id",
+            "4",
+            "--listen",
+            "127.0.0.1:1",
+            "--engine",
+            "raft",
+        ])
+        .args(["--join", &cluster.endpoints()[0]])
+        .arg("--data-dir")
+        .arg(dir.path().join("node-4"))
+        .args(pki.serve_flags().iter().map(|flag| flag.replace("{id}", "1"))))
+    .await;
+    assert!(!served, "a TLS node joined: {output}");
+    assert!(
+        output.contains("--join is not supported on a TLS node"),
+        "{output}"
+    );
+}

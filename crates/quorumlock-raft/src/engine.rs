@@ -48,6 +48,10 @@ pub const PROMOTE_LAG_MAX: u64 = 1_000;
 /// answers UNAVAILABLE (the step may still complete; `member list` tells).
 pub const MEMBERSHIP_CHANGE_WAIT_MAX: Duration = Duration::from_secs(30);
 
+/// How long a membership change waits for the leader to apply the newest
+/// configuration in its log before refusing to check against it.
+pub const MEMBERSHIP_APPLY_WAIT_MAX: Duration = Duration::from_secs(2);
+
 /// The openraft engine.
 pub struct RaftEngine {
     raft: Raft,
@@ -70,6 +74,9 @@ pub struct RaftEngine {
     membership_change: Arc<tokio::sync::Mutex<()>>,
     /// The ids membership changes removed, as applied here.
     retirement: Arc<Retirement>,
+    /// Tells removed nodes of their removal (absent over a simulated
+    /// network).
+    notices: std::sync::OnceLock<PeerNetwork>,
 }
 
 /// The engine's database and its WAL sync thread (absent when appends sync
@@ -83,14 +90,16 @@ impl RaftEngine {
     /// peer service, to mount on the node's gRPC server.
     pub async fn start(config: EngineConfig, dialer: Dialer) -> anyhow::Result<(Arc<Self>, Routes)> {
         let retirement = Arc::new(Retirement::new(config.node_id));
+        let network = PeerNetwork::new(dialer, retirement.clone());
         let engine = Self::start_with_network(
             config,
-            PeerNetwork::new(dialer, retirement.clone()),
+            network.clone(),
             Arc::new(AppliedState::default()),
             WalSync::Background,
             retirement,
         )
         .await?;
+        let _ = engine.notices.set(network);
         let service = RaftPeerServer::new(RaftPeerService::new(
             engine.raft.clone(),
             engine.retirement.clone(),
@@ -171,11 +180,15 @@ impl RaftEngine {
         }
 
         // A removed node takes no further part in the protocol: the members
-        // refuse its votes and appends anyway.
+        // refuse its votes and appends anyway. A leader that removed itself
+        // goes on for two heartbeats first, so that the followers hear the
+        // commit of the configuration without it from it.
         let mut removed = retirement.subscribe();
         let core = raft.clone();
+        let linger = config.heartbeat * 2;
         tokio::spawn(async move {
             if removed.wait_for(Option::is_some).await.is_ok() {
+                tokio::time::sleep(linger).await;
                 tracing::info!("stopping the raft core of a node removed from the cluster");
                 if let Err(error) = core.shutdown().await {
                     tracing::error!(%error, "the raft core of a removed node failed while stopping");
@@ -200,10 +213,12 @@ impl RaftEngine {
             storage: parking_lot::Mutex::new(Some((db, wal_thread))),
             membership_change: Arc::new(tokio::sync::Mutex::new(())),
             retirement,
+            notices: std::sync::OnceLock::new(),
         });
         tokio::spawn(finish_interrupted_changes(
             raft.clone(),
             engine.membership_change.clone(),
+            engine.retirement.clone(),
             config.election_timeout,
         ));
         Ok(engine)
@@ -220,6 +235,19 @@ impl RaftEngine {
     ) -> anyhow::Result<()> {
         let db = quorumlock_storage::open(&data_dir.join("raft"), &[CF_LOG, CF_META, CF_SNAPSHOT])?;
         crate::state_machine::seed_restored_snapshot(&db, index, members, data)
+    }
+
+    /// Tells node `id`, whose address `membership` names, that its removal
+    /// was committed: in the background, best effort.
+    fn notify_removed(&self, id: NodeId, membership: &openraft::Membership<NodeId, BasicNode>) {
+        let (Some(network), Some(node)) = (self.notices.get(), membership.get_node(&id)) else {
+            return;
+        };
+        if id == self.node_id {
+            return;
+        }
+        let (network, addr) = (network.clone(), node.addr.clone());
+        tokio::spawn(async move { network.notify_removed(id, &addr).await });
     }
 
     /// Whether this node applied a membership change that removed `id`.
@@ -259,23 +287,39 @@ pub fn openraft_election_timeouts(heartbeat: Duration, t: Duration) -> (u64, u64
 /// and runs no change itself, it proposes the joint's new voters (openraft
 /// then commits the uniform configuration). Tried at most once per
 /// `pause`, since a quorum of the new voters may be down for a while.
-async fn finish_interrupted_changes(raft: Raft, changing: Arc<tokio::sync::Mutex<()>>, pause: Duration) {
+async fn finish_interrupted_changes(
+    raft: Raft,
+    changing: Arc<tokio::sync::Mutex<()>>,
+    retirement: Arc<Retirement>,
+    pause: Duration,
+) {
     let mut metrics = raft.metrics();
     loop {
         let target = {
             let metrics = metrics.borrow_and_update();
             let joint = metrics.membership_config.membership().get_joint_config();
             match (metrics.state == ServerState::Leader, joint.len() > 1) {
-                (true, true) => joint.last().cloned(),
+                (true, true) => joint.last().cloned().map(|voters| {
+                    let leaving: Vec<NodeId> = joint[0].difference(&voters).copied().collect();
+                    (voters, leaving)
+                }),
                 _ => None,
             }
         };
-        if let Some(voters) = target {
+        if let Some((voters, leaving)) = target {
             if let Ok(_one_at_a_time) = changing.try_lock() {
                 tracing::info!(?voters, "completing an interrupted membership change");
                 let change = raft.change_membership(openraft::ChangeMembers::ReplaceAllVoters(voters), false);
                 match tokio::time::timeout(MEMBERSHIP_CHANGE_WAIT_MAX, change).await {
                     Ok(Ok(_)) => tracing::info!("completed the interrupted membership change"),
+                    // A leader that is itself leaving stops its core once it
+                    // applies the new configuration, maybe before openraft
+                    // answers: the leaving ids retired say it completed.
+                    Ok(Err(RaftError::Fatal(_)))
+                        if !leaving.is_empty() && leaving.iter().all(|id| retirement.is_retired(*id)) =>
+                    {
+                        tracing::info!("completed the interrupted membership change")
+                    }
                     Ok(Err(error)) => {
                         tracing::warn!(%error, "could not complete the interrupted membership change yet")
                     }
@@ -406,7 +450,11 @@ impl ConsensusEngine for RaftEngine {
         EngineStatus {
             node_id: self.node_id,
             engine: EngineKind::Raft,
-            leadership: leadership_of(&metrics),
+            // A removed node's last metrics may still say it leads.
+            leadership: match self.retirement.removed() {
+                Some(_) => Leadership::default(),
+                None => leadership_of(&metrics),
+            },
             commit_index: self.commit_index.load(Ordering::Relaxed),
             applied_index: self.applied_index.load(Ordering::Relaxed),
             members,
@@ -465,6 +513,21 @@ impl ConsensusEngine for RaftEngine {
                 "another membership change is in progress; run one change at a time".to_string(),
             ));
         };
+        // The checks below read the newest configuration in the log and the
+        // retired ids the state machine applied: they agree once that
+        // configuration is applied, which follows its commit closely.
+        let latest = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .log_id()
+            .map(|log_id| log_id.index);
+        let _ = self
+            .raft
+            .wait(Some(MEMBERSHIP_APPLY_WAIT_MAX))
+            .applied_index_at_least(latest, "the latest membership applied")
+            .await;
         let metrics = self.raft.metrics().borrow().clone();
         if metrics.state != ServerState::Leader {
             return Err(EngineError::NotLeader {
@@ -476,6 +539,13 @@ impl ConsensusEngine for RaftEngine {
             return Err(EngineError::MembershipRefused(
                 "the cluster is in a joint configuration left by an interrupted change, which the leader is \
                  completing; retry once `member list` shows no joint configuration"
+                    .to_string(),
+            ));
+        }
+        let latest = metrics.membership_config.log_id();
+        if latest.is_some() && metrics.last_applied < *latest {
+            return Err(EngineError::MembershipRefused(
+                "the latest membership change is not applied on the leader yet; retry in a moment"
                     .to_string(),
             ));
         }
@@ -569,7 +639,7 @@ impl ConsensusEngine for RaftEngine {
                 }
             }
         };
-        match tokio::time::timeout(MEMBERSHIP_CHANGE_WAIT_MAX, proposed).await {
+        let result = match tokio::time::timeout(MEMBERSHIP_CHANGE_WAIT_MAX, proposed).await {
             Err(_) => Err(EngineError::Unavailable(format!(
                 "the membership change was not committed within {MEMBERSHIP_CHANGE_WAIT_MAX:?}; it may still \
                  complete (see member list)"
@@ -591,7 +661,11 @@ impl ConsensusEngine for RaftEngine {
                 Ok(())
             }
             Ok(Err(RaftError::Fatal(error))) => Err(fatal(error)),
+        };
+        if let (Ok(()), Some(id)) = (&result, removing) {
+            self.notify_removed(id, &membership);
         }
+        result
     }
 
     /// Stops openraft's core, waits until every task of openraft has let go

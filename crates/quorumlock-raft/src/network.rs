@@ -32,6 +32,8 @@ use quorumlock_tls::{node_name, Dialer};
 /// Largest peer message, in bytes: big enough for a batch of maximal values
 /// and for a whole snapshot sent in one message.
 pub const PEER_MESSAGE_BYTES_MAX: usize = 256 << 20;
+/// How long a removal notice may take.
+pub const REMOVAL_NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long to wait for a TCP connection to a peer.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -79,6 +81,35 @@ impl PeerNetwork {
             .map_err(|error| format!("node {target}: {error}"))?;
         channels.insert(target, (addr.to_string(), channel.clone()));
         Ok(channel)
+    }
+}
+
+impl PeerNetwork {
+    /// Tells node `id` at `addr` that its removal was committed; best
+    /// effort (a node that is down hears it from nobody, and one that runs
+    /// again as a voter learns it from the members' refusals).
+    pub async fn notify_removed(&self, id: NodeId, addr: &str) {
+        let channel = match self.channel(id, addr) {
+            Ok(channel) => channel,
+            Err(error) => {
+                tracing::info!(node = %id, %error, "could not tell a removed node of its removal");
+                return;
+            }
+        };
+        let data = match bincode::serialize(&id.get()) {
+            Ok(data) => data,
+            Err(error) => {
+                tracing::error!(%error, "could not encode a removal notice");
+                return;
+            }
+        };
+        let mut client = RaftPeerClient::new(channel);
+        let call = client.removed(RaftPayload { data });
+        match tokio::time::timeout(REMOVAL_NOTICE_TIMEOUT, call).await {
+            Ok(Ok(_)) => tracing::info!(node = %id, "told the removed node of its removal"),
+            Ok(Err(status)) => tracing::info!(node = %id, %status, "a removed node did not take the notice"),
+            Err(_) => tracing::info!(node = %id, "a removed node did not answer the notice in time"),
+        }
     }
 }
 

@@ -44,6 +44,11 @@ impl Retirement {
         }
     }
 
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
     /// Whether `id` was removed from the cluster.
     pub fn is_retired(&self, id: NodeId) -> bool {
         self.retired.lock().contains(&id)
@@ -83,6 +88,14 @@ impl Retirement {
     pub fn refused_by(&self, peer: NodeId) {
         self.learned(format!(
             "node {} was removed from the cluster (node {peer} refuses it as retired)",
+            self.node_id
+        ));
+    }
+
+    /// The leader said it committed this node's removal.
+    pub fn told_by_leader(&self) {
+        self.learned(format!(
+            "node {} was removed from the cluster (the leader committed its removal)",
             self.node_id
         ));
     }

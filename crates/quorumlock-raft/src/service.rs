@@ -80,6 +80,19 @@ impl RaftPeer for RaftPeerService {
         .await
     }
 
+    async fn removed(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let id: u64 = bincode::deserialize(&request.into_inner().data)
+            .map_err(|error| Status::invalid_argument(format!("undecodable removal notice: {error}")))?;
+        if id != self.retirement.node_id().get() {
+            return Err(Status::invalid_argument(format!(
+                "the removal notice names node {id}, not this node ({})",
+                self.retirement.node_id()
+            )));
+        }
+        self.retirement.told_by_leader();
+        Ok(Response::new(RaftPayload { data: Vec::new() }))
+    }
+
     async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         self.handle(
             request,

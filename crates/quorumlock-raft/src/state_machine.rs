@@ -42,9 +42,25 @@ struct SnapshotData {
     state: Vec<u8>,
 }
 
+/// Opens every [`SnapshotData`]; snapshots written before retired ids
+/// existed hold the lock state's bytes alone (and nothing was retired).
+const SNAPSHOT_DATA_MAGIC: &[u8; 8] = b"QLRSNAP1";
+
 impl SnapshotData {
     fn encode(retired: BTreeSet<NodeId>, state: Vec<u8>) -> Result<Vec<u8>, bincode::Error> {
-        bincode::serialize(&SnapshotData { retired, state })
+        let mut bytes = SNAPSHOT_DATA_MAGIC.to_vec();
+        bincode::serialize_into(&mut bytes, &SnapshotData { retired, state })?;
+        Ok(bytes)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<SnapshotData, bincode::Error> {
+        match bytes.strip_prefix(SNAPSHOT_DATA_MAGIC.as_slice()) {
+            Some(body) => bincode::deserialize(body),
+            None => Ok(SnapshotData {
+                retired: BTreeSet::new(),
+                state: bytes.to_vec(),
+            }),
+        }
     }
 }
 
@@ -175,7 +191,7 @@ impl StateMachineStore {
 
     fn restore(&mut self, snapshot: &StoredSnapshot) -> Result<(), StorageError> {
         let signature = Some(snapshot.meta.signature());
-        let data: SnapshotData = bincode::deserialize(&snapshot.data)
+        let data = SnapshotData::decode(&snapshot.data)
             .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
         let state = LockState::restore(&data.state)
             .map_err(|e| StorageIOError::read_snapshot(signature, &std::io::Error::other(e)))?;
@@ -309,5 +325,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_data_round_trips_and_reads_snapshots_from_before_retired_ids() {
+        let state = LockState::default().snapshot();
+        let retired: BTreeSet<NodeId> = [NodeId::new(3)].into();
+        let bytes = SnapshotData::encode(retired.clone(), state.clone()).unwrap();
+        let decoded = SnapshotData::decode(&bytes).unwrap();
+        assert_eq!((decoded.retired, decoded.state), (retired, state.clone()));
+
+        let legacy = SnapshotData::decode(&state).unwrap();
+        assert!(legacy.retired.is_empty());
+        assert_eq!(legacy.state, state);
     }
 }

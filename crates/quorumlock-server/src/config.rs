@@ -177,6 +177,12 @@ impl NodeConfig {
                 self.engine
             );
         }
+        if self.join && self.tls.is_some() {
+            bail!(
+                "--join is not supported on a TLS node yet: the peer transport admits only the members \
+                 named by --peers at start"
+            );
+        }
         if self.heartbeat.is_zero() || self.election_timeout <= self.heartbeat * 2 {
             bail!(
                 "election timeout ({:?}) must exceed twice the heartbeat ({:?})",

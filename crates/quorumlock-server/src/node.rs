@@ -179,6 +179,7 @@ impl Node {
             .add_service(ClusterServer::new(ClusterService::new(
                 engine.clone(),
                 access.clone(),
+                tls.is_some(),
             )))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stopped.await;
