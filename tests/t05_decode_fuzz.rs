@@ -170,7 +170,8 @@ fn token() -> impl Strategy<Value = FencingToken> {
 }
 
 fn ballot() -> impl Strategy<Value = Ballot> {
-    (0u64..4, 1u64..4).prop_map(|(round, node)| Ballot {
+    (0u64..3, 0u64..4, 1u64..4).prop_map(|(epoch, round, node)| Ballot {
+        epoch,
         round,
         node: NodeId::new(node),
     })
@@ -235,7 +236,12 @@ fn message() -> impl Strategy<Value = Message> {
             chosen_upto,
             seq
         }),
-        (ballot(), 0u64..4).prop_map(|(ballot, seq)| Message::HeartbeatAck { ballot, seq }),
+        (ballot(), 0u64..4, slot.clone()).prop_map(|(ballot, seq, chosen_upto)| Message::HeartbeatAck {
+            ballot,
+            seq,
+            chosen_upto
+        }),
+        (0u64..4).prop_map(|epoch| Message::EpochEnded { epoch }),
         slot.clone().prop_map(|from_slot| Message::Learn { from_slot }),
         proptest::collection::vec((slot.clone(), value()), 0..3).prop_map(|entries| Message::Chosen {
             entries: entries
@@ -243,10 +249,19 @@ fn message() -> impl Strategy<Value = Message> {
                 .map(|(slot, value)| Chosen { slot, value })
                 .collect(),
         }),
-        (slot, proptest::collection::vec(any::<u8>(), 0..32)).prop_map(|(slot, data)| Message::Snapshot {
+        (
             slot,
-            data: Arc::new(data)
-        }),
+            proptest::collection::vec(any::<u8>(), 0..32),
+            proptest::collection::btree_set(1u64..6, 1..4)
+        )
+            .prop_map(|(slot, data, voters)| Message::Snapshot {
+                slot,
+                data: Arc::new(data),
+                config: Arc::new(quorumlock_paxos::Configuration::initial(
+                    voters.into_iter().map(NodeId::new).collect(),
+                    Default::default()
+                )),
+            }),
     ]
 }
 

@@ -596,6 +596,7 @@ async fn hostile_peer_requests(engine: &str, channel: Channel, node: u64) {
             let snapshot = quorumlock_paxos::Message::<quorumlock_core::lock::Command>::Snapshot {
                 slot: quorumlock_paxos::Slot::new(1 << 40),
                 data: Arc::new(vec![0xee; 256]),
+                config: Arc::new(quorumlock_paxos::Configuration::default()),
             };
             let messages = bincode::serialize(&vec![snapshot]).expect("a message encodes");
             call("Deliver", RPC_TIMEOUT, peer.deliver(batch(sender, messages)))

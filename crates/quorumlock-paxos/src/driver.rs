@@ -211,6 +211,11 @@ where
         &self.replica
     }
 
+    /// The replica, to propose membership changes and report a removal.
+    pub fn replica_mut(&mut self) -> &mut Replica<C> {
+        &mut self.replica
+    }
+
     /// The state machine.
     pub fn machine(&self) -> &M {
         &self.machine
@@ -272,7 +277,7 @@ where
     /// the replica forgets the slots it covers at once, so an undecodable
     /// one (corrupt, or from an incompatible version) never gets there.
     pub fn step(&mut self, from: NodeId, message: Message<C>) {
-        if let Message::Snapshot { slot, data } = &message {
+        if let Message::Snapshot { slot, data, .. } = &message {
             if *slot <= self.replica.applied() {
                 return;
             }
@@ -303,7 +308,17 @@ where
             }
             let ready = self.replica.take_ready();
             self.execute(ready, &mut answers)?;
-            self.maybe_compact();
+            if self.replica.epoch_snapshot_due() {
+                // A stop-sign was applied: the new epoch starts from a
+                // snapshot of it, persisted before anything of that epoch.
+                self.compact_now();
+                assert!(
+                    !self.replica.epoch_snapshot_due(),
+                    "the snapshot covers the stop-sign"
+                );
+            } else {
+                self.maybe_compact();
+            }
         }
     }
 

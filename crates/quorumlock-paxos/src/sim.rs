@@ -26,7 +26,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::core::message::Envelope;
 use crate::core::ready::{Persist, ReadyNumber};
-use crate::core::types::{Accepted, Ballot, Slot};
+use crate::core::types::{Accepted, Ballot, Configuration, Slot};
 use crate::core::DurableState;
 use crate::driver::{Storage, StorageFailure, Transport};
 
@@ -39,6 +39,8 @@ pub struct DiskImage<C> {
     pub accepted: BTreeMap<Slot, Accepted<C>>,
     /// The latest snapshot.
     pub snapshot: Option<(Slot, Arc<Vec<u8>>)>,
+    /// The configuration in force after the snapshot's slot.
+    pub snapshot_config: Option<Arc<Configuration>>,
     /// The boot counter.
     pub boot: u64,
 }
@@ -49,6 +51,7 @@ impl<C> Default for DiskImage<C> {
             promised: Ballot::ZERO,
             accepted: BTreeMap::new(),
             snapshot: None,
+            snapshot_config: None,
             boot: 0,
         }
     }
@@ -61,6 +64,7 @@ impl<C: Clone> DiskImage<C> {
             promised: self.promised,
             accepted: self.accepted.clone(),
             snapshot: self.snapshot.clone(),
+            snapshot_config: self.snapshot_config.clone(),
         }
     }
 
@@ -97,9 +101,10 @@ impl<C: Clone> DiskImage<C> {
                     self.promised = self.promised.max(accepted.ballot);
                     self.accepted.insert(slot, accepted);
                 }
-                Persist::Snapshot { slot, data } => {
+                Persist::Snapshot { slot, data, config } => {
                     self.accepted = self.accepted.split_off(&(slot + 1));
                     self.snapshot = Some((slot, data));
+                    self.snapshot_config = Some(config);
                 }
             }
         }
@@ -300,6 +305,7 @@ mod tests {
             slot: Slot::new(slot),
             accepted: Accepted {
                 ballot: Ballot {
+                    epoch: 0,
                     round,
                     node: NodeId::new(1),
                 },
@@ -341,6 +347,7 @@ mod tests {
         disk.persist(
             1,
             vec![Persist::Promise(Ballot {
+                epoch: 0,
                 round: 3,
                 node: NodeId::new(2),
             })],
@@ -352,6 +359,7 @@ mod tests {
         disk.persist(
             1,
             vec![Persist::Promise(Ballot {
+                epoch: 0,
                 round: 3,
                 node: NodeId::new(2),
             })],
@@ -360,6 +368,7 @@ mod tests {
         disk.persist(
             2,
             vec![Persist::Promise(Ballot {
+                epoch: 0,
                 round: 3,
                 node: NodeId::new(2),
             })],

@@ -23,7 +23,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::core::ready::{Persist, ReadyNumber};
-use crate::core::types::{Accepted, Ballot, Slot};
+use crate::core::types::{Accepted, Ballot, Configuration, Slot};
 use crate::core::DurableState;
 use crate::driver::{Storage, StorageFailure};
 use quorumlock_storage::{cf, parse_u64_key, synced, u64_key};
@@ -36,6 +36,13 @@ pub const CF_META: &str = "paxos_meta";
 const KEY_PROMISED: &[u8] = b"promised";
 const KEY_BOOT: &[u8] = b"boot";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
+const KEY_SNAPSHOT_CONFIG: &[u8] = b"snapshot_config";
+const KEY_FORMAT: &[u8] = b"format";
+
+/// The layout of the records: 2 since ballots carry their configuration's
+/// epoch. A store without the key holds 1 (ballots without an epoch) or
+/// nothing, and is brought to 2 when opened.
+pub const STORE_FORMAT: u64 = 2;
 
 /// Readys handed to the persister and not yet written; beyond this the
 /// driver waits for the disk (backpressure rather than unbounded memory).
@@ -53,7 +60,47 @@ impl PaxosStore {
     /// Opens (creating if needed) the store under `dir`.
     pub fn open(dir: &Path) -> anyhow::Result<PaxosStore> {
         let db = quorumlock_storage::open(&dir.join("paxos"), &[CF_ACCEPTED, CF_META])?;
-        Ok(PaxosStore { db })
+        let store = PaxosStore { db };
+        store.upgrade_format()?;
+        Ok(store)
+    }
+
+    /// Brings the records to [`STORE_FORMAT`]. Format 1 encoded a ballot as
+    /// `(round, node)`; format 2 puts the epoch first, and every record of
+    /// format 1 belongs to epoch 0, so each promise and accepted record
+    /// gains eight zero bytes in front — one synced write with the new
+    /// format key, so a crash leaves either format whole.
+    fn upgrade_format(&self) -> anyhow::Result<()> {
+        let meta = cf(&self.db, CF_META);
+        if let Some(bytes) = self.db.get_cf(meta, KEY_FORMAT)? {
+            let format = parse_u64_key(&bytes).context("reading the paxos store format")?;
+            anyhow::ensure!(
+                format == STORE_FORMAT,
+                "the paxos store has format {format}; this version reads format {STORE_FORMAT}"
+            );
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        let epoch_zero = [0u8; 8];
+        if let Some(promised) = self.db.get_cf(meta, KEY_PROMISED)? {
+            batch.put_cf(meta, KEY_PROMISED, [&epoch_zero[..], &promised].concat());
+        }
+        let accepted = cf(&self.db, CF_ACCEPTED);
+        let mut upgraded = 0u64;
+        for item in self.db.iterator_cf(accepted, rocksdb::IteratorMode::Start) {
+            let (key, value) = item?;
+            batch.put_cf(accepted, key, [&epoch_zero[..], &value].concat());
+            upgraded += 1;
+        }
+        batch.put_cf(meta, KEY_FORMAT, u64_key(STORE_FORMAT));
+        self.db.write_opt(batch, &synced())?;
+        if upgraded > 0 {
+            tracing::info!(
+                records = upgraded,
+                "paxos store upgraded to format {STORE_FORMAT}"
+            );
+        }
+        Ok(())
     }
 
     /// The database, for closing it in order when the node stops.
@@ -88,6 +135,12 @@ impl PaxosStore {
             }
             None => None,
         };
+        let snapshot_config: Option<Arc<Configuration>> = match self.db.get_cf(meta, KEY_SNAPSHOT_CONFIG)? {
+            Some(bytes) => Some(Arc::new(
+                bincode::deserialize(&bytes).context("decoding the stored snapshot's configuration")?,
+            )),
+            None => None,
+        };
         let mut accepted = BTreeMap::new();
         for item in self
             .db
@@ -109,6 +162,7 @@ impl PaxosStore {
             promised,
             accepted,
             snapshot,
+            snapshot_config,
         })
     }
 
@@ -120,17 +174,24 @@ impl PaxosStore {
         for family in [CF_META, CF_ACCEPTED] {
             let mut entries = self
                 .db
-                .iterator_cf(cf(&self.db, family), rocksdb::IteratorMode::Start);
+                .iterator_cf(cf(&self.db, family), rocksdb::IteratorMode::Start)
+                .filter(|item| !matches!(item, Ok((key, _)) if &key[..] == KEY_FORMAT));
             anyhow::ensure!(
                 entries.next().is_none(),
                 "the paxos store already holds data in {family}; a restore only seeds an empty one"
             );
         }
         anyhow::ensure!(slot.get() > 0, "a restored snapshot needs a slot above 0");
-        self.persist::<()>(&[Persist::Snapshot {
-            slot,
-            data: Arc::new(data),
-        }])
+        // No configuration: the restored cluster's first one is its
+        // `--peers`.
+        let meta = cf(&self.db, CF_META);
+        self.db.put_cf_opt(
+            meta,
+            KEY_SNAPSHOT,
+            bincode::serialize(&(slot, data.as_slice()))?,
+            &synced(),
+        )?;
+        Ok(())
     }
 
     /// Adds `records` to `batch`, in order.
@@ -148,8 +209,9 @@ impl PaxosStore {
                     slot,
                     accepted: record,
                 } => batch.put_cf(accepted, u64_key(slot.get()), bincode::serialize(record)?),
-                Persist::Snapshot { slot, data } => {
+                Persist::Snapshot { slot, data, config } => {
                     batch.put_cf(meta, KEY_SNAPSHOT, bincode::serialize(&(slot, data.as_slice()))?);
+                    batch.put_cf(meta, KEY_SNAPSHOT_CONFIG, bincode::serialize(config.as_ref())?);
                     // The records the snapshot covers go in the same write.
                     batch.delete_range_cf(accepted, u64_key(0), u64_key(slot.next().get()));
                 }
@@ -295,6 +357,7 @@ mod tests {
     fn record(round: u64) -> Accepted<u64> {
         Accepted {
             ballot: Ballot {
+                epoch: 0,
                 round,
                 node: NodeId::new(2),
             },
@@ -310,6 +373,7 @@ mod tests {
             store
                 .persist(&[
                     Persist::Promise(Ballot {
+                        epoch: 0,
                         round: 3,
                         node: NodeId::new(1),
                     }),
@@ -328,6 +392,7 @@ mod tests {
         assert_eq!(
             state.promised,
             Ballot {
+                epoch: 0,
                 round: 3,
                 node: NodeId::new(2)
             },
@@ -353,6 +418,11 @@ mod tests {
         records.push(Persist::Snapshot {
             slot: Slot::new(7),
             data: Arc::new(b"state".to_vec()),
+            config: Arc::new(Configuration {
+                epoch: 2,
+                version: 3,
+                ..Configuration::default()
+            }),
         });
         store.persist(&records).unwrap();
         drop(store);
@@ -362,6 +432,41 @@ mod tests {
             [8, 9, 10].map(Slot::new)
         );
         assert_eq!(state.snapshot, Some((Slot::new(7), Arc::new(b"state".to_vec()))));
+        assert_eq!(
+            state.snapshot_config.map(|config| (config.epoch, config.version)),
+            Some((2, 3)),
+            "the snapshot's configuration is stored with it"
+        );
+    }
+
+    #[test]
+    fn a_store_of_ballots_without_epochs_reads_back_at_epoch_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // Format 1, as an older version wrote it: `(round, node)`
+            // ballots and no format key.
+            let db = quorumlock_storage::open(&dir.path().join("paxos"), &[CF_ACCEPTED, CF_META]).unwrap();
+            let old_ballot = bincode::serialize(&(4u64, NodeId::new(3))).unwrap();
+            db.put_cf(cf(&db, CF_META), KEY_PROMISED, &old_ballot).unwrap();
+            let old_record = [
+                old_ballot.clone(),
+                bincode::serialize(&Value::<u64>::Noop).unwrap(),
+            ]
+            .concat();
+            db.put_cf(cf(&db, CF_ACCEPTED), u64_key(9), &old_record).unwrap();
+        }
+        let expected = Ballot {
+            epoch: 0,
+            round: 4,
+            node: NodeId::new(3),
+        };
+        for _ in 0..2 {
+            // The second open finds format 2 and changes nothing.
+            let state: DurableState<u64> = PaxosStore::open(dir.path()).unwrap().load().unwrap();
+            assert_eq!(state.promised, expected);
+            assert_eq!(state.accepted[&Slot::new(9)].ballot, expected);
+            assert_eq!(state.accepted[&Slot::new(9)].value, Value::Noop);
+        }
     }
 
     #[test]

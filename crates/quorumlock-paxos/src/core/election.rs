@@ -21,7 +21,15 @@ impl<C: Command> Replica<C> {
         match &mut self.role {
             Role::Follower => {
                 if self.now >= self.election_at {
-                    self.start_probe();
+                    if self.promised.epoch > self.configuration().epoch {
+                        // Promised in a later configuration than it knows
+                        // (restarted from an older snapshot): it catches up
+                        // before it may stand.
+                        self.reset_election_timer();
+                        self.leader_chosen_upto = self.leader_chosen_upto.max(self.chosen_upto + 1);
+                    } else if self.is_voter() {
+                        self.start_probe();
+                    }
                 }
             }
             Role::Probing { deadline, .. } => {
@@ -90,8 +98,19 @@ impl<C: Command> Replica<C> {
             return;
         }
         self.follow(ballot);
-        self.send(from, Message::HeartbeatAck { ballot, seq });
         self.observe_leader_commit(ballot, chosen_upto);
+        // A node that knows no configuration yet has no address to answer.
+        if self.configuration().has(from) {
+            let chosen_upto = self.chosen_upto;
+            self.send(
+                from,
+                Message::HeartbeatAck {
+                    ballot,
+                    seq,
+                    chosen_upto,
+                },
+            );
+        }
     }
 
     pub(super) fn on_probe(&mut self, from: NodeId, ballot: Ballot) {
@@ -119,7 +138,13 @@ impl<C: Command> Replica<C> {
     }
 
     /// A refusal: someone promised a higher ballot than ours.
-    pub(super) fn on_nack(&mut self, _from: NodeId, ballot: Ballot, promised: Ballot) {
+    pub(super) fn on_nack(&mut self, from: NodeId, ballot: Ballot, promised: Ballot) {
+        if promised.epoch > self.configuration().epoch {
+            // The acceptor promised in a configuration this node has not
+            // reached yet.
+            self.catch_up_with(from);
+            return;
+        }
         self.max_seen = self.max_seen.max(promised);
         if self.role.ballot() == Some(ballot) && promised > ballot {
             let was_leading = matches!(self.role, Role::Leading(_));
@@ -147,7 +172,8 @@ impl<C: Command> Replica<C> {
     }
 
     fn start_probe(&mut self) {
-        let ballot = self.max_seen.max(self.promised).next_for(self.config.id);
+        let epoch = self.configuration().epoch;
+        let ballot = self.max_seen.max(self.promised).next_for(epoch, self.config.id);
         self.leader = None;
         self.role = Role::Probing {
             ballot,
@@ -172,7 +198,8 @@ impl<C: Command> Replica<C> {
     /// run a second phase 1 at a ballot peers already promised, and its own
     /// promise counts once the same Ready is durable.
     fn start_prepare(&mut self) {
-        let ballot = self.max_seen.max(self.promised).next_for(self.config.id);
+        let epoch = self.configuration().epoch;
+        let ballot = self.max_seen.max(self.promised).next_for(epoch, self.config.id);
         assert!(ballot > self.promised, "a new ballot is above every promise");
         self.max_seen = ballot;
         self.promised = ballot;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::message::Message;
 use super::ready::{Apply, Persist};
-use super::types::{Ballot, Chosen, Command, Slot, Value};
+use super::types::{Ballot, Chosen, Command, Configuration, Slot, Value};
 use super::{Replica, Role};
 use quorumlock_core::consensus::NodeId;
 
@@ -77,8 +77,23 @@ impl<C: Command> Replica<C> {
     /// Extends the chosen prefix over contiguous known-chosen slots and hands
     /// the newly covered values to apply.
     pub(super) fn advance(&mut self) {
-        while self.chosen.contains_key(&(self.chosen_upto + 1)) {
+        while let Some(value) = self.chosen.get(&(self.chosen_upto + 1)) {
             self.chosen_upto += 1;
+            if let Value::Reconfigure(next) = value {
+                let next = next.clone();
+                self.on_configuration_chosen(self.chosen_upto, next);
+            }
+        }
+        let chosen_upto = self.chosen_upto;
+        if let Role::Leading(leading) = &mut self.role {
+            // The change this leader proposed is chosen (in force or stale):
+            // the next one may come, and slots may follow it again.
+            if leading
+                .reconfiguring_at
+                .is_some_and(|(slot, _)| slot <= chosen_upto)
+            {
+                leading.reconfiguring_at = None;
+            }
         }
         if self.chosen_upto >= self.leader_chosen_upto {
             self.learn_asked_at = None;
@@ -135,7 +150,9 @@ impl<C: Command> Replica<C> {
 
     /// Serves chosen values from `from_slot`, or the snapshot when they were
     /// compacted.
-    pub(super) fn on_learn(&mut self, from: NodeId, from_slot: Slot) {
+    /// Serves `from` the chosen values from `from_slot` on, or the snapshot
+    /// when they were compacted away; returns the last slot served.
+    pub(super) fn on_learn(&mut self, from: NodeId, from_slot: Slot) -> Option<Slot> {
         if from_slot <= self.compacted {
             // A snapshot can be large and slow to travel: a peer that asks
             // again before it could arrive gets no second copy of the same
@@ -149,17 +166,19 @@ impl<C: Command> Replica<C> {
                 let message = Message::Snapshot {
                     slot,
                     data: data.clone(),
+                    config: self.configuration_at(slot),
                 };
                 self.snapshot_sent.insert(from, (slot, now));
                 self.send(from, message);
+                return Some(slot);
             }
-            return;
+            return None;
         }
         // A peer may be ahead of this node (a new leader asks a random peer,
         // or a lagging one): there is nothing to serve, and an empty range
         // must not reach `BTreeMap::range`, which panics on start > end.
         if from_slot > self.chosen_upto {
-            return;
+            return None;
         }
         let mut entries: Vec<Chosen<C>> = Vec::new();
         let mut bytes = 0;
@@ -178,9 +197,11 @@ impl<C: Command> Replica<C> {
                 value: value.clone(),
             });
         }
+        let last = entries.last().map(|entry| entry.slot);
         if !entries.is_empty() {
             self.send(from, Message::Chosen { entries });
         }
+        last
     }
 
     pub(super) fn on_chosen(&mut self, entries: Vec<Chosen<C>>) {
@@ -215,10 +236,11 @@ impl<C: Command> Replica<C> {
 
     /// Installs a peer's snapshot when it is ahead of what this replica
     /// applied.
-    pub(super) fn on_snapshot(&mut self, slot: Slot, data: Arc<Vec<u8>>) {
+    pub(super) fn on_snapshot(&mut self, slot: Slot, data: Arc<Vec<u8>>, config: Arc<Configuration>) {
         if slot <= self.applied {
             return;
         }
+        let ended = self.configuration().clone();
         if let Role::Leading(leading) = &mut self.role {
             let kept = leading.inflight.split_off(&(slot + 1));
             for (_, inflight) in std::mem::replace(&mut leading.inflight, kept) {
@@ -244,17 +266,31 @@ impl<C: Command> Replica<C> {
         self.chosen_upto = self.chosen_upto.max(slot);
         self.applied = slot;
         self.leader_chosen_upto = self.leader_chosen_upto.max(slot);
+        self.configs = vec![(slot, config.clone())];
         self.ready.persist.push(Persist::Snapshot {
             slot,
             data: data.clone(),
+            config: config.clone(),
         });
         self.ready.apply.push(Apply::Snapshot { slot, data });
         self.learn_asked_at = None;
+        if config.epoch > ended.epoch {
+            // The snapshot covers a stop-sign: what this node knew chosen
+            // after it came from the ended configuration, and its role there
+            // is over.
+            drop(self.chosen.split_off(&slot.next()));
+            self.chosen_upto = slot;
+            self.leader_chosen_upto = slot;
+            self.commit_scanned = None;
+            self.step_down();
+        }
+        self.note_if_removed();
         self.advance();
     }
 
     /// Drops every record at or below `slot`, which a snapshot now covers.
     pub(super) fn forget_upto(&mut self, slot: Slot) {
+        self.forget_configurations_upto(slot);
         self.compacted = slot;
         self.accepted = self.accepted.split_off(&(slot + 1));
         self.chosen = self.chosen.split_off(&(slot + 1));

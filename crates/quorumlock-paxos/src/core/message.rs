@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::types::{Accepted, Ballot, Chosen, Slot, Value};
+use super::types::{Accepted, Ballot, Chosen, Configuration, Slot, Value};
 use quorumlock_core::consensus::NodeId;
 
 /// A message with its sender and recipient.
@@ -94,6 +94,9 @@ pub enum Message<C> {
         ballot: Ballot,
         /// The heartbeat's sequence number.
         seq: u64,
+        /// The sender's chosen prefix, so the leader knows how far each
+        /// member (learners too) has caught up.
+        chosen_upto: Slot,
     },
     /// "Send me the chosen values from `from_slot` on."
     Learn {
@@ -112,6 +115,15 @@ pub enum Message<C> {
         slot: Slot,
         /// The serialized lock state.
         data: Arc<Vec<u8>>,
+        /// The configuration in force after `slot`.
+        config: Arc<Configuration>,
+    },
+    /// "The ballot you sent is of an epoch that ended here": the recipient
+    /// is behind a configuration change and must learn the chosen values
+    /// (the stop-sign among them) before it takes part again.
+    EpochEnded {
+        /// The sender's epoch.
+        epoch: u64,
     },
 }
 
@@ -131,6 +143,28 @@ impl<C> Message<C> {
             Message::Learn { .. } => "learn",
             Message::Chosen { .. } => "chosen",
             Message::Snapshot { .. } => "snapshot",
+            Message::EpochEnded { .. } => "epoch_ended",
+        }
+    }
+
+    /// The ballot of a message of the protocol proper (election, phases 1
+    /// and 2, heartbeats); `None` for catch-up messages, which any
+    /// configuration serves.
+    pub fn ballot(&self) -> Option<Ballot> {
+        match self {
+            Message::Probe { ballot }
+            | Message::ProbeReply { ballot, .. }
+            | Message::Prepare { ballot, .. }
+            | Message::Promise { ballot, .. }
+            | Message::Accept { ballot, .. }
+            | Message::Accepted { ballot, .. }
+            | Message::Nack { ballot, .. }
+            | Message::Heartbeat { ballot, .. }
+            | Message::HeartbeatAck { ballot, .. } => Some(*ballot),
+            Message::Learn { .. }
+            | Message::Chosen { .. }
+            | Message::Snapshot { .. }
+            | Message::EpochEnded { .. } => None,
         }
     }
 }

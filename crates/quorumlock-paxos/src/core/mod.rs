@@ -5,7 +5,8 @@
 //! with [`Replica::on_persisted`] (the contract is in [`ready`]).
 //!
 //! The roles' handlers live in one file each: `acceptor.rs`, `proposer.rs`
-//! (the leader), `learner.rs` and `election.rs`.
+//! (the leader), `learner.rs`, `election.rs`, and `reconfiguration.rs`
+//! (membership changes by stop-sign).
 
 mod acceptor;
 mod election;
@@ -13,8 +14,13 @@ mod learner;
 pub mod message;
 mod proposer;
 pub mod ready;
+mod reconfiguration;
 pub mod types;
 
+pub use reconfiguration::{ConfigurationChange, ReconfigurationRefused};
+
+#[cfg(test)]
+mod reconfiguration_tests;
 #[cfg(test)]
 mod tests;
 
@@ -26,7 +32,7 @@ use rand::{Rng, SeedableRng};
 
 use self::message::{Envelope, Message};
 use self::ready::{Ready, ReadyNumber, Refusal};
-use self::types::{Accepted, Ballot, Command, Proposal, ReadId, Slot, Value};
+use self::types::{Accepted, Ballot, Command, Configuration, Proposal, ReadId, Slot, Value};
 use quorumlock_core::consensus::NodeId;
 
 /// Settings of one replica. Times are in ticks of the driver's interval.
@@ -34,8 +40,13 @@ use quorumlock_core::consensus::NodeId;
 pub struct ReplicaConfig {
     /// This node.
     pub id: NodeId,
-    /// Every voting member, this node included.
+    /// The voters of the cluster's first configuration, this node included;
+    /// empty for a node that joins a running cluster (it learns the
+    /// configuration from the cluster). A snapshot's configuration, once
+    /// one was taken or received, takes precedence.
     pub members: BTreeSet<NodeId>,
+    /// Where the first configuration's members serve.
+    pub addresses: BTreeMap<NodeId, String>,
     /// A leader sends a heartbeat round (and retransmits unanswered
     /// accepts) this often.
     pub heartbeat_ticks: u64,
@@ -65,6 +76,7 @@ impl ReplicaConfig {
         ReplicaConfig {
             id,
             members,
+            addresses: BTreeMap::new(),
             heartbeat_ticks,
             election_ticks,
             batch_proposals_max: 256,
@@ -87,6 +99,10 @@ pub struct DurableState<C> {
     pub accepted: BTreeMap<Slot, Accepted<C>>,
     /// The latest state-machine snapshot and the slot it covers.
     pub snapshot: Option<(Slot, Arc<Vec<u8>>)>,
+    /// The configuration in force after the snapshot's slot (`None` for a
+    /// snapshot stored before configurations were recorded, or none taken:
+    /// the first configuration then applies).
+    pub snapshot_config: Option<Arc<Configuration>>,
 }
 
 impl<C> Default for DurableState<C> {
@@ -95,6 +111,7 @@ impl<C> Default for DurableState<C> {
             promised: Ballot::ZERO,
             accepted: BTreeMap::new(),
             snapshot: None,
+            snapshot_config: None,
         }
     }
 }
@@ -158,6 +175,20 @@ struct Leading<C> {
     /// The chosen prefix when it last grew, and the tick it did: a leader
     /// that cannot learn the slots phase 1 reported chosen steps down.
     learn_progress: (Slot, u64),
+    /// The chosen prefix each voter and learner last reported.
+    matched: BTreeMap<NodeId, Slot>,
+    /// When each member last acknowledged a heartbeat.
+    acked_at: BTreeMap<NodeId, u64>,
+    /// When this leader was elected.
+    elected_at: u64,
+    /// The last slot pushed to each member that cannot ask (see
+    /// `push_to_new_learners`).
+    pushed: BTreeMap<NodeId, Slot>,
+    /// A configuration change waiting for its slot.
+    reconfigure: Option<Arc<Configuration>>,
+    /// The slot of the configuration change this leader proposed and has
+    /// not seen chosen; after a stop-sign it assigns no further slot.
+    reconfiguring_at: Option<(Slot, bool)>,
 }
 
 /// A replica's role.
@@ -203,6 +234,20 @@ pub struct Replica<C> {
     promised: Ballot,
     accepted: BTreeMap<Slot, Accepted<C>>,
 
+    // Configuration.
+    /// The configuration in force after each slot where it changed, from
+    /// the one in force at `compacted` on.
+    configs: Vec<(Slot, Arc<Configuration>)>,
+    /// Why this node no longer belongs to the cluster, once it learned so.
+    removed: Option<String>,
+    /// When this node last asked a peer of a later epoch for chosen values.
+    epoch_catch_up_at: Option<u64>,
+    /// The stop-sign that started this node's epoch, until a snapshot
+    /// covers it: the node takes part in the new epoch only after, so that
+    /// a promise of the new epoch is never durable without the state it
+    /// starts from (see [`Replica::epoch_snapshot_due`]).
+    epoch_started_at: Option<Slot>,
+
     // Learner.
     /// Slots up to here are covered by the snapshot and forgotten.
     compacted: Slot,
@@ -246,7 +291,7 @@ impl<C: Command> Replica<C> {
     /// A replica resuming from `durable` (empty for a fresh node).
     pub fn new(config: ReplicaConfig, durable: DurableState<C>) -> Replica<C> {
         assert!(
-            config.members.contains(&config.id),
+            config.members.is_empty() || config.members.contains(&config.id),
             "node {} must be one of the members",
             config.id
         );
@@ -255,6 +300,12 @@ impl<C: Command> Replica<C> {
             Some((slot, data)) => (slot, Some(data)),
             None => (Slot::ZERO, None),
         };
+        let initial = durable.snapshot_config.unwrap_or_else(|| {
+            Arc::new(Configuration::initial(
+                config.members.clone(),
+                config.addresses.clone(),
+            ))
+        });
         let mut accepted = durable.accepted;
         accepted.retain(|slot, _| *slot > compacted);
         let mut replica = Replica {
@@ -264,6 +315,10 @@ impl<C: Command> Replica<C> {
             ready: Ready::numbered(1),
             role: Role::Follower,
             durable_through: 0,
+            configs: vec![(compacted, initial)],
+            removed: None,
+            epoch_catch_up_at: None,
+            epoch_started_at: None,
             promised: durable.promised,
             accepted,
             compacted,
@@ -284,6 +339,7 @@ impl<C: Command> Replica<C> {
             agreement_breach: None,
         };
         replica.reset_election_timer();
+        replica.note_if_removed();
         replica
     }
 
@@ -298,9 +354,46 @@ impl<C: Command> Replica<C> {
     }
 
     /// Handles one message from a peer.
+    ///
+    /// Messages of the protocol proper are taken only from this
+    /// configuration's voters and only at its epoch (a learner's heartbeat
+    /// acknowledgement excepted): one of a later epoch makes this node catch
+    /// up with its sender, one of an earlier epoch is answered with
+    /// [`Message::EpochEnded`]. Catch-up messages (learn, chosen values,
+    /// snapshots) are served to and taken from anyone the transport admits.
     pub fn step(&mut self, from: NodeId, message: Message<C>) {
-        if from == self.config.id || !self.config.members.contains(&from) {
+        if from == self.config.id {
             return;
+        }
+        if self.removed.is_some() {
+            self.step_removed(from, message);
+            return;
+        }
+        if let Some(ballot) = message.ballot() {
+            if self.epoch_snapshot_due() {
+                // Its sender sends again.
+                return;
+            }
+            let epoch = self.configuration().epoch;
+            if ballot.epoch > epoch {
+                self.catch_up_with(from);
+                return;
+            }
+            if ballot.epoch < epoch {
+                if self.configuration().has(from) {
+                    self.send(from, Message::EpochEnded { epoch });
+                }
+                return;
+            }
+            let config = self.configuration();
+            let admitted = config.voters.contains(&from)
+                || (matches!(message, Message::HeartbeatAck { .. }) && config.learners.contains(&from))
+                // A node that does not vote yet (or joins and knows no
+                // configuration) learns from whoever leads.
+                || (matches!(message, Message::Heartbeat { .. }) && !config.voters.contains(&self.config.id));
+            if !admitted {
+                return;
+            }
         }
         match message {
             Message::Probe { ballot } => self.on_probe(from, ballot),
@@ -323,17 +416,33 @@ impl<C: Command> Replica<C> {
                 chosen_upto,
                 seq,
             } => self.on_heartbeat(from, ballot, chosen_upto, seq),
-            Message::HeartbeatAck { ballot, seq } => self.on_heartbeat_ack(from, ballot, seq),
-            Message::Learn { from_slot } => self.on_learn(from, from_slot),
+            Message::HeartbeatAck {
+                ballot,
+                seq,
+                chosen_upto,
+            } => self.on_heartbeat_ack(from, ballot, seq, chosen_upto),
+            Message::Learn { from_slot } => {
+                self.on_learn(from, from_slot);
+            }
             Message::Chosen { entries } => self.on_chosen(entries),
-            Message::Snapshot { slot, data } => self.on_snapshot(slot, data),
+            Message::Snapshot { slot, data, config } => self.on_snapshot(slot, data, config),
+            Message::EpochEnded { epoch } => {
+                if epoch > self.configuration().epoch {
+                    self.catch_up_with(from);
+                }
+            }
         }
     }
 
     /// Advances time by one tick.
     pub fn tick(&mut self) {
         self.now += 1;
-        self.tick_role();
+        if self.removed.is_some() {
+            return;
+        }
+        if !self.epoch_snapshot_due() {
+            self.tick_role();
+        }
         self.tick_learner();
     }
 
@@ -375,7 +484,10 @@ impl<C: Command> Replica<C> {
         }
         self.forget_upto(slot);
         self.snapshot = Some(data.clone());
-        self.ready.persist.push(ready::Persist::Snapshot { slot, data });
+        let config = self.configuration_at(slot);
+        self.ready
+            .persist
+            .push(ready::Persist::Snapshot { slot, data, config });
     }
 
     /// Whether a Ready is waiting, first cutting queued proposals into
@@ -475,14 +587,63 @@ impl<C: Command> Replica<C> {
         self.accepted.get(&slot)
     }
 
-    fn majority(&self) -> usize {
-        self.config.members.len() / 2 + 1
+    /// The configuration in force after the highest chosen slot.
+    pub fn configuration(&self) -> &Arc<Configuration> {
+        &self
+            .configs
+            .last()
+            .expect("a replica always has a configuration")
+            .1
     }
 
+    /// The configuration in force after `slot` (at or after the compacted
+    /// prefix).
+    pub fn configuration_at(&self, slot: Slot) -> Arc<Configuration> {
+        self.configs
+            .iter()
+            .rev()
+            .find(|(since, _)| *since <= slot)
+            .unwrap_or(&self.configs[0])
+            .1
+            .clone()
+    }
+
+    /// Why this node no longer belongs to the cluster, once it learned that
+    /// a configuration change removed it; it then takes part in nothing.
+    pub fn removed(&self) -> Option<&str> {
+        self.removed.as_deref()
+    }
+
+    /// Whether the driver must snapshot its state machine now: a stop-sign
+    /// it applied started a new epoch, and until a snapshot covers that
+    /// slot this node takes no part in the new epoch.
+    ///
+    /// After a restart a node knows only what its snapshot covers as
+    /// chosen. Without this, a node could restart holding a promise of the
+    /// new epoch but the configuration of the old one; it would refuse
+    /// every ballot of the old epoch, and if every node that knew the
+    /// stop-sign chosen had restarted too, nobody could choose again the
+    /// slots before it, nor lead the new epoch. Persisting the snapshot
+    /// before any later record makes every durable promise of an epoch
+    /// come with that epoch's configuration and the state it starts from.
+    pub fn epoch_snapshot_due(&self) -> bool {
+        self.epoch_started_at.is_some_and(|slot| self.compacted < slot)
+    }
+
+    /// Whether this node votes in the configuration in force.
+    pub fn is_voter(&self) -> bool {
+        self.configuration().voters.contains(&self.config.id)
+    }
+
+    fn majority(&self) -> usize {
+        self.configuration().voters.len() / 2 + 1
+    }
+
+    /// The other voters of the configuration in force.
     fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
         let id = self.config.id;
-        self.config
-            .members
+        self.configuration()
+            .voters
             .iter()
             .copied()
             .filter(move |member| *member != id)

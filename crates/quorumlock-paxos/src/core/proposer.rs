@@ -39,7 +39,9 @@ impl<C: Command> Replica<C> {
         let mut recovered: BTreeMap<Slot, Accepted<C>> = BTreeMap::new();
         for (_, accepted) in preparing.promises.into_values() {
             for (slot, record) in accepted {
-                if slot <= max_chosen {
+                // A record of an earlier epoch lies after that epoch's
+                // stop-sign (every slot up to it is chosen here): void.
+                if slot <= max_chosen || record.ballot.epoch != ballot.epoch {
                     continue;
                 }
                 match recovered.get(&slot) {
@@ -56,6 +58,16 @@ impl<C: Command> Replica<C> {
             .max(max_chosen)
             .max(self.chosen_upto);
 
+        // A change recovered here may be chosen: like its proposer, this
+        // leader assigns no slot after a stop-sign until it is decided.
+        let current = self.configuration().clone();
+        let reconfiguring_at = recovered
+            .iter()
+            .rev()
+            .find_map(|(slot, record)| match &record.value {
+                Value::Reconfigure(next) => Some((*slot, current.ends_with(next))),
+                _ => None,
+            });
         self.leader = Some(ballot);
         self.failed_elections = 0;
         let heard_at = self.peers().map(|peer| (peer, self.now)).collect();
@@ -72,6 +84,12 @@ impl<C: Command> Replica<C> {
             next_heartbeat_at: self.now + self.config.heartbeat_ticks,
             next_quorum_check_at: self.now + self.config.election_ticks,
             learn_progress: (self.chosen_upto, self.now),
+            matched: BTreeMap::new(),
+            acked_at: BTreeMap::new(),
+            elected_at: self.now,
+            pushed: BTreeMap::new(),
+            reconfigure: None,
+            reconfiguring_at,
         }));
 
         if max_chosen > self.chosen_upto {
@@ -97,13 +115,18 @@ impl<C: Command> Replica<C> {
             self.config.slot_bytes_max,
             self.config.inflight_slots_max,
         );
+        let reconfiguration = self.take_reconfiguration_slot();
         let Role::Leading(leading) = &mut self.role else {
             return;
         };
         let ballot = leading.ballot;
-        let mut new_slots = Vec::new();
+        let mut new_slots: Vec<(Slot, Value<C>)> = reconfiguration.into_iter().collect();
+        // Nothing follows a stop-sign of this epoch: the queue waits, and is
+        // refused (to be retried at the next leader) once it is chosen.
+        let stopped = leading.reconfiguring_at.is_some_and(|(_, ends)| ends);
         // The slots cut here enter `inflight` only below, so count them too.
-        while !leading.queue.is_empty() && leading.inflight.len() + new_slots.len() < inflight_max {
+        while !stopped && !leading.queue.is_empty() && leading.inflight.len() + new_slots.len() < inflight_max
+        {
             let mut batch = Vec::new();
             let mut bytes = 0;
             while let Some(next) = leading.queue.front() {
@@ -296,10 +319,10 @@ impl<C: Command> Replica<C> {
             let ballot = leading.ballot;
             let mut resend: BTreeMap<NodeId, Vec<(Slot, Value<C>)>> = BTreeMap::new();
             let id = self.config.id;
+            let voters = self.configs.last().expect("never empty").1.clone();
             for (slot, inflight) in &leading.inflight {
-                for peer in self
-                    .config
-                    .members
+                for peer in voters
+                    .voters
                     .iter()
                     .filter(|peer| **peer != id && !inflight.votes.contains(peer))
                 {
@@ -323,6 +346,7 @@ impl<C: Command> Replica<C> {
                 }
             }
             self.send_round();
+            self.push_to_new_learners();
         }
     }
 
@@ -338,11 +362,29 @@ impl<C: Command> Replica<C> {
             chosen_upto: self.chosen_upto,
             seq: leading.round,
         };
+        // Learners hear every round too: it is how they learn the chosen
+        // prefix and report how far they have caught up.
+        let learners: Vec<NodeId> = self.configuration().learners.iter().copied().collect();
+        for learner in learners {
+            self.send(learner, message.clone());
+        }
         self.broadcast(message);
         self.confirm_reads();
     }
 
-    pub(super) fn on_heartbeat_ack(&mut self, from: NodeId, ballot: Ballot, seq: u64) {
+    pub(super) fn on_heartbeat_ack(&mut self, from: NodeId, ballot: Ballot, seq: u64, chosen_upto: Slot) {
+        let voter = self.configuration().voters.contains(&from);
+        match &mut self.role {
+            Role::Leading(leading) if leading.ballot == ballot => {
+                leading.matched.insert(from, chosen_upto);
+                leading.acked_at.insert(from, self.now);
+            }
+            _ => return,
+        }
+        // A learner's answer confirms nothing: only voters make a quorum.
+        if !voter {
+            return;
+        }
         let Some(leading) = self.answered_at(from, ballot) else {
             return;
         };

@@ -25,7 +25,7 @@
 use std::sync::Arc;
 
 use super::message::Envelope;
-use super::types::{Accepted, Ballot, Chosen, ProposalId, ReadId, Slot};
+use super::types::{Accepted, Ballot, Chosen, Configuration, ProposalId, ReadId, Slot};
 use quorumlock_core::consensus::NodeId;
 
 /// Numbers the Readys of one replica's life, from 1.
@@ -50,6 +50,8 @@ pub enum Persist<C> {
         slot: Slot,
         /// The serialized state.
         data: Arc<Vec<u8>>,
+        /// The configuration in force after `slot`.
+        config: Arc<Configuration>,
     },
 }
 

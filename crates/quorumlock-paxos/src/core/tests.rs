@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use super::message::{Envelope, Message};
 use super::ready::{Apply, Persist, Ready, Refusal};
-use super::types::{Accepted, Ballot, Chosen, Proposal, ProposalId, Slot, Value};
+use super::types::{Accepted, Ballot, Chosen, Configuration, Proposal, ProposalId, Slot, Value};
 use super::{DurableState, Replica, ReplicaConfig};
 use quorumlock_core::consensus::NodeId;
 
@@ -33,7 +33,16 @@ fn n(id: u64) -> NodeId {
 }
 
 fn ballot(round: u64, node: u64) -> Ballot {
-    Ballot { round, node: n(node) }
+    Ballot {
+        epoch: 0,
+        round,
+        node: n(node),
+    }
+}
+
+/// The first configuration of a 3-node cluster.
+fn three() -> Arc<Configuration> {
+    Arc::new(Configuration::initial((1..=3).map(n).collect(), BTreeMap::new()))
 }
 
 fn config(id: u64, size: u64) -> ReplicaConfig {
@@ -341,6 +350,7 @@ fn prepare_above_the_promise_persists_it_then_promises_values_above_the_chosen_p
             (Slot::new(3), accepted(ballot(1, 1), z.clone())),
         ]),
         snapshot: None,
+        snapshot_config: None,
     };
     let mut acceptor = Replica::new(config(2, 3), durable);
     // The leader at 1.1 announces slot 1 chosen: the acceptor holds its value.
@@ -491,6 +501,7 @@ fn new_leader_reproposes_the_highest_ballot_value_per_slot_and_fills_holes_with_
         promised: ballot(1, 3),
         accepted: BTreeMap::from([(Slot::new(1), accepted(ballot(1, 2), old))]),
         snapshot: None,
+        snapshot_config: None,
     };
     let mut replica = Replica::new(config(1, 3), durable);
     let ready = elect(
@@ -702,6 +713,7 @@ fn a_follower_learns_from_the_heartbeat_only_slots_it_accepted_at_that_ballot() 
             (Slot::new(2), accepted(ballot(1, 2), y)),
         ]),
         snapshot: None,
+        snapshot_config: None,
     };
     let mut follower = Replica::new(config(2, 3), durable);
     follower.step(
@@ -719,16 +731,17 @@ fn a_follower_learns_from_the_heartbeat_only_slots_it_accepted_at_that_ballot() 
                 envelope(
                     2,
                     3,
-                    Message::HeartbeatAck {
-                        ballot: ballot(1, 3),
-                        seq: 1,
+                    Message::Learn {
+                        from_slot: Slot::new(2)
                     }
                 ),
                 envelope(
                     2,
                     3,
-                    Message::Learn {
-                        from_slot: Slot::new(2)
+                    Message::HeartbeatAck {
+                        ballot: ballot(1, 3),
+                        seq: 1,
+                        chosen_upto: Slot::new(1),
                     }
                 ),
             ],
@@ -832,7 +845,8 @@ fn learn_below_the_compaction_point_is_answered_with_the_snapshot() {
                 2,
                 Message::Snapshot {
                     slot: Slot::new(5),
-                    data
+                    data,
+                    config: three()
                 }
             )],
             ..Ready::default()
@@ -926,6 +940,7 @@ fn a_snapshot_ahead_of_apply_replaces_the_applied_prefix() {
         Message::Snapshot {
             slot: Slot::new(4),
             data: data.clone(),
+            config: three(),
         },
     );
     assert_eq!(
@@ -933,7 +948,8 @@ fn a_snapshot_ahead_of_apply_replaces_the_applied_prefix() {
         Ready {
             persist: vec![Persist::Snapshot {
                 slot: Slot::new(4),
-                data: data.clone()
+                data: data.clone(),
+                config: three()
             }],
             apply: vec![Apply::Snapshot {
                 slot: Slot::new(4),
@@ -951,6 +967,7 @@ fn a_snapshot_ahead_of_apply_replaces_the_applied_prefix() {
         Message::Snapshot {
             slot: Slot::new(3),
             data: Arc::new(vec![]),
+            config: three(),
         },
     );
     assert_eq!(
@@ -987,6 +1004,7 @@ fn a_read_is_confirmed_only_by_a_heartbeat_round_sent_after_it_began() {
         Message::HeartbeatAck {
             ballot: ballot(1, 1),
             seq: 1,
+            chosen_upto: Slot::ZERO,
         },
     );
     assert_eq!(take(&mut leader), Ready::default());
@@ -995,6 +1013,7 @@ fn a_read_is_confirmed_only_by_a_heartbeat_round_sent_after_it_began() {
         Message::HeartbeatAck {
             ballot: ballot(1, 1),
             seq: 2,
+            chosen_upto: Slot::ZERO,
         },
     );
     assert_eq!(
@@ -1018,6 +1037,7 @@ fn a_read_waits_for_apply_to_reach_every_slot_assigned_before_it() {
         Message::HeartbeatAck {
             ballot: ballot(1, 1),
             seq: 2,
+            chosen_upto: Slot::ZERO,
         },
     );
     assert_eq!(take(&mut leader), Ready::default(), "slot 1 is not applied yet");
@@ -1122,6 +1142,7 @@ fn check_quorum_a_leader_with_acknowledging_peers_stays() {
             Message::HeartbeatAck {
                 ballot: ballot(1, 1),
                 seq: tick,
+                chosen_upto: Slot::ZERO,
             },
         );
     }
@@ -1178,6 +1199,7 @@ fn a_leader_that_learned_during_phase_one_does_not_refill_chosen_slots() {
         Message::Snapshot {
             slot: Slot::new(5),
             data: data.clone(),
+            config: three(),
         },
     );
     assert_eq!(
@@ -1233,6 +1255,7 @@ fn a_leader_that_cannot_learn_slots_reported_chosen_steps_down() {
             Message::HeartbeatAck {
                 ballot: ballot(1, 1),
                 seq: 1,
+                chosen_upto: Slot::ZERO,
             },
         );
     }
@@ -1254,6 +1277,7 @@ fn a_leader_that_learns_slowly_keeps_leading() {
             Message::HeartbeatAck {
                 ballot: ballot(1, 1),
                 seq: 1,
+                chosen_upto: Slot::ZERO,
             },
         );
         if tick % ELECTION_TICKS == ELECTION_TICKS - 1 {
@@ -1329,6 +1353,7 @@ fn a_snapshot_over_unapplied_own_commands_reports_them_abandoned() {
         Message::Snapshot {
             slot: Slot::new(2),
             data: data.clone(),
+            config: three(),
         },
     );
     assert_eq!(
@@ -1336,7 +1361,8 @@ fn a_snapshot_over_unapplied_own_commands_reports_them_abandoned() {
         Ready {
             persist: vec![Persist::Snapshot {
                 slot: Slot::new(2),
-                data: data.clone()
+                data: data.clone(),
+                config: three()
             }],
             apply: vec![Apply::Snapshot {
                 slot: Slot::new(2),
@@ -1420,6 +1446,7 @@ fn a_snapshot_is_not_resent_to_a_peer_that_asks_again_within_an_election_timeout
         Message::Snapshot {
             slot: Slot::new(1),
             data: Arc::new(vec![7]),
+            config: three(),
         },
     );
     leader.step(

@@ -2,6 +2,7 @@
 //! values chosen for slots. The core orders commands of any type `C` (see
 //! [`Command`]); it never looks inside them.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -91,9 +92,14 @@ impl fmt::Display for Slot {
 }
 
 /// A proposal number: unique per proposer because it carries the proposer's
-/// id, and totally ordered by `(round, node)`.
+/// id, and totally ordered by `(epoch, round, node)`, so that every ballot
+/// of a configuration is above every ballot of the configurations before
+/// it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Ballot {
+    /// The configuration the ballot belongs to (see [`Configuration`]): only
+    /// that configuration's voters answer it.
+    pub epoch: u64,
     /// Increases with every phase 1 a node starts.
     pub round: u64,
     /// The proposer that owns the ballot; breaks ties between equal rounds.
@@ -103,22 +109,83 @@ pub struct Ballot {
 impl Ballot {
     /// The ballot below every real one; nothing is promised or accepted at it.
     pub const ZERO: Ballot = Ballot {
+        epoch: 0,
         round: 0,
         node: NodeId::new(0),
     };
 
-    /// The smallest ballot owned by `node` that is above `self`.
-    pub fn next_for(self, node: NodeId) -> Ballot {
-        Ballot {
-            round: self.round + 1,
-            node,
-        }
+    /// The smallest ballot of `epoch` owned by `node` that is above `self`
+    /// (`self` is never of a later epoch: a replica only raises ballots of
+    /// its own configuration).
+    pub fn next_for(self, epoch: u64, node: NodeId) -> Ballot {
+        assert!(
+            self.epoch <= epoch,
+            "ballot {self} is of a later epoch than {epoch}"
+        );
+        let round = if self.epoch == epoch { self.round + 1 } else { 1 };
+        Ballot { epoch, round, node }
     }
 }
 
 impl fmt::Display for Ballot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.round, self.node)
+        write!(f, "{}:{}.{}", self.epoch, self.round, self.node)
+    }
+}
+
+/// The members of one configuration, as the log carries it.
+///
+/// A change of voters ends the current configuration: its value is a
+/// *stop-sign*, the last slot the configuration decides, and the next
+/// configuration (one epoch higher) decides every slot after it. A change
+/// of learners only keeps the epoch: learners never count toward a quorum.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Configuration {
+    /// Rises by one at every change of voters.
+    pub epoch: u64,
+    /// Rises by one at every change; a change applies only to the
+    /// configuration it was made from (`version` one below its own).
+    pub version: u64,
+    /// The members that promise, accept and elect.
+    pub voters: BTreeSet<NodeId>,
+    /// Members that receive every chosen value but never vote.
+    pub learners: BTreeSet<NodeId>,
+    /// Where each voter and learner serves (`host:port`), for the engine's
+    /// transport; the core only carries it.
+    pub addresses: BTreeMap<NodeId, String>,
+    /// Every id a change removed: never a member again.
+    pub retired: BTreeSet<NodeId>,
+}
+
+impl Configuration {
+    /// The first configuration of a cluster: `voters` at epoch 0.
+    pub fn initial(voters: BTreeSet<NodeId>, addresses: BTreeMap<NodeId, String>) -> Configuration {
+        Configuration {
+            voters,
+            addresses,
+            ..Configuration::default()
+        }
+    }
+
+    /// Whether `node` is a voter or a learner.
+    pub fn has(&self, node: NodeId) -> bool {
+        self.voters.contains(&node) || self.learners.contains(&node)
+    }
+
+    /// Whether `next` is a change this configuration accepts: one version
+    /// on, and one epoch on exactly when the voters change.
+    pub fn accepts(&self, next: &Configuration) -> bool {
+        let epoch = if next.voters == self.voters {
+            self.epoch
+        } else {
+            self.epoch + 1
+        };
+        next.version == self.version + 1 && next.epoch == epoch && !next.voters.is_empty()
+    }
+
+    /// Whether `next` ends this configuration (a stop-sign).
+    pub fn ends_with(&self, next: &Configuration) -> bool {
+        self.accepts(next) && next.epoch > self.epoch
     }
 }
 
@@ -147,8 +214,8 @@ pub struct Proposal<C> {
     pub command: C,
 }
 
-/// What a slot holds: a batch of client commands, or a no-op a new leader
-/// uses to fill a hole it found in phase 1.
+/// What a slot holds: a batch of client commands, a no-op a new leader
+/// uses to fill a hole it found in phase 1, or a change of configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Value<C> {
     /// Fills a slot for which no quorum member reported an accepted value.
@@ -156,6 +223,11 @@ pub enum Value<C> {
     /// Commands applied in order. Shared so that sending one value to every
     /// peer does not copy it.
     Batch(Arc<Vec<Proposal<C>>>),
+    /// The configuration from the next slot on. It takes effect only if the
+    /// configuration in force [accepts](Configuration::accepts) it (a stale
+    /// change chosen late is a no-op); when it changes the voters it is the
+    /// stop-sign of the current configuration.
+    Reconfigure(Arc<Configuration>),
 }
 
 impl<C: Command> Value<C> {
@@ -170,7 +242,7 @@ impl<C> Value<C> {
     /// The commands of this value, in apply order.
     pub fn proposals(&self) -> &[Proposal<C>] {
         match self {
-            Value::Noop => &[],
+            Value::Noop | Value::Reconfigure(_) => &[],
             Value::Batch(batch) => batch,
         }
     }
