@@ -6,7 +6,11 @@
 //! reordering, partitions that split the cluster or isolate the leader),
 //! disks that make writes durable late and keep only a prefix of them when
 //! their node crashes, drivers that execute their effects late, snapshots,
-//! and many clients proposing at random nodes. Invariants are checked after
+//! and many clients proposing at random nodes. Half the runs also change
+//! membership while the faults go on: a spare node joins with an empty disk
+//! and no configuration, is added as a learner, promoted to voter once it
+//! caught up (a stop-sign), and then one of the first members — the leader
+//! as likely as any — is removed (another stop-sign). Invariants are checked after
 //! every step, so a violation is reported at the step that caused it, and a
 //! failing seed replays exactly: nothing here reads a clock, iterates a hash
 //! map or depends on thread timing.
@@ -17,7 +21,7 @@
 //! - `QUORUMLOCK_SIM_TRACE=1` prints every event of the run to stderr.
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,8 +32,8 @@ use quorumlock_simkit::{env_u64, run_seed, LinkFaults, Partition};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::core::types::{Proposal, ProposalId, Slot};
-use crate::core::{Replica, ReplicaConfig};
+use crate::core::types::{Configuration, Proposal, ProposalId, Slot};
+use crate::core::{ConfigurationChange, Replica, ReplicaConfig};
 use crate::driver::{Answer, Driver, StateMachine};
 use crate::sim::{Links, SimDisk, SimTransport};
 use crate::Refusal;
@@ -226,9 +230,46 @@ enum Waiter {
 
 type SimDriver = Driver<Op, SimDisk<Op>, SimTransport<Op>, OpLog, Waiter>;
 
+/// Where a node stands in the cluster's membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// One of the first members, or a spare that was started to join.
+    Member,
+    /// A spare the membership script has not started yet.
+    Spare,
+    /// Removed by a chosen membership change. It keeps running (and
+    /// crashing), as a node an operator forgot would, but is left out of
+    /// the liveness and convergence checks.
+    Retired,
+}
+
+/// A step of the membership script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ScriptStep {
+    /// Add the spare as a learner.
+    Add,
+    /// Promote the spare to voter.
+    Promote,
+    /// Remove this one of the first members.
+    Remove(NodeId),
+}
+
+/// The membership script of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Script {
+    /// The spare starts at `at`.
+    Waiting { at: u64 },
+    /// The step is done once a chosen configuration shows it; until then it
+    /// is proposed on a leader no earlier than `retry_at`.
+    Running { step: ScriptStep, retry_at: u64 },
+    /// Every step is in a chosen configuration (or the run has no script).
+    Done,
+}
+
 /// One simulated node: its driver (absent while crashed) and its disk.
 struct Node {
     id: NodeId,
+    standing: Standing,
     driver: Option<SimDriver>,
     disk: SimDisk<Op>,
     /// Step at which a crashed node restarts.
@@ -300,6 +341,12 @@ struct Sim {
     ops: Vec<OpState>,
     /// Length of the history prefix that covers every acknowledged op.
     acked_len: usize,
+    /// How many nodes the cluster started with (a spare comes after them).
+    first_size: u64,
+    script: Script,
+    /// Every configuration some replica had in force, by version: two
+    /// different ones of one version break agreement.
+    configurations: BTreeMap<u64, Arc<Configuration>>,
 }
 
 impl Sim {
@@ -345,20 +392,33 @@ impl Sim {
             violation: Rc::new(RefCell::new(None)),
             ops: Vec::new(),
             acked_len: 0,
+            first_size: size,
+            script: Script::Done,
+            configurations: BTreeMap::new(),
             rng,
         };
-        for id in 1..=size {
+        let spare = sim.rng.gen_bool(0.5);
+        if spare {
+            let at = sim.rng.gen_range(0..FAULT_TICKS * STEPS_PER_TICK / 2);
+            sim.script = Script::Waiting { at };
+        }
+        for id in 1..=size + u64::from(spare) {
             let disk = SimDisk::new(sim.rng.gen(), limits.disk_latency_max, now.clone());
             let tick_phase = sim.rng.gen_range(0..STEPS_PER_TICK);
             sim.nodes.push(Node {
                 id: NodeId::new(id),
+                standing: if id <= size {
+                    Standing::Member
+                } else {
+                    Standing::Spare
+                },
                 driver: None,
                 disk,
                 restart_at: 0,
                 tick_phase,
             });
         }
-        for i in 0..sim.nodes.len() {
+        for i in 0..size as usize {
             sim.start(i);
         }
         sim
@@ -378,10 +438,14 @@ impl Sim {
         usize::try_from(id.get() - 1).expect("node ids are small")
     }
 
-    /// Starts node `i`'s driver from its disk alone.
+    /// Starts node `i`'s driver from its disk alone. The first members know
+    /// each other; a spare joins knowing no configuration.
     fn start(&mut self, i: usize) {
-        let size = self.nodes.len() as u64;
-        let members: BTreeSet<NodeId> = (1..=size).map(NodeId::new).collect();
+        let members: BTreeSet<NodeId> = if (i as u64) < self.first_size {
+            (1..=self.first_size).map(NodeId::new).collect()
+        } else {
+            BTreeSet::new()
+        };
         let mut config = ReplicaConfig::new(self.nodes[i].id, members, HEARTBEAT_TICKS, ELECTION_TICKS);
         config.batch_proposals_max = self.limits.batch_proposals_max;
         config.inflight_slots_max = self.limits.inflight_slots_max;
@@ -475,8 +539,12 @@ impl Sim {
         // trip (unless a snapshot covers the gap).
         let catch_up_rounds = (self.history.borrow().slots.len() / limits.learn_batch_max) as u64 + 1;
         // Twice the pipeline's pace: a retry may first meet a full queue.
-        let convergence_ticks_max =
-            CONVERGENCE_TICKS_BASE + (2 * open_rounds + catch_up_rounds) * self.round_trip_ticks();
+        // Each membership step left takes a retry interval, an election in
+        // the new epoch and a round trip.
+        let script_ticks = self.script_steps_left() * (2 * ELECTION_TICKS + 2 * self.round_trip_ticks());
+        let convergence_ticks_max = CONVERGENCE_TICKS_BASE
+            + (2 * open_rounds + catch_up_rounds) * self.round_trip_ticks()
+            + script_ticks;
         let converge_deadline = self.step() + convergence_ticks_max * STEPS_PER_TICK;
         while !self.converged() {
             if self.step() >= converge_deadline {
@@ -491,9 +559,18 @@ impl Sim {
                     .collect();
                 return Err(format!(
                     "convergence: replicas did not all apply the history of {} slots within \
-                     {convergence_ticks_max} ticks (applied: {applied:?}; leaders: {:?}; waiting \
-                     clients per node: {:?}; clients to retry: {})",
+                     {convergence_ticks_max} ticks (applied: {applied:?}; configuration versions: {:?}; \
+                     membership script: {:?}; \
+                     leaders: {:?}; waiting clients per node: {:?}; clients to retry: {})",
                     self.history.borrow().slots.len(),
+                    self.nodes
+                        .iter()
+                        .map(|node| node
+                            .driver
+                            .as_ref()
+                            .map(|driver| driver.replica().configuration().version))
+                        .collect::<Vec<_>>(),
+                    self.script,
                     self.leaders(),
                     self.nodes
                         .iter()
@@ -533,12 +610,16 @@ impl Sim {
     fn converged(&mut self) -> bool {
         let slots = Slot::new(self.history.borrow().slots.len() as u64);
         let nodes_done = self.nodes.iter_mut().all(|node| {
+            if node.standing == Standing::Retired {
+                return true;
+            }
             let disk_idle = !node.disk.has_pending();
             node.driver.as_mut().is_some_and(|driver| {
                 !driver.has_work() && driver.machine().slot == slots && driver.waiting() == 0
             }) && disk_idle
         });
         nodes_done
+            && self.script == Script::Done
             && self
                 .ops
                 .iter()
@@ -568,7 +649,7 @@ impl Sim {
         self.faults.crash = 0.0;
         self.faults.partition = 0.0;
         for i in 0..self.nodes.len() {
-            if self.nodes[i].driver.is_none() {
+            if self.nodes[i].driver.is_none() && self.nodes[i].standing != Standing::Spare {
                 self.restart(i);
             }
         }
@@ -580,6 +661,7 @@ impl Sim {
     fn advance_step(&mut self) -> Result<(), Violation> {
         let step = self.step() + 1;
         self.now.store(step, Ordering::Relaxed);
+        self.run_script();
         loop {
             let next = self.links.borrow_mut().deliver_due();
             let Some(envelope) = next else { break };
@@ -607,7 +689,7 @@ impl Sim {
                 if self.rng.gen_bool(self.faults.flush) {
                     self.flush(i)?;
                 }
-            } else if step >= self.nodes[i].restart_at {
+            } else if step >= self.nodes[i].restart_at && self.nodes[i].standing != Standing::Spare {
                 self.restart(i);
             }
         }
@@ -669,6 +751,12 @@ impl Sim {
 
     /// Invariants that must hold between any two steps.
     fn check_step(&mut self) -> Result<(), Violation> {
+        self.check_replicas()?;
+        self.note_retired();
+        Ok(())
+    }
+
+    fn check_replicas(&mut self) -> Result<(), Violation> {
         if let Some(violation) = self.violation.borrow().clone() {
             return Err(violation);
         }
@@ -683,6 +771,36 @@ impl Sim {
             };
             if let Some(breach) = driver.replica().agreement_breach() {
                 return Err(format!("agreement: node {}: {breach}", node.id));
+            }
+            let config = driver.replica().configuration();
+            // A joining node knows no configuration until it learns one.
+            let known = !(config.voters.is_empty() && config.learners.is_empty());
+            match self.configurations.get(&config.version).filter(|_| known) {
+                Some(known) if known != config => {
+                    return Err(format!(
+                        "agreement: node {} has configuration {config:?} in force, but another \
+                         node had {known:?} of the same version",
+                        node.id
+                    ))
+                }
+                Some(_) => {}
+                None if known => {
+                    self.configurations.insert(config.version, config.clone());
+                }
+                None => {}
+            }
+            if driver.replica().promised().epoch > config.epoch {
+                return Err(format!(
+                    "epoch: node {} promised {} beyond the epoch of its configuration {config:?}",
+                    node.id,
+                    driver.replica().promised()
+                ));
+            }
+            if driver.replica().removed().is_some() && !config.retired.contains(&node.id) {
+                return Err(format!(
+                    "membership: node {} stopped as removed, yet its configuration {config:?} keeps it",
+                    node.id
+                ));
             }
             let machine = driver.machine();
             let (slot, ops) = (machine.slot, machine.ops.len());
@@ -730,6 +848,130 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// The newest configuration some replica had in force: chosen, so for
+    /// good.
+    fn latest_configuration(&self) -> Option<&Arc<Configuration>> {
+        self.configurations.values().next_back()
+    }
+
+    /// Marks the nodes a chosen configuration removed.
+    fn note_retired(&mut self) {
+        let Some(latest) = self.latest_configuration().cloned() else {
+            return;
+        };
+        for node in &mut self.nodes {
+            if latest.retired.contains(&node.id) && node.standing != Standing::Retired {
+                node.standing = Standing::Retired;
+                if self.trace {
+                    eprintln!(
+                        "[step {}] membership: node {} is retired",
+                        self.now.load(Ordering::Relaxed),
+                        node.id
+                    );
+                }
+                // Its clients give up on it (it may never learn that it was
+                // removed: the members ignore it) and send it nothing more.
+                if let Some(driver) = node.driver.as_mut() {
+                    for waiter in driver.drain_waiting() {
+                        if let Waiter::Op(op) = waiter {
+                            self.ops[op as usize] = OpState::Unknown;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn script_steps_left(&self) -> u64 {
+        match self.script {
+            Script::Waiting { .. }
+            | Script::Running {
+                step: ScriptStep::Add,
+                ..
+            } => 3,
+            Script::Running {
+                step: ScriptStep::Promote,
+                ..
+            } => 2,
+            Script::Running {
+                step: ScriptStep::Remove(_),
+                ..
+            } => 1,
+            Script::Done => 0,
+        }
+    }
+
+    /// Advances the membership script: starts the spare, and proposes each
+    /// step on a leader until a chosen configuration shows it done. A
+    /// refused or lost proposal is proposed again a while later.
+    fn run_script(&mut self) {
+        let step = self.step();
+        let (script_step, retry_at) = match self.script {
+            Script::Done => return,
+            Script::Waiting { at } if step < at => return,
+            Script::Waiting { .. } => {
+                let spare = self.nodes.len() - 1;
+                self.nodes[spare].standing = Standing::Member;
+                self.log(|| format!("membership: node {} starts and joins", spare + 1));
+                self.start(spare);
+                self.script = Script::Running {
+                    step: ScriptStep::Add,
+                    retry_at: step,
+                };
+                return;
+            }
+            Script::Running { step, retry_at } => (step, retry_at),
+        };
+        let spare = self.nodes[self.nodes.len() - 1].id;
+        let done = self
+            .latest_configuration()
+            .is_some_and(|latest| match script_step {
+                ScriptStep::Add => latest.has(spare),
+                ScriptStep::Promote => latest.voters.contains(&spare),
+                ScriptStep::Remove(id) => latest.retired.contains(&id),
+            });
+        if done {
+            self.log(|| format!("membership: {script_step:?} is chosen"));
+            self.script = match script_step {
+                ScriptStep::Add => Script::Running {
+                    step: ScriptStep::Promote,
+                    retry_at: step,
+                },
+                ScriptStep::Promote => {
+                    let victim = NodeId::new(self.rng.gen_range(1..=self.first_size));
+                    Script::Running {
+                        step: ScriptStep::Remove(victim),
+                        retry_at: step,
+                    }
+                }
+                ScriptStep::Remove(_) => Script::Done,
+            };
+            return;
+        }
+        if step < retry_at {
+            return;
+        }
+        let Some(leader) = self.leaders().first().copied() else {
+            return;
+        };
+        let change = match script_step {
+            ScriptStep::Add => ConfigurationChange::AddLearner {
+                id: spare,
+                addr: format!("sim-{spare}"),
+            },
+            ScriptStep::Promote => ConfigurationChange::Promote { id: spare },
+            ScriptStep::Remove(id) => ConfigurationChange::Remove { id },
+        };
+        let i = self.index(leader);
+        let driver = self.nodes[i].driver.as_mut().expect("a leader runs");
+        let result = driver.replica_mut().propose_reconfiguration(change.clone());
+        self.log(|| format!("membership: node {leader} proposes {change:?}: {result:?}"));
+        self.script = Script::Running {
+            step: script_step,
+            retry_at: step + ELECTION_TICKS * STEPS_PER_TICK,
+        };
     }
 
     /// A node crashes: its disk keeps a prefix of what was pending, and its
@@ -796,7 +1038,14 @@ impl Sim {
         if new && (self.ops.len() as u64) < CLIENT_OPS_MAX && self.rng.gen_bool(self.faults.propose) {
             let op = self.new_op();
             let node = self.rng.gen_range(0..size);
-            self.submit(op, node);
+            if self.nodes[node].standing == Standing::Retired {
+                self.ops[op as usize] = OpState::Retry {
+                    at: self.step() + 1,
+                    node: None,
+                };
+            } else {
+                self.submit(op, node);
+            }
         }
         for op in 0..self.ops.len() {
             if let OpState::Retry { at, node } = self.ops[op] {
@@ -806,6 +1055,11 @@ impl Sim {
                         Some(id) => self.index(id),
                         None => self.rng.gen_range(0..size),
                     };
+                    if self.nodes[i].standing == Standing::Retired {
+                        let at = self.step() + 1;
+                        self.ops[op] = OpState::Retry { at, node: None };
+                        continue;
+                    }
                     self.submit(op as u64, i);
                 }
             }
