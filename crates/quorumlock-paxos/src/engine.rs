@@ -15,14 +15,16 @@ use tokio::task::JoinHandle;
 use tonic::service::Routes;
 
 use crate::core::ready::Refusal;
-use crate::core::types::{Proposal, Slot};
-use crate::core::{Replica, ReplicaConfig};
+use crate::core::types::{Configuration, Proposal, Slot};
+use crate::core::{ConfigurationChange, ReconfigurationRefused, Replica, ReplicaConfig};
 use crate::driver::{Answer, Driver, StateMachine};
 use crate::store::{PaxosStore, Persister};
-use crate::transport::{Inbound, Outboxes, PaxosPeerService, INBOX_BATCHES_MAX, PEER_MESSAGE_BYTES_MAX};
+use crate::transport::{
+    Admission, Inbound, Outboxes, PaxosPeerService, INBOX_BATCHES_MAX, PEER_MESSAGE_BYTES_MAX,
+};
 use quorumlock_core::consensus::{
     AppliedState, CommandResult, ConsensusEngine, EngineConfig, EngineError, EngineKind, EngineStatus,
-    LeaderInfo, Leadership, Member, NodeId,
+    LeaderInfo, Leadership, Member, MemberState, MembershipChange, NodeId,
 };
 use quorumlock_core::lock::{Command, LockState};
 use quorumlock_proto::paxos::paxos_peer_server::PaxosPeerServer;
@@ -33,6 +35,9 @@ pub const INPUT_QUEUE_MAX: usize = 16_384;
 /// Most inputs or inbound batches the driver takes before executing effects,
 /// so that one burst cannot starve ticks.
 pub const DRAIN_MAX: usize = 1_024;
+/// How long a membership change waits to be chosen before the call answers
+/// UNAVAILABLE (the change may still take effect).
+pub const MEMBERSHIP_CHANGE_WAIT_MAX: Duration = Duration::from_secs(30);
 
 enum Input {
     Propose {
@@ -42,6 +47,20 @@ enum Input {
     Read {
         reply: oneshot::Sender<Result<(), EngineError>>,
     },
+    Reconfigure {
+        change: ConfigurationChange,
+        reply: oneshot::Sender<Result<Arc<Configuration>, ReconfigurationRefused>>,
+    },
+}
+
+/// The membership as the driver last published it.
+#[derive(Debug, Clone)]
+struct MembershipView {
+    config: Arc<Configuration>,
+    /// On the leader: the chosen prefix each member last reported.
+    progress: BTreeMap<NodeId, Slot>,
+    /// Why this node no longer belongs to the cluster, once it learned so.
+    removed: Option<String>,
 }
 
 /// Who waits for an answer of the driver.
@@ -111,7 +130,9 @@ type LockDriver = Driver<Command, Persister<Command>, Outboxes<Command>, LockMac
 /// The Multi-Paxos engine.
 pub struct PaxosEngine {
     node_id: NodeId,
-    members: BTreeMap<NodeId, String>,
+    membership: watch::Receiver<MembershipView>,
+    /// Held while a membership change runs: one at a time.
+    membership_change: tokio::sync::Mutex<()>,
     state: Arc<AppliedState>,
     inputs: mpsc::Sender<Input>,
     leadership: watch::Receiver<Leadership>,
@@ -152,26 +173,35 @@ impl PaxosEngine {
             }
             None => Arc::new(AppliedState::default()),
         };
-        let members: BTreeSet<NodeId> = config.members.keys().copied().collect();
-        let mut replica_config =
-            ReplicaConfig::new(config.node_id, members.clone(), heartbeat_ticks, election_ticks);
+        // A joining node knows no configuration: it learns the cluster's
+        // from the leader that adds it.
+        let (members, addresses): (BTreeSet<NodeId>, BTreeMap<NodeId, String>) = if config.join {
+            (BTreeSet::new(), BTreeMap::new())
+        } else {
+            (config.members.keys().copied().collect(), config.members.clone())
+        };
+        let mut replica_config = ReplicaConfig::new(config.node_id, members, heartbeat_ticks, election_ticks);
+        replica_config.addresses = addresses;
         replica_config.seed = rand::random();
         let replica = Replica::new(replica_config, durable);
+        let in_force = replica.configuration().clone();
         tracing::info!(
             node = %config.node_id,
             boot,
             promised = %replica.promised(),
             snapshot_slot = %replica.compacted(),
+            epoch = in_force.epoch,
+            voters = ?in_force.voters,
             "paxos replica restored"
         );
 
-        let peers: BTreeMap<NodeId, String> = config
-            .members
-            .iter()
-            .filter(|(id, _)| **id != config.node_id)
-            .map(|(id, addr)| (*id, addr.clone()))
-            .collect();
-        let outboxes = Outboxes::start(config.node_id, &peers, &dialer)?;
+        let outboxes = Outboxes::start(config.node_id, &peers_of(&in_force, config.node_id), &dialer)?;
+        let admission = Arc::new(Mutex::new(Admission::of(&in_force)));
+        let (membership_tx, membership) = watch::channel(MembershipView {
+            config: in_force,
+            progress: BTreeMap::new(),
+            removed: replica.removed().map(str::to_string),
+        });
         let wake = Arc::new(Notify::new());
         let persister = Persister::start(store, wake.clone())?;
         let (inbox_tx, inbox) = mpsc::channel(INBOX_BATCHES_MAX);
@@ -191,7 +221,8 @@ impl PaxosEngine {
                 boot,
                 config.snapshot_every_entries,
             ),
-            members: config.members.clone(),
+            membership: membership_tx,
+            admission: admission.clone(),
             leadership: leadership_tx,
             chosen_upto: chosen_upto.clone(),
             applied: applied.clone(),
@@ -200,7 +231,8 @@ impl PaxosEngine {
         let driver = tokio::spawn(shell.run(tick, wake, inbox, input_rx, stop_rx));
         let engine = Arc::new(PaxosEngine {
             node_id: config.node_id,
-            members: config.members,
+            membership,
+            membership_change: tokio::sync::Mutex::new(()),
             state,
             inputs,
             leadership,
@@ -210,7 +242,7 @@ impl PaxosEngine {
             driver: Mutex::new(Some(driver)),
             failed,
         });
-        let service = PaxosPeerServer::new(PaxosPeerService::new(members.into_iter().collect(), inbox_tx))
+        let service = PaxosPeerServer::new(PaxosPeerService::new(admission, inbox_tx))
             .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
         Ok((engine, Routes::new(service)))
@@ -250,20 +282,112 @@ impl ConsensusEngine for PaxosEngine {
     }
 
     fn status(&self) -> EngineStatus {
+        let config = self.membership.borrow().config.clone();
         EngineStatus {
             node_id: self.node_id,
             engine: EngineKind::Paxos,
             leadership: self.leadership.borrow().clone(),
             commit_index: self.chosen_upto.load(Ordering::Relaxed),
             applied_index: self.applied.load(Ordering::Relaxed),
-            members: self
-                .members
+            members: config
+                .voters
                 .iter()
-                .map(|(id, addr)| Member {
+                .map(|id| Member {
                     id: *id,
-                    addr: addr.clone(),
+                    addr: config.addresses.get(id).cloned().unwrap_or_default(),
                 })
                 .collect(),
+        }
+    }
+
+    fn removed(&self) -> Option<String> {
+        self.membership.borrow().removed.clone()
+    }
+
+    fn members(&self) -> Vec<MemberState> {
+        let view = self.membership.borrow().clone();
+        let config = &view.config;
+        config
+            .voters
+            .iter()
+            .map(|id| (*id, true))
+            .chain(config.learners.iter().map(|id| (*id, false)))
+            .map(|(id, voter)| MemberState {
+                id,
+                addr: config.addresses.get(&id).cloned().unwrap_or_default(),
+                voter,
+                matched_index: if id == self.node_id && self.leadership.borrow().is_self {
+                    Some(self.chosen_upto.load(Ordering::Relaxed))
+                } else {
+                    view.progress.get(&id).map(|slot| slot.get())
+                },
+            })
+            .collect()
+    }
+
+    /// Proposes the change as a slot of its own on the leader and waits
+    /// until it is chosen and in force here. A change of voters is a
+    /// stop-sign: the configuration that decides it decides nothing after
+    /// it, and the next one (one epoch higher) elects a leader of its own.
+    async fn change_membership(&self, change: MembershipChange) -> Result<(), EngineError> {
+        let Ok(_one_at_a_time) = self.membership_change.try_lock() else {
+            return Err(EngineError::MembershipRefused(
+                "another membership change is in progress; run one change at a time".to_string(),
+            ));
+        };
+        let change = match change {
+            MembershipChange::AddLearner { id, addr } => ConfigurationChange::AddLearner { id, addr },
+            MembershipChange::Promote { id } => ConfigurationChange::Promote { id },
+            MembershipChange::Remove { id } => ConfigurationChange::Remove { id },
+        };
+        // Whether a later configuration still shows the change made (the
+        // proposed one may have been chosen and then changed further, or
+        // been chosen stale, as a no-op, after another one).
+        let shown = {
+            let change = change.clone();
+            move |config: &Configuration| match &change {
+                ConfigurationChange::AddLearner { id, .. } => config.has(*id) || config.retired.contains(id),
+                ConfigurationChange::Promote { id } => {
+                    config.voters.contains(id) || config.retired.contains(id)
+                }
+                ConfigurationChange::Remove { id } => config.retired.contains(id),
+            }
+        };
+        let (reply, answer) = oneshot::channel();
+        self.inputs
+            .send(Input::Reconfigure { change, reply })
+            .await
+            .map_err(|_| self.stopped())?;
+        let target = match answer.await.map_err(|_| self.stopped())? {
+            Ok(target) => target,
+            Err(ReconfigurationRefused::NotLeader { leader }) => {
+                let config = self.membership.borrow().config.clone();
+                return Err(EngineError::NotLeader {
+                    leader: leader.and_then(|id| {
+                        config.addresses.get(&id).map(|addr| LeaderInfo {
+                            id,
+                            addr: addr.clone(),
+                        })
+                    }),
+                });
+            }
+            Err(ReconfigurationRefused::Refused(why)) => return Err(EngineError::MembershipRefused(why)),
+        };
+        let mut membership = self.membership.clone();
+        let outcome = tokio::time::timeout(
+            MEMBERSHIP_CHANGE_WAIT_MAX,
+            membership.wait_for(|view| view.config.version >= target.version),
+        )
+        .await;
+        match outcome {
+            Ok(Ok(view)) if *view.config == *target || shown(&view.config) => Ok(()),
+            Ok(Ok(_)) => Err(EngineError::Unavailable(
+                "another membership change took effect first; check `member list` and retry".to_string(),
+            )),
+            Ok(Err(_)) => Err(self.stopped()),
+            Err(_) => Err(EngineError::Unavailable(format!(
+                "the membership change was not chosen within {MEMBERSHIP_CHANGE_WAIT_MAX:?}; it may still complete"
+            ))),
         }
     }
 
@@ -286,7 +410,8 @@ impl ConsensusEngine for PaxosEngine {
 /// of the node sees of it.
 struct Shell {
     driver: LockDriver,
-    members: BTreeMap<NodeId, String>,
+    membership: watch::Sender<MembershipView>,
+    admission: Arc<Mutex<Admission>>,
     leadership: watch::Sender<Leadership>,
     chosen_upto: Arc<AtomicU64>,
     applied: Arc<AtomicU64>,
@@ -377,6 +502,9 @@ impl Shell {
                 self.driver.propose(command, Reply::Propose(reply));
             }
             Input::Read { reply } => self.driver.read(Reply::Read(reply)),
+            Input::Reconfigure { change, reply } => {
+                let _ = reply.send(self.driver.replica_mut().propose_reconfiguration(change));
+            }
         }
     }
 
@@ -417,15 +545,48 @@ impl Shell {
 
     fn leader_info(&self) -> Option<LeaderInfo> {
         let replica = self.driver.replica();
+        let config = replica.configuration();
         replica.leader_id().and_then(|id| {
-            self.members.get(&id).map(|addr| LeaderInfo {
+            config.addresses.get(&id).map(|addr| LeaderInfo {
                 id,
                 addr: addr.clone(),
             })
         })
     }
 
-    fn publish(&self) {
+    /// Keeps the transport, the peer service's admission and the published
+    /// membership in step with the configuration in force.
+    fn follow_configuration(&mut self) {
+        if let Some(peer) = self.driver.transport_mut().refused_as_retired() {
+            let id = self.driver.replica().id();
+            self.driver.replica_mut().note_removed(format!(
+                "node {id} was removed from the cluster: member {peer} refuses its messages as those of a removed node"
+            ));
+        }
+        let replica = self.driver.replica();
+        let config = replica.configuration().clone();
+        let removed = replica.removed().map(str::to_string);
+        let progress: BTreeMap<NodeId, Slot> = replica.member_progress().into_iter().collect();
+        let changed = {
+            let view = self.membership.borrow();
+            !Arc::ptr_eq(&view.config, &config) || view.removed != removed
+        };
+        if changed {
+            let id = replica.id();
+            *self.admission.lock() = Admission::of(&config);
+            self.driver.transport_mut().sync(&peers_of(&config, id));
+        }
+        self.membership.send_if_modified(|view| {
+            let modified = changed || view.progress != progress;
+            view.config = config;
+            view.progress = progress;
+            view.removed = removed;
+            modified
+        });
+    }
+
+    fn publish(&mut self) {
+        self.follow_configuration();
         let replica = self.driver.replica();
         self.chosen_upto
             .store(replica.chosen_upto().get(), Ordering::Relaxed);
@@ -444,4 +605,14 @@ impl Shell {
             changed
         });
     }
+}
+
+/// The members other than `id`, with their addresses.
+fn peers_of(config: &Configuration, id: NodeId) -> BTreeMap<NodeId, String> {
+    config
+        .addresses
+        .iter()
+        .filter(|(member, _)| **member != id && config.has(**member))
+        .map(|(member, addr)| (*member, addr.clone()))
+        .collect()
 }

@@ -21,7 +21,10 @@ pub mod transport;
 
 pub use crate::core::message::{Envelope, Message};
 pub use crate::core::ready::{Apply, Persist, Ready, ReadyNumber, Refusal};
-pub use crate::core::types::{Accepted, Ballot, Chosen, Command, Proposal, ProposalId, ReadId, Slot, Value};
+pub use crate::core::types::{
+    Accepted, Ballot, Chosen, Command, Configuration, Proposal, ProposalId, ReadId, Slot, Value,
+};
+pub use crate::core::{ConfigurationChange, ReconfigurationRefused};
 pub use crate::core::{DurableState, Replica, ReplicaConfig};
 pub use driver::{Answer, Driver, DriverError, StateMachine, Storage, StorageFailure, Transport};
 pub use engine::PaxosEngine;

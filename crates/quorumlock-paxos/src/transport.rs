@@ -7,8 +7,12 @@
 //! protocol retransmits what matters, so the transport never blocks the
 //! replica.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
+use tonic::metadata::MetadataValue;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -18,9 +22,9 @@ use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 
 use crate::core::message::{Envelope, Message};
-use crate::core::types::Command;
+use crate::core::types::{Command, Configuration};
 use crate::driver::Transport;
-use quorumlock_core::consensus::NodeId;
+use quorumlock_core::consensus::{NodeId, RETIRED_METADATA};
 use quorumlock_proto::paxos::paxos_peer_client::PaxosPeerClient;
 use quorumlock_proto::paxos::paxos_peer_server::PaxosPeer;
 use quorumlock_proto::paxos::{PaxosAck, PaxosBatch};
@@ -50,10 +54,22 @@ pub const PEER_RETRY_PAUSE_MAX: Duration = Duration::from_millis(500);
 /// Messages received from one peer.
 pub type Inbound<C> = (NodeId, Vec<Message<C>>);
 
-/// The sending side: one outbox and sender task per peer.
+/// One peer's outbox and the task that drains it.
+struct Outbox<C> {
+    addr: String,
+    sender: mpsc::Sender<Message<C>>,
+    task: JoinHandle<()>,
+}
+
+/// The sending side: one outbox and sender task per peer. The peers follow
+/// the configuration in force ([`Outboxes::sync`]).
 pub struct Outboxes<C> {
-    outboxes: BTreeMap<NodeId, mpsc::Sender<Message<C>>>,
-    tasks: Vec<JoinHandle<()>>,
+    from: NodeId,
+    dialer: Dialer,
+    outboxes: BTreeMap<NodeId, Outbox<C>>,
+    /// Set once a peer refused this node's messages because a membership
+    /// change retired its id ([`RETIRED_METADATA`]); the value names the peer.
+    refused_as_retired: Arc<Mutex<Option<NodeId>>>,
 }
 
 impl<C: Command> Outboxes<C> {
@@ -65,33 +81,87 @@ impl<C: Command> Outboxes<C> {
         peers: &BTreeMap<NodeId, String>,
         dialer: &Dialer,
     ) -> anyhow::Result<Outboxes<C>> {
-        let mut outboxes = BTreeMap::new();
-        let mut tasks = Vec::new();
+        let mut outboxes = Outboxes {
+            from,
+            dialer: dialer.clone(),
+            outboxes: BTreeMap::new(),
+            refused_as_retired: Arc::new(Mutex::new(None)),
+        };
         for (id, addr) in peers {
-            let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|error| anyhow::anyhow!("bad address {addr:?} for node {id}: {error}"))?
-                .connect_timeout(PEER_CONNECT_TIMEOUT)
-                .tcp_nodelay(true);
-            let channel = dialer
-                .channel(&endpoint, &node_name(id.get()))
-                .map_err(|error| anyhow::anyhow!("node {id}: {error}"))?;
-            let client = PaxosPeerClient::new(channel)
-                .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
-            let (sender, receiver) = mpsc::channel(OUTBOX_MESSAGES_MAX);
-            tasks.push(tokio::spawn(send_loop(from, *id, client, receiver)));
-            outboxes.insert(*id, sender);
+            outboxes.open(*id, addr)?;
         }
-        Ok(Outboxes { outboxes, tasks })
+        Ok(outboxes)
+    }
+
+    fn open(&mut self, id: NodeId, addr: &str) -> anyhow::Result<()> {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|error| anyhow::anyhow!("bad address {addr:?} for node {id}: {error}"))?
+            .connect_timeout(PEER_CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        let channel = self
+            .dialer
+            .channel(&endpoint, &node_name(id.get()))
+            .map_err(|error| anyhow::anyhow!("node {id}: {error}"))?;
+        let client = PaxosPeerClient::new(channel)
+            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+        let (sender, receiver) = mpsc::channel(OUTBOX_MESSAGES_MAX);
+        let task = tokio::spawn(send_loop(
+            self.from,
+            id,
+            client,
+            receiver,
+            self.refused_as_retired.clone(),
+        ));
+        self.outboxes.insert(
+            id,
+            Outbox {
+                addr: addr.to_string(),
+                sender,
+                task,
+            },
+        );
+        Ok(())
+    }
+
+    /// Makes the peers exactly `peers` (id → address): opens outboxes for
+    /// new ones and for moved addresses, and stops those of departed ones.
+    /// A bad address is logged and its peer left out (the configuration
+    /// was checked when the change was made).
+    pub fn sync(&mut self, peers: &BTreeMap<NodeId, String>) {
+        let gone: Vec<NodeId> = self
+            .outboxes
+            .iter()
+            .filter(|(id, outbox)| peers.get(id) != Some(&outbox.addr))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            if let Some(outbox) = self.outboxes.remove(&id) {
+                outbox.task.abort();
+            }
+        }
+        for (id, addr) in peers {
+            if *id != self.from && !self.outboxes.contains_key(id) {
+                if let Err(error) = self.open(*id, addr) {
+                    tracing::error!(node = %id, %addr, "cannot reach a member: {error:#}");
+                }
+            }
+        }
+    }
+
+    /// The peer that refused this node's messages as those of a removed
+    /// node, once one did.
+    pub fn refused_as_retired(&self) -> Option<NodeId> {
+        *self.refused_as_retired.lock()
     }
 
     /// Queues `message` for `to`; drops it when the outbox is full.
     pub fn send(&self, to: NodeId, message: Message<C>) {
         let Some(outbox) = self.outboxes.get(&to) else {
-            tracing::error!(%to, "message for a node that is not a peer dropped");
+            tracing::debug!(%to, kind = message.kind(), "message for a node that is not a peer dropped");
             return;
         };
-        if let Err(mpsc::error::TrySendError::Full(message)) = outbox.try_send(message) {
+        if let Err(mpsc::error::TrySendError::Full(message)) = outbox.sender.try_send(message) {
             tracing::debug!(%to, kind = message.kind(), "peer outbox full; message dropped");
         }
     }
@@ -100,18 +170,17 @@ impl<C: Command> Outboxes<C> {
 impl<C> Outboxes<C> {
     /// Stops every sender task and waits until they are gone.
     pub async fn stop(&mut self) {
-        self.outboxes.clear();
-        for task in self.tasks.drain(..) {
-            task.abort();
-            let _ = task.await;
+        for (_, outbox) in std::mem::take(&mut self.outboxes) {
+            outbox.task.abort();
+            let _ = outbox.task.await;
         }
     }
 }
 
 impl<C> Drop for Outboxes<C> {
     fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
+        for outbox in self.outboxes.values() {
+            outbox.task.abort();
         }
     }
 }
@@ -127,6 +196,7 @@ async fn send_loop<C: Serialize>(
     to: NodeId,
     mut client: PaxosPeerClient<tonic::transport::Channel>,
     mut outbox: mpsc::Receiver<Message<C>>,
+    refused_as_retired: Arc<Mutex<Option<NodeId>>>,
 ) {
     let mut failures: u32 = 0;
     // A message taken from the outbox that did not fit the previous batch.
@@ -174,6 +244,9 @@ async fn send_loop<C: Serialize>(
         match tokio::time::timeout(timeout, client.deliver(request)).await {
             Ok(Ok(_)) => failures = 0,
             Ok(Err(status)) => {
+                if status.metadata().get(RETIRED_METADATA).is_some() {
+                    refused_as_retired.lock().get_or_insert(to);
+                }
                 failures += 1;
                 tracing::debug!(%to, code = ?status.code(), message = status.message(), "paxos delivery failed");
             }
@@ -219,16 +292,42 @@ pub fn decode_batch<C: DeserializeOwned>(bytes: &[u8]) -> Result<Vec<Message<C>>
     bincode::deserialize(bytes)
 }
 
+/// Whom the peer service takes batches from: the configuration's members,
+/// or anyone not retired while this node joins and knows no configuration
+/// yet.
+#[derive(Debug, Clone, Default)]
+pub struct Admission {
+    /// Voters and learners of the configuration in force.
+    pub members: BTreeSet<NodeId>,
+    /// Ids a membership change removed: refused with [`RETIRED_METADATA`].
+    pub retired: BTreeSet<NodeId>,
+    /// This node knows no configuration (it joins): any id not retired is
+    /// admitted, so the leader can hand it the cluster's state.
+    pub joining: bool,
+}
+
+impl Admission {
+    /// The admission a configuration in force gives.
+    pub fn of(config: &Configuration) -> Admission {
+        Admission {
+            members: config.voters.iter().chain(&config.learners).copied().collect(),
+            retired: config.retired.clone(),
+            joining: config.voters.is_empty(),
+        }
+    }
+}
+
 /// The receiving side: `quorumlock.paxos.v1.PaxosPeer`.
 pub struct PaxosPeerService<C> {
-    members: Vec<NodeId>,
+    admission: Arc<Mutex<Admission>>,
     inbox: mpsc::Sender<Inbound<C>>,
 }
 
 impl<C> PaxosPeerService<C> {
-    /// Hands batches from `members` to the replica's driver through `inbox`.
-    pub fn new(members: Vec<NodeId>, inbox: mpsc::Sender<Inbound<C>>) -> Self {
-        PaxosPeerService { members, inbox }
+    /// Hands batches from admitted senders to the replica's driver through
+    /// `inbox`; the engine keeps `admission` in step with the configuration.
+    pub fn new(admission: Arc<Mutex<Admission>>, inbox: mpsc::Sender<Inbound<C>>) -> Self {
+        PaxosPeerService { admission, inbox }
     }
 }
 
@@ -237,10 +336,22 @@ impl<C: Command> PaxosPeer for PaxosPeerService<C> {
     async fn deliver(&self, request: Request<PaxosBatch>) -> Result<Response<PaxosAck>, Status> {
         let PaxosBatch { from, messages } = request.into_inner();
         let from = NodeId::new(from);
-        if !self.members.contains(&from) {
-            return Err(Status::permission_denied(format!(
-                "node {from} is not a member of this cluster"
-            )));
+        {
+            let admission = self.admission.lock();
+            if admission.retired.contains(&from) {
+                let mut status = Status::failed_precondition(format!(
+                    "node {from} was removed from this cluster; its id is retired and its messages are refused"
+                ));
+                status
+                    .metadata_mut()
+                    .insert(RETIRED_METADATA, MetadataValue::from(from.get()));
+                return Err(status);
+            }
+            if !admission.joining && !admission.members.contains(&from) {
+                return Err(Status::permission_denied(format!(
+                    "node {from} is not a member of this cluster"
+                )));
+            }
         }
         let messages = decode_batch(&messages)
             .map_err(|error| Status::invalid_argument(format!("undecodable paxos messages: {error}")))?;
@@ -262,6 +373,7 @@ mod tests {
         let messages: Vec<Message<u64>> = vec![
             Message::Probe {
                 ballot: Ballot {
+                    epoch: 0,
                     round: 1,
                     node: NodeId::new(2),
                 },

@@ -21,9 +21,7 @@ use tokio::sync::watch;
 
 use quorumlock_core::consensus::NodeId;
 
-/// Metadata key of a peer's refusal of a retired sender; the value is the
-/// sender's id.
-pub const RETIRED_METADATA: &str = "quorumlock-retired-node";
+pub use quorumlock_core::consensus::RETIRED_METADATA;
 
 /// The retired ids as this node applied them, and whether it is one.
 #[derive(Debug)]

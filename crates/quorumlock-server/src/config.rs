@@ -171,12 +171,6 @@ impl NodeConfig {
                 self.peers.keys().collect::<Vec<_>>()
             );
         }
-        if self.join && self.engine != EngineKind::Raft {
-            bail!(
-                "--join needs --engine raft: the {} engine's members are fixed at first start",
-                self.engine
-            );
-        }
         if self.join && self.tls.is_some() {
             bail!(
                 "--join is not supported on a TLS node yet: the peer transport admits only the members \

@@ -12,6 +12,12 @@ pub mod error;
 pub mod types;
 
 pub use applied::{AppliedState, GrantWatch, StateNotice};
+
+/// gRPC metadata key of a peer's refusal of a sender whose id a membership
+/// change retired (FAILED_PRECONDITION); the value is the sender's id. Both
+/// engines' peer services send it, and a node that receives it knows it
+/// was removed.
+pub const RETIRED_METADATA: &str = "quorumlock-retired-node";
 pub use config::EngineConfig;
 pub use engine::ConsensusEngine;
 pub use error::EngineError;
