@@ -94,6 +94,9 @@ impl Client {
                 Ok(Err(status)) if status.code() == Code::Unavailable && Refusal::of(&status).is_none() => {
                     status
                 }
+                // Not proposed: between leaders (a paxos change of voters
+                // always elects again), so ask again until one is known.
+                Ok(Err(status)) if matches!(Refusal::of(&status), Some(Refusal::NotLeader { .. })) => status,
                 Ok(Err(status)) => return Err(ClientError::from_status(&picked.addr, &status)),
                 Err(_) => Status::deadline_exceeded(format!("no answer within {MEMBERSHIP_CALL_MAX:?}")),
             };

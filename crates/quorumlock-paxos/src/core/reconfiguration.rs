@@ -279,6 +279,14 @@ impl<C: Command> Replica<C> {
             .collect();
         for learner in removed {
             self.send(learner, message.clone());
+            // One that never learned the configuration that added it knows
+            // no address to ask from: it is served what it needs to see the
+            // change (its snapshot, then the values after it).
+            if let Some(last) = self.on_learn(learner, Slot::new(1)) {
+                if last < slot {
+                    self.on_learn(learner, last.next());
+                }
+            }
         }
     }
 
