@@ -733,7 +733,7 @@ async fn a_paxos_leader_that_crashes_after_the_stop_sign_leaves_a_change_the_nex
     put(&client, VALUE_KEY, "running", fence(LOCK, token), holder_key)
         .await
         .unwrap();
-    let mut holder = KeepAlive::spawn(cluster.urls(), holder_key, TTL_MS);
+    let holder = KeepAlive::spawn(cluster.urls(), holder_key, TTL_MS);
     let leader = cluster.wait_for_leader().await;
     let followers: Vec<usize> = (0..3).filter(|index| *index != leader).collect();
     let (leaving, witness) = (followers[0], followers[1]);

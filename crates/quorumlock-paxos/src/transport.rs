@@ -67,6 +67,10 @@ pub struct Outboxes<C> {
     from: NodeId,
     dialer: Dialer,
     outboxes: BTreeMap<NodeId, Outbox<C>>,
+    /// Sender tasks of peers that left the configuration, finishing what
+    /// was queued for them before they left (the last messages a removed
+    /// node is sent tell it of its removal).
+    departing: Vec<JoinHandle<()>>,
     /// Set once a peer refused this node's messages because a membership
     /// change retired its id ([`RETIRED_METADATA`]); the value names the peer.
     refused_as_retired: Arc<Mutex<Option<NodeId>>>,
@@ -85,6 +89,7 @@ impl<C: Command> Outboxes<C> {
             from,
             dialer: dialer.clone(),
             outboxes: BTreeMap::new(),
+            departing: Vec::new(),
             refused_as_retired: Arc::new(Mutex::new(None)),
         };
         for (id, addr) in peers {
@@ -135,9 +140,14 @@ impl<C: Command> Outboxes<C> {
             .filter(|(id, outbox)| peers.get(id) != Some(&outbox.addr))
             .map(|(id, _)| *id)
             .collect();
+        self.departing.retain(|task| !task.is_finished());
         for id in gone {
             if let Some(outbox) = self.outboxes.remove(&id) {
-                outbox.task.abort();
+                // Closing the outbox lets its task send what is queued and
+                // end: each batch is bounded by the delivery timeout, and a
+                // failed one is not retried.
+                drop(outbox.sender);
+                self.departing.push(outbox.task);
             }
         }
         for (id, addr) in peers {
@@ -170,17 +180,27 @@ impl<C: Command> Outboxes<C> {
 impl<C> Outboxes<C> {
     /// Stops every sender task and waits until they are gone.
     pub async fn stop(&mut self) {
-        for (_, outbox) in std::mem::take(&mut self.outboxes) {
-            outbox.task.abort();
-            let _ = outbox.task.await;
+        let departing = std::mem::take(&mut self.departing);
+        let tasks = std::mem::take(&mut self.outboxes)
+            .into_values()
+            .map(|outbox| outbox.task)
+            .chain(departing);
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
         }
     }
 }
 
 impl<C> Drop for Outboxes<C> {
     fn drop(&mut self) {
-        for outbox in self.outboxes.values() {
-            outbox.task.abort();
+        for task in self
+            .outboxes
+            .values()
+            .map(|outbox| &outbox.task)
+            .chain(&self.departing)
+        {
+            task.abort();
         }
     }
 }
