@@ -540,11 +540,13 @@ impl<C: Command> Replica<C> {
         matches!(self.role, Role::Leading(_))
     }
 
-    /// The round of the ballot this node leads or follows.
+    /// The term ([`Ballot::term`]) of the ballot this node leads or
+    /// follows: the epoch and the round, so that a leader of a later
+    /// configuration never shows the term of an earlier leader.
     pub fn term(&self) -> u64 {
         match &self.role {
-            Role::Leading(leading) => leading.ballot.round,
-            _ => self.leader.unwrap_or(self.promised).round,
+            Role::Leading(leading) => leading.ballot.term(),
+            _ => self.leader.unwrap_or(self.promised).term(),
         }
     }
 

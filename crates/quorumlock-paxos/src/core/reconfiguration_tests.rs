@@ -539,3 +539,25 @@ fn a_member_of_an_ended_epoch_is_told_so_and_its_ballots_are_refused() {
         }]
     );
 }
+
+#[test]
+fn a_nodes_terms_rise_across_epochs_although_rounds_start_again() {
+    let node = NodeId::new(2);
+    let old_epoch = Ballot {
+        epoch: 0,
+        round: 7,
+        node,
+    };
+    // The round starts again at 1 in the next epoch; the term must not
+    // repeat or fall, or a lease keeper could take the new leadership
+    // period for the old one.
+    let mut ballot = old_epoch.next_for(1, node);
+    assert_eq!(ballot.round, 1);
+    assert!(ballot.term() > old_epoch.term());
+    for _ in 0..3 {
+        let next = ballot.next_for(1, node);
+        assert!(next.term() > ballot.term(), "{next} after {ballot}");
+        ballot = next;
+    }
+    assert_eq!(old_epoch.term(), 7, "epoch 0 terms are the rounds");
+}

@@ -114,6 +114,19 @@ impl Ballot {
         node: NodeId::new(0),
     };
 
+    /// The ballot as one number that orders as the ballots of one node do:
+    /// the epoch in the high 32 bits, the round in the low 32. A node's
+    /// successive ballots have strictly larger terms, also across epochs
+    /// (where the round starts again at 1), so a change of term always
+    /// means a new leadership period to whoever watches one node.
+    pub fn term(self) -> u64 {
+        assert!(
+            self.epoch < 1 << 32 && self.round < 1 << 32,
+            "ballot {self} fits a term"
+        );
+        (self.epoch << 32) | self.round
+    }
+
     /// The smallest ballot of `epoch` owned by `node` that is above `self`
     /// (`self` is never of a later epoch: a replica only raises ballots of
     /// its own configuration).
