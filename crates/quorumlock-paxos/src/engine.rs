@@ -24,7 +24,7 @@ use crate::transport::{
 };
 use quorumlock_core::consensus::{
     AppliedState, CommandResult, ConsensusEngine, EngineConfig, EngineError, EngineKind, EngineStatus,
-    LeaderInfo, Leadership, Member, MemberState, MembershipChange, NodeId,
+    KnownMembership, LeaderInfo, Leadership, Member, MemberState, MembershipChange, NodeId,
 };
 use quorumlock_core::lock::{Command, LockState};
 use quorumlock_proto::paxos::paxos_peer_server::PaxosPeerServer;
@@ -142,6 +142,8 @@ pub struct PaxosEngine {
     driver: Mutex<Option<JoinHandle<()>>>,
     /// Why the driver stopped by itself (a storage failure), once it did.
     failed: watch::Receiver<Option<String>>,
+    /// The members and retired ids of the configuration in force.
+    known_membership: watch::Receiver<KnownMembership>,
 }
 
 impl PaxosEngine {
@@ -197,6 +199,7 @@ impl PaxosEngine {
 
         let outboxes = Outboxes::start(config.node_id, &peers_of(&in_force, config.node_id), &dialer)?;
         let admission = Arc::new(Mutex::new(Admission::of(&in_force)));
+        let (known_membership_tx, known_membership) = watch::channel(known_membership_of(&in_force));
         let (membership_tx, membership) = watch::channel(MembershipView {
             config: in_force,
             progress: BTreeMap::new(),
@@ -223,6 +226,7 @@ impl PaxosEngine {
             ),
             membership: membership_tx,
             admission: admission.clone(),
+            known_membership: known_membership_tx,
             leadership: leadership_tx,
             chosen_upto: chosen_upto.clone(),
             applied: applied.clone(),
@@ -241,6 +245,7 @@ impl PaxosEngine {
             stop,
             driver: Mutex::new(Some(driver)),
             failed,
+            known_membership,
         });
         let service = PaxosPeerServer::new(PaxosPeerService::new(admission, inbox_tx))
             .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
@@ -302,6 +307,10 @@ impl ConsensusEngine for PaxosEngine {
 
     fn removed(&self) -> Option<String> {
         self.membership.borrow().removed.clone()
+    }
+
+    fn known_membership(&self) -> watch::Receiver<KnownMembership> {
+        self.known_membership.clone()
     }
 
     fn members(&self) -> Vec<MemberState> {
@@ -412,6 +421,7 @@ struct Shell {
     driver: LockDriver,
     membership: watch::Sender<MembershipView>,
     admission: Arc<Mutex<Admission>>,
+    known_membership: watch::Sender<KnownMembership>,
     leadership: watch::Sender<Leadership>,
     chosen_upto: Arc<AtomicU64>,
     applied: Arc<AtomicU64>,
@@ -574,6 +584,12 @@ impl Shell {
         if changed {
             let id = replica.id();
             *self.admission.lock() = Admission::of(&config);
+            self.known_membership.send_if_modified(|known| {
+                let now = known_membership_of(&config);
+                let modified = *known != now;
+                *known = now;
+                modified
+            });
             self.driver.transport_mut().sync(&peers_of(&config, id));
         }
         self.membership.send_if_modified(|view| {
@@ -604,6 +620,16 @@ impl Shell {
             }
             changed
         });
+    }
+}
+
+/// The membership a configuration in force gives: the same voters,
+/// learners and retired ids as the peer service's [`Admission`].
+fn known_membership_of(config: &Configuration) -> KnownMembership {
+    KnownMembership {
+        members: config.voters.iter().chain(&config.learners).copied().collect(),
+        retired: config.retired.clone(),
+        configured: !config.voters.is_empty(),
     }
 }
 

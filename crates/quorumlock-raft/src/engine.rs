@@ -22,7 +22,7 @@ use super::types::{Raft, TypeConfig};
 use super::wal_sync::WalSync;
 use quorumlock_core::consensus::{
     AppliedState, CommandResult, ConsensusEngine, EngineConfig, EngineError, EngineKind, EngineStatus,
-    LeaderInfo, Leadership, Member, MemberState, MembershipChange, NodeId,
+    KnownMembership, LeaderInfo, Leadership, Member, MemberState, MembershipChange, NodeId,
 };
 use quorumlock_core::lock::Command;
 use quorumlock_proto::raft::raft_peer_server::RaftPeerServer;
@@ -77,6 +77,8 @@ pub struct RaftEngine {
     /// Tells removed nodes of their removal (absent over a simulated
     /// network).
     notices: std::sync::OnceLock<PeerNetwork>,
+    /// The members and retired ids, republished when either changes.
+    known_membership: watch::Receiver<KnownMembership>,
 }
 
 /// The engine's database and its WAL sync thread (absent when appends sync
@@ -198,6 +200,13 @@ impl RaftEngine {
         let (leadership_tx, leadership) = watch::channel(Leadership::default());
         let (failed_tx, failed) = watch::channel(None);
         tokio::spawn(publish_leadership(raft.metrics(), leadership_tx, failed_tx));
+        let (known_tx, known_membership) =
+            watch::channel(known_membership_of(&raft.metrics().borrow(), &retirement));
+        tokio::spawn(publish_known_membership(
+            raft.metrics(),
+            retirement.clone(),
+            known_tx,
+        ));
         let engine = Arc::new(RaftEngine {
             raft: raft.clone(),
             in_flight: Semaphore::new(PROPOSALS_IN_FLIGHT_MAX),
@@ -214,6 +223,7 @@ impl RaftEngine {
             membership_change: Arc::new(tokio::sync::Mutex::new(())),
             retirement,
             notices: std::sync::OnceLock::new(),
+            known_membership,
         });
         tokio::spawn(finish_interrupted_changes(
             raft.clone(),
@@ -368,6 +378,39 @@ async fn publish_leadership(
     }
 }
 
+/// The membership as the metrics and the applied retirements show it: the
+/// nodes of the newest configuration in the log (openraft's effective one,
+/// every configuration of a joint one), and the ids retired so far.
+fn known_membership_of(metrics: &RaftMetrics<NodeId, BasicNode>, retirement: &Retirement) -> KnownMembership {
+    let membership = metrics.membership_config.membership();
+    KnownMembership {
+        members: membership.nodes().map(|(id, _)| *id).collect(),
+        retired: retirement.retired(),
+        configured: membership.voter_ids().next().is_some(),
+    }
+}
+
+/// Republishes the known membership whenever a change of the metrics
+/// changed it: a configuration entered the log (or left it, truncated), or
+/// the state machine applied a removal or installed a snapshot (each of
+/// which changes the metrics after it). Publishing only real changes keeps
+/// the readers' side of the channel free of writers on every commit.
+async fn publish_known_membership(
+    mut metrics: watch::Receiver<RaftMetrics<NodeId, BasicNode>>,
+    retirement: Arc<Retirement>,
+    known: watch::Sender<KnownMembership>,
+) {
+    let mut published = known.borrow().clone();
+    while metrics.changed().await.is_ok() {
+        let now = known_membership_of(&metrics.borrow_and_update(), &retirement);
+        if now != published {
+            tracing::debug!(members = ?now.members, retired = ?now.retired, "known membership changed");
+            known.send_replace(now.clone());
+            published = now;
+        }
+    }
+}
+
 fn leadership_of(metrics: &RaftMetrics<NodeId, BasicNode>) -> Leadership {
     let leader = metrics.current_leader.and_then(|id| {
         metrics
@@ -474,6 +517,10 @@ impl ConsensusEngine for RaftEngine {
 
     fn removed(&self) -> Option<String> {
         self.retirement.removed()
+    }
+
+    fn known_membership(&self) -> watch::Receiver<KnownMembership> {
+        self.known_membership.clone()
     }
 
     fn members(&self) -> Vec<MemberState> {

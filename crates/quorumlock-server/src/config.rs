@@ -171,12 +171,6 @@ impl NodeConfig {
                 self.peers.keys().collect::<Vec<_>>()
             );
         }
-        if self.join && self.tls.is_some() {
-            bail!(
-                "--join is not supported on a TLS node yet: the peer transport admits only the members \
-                 named by --peers at start"
-            );
-        }
         if self.heartbeat.is_zero() || self.election_timeout <= self.heartbeat * 2 {
             bail!(
                 "election timeout ({:?}) must exceed twice the heartbeat ({:?})",

@@ -160,9 +160,11 @@ impl Node {
 
         let (stop, stopped) = oneshot::channel::<()>();
         let incoming = quorumlock_tls::incoming(listener, tls.as_ref().map(|tls| tls.server().clone()));
+        // The guard follows the membership the engine publishes, so members
+        // added or removed while the node runs are admitted or refused.
         let peer_guard = PeerGuardLayer::new(PeerPolicy {
             tls: tls.is_some(),
-            members: config.peers.keys().map(|id| id.get()).collect(),
+            membership: engine.known_membership(),
         });
         let server = tonic::transport::Server::builder()
             .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
@@ -179,7 +181,6 @@ impl Node {
             .add_service(ClusterServer::new(ClusterService::new(
                 engine.clone(),
                 access.clone(),
-                tls.is_some(),
             )))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stopped.await;

@@ -4,7 +4,8 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::{
-    AppliedState, CommandResult, EngineError, EngineStatus, Leadership, MemberState, MembershipChange,
+    AppliedState, CommandResult, EngineError, EngineStatus, KnownMembership, Leadership, MemberState,
+    MembershipChange,
 };
 use crate::lock::Command;
 use std::sync::Arc;
@@ -61,6 +62,20 @@ pub trait ConsensusEngine: Send + Sync + 'static {
                 matched_index: None,
             })
             .collect()
+    }
+
+    /// The membership this node knows, published whenever it changes, so
+    /// that a check on every peer request reads a value instead of asking
+    /// the engine. The default publishes [`ConsensusEngine::members`] once,
+    /// as a fixed configuration without retired ids.
+    fn known_membership(&self) -> watch::Receiver<KnownMembership> {
+        let members = self.members().into_iter().map(|member| member.id).collect();
+        let (_fixed, known) = watch::channel(KnownMembership {
+            members,
+            retired: Default::default(),
+            configured: true,
+        });
+        known
     }
 
     /// Whether a membership change is between its steps (a joint

@@ -18,6 +18,30 @@ pub use applied::{AppliedState, GrantWatch, StateNotice};
 /// engines' peer services send it, and a node that receives it knows it
 /// was removed.
 pub const RETIRED_METADATA: &str = "quorumlock-retired-node";
+
+/// The membership a node knows, as its peer guard reads it: who may speak
+/// the peer protocol to it, vouch for a forwarded call or assert a
+/// caller's identity. Engines publish it on every change
+/// ([`ConsensusEngine::known_membership`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KnownMembership {
+    /// The voters and learners of the configuration this node knows
+    /// (every configuration of a joint one), this node included.
+    pub members: std::collections::BTreeSet<NodeId>,
+    /// The ids membership changes removed, as far as this node applied
+    /// them: never members again.
+    pub retired: std::collections::BTreeSet<NodeId>,
+    /// Whether this node knows a configuration at all; false only on a
+    /// node that joins (`serve --join`) before the leader first reached it.
+    pub configured: bool,
+}
+
+impl KnownMembership {
+    /// Whether `id` is a member and not retired.
+    pub fn admits(&self, id: NodeId) -> bool {
+        self.members.contains(&id) && !self.retired.contains(&id)
+    }
+}
 pub use config::EngineConfig;
 pub use engine::ConsensusEngine;
 pub use error::EngineError;

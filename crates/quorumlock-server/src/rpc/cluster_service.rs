@@ -26,9 +26,6 @@ pub struct ClusterService {
     access: Arc<Access>,
     /// One snapshot save at a time: each holds a copy of the whole state.
     saves: Arc<Semaphore>,
-    /// Whether peers authenticate with certificates: their guard admits
-    /// only the members named at start, so no member can be added.
-    tls: bool,
 }
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotChunk, Status>> + Send>>;
@@ -36,12 +33,11 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotChunk, Status
 impl ClusterService {
     /// Reports on `engine`; the state digest and backups only to whom
     /// `access` lets through.
-    pub fn new(engine: Arc<dyn ConsensusEngine>, access: Arc<Access>, tls: bool) -> Self {
+    pub fn new(engine: Arc<dyn ConsensusEngine>, access: Arc<Access>) -> Self {
         ClusterService {
             engine,
             access,
             saves: Arc::new(Semaphore::new(1)),
-            tls,
         }
     }
 
@@ -158,13 +154,6 @@ impl ClusterService {
     ) -> Result<Response<pb::MembershipChangeResponse>, Status> {
         self.access.allow(&caller?, Action::Admin(what))?;
         self.not_removed()?;
-        if self.tls && !matches!(change, MembershipChange::Remove { .. }) {
-            return Err(from_engine_error(EngineError::MembershipRefused(
-                "adding or promoting members is not supported on a TLS cluster yet: the peer transport \
-                 admits only the members named by --peers at start (removing a member works)"
-                    .to_string(),
-            )));
-        }
         tracing::info!(?change, "membership change asked for");
         self.engine
             .change_membership(change)
