@@ -1,6 +1,8 @@
 //! `quorumlock chaos` as a user runs it: a short round per engine against a
 //! real process cluster, with every kind of fault injected, no violation
-//! found by any checker, and the exit code saying so.
+//! found by any checker, and the exit code saying so; and a round per
+//! engine with `--membership`, in which nodes are added, promoted, removed
+//! and replaced between the faults.
 
 use std::process::{Command, Output};
 use std::sync::Mutex;
@@ -9,13 +11,24 @@ use std::time::Duration;
 /// Long enough for the nemesis to play every kind of fault once (each
 /// round lasts at most about 4 s with a 1 s TTL).
 const ROUND: &str = "24s";
+/// Long enough for the membership nemesis to make every kind of change at
+/// least once: its turns alternate with the faults, and a change that
+/// starts a node takes a few seconds.
+const MEMBERSHIP_ROUND: &str = "60s";
 /// Bound on one whole run: start, the round, the final restart and checks.
 const RUN_MAX: Duration = Duration::from_secs(150);
+/// Bound on a run with `--membership`: a change refused while another is
+/// in progress is retried for up to 20 s.
+const MEMBERSHIP_RUN_MAX: Duration = Duration::from_secs(360);
 /// One run at a time: two clusters under faults on two cores would mostly
 /// test the machine's scheduler.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn chaos(args: &[&str]) -> (Output, String) {
+    chaos_within(args, RUN_MAX)
+}
+
+fn chaos_within(args: &[&str], run_max: Duration) -> (Output, String) {
     let _turn = ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -30,7 +43,7 @@ fn chaos(args: &[&str]) -> (Output, String) {
     // A watchdog, so a hung run fails the test instead of stalling CI.
     let (done, finished) = std::sync::mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {
-        if finished.recv_timeout(RUN_MAX).is_err() {
+        if finished.recv_timeout(run_max).is_err() {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
     });
@@ -114,6 +127,64 @@ fn assert_clean_round(engine: &str, nodes: &str, seed: &str) {
     assert!(ok > 0, "the workers got operations through: {ops_line}");
 }
 
+/// The count of `kind` on the summary's `faults:` line.
+fn count_of(injected: &[(String, u64)], kind: &str) -> u64 {
+    injected
+        .iter()
+        .find(|(name, _)| name == kind)
+        .map_or(0, |(_, count)| *count)
+}
+
+fn assert_clean_membership_round(engine: &str, seed: &str) {
+    let (output, stdout) = chaos_within(
+        &[
+            "--engine",
+            engine,
+            "--nodes",
+            "3",
+            "--duration",
+            MEMBERSHIP_ROUND,
+            "--seed",
+            seed,
+            "--ttl",
+            "1s",
+            "--membership",
+        ],
+        MEMBERSHIP_RUN_MAX,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "chaos {engine} --membership failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert_eq!(
+        stdout.lines().last(),
+        Some("violations: 0"),
+        "the summary ends with the violation count:\n{stdout}"
+    );
+    let injected = faults(&stdout);
+    for kind in quorumlock_testkit::chaos::membership::MEMBERSHIP_KINDS {
+        assert!(
+            count_of(&injected, kind) >= 1,
+            "no {kind} change was logged:\n{stdout}\n{stderr}"
+        );
+    }
+    // Logged is not enough: each kind of change was also made.
+    let made = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("membership changes made/tried: "))
+        .unwrap_or_else(|| panic!("no membership line in:\n{stdout}"));
+    for field in made.split_whitespace() {
+        let (kind, counts) = field.split_once('=').expect("kind=made/tried");
+        let (done, _) = counts.split_once('/').expect("made/tried");
+        assert!(
+            done.parse::<u64>().expect("a count") >= 1,
+            "no {kind} change was made ({made}):\n{stdout}\n{stderr}"
+        );
+    }
+}
+
 #[test]
 fn raft_survives_every_kind_of_fault_with_no_violation() {
     assert_clean_round("raft", "3", "98");
@@ -122,6 +193,16 @@ fn raft_survives_every_kind_of_fault_with_no_violation() {
 #[test]
 fn paxos_survives_every_kind_of_fault_with_no_violation() {
     assert_clean_round("paxos", "3", "98");
+}
+
+#[test]
+fn raft_changes_membership_under_faults_with_no_violation() {
+    assert_clean_membership_round("raft", "59");
+}
+
+#[test]
+fn paxos_changes_membership_under_faults_with_no_violation() {
+    assert_clean_membership_round("paxos", "59");
 }
 
 #[test]

@@ -165,7 +165,8 @@ impl Op {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fault {
     /// `kill`, `pause_node`, `pause_client`, `partition_isolate`,
-    /// `partition_split` or `clock_skew`.
+    /// `partition_split`, `clock_skew`, or a change of membership: `add`,
+    /// `promote`, `remove`, `replace`.
     pub kind: String,
     /// What was done, in words (which nodes, which worker, what skew).
     pub detail: String,
@@ -173,6 +174,13 @@ pub struct Fault {
     pub start_us: u64,
     /// When everything it broke was whole again.
     pub healed_us: u64,
+    /// How a change of membership ended: `done`, `refused` (skipped after
+    /// the cluster refused it, e.g. another change was in progress or the
+    /// learner lagged), `skipped` (nothing to change) or `unknown` (no
+    /// answer; the membership the cluster lists afterwards says what
+    /// happened). `None` for the other kinds, which always happen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
 }
 
 /// One line of the history file.
@@ -281,6 +289,14 @@ mod tests {
                 detail: "node 1".into(),
                 start_us: 1,
                 healed_us: 2,
+                outcome: None,
+            }),
+            Entry::Fault(Fault {
+                kind: "promote".into(),
+                detail: "node 4".into(),
+                start_us: 3,
+                healed_us: 4,
+                outcome: Some("done".into()),
             }),
         ];
         let dir = tempfile::tempdir().unwrap();

@@ -3,8 +3,11 @@
 //! skews clocks, and checks of the recorded history afterwards.
 //!
 //! The parts, one file each:
-//! - [`proxy`]: a fault-injecting TCP proxy on every directed peer link;
+//! - [`proxy`]: a fault-injecting TCP proxy in front of every node, which
+//!   cuts the directed links between nodes that a partition names;
 //! - [`nemesis`]: the seeded rounds of faults, each logged;
+//! - [`membership`]: with `--membership`, seeded changes of membership
+//!   (add, promote, remove, replace) between the other faults;
 //! - [`workload`]: the client workers (the hidden `chaos-worker`);
 //! - [`history`]: the recorded operations and faults, as JSON lines;
 //! - [`checker`]: mutual exclusion at the storage, token order,
@@ -13,12 +16,16 @@
 //! A run: start the proxies and the cluster (each node's lease clock follows
 //! a skew file), start the workers, let the nemesis play rounds until the
 //! duration has passed, heal everything, let the workers finish, SIGKILL and
-//! restart every node, read every key once more, then check. The summary
+//! restart every node, read every key once more, then check. With
+//! `--membership`, the rounds alternate between a fault and a change of
+//! membership, and the final phase stops every removed node and restarts
+//! only the members. The summary
 //! ends with `violations: N`; any violation makes the exit code non-zero
 //! and keeps the history file and the nodes' logs.
 
 pub mod checker;
 pub mod history;
+pub mod membership;
 pub mod nemesis;
 pub mod proxy;
 pub mod workload;
@@ -39,6 +46,7 @@ use tokio::time::Instant;
 
 use self::checker::{check_all, CheckReport, Violation, ViolationKind};
 use self::history::{now_us, Call, Entry, Op, Return, WorkerEvent, FINAL_READER};
+use self::membership::{MembershipNemesis, Stage, MEMBERSHIP_KINDS, SPARE_IDS};
 use self::nemesis::{write_skew, Nemesis, Targets, FAULT_HOLD_MIN, FAULT_KINDS};
 use self::proxy::Network;
 use self::workload::{client_config, key_of, lock_name, WorkerConfig};
@@ -62,6 +70,9 @@ pub const WORKER_EXIT_WAIT_MAX: Duration = Duration::from_secs(20);
 pub const FINAL_READ_WAIT_MAX: Duration = Duration::from_secs(30);
 /// Violations printed in full in the summary (all are in the count).
 pub const VIOLATIONS_PRINTED_MAX: usize = 50;
+/// Mixed into the seed for the membership nemesis's own random source, so
+/// that the other faults draw the same sequence with or without it.
+const MEMBERSHIP_SEED_SALT: u64 = 0x6d65_6d62_6572_7321;
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim())
@@ -97,6 +108,11 @@ pub struct ChaosArgs {
     /// Session TTL of the workers; pauses last longer than this.
     #[arg(long, value_parser = parse_duration, default_value = "2s")]
     pub ttl: Duration,
+    /// Also change the membership between faults: add nodes (`serve
+    /// --join`, `member add`), promote learners, remove voters (the leader
+    /// too) and learners, and replace a voter whose disk was lost.
+    #[arg(long)]
+    pub membership: bool,
 }
 
 /// Flags of the hidden `chaos-worker`.
@@ -172,6 +188,11 @@ impl ChaosArgs {
 struct Outcome {
     ops: Vec<Op>,
     faults: Vec<history::Fault>,
+    /// Per kind of membership change: made, tried.
+    changes: BTreeMap<&'static str, (usize, usize)>,
+    /// The members at the end: voters and learners, as the leader listed
+    /// them, or why they are unknown.
+    members: String,
     report: CheckReport,
     workload_start_us: u64,
 }
@@ -181,13 +202,14 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<i32> {
     args.validate()?;
     let seed = args.seed.unwrap_or_else(rand::random);
     println!(
-        "chaos: engine={} nodes={} duration={} workers={} locks={} ttl={} seed={seed}",
+        "chaos: engine={} nodes={} duration={} workers={} locks={} ttl={} membership={} seed={seed}",
         args.engine,
         args.nodes,
         humantime::format_duration(args.duration),
         args.workers,
         args.locks,
-        humantime::format_duration(args.ttl)
+        humantime::format_duration(args.ttl),
+        if args.membership { "on" } else { "off" }
     );
     let temp = tempfile::Builder::new()
         .prefix("quorumlock-chaos-")
@@ -259,7 +281,12 @@ fn print_summary(
             count(outcomes, "unknown")
         );
     }
-    let faults: Vec<String> = FAULT_KINDS
+    let kinds: Vec<&str> = if args.membership {
+        FAULT_KINDS.iter().chain(&MEMBERSHIP_KINDS).copied().collect()
+    } else {
+        FAULT_KINDS.to_vec()
+    };
+    let faults: Vec<String> = kinds
         .iter()
         .map(|kind| {
             let injected = outcome.faults.iter().filter(|fault| fault.kind == *kind).count();
@@ -267,6 +294,15 @@ fn print_summary(
         })
         .collect();
     println!("faults: {} (total {})", faults.join(" "), outcome.faults.len());
+    if args.membership {
+        let changes: Vec<String> = outcome
+            .changes
+            .iter()
+            .map(|(kind, (made, tried))| format!("{kind}={made}/{tried}"))
+            .collect();
+        println!("membership changes made/tried: {}", changes.join(" "));
+        println!("members at the end: {}", outcome.members);
+    }
     let inconclusive = &report.linearizability.inconclusive;
     println!(
         "linearizability: {} locks, {} ops checked; undecided within the search bound: {}",
@@ -306,20 +342,19 @@ fn print_summary(
 
 async fn play(args: &ChaosArgs, seed: u64, dir: &std::path::Path) -> anyhow::Result<Outcome> {
     let exe = std::env::current_exe().context("finding the quorumlock executable")?;
-    // The proxies hold their ports before the nodes' ports are picked, so
-    // the two cannot collide.
-    let network = Network::bind(args.nodes).await?;
+    // One proxy for every id the run may use, the spare ones of the
+    // membership nemesis included: the workers know every address from the
+    // start. The proxies hold their ports before the nodes' ports are
+    // picked, so the two cannot collide.
+    let slots = args.nodes + if args.membership { SPARE_IDS } else { 0 };
+    let network = Network::bind(slots).await?;
     let ports = free_ports(args.nodes)?;
     let addrs: Vec<String> = ports.iter().map(|port| format!("127.0.0.1:{port}")).collect();
     network.set_addrs(&addrs);
-    let routes: Vec<Vec<String>> = (0..args.nodes)
-        .map(|from| {
-            (0..args.nodes)
-                .map(|to| network.route(from, to).unwrap_or_else(|| addrs[to].clone()))
-                .collect()
-        })
-        .collect();
-    for index in 0..args.nodes {
+    // Every node knows every node, itself included, by its proxy, so that
+    // the membership the engines replicate names only proxies.
+    let proxies: Vec<String> = network.addrs().to_vec();
+    for index in 0..slots {
         write_skew(dir, index, Skew::NONE)?;
     }
     let mut spec = ClusterSpec::new(exe.clone(), &args.engine, args.nodes);
@@ -329,11 +364,11 @@ async fn play(args: &ChaosArgs, seed: u64, dir: &std::path::Path) -> anyhow::Res
     ];
     spec.ports = Some(ports);
     spec.dir = Some(dir.join("cluster"));
-    spec.route = Some(Arc::new(move |from, to| routes[from][to].clone()));
+    spec.route = Some(Arc::new(move |_from, to| proxies[to].clone()));
     let mut cluster = ProcessCluster::start(spec)
         .await
         .context("starting the cluster")?;
-    let endpoints = cluster.endpoints();
+    let endpoints: Vec<String> = network.addrs().to_vec();
 
     let workload_start_us = now_us();
     let events: Arc<parking_lot::Mutex<Vec<(u64, WorkerEvent)>>> = Arc::default();
@@ -382,20 +417,37 @@ async fn play(args: &ChaosArgs, seed: u64, dir: &std::path::Path) -> anyhow::Res
 
     let deadline = Instant::now() + args.duration;
     let mut nemesis = Nemesis::new(StdRng::seed_from_u64(seed));
+    let mut members = MembershipNemesis::new(
+        StdRng::seed_from_u64(seed ^ MEMBERSHIP_SEED_SALT),
+        args.nodes,
+        dir.to_path_buf(),
+    );
     let mut heals_us = Vec::new();
     let mut node_exits = Vec::new();
     // The first fault comes after a quiet start, so the workers get going.
     tokio::time::sleep(nemesis.settle().min(args.duration / 4)).await;
+    let mut round = 0u64;
     while Instant::now() + FAULT_HOLD_MIN < deadline {
-        let mut targets = Targets {
-            cluster: &mut cluster,
-            network: &network,
-            workers: &pids,
-            skew_dir: dir,
-            ttl: args.ttl,
-        };
-        nemesis.round(&mut targets).await?;
-        node_exits.extend(restart_exited(&mut cluster)?);
+        round += 1;
+        if args.membership && round % 2 == 0 {
+            let mut stage = Stage {
+                cluster: &mut cluster,
+                network: &network,
+            };
+            members.round(&mut stage).await?;
+        } else {
+            let live = members.roster.live();
+            let mut targets = Targets {
+                cluster: &mut cluster,
+                nodes: &live,
+                network: &network,
+                workers: &pids,
+                skew_dir: dir,
+                ttl: args.ttl,
+            };
+            nemesis.round(&mut targets).await?;
+        }
+        node_exits.extend(restart_exited(&mut cluster, &members.roster.live())?);
         heals_us.push(now_us());
         let settle = nemesis.settle();
         tokio::time::sleep(settle.min(deadline.saturating_duration_since(Instant::now()))).await;
@@ -404,7 +456,7 @@ async fn play(args: &ChaosArgs, seed: u64, dir: &std::path::Path) -> anyhow::Res
 
     // Heal anything left and let the workers finish their last operations.
     network.heal();
-    for index in 0..args.nodes {
+    for index in members.roster.live() {
         write_skew(dir, index, Skew::NONE)?;
         if cluster.node(index).is_paused() {
             cluster.node_mut(index).resume()?;
@@ -432,22 +484,42 @@ async fn play(args: &ChaosArgs, seed: u64, dir: &std::path::Path) -> anyhow::Res
     if malformed > 0 {
         bail!("{malformed} lines of the workers' reports could not be read");
     }
-    node_exits.extend(restart_exited(&mut cluster)?);
+    node_exits.extend(restart_exited(&mut cluster, &members.roster.live())?);
+    if args.membership {
+        // A replacement cut short is finished if it can be, and removed
+        // nodes stop: the final phase restarts the members only.
+        let mut stage = Stage {
+            cluster: &mut cluster,
+            network: &network,
+        };
+        members.wind_down(&mut stage).await?;
+        node_exits.extend(restart_exited(&mut cluster, &members.roster.live())?);
+    }
 
-    // Every node dies at once and comes back from its disk: what was
+    // Every member dies at once and comes back from its disk: what was
     // acknowledged must still be there.
-    for index in 0..args.nodes {
+    let live = members.roster.live();
+    for &index in &live {
         cluster.node_mut(index).kill()?;
     }
-    for index in 0..args.nodes {
+    for &index in &live {
         cluster.node_mut(index).start()?;
     }
     cluster
         .wait_for_leader()
         .await
-        .context("waiting for a leader after restarting every node")?;
+        .context("waiting for a leader after restarting every member")?;
+    let live_endpoints: Vec<String> = live
+        .iter()
+        .map(|&index| network.addr(index).to_string())
+        .collect();
     let mut ops = assemble_ops(std::mem::take(&mut *events.lock()));
-    ops.extend(final_reads(&endpoints, args.locks).await?);
+    ops.extend(final_reads(&live_endpoints, args.locks).await?);
+    let final_members = if args.membership {
+        members.describe_members(&live_endpoints).await
+    } else {
+        String::new()
+    };
     let report = check_all(
         &ops,
         &heals_us,
@@ -455,18 +527,25 @@ async fn play(args: &ChaosArgs, seed: u64, dir: &std::path::Path) -> anyhow::Res
         u64::try_from(LIVENESS_BOUND.as_micros()).unwrap_or(u64::MAX),
         node_exits,
     );
+    let changes = members.tally();
+    let mut faults = nemesis.faults;
+    faults.extend(members.faults);
+    faults.sort_by_key(|fault| fault.start_us);
     Ok(Outcome {
         ops,
-        faults: nemesis.faults,
+        faults,
+        changes,
+        members: final_members,
         report,
         workload_start_us,
     })
 }
 
-/// Restarts nodes that exited by themselves, reporting each as a violation.
-fn restart_exited(cluster: &mut ProcessCluster) -> anyhow::Result<Vec<Violation>> {
+/// Restarts members (of `live`) that exited by themselves, reporting each
+/// as a violation.
+fn restart_exited(cluster: &mut ProcessCluster, live: &[usize]) -> anyhow::Result<Vec<Violation>> {
     let mut found = Vec::new();
-    for index in 0..cluster.len() {
+    for &index in live {
         if let Some(status) = cluster.node_mut(index).reap()? {
             let node = cluster.node(index);
             found.push(Violation {

@@ -12,9 +12,13 @@
 //!   with the old token must be refused when it wakes;
 //! - `partition_isolate`: cut the leader off from every other node;
 //! - `partition_split`: split the nodes into a minority and a majority
-//!   (1/2 of 3, 2/3 of 5) at random;
+//!   (1/2 of 3, 1/3 of 4, 2/3 of 5) at random;
 //! - `clock_skew`: step a node's lease clock forward, then back, with a
 //!   changed rate (the NTP example), then restore it.
+//!
+//! The faults hit the members whose data is whole ([`Targets::nodes`]);
+//! with `--membership` the runner alternates these rounds with changes of
+//! membership ([`super::membership`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -77,6 +81,10 @@ pub fn write_skew(dir: &std::path::Path, index: usize, skew: Skew) -> anyhow::Re
 pub struct Targets<'a> {
     /// The nodes.
     pub cluster: &'a mut ProcessCluster,
+    /// The indices of the nodes faults may hit: the members whose data is
+    /// whole (a removed node, or a voter whose data directory was deleted
+    /// and whose removal is pending, is left alone).
+    pub nodes: &'a [usize],
     /// The proxies on the peer links.
     pub network: &'a Network,
     /// The process ids of the workers.
@@ -144,6 +152,7 @@ impl Nemesis {
             detail,
             start_us,
             healed_us: now_us(),
+            outcome: None,
         };
         eprintln!(
             "nemesis: {:>10.3}s {} ({}) healed after {:.1}s",
@@ -156,16 +165,16 @@ impl Nemesis {
         Ok(())
     }
 
-    /// The index of the node that says it leads with the highest term, if
-    /// any answers.
-    async fn leader(&self, cluster: &ProcessCluster) -> Option<usize> {
+    /// The index of the node among `nodes` that says it leads with the
+    /// highest term, if any answers.
+    async fn leader(&self, cluster: &ProcessCluster, nodes: &[usize]) -> Option<usize> {
         let config = ClientConfig {
             rpc_timeout: PROBE_TIMEOUT,
             connect_timeout: PROBE_TIMEOUT,
             ..ClientConfig::default()
         };
         let mut best: Option<(u64, usize)> = None;
-        for index in 0..cluster.len() {
+        for &index in nodes {
             let node = cluster.node(index);
             if !node.is_running() || node.is_paused() {
                 continue;
@@ -179,25 +188,30 @@ impl Nemesis {
         best.map(|(_, index)| index)
     }
 
-    /// The leader with probability `leader_odds`, else another node.
-    async fn pick_node(&mut self, cluster: &ProcessCluster, leader_odds: f64) -> (usize, &'static str) {
-        let leader = self.leader(cluster).await;
-        let count = cluster.len();
+    /// Among `targets.nodes`, the leader with probability `leader_odds`,
+    /// else another node.
+    async fn pick_node(&mut self, targets: &Targets<'_>, leader_odds: f64) -> (usize, &'static str) {
+        let nodes = targets.nodes;
+        assert!(nodes.len() >= 2, "faults need two nodes at least");
+        let leader = self.leader(&*targets.cluster, nodes).await;
         match leader {
             Some(leader) if self.rng.gen_bool(leader_odds) => (leader, "leader"),
             Some(leader) => {
-                let others: Vec<usize> = (0..count).filter(|&index| index != leader).collect();
+                let others: Vec<usize> = nodes.iter().copied().filter(|&index| index != leader).collect();
                 (
                     *others.choose(&mut self.rng).expect("two nodes at least"),
                     "follower",
                 )
             }
-            None => (self.rng.gen_range(0..count), "node (no leader known)"),
+            None => (
+                *nodes.choose(&mut self.rng).expect("two nodes at least"),
+                "node (no leader known)",
+            ),
         }
     }
 
     async fn kill(&mut self, targets: &mut Targets<'_>) -> anyhow::Result<String> {
-        let (index, role) = self.pick_node(targets.cluster, 0.75).await;
+        let (index, role) = self.pick_node(targets, 0.75).await;
         let delay = self.hold();
         targets.cluster.node_mut(index).kill()?;
         tokio::time::sleep(delay).await;
@@ -210,7 +224,7 @@ impl Nemesis {
     }
 
     async fn pause_node(&mut self, targets: &mut Targets<'_>) -> anyhow::Result<String> {
-        let (index, role) = self.pick_node(targets.cluster, 0.5).await;
+        let (index, role) = self.pick_node(targets, 0.5).await;
         let length = self.pause_length(targets.ttl);
         targets.cluster.node_mut(index).pause()?;
         tokio::time::sleep(length).await;
@@ -240,8 +254,11 @@ impl Nemesis {
     }
 
     async fn isolate(&mut self, targets: &mut Targets<'_>) -> anyhow::Result<String> {
-        let (index, role) = self.pick_node(targets.cluster, 1.0).await;
-        let others: Vec<usize> = (0..targets.cluster.len())
+        let (index, role) = self.pick_node(targets, 1.0).await;
+        let others: Vec<usize> = targets
+            .nodes
+            .iter()
+            .copied()
             .filter(|&other| other != index)
             .collect();
         let hold = self.hold();
@@ -256,9 +273,11 @@ impl Nemesis {
     }
 
     async fn split(&mut self, targets: &mut Targets<'_>) -> anyhow::Result<String> {
-        let mut nodes: Vec<usize> = (0..targets.cluster.len()).collect();
+        let mut nodes: Vec<usize> = targets.nodes.to_vec();
         nodes.shuffle(&mut self.rng);
-        let (minority, majority) = nodes.split_at(nodes.len() / 2);
+        // Fewer than half on the minority side, also when a change of
+        // membership left an even number of nodes.
+        let (minority, majority) = nodes.split_at((nodes.len() - 1) / 2);
         let hold = self.hold();
         targets.network.split(minority, majority);
         tokio::time::sleep(hold).await;
@@ -279,7 +298,7 @@ impl Nemesis {
     }
 
     async fn skew(&mut self, targets: &mut Targets<'_>) -> anyhow::Result<String> {
-        let (index, role) = self.pick_node(targets.cluster, 0.5).await;
+        let (index, role) = self.pick_node(targets, 0.5).await;
         let step_ms = i64::try_from(self.rng.gen_range(1_000..=SKEW_STEP_MAX.as_millis() as u64))?;
         let rate = *[0.5, 2.0, 4.0].choose(&mut self.rng).expect("not empty");
         let hold = self.hold();

@@ -9,6 +9,8 @@
 //!
 //! Peers can be routed: [`ClusterSpec::route`] chooses the address node `a`
 //! uses to reach node `b`, so a fault-injecting proxy can sit on every link.
+//! A node can also join a running cluster later ([`ProcessCluster::join`]),
+//! with `serve --join` and an empty data directory.
 
 mod process;
 
@@ -31,8 +33,9 @@ pub const LEADER_WAIT_MAX: Duration = Duration::from_secs(60);
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Chooses the address node index `from` dials to reach node index `to`;
-/// the default is `to`'s own listen address.
+/// Chooses the address node index `from` dials to reach node index `to`,
+/// and for `from == to` the address a node names itself by in its
+/// `--peers`; the default is `to`'s own listen address.
 pub type Route = Arc<dyn Fn(usize, usize) -> String + Send + Sync>;
 
 /// What to start.
@@ -152,45 +155,17 @@ impl ProcessCluster {
             let id = index as u64 + 1;
             let peers = (0..spec.nodes)
                 .map(|to| {
-                    let dialed = match (&spec.route, to == index) {
-                        (Some(route), false) => route(index, to),
-                        _ => addrs[to].clone(),
+                    let dialed = match &spec.route {
+                        Some(route) => route(index, to),
+                        None => addrs[to].clone(),
                     };
                     format!("{}={dialed}", to + 1)
                 })
                 .collect::<Vec<_>>()
                 .join(",");
-            let mut args = vec![
-                "serve".to_string(),
-                "--id".to_string(),
-                id.to_string(),
-                "--listen".to_string(),
-                addr.clone(),
-                "--peers".to_string(),
-                peers,
-                "--data-dir".to_string(),
-                root.join(format!("node-{id}")).display().to_string(),
-                "--engine".to_string(),
-                spec.engine.clone(),
-                "--heartbeat-ms".to_string(),
-                spec.heartbeat_ms.to_string(),
-                "--election-timeout-ms".to_string(),
-                spec.election_timeout_ms.to_string(),
-            ];
-            args.extend(
-                spec.extra_args
-                    .iter()
-                    .map(|arg| arg.replace("{id}", &id.to_string())),
-            );
-            let log_path = root.join(format!("node-{id}.log"));
-            let mut node = NodeProcess::new(
-                id,
-                addr.clone(),
-                spec.exe.clone(),
-                args,
-                spec.env.clone(),
-                log_path,
-            );
+            let mut args = serve_args(&spec, &root, id, addr);
+            args.extend(["--peers".to_string(), peers]);
+            let mut node = node_process(&spec, &root, id, addr, args);
             node.start()?;
             nodes.push(node);
         }
@@ -200,6 +175,31 @@ impl ProcessCluster {
             root,
             _temp: temp,
         })
+    }
+
+    /// Starts node `id`, which must be the next id (`len() + 1`, so that a
+    /// node's index stays its id minus one), with `serve --join members`
+    /// and an empty data directory, listening on `addr`. It serves once the
+    /// leader added it; its restarts keep `--join` and find their data.
+    pub fn join(&mut self, id: u64, addr: &str, members: &[String]) -> anyhow::Result<usize> {
+        anyhow::ensure!(
+            id == self.nodes.len() as u64 + 1,
+            "node {id} cannot join as node {}",
+            self.nodes.len() + 1
+        );
+        anyhow::ensure!(!members.is_empty(), "a joining node needs a member to name");
+        let data_dir = self.root.join(format!("node-{id}"));
+        anyhow::ensure!(
+            !data_dir.exists(),
+            "{} exists: a joining node starts empty",
+            data_dir.display()
+        );
+        let mut args = serve_args(&self.spec, &self.root, id, addr);
+        args.extend(["--join".to_string(), members.join(",")]);
+        let mut node = node_process(&self.spec, &self.root, id, addr, args);
+        node.start()?;
+        self.nodes.push(node);
+        Ok(self.nodes.len() - 1)
     }
 
     /// The spec the cluster was started from.
@@ -313,6 +313,42 @@ impl ProcessCluster {
             .iter()
             .any(|node| node.log().to_lowercase().contains("address already in use"))
     }
+}
+
+/// The flags of `serve` shared by every node, without `--peers` or `--join`.
+fn serve_args(spec: &ClusterSpec, root: &Path, id: u64, addr: &str) -> Vec<String> {
+    let mut args = vec![
+        "serve".to_string(),
+        "--id".to_string(),
+        id.to_string(),
+        "--listen".to_string(),
+        addr.to_string(),
+        "--data-dir".to_string(),
+        root.join(format!("node-{id}")).display().to_string(),
+        "--engine".to_string(),
+        spec.engine.clone(),
+        "--heartbeat-ms".to_string(),
+        spec.heartbeat_ms.to_string(),
+        "--election-timeout-ms".to_string(),
+        spec.election_timeout_ms.to_string(),
+    ];
+    args.extend(
+        spec.extra_args
+            .iter()
+            .map(|arg| arg.replace("{id}", &id.to_string())),
+    );
+    args
+}
+
+fn node_process(spec: &ClusterSpec, root: &Path, id: u64, addr: &str, args: Vec<String>) -> NodeProcess {
+    NodeProcess::new(
+        id,
+        addr.to_string(),
+        spec.exe.clone(),
+        args,
+        spec.env.clone(),
+        root.join(format!("node-{id}.log")),
+    )
 }
 
 /// Picks `count` distinct free ports on 127.0.0.1. Every listener is held
