@@ -2,8 +2,10 @@
 //! `quorumlock serve` processes whose certificates `quorumlock certs` made
 //! serves the Rust client, the CLI and the Python client over mutual TLS;
 //! connections that cannot prove who they are, or that prove they are a
-//! client, are refused the API and the member-only parts; and node
-//! certificates rotate under load, one SIGHUP at a time, with no session lost.
+//! client, are refused the API and the member-only parts; node
+//! certificates rotate under load, one SIGHUP at a time, with no session
+//! lost; and a dead node is replaced by one that joins with its own
+//! certificate, while the removed node's certificate is refused.
 
 mod common;
 
@@ -13,7 +15,8 @@ use common::pki::{certs, client_config, exe, run, tls_channel, wait_for_log_line
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use quorumlock_client::{Client, ClientConfig, ClientError, Fence};
+use quorumlock_client::{Client, ClientConfig, ClientError, ClientTls, ClientTlsFiles, Fence};
+use quorumlock_core::consensus::RETIRED_METADATA;
 use quorumlock_proto::headers::FORWARDED_HEADER;
 use quorumlock_proto::paxos::paxos_peer_client::PaxosPeerClient;
 use quorumlock_proto::paxos::PaxosBatch;
@@ -28,6 +31,7 @@ engine_tests!(
     check_a_tls_cluster_serves_the_rust_client_the_cli_and_python,
     check_connections_that_cannot_prove_who_they_are_or_prove_they_are_clients_are_refused,
     check_node_certificates_rotate_under_load_without_losing_a_session,
+    check_a_dead_node_of_a_tls_cluster_is_replaced_and_its_certificate_refused,
 );
 
 /// A TLS cluster, and the slot it holds among the test binary's clusters.
@@ -328,16 +332,37 @@ async fn check_node_certificates_rotate_under_load_without_losing_a_session(engi
     println!("{writes} fenced writes during the rotation; both sessions and locks intact");
 }
 
-/// The peer transport of a TLS cluster admits only the ids `--peers` named
-/// at start, so a member added later could never be reached: adding,
-/// promoting and joining are refused, naming why, while listing and
-/// removing work.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tls_raft_cluster_refuses_new_members_and_joining_naming_why() {
+/// The ids `member list` (or a membership change) shows with `role`.
+fn ids_with_role(listing: &str, role: &str) -> Vec<u64> {
+    let mut ids: Vec<u64> = listing
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields.as_slice() {
+                [id, _, shown, ..] if *shown == role => id.parse().ok(),
+                _ => None,
+            }
+        })
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Membership changes over mutual TLS, through the real path: a dead
+/// node of a TLS cluster is replaced by a new one that joins with its own
+/// node certificate, the cluster survives one more loss with the lock,
+/// its token and the fenced value intact, and the removed node's
+/// certificate no longer opens the peer protocol.
+async fn check_a_dead_node_of_a_tls_cluster_is_replaced_and_its_certificate_refused(engine: &str) {
+    const LOCK: &str = "jobs/nightly";
+    const VALUE_KEY: &str = "jobs/nightly/state";
     let pki = Pki::new(&["alice"]);
-    let (cluster, _slot) = tls_cluster("raft", &pki).await;
+    // Node 4's certificate, from the same CA.
+    certs(&pki.ours(), &["--node", "4=127.0.0.1"]);
+    let (mut cluster, _slot) = tls_cluster(engine, &pki).await;
     let endpoints = cluster.endpoints();
-    let member = |args: &[&str]| {
+    let lock_client = |addr: &str| LockClient::new(tls_channel(addr, pki.client("alice")));
+    let member = |args: &[&str], endpoints: &[String]| {
         let mut command = tokio::process::Command::new(exe());
         command
             .arg("member")
@@ -346,35 +371,132 @@ async fn a_tls_raft_cluster_refuses_new_members_and_joining_naming_why() {
             .args(pki.cli_flags("alice"));
         command
     };
-    let (listed, output) = run(&mut member(&["list"])).await;
-    assert!(listed, "member list over TLS failed: {output}");
-    for args in [
-        vec!["add", "--id", "4", "--addr", "127.0.0.1:1"],
-        vec!["promote", "--id", "4"],
-    ] {
-        let (accepted, output) = run(&mut member(&args)).await;
-        assert!(!accepted, "{args:?} was accepted on a TLS cluster: {output}");
-        assert!(output.contains("not supported on a TLS cluster"), "{output}");
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (served, output) = run(tokio::process::Command::new(exe())
-        .args([
-            "serve",
-            "--id",
-            "4",
-            "--listen",
-            "127.0.0.1:1",
-            "--engine",
-            "raft",
-        ])
-        .args(["--join", &cluster.endpoints()[0]])
-        .arg("--data-dir")
-        .arg(dir.path().join("node-4"))
-        .args(pki.serve_flags().iter().map(|flag| flag.replace("{id}", "1"))))
+
+    // A holder with a lock and a value written under it; its session
+    // outlives the test, so it needs no keepalive across the changes.
+    let client = lock_client(&endpoints[0]);
+    let opened = common::retry_unavailable("OpenSession", || {
+        common::open_session(&client, common::LONG_TTL_MS)
+    })
+    .await
+    .unwrap();
+    let holder = common::Key::of(&opened);
+    let token = common::acquire_granted(&client, holder, LOCK, 0).await;
+    common::put(&client, VALUE_KEY, "running", common::fence(LOCK, token), holder)
+        .await
+        .unwrap();
+
+    // Node 3 dies with its disk.
+    cluster.node_mut(2).kill().unwrap();
+    std::fs::remove_dir_all(cluster.data_dir(2)).unwrap();
+
+    // Node 4 joins with an empty data directory and its own certificate.
+    let port = quorumlock_testkit::cluster::free_ports(1).unwrap()[0];
+    let addr4 = format!("127.0.0.1:{port}");
+    cluster
+        .join(4, &addr4, &endpoints[..1])
+        .expect("start node 4 with serve --join over TLS");
+    let survivors = vec![endpoints[0].clone(), endpoints[1].clone()];
+    let (added, output) = run(&mut member(&["add", "--id", "4", "--addr", &addr4], &survivors)).await;
+    assert!(added, "member add over TLS failed: {output}");
+    assert_eq!(ids_with_role(&output, "learner"), vec![4], "{output}");
+
+    // Promote once node 4 caught up: the leader reached it over TLS.
+    let admin = Client::connect_with(survivors.clone(), client_config(Some(pki.client("alice"))))
+        .await
+        .unwrap();
+    common::wait_until("node 4 to catch up", common::CONDITION_WAIT, || async {
+        let listed = admin.list_members().await.map_err(|error| error.to_string())?;
+        match listed.members.iter().find(|member| member.id == 4) {
+            Some(member) if member.matched_index > 0 && member.lag <= 1_000 => Ok(()),
+            other => Err(format!("node 4 is {other:?}")),
+        }
+    })
     .await;
-    assert!(!served, "a TLS node joined: {output}");
-    assert!(
-        output.contains("--join is not supported on a TLS node"),
-        "{output}"
-    );
+    let (promoted, output) = run(&mut member(&["promote", "--id", "4"], &survivors)).await;
+    assert!(promoted, "member promote over TLS failed: {output}");
+    let (removed, output) = run(&mut member(&["remove", "--id", "3"], &survivors)).await;
+    assert!(removed, "member remove over TLS failed: {output}");
+    assert_eq!(ids_with_role(&output, "voter"), vec![1, 2, 4], "{output}");
+    assert!(ids_with_role(&output, "learner").is_empty(), "{output}");
+
+    // The new node serves, and one more loss is survived: node 1 goes, and
+    // nodes 2 and 4 are the quorum.
+    let (listed, output) = run(&mut member(&["list"], std::slice::from_ref(&addr4))).await;
+    assert!(listed, "member list through node 4 failed: {output}");
+    cluster.node_mut(0).kill().unwrap();
+    let remaining = vec![endpoints[1].clone(), addr4.clone()];
+    let client = common::wait_until("a leader among nodes 2 and 4", common::CONDITION_WAIT, || async {
+        for addr in &remaining {
+            let client = lock_client(addr);
+            if common::describe(&client, LOCK).await.is_ok() {
+                return Ok(client);
+            }
+        }
+        Err("neither answers Describe".to_string())
+    })
+    .await;
+    common::assert_held(&client, LOCK, holder.id, token, 0).await;
+    assert_eq!(common::get(&client, VALUE_KEY).await.unwrap().value, b"running");
+    let newcomer = common::retry_unavailable("OpenSession", || {
+        common::open_session(&client, common::LONG_TTL_MS)
+    })
+    .await
+    .unwrap();
+    let fresh = common::acquire_granted(&client, common::Key::of(&newcomer), "jobs/other", 0).await;
+    assert!(fresh > token, "token {fresh} after {token}");
+    common::put(
+        &client,
+        VALUE_KEY,
+        "still mine",
+        common::fence(LOCK, token),
+        holder,
+    )
+    .await
+    .expect("the holder writes under its lock after the changes");
+
+    // Node 3's certificate, valid and signed by the cluster's CA, no longer
+    // opens the peer protocol: its id is retired.
+    let node3 = ClientTls::load(ClientTlsFiles {
+        ca: pki.ca(),
+        identity: Some((pki.ours().join("node-3.pem"), pki.ours().join("node-3-key.pem"))),
+    })
+    .expect("load node 3's files");
+    for addr in &remaining {
+        let status = common::wait_until(
+            &format!("{addr} to refuse node 3's certificate"),
+            common::CONDITION_WAIT,
+            || async {
+                let channel = tls_channel(addr, node3.clone());
+                let answer = match engine {
+                    "raft" => RaftPeerClient::new(channel)
+                        .vote(RaftPayload::default())
+                        .await
+                        .map(|_| ()),
+                    _ => PaxosPeerClient::new(channel)
+                        .deliver(PaxosBatch::default())
+                        .await
+                        .map(|_| ()),
+                };
+                match answer {
+                    Err(status) if status.code() == Code::PermissionDenied => Ok(status),
+                    other => Err(format!("answered {other:?}")),
+                }
+            },
+        )
+        .await;
+        assert!(
+            status.message().contains("cluster members only")
+                && status.message().contains("node 3 was removed from this cluster"),
+            "the refusal names why: {status:?}"
+        );
+        assert_eq!(
+            status
+                .metadata()
+                .get(RETIRED_METADATA)
+                .and_then(|value| value.to_str().ok()),
+            Some("3"),
+            "the refusal tells a removed node it was removed: {status:?}"
+        );
+    }
 }
