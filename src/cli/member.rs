@@ -15,15 +15,17 @@ pub struct MemberArgs {
 
 #[derive(Subcommand)]
 enum MemberCommand {
-    /// Prints every member: id, address, voter or learner, the index the
-    /// leader knows it holds, and its lag behind the leader's log.
+    /// Prints every member: id, address, voter or learner, how far the
+    /// leader knows it has caught up (raft: log index; paxos: chosen slot),
+    /// and its lag behind the leader.
     List(ListArgs),
-    /// Adds a node as a learner: it receives the log but does not vote.
-    /// Start it first with `serve --join`.
+    /// Adds a node as a learner: it receives what is committed but does not
+    /// vote. Start it first with `serve --join`.
     Add(AddArgs),
-    /// Makes a learner a voter; refused while it lags.
+    /// Makes a learner a voter; refused while it lags more than 1,000
+    /// entries (raft) or slots (paxos).
     Promote(IdArgs),
-    /// Removes a voter or a learner.
+    /// Removes a voter or a learner; its id is never reused.
     Remove(IdArgs),
 }
 

@@ -25,11 +25,11 @@ pub struct ServeArgs {
     /// Every member as ID=HOST:PORT, comma-separated, this node included.
     #[arg(long)]
     peers: Option<String>,
-    /// Join a running cluster (raft) instead of forming one: HOST:PORT of
-    /// one or more of its members, comma-separated. The node starts with
-    /// an empty data directory, never initializes a cluster of its own, and
-    /// serves once the leader added it (`quorumlock member add`). Excludes
-    /// --peers.
+    /// Join a running cluster (either engine) instead of forming one:
+    /// HOST:PORT of one or more of its members, comma-separated. The node
+    /// starts with an empty data directory, never initializes a cluster of
+    /// its own, and serves once the leader added it (`quorumlock member
+    /// add`). Excludes --peers.
     #[arg(long)]
     join: Option<String>,
     /// Directory for this node's data.
