@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::pki::{certs, client_config, exe, run, tls_channel, wait_for_log_lines, Pki};
+use common::pki::{certs, client_config, exe, ids_with_role, run, tls_channel, wait_for_log_lines, Pki};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -330,22 +330,6 @@ async fn check_node_certificates_rotate_under_load_without_losing_a_session(engi
         );
     }
     println!("{writes} fenced writes during the rotation; both sessions and locks intact");
-}
-
-/// The ids `member list` (or a membership change) shows with `role`.
-fn ids_with_role(listing: &str, role: &str) -> Vec<u64> {
-    let mut ids: Vec<u64> = listing
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            match fields.as_slice() {
-                [id, _, shown, ..] if *shown == role => id.parse().ok(),
-                _ => None,
-            }
-        })
-        .collect();
-    ids.sort_unstable();
-    ids
 }
 
 /// Membership changes over mutual TLS, through the real path: a dead

@@ -20,7 +20,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::pki::{exe, run};
+use common::pki::{exe, ids_with_role, run};
 use common::{
     acquire_granted, assert_held, connect, fence, get, put, Cluster, KeepAlive, ELECTION_TIMEOUT_MS,
     HEARTBEAT_MS,
@@ -42,18 +42,34 @@ fn member_cli(args: &[&str], endpoints: &[String]) -> Command {
     command
 }
 
-/// The ids `member list` shows with `role`.
-fn ids_with_role(listing: &str, role: &str) -> Vec<u64> {
-    listing
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            match fields.as_slice() {
-                [id, _, shown, ..] if *shown == role => id.parse().ok(),
-                _ => None,
+/// Waits until `client`'s node refuses Describe naming its removal; the
+/// refusal.
+async fn wait_for_removal_refusal(
+    what: &str,
+    client: &LockClient<tonic::transport::Channel>,
+) -> tonic::Status {
+    common::wait_until(what, common::CONDITION_WAIT, || async {
+        match common::describe(client, LOCK).await {
+            Err(status) if status.message().contains("was removed") => Ok(status),
+            other => Err(format!("Describe answered {other:?}")),
+        }
+    })
+    .await
+}
+
+/// A client of the first of `urls` whose node answers Describe.
+async fn first_answering(urls: &[String]) -> LockClient<tonic::transport::Channel> {
+    common::wait_until("a node that answers Describe", common::CONDITION_WAIT, || async {
+        for url in urls {
+            let Ok(channel) = connect(url).await else { continue };
+            let client = LockClient::new(channel);
+            if common::describe(&client, LOCK).await.is_ok() {
+                return Ok(client);
             }
-        })
-        .collect()
+        }
+        Err("no remaining voter answers Describe".to_string())
+    })
+    .await
 }
 
 /// Starts node `id` with `serve --join join` and an empty data directory
@@ -157,8 +173,7 @@ async fn replace_a_dead_node(engine: &str) {
     assert!(promoted, "member promote failed: {output}");
     let (removed, output) = run(&mut member_cli(&["remove", "--id", "3"], &survivors)).await;
     assert!(removed, "member remove failed: {output}");
-    let mut voters = ids_with_role(&output, "voter");
-    voters.sort_unstable();
+    let voters = ids_with_role(&output, "voter");
     assert_eq!(voters, vec![1, 2, 4], "{output}");
     assert!(ids_with_role(&output, "learner").is_empty(), "{output}");
 
@@ -267,17 +282,7 @@ async fn refusals_and_removed_nodes(engine: &str) {
             .map_err(|error| error.to_string())
     })
     .await;
-    common::wait_until(
-        "the removed learner to refuse",
-        common::CONDITION_WAIT,
-        || async {
-            match common::describe(&learner, LOCK).await {
-                Err(status) if status.message().contains("was removed") => Ok(()),
-                other => Err(format!("Describe answered {other:?}")),
-            }
-        },
-    )
-    .await;
+    wait_for_removal_refusal("the removed learner to refuse", &learner).await;
 
     let leaving_id = cluster.node_id(leaving);
     let admin = Client::connect(urls.clone()).await.unwrap();
@@ -326,13 +331,7 @@ async fn refusals_and_removed_nodes(engine: &str) {
     // The removed node, still running, learns it was removed and refuses
     // the API, naming the removal; the others serve on.
     let client = cluster.client(leaving).await;
-    let refusal = common::wait_until("the removed node to refuse", common::CONDITION_WAIT, || async {
-        match common::describe(&client, LOCK).await {
-            Err(status) if status.message().contains("was removed") => Ok(status),
-            other => Err(format!("Describe answered {other:?}")),
-        }
-    })
-    .await;
+    let refusal = wait_for_removal_refusal("the removed node to refuse", &client).await;
     assert_eq!(refusal.code(), tonic::Code::Unavailable, "{refusal:?}");
     let health = tonic_health::pb::health_client::HealthClient::new(cluster.channel(leaving).await);
     common::wait_until(
@@ -401,8 +400,7 @@ async fn remove_the_leader(engine: &str) {
     ))
     .await;
     assert!(removed, "removing the leader failed: {output}");
-    let mut voters = ids_with_role(&output, "voter");
-    voters.sort_unstable();
+    let voters = ids_with_role(&output, "voter");
     let mut expected: Vec<u64> = (0..3)
         .filter(|index| *index != leader)
         .map(|index| cluster.node_id(index))
@@ -413,13 +411,7 @@ async fn remove_the_leader(engine: &str) {
     // The old leader refuses the API, naming its removal; the other two
     // elect a leader among themselves that still knows the holder.
     let old = cluster.client(leader).await;
-    common::wait_until("the old leader to refuse", common::CONDITION_WAIT, || async {
-        match common::describe(&old, LOCK).await {
-            Err(status) if status.message().contains("was removed") => Ok(()),
-            other => Err(format!("Describe answered {other:?}")),
-        }
-    })
-    .await;
+    wait_for_removal_refusal("the old leader to refuse", &old).await;
     let remaining: Vec<usize> = (0..3).filter(|index| *index != leader).collect();
     let serving = common::wait_until(
         "a leader among the remaining voters",
@@ -521,17 +513,7 @@ async fn a_change_interrupted_by_the_leaders_crash_is_completed_and_a_later_chan
         .collect::<Vec<_>>();
     holder.stop().await;
     holder = KeepAlive::spawn(serving.clone(), holder_key, TTL_MS);
-    let client = common::wait_until("a node that answers Describe", common::CONDITION_WAIT, || async {
-        for url in &serving {
-            let Ok(channel) = connect(url).await else { continue };
-            let client = LockClient::new(channel);
-            if common::describe(&client, LOCK).await.is_ok() {
-                return Ok(client);
-            }
-        }
-        Err("no remaining voter answers Describe".to_string())
-    })
-    .await;
+    let client = first_answering(&serving).await;
     assert_held(&client, LOCK, holder_key.id, token, 0).await;
     holder.stop().await;
 }
@@ -790,24 +772,8 @@ async fn a_paxos_leader_that_crashes_after_the_stop_sign_leaves_a_change_the_nex
         .expect("a change after the completed one");
     admin.remove_member(7).await.expect("removing the learner again");
     let removed = cluster.client(leaving).await;
-    common::wait_until("the removed node to refuse", common::CONDITION_WAIT, || async {
-        match common::describe(&removed, LOCK).await {
-            Err(status) if status.message().contains("was removed") => Ok(()),
-            other => Err(format!("Describe answered {other:?}")),
-        }
-    })
-    .await;
-    let client = common::wait_until("a node that answers Describe", common::CONDITION_WAIT, || async {
-        for url in &serving {
-            let Ok(channel) = connect(url).await else { continue };
-            let client = LockClient::new(channel);
-            if common::describe(&client, LOCK).await.is_ok() {
-                return Ok(client);
-            }
-        }
-        Err("no remaining voter answers Describe".to_string())
-    })
-    .await;
+    wait_for_removal_refusal("the removed node to refuse", &removed).await;
+    let client = first_answering(&serving).await;
     assert_held(&client, LOCK, holder_key.id, token, 0).await;
     assert_eq!(get(&client, VALUE_KEY).await.unwrap().value, b"running");
     let opened = common::retry_unavailable("OpenSession", || common::open_session(&client, TTL_MS))

@@ -78,6 +78,23 @@ fn faults(stdout: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// Asserts that the run `what` exited 0 and its summary ends with no
+/// violation; its stderr.
+fn assert_no_violation(what: &str, output: &Output, stdout: &str) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert_eq!(
+        stdout.lines().last(),
+        Some("violations: 0"),
+        "the summary ends with the violation count:\n{stdout}"
+    );
+    stderr
+}
+
 fn assert_clean_round(engine: &str, nodes: &str, seed: &str) {
     let (output, stdout) = chaos(&[
         "--engine",
@@ -91,24 +108,13 @@ fn assert_clean_round(engine: &str, nodes: &str, seed: &str) {
         "--ttl",
         "1s",
     ]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "chaos {engine} with {nodes} nodes failed ({}):\n{stdout}\n{stderr}",
-        output.status
-    );
-    assert_eq!(
-        stdout.lines().last(),
-        Some("violations: 0"),
-        "the summary ends with the violation count:\n{stdout}"
-    );
+    let stderr = assert_no_violation(&format!("chaos {engine} with {nodes} nodes"), &output, &stdout);
     let injected = faults(&stdout);
     for kind in quorumlock_testkit::chaos::nemesis::FAULT_KINDS {
-        let count = injected
-            .iter()
-            .find(|(name, _)| name == kind)
-            .map_or(0, |(_, count)| *count);
-        assert!(count >= 1, "no {kind} fault was injected:\n{stdout}\n{stderr}");
+        assert!(
+            count_of(&injected, kind) >= 1,
+            "no {kind} fault was injected:\n{stdout}\n{stderr}"
+        );
     }
     assert!(
         stdout.contains(&format!("seed: {seed}")),
@@ -152,17 +158,7 @@ fn assert_clean_membership_round(engine: &str, seed: &str) {
         ],
         MEMBERSHIP_RUN_MAX,
     );
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "chaos {engine} --membership failed ({}):\n{stdout}\n{stderr}",
-        output.status
-    );
-    assert_eq!(
-        stdout.lines().last(),
-        Some("violations: 0"),
-        "the summary ends with the violation count:\n{stdout}"
-    );
+    let stderr = assert_no_violation(&format!("chaos {engine} --membership"), &output, &stdout);
     let injected = faults(&stdout);
     for kind in quorumlock_testkit::chaos::membership::MEMBERSHIP_KINDS {
         assert!(

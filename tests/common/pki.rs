@@ -172,6 +172,23 @@ pub async fn run(command: &mut tokio::process::Command) -> (bool, String) {
     (output.status.success(), text)
 }
 
+/// The ids, in order, that `quorumlock member list` (or the listing a
+/// membership change prints) shows with `role` (voter or learner).
+pub fn ids_with_role(listing: &str, role: &str) -> Vec<u64> {
+    let mut ids: Vec<u64> = listing
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields.as_slice() {
+                [id, _, shown, ..] if *shown == role => id.parse().ok(),
+                _ => None,
+            }
+        })
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
 /// Polls until node `index`'s log has `count` lines containing `needle`
 /// (a reload is confirmed by its log line), and returns the log.
 pub async fn wait_for_log_lines(

@@ -183,6 +183,30 @@ pub struct Fault {
     pub outcome: Option<String>,
 }
 
+impl Fault {
+    /// A fault of `kind` that started at `start_us` and is over now.
+    pub fn ended_now(kind: &str, detail: String, start_us: u64, outcome: Option<String>) -> Fault {
+        Fault {
+            kind: kind.to_string(),
+            detail,
+            start_us,
+            healed_us: now_us(),
+            outcome,
+        }
+    }
+
+    /// Prints the fault's line of the run's log to stderr.
+    pub fn log(&self) {
+        eprintln!(
+            "nemesis: {:>10.3}s {} ({}) over after {:.1}s",
+            self.start_us as f64 / 1e6,
+            self.kind,
+            self.detail,
+            (self.healed_us - self.start_us) as f64 / 1e6
+        );
+    }
+}
+
 /// One line of the history file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

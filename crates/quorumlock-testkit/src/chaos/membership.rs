@@ -486,20 +486,13 @@ impl MembershipNemesis {
                 return Ok(());
             }
         };
-        let fault = Fault {
-            kind: kind.to_string(),
-            detail: format!("{}; {outcome}", steps.join("; ")),
+        let fault = Fault::ended_now(
+            kind,
+            format!("{}; {outcome}", steps.join("; ")),
             start_us,
-            healed_us: now_us(),
-            outcome: Some(outcome.name().to_string()),
-        };
-        eprintln!(
-            "nemesis: {:>10.3}s {} ({}) took {:.1}s",
-            start_us as f64 / 1e6,
-            fault.kind,
-            fault.detail,
-            (fault.healed_us - fault.start_us) as f64 / 1e6
+            Some(outcome.name().to_string()),
         );
+        fault.log();
         self.faults.push(fault);
         Ok(())
     }

@@ -147,20 +147,8 @@ impl Nemesis {
             "clock_skew" => self.skew(targets).await?,
             other => unreachable!("unknown fault kind {other}"),
         };
-        let fault = Fault {
-            kind: kind.to_string(),
-            detail,
-            start_us,
-            healed_us: now_us(),
-            outcome: None,
-        };
-        eprintln!(
-            "nemesis: {:>10.3}s {} ({}) healed after {:.1}s",
-            start_us as f64 / 1e6,
-            fault.kind,
-            fault.detail,
-            (fault.healed_us - fault.start_us) as f64 / 1e6
-        );
+        let fault = Fault::ended_now(kind, detail, start_us, None);
+        fault.log();
         self.faults.push(fault);
         Ok(())
     }
