@@ -33,6 +33,13 @@ const TTL_MS: u64 = 30_000;
 const LOCK: &str = "jobs/nightly";
 const VALUE_KEY: &str = "jobs/nightly/state";
 
+engine_tests!(
+    check_a_dead_node_is_replaced_by_a_new_one_and_the_cluster_survives_one_more_loss,
+    check_wrong_changes_are_refused_and_a_removed_node_stops_serving_and_its_id_is_never_reused,
+    check_removing_the_leader_hands_the_cluster_to_the_remaining_voters_with_its_locks,
+    check_a_cluster_grows_to_five_and_shrinks_to_three_without_the_leader_under_lock_traffic,
+);
+
 fn member_cli(args: &[&str], endpoints: &[String]) -> Command {
     let mut command = Command::new(exe());
     command
@@ -100,17 +107,7 @@ fn serve_joining(
     (child, addr)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_raft_node_is_replaced_by_a_new_one_and_the_cluster_survives_one_more_loss() {
-    replace_a_dead_node("raft").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_paxos_node_is_replaced_by_a_new_one_and_the_cluster_survives_one_more_loss() {
-    replace_a_dead_node("paxos").await;
-}
-
-async fn replace_a_dead_node(engine: &str) {
+async fn check_a_dead_node_is_replaced_by_a_new_one_and_the_cluster_survives_one_more_loss(engine: &str) {
     let cluster = Cluster::start(engine, 3).await;
     let holder_key = cluster.open_session_key(TTL_MS).await;
     let client = cluster.leader_client().await;
@@ -223,21 +220,13 @@ async fn probe_change_in_progress(endpoints: &[String]) -> Result<(), String> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn raft_changes_run_one_at_a_time_and_a_removed_node_stops_serving_and_its_id_is_never_reused() {
-    refusals_and_removed_nodes("raft").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn paxos_refuses_wrong_changes_and_a_removed_node_stops_serving_and_its_id_is_never_reused() {
-    refusals_and_removed_nodes("paxos").await;
-}
-
 /// Refusals, removed learners and voters. Only raft can hold a change in
 /// progress on a live leader (its joint configuration waits for a quorum
 /// of the new voters); a paxos stop-sign is decided by the configuration it
 /// ends, so its one-at-a-time refusal is checked in the core's tests.
-async fn refusals_and_removed_nodes(engine: &str) {
+async fn check_wrong_changes_are_refused_and_a_removed_node_stops_serving_and_its_id_is_never_reused(
+    engine: &str,
+) {
     let cluster = Cluster::start(engine, 3).await;
     let leader = cluster.wait_for_leader().await;
     let followers: Vec<usize> = (0..3).filter(|index| *index != leader).collect();
@@ -376,17 +365,7 @@ async fn refusals_and_removed_nodes(engine: &str) {
     acquire_granted(&serving, common::Key::of(&opened), LOCK, 0).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn removing_the_raft_leader_hands_the_cluster_to_the_remaining_voters_with_its_locks() {
-    remove_the_leader("raft").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn removing_the_paxos_leader_hands_the_cluster_to_the_remaining_voters_with_its_locks() {
-    remove_the_leader("paxos").await;
-}
-
-async fn remove_the_leader(engine: &str) {
+async fn check_removing_the_leader_hands_the_cluster_to_the_remaining_voters_with_its_locks(engine: &str) {
     let cluster = Cluster::start(engine, 3).await;
     let holder_key = cluster.open_session_key(TTL_MS).await;
     let client = cluster.leader_client().await;
@@ -588,17 +567,9 @@ async fn lock_worker(
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_raft_cluster_grows_to_five_and_shrinks_to_three_without_the_leader_under_lock_traffic() {
-    grow_and_shrink("raft").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paxos_cluster_grows_to_five_and_shrinks_to_three_without_the_leader_under_lock_traffic() {
-    grow_and_shrink("paxos").await;
-}
-
-async fn grow_and_shrink(engine: &str) {
+async fn check_a_cluster_grows_to_five_and_shrinks_to_three_without_the_leader_under_lock_traffic(
+    engine: &str,
+) {
     let cluster = Cluster::start(engine, 3).await;
     let dir = tempfile::tempdir().unwrap();
     let join = cluster.addr(0).to_string();
