@@ -4,25 +4,112 @@
 //! A storage failure is fatal to a replica: callers turn these errors into
 //! the engine's fatal error and stop the node rather than serve from a state
 //! they could not persist.
+//!
+//! Every durable record of either engine lives in RocksDB, whose own
+//! checksums cover it: CRC32C on each WAL record and MANIFEST entry, and a
+//! checksum on every SST block, verified on every read (reads, compaction,
+//! and the scan [`open`] makes). [`open`] never trades a damaged record for
+//! a shorter history: a checksum mismatch anywhere stops the open with
+//! [`Damaged`], naming the file; only an incomplete record at the very end
+//! of the newest WAL, which a crash in the middle of a write leaves and
+//! whose write therefore never returned, is dropped.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DBRecoveryMode, ErrorKind, Options, ReadOptions, WriteOptions, DB,
+};
+
+/// A database whose files failed their checksums, are missing, or do not
+/// fit together: the node must not serve from it.
+#[derive(Debug, thiserror::Error)]
+#[error("the database at {dir} is damaged: {what}")]
+pub struct Damaged {
+    /// The database's directory.
+    pub dir: String,
+    /// RocksDB's account of the damage, which names the file.
+    pub what: String,
+}
 
 /// Opens (creating if needed) the database at `path` with the given column
-/// families.
+/// families, and reads every record of it once so that a damaged file is
+/// found now, before the node takes part in the protocol, rather than when
+/// a read or a compaction first touches it.
+///
+/// A damaged database is refused with [`Damaged`] (within the returned
+/// error): RocksDB's recovery is told to fail on a corrupted WAL record
+/// rather than drop it and everything after it, to check as it opens that
+/// every SST file the MANIFEST lists is there with its size, and to verify
+/// the WALs the MANIFEST tracks as synced.
 pub fn open(path: &Path, column_families: &[&str]) -> anyhow::Result<Arc<DB>> {
     std::fs::create_dir_all(path)?;
     let mut options = Options::default();
     options.create_if_missing(true);
     options.create_missing_column_families(true);
+    options.set_paranoid_checks(true);
+    options.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
+    options.set_track_and_verify_wals_in_manifest(true);
     let descriptors = column_families
         .iter()
         .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
-    let db = DB::open_cf_descriptors(&options, path, descriptors)
-        .map_err(|error| anyhow::anyhow!("opening RocksDB at {}: {error}", path.display()))?;
+    let damaged = |error: rocksdb::Error| -> anyhow::Error {
+        match error.kind() {
+            ErrorKind::Corruption | ErrorKind::NotFound => Damaged {
+                dir: path.display().to_string(),
+                what: with_logged_detail(path, error.into_string()),
+            }
+            .into(),
+            _ => anyhow::anyhow!("opening RocksDB at {}: {error}", path.display()),
+        }
+    };
+    let db = DB::open_cf_descriptors(&options, path, descriptors).map_err(damaged)?;
+    for name in column_families {
+        verify_column_family(&db, name).map_err(damaged)?;
+    }
     Ok(Arc::new(db))
+}
+
+/// RocksDB's error for a damaged WAL does not name the file; its info log
+/// (`LOG` in the database's directory) does: the last line there that
+/// reports the damage is added to `what`.
+fn with_logged_detail(dir: &Path, what: String) -> String {
+    let log = std::fs::read(dir.join("LOG")).unwrap_or_default();
+    let log = String::from_utf8_lossy(&log);
+    let recent: Vec<&str> = log.lines().rev().take(LOG_LINES_SEARCHED_MAX).collect();
+    // "<file>: dropping <n> bytes; Corruption: ..." names the file; the
+    // final "DB::Open() failed" line does not.
+    let detail = ["dropping", "Corruption"]
+        .iter()
+        .find_map(|needle| recent.iter().find(|line| line.contains(needle)))
+        .map(|line| line.split_once(']').map_or(*line, |(_, rest)| rest).trim());
+    match detail {
+        Some(detail) if !what.contains(detail) => format!("{what} (RocksDB's LOG: {detail})"),
+        _ => what,
+    }
+}
+
+/// How far back from its end RocksDB's info log is searched for what it
+/// said of the damage.
+const LOG_LINES_SEARCHED_MAX: usize = 200;
+
+/// Reads every entry of column family `name` with checksums verified and
+/// without filling the block cache.
+fn verify_column_family(db: &DB, name: &str) -> Result<(), rocksdb::Error> {
+    let mut read = ReadOptions::default();
+    read.set_verify_checksums(true);
+    read.fill_cache(false);
+    let mut iterator = db.raw_iterator_cf_opt(cf(db, name), read);
+    iterator.seek_to_first();
+    while iterator.valid() {
+        iterator.next();
+    }
+    iterator.status()
+}
+
+/// Whether `error`'s chain holds a [`Damaged`] database.
+pub fn is_damaged(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| cause.is::<Damaged>())
 }
 
 /// Write options that sync the WAL before the write returns: used for every
@@ -67,5 +154,137 @@ mod tests {
     #[test]
     fn parse_rejects_short_keys() {
         assert!(parse_u64_key(&[1, 2, 3]).is_err());
+    }
+
+    const CFS: &[&str] = &["log", "meta"];
+    const RECORDS: u64 = 400;
+
+    /// Writes `RECORDS` synced records of 200 bytes to a new database in
+    /// `dir`, optionally flushing them into an SST, and closes it.
+    fn write_records(dir: &Path, flush: bool) {
+        let db = open(dir, CFS).unwrap();
+        for index in 0..RECORDS {
+            db.put_cf_opt(cf(&db, "log"), u64_key(index), [index as u8; 200], &synced())
+                .unwrap();
+        }
+        if flush {
+            db.flush_cf(cf(&db, "log")).unwrap();
+        }
+    }
+
+    fn files_ending(dir: &Path, suffix: &str) -> Vec<std::path::PathBuf> {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| {
+                path.to_string_lossy().ends_with(suffix) && std::fs::metadata(path).unwrap().len() > 0
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    fn only_file_ending(dir: &Path, suffix: &str) -> std::path::PathBuf {
+        let files = files_ending(dir, suffix);
+        assert_eq!(
+            files.len(),
+            1,
+            "one non-empty {suffix} file in {}: {files:?}",
+            dir.display()
+        );
+        files[0].clone()
+    }
+
+    /// Inverts `len` bytes of `file` starting at `at`.
+    fn flip(file: &Path, at: u64, len: usize) {
+        let mut bytes = std::fs::read(file).unwrap();
+        for byte in &mut bytes[at as usize..at as usize + len] {
+            *byte = !*byte;
+        }
+        std::fs::write(file, bytes).unwrap();
+    }
+
+    fn damage_of(dir: &Path) -> String {
+        let error = open(dir, CFS).expect_err("a damaged database is refused");
+        assert!(is_damaged(&error), "refused as damaged: {error:#}");
+        format!("{error:#}")
+    }
+
+    fn records_in(dir: &Path) -> u64 {
+        let db = open(dir, CFS).unwrap();
+        db.iterator_cf(cf(&db, "log"), rocksdb::IteratorMode::Start)
+            .count() as u64
+    }
+
+    #[test]
+    fn a_clean_database_reopens_with_every_record() {
+        let dir = tempfile::tempdir().unwrap();
+        write_records(dir.path(), false);
+        assert_eq!(records_in(dir.path()), RECORDS);
+    }
+
+    #[test]
+    fn a_corrupted_record_in_the_middle_of_the_wal_is_refused_not_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        write_records(dir.path(), false);
+        let wal = only_file_ending(dir.path(), ".log");
+        let middle = std::fs::metadata(&wal).unwrap().len() / 2;
+        flip(&wal, middle, 64);
+        let damage = damage_of(dir.path());
+        let name = wal.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(damage.contains(&name), "names the WAL {name}: {damage}");
+    }
+
+    #[test]
+    fn a_torn_last_record_of_the_wal_is_dropped_and_nothing_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        write_records(dir.path(), false);
+        let wal = only_file_ending(dir.path(), ".log");
+        let len = std::fs::metadata(&wal).unwrap().len();
+        // Cut inside the last record, as a crash during its write would.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&wal)
+            .unwrap()
+            .set_len(len - 50)
+            .unwrap();
+        assert_eq!(records_in(dir.path()), RECORDS - 1);
+    }
+
+    #[test]
+    fn a_corrupted_sst_block_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        write_records(dir.path(), true);
+        let sst = only_file_ending(dir.path(), ".sst");
+        flip(&sst, 100, 64);
+        let damage = damage_of(dir.path());
+        let name = sst.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(damage.contains(&name), "names the SST file {name}: {damage}");
+    }
+
+    #[test]
+    fn a_corrupted_manifest_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write_records(dir.path(), true);
+        let manifest = files_ending(dir.path(), "")
+            .into_iter()
+            .find(|path| {
+                path.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("MANIFEST-")
+            })
+            .unwrap();
+        let middle = std::fs::metadata(&manifest).unwrap().len() / 2;
+        flip(&manifest, middle, 16);
+        damage_of(dir.path());
+    }
+
+    #[test]
+    fn a_missing_sst_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write_records(dir.path(), true);
+        std::fs::remove_file(only_file_ending(dir.path(), ".sst")).unwrap();
+        damage_of(dir.path());
     }
 }
