@@ -26,6 +26,13 @@ pub const EXIT_NO: i32 = 3;
 pub const EXIT_LOCK_LOST: i32 = 4;
 /// Exit code of `serve` when the node stopped because its storage failed.
 pub const EXIT_STORAGE_FAILED: i32 = 5;
+/// `serve` refused to start from its data directory, or to go on with it:
+/// a database that fails its checksums; a directory that belongs to
+/// another node, holds the other engine's state, or lost the state its
+/// identity file records; or a directory a peer shows was emptied or
+/// replaced since it knew the node (another incarnation). Restarting will
+/// not help; see README, "Storage faults".
+pub const EXIT_DATA_DIR_REFUSED: i32 = 6;
 
 /// The endpoints `quorumlock dev` serves, used when none are given.
 pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";

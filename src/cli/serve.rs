@@ -8,11 +8,12 @@ use super::serve_args::ServeArgs;
 use anyhow::Context;
 use clap::Args;
 use quorumlock_core::consensus::{EngineKind, NodeId};
+use quorumlock_server::identity;
 use quorumlock_server::skew_file::SkewFileClock;
 use quorumlock_server::{Node, NodeConfig};
 
 use super::certs::DevTls;
-use super::EXIT_STORAGE_FAILED;
+use super::{EXIT_DATA_DIR_REFUSED, EXIT_STORAGE_FAILED};
 
 /// Flags of `dev`.
 #[derive(Args)]
@@ -46,12 +47,21 @@ pub struct DevArgs {
 pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let skew_file = args.clock_skew_file().map(PathBuf::from);
     let config = args.into_config()?;
-    let node = match skew_file {
+    let started = match skew_file {
         Some(path) => {
             tracing::warn!(path = %path.display(), "the lease clock follows a skew file (fault injection)");
-            Node::start_with_clock(config, Arc::new(SkewFileClock::new(path))).await?
+            Node::start_with_clock(config, Arc::new(SkewFileClock::new(path))).await
         }
-        None => Node::start(config).await?,
+        None => Node::start(config).await,
+    };
+    let node = match started {
+        Ok(node) => node,
+        Err(error) if identity::is_refusal(&error) => {
+            tracing::error!("refusing to start from this data directory: {error:#}");
+            tracing::info!("exiting with status {EXIT_DATA_DIR_REFUSED}");
+            return Ok(EXIT_DATA_DIR_REFUSED);
+        }
+        Err(error) => return Err(error),
     };
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing a SIGHUP handler")?;
@@ -64,7 +74,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
                 tracing::info!("stopping");
                 break None;
             }
-            reason = node.failed() => break Some(reason),
+            _ = node.failed() => break Some(Stopped::StorageFailed),
+            reason = node.forgotten() => break Some(Stopped::Forgotten(reason)),
             _ = hangup.recv() => {
                 // The node logged what it reloaded and what failed.
                 let _ = node.reload();
@@ -73,16 +84,29 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     };
     let stopped = node.shutdown().await;
     match failure {
-        Some(_) => {
+        Some(Stopped::StorageFailed) => {
             // The node logged the cause, once, when it failed.
             tracing::info!("exiting with status {EXIT_STORAGE_FAILED}");
             Ok(EXIT_STORAGE_FAILED)
+        }
+        Some(Stopped::Forgotten(reason)) => {
+            tracing::error!("refusing to take part with a data directory whose state was lost: {reason}");
+            tracing::info!("exiting with status {EXIT_DATA_DIR_REFUSED}");
+            Ok(EXIT_DATA_DIR_REFUSED)
         }
         None => {
             stopped?;
             Ok(0)
         }
     }
+}
+
+/// Why `serve` stopped a node by itself.
+enum Stopped {
+    /// Its storage failed (the node logged why, once, when it failed).
+    StorageFailed,
+    /// A peer knows it under another incarnation: its state was lost.
+    Forgotten(String),
 }
 
 /// Waits for SIGINT (Ctrl-C) or SIGTERM.

@@ -197,7 +197,12 @@ impl PaxosEngine {
             "paxos replica restored"
         );
 
-        let outboxes = Outboxes::start(config.node_id, &peers_of(&in_force, config.node_id), &dialer)?;
+        let outboxes = Outboxes::start(
+            config.node_id,
+            &peers_of(&in_force, config.node_id),
+            &dialer,
+            config.incarnations.clone(),
+        )?;
         let admission = Arc::new(Mutex::new(Admission::of(&in_force)));
         let (known_membership_tx, known_membership) = watch::channel(known_membership_of(&in_force));
         let (membership_tx, membership) = watch::channel(MembershipView {

@@ -24,6 +24,7 @@ use tonic::{Request, Response, Status};
 use crate::core::message::{Envelope, Message};
 use crate::core::types::{Command, Configuration};
 use crate::driver::Transport;
+use quorumlock_core::consensus::incarnation::{Incarnations, INCARNATION_HEADER, INCARNATION_OF_METADATA};
 use quorumlock_core::consensus::{NodeId, RETIRED_METADATA};
 use quorumlock_proto::paxos::paxos_peer_client::PaxosPeerClient;
 use quorumlock_proto::paxos::paxos_peer_server::PaxosPeer;
@@ -74,16 +75,21 @@ pub struct Outboxes<C> {
     /// Set once a peer refused this node's messages because a membership
     /// change retired its id ([`RETIRED_METADATA`]); the value names the peer.
     refused_as_retired: Arc<Mutex<Option<NodeId>>>,
+    /// Both ends' incarnations, which every batch names.
+    incarnations: Arc<Incarnations>,
 }
 
 impl<C: Command> Outboxes<C> {
     /// Starts a sender task for every peer in `peers` (id → address),
     /// dialing with `dialer`: over TLS, a peer's certificate must name it
-    /// ([`quorumlock_tls::node_name`]).
+    /// ([`quorumlock_tls::node_name`]). Every batch names both ends'
+    /// incarnations from `incarnations`, which learns a peer's from its
+    /// introduction.
     pub fn start(
         from: NodeId,
         peers: &BTreeMap<NodeId, String>,
         dialer: &Dialer,
+        incarnations: Arc<Incarnations>,
     ) -> anyhow::Result<Outboxes<C>> {
         let mut outboxes = Outboxes {
             from,
@@ -91,6 +97,7 @@ impl<C: Command> Outboxes<C> {
             outboxes: BTreeMap::new(),
             departing: Vec::new(),
             refused_as_retired: Arc::new(Mutex::new(None)),
+            incarnations,
         };
         for (id, addr) in peers {
             outboxes.open(*id, addr)?;
@@ -117,6 +124,7 @@ impl<C: Command> Outboxes<C> {
             client,
             receiver,
             self.refused_as_retired.clone(),
+            self.incarnations.clone(),
         ));
         self.outboxes.insert(
             id,
@@ -217,6 +225,7 @@ async fn send_loop<C: Serialize>(
     mut client: PaxosPeerClient<tonic::transport::Channel>,
     mut outbox: mpsc::Receiver<Message<C>>,
     refused_as_retired: Arc<Mutex<Option<NodeId>>>,
+    incarnations: Arc<Incarnations>,
 ) {
     let mut failures: u32 = 0;
     // A message taken from the outbox that did not fit the previous batch.
@@ -253,27 +262,43 @@ async fn send_loop<C: Serialize>(
             count += 1;
         }
         messages[..8].copy_from_slice(&count.to_le_bytes());
+        if incarnations.known(to).is_none() {
+            // A peer that does not know it is known refuses batches until
+            // it is: an empty batch first learns its incarnation, so this
+            // one is not lost.
+            let empty = PaxosBatch {
+                from: from.get(),
+                messages: 0u64.to_le_bytes().to_vec(),
+            };
+            let _ = deliver(
+                &mut client,
+                to,
+                empty,
+                PEER_RPC_TIMEOUT,
+                &incarnations,
+                &refused_as_retired,
+            )
+            .await;
+        }
         // Big batches (snapshots) get time to travel at a modest rate.
         let timeout =
             PEER_RPC_TIMEOUT + Duration::from_millis((messages.len() / PEER_BYTES_PER_MS_MIN) as u64);
-        let mut request = Request::new(PaxosBatch {
+        let batch = PaxosBatch {
             from: from.get(),
             messages,
-        });
-        request.set_timeout(timeout);
-        match tokio::time::timeout(timeout, client.deliver(request)).await {
-            Ok(Ok(_)) => failures = 0,
-            Ok(Err(status)) => {
-                if status.metadata().get(RETIRED_METADATA).is_some() {
-                    refused_as_retired.lock().get_or_insert(to);
-                }
-                failures += 1;
-                tracing::debug!(%to, code = ?status.code(), message = status.message(), "paxos delivery failed");
-            }
-            Err(_) => {
-                failures += 1;
-                tracing::debug!(%to, "paxos delivery timed out");
-            }
+        };
+        match deliver(
+            &mut client,
+            to,
+            batch,
+            timeout,
+            &incarnations,
+            &refused_as_retired,
+        )
+        .await
+        {
+            true => failures = 0,
+            false => failures += 1,
         }
         if failures > 0 {
             // A dead peer: pause (growing to a bound) rather than spin.
@@ -281,6 +306,47 @@ async fn send_loop<C: Serialize>(
             // dropped once the outbox fills; the protocol resends.
             let pause = Duration::from_millis(10 << failures.min(6)).min(PEER_RETRY_PAUSE_MAX);
             tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+/// Sends one batch to `to`; whether it was taken. A refusal that retires
+/// this node is told to `refused_as_retired`, and one that carries the
+/// peer's incarnation teaches it to `incarnations`.
+async fn deliver(
+    client: &mut PaxosPeerClient<tonic::transport::Channel>,
+    to: NodeId,
+    batch: PaxosBatch,
+    timeout: Duration,
+    incarnations: &Incarnations,
+    refused_as_retired: &Mutex<Option<NodeId>>,
+) -> bool {
+    let mut request = Request::new(batch);
+    request.set_timeout(timeout);
+    if let Ok(value) = incarnations.header_to(to).parse() {
+        request.metadata_mut().insert(INCARNATION_HEADER, value);
+    }
+    match tokio::time::timeout(timeout, client.deliver(request)).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(status)) => {
+            if status.metadata().get(RETIRED_METADATA).is_some() {
+                refused_as_retired.lock().get_or_insert(to);
+            }
+            if let Some(introduction) = status.metadata().get(INCARNATION_OF_METADATA) {
+                let learned = introduction
+                    .to_str()
+                    .map_err(|error| error.to_string())
+                    .and_then(|text| incarnations.learn(to, text));
+                if let Err(error) = learned {
+                    tracing::warn!(%to, %error, "a peer's introduction was not taken");
+                }
+            }
+            tracing::debug!(%to, code = ?status.code(), message = status.message(), "paxos delivery failed");
+            false
+        }
+        Err(_) => {
+            tracing::debug!(%to, "paxos delivery timed out");
+            false
         }
     }
 }
@@ -375,6 +441,10 @@ impl<C: Command> PaxosPeer for PaxosPeerService<C> {
         }
         let messages = decode_batch(&messages)
             .map_err(|error| Status::invalid_argument(format!("undecodable paxos messages: {error}")))?;
+        if messages.is_empty() {
+            // An introduction: the peer guard judged its incarnations.
+            return Ok(Response::new(PaxosAck {}));
+        }
         self.inbox
             .send((from, messages))
             .await

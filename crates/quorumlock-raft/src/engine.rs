@@ -92,7 +92,7 @@ impl RaftEngine {
     /// peer service, to mount on the node's gRPC server.
     pub async fn start(config: EngineConfig, dialer: Dialer) -> anyhow::Result<(Arc<Self>, Routes)> {
         let retirement = Arc::new(Retirement::new(config.node_id));
-        let network = PeerNetwork::new(dialer, retirement.clone());
+        let network = PeerNetwork::new(dialer, retirement.clone(), config.incarnations.clone());
         let engine = Self::start_with_network(
             config,
             network.clone(),

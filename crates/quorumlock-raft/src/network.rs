@@ -24,6 +24,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::retirement::{Retirement, RETIRED_METADATA};
 use super::types::TypeConfig;
+use quorumlock_core::consensus::incarnation::{Incarnations, INCARNATION_HEADER, INCARNATION_OF_METADATA};
 use quorumlock_core::consensus::NodeId;
 use quorumlock_proto::raft::raft_peer_client::RaftPeerClient;
 use quorumlock_proto::raft::RaftPayload;
@@ -50,17 +51,21 @@ pub struct PeerNetwork {
     channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
     dialer: Dialer,
     retirement: Arc<Retirement>,
+    incarnations: Arc<Incarnations>,
 }
 
 impl PeerNetwork {
     /// Dials peers with `dialer`: over TLS, a peer's certificate must name
     /// it ([`quorumlock_tls::node_name`]). A peer's refusal of this node as
-    /// retired is told to `retirement`.
-    pub fn new(dialer: Dialer, retirement: Arc<Retirement>) -> PeerNetwork {
+    /// retired is told to `retirement`. Every request names both ends'
+    /// incarnations from `incarnations`, which learns a peer's from its
+    /// introduction.
+    pub fn new(dialer: Dialer, retirement: Arc<Retirement>, incarnations: Arc<Incarnations>) -> PeerNetwork {
         PeerNetwork {
             channels: Arc::default(),
             dialer,
             retirement,
+            incarnations,
         }
     }
 
@@ -104,7 +109,7 @@ impl PeerNetwork {
             }
         };
         let mut client = RaftPeerClient::new(channel);
-        let call = client.removed(RaftPayload { data });
+        let call = client.removed(request_to(&self.incarnations, id, RaftPayload { data }));
         match tokio::time::timeout(REMOVAL_NOTICE_TIMEOUT, call).await {
             Ok(Ok(_)) => tracing::info!(node = %id, "told the removed node of its removal"),
             Ok(Err(status)) => tracing::info!(node = %id, %status, "a removed node did not take the notice"),
@@ -126,6 +131,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             client,
             retirement: self.retirement.clone(),
+            incarnations: self.incarnations.clone(),
         }
     }
 }
@@ -135,6 +141,16 @@ pub struct PeerConnection {
     target: NodeId,
     client: Result<RaftPeerClient<Channel>, String>,
     retirement: Arc<Retirement>,
+    incarnations: Arc<Incarnations>,
+}
+
+/// A peer request to `to` naming both ends' incarnations.
+fn request_to<T>(incarnations: &Incarnations, to: NodeId, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = incarnations.header_to(to).parse() {
+        request.metadata_mut().insert(INCARNATION_HEADER, value);
+    }
+    request
 }
 
 #[derive(Clone, Copy)]
@@ -166,32 +182,61 @@ impl PeerConnection {
             }
         };
         let data = bincode::serialize(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let payload = RaftPayload { data };
-        let call = async {
-            match rpc {
-                PeerRpc::AppendEntries => client.append_entries(payload).await,
-                PeerRpc::Vote => client.vote(payload).await,
-                PeerRpc::InstallSnapshot => client.install_snapshot(payload).await,
-            }
-        };
-        let response = match tokio::time::timeout(timeout, call).await {
-            Err(_) => {
-                let error = std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("peer RPC timed out after {timeout:?}"),
-                );
-                return Err(RPCError::Network(NetworkError::new(&error)));
-            }
-            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
-                return Err(RPCError::Unreachable(Unreachable::new(&status)));
-            }
-            Ok(Err(status)) => {
-                if status.metadata().get(RETIRED_METADATA).is_some() {
-                    self.retirement.refused_by(self.target);
+        // A peer that does not know its incarnation is known refuses with
+        // it; the request then goes again, once, naming it.
+        let mut retry = self
+            .incarnations
+            .known(self.target)
+            .is_none()
+            .then(|| data.clone());
+        let mut payload = request_to(&self.incarnations, self.target, RaftPayload { data });
+        let deadline = tokio::time::Instant::now() + timeout;
+        let response = loop {
+            let call = async {
+                match rpc {
+                    PeerRpc::AppendEntries => client.append_entries(payload).await,
+                    PeerRpc::Vote => client.vote(payload).await,
+                    PeerRpc::InstallSnapshot => client.install_snapshot(payload).await,
                 }
-                return Err(RPCError::Network(NetworkError::new(&status)));
+            };
+            match tokio::time::timeout_at(deadline, call).await {
+                Err(_) => {
+                    let error = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("peer RPC timed out after {timeout:?}"),
+                    );
+                    return Err(RPCError::Network(NetworkError::new(&error)));
+                }
+                Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                    return Err(RPCError::Unreachable(Unreachable::new(&status)));
+                }
+                Ok(Err(status)) => {
+                    if status.metadata().get(RETIRED_METADATA).is_some() {
+                        self.retirement.refused_by(self.target);
+                    }
+                    // Known now, from this introduction or from a request
+                    // of the peer's that crossed this one.
+                    let learned = match status.metadata().get(INCARNATION_OF_METADATA) {
+                        Some(introduction) => introduction
+                            .to_str()
+                            .map_err(|error| error.to_string())
+                            .and_then(|text| self.incarnations.learn(self.target, text))
+                            .map(|_| self.incarnations.known(self.target).is_some())
+                            .unwrap_or_else(|error| {
+                                tracing::warn!(target = %self.target, %error, "a peer's introduction was not taken");
+                                false
+                            }),
+                        None => false,
+                    };
+                    match (learned, retry.take()) {
+                        (true, Some(data)) => {
+                            payload = request_to(&self.incarnations, self.target, RaftPayload { data });
+                        }
+                        _ => return Err(RPCError::Network(NetworkError::new(&status))),
+                    }
+                }
+                Ok(Ok(response)) => break response.into_inner(),
             }
-            Ok(Ok(response)) => response.into_inner(),
         };
         let result: Result<Resp, RaftError<NodeId, E>> =
             bincode::deserialize(&response.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod config;
 pub mod health;
+pub mod identity;
 pub mod lease_driver;
 pub mod node;
 pub mod restore;

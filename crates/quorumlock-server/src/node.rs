@@ -9,6 +9,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::service::Routes;
 
+use quorumlock_core::consensus::incarnation::Incarnations;
 use quorumlock_core::consensus::{ConsensusEngine, EngineConfig, EngineKind};
 use quorumlock_core::time::{Clock, MonotonicClock};
 use quorumlock_paxos::PaxosEngine;
@@ -22,6 +23,7 @@ use quorumlock_tls::{ClientCerts, Dialer, NodeTls};
 use crate::auth::Access;
 use crate::config::NodeConfig;
 use crate::health::{HealthConfig, HealthKeeper};
+use crate::identity::{self, Found};
 use crate::lease_driver::{LeaseConfig, LeaseDriver};
 use crate::rpc::peer_guard::{PeerGuardLayer, PeerPolicy};
 use crate::rpc::{ClusterService, LockService, LockServiceConfig};
@@ -40,6 +42,7 @@ pub const SERVER_STOP_GRACE: std::time::Duration = std::time::Duration::from_sec
 /// A running node.
 pub struct Node {
     engine: Arc<dyn ConsensusEngine>,
+    incarnations: Arc<Incarnations>,
     addr: std::net::SocketAddr,
     tls: Option<NodeTls>,
     access: Arc<Access>,
@@ -59,6 +62,19 @@ impl Node {
     /// Starts a node whose lease keeper reads `clock`.
     pub async fn start_with_clock(config: NodeConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Node> {
         config.validate()?;
+        // Refused before anything is bound or opened.
+        let found = identity::check(&config.data_dir, config.id, config.engine)?;
+        let own_incarnation = match found {
+            Found::Recorded(identity) => identity.incarnation,
+            Found::Fresh | Found::Unrecorded => identity::new_incarnation(),
+        };
+        let peers_dir = config.data_dir.clone();
+        let incarnations = Arc::new(Incarnations::new(
+            config.id,
+            own_incarnation,
+            identity::read_peers(&config.data_dir)?,
+            Box::new(move |known| identity::write_peers(&peers_dir, known)),
+        ));
         let tls = match &config.tls {
             Some(files) => Some(NodeTls::load(config.id.get(), files.clone())?),
             None => None,
@@ -79,6 +95,7 @@ impl Node {
             heartbeat: config.heartbeat,
             election_timeout: config.election_timeout,
             snapshot_every_entries: config.snapshot_every_entries,
+            incarnations: incarnations.clone(),
         };
         let (engine, peer_routes): (Arc<dyn ConsensusEngine>, Routes) = match config.engine {
             EngineKind::Raft => {
@@ -90,6 +107,20 @@ impl Node {
                 (engine, routes)
             }
         };
+
+        match found {
+            Found::Recorded(identity) => tracing::info!(
+                node = %config.id, engine = %config.engine, incarnation = %format!("{:016x}", identity.incarnation),
+                "data directory's identity checked"
+            ),
+            Found::Fresh | Found::Unrecorded => {
+                let identity = identity::record(&config.data_dir, config.id, config.engine, own_incarnation)?;
+                tracing::info!(
+                    node = %config.id, engine = %config.engine, incarnation = %format!("{:016x}", identity.incarnation),
+                    fresh = found == Found::Fresh, "data directory's identity recorded"
+                );
+            }
+        }
 
         let leases = LeaseDriver::new(
             engine.clone(),
@@ -165,6 +196,8 @@ impl Node {
         let peer_guard = PeerGuardLayer::new(PeerPolicy {
             tls: tls.is_some(),
             membership: engine.known_membership(),
+            incarnations: Some(incarnations.clone()),
+            reported: Arc::default(),
         });
         let server = tonic::transport::Server::builder()
             .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
@@ -219,6 +252,7 @@ impl Node {
         }
         Ok(Node {
             engine,
+            incarnations,
             addr,
             tls,
             access,
@@ -288,6 +322,21 @@ impl Node {
                 // to stop the node.
                 std::future::pending::<()>().await;
             }
+        }
+    }
+
+    /// Resolves with the reason once a peer showed that this node's state
+    /// was lost (it knows this node under another incarnation: the data
+    /// directory was emptied or replaced since); never otherwise.
+    pub async fn forgotten(&self) -> String {
+        let mut forgotten = self.incarnations.forgotten();
+        let reason = match forgotten.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone(),
+            Err(_) => None,
+        };
+        match reason {
+            Some(reason) => reason,
+            None => std::future::pending().await,
         }
     }
 

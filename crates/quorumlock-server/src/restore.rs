@@ -95,10 +95,17 @@ pub fn restore_backup(
         EngineKind::Paxos => quorumlock_paxos::store::PaxosStore::open(data_dir)
             .and_then(|store| store.seed_restored(quorumlock_paxos::Slot::new(header.index), body)),
     }
-    .and_then(|()| sync_dir(data_dir));
+    .and_then(|()| sync_dir(data_dir))
+    .and_then(|()| {
+        Ok(
+            crate::identity::record(data_dir, node, engine, crate::identity::new_incarnation())
+                .map(|_| ())?,
+        )
+    });
     if let Err(error) = written {
         let subdir = data_dir.join(engine.as_str());
         let _ = std::fs::remove_dir_all(&subdir);
+        let _ = std::fs::remove_file(data_dir.join(crate::identity::IDENTITY_FILE));
         if created {
             let _ = std::fs::remove_dir(data_dir);
         }

@@ -2,8 +2,10 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::incarnation::Incarnations;
 use super::NodeId;
 
 /// Settings of one node's consensus engine, whichever it is.
@@ -26,6 +28,9 @@ pub struct EngineConfig {
     /// Snapshot the state machine and truncate the log after this many log
     /// entries (Raft) or slots (Paxos).
     pub snapshot_every_entries: u64,
+    /// This node's incarnation and its peers': every peer request carries
+    /// them (see [`super::incarnation`]).
+    pub incarnations: Arc<Incarnations>,
 }
 
 impl EngineConfig {

@@ -9,6 +9,7 @@ pub mod applied;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod incarnation;
 pub mod types;
 
 pub use applied::{AppliedState, GrantWatch, StateNotice};

@@ -59,6 +59,9 @@ use tonic::body::BoxBody;
 use tonic::metadata::MetadataValue;
 use tonic::Status;
 
+use quorumlock_core::consensus::incarnation::{
+    sender_of, Incarnations, Refusal, INCARNATION_HEADER, INCARNATION_OF_METADATA,
+};
 use quorumlock_core::consensus::{KnownMembership, NodeId, RETIRED_METADATA};
 use quorumlock_proto::headers::{FORWARDED_HEADER, IDENTITY_HEADER};
 use quorumlock_tls::ConnInfo;
@@ -76,6 +79,13 @@ pub struct PeerPolicy {
     /// lock: the engine writes only when the membership changes), and
     /// never asks the engine itself.
     pub membership: watch::Receiver<KnownMembership>,
+    /// This node's incarnation and its peers' (see
+    /// [`quorumlock_core::consensus::incarnation`]): a peer request acts
+    /// only when both match. `None` checks none (tests of the rest).
+    pub incarnations: Option<Arc<Incarnations>>,
+    /// Senders already reported as having lost their state, so that a
+    /// node refused on every message is logged once.
+    pub reported: Arc<parking_lot::Mutex<std::collections::BTreeSet<(NodeId, u64)>>>,
 }
 
 /// What a member-only request asks for.
@@ -102,6 +112,69 @@ impl PeerPolicy {
     /// Why a request for `path` with `headers` on connection `info` is
     /// refused, or `None` when it may go on.
     pub fn refusal(&self, path: &str, headers: &http::HeaderMap, info: Option<&ConnInfo>) -> Option<Status> {
+        self.membership_refusal(path, headers, info)
+            .or_else(|| self.incarnation_refusal(path, headers, info))
+    }
+
+    /// Judges the incarnations a peer request names (see
+    /// [`quorumlock_core::consensus::incarnation`]). Over TLS the sender
+    /// it names must be the node its certificate names, before anything
+    /// about it is recorded.
+    fn incarnation_refusal(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+        info: Option<&ConnInfo>,
+    ) -> Option<Status> {
+        let incarnations = self.incarnations.as_ref()?;
+        if !PEER_PATHS.iter().any(|prefix| path.starts_with(prefix)) {
+            return None;
+        }
+        let header = headers
+            .get(INCARNATION_HEADER)
+            .and_then(|value| value.to_str().ok());
+        if self.tls {
+            let named: Vec<u64> = info
+                .and_then(|info| info.peer.as_deref())
+                .map(|names| names.nodes().collect())
+                .unwrap_or_default();
+            if let Some(sender) = header.and_then(sender_of) {
+                if !named.contains(&sender.get()) {
+                    return Some(Status::permission_denied(format!(
+                        "{path}: {INCARNATION_HEADER} names node {sender}, and the connection's certificate names {}",
+                        list(&named.into_iter().map(NodeId::new).collect::<Vec<_>>())
+                    )));
+                }
+            }
+        }
+        let refusal = incarnations.judge(header).err()?;
+        let message = format!("{path}: refused: {refusal}");
+        let mut status = match &refusal {
+            Refusal::Malformed(_) => Status::invalid_argument(message),
+            Refusal::Unrecorded { .. } => Status::unavailable(message),
+            _ => Status::failed_precondition(message),
+        };
+        match refusal {
+            Refusal::Unintroduced { .. } => {
+                if let Ok(value) = incarnations.introduction().parse() {
+                    status.metadata_mut().insert(INCARNATION_OF_METADATA, value);
+                }
+            }
+            Refusal::SenderForgot { from, claimed, .. } if self.reported.lock().insert((from, claimed)) => {
+                tracing::error!(%from, "{refusal}");
+            }
+            Refusal::ReceiverForgot { .. } => tracing::error!("{refusal}"),
+            _ => {}
+        }
+        Some(status)
+    }
+
+    fn membership_refusal(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+        info: Option<&ConnInfo>,
+    ) -> Option<Status> {
         let claims_identity = headers.contains_key(IDENTITY_HEADER);
         let remote = || {
             info.and_then(|info| info.remote)
@@ -260,6 +333,8 @@ mod tests {
         PeerPolicy {
             tls: true,
             membership: watch::channel(known(&[1, 2, 3], &[])).1,
+            incarnations: None,
+            reported: Arc::default(),
         }
     }
 
@@ -312,6 +387,65 @@ mod tests {
     }
 
     #[test]
+    fn peer_requests_act_only_when_both_incarnations_match_and_the_certificate_names_the_sender() {
+        let receiver = Arc::new(Incarnations::in_memory(NodeId::new(1), 0xa1));
+        let sender = Incarnations::in_memory(NodeId::new(2), 0xb2);
+        let policy = PeerPolicy {
+            incarnations: Some(receiver.clone()),
+            ..policy()
+        };
+        let vote = "/quorumlock.raft.v1.RaftPeer/Vote";
+        let member = names(&["quorumlock-node-2"]);
+        let headers = |value: String| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(INCARNATION_HEADER, value.parse().unwrap());
+            headers
+        };
+        let missing = policy
+            .refusal(vote, &http::HeaderMap::new(), Some(&member))
+            .unwrap();
+        assert_eq!(missing.code(), tonic::Code::InvalidArgument);
+        let unintroduced = policy
+            .refusal(vote, &headers(sender.header_to(NodeId::new(1))), Some(&member))
+            .unwrap();
+        assert_eq!(unintroduced.code(), tonic::Code::FailedPrecondition);
+        let introduction = unintroduced.metadata().get(INCARNATION_OF_METADATA).unwrap();
+        assert!(sender
+            .learn(NodeId::new(1), introduction.to_str().unwrap())
+            .unwrap());
+        assert!(policy
+            .refusal(vote, &headers(sender.header_to(NodeId::new(1))), Some(&member))
+            .is_none());
+        let impostor = policy
+            .refusal(
+                vote,
+                &headers(sender.header_to(NodeId::new(1))),
+                Some(&names(&["quorumlock-node-3"])),
+            )
+            .unwrap();
+        assert!(
+            impostor.message().contains("names node 2"),
+            "{}",
+            impostor.message()
+        );
+        let amnesiac = Incarnations::in_memory(NodeId::new(2), 0xc3);
+        let forgot = policy
+            .refusal(vote, &headers(amnesiac.header_to(NodeId::new(1))), Some(&member))
+            .unwrap();
+        assert_eq!(forgot.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            forgot.message().contains("emptied or replaced"),
+            "{}",
+            forgot.message()
+        );
+        let api = "/quorumlock.v1.Lock/Acquire";
+        assert!(
+            policy.refusal(api, &http::HeaderMap::new(), None).is_none(),
+            "the API needs none"
+        );
+    }
+
+    #[test]
     fn a_plaintext_node_checks_no_member_but_refuses_every_claimed_identity() {
         let policy = PeerPolicy {
             tls: false,
@@ -348,6 +482,7 @@ mod tests {
         let policy = PeerPolicy {
             tls: true,
             membership,
+            ..policy()
         };
         let vote = "/quorumlock.raft.v1.RaftPeer/Vote";
         let plain = http::HeaderMap::new();
@@ -387,6 +522,7 @@ mod tests {
         let policy = PeerPolicy {
             tls: true,
             membership: watch::channel(known(&[1, 2, 3], &[3])).1,
+            ..policy()
         };
         let refused = policy
             .refusal(
@@ -403,6 +539,7 @@ mod tests {
         let policy = PeerPolicy {
             tls: true,
             membership: watch::channel(KnownMembership::default()).1,
+            ..policy()
         };
         let plain = http::HeaderMap::new();
         let forwarded = {

@@ -29,6 +29,7 @@ use super::clock::SimTime;
 use super::network::{Hub, NetworkFaults};
 use super::workload::{key_of, lock_name, Client, ANSWER_MS_MAX, LOCKS, TTL_MS_MAX};
 use super::{fingerprint, RunSummary, Violation};
+use quorumlock_core::consensus::incarnation::Incarnations;
 use quorumlock_core::consensus::{
     AppliedState, CommandResult, ConsensusEngine, EngineConfig, EngineError, MembershipChange, NodeId,
     StateNotice,
@@ -482,6 +483,8 @@ impl RaftSim {
             heartbeat: Duration::from_millis(HEARTBEAT_MS),
             election_timeout: Duration::from_millis(ELECTION_MS),
             snapshot_every_entries: self.snapshot_every_entries,
+            // The simulated network carries no incarnations.
+            incarnations: Arc::new(Incarnations::in_memory(id, id.get())),
         };
         // The state restarts empty; its notices are watched before the
         // engine restores the snapshot and replays the log into it.
