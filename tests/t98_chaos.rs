@@ -1,16 +1,17 @@
 //! `quorumlock chaos` as a user runs it: a short round per engine against a
-//! real process cluster, with every kind of fault injected, no violation
-//! found by any checker, and the exit code saying so; and a round per
-//! engine with `--membership`, in which nodes are added, promoted, removed
-//! and replaced between the faults.
+//! real process cluster, with every kind of fault injected (data
+//! directories damaged too, `--disk-faults`), no violation found by any
+//! checker — every damaged directory refused — and the exit code saying
+//! so; and a round per engine with `--membership`, in which nodes are
+//! added, promoted, removed and replaced between the faults.
 
 use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Long enough for the nemesis to play every kind of fault once (each
-/// round lasts at most about 4 s with a 1 s TTL).
-const ROUND: &str = "24s";
+/// Long enough for the nemesis to play every kind of fault once (seven
+/// kinds; each round lasts at most about 4 s with a 1 s TTL).
+const ROUND: &str = "32s";
 /// Long enough for the membership nemesis to make every kind of change at
 /// least once: its turns alternate with the faults, and a change that
 /// starts a node takes a few seconds.
@@ -107,10 +108,14 @@ fn assert_clean_round(engine: &str, nodes: &str, seed: &str) {
         seed,
         "--ttl",
         "1s",
+        "--disk-faults",
     ]);
     let stderr = assert_no_violation(&format!("chaos {engine} with {nodes} nodes"), &output, &stdout);
     let injected = faults(&stdout);
-    for kind in quorumlock_testkit::chaos::nemesis::FAULT_KINDS {
+    let kinds = quorumlock_testkit::chaos::nemesis::FAULT_KINDS
+        .into_iter()
+        .chain([quorumlock_testkit::chaos::nemesis::DISK_KIND]);
+    for kind in kinds {
         assert!(
             count_of(&injected, kind) >= 1,
             "no {kind} fault was injected:\n{stdout}\n{stderr}"

@@ -30,17 +30,20 @@ pub enum ViolationKind {
     Liveness,
     /// A node process exited by itself during the run.
     NodeExit,
+    /// A node started on a damaged data directory did not refuse it.
+    DamageUnrefused,
 }
 
 impl ViolationKind {
     /// Every kind, in the order the summary prints them.
-    pub const ALL: [ViolationKind; 6] = [
+    pub const ALL: [ViolationKind; 7] = [
         ViolationKind::MutualExclusion,
         ViolationKind::TokenOrder,
         ViolationKind::Linearizability,
         ViolationKind::LostWrite,
         ViolationKind::Liveness,
         ViolationKind::NodeExit,
+        ViolationKind::DamageUnrefused,
     ];
 
     /// The name printed in the summary.
@@ -52,6 +55,7 @@ impl ViolationKind {
             ViolationKind::LostWrite => "lost_write",
             ViolationKind::Liveness => "liveness",
             ViolationKind::NodeExit => "node_exit",
+            ViolationKind::DamageUnrefused => "damage_unrefused",
         }
     }
 }

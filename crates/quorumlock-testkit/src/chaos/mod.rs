@@ -8,6 +8,8 @@
 //! - [`nemesis`]: the seeded rounds of faults, each logged;
 //! - [`membership`]: with `--membership`, seeded changes of membership
 //!   (add, promote, remove, replace) between the other faults;
+//! - [`disk`]: with `--disk-faults`, data directories damaged on a crashed
+//!   node, which must refuse them;
 //! - [`workload`]: the client workers (the hidden `chaos-worker`);
 //! - [`history`]: the recorded operations and faults, as JSON lines;
 //! - [`checker`]: mutual exclusion at the storage, token order,
@@ -24,6 +26,7 @@
 //! and keeps the history file and the nodes' logs.
 
 pub mod checker;
+pub mod disk;
 pub mod history;
 pub mod membership;
 pub mod nemesis;
@@ -47,7 +50,7 @@ use tokio::time::Instant;
 use self::checker::{check_all, CheckReport, Violation, ViolationKind};
 use self::history::{now_us, Call, Entry, Op, Return, WorkerEvent, FINAL_READER};
 use self::membership::{MembershipNemesis, Stage, MEMBERSHIP_KINDS, SPARE_IDS};
-use self::nemesis::{write_skew, Nemesis, Targets, FAULT_HOLD_MIN, FAULT_KINDS};
+use self::nemesis::{write_skew, Nemesis, Targets, DISK_KIND, FAULT_HOLD_MIN, FAULT_KINDS};
 use self::proxy::Network;
 use self::workload::{client_config, key_of, lock_name, WorkerConfig};
 use crate::cluster::{free_ports, ClusterSpec, ProcessCluster};
@@ -113,6 +116,12 @@ pub struct ChaosArgs {
     /// too) and learners, and replace a voter whose disk was lost.
     #[arg(long)]
     pub membership: bool,
+    /// Also damage data directories: crash a node, invert bytes in its
+    /// WAL, an SST or the MANIFEST, cut an SST short, or delete the whole
+    /// directory; start it and count it a violation unless it refuses the
+    /// directory (exit status 6) within 20s; then put the directory back.
+    #[arg(long)]
+    pub disk_faults: bool,
 }
 
 /// Flags of the hidden `chaos-worker`.
@@ -202,14 +211,15 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<i32> {
     args.validate()?;
     let seed = args.seed.unwrap_or_else(rand::random);
     println!(
-        "chaos: engine={} nodes={} duration={} workers={} locks={} ttl={} membership={} seed={seed}",
+        "chaos: engine={} nodes={} duration={} workers={} locks={} ttl={} membership={} disk_faults={} seed={seed}",
         args.engine,
         args.nodes,
         humantime::format_duration(args.duration),
         args.workers,
         args.locks,
         humantime::format_duration(args.ttl),
-        if args.membership { "on" } else { "off" }
+        if args.membership { "on" } else { "off" },
+        if args.disk_faults { "on" } else { "off" }
     );
     let temp = tempfile::Builder::new()
         .prefix("quorumlock-chaos-")
@@ -281,11 +291,13 @@ fn print_summary(
             count(outcomes, "unknown")
         );
     }
-    let kinds: Vec<&str> = if args.membership {
-        FAULT_KINDS.iter().chain(&MEMBERSHIP_KINDS).copied().collect()
-    } else {
-        FAULT_KINDS.to_vec()
-    };
+    let mut kinds: Vec<&str> = FAULT_KINDS.to_vec();
+    if args.disk_faults {
+        kinds.push(DISK_KIND);
+    }
+    if args.membership {
+        kinds.extend(MEMBERSHIP_KINDS);
+    }
     let faults: Vec<String> = kinds
         .iter()
         .map(|kind| {
@@ -416,7 +428,7 @@ async fn play(args: &ChaosArgs, seed: u64, dir: &std::path::Path) -> anyhow::Res
     let pids: Vec<u32> = children.iter().filter_map(|child| child.id()).collect();
 
     let deadline = Instant::now() + args.duration;
-    let mut nemesis = Nemesis::new(StdRng::seed_from_u64(seed));
+    let mut nemesis = Nemesis::new(StdRng::seed_from_u64(seed), args.disk_faults);
     let mut members = MembershipNemesis::new(
         StdRng::seed_from_u64(seed ^ MEMBERSHIP_SEED_SALT),
         args.nodes,
@@ -520,6 +532,10 @@ async fn play(args: &ChaosArgs, seed: u64, dir: &std::path::Path) -> anyhow::Res
     } else {
         String::new()
     };
+    node_exits.extend(nemesis.unrefused.drain(..).map(|detail| Violation {
+        kind: ViolationKind::DamageUnrefused,
+        detail,
+    }));
     let report = check_all(
         &ops,
         &heals_us,

@@ -14,7 +14,10 @@
 //! - `partition_split`: split the nodes into a minority and a majority
 //!   (1/2 of 3, 1/3 of 4, 2/3 of 5) at random;
 //! - `clock_skew`: step a node's lease clock forward, then back, with a
-//!   changed rate (the NTP example), then restore it.
+//!   changed rate (the NTP example), then restore it;
+//! - `disk` (with `--disk-faults`): crash a node (the leader half the
+//!   time), damage its data directory, start it, and check that it
+//!   refuses the directory ([`super::disk`]).
 //!
 //! The faults hit the members whose data is whole ([`Targets::nodes`]);
 //! with `--membership` the runner alternates these rounds with changes of
@@ -77,6 +80,9 @@ pub fn write_skew(dir: &std::path::Path, index: usize, skew: Skew) -> anyhow::Re
     std::fs::rename(&partial, &path).with_context(|| format!("renaming to {}", path.display()))
 }
 
+/// The fault kind `--disk-faults` adds.
+pub const DISK_KIND: &str = "disk";
+
 /// What the nemesis acts on.
 pub struct Targets<'a> {
     /// The nodes.
@@ -98,18 +104,27 @@ pub struct Targets<'a> {
 /// The nemesis's state: its random source and its log.
 pub struct Nemesis {
     rng: StdRng,
+    kinds: Vec<&'static str>,
     order: Vec<&'static str>,
     /// Every fault injected so far.
     pub faults: Vec<Fault>,
+    /// Disk faults a node did not refuse: what it did instead.
+    pub unrefused: Vec<String>,
 }
 
 impl Nemesis {
-    /// A nemesis drawing from `rng`.
-    pub fn new(rng: StdRng) -> Nemesis {
+    /// A nemesis drawing from `rng`; `disk_faults` adds the `disk` kind.
+    pub fn new(rng: StdRng, disk_faults: bool) -> Nemesis {
+        let mut kinds = FAULT_KINDS.to_vec();
+        if disk_faults {
+            kinds.push(DISK_KIND);
+        }
         Nemesis {
             rng,
+            kinds,
             order: Vec::new(),
             faults: Vec::new(),
+            unrefused: Vec::new(),
         }
     }
 
@@ -128,7 +143,7 @@ impl Nemesis {
 
     fn next_kind(&mut self) -> &'static str {
         if self.order.is_empty() {
-            self.order = FAULT_KINDS.to_vec();
+            self.order = self.kinds.clone();
             self.order.shuffle(&mut self.rng);
         }
         self.order.pop().expect("refilled above")
@@ -145,6 +160,7 @@ impl Nemesis {
             "partition_isolate" => self.isolate(targets).await?,
             "partition_split" => self.split(targets).await?,
             "clock_skew" => self.skew(targets).await?,
+            DISK_KIND => self.disk(targets).await?,
             other => unreachable!("unknown fault kind {other}"),
         };
         let fault = Fault::ended_now(kind, detail, start_us, None);
@@ -209,6 +225,13 @@ impl Nemesis {
             index + 1,
             delay.as_secs_f64()
         ))
+    }
+
+    async fn disk(&mut self, targets: &mut Targets<'_>) -> anyhow::Result<String> {
+        let (index, role) = self.pick_node(targets, 0.5).await;
+        let fault = super::disk::damage(&mut self.rng, targets.cluster, index, role).await?;
+        self.unrefused.extend(fault.unrefused);
+        Ok(fault.detail)
     }
 
     async fn pause_node(&mut self, targets: &mut Targets<'_>) -> anyhow::Result<String> {
