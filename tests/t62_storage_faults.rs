@@ -20,6 +20,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use quorumlock_testkit::chaos::disk::copy_dir;
 
 engine_tests!(check_every_damaged_or_foreign_data_directory_is_refused_and_the_good_copy_rejoins);
 
@@ -150,7 +151,7 @@ async fn stop_and_copy(cluster: &Cluster, index: usize) -> tempfile::TempDir {
         cluster.node_id(index)
     );
     let copy = tempfile::tempdir().unwrap();
-    copy_dir(cluster.data_dir(index), copy.path());
+    copy_dir(cluster.data_dir(index), copy.path()).expect("copy the data directory");
     copy
 }
 
@@ -158,20 +159,7 @@ async fn stop_and_copy(cluster: &Cluster, index: usize) -> tempfile::TempDir {
 fn put_back(cluster: &Cluster, index: usize, saved: &tempfile::TempDir) {
     let dir = cluster.data_dir(index);
     std::fs::remove_dir_all(dir).unwrap();
-    copy_dir(saved.path(), dir);
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
+    copy_dir(saved.path(), dir).expect("put the data directory back");
 }
 
 fn engine_dir(cluster: &Cluster, index: usize) -> PathBuf {

@@ -523,7 +523,11 @@ async fn check_hostile_requests_get_precise_statuses_and_change_nothing(engine: 
 
         // Garbage at the peer transport, as anyone who can reach the port
         // could send it: refused, and the engine never sees it.
-        hostile_peer_requests(engine, channel, node).await;
+        // A peer this node surely knows by incarnation: the leader for a
+        // follower (it sent appends), a follower for the leader (it
+        // learned the follower's to send them).
+        let known_peer = if index == leader { follower } else { leader };
+        hostile_peer_requests(&cluster, channel, index, known_peer).await;
     }
 
     // The session opened with the shortest TTL and never renewed expires;
@@ -553,25 +557,80 @@ async fn check_hostile_requests_get_precise_statuses_and_change_nothing(engine: 
     assert_held(&leader_client, other_lock, other.id, other_token, 0).await;
 }
 
-/// Garbage and spoofed senders at the engine's own peer service.
-async fn hostile_peer_requests(engine: &str, channel: Channel, node: u64) {
+/// The incarnation the data directory of node index `index` records.
+fn incarnation_of(cluster: &Cluster, index: usize) -> String {
+    let identity = std::fs::read_to_string(cluster.data_dir(index).join("IDENTITY")).expect("read IDENTITY");
+    identity
+        .lines()
+        .find_map(|line| line.strip_prefix("incarnation "))
+        .expect("an incarnation line")
+        .to_string()
+}
+
+/// `message` with the incarnation header `header`.
+fn with_header<T>(message: T, header: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "x-quorumlock-incarnation",
+        header.parse().expect("an ASCII header"),
+    );
+    request
+}
+
+/// Garbage and spoofed senders at the engine's own peer service. The peer
+/// guard refuses requests that name no incarnations, name a sender that is
+/// not a member, or name a member under another incarnation than the one
+/// the node knows it by. Incarnations are no secret (they travel in every
+/// request), so garbage from someone who names them right reaches the
+/// engine's decoders, which refuse it.
+async fn hostile_peer_requests(cluster: &Cluster, channel: Channel, index: usize, sender_index: usize) {
     use quorumlock_proto::paxos::paxos_peer_client::PaxosPeerClient;
     use quorumlock_proto::paxos::PaxosBatch;
     use quorumlock_proto::raft::raft_peer_client::RaftPeerClient;
     use quorumlock_proto::raft::RaftPayload;
 
+    let node = cluster.node_id(index);
+    let sender = cluster.node_id(sender_index);
+    let receiver_incarnation = incarnation_of(cluster, index);
+    let spoofed = format!(
+        "{sender}:{}>{node}:{receiver_incarnation}",
+        incarnation_of(cluster, sender_index)
+    );
+    let forgotten = format!("{sender}:00000000000000aa>{node}:{receiver_incarnation}");
+    let outsider = format!("99:00000000000000aa>{node}:{receiver_incarnation}");
     let at = |what: &str| format!("{what} at node {node}");
-    match engine {
+    match cluster.engine() {
         "paxos" => {
             let mut peer = PaxosPeerClient::new(channel);
             let batch = |from: u64, messages: Vec<u8>| PaxosBatch { from, messages };
             refused(
+                &at("Deliver naming no incarnations"),
+                call("Deliver", RPC_TIMEOUT, peer.deliver(batch(sender, Vec::new()))).await,
+                Code::InvalidArgument,
+                &["x-quorumlock-incarnation", "missing"],
+            );
+            refused(
                 &at("Deliver from a node outside the cluster"),
-                call("Deliver", RPC_TIMEOUT, peer.deliver(batch(99, Vec::new()))).await,
+                call(
+                    "Deliver",
+                    RPC_TIMEOUT,
+                    peer.deliver(with_header(batch(99, Vec::new()), &outsider)),
+                )
+                .await,
                 Code::PermissionDenied,
                 &["node 99 is not a member of this cluster"],
             );
-            let sender = if node == 1 { 2 } else { 1 };
+            refused(
+                &at("Deliver from a member under another incarnation"),
+                call(
+                    "Deliver",
+                    RPC_TIMEOUT,
+                    peer.deliver(with_header(batch(sender, Vec::new()), &forgotten)),
+                )
+                .await,
+                Code::FailedPrecondition,
+                &["emptied or replaced"],
+            );
             // A message count of 2^62 with nothing after it must not
             // allocate for the count, and an unknown variant must not pass.
             let mut huge_count = (1u64 << 62).to_le_bytes().to_vec();
@@ -585,7 +644,12 @@ async fn hostile_peer_requests(engine: &str, channel: Channel, node: u64) {
             ] {
                 refused(
                     &at(&format!("Deliver of {label}")),
-                    call("Deliver", RPC_TIMEOUT, peer.deliver(batch(sender, messages))).await,
+                    call(
+                        "Deliver",
+                        RPC_TIMEOUT,
+                        peer.deliver(with_header(batch(sender, messages), &spoofed)),
+                    )
+                    .await,
                     Code::InvalidArgument,
                     &["undecodable paxos messages"],
                 );
@@ -599,12 +663,29 @@ async fn hostile_peer_requests(engine: &str, channel: Channel, node: u64) {
                 config: Arc::new(quorumlock_paxos::Configuration::default()),
             };
             let messages = bincode::serialize(&vec![snapshot]).expect("a message encodes");
-            call("Deliver", RPC_TIMEOUT, peer.deliver(batch(sender, messages)))
-                .await
-                .expect("a decodable batch is accepted by the transport");
+            call(
+                "Deliver",
+                RPC_TIMEOUT,
+                peer.deliver(with_header(batch(sender, messages), &spoofed)),
+            )
+            .await
+            .expect("a decodable batch is accepted by the transport");
         }
         "raft" => {
             let mut peer = RaftPeerClient::new(channel);
+            let empty = || RaftPayload { data: Vec::new() };
+            refused(
+                &at("Vote naming no incarnations"),
+                call("Vote", RPC_TIMEOUT, peer.vote(empty())).await,
+                Code::InvalidArgument,
+                &["x-quorumlock-incarnation", "missing"],
+            );
+            refused(
+                &at("Vote from a member under another incarnation"),
+                call("Vote", RPC_TIMEOUT, peer.vote(with_header(empty(), &forgotten))).await,
+                Code::FailedPrecondition,
+                &["emptied or replaced"],
+            );
             for (label, data) in [
                 ("garbage", vec![0xa5; 100]),
                 ("a huge length prefix", (1u64 << 62).to_le_bytes().to_vec()),
@@ -613,19 +694,29 @@ async fn hostile_peer_requests(engine: &str, channel: Channel, node: u64) {
                 let payload = || RaftPayload { data: data.clone() };
                 refused(
                     &at(&format!("AppendEntries of {label}")),
-                    call("AppendEntries", RPC_TIMEOUT, peer.append_entries(payload())).await,
+                    call(
+                        "AppendEntries",
+                        RPC_TIMEOUT,
+                        peer.append_entries(with_header(payload(), &spoofed)),
+                    )
+                    .await,
                     Code::InvalidArgument,
                     &["undecodable raft request"],
                 );
                 refused(
                     &at(&format!("Vote of {label}")),
-                    call("Vote", RPC_TIMEOUT, peer.vote(payload())).await,
+                    call("Vote", RPC_TIMEOUT, peer.vote(with_header(payload(), &spoofed))).await,
                     Code::InvalidArgument,
                     &["undecodable raft request"],
                 );
                 refused(
                     &at(&format!("InstallSnapshot of {label}")),
-                    call("InstallSnapshot", RPC_TIMEOUT, peer.install_snapshot(payload())).await,
+                    call(
+                        "InstallSnapshot",
+                        RPC_TIMEOUT,
+                        peer.install_snapshot(with_header(payload(), &spoofed)),
+                    )
+                    .await,
                     Code::InvalidArgument,
                     &["undecodable raft request"],
                 );

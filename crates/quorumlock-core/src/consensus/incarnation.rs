@@ -48,6 +48,12 @@ pub const INCARNATION_HEADER: &str = "x-quorumlock-incarnation";
 /// `<id>:<incarnation>`, to a sender that did not know it.
 pub const INCARNATION_OF_METADATA: &str = "x-quorumlock-incarnation-of";
 
+/// Most peers whose incarnations one node records. Ids are never reused,
+/// so a long-lived cluster's record grows with every node it ever had; this
+/// bounds what requests naming made-up ids can make a node write (a
+/// plaintext node cannot tell who sends them).
+pub const KNOWN_PEERS_MAX: usize = 4_096;
+
 /// Keeps what this node knows of peers' incarnations durably.
 pub type Persist = Box<dyn Fn(&BTreeMap<NodeId, u64>) -> std::io::Result<()> + Send + Sync>;
 
@@ -191,6 +197,12 @@ impl Incarnations {
         peer: NodeId,
         incarnation: u64,
     ) -> Result<(), String> {
+        if known.len() >= KNOWN_PEERS_MAX {
+            return Err(format!(
+                "this node already records the incarnations of {} peers, the most it keeps",
+                known.len()
+            ));
+        }
         let mut next = known.clone();
         next.insert(peer, incarnation);
         (self.persist)(&next).map_err(|error| error.to_string())?;
@@ -408,6 +420,18 @@ mod tests {
             "an introduction for another id"
         );
         assert_eq!(one.known(id(2)), None);
+    }
+
+    #[test]
+    fn the_record_of_peers_is_bounded() {
+        let full: BTreeMap<NodeId, u64> = (1..=KNOWN_PEERS_MAX as u64).map(|n| (id(n + 1), n)).collect();
+        let one = Incarnations::new(id(1), 0xa1, full, Box::new(|_| Ok(())));
+        let newcomer = Incarnations::in_memory(id(KNOWN_PEERS_MAX as u64 + 7), 0xb2);
+        assert!(matches!(
+            one.judge(Some(&newcomer.header_to(id(1)))),
+            Err(Refusal::Unrecorded { .. })
+        ));
+        assert_eq!(one.known(id(KNOWN_PEERS_MAX as u64 + 7)), None);
     }
 
     #[test]

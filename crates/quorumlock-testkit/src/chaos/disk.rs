@@ -211,7 +211,8 @@ fn choose_damage(rng: &mut StdRng, data_dir: &Path) -> anyhow::Result<Damage> {
     Ok(choices.swap_remove(pick))
 }
 
-fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+/// Copies directory `from` with everything in it to `to`.
+pub fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
     for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
         let entry = entry?;

@@ -225,7 +225,14 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<i32> {
         .prefix("quorumlock-chaos-")
         .tempdir()
         .context("creating a temporary directory")?;
-    let outcome = play(&args, seed, temp.path()).await?;
+    let outcome = match play(&args, seed, temp.path()).await {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            // The nodes' logs say why the run could not go on.
+            let logs = temp.keep();
+            return Err(error.context(format!("the nodes' logs are kept in {}", logs.display())));
+        }
+    };
     let failed = !outcome.report.violations.is_empty();
     let history_path = args.history.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("quorumlock-chaos-{seed}-{}.jsonl", std::process::id()))
