@@ -365,8 +365,9 @@ fn step_all(messages: Vec<Message>) {
 #[test]
 fn snapshots_with_exhausted_or_zero_counters_are_refused() {
     let snapshot = LockState::default().snapshot();
-    // bincode's fixed-width layout: the session counter, then the token counter.
-    for (offset, counter) in [(0, "session"), (8, "token")] {
+    // An 8-byte magic, then bincode's fixed-width layout: the session
+    // counter, then the token counter.
+    for (offset, counter) in [(8, "session"), (16, "token")] {
         for value in [0, u64::MAX, u64::MAX - 1, (1 << 62) + 1] {
             let mut damaged = snapshot.clone();
             damaged[offset..offset + 8].copy_from_slice(&u64::to_le_bytes(value));
@@ -380,7 +381,7 @@ fn snapshots_with_exhausted_or_zero_counters_are_refused() {
         }
     }
     let mut edge = snapshot;
-    edge[8..16].copy_from_slice(&u64::to_le_bytes(1 << 62));
+    edge[16..24].copy_from_slice(&u64::to_le_bytes(1 << 62));
     let mut state = LockState::restore(&edge).expect("a counter at the bound restores");
     let opened = state.apply(&Command::OpenSession {
         ttl_ms: 10_000,

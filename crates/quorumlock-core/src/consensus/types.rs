@@ -118,6 +118,12 @@ pub enum MembershipChange {
         /// The member to remove.
         id: NodeId,
     },
+    /// Makes the voter `id` a learner, keeping its id and address: a node
+    /// under repair takes part again only through [`MembershipChange::Promote`].
+    Demote {
+        /// The voter.
+        id: NodeId,
+    },
 }
 
 /// A member as this node sees it, for `member list`.

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::credential::Credential;
 use super::error::LockError;
 
-pub use quorumlock_proto::{FencingToken, SessionId};
+pub use quorumlock_proto::{FencingToken, NodeId, SessionId};
 
 /// A lock name together with a token that claims to be its current one.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -102,6 +102,23 @@ pub enum Command {
         /// The caller, who must be that session's owner.
         by: Credential,
     },
+    /// Marks `node` as under repair, before a membership change takes it
+    /// out of the voters: an engine that drops it from its configuration
+    /// to take it back as a new learner (raft) does not retire its id.
+    /// [`Command::RecordRepair`] ends the mark.
+    BeginRepair {
+        /// The node under repair.
+        node: NodeId,
+    },
+    /// Records that `node` came back from a repair under a new incarnation
+    /// (README, "Storage faults"). Only the leader proposes it, once `node`
+    /// is a learner; every replica then knows the node by this incarnation.
+    RecordRepair {
+        /// The repaired node.
+        node: NodeId,
+        /// Its incarnation since the repair; never 0.
+        incarnation: u64,
+    },
 }
 
 /// A lock handed to a session, either directly or from its queue.
@@ -177,6 +194,13 @@ pub enum Outcome {
     Written {
         /// For a delete, whether the key existed; always true for a put.
         existed: bool,
+    },
+    /// A node is marked as under repair.
+    RepairBegun,
+    /// A repair was recorded; the node has been repaired this many times.
+    RepairRecorded {
+        /// Repairs of the node so far, this one included.
+        repairs: u64,
     },
 }
 

@@ -13,7 +13,7 @@ pub mod validate;
 pub use command::{Applied, Command, Event, Fence, FencingToken, Grant, Outcome, SessionId};
 pub use credential::{Credential, SecretDigest, IDENTITY_BYTES_MAX};
 pub use error::LockError;
-pub use state::{KvEntry, LockState, LockView, Session};
+pub use state::{KvEntry, LockState, LockView, Repaired, Session};
 
 #[cfg(test)]
 mod proptests;

@@ -107,6 +107,13 @@ enum Step {
         session: SessionPick,
         caller: CallerPick,
     },
+    /// Marks a node as under repair.
+    BeginRepair(u64),
+    /// Records a repair of a node (incarnation 0 is refused).
+    RecordRepair {
+        node: u64,
+        incarnation: u64,
+    },
 }
 
 /// The secret of [`CallerPick::Impostor`]; sessions are opened with
@@ -174,6 +181,13 @@ impl Step {
             }
             Step::Expire(session) => Command::ExpireSession {
                 session: session.resolve(state),
+            },
+            Step::BeginRepair(node) => Command::BeginRepair {
+                node: quorumlock_proto::NodeId::new(*node),
+            },
+            Step::RecordRepair { node, incarnation } => Command::RecordRepair {
+                node: quorumlock_proto::NodeId::new(*node),
+                incarnation: *incarnation,
             },
             Step::Checkpoint(entries) => Command::CheckpointSessions {
                 remaining: entries
@@ -379,6 +393,8 @@ fn step() -> impl Strategy<Value = Step> {
         6 => release,
         4 => put,
         2 => delete,
+        1 => (1..4u64).prop_map(Step::BeginRepair),
+        1 => (1..4u64, 0..3u64).prop_map(|(node, incarnation)| Step::RecordRepair { node, incarnation }),
     ]
 }
 
@@ -497,6 +513,8 @@ fn outcome_kind(command: &Command, applied: &Applied) -> &'static str {
         (Ok(Outcome::Written { .. }), Command::Put { .. }) => "put",
         (Ok(Outcome::Written { existed: true }), _) => "deleted",
         (Ok(Outcome::Written { existed: false }), _) => "deleted nothing",
+        (Ok(Outcome::RepairRecorded { .. }), _) => "repair recorded",
+        (Ok(Outcome::RepairBegun), _) => "repair begun",
         (Err(LockError::InvalidArgument(_)), _) => "invalid argument",
         (Err(LockError::SessionNotFound { .. }), _) => "session not found",
         (Err(LockError::NotHolder { .. }), _) => "not holder",

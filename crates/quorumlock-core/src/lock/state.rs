@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bincode::Options;
 use serde::{Deserialize, Serialize};
 
-use super::command::{Applied, Command, Event, Fence, FencingToken, Grant, Outcome, SessionId};
+use super::command::{Applied, Command, Event, Fence, FencingToken, Grant, NodeId, Outcome, SessionId};
 use super::credential::Credential;
 use super::error::LockError;
 use super::limits::{CHECKPOINT_ENTRIES_MAX, COUNTER_VALUE_MAX, SESSIONS_MAX, WAITERS_PER_LOCK_MAX};
@@ -60,9 +60,41 @@ pub struct LockView {
     pub queue_len: usize,
 }
 
+/// A node's repairs as the replicated state records them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repaired {
+    /// The node's incarnation since its last repair.
+    pub incarnation: u64,
+    /// How many times it was repaired.
+    pub repairs: u64,
+}
+
 /// The whole replicated state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockState {
+    next_session: SessionId,
+    next_token: FencingToken,
+    sessions: BTreeMap<SessionId, Session>,
+    locks: BTreeMap<String, Lock>,
+    kv: BTreeMap<String, KvEntry>,
+    /// Nodes that came back from a repair, by id: the cluster's, not the
+    /// locks' state, kept here so that it travels in snapshots.
+    repaired: BTreeMap<NodeId, Repaired>,
+    /// Nodes under repair whose new incarnation is not recorded yet.
+    repairs_pending: BTreeSet<NodeId>,
+}
+
+/// Opens every snapshot [`LockState::snapshot`] writes. Snapshots without
+/// it were written before repairs were recorded, in the layout of
+/// [`LockStateWithoutRepairs`]; read as one, these bytes would be a
+/// session counter of about 3.6 × 10^18, which no cluster reaches (one new
+/// session a nanosecond for a century is 3.2 × 10^18).
+const SNAPSHOT_MAGIC: &[u8; 8] = b"QLSTATE2";
+
+/// The layout of [`LockState`] before repairs were recorded, still read
+/// from snapshots written then.
+#[derive(Deserialize)]
+struct LockStateWithoutRepairs {
     next_session: SessionId,
     next_token: FencingToken,
     sessions: BTreeMap<SessionId, Session>,
@@ -79,6 +111,8 @@ impl Default for LockState {
             sessions: BTreeMap::new(),
             locks: BTreeMap::new(),
             kv: BTreeMap::new(),
+            repaired: BTreeMap::new(),
+            repairs_pending: BTreeSet::new(),
         }
     }
 }
@@ -132,6 +166,11 @@ impl LockState {
             } => validate::key(key)
                 .and_then(|()| self.check_writer(fence, *session, by))
                 .map(|()| self.delete(key)),
+            Command::BeginRepair { node } => {
+                self.repairs_pending.insert(*node);
+                Ok(Outcome::RepairBegun)
+            }
+            Command::RecordRepair { node, incarnation } => self.record_repair(*node, *incarnation),
         };
         let applied = Applied { result, events };
         self.assert_applied(command, &applied);
@@ -543,9 +582,49 @@ impl LockState {
         }
     }
 
+    /// Records a repair of `node`, now of `incarnation`.
+    fn record_repair(&mut self, node: NodeId, incarnation: u64) -> Result<Outcome, LockError> {
+        if incarnation == 0 {
+            return Err(LockError::InvalidArgument(
+                "a repaired node's incarnation is never 0".to_string(),
+            ));
+        }
+        let entry = self.repaired.entry(node).or_insert(Repaired {
+            incarnation,
+            repairs: 0,
+        });
+        // A repeated record of the same repair (a retried proposal) counts once.
+        if entry.repairs == 0 || entry.incarnation != incarnation {
+            entry.repairs += 1;
+        }
+        entry.incarnation = incarnation;
+        let repairs = entry.repairs;
+        self.repairs_pending.remove(&node);
+        Ok(Outcome::RepairRecorded { repairs })
+    }
+
+    /// Whether `node` is under repair (see [`Command::BeginRepair`]).
+    pub fn repair_pending(&self, node: NodeId) -> bool {
+        self.repairs_pending.contains(&node)
+    }
+
+    /// Nodes that came back from a repair, with their incarnations.
+    pub fn repaired(&self) -> &BTreeMap<NodeId, Repaired> {
+        &self.repaired
+    }
+
+    /// Forgets every recorded repair: for a state restored from a backup
+    /// into a new cluster, whose nodes start with new directories.
+    pub fn forget_repairs(&mut self) {
+        self.repaired.clear();
+        self.repairs_pending.clear();
+    }
+
     /// Serializes the whole state. Equal states give equal bytes.
     pub fn snapshot(&self) -> Vec<u8> {
-        bincode::serialize(self).expect("the lock state always serializes")
+        let mut bytes = SNAPSHOT_MAGIC.to_vec();
+        bincode::serialize_into(&mut bytes, self).expect("the lock state always serializes");
+        bytes
     }
 
     /// Restores a state written by [`LockState::snapshot`], checking its invariants.
@@ -553,11 +632,27 @@ impl LockState {
         // The same encoding as `bincode::serialize`, except that bytes left
         // over after the state are refused: a snapshot followed by anything
         // is not one `snapshot` wrote.
-        let state: LockState = bincode::DefaultOptions::new()
-            .with_fixint_encoding()
-            .reject_trailing_bytes()
-            .deserialize(bytes)
-            .map_err(|error| format!("bad lock snapshot: {error}"))?;
+        let options = || {
+            bincode::DefaultOptions::new()
+                .with_fixint_encoding()
+                .reject_trailing_bytes()
+        };
+        let bad = |error: bincode::Error| format!("bad lock snapshot: {error}");
+        let state: LockState = match bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
+            Some(body) => options().deserialize(body).map_err(bad)?,
+            None => {
+                let old: LockStateWithoutRepairs = options().deserialize(bytes).map_err(bad)?;
+                LockState {
+                    next_session: old.next_session,
+                    next_token: old.next_token,
+                    sessions: old.sessions,
+                    locks: old.locks,
+                    kv: old.kv,
+                    repaired: BTreeMap::new(),
+                    repairs_pending: BTreeSet::new(),
+                }
+            }
+        };
         // Ids and tokens start at 1 (0 means "none" on the wire), and a
         // counter near the top of u64 would overflow on a later grant and
         // hand out tokens that are not larger than the earlier ones.

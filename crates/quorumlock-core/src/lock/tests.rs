@@ -1224,15 +1224,16 @@ fn restore_rejects_garbage_bytes() {
 #[test]
 fn restore_rejects_a_snapshot_that_breaks_the_invariants() {
     let bytes = busy_state().snapshot();
-    // The snapshot starts with the session counter and then the token counter,
-    // each a little-endian u64; winding a counter back below an id or token in
-    // use yields bytes that decode but describe an impossible state.
+    // After its 8-byte magic, the snapshot starts with the session counter
+    // and then the token counter, each a little-endian u64; winding a
+    // counter back below an id or token in use yields bytes that decode
+    // but describe an impossible state.
     let mut reused_token = bytes.clone();
-    reused_token[8..16].copy_from_slice(&1u64.to_le_bytes());
+    reused_token[16..24].copy_from_slice(&1u64.to_le_bytes());
     let error = LockState::restore(&reused_token).expect_err("a token at the counter");
     assert!(error.contains("not below the counter"), "{error}");
     let mut reused_session = bytes;
-    reused_session[0..8].copy_from_slice(&1u64.to_le_bytes());
+    reused_session[8..16].copy_from_slice(&1u64.to_le_bytes());
     let error = LockState::restore(&reused_session).expect_err("a session at the counter");
     assert!(error.contains("not below the counter"), "{error}");
 }
@@ -1443,4 +1444,66 @@ fn the_not_owner_refusal_names_the_caller_and_the_session_but_no_secret() {
         "caller \"jobs\" is not the owner of session 7: the session secret or identity presented \
          is not the one it was opened with"
     );
+}
+
+#[test]
+fn repairs_are_recorded_counted_once_each_and_travel_in_snapshots() {
+    let mut state = LockState::default();
+    let node = quorumlock_proto::NodeId::new(2);
+    let record = |incarnation| Command::RecordRepair { node, incarnation };
+    assert!(matches!(
+        state.apply(&record(0)).result,
+        Err(LockError::InvalidArgument(_))
+    ));
+    assert_eq!(
+        state.apply(&record(0xc3)).result,
+        Ok(Outcome::RepairRecorded { repairs: 1 })
+    );
+    assert_eq!(
+        state.apply(&record(0xc3)).result,
+        Ok(Outcome::RepairRecorded { repairs: 1 }),
+        "a retried record of the same repair counts once"
+    );
+    assert_eq!(
+        state.apply(&record(0xd4)).result,
+        Ok(Outcome::RepairRecorded { repairs: 2 })
+    );
+    let restored = LockState::restore(&state.snapshot()).unwrap();
+    assert_eq!(restored.repaired()[&node].incarnation, 0xd4);
+    assert_eq!(restored, state);
+    let mut forgotten = restored;
+    forgotten.forget_repairs();
+    assert!(forgotten.repaired().is_empty());
+}
+
+#[test]
+fn a_snapshot_written_before_repairs_were_recorded_still_restores() {
+    let mut state = LockState::default();
+    let session = open(&mut state);
+    take(&mut state, session, "held");
+    let current = state.snapshot();
+    // The earlier layout: no leading magic, and no repairs (the lengths of
+    // the empty map and set of repairs, 8 bytes each, end the current one).
+    let earlier = &current[8..current.len() - 16];
+    assert_eq!(LockState::restore(earlier).unwrap(), state);
+    assert!(LockState::restore(&current[..current.len() - 8]).is_err());
+}
+
+#[test]
+fn a_repair_is_pending_from_its_begin_until_its_record() {
+    let mut state = LockState::default();
+    let node = quorumlock_proto::NodeId::new(3);
+    assert!(!state.repair_pending(node));
+    assert_eq!(
+        state.apply(&Command::BeginRepair { node }).result,
+        Ok(Outcome::RepairBegun)
+    );
+    assert!(state.repair_pending(node));
+    let restored = LockState::restore(&state.snapshot()).unwrap();
+    assert!(restored.repair_pending(node), "the mark travels in snapshots");
+    state.apply(&Command::RecordRepair {
+        node,
+        incarnation: 0xe5,
+    });
+    assert!(!state.repair_pending(node), "the record ends it");
 }
