@@ -146,6 +146,14 @@ pub struct PaxosEngine {
     known_membership: watch::Receiver<KnownMembership>,
 }
 
+/// The first boot counter of a store created under `incarnation`: its
+/// random high 32 bits, so that a node repaired under a new incarnation
+/// (whose store starts again) proposes under ids no earlier life of it
+/// used, as proposal ids name the proposing node and its boot.
+pub fn first_boot(incarnation: u64) -> u64 {
+    ((incarnation >> 32).max(1) << 32) + 1
+}
+
 impl PaxosEngine {
     /// The error for a request the driver can no longer take.
     fn stopped(&self) -> EngineError {
@@ -165,7 +173,7 @@ impl PaxosEngine {
         let election_ticks = (config.election_timeout.as_millis() / tick.as_millis()).max(4) as u64;
 
         let store = PaxosStore::open(&config.data_dir)?;
-        let boot = store.next_boot()?;
+        let boot = store.next_boot(first_boot(config.incarnations.own_incarnation()))?;
         let durable = store.load::<Command>()?;
         let state = match &durable.snapshot {
             Some((slot, data)) => {
@@ -353,6 +361,7 @@ impl ConsensusEngine for PaxosEngine {
             MembershipChange::AddLearner { id, addr } => ConfigurationChange::AddLearner { id, addr },
             MembershipChange::Promote { id } => ConfigurationChange::Promote { id },
             MembershipChange::Remove { id } => ConfigurationChange::Remove { id },
+            MembershipChange::Demote { id } => ConfigurationChange::Demote { id },
         };
         // Whether a later configuration still shows the change made (the
         // proposed one may have been chosen and then changed further, or
@@ -365,6 +374,7 @@ impl ConsensusEngine for PaxosEngine {
                     config.voters.contains(id) || config.retired.contains(id)
                 }
                 ConfigurationChange::Remove { id } => config.retired.contains(id),
+                ConfigurationChange::Demote { id } => !config.voters.contains(id),
             }
         };
         let (reply, answer) = oneshot::channel();

@@ -145,9 +145,18 @@ impl<C> Clone for SimDisk<C> {
 impl<C: Clone> SimDisk<C> {
     /// An empty disk whose writes take up to `latency_max` steps of `now`.
     pub fn new(seed: u64, latency_max: u64, now: Arc<AtomicU64>) -> SimDisk<C> {
+        Self::starting_at_boot(seed, latency_max, now, 0)
+    }
+
+    /// An empty disk whose boot counter starts after `boot` (a disk that
+    /// replaces a lost one: see `crate::engine::first_boot`).
+    pub fn starting_at_boot(seed: u64, latency_max: u64, now: Arc<AtomicU64>, boot: u64) -> SimDisk<C> {
         SimDisk {
             state: Rc::new(RefCell::new(DiskState {
-                image: DiskImage::default(),
+                image: DiskImage {
+                    boot,
+                    ..DiskImage::default()
+                },
                 pending: VecDeque::new(),
                 durable: 0,
                 violation: None,

@@ -10,7 +10,13 @@
 //! membership while the faults go on: a spare node joins with an empty disk
 //! and no configuration, is added as a learner, promoted to voter once it
 //! caught up (a stop-sign), and then one of the first members — the leader
-//! as likely as any — is removed (another stop-sign). Invariants are checked after
+//! as likely as any — is removed (another stop-sign). Half the runs, too,
+//! damage a node's disk at a random point (it loses everything it stored,
+//! or a record fails its checksum, which the node detects and treats the
+//! same), never more than one node at a time: the node stops, and is
+//! repaired as `serve --repair` does it — made a learner by a stop-sign
+//! while it takes no part, started again from an empty disk as a joining
+//! node, and promoted (another stop-sign) once it caught up. Invariants are checked after
 //! every step, so a violation is reported at the step that caused it, and a
 //! failing seed replays exactly: nothing here reads a clock, iterates a hash
 //! map or depends on thread timing.
@@ -68,6 +74,10 @@ const DELAY_STEPS_MAX: u64 = 80;
 /// Longest time a disk takes to make a write durable, in steps, when the
 /// run draws slow disks.
 const DISK_LATENCY_STEPS_MAX: u64 = 30;
+
+/// Repairs finished by every run of this process, to show that the runs
+/// do repair damaged disks.
+static REPAIRS_FINISHED: AtomicU64 = AtomicU64::new(0);
 
 /// A client op: each carries a number no other op has, so the history can
 /// tell a command chosen twice.
@@ -241,6 +251,9 @@ enum Standing {
     /// crashing), as a node an operator forgot would, but is left out of
     /// the liveness and convergence checks.
     Retired,
+    /// Its disk was damaged: it stays down, taking no part, until the
+    /// repair has made it a learner and starts it again.
+    Damaged,
 }
 
 /// A step of the membership script.
@@ -252,6 +265,10 @@ enum ScriptStep {
     Promote,
     /// Remove this one of the first members.
     Remove(NodeId),
+    /// Make this voter, whose disk was damaged, a learner.
+    Demote(NodeId),
+    /// Promote this repaired node, started again as a learner, to voter.
+    Repromote(NodeId),
 }
 
 /// The membership script of a run.
@@ -270,6 +287,8 @@ enum Script {
 struct Node {
     id: NodeId,
     standing: Standing,
+    /// It starts knowing no configuration: a spare, or a repaired node.
+    joins: bool,
     driver: Option<SimDriver>,
     disk: SimDisk<Op>,
     /// Step at which a crashed node restarts.
@@ -344,6 +363,12 @@ struct Sim {
     /// How many nodes the cluster started with (a spare comes after them).
     first_size: u64,
     script: Script,
+    /// When a disk is damaged, if this run damages one and has not yet.
+    damage_at: Option<u64>,
+    /// The script that a repair interrupted, resumed after it.
+    script_after_repair: Script,
+    /// Repairs finished.
+    repairs: u64,
     /// Every configuration some replica had in force, by version: two
     /// different ones of one version break agreement.
     configurations: BTreeMap<u64, Arc<Configuration>>,
@@ -394,6 +419,9 @@ impl Sim {
             acked_len: 0,
             first_size: size,
             script: Script::Done,
+            damage_at: None,
+            script_after_repair: Script::Done,
+            repairs: 0,
             configurations: BTreeMap::new(),
             rng,
         };
@@ -402,11 +430,15 @@ impl Sim {
             let at = sim.rng.gen_range(0..FAULT_TICKS * STEPS_PER_TICK / 2);
             sim.script = Script::Waiting { at };
         }
+        if sim.rng.gen_bool(0.5) {
+            sim.damage_at = Some(sim.rng.gen_range(0..FAULT_TICKS * STEPS_PER_TICK));
+        }
         for id in 1..=size + u64::from(spare) {
             let disk = SimDisk::new(sim.rng.gen(), limits.disk_latency_max, now.clone());
             let tick_phase = sim.rng.gen_range(0..STEPS_PER_TICK);
             sim.nodes.push(Node {
                 id: NodeId::new(id),
+                joins: id > size,
                 standing: if id <= size {
                     Standing::Member
                 } else {
@@ -441,10 +473,10 @@ impl Sim {
     /// Starts node `i`'s driver from its disk alone. The first members know
     /// each other; a spare joins knowing no configuration.
     fn start(&mut self, i: usize) {
-        let members: BTreeSet<NodeId> = if (i as u64) < self.first_size {
-            (1..=self.first_size).map(NodeId::new).collect()
-        } else {
+        let members: BTreeSet<NodeId> = if self.nodes[i].joins {
             BTreeSet::new()
+        } else {
+            (1..=self.first_size).map(NodeId::new).collect()
         };
         let mut config = ReplicaConfig::new(self.nodes[i].id, members, HEARTBEAT_TICKS, ELECTION_TICKS);
         config.batch_proposals_max = self.limits.batch_proposals_max;
@@ -649,7 +681,9 @@ impl Sim {
         self.faults.crash = 0.0;
         self.faults.partition = 0.0;
         for i in 0..self.nodes.len() {
-            if self.nodes[i].driver.is_none() && self.nodes[i].standing != Standing::Spare {
+            if self.nodes[i].driver.is_none()
+                && !matches!(self.nodes[i].standing, Standing::Spare | Standing::Damaged)
+            {
                 self.restart(i);
             }
         }
@@ -689,7 +723,9 @@ impl Sim {
                 if self.rng.gen_bool(self.faults.flush) {
                     self.flush(i)?;
                 }
-            } else if step >= self.nodes[i].restart_at && self.nodes[i].standing != Standing::Spare {
+            } else if step >= self.nodes[i].restart_at
+                && !matches!(self.nodes[i].standing, Standing::Spare | Standing::Damaged)
+            {
                 self.restart(i);
             }
         }
@@ -712,7 +748,18 @@ impl Sim {
                     output: slot,
                 } => {
                     self.ops[op as usize] = OpState::Acked;
-                    let end = self.history.borrow().ends[slot.get() as usize];
+                    // A slot the history does not have was refused by a
+                    // check while it was applied, which reported why.
+                    let end = self.history.borrow().ends.get(slot.get() as usize).copied();
+                    let Some(end) = end else {
+                        let reported = self.violation.borrow().clone();
+                        return Err(reported.unwrap_or_else(|| {
+                            format!(
+                                "history: node {} applied slot {slot}, which the history lacks",
+                                i + 1
+                            )
+                        }));
+                    };
                     self.acked_len = self.acked_len.max(end);
                 }
                 Answer::Refused {
@@ -885,22 +932,35 @@ impl Sim {
     }
 
     fn script_steps_left(&self) -> u64 {
-        match self.script {
-            Script::Waiting { .. }
-            | Script::Running {
-                step: ScriptStep::Add,
-                ..
-            } => 3,
+        let repair = match self.script {
             Script::Running {
-                step: ScriptStep::Promote,
+                step: ScriptStep::Demote(_),
                 ..
-            } => 2,
+            } => return 2,
             Script::Running {
-                step: ScriptStep::Remove(_),
+                step: ScriptStep::Repromote(_),
                 ..
-            } => 1,
-            Script::Done => 0,
-        }
+            } => return 1,
+            _ if self.damage_at.is_some() => 2,
+            _ => 0,
+        };
+        repair
+            + match self.script {
+                Script::Waiting { .. }
+                | Script::Running {
+                    step: ScriptStep::Add,
+                    ..
+                } => 3,
+                Script::Running {
+                    step: ScriptStep::Promote,
+                    ..
+                } => 2,
+                Script::Running {
+                    step: ScriptStep::Remove(_),
+                    ..
+                } => 1,
+                Script::Running { .. } | Script::Done => 0,
+            }
     }
 
     /// Advances the membership script: starts the spare, and proposes each
@@ -908,6 +968,12 @@ impl Sim {
     /// refused or lost proposal is proposed again a while later.
     fn run_script(&mut self) {
         let step = self.step();
+        if matches!(self.script, Script::Done | Script::Waiting { .. })
+            && self.damage_at.is_some_and(|at| step >= at)
+            && self.damage_one()
+        {
+            return;
+        }
         let (script_step, retry_at) = match self.script {
             Script::Done => return,
             Script::Waiting { at } if step < at => return,
@@ -931,6 +997,8 @@ impl Sim {
                 ScriptStep::Add => latest.has(spare),
                 ScriptStep::Promote => latest.voters.contains(&spare),
                 ScriptStep::Remove(id) => latest.retired.contains(&id),
+                ScriptStep::Demote(id) => latest.learners.contains(&id),
+                ScriptStep::Repromote(id) => latest.voters.contains(&id),
             });
         if done {
             self.log(|| format!("membership: {script_step:?} is chosen"));
@@ -947,6 +1015,26 @@ impl Sim {
                     }
                 }
                 ScriptStep::Remove(_) => Script::Done,
+                ScriptStep::Demote(id) => {
+                    // The repair starts the node again from an empty disk,
+                    // as a joining node; the leader now knows it as a
+                    // learner.
+                    let i = self.index(id);
+                    self.nodes[i].standing = Standing::Member;
+                    self.nodes[i].joins = true;
+                    self.log(|| format!("repair: node {id} starts again from an empty disk"));
+                    self.start(i);
+                    Script::Running {
+                        step: ScriptStep::Repromote(id),
+                        retry_at: step,
+                    }
+                }
+                ScriptStep::Repromote(id) => {
+                    self.repairs += 1;
+                    REPAIRS_FINISHED.fetch_add(1, Ordering::Relaxed);
+                    self.log(|| format!("repair: node {id} is a voter again"));
+                    self.script_after_repair
+                }
             };
             return;
         }
@@ -963,6 +1051,8 @@ impl Sim {
             },
             ScriptStep::Promote => ConfigurationChange::Promote { id: spare },
             ScriptStep::Remove(id) => ConfigurationChange::Remove { id },
+            ScriptStep::Demote(id) => ConfigurationChange::Demote { id },
+            ScriptStep::Repromote(id) => ConfigurationChange::Promote { id },
         };
         let i = self.index(leader);
         let driver = self.nodes[i].driver.as_mut().expect("a leader runs");
@@ -972,6 +1062,43 @@ impl Sim {
             step: script_step,
             retry_at: step + ELECTION_TICKS * STEPS_PER_TICK,
         };
+    }
+
+    /// Damages the disk of one voter, if the cluster can repair it (every
+    /// other voter's disk intact, none retired, so a quorum of intact
+    /// voters may lead): the node crashes, its disk is replaced by an empty
+    /// one, and the repair begins. Returns whether it did.
+    fn damage_one(&mut self) -> bool {
+        let Some(latest) = self.latest_configuration().cloned() else {
+            return false;
+        };
+        if latest.voters.len() < 3 || !latest.learners.is_empty() {
+            return false;
+        }
+        let voters: Vec<NodeId> = latest.voters.iter().copied().collect();
+        let victim = voters[self.rng.gen_range(0..voters.len())];
+        let i = self.index(victim);
+        if self.nodes[i].standing != Standing::Member {
+            return false;
+        }
+        self.damage_at = None;
+        self.log(|| format!("damage: node {victim}'s disk loses everything; it repairs"));
+        self.crash(i);
+        // Its new incarnation draws a new range of boot counters.
+        let boot = (u64::from(self.rng.gen::<u32>()) + 1) << 32;
+        self.nodes[i].disk = SimDisk::starting_at_boot(
+            self.rng.gen(),
+            self.limits.disk_latency_max,
+            self.now.clone(),
+            boot,
+        );
+        self.nodes[i].standing = Standing::Damaged;
+        self.script_after_repair = self.script;
+        self.script = Script::Running {
+            step: ScriptStep::Demote(victim),
+            retry_at: self.step(),
+        };
+        true
     }
 
     /// A node crashes: its disk keeps a prefix of what was pending, and its
@@ -1118,9 +1245,10 @@ fn run_seeds(size: u64, default_seeds: u64) {
         }
     }
     eprintln!(
-        "simulation: {} seeds of {size} replicas in {:.1?}",
+        "simulation: {} seeds of {size} replicas in {:.1?}; {} damaged disks repaired by all runs so far",
         seeds.len(),
-        started.elapsed()
+        started.elapsed(),
+        REPAIRS_FINISHED.load(Ordering::Relaxed)
     );
     assert!(
         failures.is_empty(),
@@ -1135,6 +1263,12 @@ fn run_seeds(size: u64, default_seeds: u64) {
 #[test]
 fn three_replicas_keep_every_invariant_under_faults() {
     run_seeds(3, SEEDS_3_DEFAULT);
+    if env_u64("QUORUMLOCK_SIM_SEED").is_none() {
+        assert!(
+            REPAIRS_FINISHED.load(Ordering::Relaxed) > 0,
+            "no run repaired a damaged disk"
+        );
+    }
 }
 
 /// The same properties for 5 replicas, where a minority of two may fail.

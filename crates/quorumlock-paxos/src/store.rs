@@ -109,12 +109,12 @@ impl PaxosStore {
     }
 
     /// Bumps and returns the boot counter (durably, before any proposal of
-    /// this boot can exist).
-    pub fn next_boot(&self) -> anyhow::Result<u64> {
+    /// this boot can exist); a store without one starts at `first`.
+    pub fn next_boot(&self, first: u64) -> anyhow::Result<u64> {
         let meta = cf(&self.db, CF_META);
         let boot = match self.db.get_cf(meta, KEY_BOOT)? {
             Some(bytes) => parse_u64_key(&bytes).context("reading the boot counter")? + 1,
-            None => 1,
+            None => first,
         };
         self.db.put_cf_opt(meta, KEY_BOOT, u64_key(boot), &synced())?;
         Ok(boot)
@@ -472,8 +472,8 @@ mod tests {
     #[test]
     fn boot_counter_rises_across_opens() {
         let dir = tempfile::tempdir().unwrap();
-        let first = PaxosStore::open(dir.path()).unwrap().next_boot().unwrap();
-        let second = PaxosStore::open(dir.path()).unwrap().next_boot().unwrap();
+        let first = PaxosStore::open(dir.path()).unwrap().next_boot(1).unwrap();
+        let second = PaxosStore::open(dir.path()).unwrap().next_boot(1).unwrap();
         assert_eq!((first, second), (1, 2));
     }
 

@@ -178,7 +178,7 @@ impl<C: Command> Replica<C> {
         self.role = Role::Probing {
             ballot,
             granted: BTreeSet::from([self.config.id]),
-            deadline: self.now + self.config.election_ticks,
+            deadline: self.now + self.phase_ticks(),
         };
         self.broadcast(Message::Probe { ballot });
         self.maybe_finish_probe();
@@ -213,7 +213,7 @@ impl<C: Command> Replica<C> {
             ballot,
             promises: BTreeMap::new(),
             own_promise: Some((self.current_ready(), (self.chosen_upto, own))),
-            deadline: self.now + self.config.election_ticks,
+            deadline: self.now + self.phase_ticks(),
         });
         let from_slot = self.chosen_upto + 1;
         self.broadcast_after_persist(Message::Prepare { ballot, from_slot });

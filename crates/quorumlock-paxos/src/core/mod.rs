@@ -693,6 +693,16 @@ impl<C: Command> Replica<C> {
     }
 
     /// A fresh randomized election deadline, longer after lost elections.
+    /// How long a probe or a phase 1 waits for a majority: an election
+    /// timeout, doubled with each election lost in a row (up to 8×), as the
+    /// election timer backs off. A fixed wait would never let a round trip
+    /// longer than the election timeout (a slow disk on each side, a long
+    /// network delay) finish an election, which a configuration of two
+    /// voters, where one peer must answer, meets at once.
+    fn phase_ticks(&self) -> u64 {
+        self.config.election_ticks << self.failed_elections.min(3)
+    }
+
     fn reset_election_timer(&mut self) {
         let base = self.config.election_ticks;
         let backoff = 1u64 << self.failed_elections.min(3);

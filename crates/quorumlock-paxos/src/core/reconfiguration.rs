@@ -50,6 +50,11 @@ pub enum ConfigurationChange {
         /// The member.
         id: NodeId,
     },
+    /// Makes a voter a learner (a stop-sign), keeping its id and address.
+    Demote {
+        /// The voter.
+        id: NodeId,
+    },
 }
 
 /// Why a change was not proposed.
@@ -160,6 +165,17 @@ impl<C: Command> Replica<C> {
                 }
                 next.addresses.remove(&id);
                 next.retired.insert(id);
+            }
+            ConfigurationChange::Demote { id } => {
+                if !current.voters.contains(&id) {
+                    return refused(format!("node {id} is not a voter"));
+                }
+                if current.voters.len() == 1 {
+                    return refused(format!("node {id} is the last voter"));
+                }
+                next.voters.remove(&id);
+                next.learners.insert(id);
+                next.epoch += 1;
             }
         }
         assert!(

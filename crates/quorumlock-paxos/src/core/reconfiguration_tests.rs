@@ -261,6 +261,68 @@ fn a_joining_node_catches_up_as_a_learner_and_votes_once_promoted() {
 }
 
 #[test]
+fn a_demoted_voter_counts_toward_no_quorum_until_promoted_again() {
+    let mut net = Net::new(3);
+    net.commit(1);
+    let leader = net.elected();
+    let victim = if leader == 3 { 2 } else { 3 };
+    let other = (1..=3).find(|id| *id != leader && *id != victim).unwrap();
+    // The victim lost its disk: it comes back empty, as a joining node.
+    net.down.insert(victim);
+    let demoted = net.change(ConfigurationChange::Demote { id: n(victim) });
+    assert_eq!(demoted.epoch, 1, "a demotion is a stop-sign");
+    assert!(demoted.learners.contains(&n(victim)) && !demoted.voters.contains(&n(victim)));
+    assert!(!demoted.retired.contains(&n(victim)), "its id is not retired");
+    net.join(victim);
+    net.down.remove(&victim);
+    let after = net.commit(leader);
+    net.until("the demoted node caught up as a learner", |net| {
+        net.has_applied(victim, after)
+    });
+    assert!(!net.replica(victim).is_voter());
+    // With the other voter down, the leader and the learner are no quorum.
+    net.down.insert(other);
+    let pending = net.propose(leader);
+    for _ in 0..ELECTION_TICKS {
+        net.tick();
+    }
+    assert!(
+        (1..=3).all(|id| !net.has_applied(id, pending)),
+        "a learner's acknowledgment chooses nothing"
+    );
+    net.down.remove(&other);
+    net.until("the pending command is chosen once the voter is back", |net| {
+        net.has_applied(other, pending)
+    });
+    let promoted = net.change(ConfigurationChange::Promote { id: n(victim) });
+    assert_eq!(promoted.voters, ids(&[1, 2, 3]));
+    // With the other voter down, a command is chosen only because the
+    // promoted node accepts it: 2 of 3.
+    net.down.insert(other);
+    let last = net.commit(victim);
+    assert!(net.has_applied(victim, last));
+}
+
+#[test]
+fn a_voter_only_is_demoted_and_never_the_last_one() {
+    let mut net = Net::new(1);
+    net.commit(1);
+    assert_eq!(
+        net.refusal(1, ConfigurationChange::Demote { id: n(1) }),
+        "node 1 is the last voter"
+    );
+    net.join(2);
+    net.change(ConfigurationChange::AddLearner {
+        id: n(2),
+        addr: "node-2".to_string(),
+    });
+    assert_eq!(
+        net.refusal(1, ConfigurationChange::Demote { id: n(2) }),
+        "node 2 is not a voter"
+    );
+}
+
+#[test]
 fn every_replica_applies_the_same_slots_across_a_change_of_voters() {
     let mut net = Net::new(3);
     for _ in 0..3 {
