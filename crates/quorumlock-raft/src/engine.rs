@@ -319,7 +319,12 @@ async fn finish_interrupted_changes(
         if let Some((voters, leaving)) = target {
             if let Ok(_one_at_a_time) = changing.try_lock() {
                 tracing::info!(?voters, "completing an interrupted membership change");
-                let change = raft.change_membership(openraft::ChangeMembers::ReplaceAllVoters(voters), false);
+                // The joint configuration does not say whether a leaving
+                // voter was being removed or made a learner (a repair), so
+                // it stays a learner: an interrupted removal then leaves a
+                // learner to remove again, and an interrupted repair goes
+                // on. Retiring a node is never done on a guess.
+                let change = raft.change_membership(openraft::ChangeMembers::ReplaceAllVoters(voters), true);
                 match tokio::time::timeout(MEMBERSHIP_CHANGE_WAIT_MAX, change).await {
                     Ok(Ok(_)) => tracing::info!("completed the interrupted membership change"),
                     // A leader that is itself leaving stops its core once it
@@ -663,6 +668,31 @@ impl ConsensusEngine for RaftEngine {
                     self.raft
                         .change_membership(openraft::ChangeMembers::AddVoterIds([id].into()), false),
                 )
+            }
+            MembershipChange::Demote { id } => {
+                if !voters.contains(&id) {
+                    return refused(format!("node {id} is not a voter"));
+                }
+                if voters.len() == 1 {
+                    return refused(format!("node {id} is the last voter"));
+                }
+                if !self.state.read(|state| state.repair_pending(id)) {
+                    return refused(format!("node {id} is not under repair (BeginRepair comes first)"));
+                }
+                let Some(node) = membership.get_node(&id).cloned() else {
+                    return refused(format!("node {id} has no address"));
+                };
+                tracing::info!(node = %id, "taking a voter under repair out, to add it back as a new learner");
+                // Out of the configuration and back in: the leader then
+                // replicates to it from scratch, as to a new node, instead
+                // of from where its lost log stood. Its id is not retired
+                // while it is under repair.
+                let raft = self.raft.clone();
+                Box::pin(async move {
+                    raft.change_membership(openraft::ChangeMembers::RemoveVoters([id].into()), false)
+                        .await?;
+                    raft.add_learner(id, node, false).await
+                })
             }
             MembershipChange::Remove { id } => {
                 if !is_member(&id) {

@@ -4,6 +4,14 @@
 //! so iteration order is log order. Every append is one `WriteBatch`;
 //! openraft is told the entries are flushed only once the WAL holding them
 //! is synced, by the WAL sync thread of [`super::wal_sync`].
+//!
+//! A follower that installs a snapshot from its leader may be sent, and
+//! acknowledge, the entries after it before its state machine task has made
+//! the snapshot durable. A node stopped in between holds entries after a
+//! gap that nothing covers, and acknowledged them: it cannot rebuild its
+//! state, and forgetting them could lose committed entries. Its start is
+//! refused as damaged ([`quorumlock_storage::Damaged`]), which `serve
+//! --repair` repairs from the peers.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -47,16 +55,46 @@ impl LogStore {
         db: Arc<DB>,
         commit_index: Arc<AtomicU64>,
         sync: WalSync,
-    ) -> std::io::Result<(Self, Option<std::thread::JoinHandle<()>>)> {
+    ) -> anyhow::Result<(Self, Option<std::thread::JoinHandle<()>>)> {
         let (syncer, thread) = WalSyncer::start(db.clone(), sync)?;
-        Ok((
-            LogStore {
-                db,
-                commit_index,
-                syncer,
-            },
-            thread,
-        ))
+        let store = LogStore {
+            db,
+            commit_index,
+            syncer,
+        };
+        store.refuse_uncovered_gap()?;
+        Ok((store, thread))
+    }
+
+    /// Refuses a log whose first entry follows a gap that no purge point
+    /// or stored snapshot covers (see the module).
+    fn refuse_uncovered_gap(&self) -> anyhow::Result<()> {
+        let first = {
+            let mut iter = self.db.iterator_cf(cf(&self.db, CF_LOG), IteratorMode::Start);
+            match iter.next() {
+                None => return Ok(()),
+                Some(item) => parse_u64_key(&item?.0)?,
+            }
+        };
+        let purged = self
+            .read_meta::<LogId>(KEY_LAST_PURGED)?
+            .map(|log_id| log_id.index + 1);
+        let snapshot =
+            super::state_machine::stored_snapshot_last_log_id(&self.db)?.map(|log_id| log_id.index + 1);
+        let covered = purged.max(snapshot).unwrap_or(0);
+        if first <= covered {
+            return Ok(());
+        }
+        Err(quorumlock_storage::Damaged {
+            dir: self.db.path().display().to_string(),
+            what: format!(
+                "the raft log starts at entry {first}, and nothing covers the entries before it (no purge \
+                 point, no snapshot beyond entry {}): a snapshot from the leader was not stored before the \
+                 node stopped, though entries after it were",
+                covered.saturating_sub(1)
+            ),
+        }
+        .into())
     }
 
     fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageIOError<NodeId>> {
@@ -133,6 +171,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.read_meta(KEY_LAST_PURGED)?;
+        // Entries a durable snapshot covers count as purged: openraft
+        // purges them after installing a snapshot from the leader, and a
+        // node stopped in between holds the snapshot and not the purge.
+        let snapshot = super::state_machine::stored_snapshot_last_log_id(&self.db)?;
+        let last_purged_log_id = last_purged_log_id.max(snapshot);
         let last_log_id = self
             .last_entry()?
             .map(|entry| entry.log_id)

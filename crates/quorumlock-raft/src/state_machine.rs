@@ -64,6 +64,17 @@ impl SnapshotData {
     }
 }
 
+/// The last log id the stored snapshot covers, if one is stored.
+pub(crate) fn stored_snapshot_last_log_id(db: &DB) -> Result<Option<LogId>, StorageError> {
+    let stored = db
+        .get_cf(cf(db, CF_SNAPSHOT), KEY_SNAPSHOT)
+        .map_err(|e| StorageIOError::read_snapshot(None, &e))?
+        .map(|bytes| bincode::deserialize::<StoredSnapshot>(&bytes))
+        .transpose()
+        .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+    Ok(stored.and_then(|stored| stored.meta.last_log_id))
+}
+
 /// The persisted current snapshot, shared by the state machine and its
 /// builders (which run concurrently with apply).
 struct SnapshotStore {
@@ -266,6 +277,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         .nodes()
                         .map(|(id, _)| *id)
                         .filter(|id| membership.get_node(id).is_none())
+                        // A node under repair leaves to come back as a
+                        // new learner: its id is not retired.
+                        .filter(|id| !self.state.read(|state| state.repair_pending(*id)))
                         .collect();
                     self.retirement.retire(dropped, index);
                     self.last_membership = StoredMembership::new(Some(entry.log_id), membership);
