@@ -178,36 +178,11 @@ fn file_name(path: &Path) -> String {
     path.file_name().unwrap().to_string_lossy().into_owned()
 }
 
-/// The largest file of `dir` whose name ends with `suffix`.
-fn largest_file(dir: &Path, suffix: &str) -> PathBuf {
-    files_of(dir)
-        .into_iter()
-        .filter(|path| file_name(path).ends_with(suffix))
-        .max_by_key(|path| std::fs::metadata(path).unwrap().len())
-        .unwrap_or_else(|| panic!("no {suffix} file in {}", dir.display()))
-}
-
 fn file_starting(dir: &Path, prefix: &str) -> PathBuf {
     files_of(dir)
         .into_iter()
         .find(|path| file_name(path).starts_with(prefix))
         .unwrap_or_else(|| panic!("no {prefix} file in {}", dir.display()))
-}
-
-/// Inverts `len` bytes in the middle of `file`.
-fn flip_middle(file: &Path, len: usize) {
-    let mut bytes = std::fs::read(file).unwrap();
-    assert!(
-        bytes.len() > 2 * len,
-        "{} has {} bytes",
-        file.display(),
-        bytes.len()
-    );
-    let at = bytes.len() / 2;
-    for byte in &mut bytes[at..at + len] {
-        *byte = !*byte;
-    }
-    std::fs::write(file, bytes).unwrap();
 }
 
 /// When a node refuses its data directory.

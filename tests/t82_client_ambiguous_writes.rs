@@ -149,6 +149,13 @@ impl Cluster for Scripted {
     ) -> Result<Response<pb::MembershipChangeResponse>, Status> {
         Err(Status::unimplemented("scripted"))
     }
+
+    async fn repair_member(
+        &self,
+        _: Request<pb::RepairMemberRequest>,
+    ) -> Result<Response<pb::RepairMemberResponse>, Status> {
+        Err(Status::unimplemented("scripted"))
+    }
 }
 
 async fn start(server: Scripted) -> String {

@@ -47,6 +47,7 @@ pub struct DevArgs {
 pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let skew_file = args.clock_skew_file().map(PathBuf::from);
     let config = args.into_config()?;
+    let data_dir = config.data_dir.clone();
     let started = match skew_file {
         Some(path) => {
             tracing::warn!(path = %path.display(), "the lease clock follows a skew file (fault injection)");
@@ -57,7 +58,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let node = match started {
         Ok(node) => node,
         Err(error) if identity::is_refusal(&error) => {
-            tracing::error!("refusing to start from this data directory: {error:#}");
+            tracing::error!(
+                "refusing to start from this data directory: {error:#} \
+                 (a lost or damaged directory is repaired from the peers with --repair)"
+            );
             tracing::info!("exiting with status {EXIT_DATA_DIR_REFUSED}");
             return Ok(EXIT_DATA_DIR_REFUSED);
         }
@@ -76,6 +80,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             }
             _ = node.failed() => break Some(Stopped::StorageFailed),
             reason = node.forgotten() => break Some(Stopped::Forgotten(reason)),
+            reason = node.repair_refused() => break Some(Stopped::RepairRefused(reason)),
             _ = hangup.recv() => {
                 // The node logged what it reloaded and what failed.
                 let _ = node.reload();
@@ -90,7 +95,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             Ok(EXIT_STORAGE_FAILED)
         }
         Some(Stopped::Forgotten(reason)) => {
-            tracing::error!("refusing to take part with a data directory whose state was lost: {reason}");
+            if let Err(error) = quorumlock_server::repair::mark_lost(&data_dir, &reason) {
+                tracing::error!("marking the data directory as lost: {error:#}");
+            }
+            tracing::error!(
+                "refusing to take part with a data directory whose state was lost: {reason}; \
+                 start the node with --repair to repair it from its peers"
+            );
+            tracing::info!("exiting with status {EXIT_DATA_DIR_REFUSED}");
+            Ok(EXIT_DATA_DIR_REFUSED)
+        }
+        Some(Stopped::RepairRefused(reason)) => {
+            tracing::error!("stopping: the repair from peers cannot go on: {reason}");
             tracing::info!("exiting with status {EXIT_DATA_DIR_REFUSED}");
             Ok(EXIT_DATA_DIR_REFUSED)
         }
@@ -107,6 +123,8 @@ enum Stopped {
     StorageFailed,
     /// A peer knows it under another incarnation: its state was lost.
     Forgotten(String),
+    /// A repair from peers cannot go on.
+    RepairRefused(String),
 }
 
 /// Waits for SIGINT (Ctrl-C) or SIGTERM.
@@ -147,6 +165,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<i32> {
             listen: addr(id).parse()?,
             peers: peers.clone(),
             join: false,
+            repair: false,
             data_dir: data_dir.join(format!("node-{id}")),
             engine,
             heartbeat: Duration::from_millis(100),

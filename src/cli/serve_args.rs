@@ -32,6 +32,15 @@ pub struct ServeArgs {
     /// add`). Excludes --peers.
     #[arg(long)]
     join: Option<String>,
+    /// If the data directory was lost or is damaged (the start would be
+    /// refused), move what is left of it under <data-dir>/damaged-<time>/,
+    /// start empty under a new incarnation, and repair from the peers in
+    /// --peers: the leader makes this node a learner, records its new
+    /// incarnation, and promotes it once it caught up (README, "Storage
+    /// faults"). Needs a leader among the peers. With an intact directory
+    /// the node starts as usual.
+    #[arg(long)]
+    repair: bool,
     /// Directory for this node's data.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -107,6 +116,10 @@ impl ServeArgs {
             }
             (None, _) => false,
         };
+        anyhow::ensure!(
+            !(self.repair && join),
+            "--repair and --join exclude each other: a repairing node asks the peers in --peers"
+        );
         let peers = match (self.peers, file.peers) {
             _ if join => [(id, listen.to_string())].into(),
             (Some(text), _) => parse_peers(&text)?,
@@ -134,6 +147,7 @@ impl ServeArgs {
             listen,
             peers,
             join,
+            repair: self.repair,
             data_dir: self
                 .data_dir
                 .or(file.data_dir)

@@ -295,6 +295,10 @@ impl Cluster {
     }
 
     fn spawn(&self, index: usize) {
+        self.spawn_with(index, &[]);
+    }
+
+    fn spawn_with(&self, index: usize, more_args: &[&str]) {
         let node = &self.nodes[index];
         let mut child_slot = node.child.lock().expect("node mutex poisoned");
         assert!(child_slot.is_none(), "node {} is already running", node.id);
@@ -333,6 +337,7 @@ impl Cluster {
             .arg("--election-timeout-ms")
             .arg(ELECTION_TIMEOUT_MS.to_string())
             .args(&self.extra_args)
+            .args(more_args)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(log);
@@ -468,6 +473,12 @@ impl Cluster {
     /// for it.
     pub fn start_node(&self, index: usize) {
         self.spawn(index);
+    }
+
+    /// Starts node index `index`, which must not be running, with
+    /// `more_args` after the cluster's own. Does not wait for it.
+    pub fn start_node_with(&self, index: usize, more_args: &[&str]) {
+        self.spawn_with(index, more_args);
     }
 
     /// Kills every node.
@@ -1297,4 +1308,30 @@ pub async fn assert_free(client: &LockClient<Channel>, lock: &str) {
         !described.held && described.holder_session_id == 0 && described.queue_length == 0,
         "Describe({lock:?}) should show a free lock, got {described:?}"
     );
+}
+
+/// The largest file of `dir` whose name ends with `suffix`.
+pub fn largest_file(dir: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.is_file() && path.to_string_lossy().ends_with(suffix))
+        .max_by_key(|path| std::fs::metadata(path).unwrap().len())
+        .unwrap_or_else(|| panic!("no {suffix} file in {}", dir.display()))
+}
+
+/// Inverts `len` bytes in the middle of `file`.
+pub fn flip_middle(file: &std::path::Path, len: usize) {
+    let mut bytes = std::fs::read(file).unwrap();
+    assert!(
+        bytes.len() > 2 * len,
+        "{} has {} bytes",
+        file.display(),
+        bytes.len()
+    );
+    let at = bytes.len() / 2;
+    for byte in &mut bytes[at..at + len] {
+        *byte = !*byte;
+    }
+    std::fs::write(file, bytes).unwrap();
 }

@@ -24,6 +24,11 @@ pub struct NodeConfig {
     /// This node joins a running cluster (`serve --join`): it never
     /// initializes a membership and waits for `member add`.
     pub join: bool,
+    /// `serve --repair`: if the data directory is lost or damaged, move the
+    /// damaged files aside and repair from the peers (see
+    /// [`crate::repair`]) instead of refusing to start. A pending repair
+    /// resumes at every start whether or not this is set.
+    pub repair: bool,
     /// Directory for this node's RocksDB.
     pub data_dir: PathBuf,
     /// The consensus engine.

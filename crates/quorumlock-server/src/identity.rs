@@ -127,6 +127,18 @@ pub enum IdentityError {
     },
 }
 
+impl IdentityError {
+    /// Whether the directory's state was lost or its identity damaged,
+    /// which a repair from peers mends; the other refusals are a wrong
+    /// flag or directory, which the operator mends.
+    pub fn is_lost_or_damaged(&self) -> bool {
+        matches!(
+            self,
+            IdentityError::Damaged { .. } | IdentityError::StateLost { .. }
+        )
+    }
+}
+
 /// Whether `error`'s chain holds a refusal to start from a data directory:
 /// a damaged database or an identity that does not fit.
 pub fn is_refusal(error: &anyhow::Error) -> bool {

@@ -8,6 +8,7 @@ pub mod health;
 pub mod identity;
 pub mod lease_driver;
 pub mod node;
+pub mod repair;
 pub mod restore;
 pub mod rpc;
 pub mod skew_file;

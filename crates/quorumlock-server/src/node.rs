@@ -25,6 +25,7 @@ use crate::config::NodeConfig;
 use crate::health::{HealthConfig, HealthKeeper};
 use crate::identity::{self, Found};
 use crate::lease_driver::{LeaseConfig, LeaseDriver};
+use crate::repair::{self, Repair};
 use crate::rpc::peer_guard::{PeerGuardLayer, PeerPolicy};
 use crate::rpc::{ClusterService, LockService, LockServiceConfig};
 
@@ -43,6 +44,7 @@ pub const SERVER_STOP_GRACE: std::time::Duration = std::time::Duration::from_sec
 pub struct Node {
     engine: Arc<dyn ConsensusEngine>,
     incarnations: Arc<Incarnations>,
+    repair_refusal: watch::Receiver<Option<String>>,
     addr: std::net::SocketAddr,
     tls: Option<NodeTls>,
     access: Arc<Access>,
@@ -51,6 +53,54 @@ pub struct Node {
     health: Option<HealthKeeper>,
     leases: JoinHandle<()>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+/// Starts the engine on `config`'s data directory as `found` it, under the
+/// directory's incarnation (a new one for a fresh directory); a repairing
+/// node starts as a joining one.
+async fn start_engine(
+    config: &NodeConfig,
+    found: Found,
+    repairing: bool,
+    dialer: &Dialer,
+) -> anyhow::Result<(Arc<dyn ConsensusEngine>, Routes, Arc<Incarnations>)> {
+    let own_incarnation = match found {
+        Found::Recorded(identity) => identity.incarnation,
+        Found::Fresh | Found::Unrecorded => identity::new_incarnation(),
+    };
+    let peers_dir = config.data_dir.clone();
+    let incarnations = Arc::new(Incarnations::new(
+        config.id,
+        own_incarnation,
+        identity::read_peers(&config.data_dir)?,
+        Box::new(move |known| identity::write_peers(&peers_dir, known)),
+    ));
+    incarnations.set_repairing(repairing);
+    // Each engine brings its own peer transport as routes on the node's server.
+    let engine_config = EngineConfig {
+        node_id: config.id,
+        members: match repairing {
+            true => [(config.id, config.listen.to_string())].into(),
+            false => config.peers.clone(),
+        },
+        join: config.join || repairing,
+        data_dir: config.data_dir.clone(),
+        heartbeat: config.heartbeat,
+        election_timeout: config.election_timeout,
+        snapshot_every_entries: config.snapshot_every_entries,
+        incarnations: incarnations.clone(),
+    };
+    let (engine, routes): (Arc<dyn ConsensusEngine>, Routes) = match config.engine {
+        EngineKind::Raft => {
+            let (engine, routes) = RaftEngine::start(engine_config, dialer.clone()).await?;
+            (engine, routes)
+        }
+        EngineKind::Paxos => {
+            let (engine, routes) = PaxosEngine::start(engine_config, dialer.clone()).await?;
+            (engine, routes)
+        }
+    };
+    Ok((engine, routes, incarnations))
 }
 
 impl Node {
@@ -62,19 +112,30 @@ impl Node {
     /// Starts a node whose lease keeper reads `clock`.
     pub async fn start_with_clock(config: NodeConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Node> {
         config.validate()?;
-        // Refused before anything is bound or opened.
-        let found = identity::check(&config.data_dir, config.id, config.engine)?;
-        let own_incarnation = match found {
-            Found::Recorded(identity) => identity.incarnation,
-            Found::Fresh | Found::Unrecorded => identity::new_incarnation(),
+        // Refused before anything is bound or opened, unless a repair is
+        // asked for and the directory is lost or damaged.
+        let mut found = match identity::check(&config.data_dir, config.id, config.engine) {
+            Err(error) if config.repair && error.is_lost_or_damaged() => {
+                repair::quarantine(&config.data_dir, &error.to_string())?;
+                Found::Fresh
+            }
+            Ok(_) if config.repair && repair::marked_lost(&config.data_dir) => {
+                repair::quarantine(
+                    &config.data_dir,
+                    "a peer knew this node under an earlier incarnation",
+                )?;
+                Found::Fresh
+            }
+            checked => checked?,
         };
-        let peers_dir = config.data_dir.clone();
-        let incarnations = Arc::new(Incarnations::new(
-            config.id,
-            own_incarnation,
-            identity::read_peers(&config.data_dir)?,
-            Box::new(move |known| identity::write_peers(&peers_dir, known)),
-        ));
+        let mut repairing = repair::pending(&config.data_dir);
+        if config.repair && !repairing && found == Found::Fresh {
+            repair::begin(
+                &config.data_dir,
+                "the node started with --repair on an empty data directory",
+            )?;
+            repairing = true;
+        }
         let tls = match &config.tls {
             Some(files) => Some(NodeTls::load(config.id.get(), files.clone())?),
             None => None,
@@ -86,27 +147,17 @@ impl Node {
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
 
-        // Each engine brings its own peer transport as routes on the node's server.
-        let engine_config = EngineConfig {
-            node_id: config.id,
-            members: config.peers.clone(),
-            join: config.join,
-            data_dir: config.data_dir.clone(),
-            heartbeat: config.heartbeat,
-            election_timeout: config.election_timeout,
-            snapshot_every_entries: config.snapshot_every_entries,
-            incarnations: incarnations.clone(),
-        };
-        let (engine, peer_routes): (Arc<dyn ConsensusEngine>, Routes) = match config.engine {
-            EngineKind::Raft => {
-                let (engine, routes) = RaftEngine::start(engine_config, dialer.clone()).await?;
-                (engine, routes)
+        let (engine, peer_routes, incarnations) = match start_engine(&config, found, repairing, &dialer).await
+        {
+            Err(error) if config.repair && !repairing && quorumlock_storage::is_damaged(&error) => {
+                repair::quarantine(&config.data_dir, &format!("{error:#}"))?;
+                found = Found::Fresh;
+                repairing = true;
+                start_engine(&config, found, repairing, &dialer).await?
             }
-            EngineKind::Paxos => {
-                let (engine, routes) = PaxosEngine::start(engine_config, dialer.clone()).await?;
-                (engine, routes)
-            }
+            started => started?,
         };
+        let own_incarnation = incarnations.own_incarnation();
 
         match found {
             Found::Recorded(identity) => tracing::info!(
@@ -151,8 +202,8 @@ impl Node {
             LockServiceConfig {
                 request_timeout: config.request_timeout,
             },
-            stopping_rx,
-            dialer,
+            stopping_rx.clone(),
+            dialer.clone(),
             access.clone(),
         );
 
@@ -241,6 +292,36 @@ impl Node {
                  speak the peer protocol and pass calls off as forwarded; start it with --cert, --key and --ca"
             ),
         }
+        // Every replica knows repaired peers by the incarnation the
+        // replicated state records for them.
+        tokio::spawn(repair::follow_records(
+            engine.clone(),
+            incarnations.clone(),
+            stopping.subscribe(),
+            config.heartbeat,
+        ));
+        let (repair_refused, repair_refusal) = watch::channel(None);
+        if repairing {
+            let repair = Repair {
+                node: config.id,
+                dir: config.data_dir.clone(),
+                peers: config
+                    .peers
+                    .iter()
+                    .map(|(id, addr)| (*id, addr.clone()))
+                    .collect(),
+                addr: config
+                    .peers
+                    .get(&config.id)
+                    .cloned()
+                    .unwrap_or_else(|| config.listen.to_string()),
+                dialer,
+                engine: engine.clone(),
+                incarnations: incarnations.clone(),
+                election_timeout: config.election_timeout,
+            };
+            tokio::spawn(repair.run(repair_refused));
+        }
         match access.summary() {
             Some(summary) => tracing::info!(
                 node = %config.id, "access control on: {summary} from {}",
@@ -253,6 +334,7 @@ impl Node {
         Ok(Node {
             engine,
             incarnations,
+            repair_refusal,
             addr,
             tls,
             access,
@@ -331,6 +413,20 @@ impl Node {
     pub async fn forgotten(&self) -> String {
         let mut forgotten = self.incarnations.forgotten();
         let reason = match forgotten.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone(),
+            Err(_) => None,
+        };
+        match reason {
+            Some(reason) => reason,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Resolves with the reason once a repair from peers cannot go on
+    /// (see [`crate::repair`]); never otherwise.
+    pub async fn repair_refused(&self) -> String {
+        let mut refusal = self.repair_refusal.clone();
+        let reason = match refusal.wait_for(Option::is_some).await {
             Ok(reason) => reason.clone(),
             Err(_) => None,
         };

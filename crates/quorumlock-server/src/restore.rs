@@ -89,6 +89,8 @@ pub fn restore_backup(
         Err(error) => return Err(storage(error.into())),
     };
     state.restore_full_budgets();
+    // The restored cluster's nodes start with new directories.
+    state.forget_repairs();
     let body = state.snapshot();
     let written = match engine {
         EngineKind::Raft => quorumlock_raft::RaftEngine::seed_restored(data_dir, header.index, members, body),

@@ -28,6 +28,16 @@
 //! - A request from a sender known under another incarnation is refused:
 //!   the sender's state was lost.
 //!
+//! A node whose state was lost or damaged comes back through a repair
+//! (README, "Storage faults"): it starts as a learner under a new
+//! incarnation, which the leader records in the replicated state once the
+//! node no longer votes ([`crate::lock::Command::RecordRepair`]); every
+//! replica then [adopts](Incarnations::adopt) it in place of the one it
+//! knew. Meanwhile, and once its own repair is recorded, the node refuses
+//! requests that name an incarnation of it from before the repair
+//! ([`Refusal::Superseded`]) without stopping: their senders have not
+//! applied the record yet.
+//!
 //! A fresh cluster still forms by itself from empty directories: nobody
 //! knows anybody yet, and the first request each way teaches the
 //! incarnations. A node added with `member add` is new to everyone. What
@@ -36,6 +46,8 @@
 //! acknowledged nothing it could forget.
 
 use std::collections::BTreeMap;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -64,6 +76,11 @@ pub struct Incarnations {
     known: Mutex<BTreeMap<NodeId, u64>>,
     persist: Persist,
     forgotten: watch::Sender<Option<String>>,
+    /// This node runs a repair: it came back under a new incarnation.
+    repairing: AtomicBool,
+    /// The replicated state records this node's repair under its own
+    /// incarnation.
+    repair_recorded: AtomicBool,
 }
 
 impl std::fmt::Debug for Incarnations {
@@ -129,6 +146,22 @@ pub enum Refusal {
         /// This node's incarnation.
         own_incarnation: u64,
     },
+    /// The sender knows this node by an incarnation from before its
+    /// repair: the sender has not applied the repair's record yet.
+    #[error(
+        "node {from} knows this node ({own}) as incarnation {known:016x}, from before its repair; \
+         it is incarnation {own_incarnation:016x} since, as the sender will know once it applies the repair's record"
+    )]
+    Superseded {
+        /// The sender.
+        from: NodeId,
+        /// This node.
+        own: NodeId,
+        /// The incarnation the sender knows this node by.
+        known: u64,
+        /// This node's incarnation.
+        own_incarnation: u64,
+    },
     /// Recording a new peer's incarnation failed.
     #[error("recording node {from}'s incarnation failed: {why}")]
     Unrecorded {
@@ -151,7 +184,48 @@ impl Incarnations {
             known: Mutex::new(known),
             persist,
             forgotten: watch::channel(None).0,
+            repairing: AtomicBool::new(false),
+            repair_recorded: AtomicBool::new(false),
         }
+    }
+
+    /// Marks this node as running a repair (see the module).
+    pub fn set_repairing(&self, repairing: bool) {
+        self.repairing.store(repairing, Ordering::Release);
+    }
+
+    /// Takes in a repair the replicated state records: `peer` is
+    /// `incarnation` since. Replaces what this node knew of `peer`; for
+    /// this node itself, notes that its own repair is recorded.
+    pub fn adopt(&self, peer: NodeId, incarnation: u64) -> Result<(), String> {
+        if peer == self.own {
+            if incarnation == self.own_incarnation && !self.repair_recorded.swap(true, Ordering::AcqRel) {
+                tracing::info!(node = %self.own, "the cluster records this node's repair");
+            }
+            return Ok(());
+        }
+        let mut known = self.known.lock();
+        let before = known.get(&peer).copied();
+        if before == Some(incarnation) {
+            return Ok(());
+        }
+        if before.is_none() && known.len() >= KNOWN_PEERS_MAX {
+            return Err(format!(
+                "this node already records the incarnations of {} peers, the most it keeps",
+                known.len()
+            ));
+        }
+        let mut next = known.clone();
+        next.insert(peer, incarnation);
+        (self.persist)(&next).map_err(|error| error.to_string())?;
+        *known = next;
+        tracing::info!(
+            node = %self.own, %peer,
+            before = %format_args!("{:016x}", before.unwrap_or(0)),
+            incarnation = %format_args!("{incarnation:016x}"),
+            "a peer came back from a repair under a new incarnation"
+        );
+        Ok(())
     }
 
     /// Incarnations kept in memory only (tests and simulations).
@@ -242,6 +316,14 @@ impl Incarnations {
             return Err(Refusal::Unintroduced { from });
         }
         if named != self.own_incarnation {
+            if self.repairing.load(Ordering::Acquire) || self.repair_recorded.load(Ordering::Acquire) {
+                return Err(Refusal::Superseded {
+                    from,
+                    own: self.own,
+                    known: named,
+                    own_incarnation: self.own_incarnation,
+                });
+            }
             let refusal = Refusal::ReceiverForgot {
                 from,
                 own: self.own,
@@ -393,6 +475,59 @@ mod tests {
             "an amnesiac's introduction is not taken"
         );
         assert_eq!(one.known(id(2)), Some(0xb2));
+    }
+
+    #[test]
+    fn a_repaired_node_is_taken_back_only_once_the_replicated_record_is_adopted() {
+        let (d1, d2) = (Arc::default(), Arc::default());
+        let (one, two) = (node(1, 0xa1, &d1), node(2, 0xb2, &d2));
+        exchange(&one, &two).unwrap();
+        exchange(&two, &one).unwrap();
+        // Node 2 loses its directory and repairs under a new incarnation.
+        let repaired = node(2, 0xc3, &Arc::default());
+        repaired.set_repairing(true);
+        assert!(
+            matches!(exchange(&repaired, &one), Err(Refusal::SenderForgot { .. })),
+            "before the record, the repaired node's requests are refused"
+        );
+        assert!(
+            matches!(
+                exchange(&one, &repaired),
+                Err(Refusal::Superseded { known: 0xb2, .. })
+            ),
+            "a request naming its old incarnation is refused"
+        );
+        assert!(
+            repaired.forgotten().borrow().is_none(),
+            "a repairing node does not stop on its old incarnation"
+        );
+        // The record is applied on both.
+        one.adopt(id(2), 0xc3).unwrap();
+        repaired.adopt(id(2), 0xc3).unwrap();
+        repaired.set_repairing(false);
+        assert_eq!(
+            d1.lock().get(&id(2)),
+            Some(&0xc3),
+            "the adopted incarnation is on disk"
+        );
+        exchange(&one, &repaired).unwrap();
+        exchange(&repaired, &one).unwrap();
+        // A peer that has not applied the record yet is refused, and the
+        // repaired node, its repair recorded, does not stop.
+        let lagging = node(3, 0xd4, &Arc::default());
+        lagging.adopt(id(2), 0xb2).unwrap();
+        assert!(matches!(
+            exchange(&lagging, &repaired),
+            Err(Refusal::Superseded { .. })
+        ));
+        assert!(repaired.forgotten().borrow().is_none());
+        // Without a repair, a node named under an old incarnation stops.
+        let amnesiac = node(2, 0xe5, &Arc::default());
+        assert!(matches!(
+            exchange(&one, &amnesiac),
+            Err(Refusal::ReceiverForgot { .. })
+        ));
+        assert!(amnesiac.forgotten().borrow().is_some());
     }
 
     #[test]

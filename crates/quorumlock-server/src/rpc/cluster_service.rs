@@ -13,6 +13,7 @@ use crate::auth::rate::DigestRefused;
 use crate::auth::{Access, Action, DIGESTS_BURST, DIGESTS_PER_SECOND};
 use quorumlock_core::backup::{encode_backup, BackupHeader};
 use quorumlock_core::consensus::{ConsensusEngine, EngineError, MemberState, MembershipChange, NodeId};
+use quorumlock_core::lock::{Command, Outcome};
 use quorumlock_proto::details::{self, reason};
 use quorumlock_proto::v1::{self as pb, ErrorReason};
 
@@ -31,6 +32,14 @@ pub struct ClusterService {
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotChunk, Status>> + Send>>;
 
 impl ClusterService {
+    /// Proposes `command` and fails unless the state machine took it.
+    async fn propose_checked(&self, command: Command) -> Result<Outcome, Status> {
+        match self.engine.propose(command).await.map_err(from_engine_error)? {
+            Ok(outcome) => Ok(outcome),
+            Err(error) => Err(Status::internal(format!("the state machine refused: {error}"))),
+        }
+    }
+
     /// Reports on `engine`; the state digest and backups only to whom
     /// `access` lets through.
     pub fn new(engine: Arc<dyn ConsensusEngine>, access: Arc<Access>) -> Self {
@@ -243,6 +252,95 @@ impl pb::cluster_server::Cluster for ClusterService {
         let id = requested_id(request.get_ref().id)?;
         self.change(caller, "member remove", MembershipChange::Remove { id })
             .await
+    }
+
+    async fn repair_member(
+        &self,
+        request: Request<pb::RepairMemberRequest>,
+    ) -> Result<Response<pb::RepairMemberResponse>, Status> {
+        let caller = self.access.caller(&request)?;
+        self.access.allow(&caller, Action::Admin("member repair"))?;
+        self.not_removed()?;
+        let id = requested_id(request.get_ref().id)?;
+        let incarnation = request.get_ref().incarnation;
+        let refused = |why: String| Err(from_engine_error(EngineError::MembershipRefused(why)));
+        if incarnation == 0 {
+            return Err(details::status(
+                Code::InvalidArgument,
+                "a repaired node's incarnation is never 0",
+                reason(ErrorReason::InvalidArgument),
+            ));
+        }
+        let status = self.engine.status();
+        if !status.leadership.is_self {
+            return Err(super::status::not_leader(
+                "this node is not the leader, which records repairs",
+                status.leadership.leader.as_ref(),
+            ));
+        }
+        let addr = request.get_ref().addr.trim().to_string();
+        let pending = self.engine.state().read(|state| state.repair_pending(id));
+        let member = self.engine.members().into_iter().find(|member| member.id == id);
+        tracing::warn!(node = %id, incarnation = %format_args!("{incarnation:016x}"),
+            voter = member.as_ref().map(|member| member.voter), pending,
+            "repair asked for: the node lost or damaged its state");
+        // A node that forgot its votes or promises must neither vote nor
+        // accept until it is a member again through a configuration
+        // change: first it stops counting (a learner), then the cluster
+        // learns its new incarnation, and only a promotion makes it vote.
+        match member {
+            Some(member) if member.voter => {
+                self.propose_checked(Command::BeginRepair { node: id }).await?;
+                self.engine
+                    .change_membership(MembershipChange::Demote { id })
+                    .await
+                    .map_err(from_engine_error)?;
+            }
+            Some(_) => {}
+            // Out of the configuration with its repair begun: a crash
+            // interrupted it before the node was added back.
+            None if pending && !addr.is_empty() => {
+                self.engine
+                    .change_membership(MembershipChange::AddLearner { id, addr })
+                    .await
+                    .map_err(from_engine_error)?;
+            }
+            None => {
+                return refused(format!(
+                    "node {id} is not a member of this cluster; a removed id is never taken back, \
+                     so start the node under a new id and add it (member add)"
+                ))
+            }
+        }
+        let outcome = self
+            .engine
+            .propose(Command::RecordRepair {
+                node: id,
+                incarnation,
+            })
+            .await
+            .map_err(from_engine_error)?;
+        let repairs = match outcome {
+            Ok(Outcome::RepairRecorded { repairs }) => repairs,
+            Ok(other) => {
+                return Err(Status::internal(format!(
+                    "recording the repair of node {id} answered {other:?}"
+                )))
+            }
+            Err(error) => return refused(format!("recording the repair of node {id}: {error}")),
+        };
+        tracing::warn!(node = %id, incarnation = %format_args!("{incarnation:016x}"), repairs,
+            "repair recorded: the node is a learner under its new incarnation until it is promoted");
+        let members = self.engine.members();
+        let last_log_index = members
+            .iter()
+            .find(|member| member.id == status.node_id)
+            .and_then(|member| member.matched_index)
+            .unwrap_or(0);
+        Ok(Response::new(pb::RepairMemberResponse {
+            members: member_statuses(members, last_log_index),
+            repairs,
+        }))
     }
 
     type SaveSnapshotStream = SnapshotStream;
