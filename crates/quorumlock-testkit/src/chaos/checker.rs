@@ -32,11 +32,14 @@ pub enum ViolationKind {
     NodeExit,
     /// A node started on a damaged data directory did not refuse it.
     DamageUnrefused,
+    /// A node started with `--repair` after a disk fault did not finish
+    /// its repair within the bound.
+    RepairUnfinished,
 }
 
 impl ViolationKind {
     /// Every kind, in the order the summary prints them.
-    pub const ALL: [ViolationKind; 7] = [
+    pub const ALL: [ViolationKind; 8] = [
         ViolationKind::MutualExclusion,
         ViolationKind::TokenOrder,
         ViolationKind::Linearizability,
@@ -44,6 +47,7 @@ impl ViolationKind {
         ViolationKind::Liveness,
         ViolationKind::NodeExit,
         ViolationKind::DamageUnrefused,
+        ViolationKind::RepairUnfinished,
     ];
 
     /// The name printed in the summary.
@@ -56,6 +60,7 @@ impl ViolationKind {
             ViolationKind::Liveness => "liveness",
             ViolationKind::NodeExit => "node_exit",
             ViolationKind::DamageUnrefused => "damage_unrefused",
+            ViolationKind::RepairUnfinished => "repair_unfinished",
         }
     }
 }

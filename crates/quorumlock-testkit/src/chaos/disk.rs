@@ -1,9 +1,11 @@
 //! The `disk` fault of `--disk-faults`: a node crashes, its files are
 //! damaged as a bad disk or a wrong command would, and it is started again
 //! on them. It must refuse the directory (exit status 6) within
-//! [`REFUSAL_WAIT_MAX`] — never serve with less than it acknowledged;
-//! then its directory as it was before the damage is put back (what an
-//! operator restores from a copy) and it starts again.
+//! [`REFUSAL_WAIT_MAX`] — never serve with less than it acknowledged.
+//! Then, one fault in two, it is started with `--repair` and must repair
+//! from its peers (log `repair finished`) within [`REPAIR_WAIT_MAX`];
+//! otherwise its directory as it was before the damage is put back (what
+//! an operator restores from a copy) and it starts again.
 //!
 //! Damage, one kind per fault, drawn among those the directory allows:
 //! - `wal`: 64 bytes inverted in the middle of the largest RocksDB WAL;
@@ -20,6 +22,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use rand::Rng;
 
 use crate::cluster::ProcessCluster;
 
@@ -27,6 +30,10 @@ use crate::cluster::ProcessCluster;
 pub const EXIT_DATA_DIR_REFUSED: i32 = 6;
 /// Longest time a node started on a damaged directory may run.
 pub const REFUSAL_WAIT_MAX: Duration = Duration::from_secs(20);
+/// Longest time a repair from peers may take: a demotion, a catch-up and
+/// a promotion, each waiting for a leader that the faults before may have
+/// just replaced.
+pub const REPAIR_WAIT_MAX: Duration = Duration::from_secs(60);
 /// Smallest file worth damaging in its middle.
 const DAMAGEABLE_BYTES_MIN: u64 = 256;
 
@@ -37,6 +44,8 @@ pub struct DiskFault {
     /// Set when the node did not refuse its damaged directory: what it did
     /// instead.
     pub unrefused: Option<String>,
+    /// Set when a repair from peers did not finish: what was seen.
+    pub unrepaired: Option<String>,
 }
 
 /// Crashes node `index`, damages its data directory, starts it, checks
@@ -83,12 +92,37 @@ pub async fn damage(
             (said.clone(), Some(said))
         }
     };
-    std::fs::remove_dir_all(&data_dir).or_else(ignore_missing)?;
-    std::fs::rename(&copy, &data_dir).with_context(|| format!("putting back {}", data_dir.display()))?;
-    cluster.node_mut(index).start()?;
     let node = cluster.node(index).id();
+    let mut unrepaired = None;
+    let mut after = "its directory put back".to_string();
+    let repaired = match unrefused.is_none() && rng.gen_bool(0.5) {
+        true => match repair(cluster, index).await? {
+            Ok(took) => {
+                after = format!("repaired from peers in {took:.1}s");
+                true
+            }
+            Err(seen) => {
+                after = format!("{seen}; its directory put back");
+                unrepaired = Some(format!(
+                    "node {node} {seen} ({what}); its log ends:\n{}",
+                    cluster.node(index).log_tail(crate::cluster::LOG_TAIL_LINES)
+                ));
+                cluster.node_mut(index).kill()?;
+                false
+            }
+        },
+        false => false,
+    };
+    if repaired {
+        std::fs::remove_dir_all(&copy).with_context(|| format!("removing {}", copy.display()))?;
+    } else {
+        std::fs::remove_dir_all(&data_dir).or_else(ignore_missing)?;
+        std::fs::rename(&copy, &data_dir).with_context(|| format!("putting back {}", data_dir.display()))?;
+        cluster.node_mut(index).start()?;
+    }
     Ok(DiskFault {
-        detail: format!("{what} of {role} node {node}: {result}; its directory put back"),
+        detail: format!("{what} of {role} node {node}: {result}; {after}"),
+        unrepaired,
         unrefused: unrefused.map(|said| {
             format!(
                 "node {node} {said} ({what}); its log ends:\n{}",
@@ -96,6 +130,33 @@ pub async fn damage(
             )
         }),
     })
+}
+
+/// Starts node `index` with `--repair` and waits until it logs `repair
+/// finished`: the seconds it took, or what was seen instead.
+async fn repair(cluster: &mut ProcessCluster, index: usize) -> anyhow::Result<Result<f64, String>> {
+    let logged_before = cluster.node(index).log().len();
+    cluster.node_mut(index).start_with(&["--repair"])?;
+    let started = tokio::time::Instant::now();
+    loop {
+        let log = cluster.node(index).log();
+        if log
+            .get(logged_before..)
+            .is_some_and(|since| since.contains("repair finished"))
+        {
+            return Ok(Ok(started.elapsed().as_secs_f64()));
+        }
+        if let Some(status) = cluster.node_mut(index).reap()? {
+            return Ok(Err(format!("exited with {status} while repairing")));
+        }
+        if started.elapsed() >= REPAIR_WAIT_MAX {
+            return Ok(Err(format!(
+                "did not finish its repair within {}s",
+                REPAIR_WAIT_MAX.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn ignore_missing(error: std::io::Error) -> std::io::Result<()> {

@@ -543,6 +543,10 @@ async fn play(args: &ChaosArgs, seed: u64, dir: &std::path::Path) -> anyhow::Res
         kind: ViolationKind::DamageUnrefused,
         detail,
     }));
+    node_exits.extend(nemesis.unrepaired.drain(..).map(|detail| Violation {
+        kind: ViolationKind::RepairUnfinished,
+        detail,
+    }));
     let report = check_all(
         &ops,
         &heals_us,

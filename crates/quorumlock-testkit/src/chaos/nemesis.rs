@@ -110,6 +110,8 @@ pub struct Nemesis {
     pub faults: Vec<Fault>,
     /// Disk faults a node did not refuse: what it did instead.
     pub unrefused: Vec<String>,
+    /// Repairs that did not finish (see [`super::disk`]).
+    pub unrepaired: Vec<String>,
 }
 
 impl Nemesis {
@@ -125,6 +127,7 @@ impl Nemesis {
             order: Vec::new(),
             faults: Vec::new(),
             unrefused: Vec::new(),
+            unrepaired: Vec::new(),
         }
     }
 
@@ -231,6 +234,7 @@ impl Nemesis {
         let (index, role) = self.pick_node(targets, 0.5).await;
         let fault = super::disk::damage(&mut self.rng, targets.cluster, index, role).await?;
         self.unrefused.extend(fault.unrefused);
+        self.unrepaired.extend(fault.unrepaired);
         Ok(fault.detail)
     }
 

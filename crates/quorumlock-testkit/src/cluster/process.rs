@@ -93,6 +93,12 @@ impl NodeProcess {
 
     /// Starts the process unless it runs; its output is appended to the log.
     pub fn start(&mut self) -> anyhow::Result<()> {
+        self.start_with(&[])
+    }
+
+    /// Like [`NodeProcess::start`], with `more_args` after its own for this
+    /// start only.
+    pub fn start_with(&mut self, more_args: &[&str]) -> anyhow::Result<()> {
         if self.child.is_some() {
             return Ok(());
         }
@@ -103,6 +109,7 @@ impl NodeProcess {
             .with_context(|| format!("opening {}", self.log_path.display()))?;
         let child = Command::new(&self.exe)
             .args(&self.args)
+            .args(more_args)
             .envs(self.env.iter().map(|(key, value)| (key, value)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

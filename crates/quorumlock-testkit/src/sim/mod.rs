@@ -68,6 +68,8 @@ pub struct RunSummary {
     pub pauses: u64,
     /// Fenced writes and releases refused for a stale token.
     pub stale_refusals: u64,
+    /// Nodes whose disk was lost and that were repaired.
+    pub repairs: u64,
     /// Digest of the final state and the run's length.
     pub fingerprint: u64,
 }
@@ -107,7 +109,11 @@ pub fn seeds(count_var: &str, default_count: u64) -> Vec<u64> {
 
 /// Runs every seed, prints totals and the rate, and fails listing the
 /// first broken seeds.
-pub fn run_seeds(engine: &str, seeds: &[u64], mut run: impl FnMut(u64) -> Result<RunSummary, Violation>) {
+pub fn run_seeds(
+    engine: &str,
+    seeds: &[u64],
+    mut run: impl FnMut(u64) -> Result<RunSummary, Violation>,
+) -> RunSummary {
     let started = Instant::now();
     let mut failures = Vec::new();
     let mut totals = RunSummary {
@@ -120,6 +126,7 @@ pub fn run_seeds(engine: &str, seeds: &[u64], mut run: impl FnMut(u64) -> Result
         clock_skews: 0,
         pauses: 0,
         stale_refusals: 0,
+        repairs: 0,
         fingerprint: 0,
     };
     for seed in seeds {
@@ -134,6 +141,7 @@ pub fn run_seeds(engine: &str, seeds: &[u64], mut run: impl FnMut(u64) -> Result
                 totals.clock_skews += summary.clock_skews;
                 totals.pauses += summary.pauses;
                 totals.stale_refusals += summary.stale_refusals;
+                totals.repairs += summary.repairs;
             }
             Err(failure) => {
                 eprintln!("{failure}");
@@ -148,7 +156,7 @@ pub fn run_seeds(engine: &str, seeds: &[u64], mut run: impl FnMut(u64) -> Result
     eprintln!(
         "whole-service simulation, {engine}: {} seeds in {elapsed:.1?} ({:.1} seeds/s); simulated {} s, \
          {} slots, {} answers, {} acknowledged writes; injected {} crashes, {} partitions, {} clock \
-         skews, {} client pauses; {} stale writes refused; {} failed",
+         skews, {} client pauses, {} lost disks (each repaired); {} stale writes refused; {} failed",
         seeds.len(),
         seeds.len() as f64 / elapsed.as_secs_f64(),
         totals.steps / 1_000,
@@ -159,6 +167,7 @@ pub fn run_seeds(engine: &str, seeds: &[u64], mut run: impl FnMut(u64) -> Result
         totals.partitions,
         totals.clock_skews,
         totals.pauses,
+        totals.repairs,
         totals.stale_refusals,
         failures.len()
     );
@@ -168,6 +177,7 @@ pub fn run_seeds(engine: &str, seeds: &[u64], mut run: impl FnMut(u64) -> Result
         failures.len(),
         failures[0]
     );
+    totals
 }
 
 /// Cluster size of a seed: mostly 3, every fourth 5.

@@ -396,6 +396,9 @@ impl PaxosSim {
             clock_skews: self.counts.clock_skews,
             pauses: self.counts.pauses,
             stale_refusals: self.clients.iter().map(|client| client.stale_refusals).sum(),
+            // Storage faults and repairs are simulated on the paxos core
+            // (quorumlock-paxos's simulation) and on raft.
+            repairs: 0,
             fingerprint: fingerprint(&final_state, self.now_ms(), slots as usize),
         })
     }

@@ -79,6 +79,10 @@ enum Standing {
     /// Removed by a membership change: stopped for good, as an operator
     /// would, and left out of the final checks.
     Retired,
+    /// Its disk was lost: it stays stopped, taking no part, until the
+    /// repair made it a learner; then it starts again from an empty
+    /// directory as a joining node.
+    Damaged,
 }
 
 /// The membership script of a run: add the spare as a learner, promote it
@@ -92,6 +96,10 @@ enum Script {
     Running(Step),
     /// The next step is tried at `at_ms` (after a refusal or a failure).
     Retry { step: Step, at_ms: u64 },
+    /// At `at_ms`, one voter loses its disk and is repaired as `serve
+    /// --repair` does it: made a learner while stopped, started again from
+    /// an empty directory as a joining node, and promoted once it caught up.
+    DamageAt { at_ms: u64 },
     /// Every step committed (or the run has no script).
     Done,
 }
@@ -101,11 +109,17 @@ enum Step {
     Add,
     Promote,
     Remove(NodeId),
+    /// Make the damaged voter a learner.
+    Demote(NodeId),
+    /// Promote the repaired node again.
+    Repromote(NodeId),
 }
 
 struct Node {
     id: NodeId,
     standing: Standing,
+    /// It starts knowing only itself: the spare, or a repaired node.
+    joins: bool,
     dir: PathBuf,
     engine: Option<Arc<RaftEngine>>,
     leases: Option<Arc<LeaseDriver>>,
@@ -154,6 +168,8 @@ pub struct RaftSim {
     script_rng: StdRng,
     script_answer: Option<tokio::task::JoinHandle<Result<(), EngineError>>>,
     membership_changes: u64,
+    /// Damaged nodes repaired.
+    repairs: u64,
     /// How many nodes the cluster started with (ids 1 to this).
     first_size: usize,
 }
@@ -206,11 +222,15 @@ impl RaftSim {
             true => Script::Waiting {
                 at_ms: script_rng.gen_range(200..FAULT_MS / 2),
             },
+            false if script_rng.gen_bool(0.5) => Script::DamageAt {
+                at_ms: script_rng.gen_range(200..FAULT_MS / 2),
+            },
             false => Script::Done,
         };
         let nodes = (1..=size + u64::from(scripted))
             .map(|id| Node {
                 id: NodeId::new(id),
+                joins: id > size,
                 standing: if id <= size {
                     Standing::Member
                 } else {
@@ -258,6 +278,7 @@ impl RaftSim {
             script_rng,
             script_answer: None,
             membership_changes: 0,
+            repairs: 0,
             first_size: size as usize,
         }
     }
@@ -381,6 +402,7 @@ impl RaftSim {
             clock_skews: self.clock_skews,
             pauses: self.pauses,
             stale_refusals: self.clients.iter().map(|client| client.stale_refusals).sum(),
+            repairs: self.repairs,
             fingerprint: fingerprint(&final_state, index, self.hub.delivered() as usize),
         })
     }
@@ -408,9 +430,19 @@ impl RaftSim {
             }
             previous = agreed;
             if self.now_ms() >= deadline {
+                // An engine that stopped on a storage error says why.
+                let failed: Vec<(NodeId, String)> = self
+                    .nodes
+                    .iter()
+                    .filter_map(|node| {
+                        let engine = node.engine.as_ref()?;
+                        let reason = engine.failed().borrow().clone()?;
+                        Some((node.id, reason))
+                    })
+                    .collect();
                 return Err(format!(
                     "convergence {when}: applied indices {applied:?} (at least {floor}) did not agree \
-                     within {CONVERGENCE_MS_MAX} ms (leaders: {:?})",
+                     within {CONVERGENCE_MS_MAX} ms (leaders: {:?}; engines stopped: {failed:?})",
                     self.leaders()
                 ));
             }
@@ -466,7 +498,7 @@ impl RaftSim {
         self.log(|| format!("start node {id}"));
         // The first members initialize the cluster; the spare joins it.
         let first = self.nodes.iter();
-        let joining = i >= self.first_size;
+        let joining = self.nodes[i].joins;
         // A joining node names only itself, as `serve --join` does.
         let members = first
             .filter(|node| match joining {
@@ -695,7 +727,28 @@ impl RaftSim {
         let now = self.now_ms();
         let step = match self.script {
             Script::Done => return Ok(()),
-            Script::Waiting { at_ms } if now < at_ms => return Ok(()),
+            Script::Waiting { at_ms } | Script::DamageAt { at_ms } if now < at_ms => return Ok(()),
+            Script::DamageAt { .. } => {
+                // A running voter, so that the others are intact.
+                let running: Vec<usize> = (0..self.first_size)
+                    .filter(|&i| self.nodes[i].engine.is_some() && self.nodes[i].standing == Standing::Member)
+                    .collect();
+                if running.is_empty() {
+                    return Ok(());
+                }
+                let i = running[self.script_rng.gen_range(0..running.len())];
+                let id = self.nodes[i].id;
+                self.log(|| format!("damage: node {id} loses its whole directory; it repairs"));
+                self.stop_node(i).await;
+                self.nodes[i].standing = Standing::Damaged;
+                let dir = self.nodes[i].dir.clone();
+                // Its RocksDB may still be closing: removed again until gone.
+                while dir.exists() {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Step::Demote(id)
+            }
             Script::Waiting { .. } => {
                 let spare = self.nodes.len() - 1;
                 self.nodes[spare].standing = Standing::Member;
@@ -724,8 +777,13 @@ impl RaftSim {
                     {
                         self.step_committed(step).await
                     }
-                    (Step::Promote, Err(EngineError::MembershipRefused(why)))
+                    (Step::Promote | Step::Repromote(_), Err(EngineError::MembershipRefused(why)))
                         if why.contains("already a voter") =>
+                    {
+                        self.step_committed(step).await
+                    }
+                    (Step::Demote(id), Err(EngineError::MembershipRefused(why)))
+                        if why.contains("not a voter") && self.demoted_by_a_member(id) =>
                     {
                         self.step_committed(step).await
                     }
@@ -775,13 +833,40 @@ impl RaftSim {
             },
             Step::Promote => MembershipChange::Promote { id: spare },
             Step::Remove(id) => MembershipChange::Remove { id },
+            Step::Demote(id) => MembershipChange::Demote { id },
+            Step::Repromote(id) => MembershipChange::Promote { id },
         };
         self.log(|| format!("membership: node {leader} proposes {change:?}"));
         self.script_answer = Some(tokio::spawn(async move {
-            let answer = tokio::time::timeout(
-                Duration::from_millis(ANSWER_MS_MAX.max(5_000)),
-                engine.change_membership(change),
-            )
+            let answer = tokio::time::timeout(Duration::from_millis(ANSWER_MS_MAX.max(5_000)), async {
+                // As `Cluster/RepairMember` does: a voter is marked as
+                // under repair first, so that leaving the configuration
+                // does not retire its id; one that left it already (the
+                // leader crashed before adding it back) is added back.
+                if let MembershipChange::Demote { id } = &change {
+                    let member = engine.members().into_iter().find(|member| member.id == *id);
+                    match member {
+                        Some(member) if member.voter => {
+                            let begun = engine
+                                .propose(quorumlock_core::lock::Command::BeginRepair { node: *id })
+                                .await?;
+                            if let Err(error) = begun {
+                                return Err(EngineError::MembershipRefused(error.to_string()));
+                            }
+                        }
+                        Some(_) => return Ok(()),
+                        None => {
+                            return engine
+                                .change_membership(MembershipChange::AddLearner {
+                                    id: *id,
+                                    addr: format!("sim-{id}"),
+                                })
+                                .await
+                        }
+                    }
+                }
+                engine.change_membership(change).await
+            })
             .await;
             drop(engine);
             answer.unwrap_or_else(|_| Err(EngineError::Unavailable("gave up waiting".to_string())))
@@ -796,6 +881,19 @@ impl RaftSim {
             .iter()
             .filter_map(|node| node.engine.as_ref())
             .any(|engine| engine.is_retired(id))
+    }
+
+    /// Whether a running member knows `id` as a learner.
+    fn demoted_by_a_member(&self, id: NodeId) -> bool {
+        self.nodes
+            .iter()
+            .filter_map(|node| node.engine.as_ref())
+            .any(|engine| {
+                engine
+                    .members()
+                    .iter()
+                    .any(|member| member.id == id && !member.voter)
+            })
     }
 
     /// Moves the script past a committed step.
@@ -818,6 +916,24 @@ impl RaftSim {
                 self.log(|| format!("membership: node {id} is retired and stopped"));
                 self.nodes[i].standing = Standing::Retired;
                 self.stop_node(i).await;
+                Script::Done
+            }
+            Step::Demote(id) => {
+                let i = (id.get() - 1) as usize;
+                self.log(|| format!("repair: node {id} starts again from an empty directory"));
+                self.nodes[i].standing = Standing::Member;
+                self.nodes[i].joins = true;
+                if let Err(error) = self.start_node(i).await {
+                    self.log(|| format!("repair: node {id} did not start: {error}"));
+                }
+                Script::Retry {
+                    step: Step::Repromote(id),
+                    at_ms: self.now_ms(),
+                }
+            }
+            Step::Repromote(id) => {
+                self.repairs += 1;
+                self.log(|| format!("repair: node {id} is a voter again"));
                 Script::Done
             }
         };
