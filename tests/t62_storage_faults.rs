@@ -34,23 +34,7 @@ const STOP_WAIT_MAX: Duration = Duration::from_secs(30);
 
 async fn check_every_damaged_or_foreign_data_directory_is_refused_and_the_good_copy_rejoins(engine: &str) {
     let cluster = Cluster::start(engine, 3).await;
-    let holder = cluster.session(120_000).await;
-    let client = cluster.leader_client().await;
-    let token = acquire_granted(&client, holder.key, "t62/held", 0).await;
-    for n in 0..100 {
-        put(
-            &client,
-            format!("t62/key/{n}"),
-            vec![n as u8; 300],
-            fence("t62/held", token),
-            holder.key,
-        )
-        .await
-        .expect("a fenced put");
-    }
-    cluster
-        .wait_for_one_state("all three nodes applied the writes")
-        .await;
+    let (holder, token) = hold_and_write(&cluster, 120_000, "t62").await;
 
     // The leader's WAL: it holds everything the node acknowledged.
     let leader = cluster.leader_index().await;

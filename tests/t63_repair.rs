@@ -40,23 +40,7 @@ const REFUSAL_WAIT_MAX: Duration = Duration::from_secs(90);
 
 async fn check_a_damaged_follower_and_a_lost_leader_repair_and_a_lost_majority_refuses(engine: &str) {
     let cluster = Cluster::start(engine, 3).await;
-    let holder = cluster.session(9_000).await;
-    let client = cluster.leader_client().await;
-    let token = acquire_granted(&client, holder.key, "t63/held", 0).await;
-    for n in 0..100 {
-        put(
-            &client,
-            format!("t63/key/{n}"),
-            vec![n as u8; 300],
-            fence("t63/held", token),
-            holder.key,
-        )
-        .await
-        .expect("a fenced put");
-    }
-    cluster
-        .wait_for_one_state("all three nodes applied the writes")
-        .await;
+    let (_holder, token) = hold_and_write(&cluster, 9_000, "t63").await;
 
     // A follower's WAL damaged: refused without --repair, repaired with it.
     let follower = cluster.follower_index().await;

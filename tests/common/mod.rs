@@ -1335,3 +1335,28 @@ pub fn flip_middle(file: &std::path::Path, len: usize) {
     }
     std::fs::write(file, bytes).unwrap();
 }
+
+/// A new session of `ttl_ms` (kept alive) takes `<prefix>/held` and writes
+/// 100 keys `<prefix>/key/<n>` of 300 bytes `n` under its token; returns
+/// the session and the token once every node applied the writes.
+pub async fn hold_and_write(cluster: &Cluster, ttl_ms: u64, prefix: &str) -> (Session, u64) {
+    let holder = cluster.session(ttl_ms).await;
+    let client = cluster.leader_client().await;
+    let lock = format!("{prefix}/held");
+    let token = acquire_granted(&client, holder.key, &lock, 0).await;
+    for n in 0..100 {
+        put(
+            &client,
+            format!("{prefix}/key/{n}"),
+            vec![n as u8; 300],
+            fence(&lock, token),
+            holder.key,
+        )
+        .await
+        .expect("a fenced put");
+    }
+    cluster
+        .wait_for_one_state("all three nodes applied the writes")
+        .await;
+    (holder, token)
+}

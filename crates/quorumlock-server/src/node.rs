@@ -103,6 +103,18 @@ async fn start_engine(
     Ok((engine, routes, incarnations))
 }
 
+/// The first reason `reasons` publishes; never resolves if none comes.
+async fn first_reason(mut reasons: watch::Receiver<Option<String>>) -> String {
+    let reason = match reasons.wait_for(Option::is_some).await {
+        Ok(reason) => reason.clone(),
+        Err(_) => None,
+    };
+    match reason {
+        Some(reason) => reason,
+        None => std::future::pending().await,
+    }
+}
+
 impl Node {
     /// Starts a node with the operating system's clock.
     pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
@@ -411,29 +423,13 @@ impl Node {
     /// was lost (it knows this node under another incarnation: the data
     /// directory was emptied or replaced since); never otherwise.
     pub async fn forgotten(&self) -> String {
-        let mut forgotten = self.incarnations.forgotten();
-        let reason = match forgotten.wait_for(Option::is_some).await {
-            Ok(reason) => reason.clone(),
-            Err(_) => None,
-        };
-        match reason {
-            Some(reason) => reason,
-            None => std::future::pending().await,
-        }
+        first_reason(self.incarnations.forgotten()).await
     }
 
     /// Resolves with the reason once a repair from peers cannot go on
     /// (see [`crate::repair`]); never otherwise.
     pub async fn repair_refused(&self) -> String {
-        let mut refusal = self.repair_refusal.clone();
-        let reason = match refusal.wait_for(Option::is_some).await {
-            Ok(reason) => reason.clone(),
-            Err(_) => None,
-        };
-        match reason {
-            Some(reason) => reason,
-            None => std::future::pending().await,
-        }
+        first_reason(self.repair_refusal.clone()).await
     }
 
     /// Stops in a defined order, so that nothing touches storage once it

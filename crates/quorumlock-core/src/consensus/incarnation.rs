@@ -209,16 +209,7 @@ impl Incarnations {
         if before == Some(incarnation) {
             return Ok(());
         }
-        if before.is_none() && known.len() >= KNOWN_PEERS_MAX {
-            return Err(format!(
-                "this node already records the incarnations of {} peers, the most it keeps",
-                known.len()
-            ));
-        }
-        let mut next = known.clone();
-        next.insert(peer, incarnation);
-        (self.persist)(&next).map_err(|error| error.to_string())?;
-        *known = next;
+        self.record(&mut known, peer, incarnation)?;
         tracing::info!(
             node = %self.own, %peer,
             before = %format_args!("{:016x}", before.unwrap_or(0)),
@@ -271,7 +262,7 @@ impl Incarnations {
         peer: NodeId,
         incarnation: u64,
     ) -> Result<(), String> {
-        if known.len() >= KNOWN_PEERS_MAX {
+        if !known.contains_key(&peer) && known.len() >= KNOWN_PEERS_MAX {
             return Err(format!(
                 "this node already records the incarnations of {} peers, the most it keeps",
                 known.len()

@@ -32,6 +32,19 @@ pub struct ClusterService {
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotChunk, Status>> + Send>>;
 
 impl ClusterService {
+    /// Every member as this node knows it, and this node's last log index
+    /// (how far the leader's own log reaches; 0 on a follower).
+    fn members_now(&self) -> (Vec<pb::MemberStatus>, u64) {
+        let node = self.engine.status().node_id;
+        let members = self.engine.members();
+        let last_log_index = members
+            .iter()
+            .find(|member| member.id == node)
+            .and_then(|member| member.matched_index)
+            .unwrap_or(0);
+        (member_statuses(members, last_log_index), last_log_index)
+    }
+
     /// Proposes `command` and fails unless the state machine took it.
     async fn propose_checked(&self, command: Command) -> Result<Outcome, Status> {
         match self.engine.propose(command).await.map_err(from_engine_error)? {
@@ -168,15 +181,8 @@ impl ClusterService {
             .change_membership(change)
             .await
             .map_err(from_engine_error)?;
-        let node = self.engine.status().node_id;
-        let members = self.engine.members();
-        let last_log_index = members
-            .iter()
-            .find(|member| member.id == node)
-            .and_then(|member| member.matched_index)
-            .unwrap_or(0);
         Ok(Response::new(pb::MembershipChangeResponse {
-            members: member_statuses(members, last_log_index),
+            members: self.members_now().0,
         }))
     }
 }
@@ -199,14 +205,9 @@ impl pb::cluster_server::Cluster for ClusterService {
                 Some(leader),
             ));
         }
-        let members = self.engine.members();
-        let last_log_index = members
-            .iter()
-            .find(|member| member.id == status.node_id)
-            .and_then(|member| member.matched_index)
-            .unwrap_or(0);
+        let (members, last_log_index) = self.members_now();
         Ok(Response::new(pb::ListMembersResponse {
-            members: member_statuses(members, last_log_index),
+            members,
             from_leader,
             last_log_index,
             joint: self.engine.membership_in_transition(),
@@ -331,14 +332,8 @@ impl pb::cluster_server::Cluster for ClusterService {
         };
         tracing::warn!(node = %id, incarnation = %format_args!("{incarnation:016x}"), repairs,
             "repair recorded: the node is a learner under its new incarnation until it is promoted");
-        let members = self.engine.members();
-        let last_log_index = members
-            .iter()
-            .find(|member| member.id == status.node_id)
-            .and_then(|member| member.matched_index)
-            .unwrap_or(0);
         Ok(Response::new(pb::RepairMemberResponse {
-            members: member_statuses(members, last_log_index),
+            members: self.members_now().0,
             repairs,
         }))
     }
