@@ -13,7 +13,7 @@ pub mod validate;
 pub use command::{Applied, Command, Event, Fence, FencingToken, Grant, Outcome, SessionId};
 pub use credential::{Credential, SecretDigest, IDENTITY_BYTES_MAX};
 pub use error::LockError;
-pub use state::{KvEntry, LockState, LockView, Repaired, Session};
+pub use state::{KvEntry, LockState, LockView, QueueView, Queues, Repaired, Session, Totals};
 
 #[cfg(test)]
 mod proptests;

@@ -60,6 +60,28 @@ pub struct LockView {
     pub queue_len: usize,
 }
 
+/// Waiters and the longest queues, for metrics and the status page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queues {
+    /// Sessions waiting, counted once per lock they wait for.
+    pub waiters: usize,
+    /// Locks held (every lock the state keeps has a holder).
+    pub held: usize,
+    /// The longest queues, longest first.
+    pub deepest: Vec<QueueView>,
+}
+
+/// One lock's queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueView {
+    /// The lock's name.
+    pub lock: String,
+    /// Its holder and the holder's token.
+    pub holder: Option<(SessionId, FencingToken)>,
+    /// How many sessions wait for it.
+    pub depth: usize,
+}
+
 /// A node's repairs as the replicated state records them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Repaired {
@@ -82,6 +104,35 @@ pub struct LockState {
     repaired: BTreeMap<NodeId, Repaired>,
     /// Nodes under repair whose new incarnation is not recorded yet.
     repairs_pending: BTreeSet<NodeId>,
+    /// What applied commands did, counted since the cluster began.
+    totals: Totals,
+}
+
+/// Counts of what applied commands did, since the cluster's first command.
+/// Refused commands change nothing, so they are not counted here.
+/// They are part of the replicated state, so every replica holds the same
+/// figures at the same index, and they survive restarts, snapshots and
+/// leader changes (the metrics export them as counters).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Sessions opened.
+    pub sessions_opened: u64,
+    /// Sessions closed by their clients.
+    pub sessions_closed: u64,
+    /// Sessions expired by the leader.
+    pub sessions_expired: u64,
+    /// Grants: each is a new fencing token, direct or from a queue.
+    pub grants: u64,
+    /// Locks released by their holders.
+    pub releases: u64,
+    /// Held locks freed because their holder's session expired.
+    pub locks_lost: u64,
+    /// Held locks freed because their holder closed its session.
+    pub locks_closed: u64,
+    /// Acquires that joined a queue.
+    pub queue_joins: u64,
+    /// Fenced writes and deletes applied.
+    pub fenced_writes: u64,
 }
 
 /// Opens every snapshot [`LockState::snapshot`] writes. Snapshots without
@@ -89,7 +140,23 @@ pub struct LockState {
 /// [`LockStateWithoutRepairs`]; read as one, these bytes would be a
 /// session counter of about 3.6 × 10^18, which no cluster reaches (one new
 /// session a nanosecond for a century is 3.2 × 10^18).
-const SNAPSHOT_MAGIC: &[u8; 8] = b"QLSTATE2";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"QLSTATE3";
+
+/// Opened snapshots written before [`Totals`] were kept, in the layout of
+/// [`LockStateWithoutTotals`]; they restore with every total at 0.
+const SNAPSHOT_MAGIC_WITHOUT_TOTALS: &[u8; 8] = b"QLSTATE2";
+
+/// The layout of [`LockState`] before [`Totals`] were kept.
+#[derive(Deserialize)]
+struct LockStateWithoutTotals {
+    next_session: SessionId,
+    next_token: FencingToken,
+    sessions: BTreeMap<SessionId, Session>,
+    locks: BTreeMap<String, Lock>,
+    kv: BTreeMap<String, KvEntry>,
+    repaired: BTreeMap<NodeId, Repaired>,
+    repairs_pending: BTreeSet<NodeId>,
+}
 
 /// The layout of [`LockState`] before repairs were recorded, still read
 /// from snapshots written then.
@@ -113,6 +180,7 @@ impl Default for LockState {
             kv: BTreeMap::new(),
             repaired: BTreeMap::new(),
             repairs_pending: BTreeSet::new(),
+            totals: Totals::default(),
         }
     }
 }
@@ -173,8 +241,30 @@ impl LockState {
             Command::RecordRepair { node, incarnation } => self.record_repair(*node, *incarnation),
         };
         let applied = Applied { result, events };
+        self.count(command, &applied);
         self.assert_applied(command, &applied);
         applied
+    }
+
+    /// Adds what `command` did to the totals.
+    fn count(&mut self, command: &Command, applied: &Applied) {
+        let totals = &mut self.totals;
+        match (command, &applied.result) {
+            (Command::OpenSession { .. }, Ok(_)) => totals.sessions_opened += 1,
+            (Command::CloseSession { .. }, Ok(Outcome::SessionEnded { released })) => {
+                totals.sessions_closed += 1;
+                totals.locks_closed += released.len() as u64;
+            }
+            (Command::ExpireSession { .. }, Ok(Outcome::SessionEnded { released })) => {
+                totals.sessions_expired += 1;
+                totals.locks_lost += released.len() as u64;
+            }
+            (Command::Release { .. }, Ok(_)) => totals.releases += 1,
+            (Command::Put { .. } | Command::Delete { .. }, Ok(_)) => totals.fenced_writes += 1,
+            // A refused command changes nothing, its count included: refusals
+            // are counted by each replica as it applies (the metrics).
+            _ => {}
+        }
     }
 
     /// Postconditions of one applied command, checked on every apply: each
@@ -380,6 +470,7 @@ impl LockState {
                 lock.queue.push_back(session);
                 let position = lock.queue.len() - 1;
                 self.session_mut(session).waiting.insert(name.to_string());
+                self.totals.queue_joins += 1;
                 Ok(Outcome::Queued { position })
             }
         }
@@ -464,6 +555,7 @@ impl LockState {
     fn grant(&mut self, name: &str, session: SessionId, events: &mut Vec<Event>) -> FencingToken {
         let token = self.next_token;
         self.next_token = token.next();
+        self.totals.grants += 1;
         let lock = self.locks.get_mut(name).expect("granting an existing lock");
         assert!(lock.holder.is_none(), "granting lock {name:?}, which is held");
         lock.holder = Some((session, token));
@@ -608,6 +700,40 @@ impl LockState {
         self.repairs_pending.contains(&node)
     }
 
+    /// What applied commands did since the cluster began.
+    pub fn totals(&self) -> Totals {
+        self.totals
+    }
+
+    /// The waiters of every lock together, and the `top` locks with the
+    /// longest queues (longest first, then by name) with their holders.
+    /// Costs one pass over the sessions and their waits.
+    pub fn queues(&self, top: usize) -> Queues {
+        let mut depths: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut waiters = 0;
+        for session in self.sessions.values() {
+            waiters += session.waiting.len();
+            for name in &session.waiting {
+                *depths.entry(name.as_str()).or_default() += 1;
+            }
+        }
+        let mut deepest: Vec<(&str, usize)> = depths.into_iter().collect();
+        deepest.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        deepest.truncate(top);
+        Queues {
+            waiters,
+            held: self.locks.len(),
+            deepest: deepest
+                .into_iter()
+                .map(|(name, depth)| QueueView {
+                    lock: name.to_string(),
+                    holder: self.locks.get(name).and_then(|lock| lock.holder),
+                    depth,
+                })
+                .collect(),
+        }
+    }
+
     /// Nodes that came back from a repair, with their incarnations.
     pub fn repaired(&self) -> &BTreeMap<NodeId, Repaired> {
         &self.repaired
@@ -638,19 +764,31 @@ impl LockState {
                 .reject_trailing_bytes()
         };
         let bad = |error: bincode::Error| format!("bad lock snapshot: {error}");
-        let state: LockState = match bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
-            Some(body) => options().deserialize(body).map_err(bad)?,
-            None => {
-                let old: LockStateWithoutRepairs = options().deserialize(bytes).map_err(bad)?;
-                LockState {
-                    next_session: old.next_session,
-                    next_token: old.next_token,
-                    sessions: old.sessions,
-                    locks: old.locks,
-                    kv: old.kv,
-                    repaired: BTreeMap::new(),
-                    repairs_pending: BTreeSet::new(),
-                }
+        let state: LockState = if let Some(body) = bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
+            options().deserialize(body).map_err(bad)?
+        } else if let Some(body) = bytes.strip_prefix(SNAPSHOT_MAGIC_WITHOUT_TOTALS.as_slice()) {
+            let old: LockStateWithoutTotals = options().deserialize(body).map_err(bad)?;
+            LockState {
+                next_session: old.next_session,
+                next_token: old.next_token,
+                sessions: old.sessions,
+                locks: old.locks,
+                kv: old.kv,
+                repaired: old.repaired,
+                repairs_pending: old.repairs_pending,
+                totals: Totals::default(),
+            }
+        } else {
+            let old: LockStateWithoutRepairs = options().deserialize(bytes).map_err(bad)?;
+            LockState {
+                next_session: old.next_session,
+                next_token: old.next_token,
+                sessions: old.sessions,
+                locks: old.locks,
+                kv: old.kv,
+                repaired: BTreeMap::new(),
+                repairs_pending: BTreeSet::new(),
+                totals: Totals::default(),
             }
         };
         // Ids and tokens start at 1 (0 means "none" on the wire), and a

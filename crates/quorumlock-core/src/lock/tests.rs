@@ -10,7 +10,7 @@ use super::limits::{
 };
 use super::{
     validate, Applied, Command, Credential, Event, Fence, FencingToken, Grant, KvEntry, LockError, LockState,
-    LockView, Outcome, SecretDigest, SessionId,
+    LockView, Outcome, SecretDigest, SessionId, Totals,
 };
 
 /// A TTL inside the documented bounds.
@@ -1476,17 +1476,75 @@ fn repairs_are_recorded_counted_once_each_and_travel_in_snapshots() {
     assert!(forgotten.repaired().is_empty());
 }
 
+/// Bytes of [`Totals`] at the end of a snapshot: nine u64 counters.
+const TOTALS_BYTES: usize = 72;
+
 #[test]
 fn a_snapshot_written_before_repairs_were_recorded_still_restores() {
     let mut state = LockState::default();
     let session = open(&mut state);
     take(&mut state, session, "held");
     let current = state.snapshot();
-    // The earlier layout: no leading magic, and no repairs (the lengths of
-    // the empty map and set of repairs, 8 bytes each, end the current one).
-    let earlier = &current[8..current.len() - 16];
-    assert_eq!(LockState::restore(earlier).unwrap(), state);
+    // The earliest layout: no leading magic, no repairs (the lengths of
+    // the empty map and set of repairs, 8 bytes each) and no totals.
+    let earlier = &current[8..current.len() - TOTALS_BYTES - 16];
+    let restored = LockState::restore(earlier).unwrap();
+    assert_eq!(restored.totals(), Totals::default(), "totals start at 0");
+    assert_eq!(restored.session_count(), 1);
+    assert_eq!(restored.current_token("held"), state.current_token("held"));
     assert!(LockState::restore(&current[..current.len() - 8]).is_err());
+}
+
+#[test]
+fn a_snapshot_written_before_totals_were_kept_restores_with_zero_totals() {
+    let mut state = LockState::default();
+    let session = open(&mut state);
+    take(&mut state, session, "held");
+    let current = state.snapshot();
+    let mut earlier = b"QLSTATE2".to_vec();
+    earlier.extend_from_slice(&current[8..current.len() - TOTALS_BYTES]);
+    let restored = LockState::restore(&earlier).unwrap();
+    assert_eq!(restored.totals(), Totals::default());
+    assert_eq!(
+        restored.snapshot()[8..current.len() - TOTALS_BYTES],
+        current[8..current.len() - TOTALS_BYTES]
+    );
+}
+
+#[test]
+fn totals_count_what_applied_commands_did_and_travel_in_snapshots() {
+    let mut state = LockState::default();
+    let holder = open(&mut state);
+    let waiter = open(&mut state);
+    let token = take(&mut state, holder, "a");
+    assert!(matches!(
+        state.apply(&acquire(waiter, "a", true)).result,
+        Ok(Outcome::Queued { position: 0 })
+    ));
+    // A retried acquire of a queued session is not a second join.
+    state.apply(&acquire(waiter, "a", true));
+    assert!(state.apply(&put(holder, "k", b"v", "a", token)).result.is_ok());
+    let stale = FencingToken::new(token.get() + 100);
+    assert!(matches!(
+        state.apply(&put(holder, "k", b"v", "a", stale)).result,
+        Err(LockError::StaleToken { .. })
+    ));
+    // The holder expires: its lock is lost and handed to the waiter.
+    state.apply(&Command::ExpireSession { session: holder });
+    let totals = state.totals();
+    assert_eq!(
+        totals,
+        Totals {
+            sessions_opened: 2,
+            sessions_expired: 1,
+            grants: 2,
+            locks_lost: 1,
+            queue_joins: 1,
+            fenced_writes: 1,
+            ..Totals::default()
+        }
+    );
+    assert_eq!(LockState::restore(&state.snapshot()).unwrap().totals(), totals);
 }
 
 #[test]
@@ -1506,4 +1564,32 @@ fn a_repair_is_pending_from_its_begin_until_its_record() {
         incarnation: 0xe5,
     });
     assert!(!state.repair_pending(node), "the record ends it");
+}
+
+#[test]
+fn queues_lists_the_longest_first_with_their_holders_and_counts_every_waiter() {
+    let mut state = LockState::default();
+    let holder = open(&mut state);
+    let short_token = take(&mut state, holder, "short");
+    let long_token = take(&mut state, holder, "long");
+    take(&mut state, holder, "idle");
+    let waiters: Vec<SessionId> = (0..3).map(|_| open(&mut state)).collect();
+    for waiter in &waiters {
+        state.apply(&acquire(*waiter, "long", true));
+    }
+    state.apply(&acquire(waiters[0], "short", true));
+    let queues = state.queues(10);
+    assert_eq!(queues.waiters, 4);
+    assert_eq!(queues.held, 3);
+    let listed: Vec<&str> = queues.deepest.iter().map(|queue| queue.lock.as_str()).collect();
+    assert_eq!(
+        listed,
+        ["long", "short"],
+        "longest first; locks without waiters are not listed"
+    );
+    assert_eq!(queues.deepest[0].depth, 3);
+    assert_eq!(queues.deepest[0].holder, Some((holder, long_token)));
+    assert_eq!(queues.deepest[1].depth, 1);
+    assert_eq!(queues.deepest[1].holder, Some((holder, short_token)));
+    assert_eq!(state.queues(1).deepest.len(), 1, "at most `top` queues");
 }
