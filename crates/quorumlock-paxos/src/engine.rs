@@ -24,7 +24,7 @@ use crate::transport::{
 };
 use quorumlock_core::consensus::{
     AppliedState, CommandResult, ConsensusEngine, EngineConfig, EngineError, EngineKind, EngineStatus,
-    KnownMembership, LeaderInfo, Leadership, Member, MemberState, MembershipChange, NodeId,
+    EngineTelemetry, KnownMembership, LeaderInfo, Leadership, Member, MemberState, MembershipChange, NodeId,
 };
 use quorumlock_core::lock::{Command, LockState};
 use quorumlock_proto::paxos::paxos_peer_server::PaxosPeerServer;
@@ -85,12 +85,14 @@ impl Reply {
 /// The lock state machine as the driver applies it.
 pub struct LockMachine {
     state: Arc<AppliedState>,
+    telemetry: Arc<EngineTelemetry>,
 }
 
 impl LockMachine {
-    /// Applies to `state`.
-    pub fn new(state: Arc<AppliedState>) -> Self {
-        LockMachine { state }
+    /// Applies to `state`; snapshots taken and installed are recorded in
+    /// `telemetry`.
+    pub fn new(state: Arc<AppliedState>, telemetry: Arc<EngineTelemetry>) -> Self {
+        LockMachine { state, telemetry }
     }
 }
 
@@ -113,7 +115,10 @@ impl StateMachine<Command> for LockMachine {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        self.state.snapshot()
+        let started = std::time::Instant::now();
+        let snapshot = self.state.snapshot();
+        self.telemetry.snapshot_saved(snapshot.len(), started.elapsed());
+        snapshot
     }
 
     fn decode_snapshot(&self, data: &[u8]) -> Result<LockState, String> {
@@ -122,6 +127,7 @@ impl StateMachine<Command> for LockMachine {
 
     fn install_snapshot(&mut self, slot: Slot, snapshot: LockState) {
         self.state.restore(snapshot, slot.get());
+        self.telemetry.snapshot_installed();
     }
 }
 
@@ -172,7 +178,7 @@ impl PaxosEngine {
         let heartbeat_ticks = 2;
         let election_ticks = (config.election_timeout.as_millis() / tick.as_millis()).max(4) as u64;
 
-        let store = PaxosStore::open(&config.data_dir)?;
+        let store = PaxosStore::open(&config.data_dir)?.with_telemetry(config.telemetry.clone());
         let boot = store.next_boot(first_boot(config.incarnations.own_incarnation()))?;
         let durable = store.load::<Command>()?;
         let state = match &durable.snapshot {
@@ -210,6 +216,7 @@ impl PaxosEngine {
             &peers_of(&in_force, config.node_id),
             &dialer,
             config.incarnations.clone(),
+            config.telemetry.clone(),
         )?;
         let admission = Arc::new(Mutex::new(Admission::of(&in_force)));
         let (known_membership_tx, known_membership) = watch::channel(known_membership_of(&in_force));
@@ -233,7 +240,7 @@ impl PaxosEngine {
                 replica,
                 persister,
                 outboxes,
-                LockMachine::new(state.clone()),
+                LockMachine::new(state.clone(), config.telemetry.clone()),
                 boot,
                 config.snapshot_every_entries,
             ),

@@ -26,6 +26,7 @@ use crate::core::ready::{Persist, ReadyNumber};
 use crate::core::types::{Accepted, Ballot, Configuration, Slot};
 use crate::core::DurableState;
 use crate::driver::{Storage, StorageFailure};
+use quorumlock_core::consensus::EngineTelemetry;
 use quorumlock_storage::{cf, parse_u64_key, synced, u64_key};
 
 /// Column family of accepted records, keyed by big-endian slot.
@@ -54,15 +55,25 @@ pub const READYS_PER_SYNC_MAX: usize = 1_024;
 #[derive(Clone)]
 pub struct PaxosStore {
     db: Arc<DB>,
+    telemetry: Arc<EngineTelemetry>,
 }
 
 impl PaxosStore {
     /// Opens (creating if needed) the store under `dir`.
     pub fn open(dir: &Path) -> anyhow::Result<PaxosStore> {
         let db = quorumlock_storage::open(&dir.join("paxos"), &[CF_ACCEPTED, CF_META])?;
-        let store = PaxosStore { db };
+        let store = PaxosStore {
+            db,
+            telemetry: Arc::default(),
+        };
         store.upgrade_format()?;
         Ok(store)
+    }
+
+    /// Records the time of every synced write in `telemetry`.
+    pub fn with_telemetry(mut self, telemetry: Arc<EngineTelemetry>) -> PaxosStore {
+        self.telemetry = telemetry;
+        self
     }
 
     /// Brings the records to [`STORE_FORMAT`]. Format 1 encoded a ballot as
@@ -227,7 +238,8 @@ impl PaxosStore {
         }
         let mut batch = WriteBatch::default();
         self.add_to_batch(&mut batch, records)?;
-        self.db.write_opt(batch, &synced())?;
+        self.telemetry
+            .timed_sync(|| self.db.write_opt(batch, &synced()))?;
         Ok(())
     }
 }
@@ -331,8 +343,8 @@ fn persist_loop<C: Serialize>(
         }
         let result = result.and_then(|()| {
             store
-                .db
-                .write_opt(batch, &synced())
+                .telemetry
+                .timed_sync(|| store.db.write_opt(batch, &synced()))
                 .map_err(|error| anyhow::anyhow!("writing acceptor records to RocksDB: {error}"))
         });
         match result {

@@ -24,8 +24,9 @@ use tonic::{Request, Response, Status};
 use crate::core::message::{Envelope, Message};
 use crate::core::types::{Command, Configuration};
 use crate::driver::Transport;
+use prometheus_client::metrics::histogram::Histogram;
 use quorumlock_core::consensus::incarnation::{Incarnations, INCARNATION_HEADER, INCARNATION_OF_METADATA};
-use quorumlock_core::consensus::{NodeId, RETIRED_METADATA};
+use quorumlock_core::consensus::{EngineTelemetry, NodeId, RETIRED_METADATA};
 use quorumlock_proto::paxos::paxos_peer_client::PaxosPeerClient;
 use quorumlock_proto::paxos::paxos_peer_server::PaxosPeer;
 use quorumlock_proto::paxos::{PaxosAck, PaxosBatch};
@@ -77,6 +78,8 @@ pub struct Outboxes<C> {
     refused_as_retired: Arc<Mutex<Option<NodeId>>>,
     /// Both ends' incarnations, which every batch names.
     incarnations: Arc<Incarnations>,
+    /// Where each answered batch's round trip is recorded.
+    telemetry: Arc<EngineTelemetry>,
 }
 
 impl<C: Command> Outboxes<C> {
@@ -84,12 +87,14 @@ impl<C: Command> Outboxes<C> {
     /// dialing with `dialer`: over TLS, a peer's certificate must name it
     /// ([`quorumlock_tls::node_name`]). Every batch names both ends'
     /// incarnations from `incarnations`, which learns a peer's from its
-    /// introduction.
+    /// introduction. Each answered batch's round trip is recorded in
+    /// `telemetry`.
     pub fn start(
         from: NodeId,
         peers: &BTreeMap<NodeId, String>,
         dialer: &Dialer,
         incarnations: Arc<Incarnations>,
+        telemetry: Arc<EngineTelemetry>,
     ) -> anyhow::Result<Outboxes<C>> {
         let mut outboxes = Outboxes {
             from,
@@ -98,6 +103,7 @@ impl<C: Command> Outboxes<C> {
             departing: Vec::new(),
             refused_as_retired: Arc::new(Mutex::new(None)),
             incarnations,
+            telemetry,
         };
         for (id, addr) in peers {
             outboxes.open(*id, addr)?;
@@ -125,6 +131,7 @@ impl<C: Command> Outboxes<C> {
             receiver,
             self.refused_as_retired.clone(),
             self.incarnations.clone(),
+            self.telemetry.clone(),
         ));
         self.outboxes.insert(
             id,
@@ -219,6 +226,18 @@ impl<C: Command> Transport<C> for Outboxes<C> {
     }
 }
 
+/// Encodes `message` as [`encode`] does, counting the snapshots sent.
+fn encode_counted<C: Serialize>(
+    to: NodeId,
+    message: &Message<C>,
+    telemetry: &EngineTelemetry,
+) -> Option<Vec<u8>> {
+    if matches!(message, Message::Snapshot { .. }) {
+        telemetry.snapshot_sent();
+    }
+    encode(to, message)
+}
+
 async fn send_loop<C: Serialize>(
     from: NodeId,
     to: NodeId,
@@ -226,7 +245,9 @@ async fn send_loop<C: Serialize>(
     mut outbox: mpsc::Receiver<Message<C>>,
     refused_as_retired: Arc<Mutex<Option<NodeId>>>,
     incarnations: Arc<Incarnations>,
+    telemetry: Arc<EngineTelemetry>,
 ) {
+    let round_trip = telemetry.peer_round_trip(to);
     let mut failures: u32 = 0;
     // A message taken from the outbox that did not fit the previous batch.
     let mut carried: Option<Vec<u8>> = None;
@@ -234,7 +255,7 @@ async fn send_loop<C: Serialize>(
         let first = match carried.take() {
             Some(encoded) => encoded,
             None => match outbox.recv().await {
-                Some(message) => match encode(to, &message) {
+                Some(message) => match encode_counted(to, &message, &telemetry) {
                     Some(encoded) => encoded,
                     None => continue,
                 },
@@ -251,7 +272,7 @@ async fn send_loop<C: Serialize>(
             let Ok(message) = outbox.try_recv() else {
                 break;
             };
-            let Some(encoded) = encode(to, &message) else {
+            let Some(encoded) = encode_counted(to, &message, &telemetry) else {
                 continue;
             };
             if messages.len() + encoded.len() > BATCH_BYTES_MAX {
@@ -277,6 +298,7 @@ async fn send_loop<C: Serialize>(
                 PEER_RPC_TIMEOUT,
                 &incarnations,
                 &refused_as_retired,
+                &round_trip,
             )
             .await;
         }
@@ -294,6 +316,7 @@ async fn send_loop<C: Serialize>(
             timeout,
             &incarnations,
             &refused_as_retired,
+            &round_trip,
         )
         .await
         {
@@ -320,14 +343,19 @@ async fn deliver(
     timeout: Duration,
     incarnations: &Incarnations,
     refused_as_retired: &Mutex<Option<NodeId>>,
+    round_trip: &Histogram,
 ) -> bool {
     let mut request = Request::new(batch);
     request.set_timeout(timeout);
     if let Ok(value) = incarnations.header_to(to).parse() {
         request.metadata_mut().insert(INCARNATION_HEADER, value);
     }
+    let sent = std::time::Instant::now();
     match tokio::time::timeout(timeout, client.deliver(request)).await {
-        Ok(Ok(_)) => true,
+        Ok(Ok(_)) => {
+            round_trip.observe(sent.elapsed().as_secs_f64());
+            true
+        }
         Ok(Err(status)) => {
             if status.metadata().get(RETIRED_METADATA).is_some() {
                 refused_as_retired.lock().get_or_insert(to);

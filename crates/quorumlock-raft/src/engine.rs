@@ -92,7 +92,12 @@ impl RaftEngine {
     /// peer service, to mount on the node's gRPC server.
     pub async fn start(config: EngineConfig, dialer: Dialer) -> anyhow::Result<(Arc<Self>, Routes)> {
         let retirement = Arc::new(Retirement::new(config.node_id));
-        let network = PeerNetwork::new(dialer, retirement.clone(), config.incarnations.clone());
+        let network = PeerNetwork::new(
+            dialer,
+            retirement.clone(),
+            config.incarnations.clone(),
+            config.telemetry.clone(),
+        );
         let engine = Self::start_with_network(
             config,
             network.clone(),
@@ -147,12 +152,14 @@ impl RaftEngine {
         let db = quorumlock_storage::open(&config.data_dir.join("raft"), &[CF_LOG, CF_META, CF_SNAPSHOT])?;
         let commit_index = Arc::new(AtomicU64::new(0));
         let applied_index = Arc::new(AtomicU64::new(0));
-        let (log_store, wal_thread) = LogStore::new(db.clone(), commit_index.clone(), wal)?;
+        let (log_store, wal_thread) =
+            LogStore::new(db.clone(), commit_index.clone(), wal, config.telemetry.clone())?;
         let state_machine = StateMachineStore::open(
             db.clone(),
             state.clone(),
             retirement.clone(),
             applied_index.clone(),
+            config.telemetry.clone(),
         )?;
         let raft = Raft::new(
             config.node_id,

@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use super::types::{Entry, LogId, StorageError, TypeConfig};
 use super::wal_sync::{WalSync, WalSyncer};
-use quorumlock_core::consensus::NodeId;
+use quorumlock_core::consensus::{EngineTelemetry, NodeId};
 use quorumlock_storage::{cf, parse_u64_key, synced, u64_key};
 
 /// Column family of log entries.
@@ -49,14 +49,16 @@ pub struct LogStore {
 impl LogStore {
     /// Wraps a database opened with [`CF_LOG`] and [`CF_META`];
     /// `commit_index` is updated whenever openraft saves its committed id.
+    /// Its fsyncs are recorded in `telemetry`.
     /// Also returns the WAL sync thread, if `sync` runs one: it ends once
     /// every clone of the store is dropped.
     pub fn new(
         db: Arc<DB>,
         commit_index: Arc<AtomicU64>,
         sync: WalSync,
+        telemetry: Arc<EngineTelemetry>,
     ) -> anyhow::Result<(Self, Option<std::thread::JoinHandle<()>>)> {
-        let (syncer, thread) = WalSyncer::start(db.clone(), sync)?;
+        let (syncer, thread) = WalSyncer::start(db.clone(), sync, telemetry)?;
         let store = LogStore {
             db,
             commit_index,

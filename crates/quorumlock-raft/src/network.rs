@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use prometheus_client::metrics::histogram::Histogram;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -25,7 +26,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::retirement::{Retirement, RETIRED_METADATA};
 use super::types::TypeConfig;
 use quorumlock_core::consensus::incarnation::{Incarnations, INCARNATION_HEADER, INCARNATION_OF_METADATA};
-use quorumlock_core::consensus::NodeId;
+use quorumlock_core::consensus::{EngineTelemetry, NodeId};
 use quorumlock_proto::raft::raft_peer_client::RaftPeerClient;
 use quorumlock_proto::raft::RaftPayload;
 use quorumlock_tls::{node_name, Dialer};
@@ -52,6 +53,7 @@ pub struct PeerNetwork {
     dialer: Dialer,
     retirement: Arc<Retirement>,
     incarnations: Arc<Incarnations>,
+    telemetry: Arc<EngineTelemetry>,
 }
 
 impl PeerNetwork {
@@ -59,13 +61,19 @@ impl PeerNetwork {
     /// it ([`quorumlock_tls::node_name`]). A peer's refusal of this node as
     /// retired is told to `retirement`. Every request names both ends'
     /// incarnations from `incarnations`, which learns a peer's from its
-    /// introduction.
-    pub fn new(dialer: Dialer, retirement: Arc<Retirement>, incarnations: Arc<Incarnations>) -> PeerNetwork {
+    /// introduction. Each answered call's time is recorded in `telemetry`.
+    pub fn new(
+        dialer: Dialer,
+        retirement: Arc<Retirement>,
+        incarnations: Arc<Incarnations>,
+        telemetry: Arc<EngineTelemetry>,
+    ) -> PeerNetwork {
         PeerNetwork {
             channels: Arc::default(),
             dialer,
             retirement,
             incarnations,
+            telemetry,
         }
     }
 
@@ -132,6 +140,8 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             client,
             retirement: self.retirement.clone(),
             incarnations: self.incarnations.clone(),
+            round_trip: self.telemetry.peer_round_trip(target),
+            telemetry: self.telemetry.clone(),
         }
     }
 }
@@ -142,6 +152,8 @@ pub struct PeerConnection {
     client: Result<RaftPeerClient<Channel>, String>,
     retirement: Arc<Retirement>,
     incarnations: Arc<Incarnations>,
+    telemetry: Arc<EngineTelemetry>,
+    round_trip: Histogram,
 }
 
 /// A peer request to `to` naming both ends' incarnations.
@@ -199,6 +211,7 @@ impl PeerConnection {
                     PeerRpc::InstallSnapshot => client.install_snapshot(payload).await,
                 }
             };
+            let sent = std::time::Instant::now();
             match tokio::time::timeout_at(deadline, call).await {
                 Err(_) => {
                     let error = std::io::Error::new(
@@ -235,7 +248,13 @@ impl PeerConnection {
                         _ => return Err(RPCError::Network(NetworkError::new(&status))),
                     }
                 }
-                Ok(Ok(response)) => break response.into_inner(),
+                Ok(Ok(response)) => {
+                    self.round_trip.observe(sent.elapsed().as_secs_f64());
+                    if matches!(rpc, PeerRpc::InstallSnapshot) {
+                        self.telemetry.snapshot_sent();
+                    }
+                    break response.into_inner();
+                }
             }
         };
         let result: Result<Resp, RaftError<NodeId, E>> =

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::retirement::Retirement;
 use super::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
-use quorumlock_core::consensus::{AppliedState, CommandResult, NodeId};
+use quorumlock_core::consensus::{AppliedState, CommandResult, EngineTelemetry, NodeId};
 use quorumlock_core::lock::LockState;
 use quorumlock_storage::{cf, synced};
 
@@ -172,17 +172,19 @@ pub struct StateMachineStore {
     snapshots: Arc<SnapshotStore>,
     applied_index: Arc<AtomicU64>,
     snapshots_built: u64,
+    telemetry: Arc<EngineTelemetry>,
 }
 
 impl StateMachineStore {
     /// Opens the state machine over a database with [`CF_SNAPSHOT`],
     /// restoring the persisted snapshot into `state` and `retirement` if
-    /// there is one.
+    /// there is one. Snapshots saved and installed are recorded in `telemetry`.
     pub fn open(
         db: Arc<DB>,
         state: Arc<AppliedState>,
         retirement: Arc<Retirement>,
         applied_index: Arc<AtomicU64>,
+        telemetry: Arc<EngineTelemetry>,
     ) -> Result<Self, StorageError> {
         let snapshots = Arc::new(SnapshotStore::load(db)?);
         let mut store = StateMachineStore {
@@ -193,6 +195,7 @@ impl StateMachineStore {
             snapshots,
             applied_index,
             snapshots_built: 0,
+            telemetry,
         };
         if let Some(snapshot) = store.snapshots.current() {
             store.restore(&snapshot)?;
@@ -227,6 +230,9 @@ pub struct SnapshotBuilder {
     /// The snapshot, or why it could not be encoded.
     snapshot: Result<StoredSnapshot, bincode::Error>,
     snapshots: Arc<SnapshotStore>,
+    telemetry: Arc<EngineTelemetry>,
+    /// When the state was captured.
+    started: std::time::Instant,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -236,6 +242,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             Err(error) => return Err(StorageIOError::write_snapshot(None, error).into()),
         };
         self.snapshots.save(snapshot)?;
+        self.telemetry
+            .snapshot_saved(snapshot.data.len(), self.started.elapsed());
         Ok(Snapshot {
             meta: snapshot.meta.clone(),
             snapshot: Box::new(Cursor::new(snapshot.data.clone())),
@@ -294,6 +302,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         // Capture the state now: openraft keeps applying while the builder runs.
+        let started = std::time::Instant::now();
         self.snapshots_built += 1;
         let snapshot_id = match self.last_applied {
             Some(log_id) => format!("{}-{}-{}", log_id.leader_id, log_id.index, self.snapshots_built),
@@ -310,6 +319,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 data,
             }),
             snapshots: self.snapshots.clone(),
+            telemetry: self.telemetry.clone(),
+            started,
         }
     }
 
@@ -330,6 +341,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // replace the one we have.
         self.restore(&snapshot)?;
         self.snapshots.save(&snapshot)?;
+        self.telemetry.snapshot_installed();
         tracing::info!(last_log_id = ?meta.last_log_id, bytes = snapshot.data.len(), "installed snapshot from the leader");
         Ok(())
     }

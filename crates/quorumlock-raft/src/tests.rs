@@ -43,14 +43,20 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, CaseGuard> for RocksB
         let dir = tempfile::tempdir().expect("creating a temporary directory");
         let db =
             quorumlock_storage::open(dir.path(), &[CF_LOG, CF_META, CF_SNAPSHOT]).expect("opening RocksDB");
-        let (log, sync_thread) = LogStore::new(db.clone(), Arc::new(AtomicU64::new(0)), WalSync::Background)
-            .expect("starting the WAL syncer");
+        let (log, sync_thread) = LogStore::new(
+            db.clone(),
+            Arc::new(AtomicU64::new(0)),
+            WalSync::Background,
+            Arc::default(),
+        )
+        .expect("starting the WAL syncer");
         let state = Arc::new(AppliedState::default());
         let state_machine = StateMachineStore::open(
             db,
             state,
             Arc::new(Retirement::new(quorumlock_core::consensus::NodeId::new(1))),
             Arc::new(AtomicU64::new(0)),
+            Arc::default(),
         )?;
         Ok((
             CaseGuard {

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use openraft::storage::LogFlushed;
+use quorumlock_core::consensus::EngineTelemetry;
 use rocksdb::DB;
 
 use super::types::TypeConfig;
@@ -49,21 +50,26 @@ pub enum WalSyncer {
     /// Queue for the WAL sync thread.
     Background(SyncSender<LogFlushed<TypeConfig>>),
     /// Sync in the caller.
-    Inline(Arc<DB>),
+    Inline(Arc<DB>, Arc<EngineTelemetry>),
 }
 
 impl WalSyncer {
     /// Starts syncing for `db` the way `mode` says; returns the syncer and
     /// the syncing thread, which ends once every clone of the syncer is
     /// dropped (join it before closing the database).
-    pub fn start(db: Arc<DB>, mode: WalSync) -> std::io::Result<(WalSyncer, Option<JoinHandle<()>>)> {
+    /// Every fsync is recorded in `telemetry`.
+    pub fn start(
+        db: Arc<DB>,
+        mode: WalSync,
+        telemetry: Arc<EngineTelemetry>,
+    ) -> std::io::Result<(WalSyncer, Option<JoinHandle<()>>)> {
         if mode == WalSync::Inline {
-            return Ok((WalSyncer::Inline(db), None));
+            return Ok((WalSyncer::Inline(db, telemetry), None));
         }
         let (queue, pending) = sync_channel(APPENDS_AWAITING_SYNC_MAX);
         let thread = std::thread::Builder::new()
             .name("raft-wal-sync".to_string())
-            .spawn(move || sync_loop(&db, &pending))?;
+            .spawn(move || sync_loop(&db, &pending, &telemetry))?;
         Ok((WalSyncer::Background(queue), Some(thread)))
     }
 
@@ -72,9 +78,10 @@ impl WalSyncer {
     pub fn flushed_after_sync(&self, callback: LogFlushed<TypeConfig>) {
         let queue = match self {
             WalSyncer::Background(queue) => queue,
-            WalSyncer::Inline(db) => {
+            WalSyncer::Inline(db, telemetry) => {
                 callback.log_io_completed(
-                    db.flush_wal(true)
+                    telemetry
+                        .timed_sync(|| db.flush_wal(true))
                         .map_err(|error| std::io::Error::other(error.to_string())),
                 );
                 return;
@@ -90,11 +97,11 @@ impl WalSyncer {
     }
 }
 
-fn sync_loop(db: &DB, pending: &Receiver<LogFlushed<TypeConfig>>) {
+fn sync_loop(db: &DB, pending: &Receiver<LogFlushed<TypeConfig>>, telemetry: &EngineTelemetry) {
     while let Ok(first) = pending.recv() {
         let mut callbacks = vec![first];
         callbacks.extend(pending.try_iter().take(CALLBACKS_PER_SYNC_MAX - 1));
-        let result = db.flush_wal(true);
+        let result = telemetry.timed_sync(|| db.flush_wal(true));
         if let Err(error) = &result {
             tracing::error!(%error, "syncing the Raft log failed");
         }

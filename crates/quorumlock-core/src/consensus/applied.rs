@@ -3,13 +3,13 @@
 //! registry that wakes only the waiter a grant is for.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{broadcast, Notify};
 
 use super::CommandResult;
-use crate::lock::{Command, Event, LockState, SessionId};
+use crate::lock::{Applied, Command, Event, LockState, SessionId};
 
 /// Capacity of the notice channel; a receiver that falls further behind sees
 /// `Lagged` and must re-read the state instead of relying on notices.
@@ -24,6 +24,16 @@ pub enum StateNotice {
     Restored,
 }
 
+/// Told of every command as it is applied, in log order, after the state
+/// changed: for figures that need the time of an apply (how long a lock
+/// was waited for or held), which the clock-free state cannot keep.
+pub trait ApplyObserver: Send + Sync + std::fmt::Debug + 'static {
+    /// `command` was applied with this result and these events.
+    fn applied(&self, command: &Command, applied: &Applied);
+    /// The whole state was replaced from a snapshot.
+    fn restored(&self);
+}
+
 /// The applied lock state of one replica.
 #[derive(Debug)]
 pub struct AppliedState {
@@ -33,6 +43,7 @@ pub struct AppliedState {
     /// busy cluster's grants do not wake every stream.
     session_ends: broadcast::Sender<StateNotice>,
     waiters: Mutex<HashMap<SessionId, HashMap<String, Waiter>>>,
+    observer: OnceLock<Arc<dyn ApplyObserver>>,
 }
 
 /// The state and the index (log index or slot) of the last entry whose
@@ -113,7 +124,14 @@ impl AppliedState {
             notices,
             session_ends,
             waiters: Mutex::new(HashMap::new()),
+            observer: OnceLock::new(),
         }
+    }
+
+    /// Tells `observer` of every command applied from now on. There is one
+    /// observer; a second is refused and returned.
+    pub fn observe(&self, observer: Arc<dyn ApplyObserver>) -> Result<(), Arc<dyn ApplyObserver>> {
+        self.observer.set(observer)
     }
 
     /// Applies the commands of the committed entry `index` (a log index
@@ -125,6 +143,8 @@ impl AppliedState {
         index: u64,
         commands: impl IntoIterator<Item = &'a Command>,
     ) -> Vec<CommandResult> {
+        let observer = self.observer.get();
+        let mut observed = Vec::new();
         let applied: Vec<_> = {
             let mut indexed = self.state.write();
             assert!(
@@ -135,9 +155,23 @@ impl AppliedState {
             indexed.index = index;
             commands
                 .into_iter()
-                .map(|command| indexed.state.apply(command))
+                .map(|command| {
+                    let applied = indexed.state.apply(command);
+                    if observer.is_some() {
+                        observed.push(command);
+                    }
+                    applied
+                })
                 .collect()
         };
+        // Told after the lock is released, so readers never wait on it; the
+        // one apply path calls this in log order, so the observer sees the
+        // commands in that order too.
+        if let Some(observer) = observer {
+            for (command, applied) in observed.into_iter().zip(&applied) {
+                observer.applied(command, applied);
+            }
+        }
         applied
             .into_iter()
             .map(|applied| {
@@ -166,6 +200,9 @@ impl AppliedState {
     /// `index` (snapshot install).
     pub fn restore(&self, state: LockState, index: u64) {
         *self.state.write() = Indexed { state, index };
+        if let Some(observer) = self.observer.get() {
+            observer.restored();
+        }
         for locks in self.waiters.lock().values() {
             for waiter in locks.values() {
                 waiter.notify.notify_waiters();

@@ -31,6 +31,8 @@ pub struct EngineConfig {
     /// This node's incarnation and its peers': every peer request carries
     /// them (see [`super::incarnation`]).
     pub incarnations: Arc<Incarnations>,
+    /// Where the engine records its fsyncs, peer calls and snapshots.
+    pub telemetry: Arc<super::EngineTelemetry>,
 }
 
 impl EngineConfig {

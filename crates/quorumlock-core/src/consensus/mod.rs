@@ -10,9 +10,10 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod incarnation;
+pub mod telemetry;
 pub mod types;
 
-pub use applied::{AppliedState, GrantWatch, StateNotice};
+pub use applied::{AppliedState, ApplyObserver, GrantWatch, StateNotice};
 
 /// gRPC metadata key of a peer's refusal of a sender whose id a membership
 /// change retired (FAILED_PRECONDITION); the value is the sender's id. Both
@@ -46,6 +47,7 @@ impl KnownMembership {
 pub use config::EngineConfig;
 pub use engine::ConsensusEngine;
 pub use error::EngineError;
+pub use telemetry::EngineTelemetry;
 pub use types::{
     CommandResult, EngineKind, EngineStatus, LeaderInfo, Leadership, Member, MemberState, MembershipChange,
     NodeId,

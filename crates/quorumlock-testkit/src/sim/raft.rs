@@ -517,6 +517,7 @@ impl RaftSim {
             snapshot_every_entries: self.snapshot_every_entries,
             // The simulated network carries no incarnations.
             incarnations: Arc::new(Incarnations::in_memory(id, id.get())),
+            telemetry: Arc::default(),
         };
         // The state restarts empty; its notices are watched before the
         // engine restores the snapshot and replays the log into it.
