@@ -68,6 +68,8 @@ pub(crate) fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
 /// The ALPN protocol gRPC runs on; grpc-core clients refuse a TLS server
 /// that does not select it.
 pub(crate) const ALPN_H2: &[u8] = b"h2";
+/// The ALPN name of HTTP/1.1, which the metrics listener also serves.
+pub(crate) const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 #[cfg(all(test, feature = "server"))]
 mod tests;

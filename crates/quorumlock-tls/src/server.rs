@@ -21,7 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
-use crate::{files, provider, CertNames, TlsError, ALPN_H2};
+use crate::{files, provider, CertNames, TlsError, ALPN_H2, ALPN_HTTP1};
 
 /// Longest a client may take from its TCP connect to the end of its TLS
 /// handshake before the socket is closed.
@@ -143,7 +143,9 @@ pub(crate) fn server_config(
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // gRPC clients negotiate h2; HTTP/1.1 is offered for the metrics
+    // listener's scrapers and browsers, which share this configuration.
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
     Ok((Arc::new(config), names))
 }
 
