@@ -38,6 +38,10 @@ pub struct DevArgs {
     /// and print the client flags that reach the cluster.
     #[arg(long)]
     tls: bool,
+    /// Port of node 1's metrics listener (/metrics, /health and the status
+    /// page); node N serves on metrics_port + N - 1. 0 turns them off.
+    #[arg(long, default_value_t = 9101)]
+    metrics_port: u16,
 }
 
 /// Runs one node until SIGINT or SIGTERM (exit 0), or until its storage
@@ -174,6 +178,10 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<i32> {
             snapshot_every_entries: 10_000,
             tls: tls.as_ref().map(|tls| tls.nodes[id as usize - 1].clone()),
             auth_policy: None,
+            metrics_listen: match args.metrics_port {
+                0 => None,
+                port => Some(std::net::SocketAddr::from(([127, 0, 0, 1], port + id as u16 - 1))),
+            },
         };
         nodes.push(Node::start(config).await?);
     }
@@ -184,6 +192,15 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<i32> {
         data_dir.display()
     );
     println!("endpoints: {}", endpoints.join(","));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    for node in &nodes {
+        if let Some(metrics) = node.metrics_addr() {
+            println!(
+                "node {}: status page {scheme}://{metrics}/  metrics {scheme}://{metrics}/metrics",
+                node.engine().status().node_id
+            );
+        }
+    }
     if let Some(tls) = &tls {
         println!(
             "TLS with client certificates; client flags: {}",

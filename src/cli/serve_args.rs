@@ -82,6 +82,12 @@ pub struct ServeArgs {
     /// tokens. Turns authentication and authorization on. Re-read on SIGHUP.
     #[arg(long)]
     auth_policy: Option<PathBuf>,
+    /// Serve Prometheus metrics at /metrics, /health and a live status
+    /// page at / on this address (HOST:PORT). Over TLS when the node is;
+    /// with --auth-policy, /metrics and the page's data need the admin role.
+    /// Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Fault injection for chaos runs: the lease keeper's clock is skewed by
     /// the `OFFSET_MS RATE` this file holds, re-read while the node runs
     /// (see `SkewedClock`). Not for production.
@@ -171,6 +177,7 @@ impl ServeArgs {
                     .transpose()?,
             )?,
             auth_policy: self.auth_policy.or(file.auth_policy),
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
         })
     }
 }

@@ -47,6 +47,10 @@ pub struct NodeConfig {
     pub tls: Option<ServerTlsFiles>,
     /// The access policy (TOML); `None` turns access control off.
     pub auth_policy: Option<PathBuf>,
+    /// Where to serve `/metrics`, `/health` and the status page (see
+    /// [`crate::metrics`]); `None` serves none of them and records no
+    /// metrics.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The optional TOML file: the same settings as the flags, all optional.
@@ -81,6 +85,8 @@ pub struct FileConfig {
     pub client_certs: Option<String>,
     /// The access policy (TOML).
     pub auth_policy: Option<PathBuf>,
+    /// See [`NodeConfig::metrics_listen`].
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl FileConfig {

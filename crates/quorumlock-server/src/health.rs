@@ -23,6 +23,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::server::NamedService;
 use tonic_health::server::HealthReporter;
@@ -75,6 +76,7 @@ fn status_of(serving: bool) -> ServingStatus {
 pub struct HealthKeeper {
     reporter: HealthReporter,
     task: JoinHandle<()>,
+    serving: watch::Sender<bool>,
 }
 
 impl HealthKeeper {
@@ -89,8 +91,18 @@ impl HealthKeeper {
             .set_service_status(CLUSTER_HEALTH_NAME, ServingStatus::Serving)
             .await;
         set_lock_api(&mut reporter, ServingStatus::NotServing).await;
-        let task = tokio::spawn(follow(engine, reporter.clone(), config));
-        HealthKeeper { reporter, task }
+        let (serving, _) = watch::channel(false);
+        let task = tokio::spawn(follow(engine, reporter.clone(), config, serving.clone()));
+        HealthKeeper {
+            reporter,
+            task,
+            serving,
+        }
+    }
+
+    /// Whether the lock API is `SERVING`, as the health service last said.
+    pub fn serving(&self) -> watch::Receiver<bool> {
+        self.serving.subscribe()
     }
 
     /// Reports every service `NOT_SERVING` for good: the node is stopping.
@@ -98,6 +110,7 @@ impl HealthKeeper {
         // The follower task must not flip a status back after this point.
         self.task.abort();
         let _ = (&mut self.task).await;
+        self.serving.send_replace(false);
         set_lock_api(&mut self.reporter, ServingStatus::NotServing).await;
         self.reporter
             .set_service_status(CLUSTER_HEALTH_NAME, ServingStatus::NotServing)
@@ -112,7 +125,12 @@ async fn set_lock_api(reporter: &mut HealthReporter, status: ServingStatus) {
 
 /// Re-evaluates the lock API's health at every leadership change and every
 /// probe interval, until the engine's leadership channel closes.
-async fn follow(engine: Arc<dyn ConsensusEngine>, mut reporter: HealthReporter, config: HealthConfig) {
+async fn follow(
+    engine: Arc<dyn ConsensusEngine>,
+    mut reporter: HealthReporter,
+    config: HealthConfig,
+    published_to: watch::Sender<bool>,
+) {
     let mut leadership = engine.leadership();
     let mut published: Option<bool> = None;
     loop {
@@ -134,11 +152,13 @@ async fn follow(engine: Arc<dyn ConsensusEngine>, mut reporter: HealthReporter, 
                 "lock API health changed"
             );
             set_lock_api(&mut reporter, status_of(serving)).await;
+            published_to.send_replace(serving);
             published = Some(serving);
         }
         tokio::select! {
             changed = leadership.changed() => {
                 if changed.is_err() {
+                    published_to.send_replace(false);
                     set_lock_api(&mut reporter, ServingStatus::NotServing).await;
                     return;
                 }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod health;
 pub mod identity;
 pub mod lease_driver;
+pub mod metrics;
 pub mod node;
 pub mod repair;
 pub mod restore;

@@ -25,6 +25,7 @@ use crate::config::NodeConfig;
 use crate::health::{HealthConfig, HealthKeeper};
 use crate::identity::{self, Found};
 use crate::lease_driver::{LeaseConfig, LeaseDriver};
+use crate::metrics::{self, GrpcMetricsLayer, HttpAccess, MeteredEngine, Metrics, MetricsServer};
 use crate::repair::{self, Repair};
 use crate::rpc::peer_guard::{PeerGuardLayer, PeerPolicy};
 use crate::rpc::{ClusterService, LockService, LockServiceConfig};
@@ -53,6 +54,7 @@ pub struct Node {
     health: Option<HealthKeeper>,
     leases: JoinHandle<()>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    metrics_server: Option<MetricsServer>,
 }
 
 /// Starts the engine on `config`'s data directory as `found` it, under the
@@ -63,6 +65,7 @@ async fn start_engine(
     found: Found,
     repairing: bool,
     dialer: &Dialer,
+    metrics: Option<&Arc<Metrics>>,
 ) -> anyhow::Result<(Arc<dyn ConsensusEngine>, Routes, Arc<Incarnations>)> {
     let own_incarnation = match found {
         Found::Recorded(identity) => identity.incarnation,
@@ -89,6 +92,7 @@ async fn start_engine(
         election_timeout: config.election_timeout,
         snapshot_every_entries: config.snapshot_every_entries,
         incarnations: incarnations.clone(),
+        telemetry: metrics.map_or_else(Arc::default, |metrics| metrics.telemetry.clone()),
     };
     let (engine, routes): (Arc<dyn ConsensusEngine>, Routes) = match config.engine {
         EngineKind::Raft => {
@@ -158,16 +162,46 @@ impl Node {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
+        let metrics_listener = match config.metrics_listen {
+            Some(listen) => Some(
+                TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("binding the metrics listener {listen}"))?,
+            ),
+            None => None,
+        };
+        let metrics = metrics_listener
+            .as_ref()
+            .map(|_| Arc::new(Metrics::new(config.id, config.engine)));
+        if let Some(metrics) = &metrics {
+            for peer in config.peers.keys().filter(|peer| **peer != config.id) {
+                // Each configured peer's series exists before its first call.
+                let _ = metrics.telemetry.peer_round_trip(*peer);
+            }
+        }
 
-        let (engine, peer_routes, incarnations) = match start_engine(&config, found, repairing, &dialer).await
-        {
+        let started = start_engine(&config, found, repairing, &dialer, metrics.as_ref()).await;
+        let (engine, peer_routes, incarnations) = match started {
             Err(error) if config.repair && !repairing && quorumlock_storage::is_damaged(&error) => {
                 repair::quarantine(&config.data_dir, &format!("{error:#}"))?;
                 found = Found::Fresh;
                 repairing = true;
-                start_engine(&config, found, repairing, &dialer).await?
+                start_engine(&config, found, repairing, &dialer, metrics.as_ref()).await?
             }
             started => started?,
+        };
+        // Every proposal, from the API, the lease driver and the cluster
+        // service, is counted; waits and holds are timed as they apply.
+        let engine = match &metrics {
+            Some(metrics) => {
+                if engine.state().observe(metrics.locks.clone()).is_err() {
+                    anyhow::bail!("the engine's state already has an observer");
+                }
+                tokio::spawn(metrics.clone().follow_leadership(engine.leadership()));
+                tokio::spawn(metrics.series.clone().sample(metrics.clone(), engine.clone()));
+                MeteredEngine::wrap(engine, metrics.proposals.clone())
+            }
+            None => engine,
         };
         let own_incarnation = incarnations.own_incarnation();
 
@@ -264,6 +298,9 @@ impl Node {
         });
         let server = tonic::transport::Server::builder()
             .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
+            .layer(GrpcMetricsLayer::new(
+                metrics.as_ref().map(|metrics| metrics.grpc.clone()),
+            ))
             .layer(peer_guard)
             .add_routes(peer_routes)
             .add_service(health_service)
@@ -304,6 +341,30 @@ impl Node {
                  speak the peer protocol and pass calls off as forwarded; start it with --cert, --key and --ca"
             ),
         }
+        let metrics_server = match (metrics_listener, &metrics) {
+            (Some(listener), Some(metrics)) => {
+                let served = metrics::serve(
+                    listener,
+                    tls.as_ref().map(|tls| tls.server().clone()),
+                    metrics.clone(),
+                    engine.clone(),
+                    HttpAccess {
+                        access: access.clone(),
+                        dialer: dialer.clone(),
+                        serving: health.serving(),
+                    },
+                )?;
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                tracing::info!(
+                    node = %config.id, addr = %served.addr(),
+                    "metrics at {scheme}://{0}/metrics, status page at {scheme}://{0}/, health at {scheme}://{0}/health{1}",
+                    served.addr(),
+                    if access.summary().is_some() { " (metrics and the page's data need the admin role)" } else { "" }
+                );
+                Some(served)
+            }
+            _ => None,
+        };
         // Every replica knows repaired peers by the incarnation the
         // replicated state records for them.
         tokio::spawn(repair::follow_records(
@@ -355,7 +416,13 @@ impl Node {
             health: Some(health),
             leases: lease_task,
             server,
+            metrics_server,
         })
+    }
+
+    /// The address the metrics listener is bound to, if it runs.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_server.as_ref().map(MetricsServer::addr)
     }
 
     /// The address the server is bound to.
@@ -442,6 +509,9 @@ impl Node {
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         if let Some(health) = self.health.take() {
             health.stop().await;
+        }
+        if let Some(metrics) = self.metrics_server.take() {
+            metrics.stop().await;
         }
         self.stopping.send_replace(true);
         if let Some(stop) = self.stop.take() {
