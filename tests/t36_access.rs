@@ -13,7 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::pki::{client_config, exe, run, tls_channel, wait_for_log_lines, Pki};
+use common::pki::{client_config, exe, new_token, run, tls_channel, wait_for_log_lines, Pki};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use quorumlock_client::{BearerToken, Client, ClientError, ClientTls, ClientTlsFiles};
@@ -396,24 +396,6 @@ async fn check_each_identity_gets_what_its_roles_grant_and_a_reloaded_policy_app
     acquire(&alice, (session, &secret), "billing/after-bad-reload")
         .await
         .expect("the policy in force stays after a broken one is refused");
-}
-
-/// Runs `quorumlock token --identity NAME`: the token, and the policy entry.
-async fn new_token(identity: &str) -> (String, String) {
-    let output = tokio::process::Command::new(exe())
-        .args(["token", "--identity", identity])
-        .output()
-        .await
-        .expect("run quorumlock token");
-    assert!(output.status.success(), "{output:?}");
-    let token = String::from_utf8(output.stdout).unwrap().trim().to_string();
-    let entry = String::from_utf8(output.stderr).unwrap();
-    assert!(
-        !entry.contains(&token),
-        "the policy entry must not hold the token itself"
-    );
-    let entry = entry[entry.find("[[tokens]]").expect("the entry is printed")..].to_string();
-    (token, entry)
 }
 
 fn token_config(token: &str, tls: Option<ClientTls>) -> quorumlock_client::ClientConfig {

@@ -155,6 +155,8 @@ pub fn require_python_packages() {
 struct Node {
     id: u64,
     addr: SocketAddr,
+    /// Where its metrics listener binds (`--metrics-listen`), if it has one.
+    metrics_addr: Option<SocketAddr>,
     data_dir: PathBuf,
     log_path: PathBuf,
     child: Mutex<Option<Child>>,
@@ -210,13 +212,29 @@ impl Cluster {
         extra_args: &[&str],
         prepare: &dyn Fn(u64, &std::path::Path, &str),
     ) -> Cluster {
+        Cluster::start_full(engine, nodes, extra_args, false, prepare).await
+    }
+
+    /// Like [`Cluster::start_with_args`], with every node serving its
+    /// metrics listener on a port of its own ([`Cluster::metrics_addr`]).
+    pub async fn start_with_metrics(engine: &str, nodes: usize, extra_args: &[&str]) -> Cluster {
+        Cluster::start_full(engine, nodes, extra_args, true, &|_, _, _| {}).await
+    }
+
+    async fn start_full(
+        engine: &str,
+        nodes: usize,
+        extra_args: &[&str],
+        metrics: bool,
+        prepare: &dyn Fn(u64, &std::path::Path, &str),
+    ) -> Cluster {
         assert!(nodes >= 1, "a cluster needs at least one node");
         for attempt in 1..=START_ATTEMPTS_MAX {
             let slot = cluster_slots()
                 .acquire_owned()
                 .await
                 .expect("the cluster semaphore is never closed");
-            let cluster = Cluster::launch(engine, nodes, extra_args, slot, prepare);
+            let cluster = Cluster::launch(engine, nodes, extra_args, metrics, slot, prepare);
             match cluster.poll_leader(LEADER_WAIT).await {
                 Ok(_) => return cluster,
                 Err(LeaderWait::Exited { index, status })
@@ -244,6 +262,7 @@ impl Cluster {
         engine: &str,
         nodes: usize,
         extra_args: &[&str],
+        metrics: bool,
         slot: OwnedSemaphorePermit,
         prepare: &dyn Fn(u64, &std::path::Path, &str),
     ) -> Cluster {
@@ -251,11 +270,16 @@ impl Cluster {
             .prefix("quorumlock-test-")
             .tempdir()
             .expect("create the cluster's temporary directory");
-        let addrs: Vec<SocketAddr> = quorumlock_testkit::cluster::free_ports(nodes)
+        let ports_each = if metrics { 2 } else { 1 };
+        let mut addrs: Vec<SocketAddr> = quorumlock_testkit::cluster::free_ports(nodes * ports_each)
             .expect("free ports on 127.0.0.1")
             .into_iter()
             .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
             .collect();
+        let metrics_addrs: Vec<Option<SocketAddr>> = match metrics {
+            true => addrs.split_off(nodes).into_iter().map(Some).collect(),
+            false => vec![None; nodes],
+        };
         let peers = addrs
             .iter()
             .enumerate()
@@ -270,6 +294,7 @@ impl Cluster {
                 Node {
                     id,
                     addr,
+                    metrics_addr: metrics_addrs[index],
                     data_dir: dir.path().join(format!("node-{id}")),
                     log_path: dir.path().join(format!("node-{id}.log")),
                     child: Mutex::new(None),
@@ -336,6 +361,11 @@ impl Cluster {
             .arg(HEARTBEAT_MS.to_string())
             .arg("--election-timeout-ms")
             .arg(ELECTION_TIMEOUT_MS.to_string())
+            .args(
+                node.metrics_addr
+                    .map(|addr| vec!["--metrics-listen".to_string(), addr.to_string()])
+                    .unwrap_or_default(),
+            )
             .args(&self.extra_args)
             .args(more_args)
             .stdin(Stdio::null())
@@ -351,6 +381,11 @@ impl Cluster {
         let log = std::fs::read(&self.nodes[index].log_path).unwrap_or_default();
         let log = String::from_utf8_lossy(&log).to_lowercase();
         log.contains("address already in use") || log.contains("addrinuse")
+    }
+
+    /// Where node `index` serves its metrics listener, if it has one.
+    pub fn metrics_addr(&self, index: usize) -> Option<SocketAddr> {
+        self.nodes[index].metrics_addr
     }
 
     /// The engine the nodes run.

@@ -214,3 +214,21 @@ pub async fn wait_for_log_lines(
     )
     .await
 }
+
+/// Runs `quorumlock token --identity NAME`: the token, and the policy entry.
+pub async fn new_token(identity: &str) -> (String, String) {
+    let output = tokio::process::Command::new(exe())
+        .args(["token", "--identity", identity])
+        .output()
+        .await
+        .expect("run quorumlock token");
+    assert!(output.status.success(), "{output:?}");
+    let token = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    let entry = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        !entry.contains(&token),
+        "the policy entry must not hold the token itself"
+    );
+    let entry = entry[entry.find("[[tokens]]").expect("the entry is printed")..].to_string();
+    (token, entry)
+}
