@@ -36,23 +36,38 @@ use systems::LockSystem;
 use workloads::SystemResults;
 
 /// The systems in report order. The `+tls` ones run workload 1 only, over
-/// mutual TLS, so that TLS's cost is measured beside the plaintext rows.
-const SYSTEMS: [&str; 6] = [
+/// mutual TLS, so that TLS's cost is measured beside the plaintext rows;
+/// the `+metrics` ones likewise with metrics on and scraped.
+const SYSTEMS: [&str; 8] = [
     "quorumlock-raft",
     "quorumlock-paxos",
     "etcd",
     "redis",
     "quorumlock-raft+tls",
     "quorumlock-paxos+tls",
+    "quorumlock-raft+metrics",
+    "quorumlock-paxos+metrics",
 ];
+
+/// Whether `name` is a variant that runs workload 1 only.
+fn variant(name: &str) -> bool {
+    name.ends_with(quorumlock::TLS_SUFFIX) || name.ends_with(quorumlock::METRICS_SUFFIX)
+}
 
 async fn start(name: &str, options: &Options) -> anyhow::Result<Box<dyn LockSystem>> {
     Ok(match name {
-        "quorumlock-raft" | "quorumlock-paxos" | "quorumlock-raft+tls" | "quorumlock-paxos+tls" => {
+        "quorumlock-raft"
+        | "quorumlock-paxos"
+        | "quorumlock-raft+tls"
+        | "quorumlock-paxos+tls"
+        | "quorumlock-raft+metrics"
+        | "quorumlock-paxos+metrics" => {
             let tls = name.ends_with(quorumlock::TLS_SUFFIX);
+            let metrics = name.ends_with(quorumlock::METRICS_SUFFIX);
             let engine = name
                 .trim_start_matches("quorumlock-")
-                .trim_end_matches(quorumlock::TLS_SUFFIX);
+                .trim_end_matches(quorumlock::TLS_SUFFIX)
+                .trim_end_matches(quorumlock::METRICS_SUFFIX);
             Box::new(
                 quorumlock::QuorumlockSystem::start(
                     engine,
@@ -60,6 +75,7 @@ async fn start(name: &str, options: &Options) -> anyhow::Result<Box<dyn LockSyst
                     options.heartbeat_ms,
                     options.election_timeout_ms,
                     tls,
+                    metrics,
                 )
                 .await?,
             )
@@ -129,7 +145,7 @@ async fn run(options: Options) -> anyhow::Result<bool> {
             continue;
         }
         match start(name, &options).await {
-            Ok(mut system) if name.ends_with(quorumlock::TLS_SUFFIX) => {
+            Ok(mut system) if variant(name) => {
                 workloads::run_uncontended(system.as_mut(), &options, &mut system_results).await;
             }
             Ok(mut system) => {

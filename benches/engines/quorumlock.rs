@@ -18,6 +18,12 @@ use super::systems::{Held, HeldInner, LockClient, LockSession, LockSystem};
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// How the name of a system over TLS ends: `quorumlock-raft+tls`.
 pub const TLS_SUFFIX: &str = "+tls";
+/// How the name of a system with metrics on ends: `quorumlock-raft+metrics`.
+pub const METRICS_SUFFIX: &str = "+metrics";
+/// How often the benchmark scrapes each node's `/metrics` when metrics are
+/// on: more often than Prometheus's default of 15 s, so that the cost of
+/// scraping is not understated.
+const SCRAPE_EVERY: Duration = Duration::from_secs(1);
 
 /// A 3-node (or `nodes`-node) quorumlock cluster of one engine.
 pub struct QuorumlockSystem {
@@ -25,6 +31,8 @@ pub struct QuorumlockSystem {
     cluster: ProcessCluster,
     /// The client side of mutual TLS, when the cluster serves it.
     tls: Option<ClientTls>,
+    /// The scrapers of the nodes' `/metrics`, when metrics are on.
+    scrapers: Vec<tokio::task::JoinHandle<()>>,
     // Held for its lifetime: the certificates' directory.
     _certs: Option<tempfile::TempDir>,
 }
@@ -69,13 +77,15 @@ fn make_certs(dir: &std::path::Path, nodes: usize) -> anyhow::Result<(Vec<String
 
 impl QuorumlockSystem {
     /// Starts `nodes` nodes of `engine` with the given timings, over
-    /// mutual TLS if `tls`, and waits for a leader.
+    /// mutual TLS if `tls`, with metrics on (and scraped every
+    /// [`SCRAPE_EVERY`]) if `metrics`, and waits for a leader.
     pub async fn start(
         engine: &str,
         nodes: usize,
         heartbeat_ms: u64,
         election_timeout_ms: u64,
         tls: bool,
+        metrics: bool,
     ) -> anyhow::Result<QuorumlockSystem> {
         let mut spec = ClusterSpec::new(env!("CARGO_BIN_EXE_quorumlock"), engine, nodes);
         spec.heartbeat_ms = heartbeat_ms;
@@ -92,14 +102,34 @@ impl QuorumlockSystem {
             spec.client_tls = Some(client_tls);
             certs = Some(dir);
         }
+        if metrics {
+            spec.extra_args
+                .extend(["--metrics-listen".to_string(), "127.0.0.1:0".to_string()]);
+            // The line that names the metrics address is an INFO line.
+            spec.env.retain(|(name, _)| name != "RUST_LOG");
+            spec.env.push((
+                "RUST_LOG".to_string(),
+                "warn,quorumlock_server::node=info".to_string(),
+            ));
+        }
         let tls = spec.client_tls.clone();
-        let cluster = ProcessCluster::start(spec)
+        let mut cluster = ProcessCluster::start(spec)
             .await
             .with_context(|| format!("starting a quorumlock {engine} cluster"))?;
+        let mut scrapers = Vec::new();
+        if metrics {
+            cluster.wait_for_leader().await?;
+            for index in 0..cluster.len() {
+                let addr = metrics_addr(&cluster.node(index).log())
+                    .with_context(|| format!("node {} logged no metrics address", index + 1))?;
+                scrapers.push(tokio::spawn(scrape_forever(addr)));
+            }
+        }
         Ok(QuorumlockSystem {
             engine: engine.to_string(),
             cluster,
             tls,
+            scrapers,
             _certs: certs,
         })
     }
@@ -117,9 +147,10 @@ impl QuorumlockSystem {
 #[async_trait]
 impl LockSystem for QuorumlockSystem {
     fn name(&self) -> String {
-        match self.tls {
-            Some(_) => format!("quorumlock-{}{TLS_SUFFIX}", self.engine),
-            None => format!("quorumlock-{}", self.engine),
+        match (&self.tls, self.scrapers.is_empty()) {
+            (Some(_), _) => format!("quorumlock-{}{TLS_SUFFIX}", self.engine),
+            (None, false) => format!("quorumlock-{}{METRICS_SUFFIX}", self.engine),
+            (None, true) => format!("quorumlock-{}", self.engine),
         }
     }
 
@@ -187,6 +218,39 @@ impl LockSystem for QuorumlockSystem {
             );
             tokio::time::sleep(POLL_INTERVAL).await;
         }
+    }
+}
+
+impl Drop for QuorumlockSystem {
+    fn drop(&mut self) {
+        for scraper in &self.scrapers {
+            scraper.abort();
+        }
+    }
+}
+
+/// The metrics address a node's log names (`metrics at http://ADDR/metrics`).
+fn metrics_addr(log: &str) -> Option<String> {
+    let rest = &log[log.find("metrics at http://")? + "metrics at http://".len()..];
+    Some(rest.split('/').next()?.to_string())
+}
+
+/// Fetches `http://addr/metrics` every [`SCRAPE_EVERY`] with a plain
+/// HTTP/1.1 GET, as a scraper would, reading the whole answer.
+async fn scrape_forever(addr: String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut ticks = tokio::time::interval(SCRAPE_EVERY);
+    loop {
+        ticks.tick().await;
+        let Ok(mut stream) = tokio::net::TcpStream::connect(&addr).await else {
+            continue;
+        };
+        let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        if stream.write_all(request.as_bytes()).await.is_err() {
+            continue;
+        }
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
     }
 }
 

@@ -370,22 +370,44 @@ fn tls_cost(w: &mut String, results: &[SystemResults], options: &Options) {
         w,
         "\n### TLS cost (workload 1: the `+tls` rows against plaintext)\n\n\
          Every link over mutual TLS (rustls; client and peer certificates from `quorumlock certs`), \
-         connections established before the window, so this is the per-call cost, not handshakes.\n\n\
-         | engine | workers | pairs/s TLS / plain | p50 ms plain → TLS | p99 ms plain → TLS | leader CPU µs/op plain → TLS |\n\
+         connections established before the window, so this is the per-call cost, not handshakes.\n"
+    );
+    variant_cost(w, results, options, super::quorumlock::TLS_SUFFIX, "TLS");
+}
+
+/// Workload 1 with metrics on against the same engine with them off: the
+/// cost of metrics, measured in this run (target: under 3 % of pairs/s at
+/// 64 workers).
+fn metrics_cost(w: &mut String, results: &[SystemResults], options: &Options) {
+    let _ = writeln!(
+        w,
+        "\n### Metrics cost (workload 1: the `+metrics` rows against metrics off)\n\n\
+         Every node with `--metrics-listen`: proposals, fsyncs, peer round trips, gRPC calls, waits and \
+         holds recorded, and `/metrics` scraped once a second per node (Prometheus's default is every 15 s). \
+         Target: metrics on cost under 3 % of pairs/s at 64 workers (ratio ≥ 0.97).\n"
+    );
+    variant_cost(w, results, options, super::quorumlock::METRICS_SUFFIX, "metrics");
+}
+
+/// The table of a variant's workload 1 against the plain engine's.
+fn variant_cost(w: &mut String, results: &[SystemResults], options: &Options, suffix: &str, what: &str) {
+    let _ = writeln!(
+        w,
+        "| engine | workers | pairs/s {what} / plain | p50 ms plain → {what} | p99 ms plain → {what} | leader CPU µs/op plain → {what} |\n\
          |---|---|---|---|---|---|"
     );
     for engine in ["quorumlock-raft", "quorumlock-paxos"] {
-        let (Some(plain), Some(tls)) = (
-            find(results, engine),
-            find(results, &format!("{engine}{}", super::quorumlock::TLS_SUFFIX)),
-        ) else {
+        let (Some(plain), Some(variant)) =
+            (find(results, engine), find(results, &format!("{engine}{suffix}")))
+        else {
             continue;
         };
         for &workers in &options.uncontended_workers {
-            let (Some(plain), Some(tls)) = (uncontended(plain, workers), uncontended(tls, workers)) else {
+            let (Some(plain), Some(variant)) = (uncontended(plain, workers), uncontended(variant, workers))
+            else {
                 continue;
             };
-            let (p, t) = (&plain.summary, &tls.summary);
+            let (p, t) = (&plain.summary, &variant.summary);
             let _ = writeln!(
                 w,
                 "| {engine} | {workers} | {:.2} | {} → {} | {} → {} | {} → {} |",
@@ -395,7 +417,7 @@ fn tls_cost(w: &mut String, results: &[SystemResults], options: &Options) {
                 num(p.p99_ms),
                 num(t.p99_ms),
                 opt(plain.leader_cpu_us_per_op),
-                opt(tls.leader_cpu_us_per_op),
+                opt(variant.leader_cpu_us_per_op),
             );
         }
     }
@@ -496,6 +518,7 @@ pub fn render(results: &[SystemResults], options: &Options, context: &Context, c
     }
 
     tls_cost(w, results, options);
+    metrics_cost(w, results, options);
 
     let _ = writeln!(
         w,
