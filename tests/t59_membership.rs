@@ -471,13 +471,26 @@ async fn a_change_interrupted_by_the_leaders_crash_is_completed_and_a_later_chan
     )
     .await;
 
-    assert!(
-        (0..3).any(|index| cluster
-            .log(index)
-            .contains("completed the interrupted membership change")),
-        "no node says it completed the change: {}",
-        cluster.log_tails()
-    );
+    // The node logs once openraft answers its change, which can come just
+    // after the new configuration is visible to a member list.
+    common::wait_until(
+        "a node to log that it completed the change",
+        common::CONDITION_WAIT,
+        || async {
+            match (0..3).any(|index| {
+                cluster
+                    .log(index)
+                    .contains("completed the interrupted membership change")
+            }) {
+                true => Ok(()),
+                false => Err(format!(
+                    "no node says it completed the change: {}",
+                    cluster.log_tails()
+                )),
+            }
+        },
+    )
+    .await;
 
     // A later change works, and the lock is still held with its token.
     let silent = quorumlock_testkit::cluster::free_ports(1).unwrap()[0];
