@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use common::pki::{exe, new_token, Pki};
 use common::*;
+use quorumlock_client::ClientTls;
 use quorumlock_testkit::cluster::{ClusterSpec, ProcessCluster};
 use serde_json::Value;
 
@@ -98,6 +99,11 @@ async fn fetch(url: &str, args: &[&str]) -> Fetched {
 }
 
 fn require_prometheus_parser() {
+    static PROBED: std::sync::Once = std::sync::Once::new();
+    PROBED.call_once(probe_prometheus_parser);
+}
+
+fn probe_prometheus_parser() {
     let probe = std::process::Command::new("python3")
         .args(["-c", "import prometheus_client.openmetrics.parser"])
         .output()
@@ -519,12 +525,37 @@ async fn status_page_shows_the_members_and_a_held_lock_with_its_queue(engine: &s
     }
 }
 
-/// The address a node's log says its metrics listener took.
-fn metrics_addr_in_log(log: &str) -> Option<String> {
-    let start = log.find("metrics at http")?;
-    let rest = &log[start..];
-    let address = rest.split("://").nth(1)?;
-    Some(address.split('/').next()?.to_string())
+/// A 3-node `engine` cluster started with `extra_args` and a metrics
+/// listener on a port of the system's choosing; once it has a leader, the
+/// address node 1's listener took.
+async fn access_cluster(
+    engine: &str,
+    extra_args: Vec<String>,
+    tls: Option<ClientTls>,
+) -> (ProcessCluster, String) {
+    let mut spec = ClusterSpec::new(exe(), engine, 3);
+    spec.heartbeat_ms = HEARTBEAT_MS;
+    spec.election_timeout_ms = ELECTION_TIMEOUT_MS;
+    spec.extra_args = extra_args;
+    spec.extra_args
+        .extend(["--metrics-listen".to_string(), "127.0.0.1:0".to_string()]);
+    spec.client_tls = tls;
+    let mut cluster = ProcessCluster::start(spec)
+        .await
+        .expect("start a cluster with an access policy");
+    cluster.wait_for_leader().await.unwrap();
+    let addr = wait_until(
+        "node 1 logs its metrics address",
+        Duration::from_secs(30),
+        || async {
+            cluster
+                .node(0)
+                .metrics_addr()
+                .ok_or_else(|| "not yet".to_string())
+        },
+    )
+    .await;
+    (cluster, addr)
 }
 
 /// With TLS and an access policy, the listener is HTTPS with the node's
@@ -541,27 +572,9 @@ async fn metrics_over_tls_need_the_admin_role_when_access_control_is_on() {
     )
     .unwrap();
     let _slot = cluster_slot().await;
-    let mut spec = ClusterSpec::new(exe(), "raft", 3);
-    spec.heartbeat_ms = HEARTBEAT_MS;
-    spec.election_timeout_ms = ELECTION_TIMEOUT_MS;
-    spec.extra_args = pki.serve_flags();
-    spec.extra_args.extend([
-        "--auth-policy".to_string(),
-        policy.display().to_string(),
-        "--metrics-listen".to_string(),
-        "127.0.0.1:0".to_string(),
-    ]);
-    spec.client_tls = Some(pki.client("bob"));
-    let mut cluster = ProcessCluster::start(spec)
-        .await
-        .expect("start a TLS cluster with a policy");
-    cluster.wait_for_leader().await.unwrap();
-    let addr = wait_until(
-        "node 1 logs its metrics address",
-        Duration::from_secs(30),
-        || async { metrics_addr_in_log(&cluster.node(0).log()).ok_or_else(|| "not yet".to_string()) },
-    )
-    .await;
+    let mut args = pki.serve_flags();
+    args.extend(["--auth-policy".to_string(), policy.display().to_string()]);
+    let (cluster, addr) = access_cluster("raft", args, Some(pki.client("bob"))).await;
     assert!(
         cluster.node(0).log().contains("metrics at https://"),
         "a TLS node serves its metrics over TLS"
@@ -651,25 +664,8 @@ async fn metrics_ask_plaintext_callers_for_an_admin_bearer_token() {
     )
     .unwrap();
     let _slot = cluster_slot().await;
-    let mut spec = ClusterSpec::new(exe(), "paxos", 3);
-    spec.heartbeat_ms = HEARTBEAT_MS;
-    spec.election_timeout_ms = ELECTION_TIMEOUT_MS;
-    spec.extra_args = vec![
-        "--auth-policy".to_string(),
-        policy.display().to_string(),
-        "--metrics-listen".to_string(),
-        "127.0.0.1:0".to_string(),
-    ];
-    let mut cluster = ProcessCluster::start(spec)
-        .await
-        .expect("start a cluster with a policy");
-    cluster.wait_for_leader().await.unwrap();
-    let addr = wait_until(
-        "node 1 logs its metrics address",
-        Duration::from_secs(30),
-        || async { metrics_addr_in_log(&cluster.node(0).log()).ok_or_else(|| "not yet".to_string()) },
-    )
-    .await;
+    let args = vec!["--auth-policy".to_string(), policy.display().to_string()];
+    let (cluster, addr) = access_cluster("paxos", args, None).await;
     let url = format!("http://{addr}/metrics");
 
     for (what, args) in [

@@ -120,7 +120,9 @@ impl QuorumlockSystem {
         if metrics {
             cluster.wait_for_leader().await?;
             for index in 0..cluster.len() {
-                let addr = metrics_addr(&cluster.node(index).log())
+                let addr = cluster
+                    .node(index)
+                    .metrics_addr()
                     .with_context(|| format!("node {} logged no metrics address", index + 1))?;
                 scrapers.push(tokio::spawn(scrape_forever(addr)));
             }
@@ -227,12 +229,6 @@ impl Drop for QuorumlockSystem {
             scraper.abort();
         }
     }
-}
-
-/// The metrics address a node's log names (`metrics at http://ADDR/metrics`).
-fn metrics_addr(log: &str) -> Option<String> {
-    let rest = &log[log.find("metrics at http://")? + "metrics at http://".len()..];
-    Some(rest.split('/').next()?.to_string())
 }
 
 /// Fetches `http://addr/metrics` every [`SCRAPE_EVERY`] with a plain

@@ -319,10 +319,12 @@ async fn status(
     if let Err(refusal) = app.authorize(&headers, &info, "status page") {
         return refusal;
     }
-    let queues = app.metrics.refresh(app.engine.as_ref());
-    let own = app.engine.status();
-    let totals = app.engine.state().read(|state| state.totals());
-    let sessions = app.engine.state().read(|state| state.session_count());
+    let super::Refreshed {
+        status: own,
+        totals,
+        queues,
+        sessions,
+    } = app.metrics.refresh(app.engine.as_ref());
     let members = app.engine.members();
     let peers = futures::future::join_all(members.iter().map(|member| {
         let dialer = app.http.dialer.clone();

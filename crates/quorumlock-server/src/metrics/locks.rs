@@ -92,6 +92,19 @@ struct Timing {
     waiting_since: HashMap<SessionId, HashMap<String, Instant>>,
 }
 
+impl Timing {
+    /// Ends `session`'s wait for `lock`, returning when it began, and
+    /// forgets a session left waiting for nothing.
+    fn stop_waiting(&mut self, session: SessionId, lock: &str) -> Option<Instant> {
+        let waits = self.waiting_since.get_mut(&session)?;
+        let since = waits.remove(lock);
+        if waits.is_empty() {
+            self.waiting_since.remove(&session);
+        }
+        since
+    }
+}
+
 /// Times waits and holds as commands are applied.
 #[derive(Debug)]
 pub struct LockObserver {
@@ -206,12 +219,7 @@ impl ApplyObserver for LockObserver {
                     .or_insert(now);
             }
             (Command::CancelWait { session, lock, .. }, Ok(_)) => {
-                if let Some(waits) = timing.waiting_since.get_mut(session) {
-                    waits.remove(lock);
-                    if waits.is_empty() {
-                        timing.waiting_since.remove(session);
-                    }
-                }
+                timing.stop_waiting(*session, lock);
             }
             (Command::Release { lock, .. }, Ok(_)) => self.hold_ended(timing, lock, "released", now),
             (Command::Put { .. } | Command::Delete { .. }, Err(LockError::StaleToken { .. })) => {
@@ -239,17 +247,8 @@ impl ApplyObserver for LockObserver {
         for event in &applied.events {
             if let Event::Granted(grant) = event {
                 let waited = timing
-                    .waiting_since
-                    .get_mut(&grant.session)
-                    .and_then(|waits| waits.remove(&grant.lock))
+                    .stop_waiting(grant.session, &grant.lock)
                     .map_or(0.0, |since| now.duration_since(since).as_secs_f64());
-                if timing
-                    .waiting_since
-                    .get(&grant.session)
-                    .is_some_and(HashMap::is_empty)
-                {
-                    timing.waiting_since.remove(&grant.session);
-                }
                 self.wait.observe(waited);
                 timing.held_since.insert(grant.lock.clone(), now);
             }

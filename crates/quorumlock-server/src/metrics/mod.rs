@@ -36,7 +36,9 @@ pub use http::{serve, HttpAccess, MetricsServer, STATUS_PATH};
 pub use locks::{LockObserver, Recent, RecentEvent};
 pub use series::{Point, Series, SAMPLES_KEPT, SAMPLE_EVERY};
 
-use quorumlock_core::consensus::{ConsensusEngine, EngineKind, EngineTelemetry, Leadership, NodeId};
+use quorumlock_core::consensus::{
+    ConsensusEngine, EngineKind, EngineStatus, EngineTelemetry, Leadership, NodeId,
+};
 use quorumlock_core::lock::{Queues, Totals};
 
 /// Locks whose queue depth is exported with the lock's name as a label:
@@ -61,45 +63,25 @@ struct TotalCounters {
     locks_lost: Counter,
     fenced_writes: Counter,
     queue_joins: Counter,
-    /// The totals the counters were last raised to.
-    exported: Mutex<Totals>,
 }
 
 impl TotalCounters {
     /// Raises every counter to `totals`. Totals only grow along the log (a
     /// snapshot installed from the leader is further along it), so each
-    /// counter moves by the difference.
+    /// counter moves by the difference from its own value; the caller
+    /// serializes refreshes.
     fn raise_to(&self, totals: Totals) {
-        let mut exported = self.exported.lock();
-        let raise = |counter: &Counter, now: u64, before: u64| {
-            counter.inc_by(now.saturating_sub(before));
-        };
-        raise(
-            &self.sessions_opened,
-            totals.sessions_opened,
-            exported.sessions_opened,
-        );
-        raise(
-            &self.sessions_expired,
-            totals.sessions_expired,
-            exported.sessions_expired,
-        );
-        raise(&self.grants, totals.grants, exported.grants);
-        raise(&self.releases, totals.releases, exported.releases);
-        raise(&self.locks_lost, totals.locks_lost, exported.locks_lost);
-        raise(&self.fenced_writes, totals.fenced_writes, exported.fenced_writes);
-        raise(&self.queue_joins, totals.queue_joins, exported.queue_joins);
-        *exported = Totals {
-            sessions_opened: exported.sessions_opened.max(totals.sessions_opened),
-            sessions_closed: exported.sessions_closed.max(totals.sessions_closed),
-            sessions_expired: exported.sessions_expired.max(totals.sessions_expired),
-            grants: exported.grants.max(totals.grants),
-            releases: exported.releases.max(totals.releases),
-            locks_lost: exported.locks_lost.max(totals.locks_lost),
-            locks_closed: exported.locks_closed.max(totals.locks_closed),
-            queue_joins: exported.queue_joins.max(totals.queue_joins),
-            fenced_writes: exported.fenced_writes.max(totals.fenced_writes),
-        };
+        for (counter, now) in [
+            (&self.sessions_opened, totals.sessions_opened),
+            (&self.sessions_expired, totals.sessions_expired),
+            (&self.grants, totals.grants),
+            (&self.releases, totals.releases),
+            (&self.locks_lost, totals.locks_lost),
+            (&self.fenced_writes, totals.fenced_writes),
+            (&self.queue_joins, totals.queue_joins),
+        ] {
+            counter.inc_by(now.saturating_sub(counter.get()));
+        }
     }
 }
 
@@ -121,6 +103,19 @@ struct StateGauges {
     queue_depth: Family<LockLabel, Gauge>,
     commit_index: Gauge,
     applied_index: Gauge,
+}
+
+/// What one refresh read, together.
+#[derive(Debug)]
+pub struct Refreshed {
+    /// The engine's status.
+    pub status: EngineStatus,
+    /// The replicated state's totals.
+    pub totals: Totals,
+    /// Waiters and the longest queues.
+    pub queues: Queues,
+    /// Open sessions.
+    pub sessions: usize,
 }
 
 /// One node's metrics.
@@ -288,8 +283,8 @@ impl Metrics {
     }
 
     /// Reads the replicated state and the engine's status into the gauges
-    /// and counters; returns the queues it read.
-    pub fn refresh(&self, engine: &dyn ConsensusEngine) -> Queues {
+    /// and counters; returns what it read.
+    pub fn refresh(&self, engine: &dyn ConsensusEngine) -> Refreshed {
         let _one_at_a_time = self.refreshing.lock();
         let status = engine.status();
         self.state.commit_index.set(gauge_value(status.commit_index));
@@ -315,7 +310,12 @@ impl Metrics {
                 })
                 .set(gauge_value(queue.depth as u64));
         }
-        queues
+        Refreshed {
+            status,
+            totals,
+            queues,
+            sessions,
+        }
     }
 
     /// The registry in the OpenMetrics text format, after a refresh.

@@ -207,6 +207,15 @@ impl NodeProcess {
         String::from_utf8_lossy(&std::fs::read(&self.log_path).unwrap_or_default()).into_owned()
     }
 
+    /// The address of the metrics listener, as the node logged it when it
+    /// started serving it (`metrics at http(s)://ADDR/metrics`); `None`
+    /// before then or without one.
+    pub fn metrics_addr(&self) -> Option<String> {
+        let log = self.log();
+        let after = log[log.find("metrics at http")?..].split_once("://")?.1;
+        Some(after.split('/').next()?.to_string())
+    }
+
     /// The last `lines` lines of the log.
     pub fn log_tail(&self, lines: usize) -> String {
         let log = self.log();
