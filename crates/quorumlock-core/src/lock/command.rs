@@ -16,6 +16,33 @@ pub struct Fence {
     pub token: FencingToken,
 }
 
+/// How a lock is held or asked for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LockMode {
+    /// One holder at a time; its token fences writes (and reads).
+    #[default]
+    Exclusive,
+    /// Any number of holders at once and no exclusive one; their tokens
+    /// fence reads only.
+    Shared,
+}
+
+impl LockMode {
+    /// The mode's name in messages: `exclusive` or `shared`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Exclusive => "exclusive",
+            LockMode::Shared => "shared",
+        }
+    }
+}
+
+impl std::fmt::Display for LockMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A command of the lock state machine. Every replica applies the same
 /// commands in the same order; nothing here depends on a clock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +146,40 @@ pub enum Command {
         /// Its incarnation since the repair; never 0.
         incarnation: u64,
     },
+    /// Acquires a lock in shared mode, or joins its FIFO queue when `wait`
+    /// is set. [`Command::Acquire`] is the exclusive acquire; a separate
+    /// variant keeps the log entries written before shared locks readable.
+    AcquireShared {
+        /// The session that wants the lock.
+        session: SessionId,
+        /// The lock's name.
+        lock: String,
+        /// Join the queue instead of failing when the lock is not free for
+        /// a reader.
+        wait: bool,
+        /// The caller, who must be the session's owner.
+        by: Credential,
+    },
+}
+
+impl Command {
+    /// An acquire of `lock` by `session` in `mode`.
+    pub fn acquire(session: SessionId, lock: String, wait: bool, mode: LockMode, by: Credential) -> Command {
+        match mode {
+            LockMode::Exclusive => Command::Acquire {
+                session,
+                lock,
+                wait,
+                by,
+            },
+            LockMode::Shared => Command::AcquireShared {
+                session,
+                lock,
+                wait,
+                by,
+            },
+        }
+    }
 }
 
 /// A lock handed to a session, either directly or from its queue.
@@ -185,9 +246,10 @@ pub enum Outcome {
         /// Whether the session was in the queue.
         was_waiting: bool,
     },
-    /// The lock was released; `next` is the grant made to the first waiter.
+    /// The lock was released; `next` is the grant made to the first waiter
+    /// (the events list every grant: several readers may be granted at once).
     Released {
-        /// The waiter that now holds the lock, if any.
+        /// The first waiter granted the lock, if any.
         next: Option<Grant>,
     },
     /// A fenced write or delete was applied.

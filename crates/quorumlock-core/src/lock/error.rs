@@ -58,6 +58,17 @@ pub enum LockError {
         /// The bound that was hit.
         max: usize,
     },
+    /// The call needs the lock in one mode and it is held or asked for in
+    /// the other: a fenced write under a shared hold's token, or an acquire
+    /// in one mode by a session that holds or awaits the lock in the other
+    /// (a hold is never upgraded or downgraded in place: release first).
+    #[error("lock {lock:?}: {what}")]
+    WrongMode {
+        /// The lock the command named.
+        lock: String,
+        /// What was refused and why, in words.
+        what: String,
+    },
     /// The cluster holds as many sessions as it allows.
     #[error("too many open sessions ({max})")]
     TooManySessions {

@@ -10,10 +10,10 @@ pub mod limits;
 pub mod state;
 pub mod validate;
 
-pub use command::{Applied, Command, Event, Fence, FencingToken, Grant, Outcome, SessionId};
+pub use command::{Applied, Command, Event, Fence, FencingToken, Grant, LockMode, Outcome, SessionId};
 pub use credential::{Credential, SecretDigest, IDENTITY_BYTES_MAX};
 pub use error::LockError;
-pub use state::{KvEntry, LockState, LockView, QueueView, Queues, Repaired, Session, Totals};
+pub use state::{KvEntry, Lock, LockState, LockView, QueueView, Queues, Repaired, Session, Totals, Waiter};
 
 #[cfg(test)]
 mod proptests;

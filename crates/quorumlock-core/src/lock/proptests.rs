@@ -20,8 +20,8 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{FileFailurePersistence, TestRunner};
 
 use super::{
-    Applied, Command, Credential, Event, Fence, FencingToken, Grant, KvEntry, LockError, LockState, Outcome,
-    SessionId,
+    Applied, Command, Credential, Event, Fence, FencingToken, Grant, KvEntry, LockError, LockMode, LockState,
+    Outcome, SessionId,
 };
 
 /// The locks commands name.
@@ -41,8 +41,11 @@ enum SessionPick {
     /// The live session at this index, in id order and wrapping around; the
     /// never-opened id 0 when no session is live.
     Live(usize),
-    /// The holder of this lock, or else the first live session.
+    /// A holder of this lock (the one of the lowest id), or else the first
+    /// live session.
     HolderOf(usize),
+    /// The first waiter of this lock, or else the first live session.
+    FirstWaiterOf(usize),
     /// This id, which may be ended or never opened.
     Id(SessionId),
 }
@@ -79,6 +82,7 @@ enum Step {
         session: SessionPick,
         lock: usize,
         wait: bool,
+        mode: LockMode,
         caller: CallerPick,
     },
     CancelWait {
@@ -143,10 +147,19 @@ impl SessionPick {
                     .nth(index % live)
                     .map_or(SessionId::new(0), |(session, _)| session)
             }
-            SessionPick::HolderOf(lock) => match state.describe(LOCKS[lock]).holder {
-                Some((holder, _)) => holder,
-                None => SessionPick::Live(0).resolve(state),
-            },
+            SessionPick::HolderOf(lock) => {
+                let view = state.describe(LOCKS[lock]);
+                match view.holder.or(view.shared.first().copied()) {
+                    Some((holder, _)) => holder,
+                    None => SessionPick::Live(0).resolve(state),
+                }
+            }
+            SessionPick::FirstWaiterOf(lock) => {
+                match state.lock(LOCKS[lock]).and_then(|found| found.queue.front()) {
+                    Some(waiter) => waiter.session,
+                    None => SessionPick::Live(0).resolve(state),
+                }
+            }
             SessionPick::Id(session) => session,
         }
     }
@@ -154,9 +167,21 @@ impl SessionPick {
 
 impl TokenPick {
     fn resolve(&self, state: &LockState, lock: &str) -> FencingToken {
-        let current = state
-            .current_token(lock)
-            .unwrap_or(FencingToken::new(state.next_token().get() - 1));
+        self.resolve_from(state, state.current_token(lock))
+    }
+
+    /// As [`TokenPick::resolve`], with `Current` the token of `session`'s
+    /// own hold when it holds the lock (a shared holder's is not the
+    /// lock's newest token).
+    fn resolve_for(&self, state: &LockState, lock: &str, session: SessionId) -> FencingToken {
+        let own = state
+            .lock(lock)
+            .and_then(|found| found.holders.get(&session).copied());
+        self.resolve_from(state, own.or(state.current_token(lock)))
+    }
+
+    fn resolve_from(&self, state: &LockState, current: Option<FencingToken>) -> FencingToken {
+        let current = current.unwrap_or(FencingToken::new(state.next_token().get() - 1));
         match *self {
             TokenPick::Current => current,
             TokenPick::Behind(distance) => FencingToken::new(current.get().saturating_sub(distance)),
@@ -199,15 +224,12 @@ impl Step {
                 session,
                 lock,
                 wait,
+                mode,
                 caller,
             } => {
                 let session = session.resolve(state);
-                Command::Acquire {
-                    session,
-                    lock: LOCKS[*lock].to_string(),
-                    wait: *wait,
-                    by: caller.resolve(state, session),
-                }
+                let by = caller.resolve(state, session);
+                Command::acquire(session, LOCKS[*lock].to_string(), *wait, *mode, by)
             }
             Step::CancelWait {
                 session,
@@ -231,7 +253,7 @@ impl Step {
                 Command::Release {
                     session,
                     lock: LOCKS[*lock].to_string(),
-                    token: token.resolve(state, LOCKS[*lock]),
+                    token: token.resolve_for(state, LOCKS[*lock], session),
                     by: caller.resolve(state, session),
                 }
             }
@@ -286,12 +308,14 @@ fn session_pick() -> impl Strategy<Value = SessionPick> {
     ]
 }
 
-/// A session pick that often names the holder of `lock` itself, so that
-/// retries, releases and holder cancellations happen.
+/// A session pick that often names the holder or first waiter of `lock`
+/// itself, so that retries, releases, holder cancellations and the first
+/// waiter giving up happen.
 fn session_pick_for(lock: usize) -> impl Strategy<Value = SessionPick> {
     prop_oneof![
-        2 => session_pick(),
-        1 => Just(SessionPick::HolderOf(lock)),
+        4 => session_pick(),
+        2 => Just(SessionPick::HolderOf(lock)),
+        1 => Just(SessionPick::FirstWaiterOf(lock)),
     ]
 }
 
@@ -324,16 +348,26 @@ fn lock_index() -> impl Strategy<Value = usize> {
     0..LOCKS.len()
 }
 
+/// Exclusive twice as often as shared, so that both readers sharing a lock
+/// and writers queued among readers happen often.
+fn mode_pick() -> impl Strategy<Value = LockMode> {
+    prop_oneof![
+        2 => Just(LockMode::Exclusive),
+        1 => Just(LockMode::Shared),
+    ]
+}
+
 fn step() -> impl Strategy<Value = Step> {
     let acquire = lock_index().prop_flat_map(|lock| {
-        (session_pick_for(lock), any::<bool>(), caller_pick()).prop_map(move |(session, wait, caller)| {
-            Step::Acquire {
+        (session_pick_for(lock), any::<bool>(), mode_pick(), caller_pick()).prop_map(
+            move |(session, wait, mode, caller)| Step::Acquire {
                 session,
                 lock,
                 wait,
+                mode,
                 caller,
-            }
-        })
+            },
+        )
     });
     let cancel_wait = lock_index().prop_flat_map(|lock| {
         (session_pick_for(lock), caller_pick()).prop_map(move |(session, caller)| Step::CancelWait {
@@ -443,52 +477,67 @@ fn ending(command: &Command) -> Option<SessionId> {
     }
 }
 
-/// Checks, through the public views only, that every lock has at most one
-/// holder, that it is the holder the grants so far imply, and that no holder
-/// waits for the lock it holds.
-fn check_exclusive(state: &LockState, holders: &BTreeMap<String, SessionId>) -> Result<(), TestCaseError> {
+/// Who holds a lock, as the grants and releases so far imply.
+type Holders = BTreeMap<String, (LockMode, BTreeSet<SessionId>)>;
+
+/// The mode a command asks for, if it is an acquire.
+fn asked_mode(command: &Command) -> Option<LockMode> {
+    match command {
+        Command::Acquire { .. } => Some(LockMode::Exclusive),
+        Command::AcquireShared { .. } => Some(LockMode::Shared),
+        _ => None,
+    }
+}
+
+/// Checks, through the public views only, that every lock has one
+/// exclusive holder or only shared holders, that they are the holders the
+/// grants so far imply, and that no holder waits for the lock it holds.
+fn check_exclusive(state: &LockState, holders: &Holders) -> Result<(), TestCaseError> {
     for lock in LOCKS {
         let view = state.describe(lock);
-        let holder = view.holder.map(|(session, _)| session);
-        prop_assert_eq!(
-            holder,
-            holders.get(lock).copied(),
-            "the holder of {:?} is not the one its grants and releases imply",
-            lock
+        let mut seen: BTreeSet<SessionId> = view.shared.iter().map(|(session, _)| *session).collect();
+        seen.extend(view.holder.map(|(session, _)| session));
+        prop_assert!(
+            view.holder.is_none() || view.shared.is_empty(),
+            "lock {:?} has an exclusive holder and shared holders: {:?}",
+            lock,
+            view
         );
-        let holding: Vec<SessionId> = state
+        match holders.get(lock) {
+            Some((mode, expected)) => {
+                prop_assert_eq!(view.mode, *mode, "the mode of {:?}", lock);
+                prop_assert_eq!(&seen, expected, "the holders of {:?}", lock);
+            }
+            None => prop_assert!(
+                seen.is_empty(),
+                "lock {:?} is held by {:?}, granted by nothing",
+                lock,
+                seen
+            ),
+        }
+        let holding: BTreeSet<SessionId> = state
             .sessions()
             .filter(|(_, session)| session.held.contains(lock))
             .map(|(id, _)| id)
             .collect();
-        prop_assert!(
-            holding.len() <= 1,
-            "lock {:?} is held by sessions {:?}",
-            lock,
-            holding
-        );
-        prop_assert_eq!(holding.first().copied(), holder);
+        prop_assert_eq!(&holding, &seen, "sessions that list {:?} as held", lock);
         let waiting: Vec<SessionId> = state
             .sessions()
             .filter(|(_, session)| session.waiting.contains(lock))
             .map(|(id, _)| id)
             .collect();
         prop_assert_eq!(waiting.len(), view.queue_len);
-        if let Some(holder) = holder {
-            prop_assert!(
-                !waiting.contains(&holder),
-                "holder {} of {:?} also waits for it",
-                holder,
-                lock
-            );
-        } else {
-            prop_assert!(
-                waiting.is_empty(),
-                "free lock {:?} has waiters {:?}",
-                lock,
-                waiting
-            );
-        }
+        prop_assert!(
+            !waiting.iter().any(|waiter| seen.contains(waiter)),
+            "a holder of {:?} also waits for it",
+            lock
+        );
+        prop_assert!(
+            !seen.is_empty() || waiting.is_empty(),
+            "free lock {:?} has waiters {:?}",
+            lock,
+            waiting
+        );
     }
     Ok(())
 }
@@ -502,12 +551,19 @@ fn outcome_kind(command: &Command, applied: &Applied) -> &'static str {
         (Ok(Outcome::SessionEnded { .. }), Command::CloseSession { .. }) => "session closed",
         (Ok(Outcome::SessionEnded { .. }), _) => "session expired",
         (Ok(Outcome::Checkpointed { .. }), _) => "checkpointed",
+        (Ok(Outcome::Acquired { .. }), Command::AcquireShared { .. }) if grants > 0 => {
+            "acquired shared, granted"
+        }
         (Ok(Outcome::Acquired { .. }), _) if grants > 0 => "acquired, granted",
         (Ok(Outcome::Acquired { .. }), _) => "acquired, retry",
         (Ok(Outcome::Busy { .. }), _) => "busy",
         (Ok(Outcome::Queued { .. }), _) => "queued",
+        (Ok(Outcome::WaitCancelled { was_waiting: true }), _) if grants > 0 => {
+            "wait cancelled, readers granted"
+        }
         (Ok(Outcome::WaitCancelled { was_waiting: true }), _) => "wait cancelled",
         (Ok(Outcome::WaitCancelled { was_waiting: false }), _) => "no wait to cancel",
+        (Ok(Outcome::Released { next: Some(_) }), _) if grants > 1 => "released, handed to readers",
         (Ok(Outcome::Released { next: Some(_) }), _) => "released, handed over",
         (Ok(Outcome::Released { next: None }), _) => "released, freed",
         (Ok(Outcome::Written { .. }), Command::Put { .. }) => "put",
@@ -523,6 +579,10 @@ fn outcome_kind(command: &Command, applied: &Applied) -> &'static str {
         (Err(LockError::StaleToken { .. }), _) => "stale write",
         (Err(LockError::QueueFull { .. }), _) => "queue full",
         (Err(LockError::TooManySessions { .. }), _) => "too many sessions",
+        (Err(LockError::WrongMode { .. }), Command::Put { .. } | Command::Delete { .. }) => {
+            "write under a shared token"
+        }
+        (Err(LockError::WrongMode { .. }), _) => "acquire in the other mode",
     }
 }
 
@@ -554,12 +614,18 @@ fn random_sequences_reach_every_outcome_and_refusal() {
         "session expired",
         "checkpointed",
         "acquired, granted",
+        "acquired shared, granted",
         "acquired, retry",
         "busy",
         "queued",
         "wait cancelled",
         "no wait to cancel",
         "released, handed over",
+        "released, handed to readers",
+        // "wait cancelled, readers granted" needs a reader holding, a writer
+        // and then a reader queued, and the writer giving up: too rare for
+        // this set; `a_writer_that_stops_waiting_lets_the_readers_behind_it_in`
+        // covers it.
         "released, freed",
         "put",
         "deleted",
@@ -569,6 +635,8 @@ fn random_sequences_reach_every_outcome_and_refusal() {
         "not session owner",
         "stale release",
         "stale write",
+        "write under a shared token",
+        "acquire in the other mode",
     ]);
     let missing: Vec<_> = expected.difference(&seen).collect();
     assert!(missing.is_empty(), "never reached: {missing:?}");
@@ -588,24 +656,32 @@ proptest! {
     /// holder, a lock is granted only when the grants and releases seen so
     /// far leave it free, and no holder waits in its own lock's queue.
     #[test]
-    fn mutual_exclusion_at_most_one_holder_and_no_holder_waits(steps in steps()) {
+    fn mutual_exclusion_one_writer_or_only_readers_and_no_holder_waits(steps in steps()) {
         let mut state = initial_state();
-        let mut holders: BTreeMap<String, SessionId> = BTreeMap::new();
+        let mut holders: Holders = BTreeMap::new();
         for step in &steps {
             let command = step.resolve(&state);
             let applied = state.apply(&command);
-            // First the locks this command took from their holder...
+            let let_go = |holders: &mut Holders, lock: &str, session: SessionId| -> Result<(), TestCaseError> {
+                let held = holders.get_mut(lock).map(|(_, sessions)| sessions.remove(&session));
+                prop_assert_eq!(held, Some(true), "{} let go of {:?}, which it did not hold", session, lock);
+                if holders.get(lock).is_some_and(|(_, sessions)| sessions.is_empty()) {
+                    holders.remove(lock);
+                }
+                Ok(())
+            };
+            // First the locks this command took from their holders...
             match (&command, &applied.result) {
                 (Command::Release { session, lock, .. }, Ok(Outcome::Released { .. })) => {
-                    prop_assert_eq!(holders.remove(lock), Some(*session));
+                    let_go(&mut holders, lock, *session)?;
                 }
                 (_, Ok(Outcome::SessionEnded { released })) => {
-                    let session = ending(&command);
+                    let session = ending(&command).expect("only a close or expiry ends a session");
                     for lock in released {
-                        prop_assert_eq!(holders.remove(lock), session);
+                        let_go(&mut holders, lock, session)?;
                     }
                     prop_assert!(
-                        !holders.values().any(|holder| Some(*holder) == session),
+                        !holders.values().any(|(_, sessions)| sessions.contains(&session)),
                         "session {:?} ended but kept a lock: {:?}",
                         session,
                         holders
@@ -613,16 +689,29 @@ proptest! {
                 }
                 _ => {}
             }
-            // ...then the grants it made, each of a lock nobody holds.
+            // ...then the grants it made: of a free lock, or of one held
+            // shared to another reader.
             for grant in grants(&applied) {
-                prop_assert!(
-                    !holders.contains_key(&grant.lock),
-                    "{:?} was granted to {} while {:?} held it",
-                    grant.lock,
-                    grant.session,
-                    holders.get(&grant.lock)
-                );
-                holders.insert(grant.lock.clone(), grant.session);
+                let mode = state
+                    .lock(&grant.lock)
+                    .map(|lock| lock.mode)
+                    .expect("a granted lock exists after the command that granted it");
+                match holders.get_mut(&grant.lock) {
+                    None => {
+                        holders.insert(grant.lock.clone(), (mode, BTreeSet::from([grant.session])));
+                    }
+                    Some((LockMode::Shared, sessions)) if mode == LockMode::Shared => {
+                        prop_assert!(sessions.insert(grant.session), "{:?} granted twice to {}", grant.lock, grant.session);
+                    }
+                    Some(held) => prop_assert!(
+                        false,
+                        "{:?} was granted to {} in {} mode while {:?} held it",
+                        grant.lock,
+                        grant.session,
+                        mode,
+                        held
+                    ),
+                }
             }
             check_exclusive(&state, &holders)?;
         }
@@ -659,14 +748,21 @@ proptest! {
             match (&command, &applied.result) {
                 (_, Ok(Outcome::Released { next })) => {
                     prop_assert_eq!(next.as_ref(), grants.first().copied());
-                    prop_assert!(grants.len() <= 1);
+                    // More than one grant only to readers let in together.
+                    if grants.len() > 1 {
+                        prop_assert!(grants.iter().all(|grant| state.token_is_current(&grant.lock, grant.token, LockMode::Shared)
+                            && !state.token_is_current(&grant.lock, grant.token, LockMode::Exclusive)));
+                    }
                 }
-                (Command::Acquire { lock, .. }, Ok(Outcome::Acquired { token })) => {
+                (Command::Acquire { lock, .. } | Command::AcquireShared { lock, .. }, Ok(Outcome::Acquired { token })) => {
                     prop_assert!(grants.len() <= 1);
                     if let Some(grant) = grants.first() {
                         prop_assert_eq!(grant.token, *token);
+                        // A fresh grant is the lock's newest token.
+                        prop_assert_eq!(state.current_token(lock), Some(*token));
                     }
-                    prop_assert_eq!(state.current_token(lock), Some(*token));
+                    let mode = asked_mode(&command).expect("an acquire");
+                    prop_assert!(state.token_is_current(lock, *token, mode));
                 }
                 _ => {}
             }
@@ -685,7 +781,10 @@ proptest! {
             let command = step.resolve(&state);
             let applied = state.apply(&command);
             match (&command, &applied.result) {
-                (Command::Acquire { session, lock, .. }, Ok(Outcome::Queued { position })) => {
+                (
+                    Command::Acquire { session, lock, .. } | Command::AcquireShared { session, lock, .. },
+                    Ok(Outcome::Queued { position }),
+                ) => {
                     let queue = queues.entry(lock.clone()).or_default();
                     match queue.iter().position(|waiter| waiter == session) {
                         Some(index) => {
@@ -733,6 +832,7 @@ proptest! {
                     let asked = matches!(
                         &command,
                         Command::Acquire { session: asker, lock: asked, .. }
+                        | Command::AcquireShared { session: asker, lock: asked, .. }
                             if *asker == grant.session && *asked == grant.lock
                     );
                     prop_assert!(asked, "{:?} was granted to {}, who neither asked nor waited", grant.lock, grant.session);
@@ -745,6 +845,18 @@ proptest! {
                     "queue length of {:?}",
                     lock
                 );
+                // Nobody waits who could hold the lock now: the first waiter
+                // is a writer behind holders, or a reader behind a writer.
+                if let Some(found) = state.lock(lock) {
+                    if let Some(first) = found.queue.front() {
+                        prop_assert!(
+                            found.mode == LockMode::Exclusive || first.mode == LockMode::Exclusive,
+                            "reader {} waits for {:?}, which readers hold",
+                            first.session,
+                            lock
+                        );
+                    }
+                }
             }
         }
     }
@@ -770,7 +882,16 @@ proptest! {
             };
             let current = state.current_token(&fence.lock);
             let stored_before = state.get(&key).cloned();
-            let refusal = if current != Some(fence.token) {
+            let shared_token = state.token_is_current(&fence.lock, fence.token, LockMode::Shared);
+            let refusal = if shared_token && !state.token_is_current(&fence.lock, fence.token, LockMode::Exclusive) {
+                Some(LockError::WrongMode {
+                    lock: fence.lock.clone(),
+                    what: format!(
+                        "token {} is a shared hold's; a fenced write needs the exclusive holder's token",
+                        fence.token
+                    ),
+                })
+            } else if !shared_token {
                 Some(LockError::StaleToken { lock: fence.lock.clone(), presented: fence.token, current })
             } else {
                 match state.session(session) {
@@ -805,6 +926,34 @@ proptest! {
         }
     }
 
+    /// Readers see no write newer than their hold: while a session holds a
+    /// lock shared under token T, every value stored under that lock's
+    /// fence was written under a token below T, and T passes the read
+    /// fence check (storage can refuse a reader only once it lost the lock).
+    #[test]
+    fn a_shared_holder_never_sees_a_write_under_a_newer_token(steps in steps()) {
+        let mut state = initial_state();
+        for step in &steps {
+            let command = step.resolve(&state);
+            state.apply(&command);
+            for lock in LOCKS {
+                for (reader, token) in state.describe(lock).shared {
+                    let fence = Fence { lock: lock.to_string(), token };
+                    prop_assert_eq!(state.check_read_fence(&fence), Ok(()), "reader {} of {:?}", reader, lock);
+                    for key in KEYS {
+                        if let Some(entry) = state.get(key).filter(|entry| entry.written_by.lock == lock) {
+                            prop_assert!(
+                                entry.written_by.token < token,
+                                "{:?} was written under {} while {} reads {:?} under {}",
+                                key, entry.written_by.token, reader, lock, token
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Ownership: every session-scoped command whose caller is not the
     /// session's owner is refused as such and changes nothing, whatever it
     /// asked for; the owner's locks, queues and values stay as they were.
@@ -816,11 +965,12 @@ proptest! {
             let named = match &command {
                 Command::CloseSession { session, by }
                 | Command::Acquire { session, by, .. }
+                | Command::AcquireShared { session, by, .. }
                 | Command::CancelWait { session, by, .. }
                 | Command::Release { session, by, .. } => Some((*session, by)),
                 // A write with a stale token is refused for that first.
                 Command::Put { session, by, fence, .. } | Command::Delete { session, by, fence, .. }
-                    if state.current_token(&fence.lock) == Some(fence.token) => Some((*session, by)),
+                    if state.token_is_current(&fence.lock, fence.token, LockMode::Exclusive) => Some((*session, by)),
                 _ => None,
             };
             let impostor = named.and_then(|(session, by)| {

@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bincode::Options;
 use serde::{Deserialize, Serialize};
 
-use super::command::{Applied, Command, Event, Fence, FencingToken, Grant, NodeId, Outcome, SessionId};
+use super::command::{
+    Applied, Command, Event, Fence, FencingToken, Grant, LockMode, NodeId, Outcome, SessionId,
+};
 use super::credential::Credential;
 use super::error::LockError;
 use super::limits::{CHECKPOINT_ENTRIES_MAX, COUNTER_VALUE_MAX, SESSIONS_MAX, WAITERS_PER_LOCK_MAX};
@@ -33,13 +35,59 @@ pub struct Session {
     pub waiting: BTreeSet<String>,
 }
 
-/// One lock: its holder and its queue. A lock with neither is removed.
+/// One lock: its holders and its queue. A lock with neither is removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lock {
-    /// The holding session and the token of its grant.
-    pub holder: Option<(SessionId, FencingToken)>,
-    /// Waiting sessions, first in line at the front.
-    pub queue: VecDeque<SessionId>,
+    /// The mode the lock is held in.
+    pub mode: LockMode,
+    /// The holding sessions and the tokens of their grants: exactly one in
+    /// exclusive mode, one or more in shared mode.
+    pub holders: BTreeMap<SessionId, FencingToken>,
+    /// Waiting sessions and the mode each asked for, first in line at the
+    /// front. The first waiter is never one the holders would admit: a
+    /// waiter is granted as soon as it is first and compatible.
+    pub queue: VecDeque<Waiter>,
+}
+
+/// A session in a lock's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiter {
+    /// The waiting session.
+    pub session: SessionId,
+    /// The mode it asked for.
+    pub mode: LockMode,
+}
+
+impl Lock {
+    /// The exclusive holder and its token, if the lock is held exclusively.
+    pub fn exclusive_holder(&self) -> Option<(SessionId, FencingToken)> {
+        match self.mode {
+            LockMode::Exclusive => self
+                .holders
+                .iter()
+                .next()
+                .map(|(session, token)| (*session, *token)),
+            LockMode::Shared => None,
+        }
+    }
+
+    /// The newest holder's token: the exclusive holder's, or the highest
+    /// of the shared holders'.
+    pub fn newest_token(&self) -> Option<FencingToken> {
+        self.holders.values().max().copied()
+    }
+
+    /// Whether a session asking for `mode` may be granted now, queue aside.
+    fn admits(&self, mode: LockMode) -> bool {
+        self.holders.is_empty() || (self.mode == LockMode::Shared && mode == LockMode::Shared)
+    }
+
+    fn queued_at(&self, session: SessionId) -> Option<(usize, LockMode)> {
+        self.queue
+            .iter()
+            .position(|waiter| waiter.session == session)
+            .map(|position| (position, self.queue[position].mode))
+    }
 }
 
 /// A value of the fenced store and the fence that wrote it.
@@ -54,10 +102,21 @@ pub struct KvEntry {
 /// A read-only view of one lock, for `Describe`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockView {
-    /// Holder and token, if held.
+    /// The mode it is held in (exclusive when free).
+    pub mode: LockMode,
+    /// The exclusive holder and its token, if held exclusively.
     pub holder: Option<(SessionId, FencingToken)>,
+    /// The shared holders and their tokens, in session order, if held shared.
+    pub shared: Vec<(SessionId, FencingToken)>,
     /// How many sessions wait.
     pub queue_len: usize,
+}
+
+impl LockView {
+    /// Whether anyone holds the lock, in either mode.
+    pub fn held(&self) -> bool {
+        self.holder.is_some() || !self.shared.is_empty()
+    }
 }
 
 /// Waiters and the longest queues, for metrics and the status page.
@@ -76,8 +135,13 @@ pub struct Queues {
 pub struct QueueView {
     /// The lock's name.
     pub lock: String,
-    /// Its holder and the holder's token.
+    /// The mode it is held in.
+    pub mode: LockMode,
+    /// Its holder and the holder's token; in shared mode, the holder of
+    /// the oldest grant (the lowest token).
     pub holder: Option<(SessionId, FencingToken)>,
+    /// How many sessions hold it.
+    pub holders: usize,
     /// How many sessions wait for it.
     pub depth: usize,
 }
@@ -140,7 +204,54 @@ pub struct Totals {
 /// [`LockStateWithoutRepairs`]; read as one, these bytes would be a
 /// session counter of about 3.6 × 10^18, which no cluster reaches (one new
 /// session a nanosecond for a century is 3.2 × 10^18).
-const SNAPSHOT_MAGIC: &[u8; 8] = b"QLSTATE3";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"QLSTATE4";
+
+/// Opens snapshots written before shared locks, in the layout of
+/// [`LockStateBeforeModes`]; every lock in them is exclusive.
+const SNAPSHOT_MAGIC_BEFORE_MODES: &[u8; 8] = b"QLSTATE3";
+
+/// A lock as snapshots before shared locks stored it.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct LockBeforeModes {
+    holder: Option<(SessionId, FencingToken)>,
+    queue: VecDeque<SessionId>,
+}
+
+impl From<LockBeforeModes> for Lock {
+    fn from(old: LockBeforeModes) -> Lock {
+        Lock {
+            mode: LockMode::Exclusive,
+            holders: old.holder.into_iter().collect(),
+            queue: old
+                .queue
+                .into_iter()
+                .map(|session| Waiter {
+                    session,
+                    mode: LockMode::Exclusive,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn locks_before_modes(old: BTreeMap<String, LockBeforeModes>) -> BTreeMap<String, Lock> {
+    old.into_iter().map(|(name, lock)| (name, lock.into())).collect()
+}
+
+/// The layout of [`LockState`] before shared locks.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct LockStateBeforeModes {
+    next_session: SessionId,
+    next_token: FencingToken,
+    sessions: BTreeMap<SessionId, Session>,
+    locks: BTreeMap<String, LockBeforeModes>,
+    kv: BTreeMap<String, KvEntry>,
+    repaired: BTreeMap<NodeId, Repaired>,
+    repairs_pending: BTreeSet<NodeId>,
+    totals: Totals,
+}
 
 /// Opened snapshots written before [`Totals`] were kept, in the layout of
 /// [`LockStateWithoutTotals`]; they restore with every total at 0.
@@ -152,7 +263,7 @@ struct LockStateWithoutTotals {
     next_session: SessionId,
     next_token: FencingToken,
     sessions: BTreeMap<SessionId, Session>,
-    locks: BTreeMap<String, Lock>,
+    locks: BTreeMap<String, LockBeforeModes>,
     kv: BTreeMap<String, KvEntry>,
     repaired: BTreeMap<NodeId, Repaired>,
     repairs_pending: BTreeSet<NodeId>,
@@ -165,7 +276,7 @@ struct LockStateWithoutRepairs {
     next_session: SessionId,
     next_token: FencingToken,
     sessions: BTreeMap<SessionId, Session>,
-    locks: BTreeMap<String, Lock>,
+    locks: BTreeMap<String, LockBeforeModes>,
     kv: BTreeMap<String, KvEntry>,
 }
 
@@ -204,10 +315,18 @@ impl LockState {
                 by,
             } => self
                 .check_lock_call(*session, lock, by)
-                .and_then(|()| self.acquire(*session, lock, *wait, &mut events)),
+                .and_then(|()| self.acquire(*session, lock, *wait, LockMode::Exclusive, &mut events)),
+            Command::AcquireShared {
+                session,
+                lock,
+                wait,
+                by,
+            } => self
+                .check_lock_call(*session, lock, by)
+                .and_then(|()| self.acquire(*session, lock, *wait, LockMode::Shared, &mut events)),
             Command::CancelWait { session, lock, by } => self
                 .check_lock_call(*session, lock, by)
-                .and_then(|()| self.cancel_wait(*session, lock)),
+                .and_then(|()| self.cancel_wait(*session, lock, &mut events)),
             Command::Release {
                 session,
                 lock,
@@ -293,8 +412,11 @@ impl LockState {
         // Every grant of this command that still stands is recorded both ways.
         for event in &applied.events {
             if let Event::Granted(grant) = event {
-                if self.locks.get(&grant.lock).and_then(|lock| lock.holder)
-                    == Some((grant.session, grant.token))
+                if self
+                    .locks
+                    .get(&grant.lock)
+                    .and_then(|lock| lock.holders.get(&grant.session))
+                    == Some(&grant.token)
                 {
                     assert!(
                         self.sessions
@@ -305,28 +427,42 @@ impl LockState {
                 }
             }
         }
+        let mode = match command {
+            Command::AcquireShared { .. } => LockMode::Shared,
+            _ => LockMode::Exclusive,
+        };
         match (command, &applied.result) {
-            (Command::Acquire { session, lock, .. }, Ok(Outcome::Acquired { token })) => assert!(
-                self.locks.get(lock).and_then(|found| found.holder) == Some((*session, *token))
+            (
+                Command::Acquire { session, lock, .. } | Command::AcquireShared { session, lock, .. },
+                Ok(Outcome::Acquired { token }),
+            ) => assert!(
+                self.locks
+                    .get(lock)
+                    .is_some_and(|found| found.mode == mode && found.holders.get(session) == Some(token))
                     && self.sessions[session].held.contains(lock),
-                "session {session} holds lock {lock:?} with token {token} after acquiring it"
+                "session {session} holds lock {lock:?} in {mode} mode with token {token} after acquiring it"
             ),
-            (Command::Acquire { session, lock, .. }, Ok(Outcome::Queued { position })) => assert!(
-                self.locks.get(lock).is_some_and(
-                    |found| found.holder.is_some() && found.queue.get(*position) == Some(session)
-                ) && self.sessions[session].waiting.contains(lock),
-                "session {session} waits at position {position} of held lock {lock:?}"
+            (
+                Command::Acquire { session, lock, .. } | Command::AcquireShared { session, lock, .. },
+                Ok(Outcome::Queued { position }),
+            ) => assert!(
+                self.locks.get(lock).is_some_and(|found| !found.holders.is_empty()
+                    && found.queue.get(*position)
+                        == Some(&Waiter {
+                            session: *session,
+                            mode
+                        }))
+                    && self.sessions[session].waiting.contains(lock),
+                "session {session} waits in {mode} mode at position {position} of held lock {lock:?}"
             ),
             (Command::Release { session, lock, .. }, Ok(Outcome::Released { .. })) => assert!(
                 self.sessions
                     .get(session)
                     .is_some_and(|found| !found.held.contains(lock))
-                    && self
+                    && !self
                         .locks
                         .get(lock)
-                        .and_then(|found| found.holder)
-                        .map(|(holder, _)| holder)
-                        != Some(*session),
+                        .is_some_and(|found| found.holders.contains_key(session)),
                 "session {session} no longer holds lock {lock:?} after releasing it"
             ),
             (Command::CancelWait { session, lock, .. }, Ok(_)) => assert!(
@@ -369,7 +505,7 @@ impl LockState {
     fn check_writer(&self, fence: &Fence, session: SessionId, by: &Credential) -> Result<(), LockError> {
         self.check_fence(fence)?;
         self.check_owner(session, by)?;
-        match self.locks.get(&fence.lock).and_then(|lock| lock.holder) {
+        match self.locks.get(&fence.lock).and_then(Lock::exclusive_holder) {
             Some((holder, _)) if holder == session => Ok(()),
             _ => Err(LockError::NotHolder {
                 lock: fence.lock.clone(),
@@ -409,13 +545,11 @@ impl LockState {
         // Leave every queue first, so that releasing a held lock below can
         // never hand it back to the session that is ending.
         for name in &ended.waiting {
-            let lock = self.locks.get_mut(name).expect("waiting implies the lock exists");
-            lock.queue.retain(|waiter| *waiter != session);
-            self.remove_if_idle(name);
+            self.leave_queue(name, session, events);
         }
         let released: Vec<String> = ended.held.into_iter().collect();
         for name in &released {
-            self.hand_over(name, events);
+            self.let_go(name, session, events);
         }
         events.push(Event::SessionEnded { session });
         Ok(Outcome::SessionEnded { released })
@@ -443,48 +577,72 @@ impl LockState {
         session: SessionId,
         name: &str,
         wait: bool,
+        mode: LockMode,
         events: &mut Vec<Event>,
     ) -> Result<Outcome, LockError> {
         let lock = self.locks.entry(name.to_string()).or_default();
-        match lock.holder {
-            None => {
-                assert!(lock.queue.is_empty(), "a free lock {name:?} has no waiters");
-                let token = self.grant(name, session, events);
-                Ok(Outcome::Acquired { token })
+        // A retried acquire by a holder gets the same token back; a waiter's,
+        // its place. Neither changes mode in place: a reader that became a
+        // writer while others read could deadlock with a second one.
+        if let Some(token) = lock.holders.get(&session).copied() {
+            if lock.mode != mode {
+                return Err(LockError::WrongMode {
+                    lock: name.to_string(),
+                    what: format!(
+                        "session {session} holds it in {} mode and asked for {mode} mode; release it first",
+                        lock.mode
+                    ),
+                });
             }
-            // A retried acquire by the holder gets the same token back.
-            Some((holder, token)) if holder == session => Ok(Outcome::Acquired { token }),
-            Some((_, holder_token)) => {
-                if let Some(position) = lock.queue.iter().position(|w| *w == session) {
-                    return Ok(Outcome::Queued { position });
-                }
-                if !wait {
-                    return Ok(Outcome::Busy { holder_token });
-                }
-                if lock.queue.len() >= WAITERS_PER_LOCK_MAX {
-                    return Err(LockError::QueueFull {
-                        lock: name.to_string(),
-                        max: WAITERS_PER_LOCK_MAX,
-                    });
-                }
-                lock.queue.push_back(session);
-                let position = lock.queue.len() - 1;
-                self.session_mut(session).waiting.insert(name.to_string());
-                self.totals.queue_joins += 1;
-                Ok(Outcome::Queued { position })
-            }
+            return Ok(Outcome::Acquired { token });
         }
+        if let Some((position, queued)) = lock.queued_at(session) {
+            if queued != mode {
+                return Err(LockError::WrongMode {
+                    lock: name.to_string(),
+                    what: format!(
+                        "session {session} waits for it in {queued} mode and asked for {mode} mode; cancel the wait first"
+                    ),
+                });
+            }
+            return Ok(Outcome::Queued { position });
+        }
+        // FIFO across modes: a reader that arrives behind a queued writer
+        // waits behind it, so writers are never starved by readers.
+        if lock.admits(mode) && lock.queue.is_empty() {
+            let token = self.grant(name, session, mode, events);
+            return Ok(Outcome::Acquired { token });
+        }
+        let holder_token = lock.newest_token().expect("a lock that admits nobody is held");
+        if !wait {
+            return Ok(Outcome::Busy { holder_token });
+        }
+        if lock.queue.len() >= WAITERS_PER_LOCK_MAX {
+            return Err(LockError::QueueFull {
+                lock: name.to_string(),
+                max: WAITERS_PER_LOCK_MAX,
+            });
+        }
+        lock.queue.push_back(Waiter { session, mode });
+        let position = lock.queue.len() - 1;
+        self.session_mut(session).waiting.insert(name.to_string());
+        self.totals.queue_joins += 1;
+        Ok(Outcome::Queued { position })
     }
 
-    fn cancel_wait(&mut self, session: SessionId, name: &str) -> Result<Outcome, LockError> {
+    fn cancel_wait(
+        &mut self,
+        session: SessionId,
+        name: &str,
+        events: &mut Vec<Event>,
+    ) -> Result<Outcome, LockError> {
         let state = self
             .sessions
             .get_mut(&session)
             .ok_or(LockError::SessionNotFound { session })?;
         let was_waiting = state.waiting.remove(name);
         if was_waiting {
-            let lock = self.locks.get_mut(name).expect("waiting implies the lock exists");
-            lock.queue.retain(|waiter| *waiter != session);
+            self.leave_queue(name, session, events);
         }
         Ok(Outcome::WaitCancelled { was_waiting })
     }
@@ -496,18 +654,16 @@ impl LockState {
         token: FencingToken,
         events: &mut Vec<Event>,
     ) -> Result<Outcome, LockError> {
-        let current = self.current_token(name);
-        match self.locks.get(name).and_then(|lock| lock.holder) {
-            Some((holder, held_token)) if holder == session => {
-                if held_token != token {
-                    return Err(LockError::StaleToken {
-                        lock: name.to_string(),
-                        presented: token,
-                        current,
-                    });
-                }
+        match self.locks.get(name).and_then(|lock| lock.holders.get(&session)) {
+            Some(held_token) if *held_token == token => {}
+            Some(held_token) => {
+                return Err(LockError::StaleToken {
+                    lock: name.to_string(),
+                    presented: token,
+                    current: Some(*held_token),
+                })
             }
-            _ => {
+            None => {
                 return Err(LockError::NotHolder {
                     lock: name.to_string(),
                     session,
@@ -515,7 +671,7 @@ impl LockState {
             }
         }
         self.session_mut(session).held.remove(name);
-        let next = self.hand_over(name, events);
+        let next = self.let_go(name, session, events);
         Ok(Outcome::Released { next })
     }
 
@@ -537,28 +693,66 @@ impl LockState {
         Outcome::Written { existed }
     }
 
-    /// Accepts a fence only if its token is the lock's current token.
+    /// Accepts a fence for a write only if its token is the token of the
+    /// lock's exclusive holder. A shared hold's token is refused as such.
     pub fn check_fence(&self, fence: &Fence) -> Result<(), LockError> {
         validate::lock_name(&fence.lock)?;
-        let current = self.current_token(&fence.lock);
-        if current != Some(fence.token) {
-            return Err(LockError::StaleToken {
+        let lock = self.locks.get(&fence.lock);
+        match lock {
+            Some(lock)
+                if lock.mode == LockMode::Exclusive && lock.holders.values().any(|t| *t == fence.token) =>
+            {
+                Ok(())
+            }
+            Some(lock) if lock.holders.values().any(|t| *t == fence.token) => Err(LockError::WrongMode {
+                lock: fence.lock.clone(),
+                what: format!(
+                    "token {} is a shared hold's; a fenced write needs the exclusive holder's token",
+                    fence.token
+                ),
+            }),
+            _ => Err(LockError::StaleToken {
                 lock: fence.lock.clone(),
                 presented: fence.token,
-                current,
-            });
+                current: lock.and_then(Lock::newest_token),
+            }),
         }
-        Ok(())
     }
 
-    /// Grants a free lock to `session` with a fresh token.
-    fn grant(&mut self, name: &str, session: SessionId, events: &mut Vec<Event>) -> FencingToken {
+    /// Accepts a fence for a read if its token is any current holder's,
+    /// shared or exclusive: the reader still holds the lock.
+    pub fn check_read_fence(&self, fence: &Fence) -> Result<(), LockError> {
+        validate::lock_name(&fence.lock)?;
+        let lock = self.locks.get(&fence.lock);
+        if lock.is_some_and(|lock| lock.holders.values().any(|t| *t == fence.token)) {
+            return Ok(());
+        }
+        Err(LockError::StaleToken {
+            lock: fence.lock.clone(),
+            presented: fence.token,
+            current: lock.and_then(Lock::newest_token),
+        })
+    }
+
+    /// Grants `name` to `session` in `mode` with a fresh token; the caller
+    /// checked that the lock admits it.
+    fn grant(
+        &mut self,
+        name: &str,
+        session: SessionId,
+        mode: LockMode,
+        events: &mut Vec<Event>,
+    ) -> FencingToken {
         let token = self.next_token;
         self.next_token = token.next();
         self.totals.grants += 1;
         let lock = self.locks.get_mut(name).expect("granting an existing lock");
-        assert!(lock.holder.is_none(), "granting lock {name:?}, which is held");
-        lock.holder = Some((session, token));
+        assert!(
+            lock.admits(mode),
+            "granting lock {name:?} in {mode} mode, which its holders exclude"
+        );
+        lock.mode = mode;
+        lock.holders.insert(session, token);
         self.session_mut(session).held.insert(name.to_string());
         events.push(Event::Granted(Grant {
             lock: name.to_string(),
@@ -568,29 +762,58 @@ impl LockState {
         token
     }
 
-    /// Clears the holder and grants the lock to the first waiter, if any.
-    fn hand_over(&mut self, name: &str, events: &mut Vec<Event>) -> Option<Grant> {
-        let lock = self.locks.get_mut(name).expect("handing over an existing lock");
-        lock.holder = None;
-        let next = match lock.queue.pop_front() {
-            Some(waiter) => {
-                self.session_mut(waiter).waiting.remove(name);
-                let token = self.grant(name, waiter, events);
-                Some(Grant {
-                    lock: name.to_string(),
-                    session: waiter,
-                    token,
-                })
+    /// Takes `session` off the holders of `name` and grants what its
+    /// leaving admits; the first of those grants.
+    fn let_go(&mut self, name: &str, session: SessionId, events: &mut Vec<Event>) -> Option<Grant> {
+        let lock = self.locks.get_mut(name).expect("letting go of an existing lock");
+        let removed = lock.holders.remove(&session);
+        assert!(
+            removed.is_some(),
+            "session {session} let go of lock {name:?}, which it did not hold"
+        );
+        self.grant_waiters(name, events)
+    }
+
+    /// Takes `session` out of the queue of `name` and grants what its
+    /// leaving admits (readers behind a writer that gave up).
+    fn leave_queue(&mut self, name: &str, session: SessionId, events: &mut Vec<Event>) {
+        let lock = self.locks.get_mut(name).expect("waiting implies the lock exists");
+        lock.queue.retain(|waiter| waiter.session != session);
+        self.grant_waiters(name, events);
+    }
+
+    /// Grants the lock to waiters from the front of its queue for as long
+    /// as the holders admit them: one writer, or every reader up to the
+    /// next writer. Removes the lock if it is left idle. The first grant.
+    fn grant_waiters(&mut self, name: &str, events: &mut Vec<Event>) -> Option<Grant> {
+        let mut first = None;
+        loop {
+            let lock = self
+                .locks
+                .get_mut(name)
+                .expect("granting waiters of an existing lock");
+            let Some(waiter) = lock.queue.front().copied() else {
+                break;
+            };
+            if !lock.admits(waiter.mode) {
+                break;
             }
-            None => None,
-        };
+            lock.queue.pop_front();
+            self.session_mut(waiter.session).waiting.remove(name);
+            let token = self.grant(name, waiter.session, waiter.mode, events);
+            first.get_or_insert(Grant {
+                lock: name.to_string(),
+                session: waiter.session,
+                token,
+            });
+        }
         self.remove_if_idle(name);
-        next
+        first
     }
 
     fn remove_if_idle(&mut self, name: &str) {
         if let Some(lock) = self.locks.get(name) {
-            if lock.holder.is_none() && lock.queue.is_empty() {
+            if lock.holders.is_empty() && lock.queue.is_empty() {
                 self.locks.remove(name);
             }
         }
@@ -602,26 +825,46 @@ impl LockState {
             .expect("session checked to exist before")
     }
 
-    /// The token of the lock's current holder, if it is held.
+    /// The lock's current token: its exclusive holder's, or in shared mode
+    /// the newest shared holder's; `None` when it is free.
     pub fn current_token(&self, name: &str) -> Option<FencingToken> {
-        self.locks
-            .get(name)
-            .and_then(|lock| lock.holder)
-            .map(|(_, token)| token)
+        self.locks.get(name).and_then(Lock::newest_token)
     }
 
-    /// Holder and queue length of a lock.
+    /// Whether `token` is current for `name` in `mode`: the exclusive
+    /// holder's token for exclusive; any holder's token for shared (an
+    /// exclusive holder may read too).
+    pub fn token_is_current(&self, name: &str, token: FencingToken, mode: LockMode) -> bool {
+        self.locks.get(name).is_some_and(|lock| match mode {
+            LockMode::Exclusive => lock.exclusive_holder().map(|(_, held)| held) == Some(token),
+            LockMode::Shared => lock.holders.values().any(|held| *held == token),
+        })
+    }
+
+    /// Holders, mode and queue length of a lock.
     pub fn describe(&self, name: &str) -> LockView {
         match self.locks.get(name) {
             Some(lock) => LockView {
-                holder: lock.holder,
+                mode: lock.mode,
+                holder: lock.exclusive_holder(),
+                shared: match lock.mode {
+                    LockMode::Shared => lock.holders.iter().map(|(s, t)| (*s, *t)).collect(),
+                    LockMode::Exclusive => Vec::new(),
+                },
                 queue_len: lock.queue.len(),
             },
             None => LockView {
+                mode: LockMode::Exclusive,
                 holder: None,
+                shared: Vec::new(),
                 queue_len: 0,
             },
         }
+    }
+
+    /// A lock's record, if it is held or awaited.
+    pub fn lock(&self, name: &str) -> Option<&Lock> {
+        self.locks.get(name)
     }
 
     /// A session's replicated record.
@@ -725,10 +968,20 @@ impl LockState {
             held: self.locks.len(),
             deepest: deepest
                 .into_iter()
-                .map(|(name, depth)| QueueView {
-                    lock: name.to_string(),
-                    holder: self.locks.get(name).and_then(|lock| lock.holder),
-                    depth,
+                .map(|(name, depth)| {
+                    let lock = self.locks.get(name);
+                    QueueView {
+                        lock: name.to_string(),
+                        mode: lock.map_or(LockMode::Exclusive, |lock| lock.mode),
+                        holder: lock.and_then(|lock| {
+                            lock.holders
+                                .iter()
+                                .min_by_key(|(_, token)| **token)
+                                .map(|(session, token)| (*session, *token))
+                        }),
+                        holders: lock.map_or(0, |lock| lock.holders.len()),
+                        depth,
+                    }
                 })
                 .collect(),
         }
@@ -753,6 +1006,39 @@ impl LockState {
         bytes
     }
 
+    /// The body of a snapshot in the layout before shared locks (after its
+    /// `QLSTATE3` magic), for tests of restoring older snapshots. Every
+    /// lock must be exclusive: that layout has no other kind.
+    #[cfg(test)]
+    pub(crate) fn snapshot_body_before_modes(&self) -> Vec<u8> {
+        let old = LockStateBeforeModes {
+            next_session: self.next_session,
+            next_token: self.next_token,
+            sessions: self.sessions.clone(),
+            locks: self
+                .locks
+                .iter()
+                .map(|(name, lock)| {
+                    assert_eq!(
+                        lock.mode,
+                        LockMode::Exclusive,
+                        "the old layout has only exclusive locks"
+                    );
+                    let old = LockBeforeModes {
+                        holder: lock.exclusive_holder(),
+                        queue: lock.queue.iter().map(|waiter| waiter.session).collect(),
+                    };
+                    (name.clone(), old)
+                })
+                .collect(),
+            kv: self.kv.clone(),
+            repaired: self.repaired.clone(),
+            repairs_pending: self.repairs_pending.clone(),
+            totals: self.totals,
+        };
+        bincode::serialize(&old).expect("the old layout serializes")
+    }
+
     /// Restores a state written by [`LockState::snapshot`], checking its invariants.
     pub fn restore(bytes: &[u8]) -> Result<LockState, String> {
         // The same encoding as `bincode::serialize`, except that bytes left
@@ -766,13 +1052,25 @@ impl LockState {
         let bad = |error: bincode::Error| format!("bad lock snapshot: {error}");
         let state: LockState = if let Some(body) = bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
             options().deserialize(body).map_err(bad)?
+        } else if let Some(body) = bytes.strip_prefix(SNAPSHOT_MAGIC_BEFORE_MODES.as_slice()) {
+            let old: LockStateBeforeModes = options().deserialize(body).map_err(bad)?;
+            LockState {
+                next_session: old.next_session,
+                next_token: old.next_token,
+                sessions: old.sessions,
+                locks: locks_before_modes(old.locks),
+                kv: old.kv,
+                repaired: old.repaired,
+                repairs_pending: old.repairs_pending,
+                totals: old.totals,
+            }
         } else if let Some(body) = bytes.strip_prefix(SNAPSHOT_MAGIC_WITHOUT_TOTALS.as_slice()) {
             let old: LockStateWithoutTotals = options().deserialize(body).map_err(bad)?;
             LockState {
                 next_session: old.next_session,
                 next_token: old.next_token,
                 sessions: old.sessions,
-                locks: old.locks,
+                locks: locks_before_modes(old.locks),
                 kv: old.kv,
                 repaired: old.repaired,
                 repairs_pending: old.repairs_pending,
@@ -784,7 +1082,7 @@ impl LockState {
                 next_session: old.next_session,
                 next_token: old.next_token,
                 sessions: old.sessions,
-                locks: old.locks,
+                locks: locks_before_modes(old.locks),
                 kv: old.kv,
                 repaired: BTreeMap::new(),
                 repairs_pending: BTreeSet::new(),
@@ -813,27 +1111,46 @@ impl LockState {
     /// holds, no idle lock is kept, and every token is below the counter.
     pub fn check_invariants(&self) -> Result<(), String> {
         for (name, lock) in &self.locks {
-            if lock.holder.is_none() {
+            if lock.holders.is_empty() {
                 return Err(format!("lock {name:?} has waiters or exists but no holder"));
             }
-            if let Some((holder, token)) = lock.holder {
-                if token >= self.next_token {
+            if lock.mode == LockMode::Exclusive && lock.holders.len() != 1 {
+                return Err(format!(
+                    "lock {name:?} is exclusive with {} holders",
+                    lock.holders.len()
+                ));
+            }
+            for (holder, token) in &lock.holders {
+                if *token >= self.next_token {
                     return Err(format!("lock {name:?} token {token} not below the counter"));
                 }
-                match self.sessions.get(&holder) {
+                match self.sessions.get(holder) {
                     Some(session) if session.held.contains(name) => {}
                     _ => return Err(format!("lock {name:?} holder {holder} does not list it")),
                 }
             }
+            let distinct: BTreeSet<FencingToken> = lock.holders.values().copied().collect();
+            if distinct.len() != lock.holders.len() {
+                return Err(format!("lock {name:?} has two holders with one token"));
+            }
+            if let Some(first) = lock.queue.front() {
+                if lock.admits(first.mode) {
+                    return Err(format!(
+                        "lock {name:?} keeps session {} waiting in {} mode, which its holders admit",
+                        first.session, first.mode
+                    ));
+                }
+            }
             let mut seen = BTreeSet::new();
             for waiter in &lock.queue {
-                if !seen.insert(*waiter) {
+                let waiter = waiter.session;
+                if !seen.insert(waiter) {
                     return Err(format!("lock {name:?} queues session {waiter} twice"));
                 }
-                if lock.holder.map(|(h, _)| h) == Some(*waiter) {
+                if lock.holders.contains_key(&waiter) {
                     return Err(format!("lock {name:?} holder {waiter} also waits"));
                 }
-                match self.sessions.get(waiter) {
+                match self.sessions.get(&waiter) {
                     Some(session) if session.waiting.contains(name) => {}
                     _ => return Err(format!("lock {name:?} waiter {waiter} does not list it")),
                 }
@@ -844,12 +1161,12 @@ impl LockState {
                 return Err(format!("session {id} not below the counter"));
             }
             for name in &session.held {
-                if self.locks.get(name).and_then(|l| l.holder).map(|(h, _)| h) != Some(*id) {
+                if !self.locks.get(name).is_some_and(|l| l.holders.contains_key(id)) {
                     return Err(format!("session {id} lists {name:?} as held but is not holder"));
                 }
             }
             for name in &session.waiting {
-                if !self.locks.get(name).is_some_and(|l| l.queue.contains(id)) {
+                if self.locks.get(name).is_none_or(|l| l.queued_at(*id).is_none()) {
                     return Err(format!("session {id} lists {name:?} as waited but is not queued"));
                 }
             }

@@ -9,8 +9,8 @@ use super::limits::{
     SESSION_TTL_MS_MIN, VALUE_BYTES_MAX, WAITERS_PER_LOCK_MAX,
 };
 use super::{
-    validate, Applied, Command, Credential, Event, Fence, FencingToken, Grant, KvEntry, LockError, LockState,
-    LockView, Outcome, SecretDigest, SessionId, Totals,
+    validate, Applied, Command, Credential, Event, Fence, FencingToken, Grant, KvEntry, LockError, LockMode,
+    LockState, LockView, Outcome, SecretDigest, SessionId, Totals,
 };
 
 /// A TTL inside the documented bounds.
@@ -153,14 +153,18 @@ fn stale(lock: &str, presented: FencingToken, current: Option<FencingToken>) -> 
 
 fn held_by(session: SessionId, token: FencingToken, queue_len: usize) -> LockView {
     LockView {
+        mode: LockMode::Exclusive,
         holder: Some((session, token)),
+        shared: Vec::new(),
         queue_len,
     }
 }
 
 fn free() -> LockView {
     LockView {
+        mode: LockMode::Exclusive,
         holder: None,
+        shared: Vec::new(),
         queue_len: 0,
     }
 }
@@ -1484,10 +1488,10 @@ fn a_snapshot_written_before_repairs_were_recorded_still_restores() {
     let mut state = LockState::default();
     let session = open(&mut state);
     take(&mut state, session, "held");
-    let current = state.snapshot();
+    let current = state.snapshot_body_before_modes();
     // The earliest layout: no leading magic, no repairs (the lengths of
     // the empty map and set of repairs, 8 bytes each) and no totals.
-    let earlier = &current[8..current.len() - TOTALS_BYTES - 16];
+    let earlier = &current[..current.len() - TOTALS_BYTES - 16];
     let restored = LockState::restore(earlier).unwrap();
     assert_eq!(restored.totals(), Totals::default(), "totals start at 0");
     assert_eq!(restored.session_count(), 1);
@@ -1500,15 +1504,31 @@ fn a_snapshot_written_before_totals_were_kept_restores_with_zero_totals() {
     let mut state = LockState::default();
     let session = open(&mut state);
     take(&mut state, session, "held");
-    let current = state.snapshot();
+    let current = state.snapshot_body_before_modes();
     let mut earlier = b"QLSTATE2".to_vec();
-    earlier.extend_from_slice(&current[8..current.len() - TOTALS_BYTES]);
+    earlier.extend_from_slice(&current[..current.len() - TOTALS_BYTES]);
     let restored = LockState::restore(&earlier).unwrap();
     assert_eq!(restored.totals(), Totals::default());
+    let body = restored.snapshot_body_before_modes();
     assert_eq!(
-        restored.snapshot()[8..current.len() - TOTALS_BYTES],
-        current[8..current.len() - TOTALS_BYTES]
+        body[..body.len() - TOTALS_BYTES],
+        current[..current.len() - TOTALS_BYTES]
     );
+}
+
+#[test]
+fn a_snapshot_written_before_shared_locks_restores_every_lock_as_exclusive() {
+    let mut state = LockState::default();
+    let holder = open(&mut state);
+    let waiter = open(&mut state);
+    let token = take(&mut state, holder, "held");
+    state.apply(&acquire(waiter, "held", true));
+    let mut earlier = b"QLSTATE3".to_vec();
+    earlier.extend_from_slice(&state.snapshot_body_before_modes());
+    let restored = LockState::restore(&earlier).unwrap();
+    assert_eq!(restored, state, "the same state, every lock exclusive");
+    assert_eq!(restored.describe("held"), held_by(holder, token, 1));
+    assert_eq!(restored.totals(), state.totals());
 }
 
 #[test]
@@ -1592,4 +1612,227 @@ fn queues_lists_the_longest_first_with_their_holders_and_counts_every_waiter() {
     assert_eq!(queues.deepest[1].depth, 1);
     assert_eq!(queues.deepest[1].holder, Some((holder, short_token)));
     assert_eq!(state.queues(1).deepest.len(), 1, "at most `top` queues");
+}
+
+// Shared (reader-writer) locks.
+
+fn acquire_shared(session: SessionId, lock: &str, wait: bool) -> Command {
+    Command::AcquireShared {
+        session,
+        lock: lock.to_string(),
+        wait,
+        by: owner(),
+    }
+}
+
+/// Takes `lock` shared with a fresh token, failing the test otherwise.
+fn take_shared(state: &mut LockState, session: SessionId, lock: &str) -> FencingToken {
+    let token = state.next_token();
+    assert_eq!(
+        state.apply(&acquire_shared(session, lock, false)),
+        acquired_fresh(lock, session, token),
+        "session {session} should share lock {lock:?}"
+    );
+    token
+}
+
+fn shared_by(holders: &[(SessionId, FencingToken)], queue_len: usize) -> LockView {
+    LockView {
+        mode: LockMode::Shared,
+        holder: None,
+        shared: holders.to_vec(),
+        queue_len,
+    }
+}
+
+#[test]
+fn readers_share_a_lock_each_with_its_own_rising_token() {
+    let mut state = LockState::default();
+    let (one, two) = (open(&mut state), open(&mut state));
+    let first = take_shared(&mut state, one, "doc");
+    let second = take_shared(&mut state, two, "doc");
+    assert!(second > first);
+    assert_eq!(
+        state.describe("doc"),
+        shared_by(&[(one, first), (two, second)], 0)
+    );
+    // A retry gives the same token back.
+    assert_eq!(
+        state.apply(&acquire_shared(one, "doc", false)),
+        quiet(Outcome::Acquired { token: first })
+    );
+    for token in [first, second] {
+        assert!(state.token_is_current("doc", token, LockMode::Shared));
+        assert!(!state.token_is_current("doc", token, LockMode::Exclusive));
+        assert_eq!(state.check_read_fence(&fence("doc", token)), Ok(()));
+    }
+    assert_eq!(
+        state.current_token("doc"),
+        Some(second),
+        "the newest shared token"
+    );
+    // A writer is busy; releasing one reader leaves the other holding.
+    let writer = open(&mut state);
+    assert_eq!(
+        state.apply(&acquire(writer, "doc", false)),
+        quiet(Outcome::Busy { holder_token: second })
+    );
+    assert_eq!(
+        state.apply(&release(one, "doc", first)),
+        quiet(Outcome::Released { next: None })
+    );
+    assert_eq!(state.describe("doc"), shared_by(&[(two, second)], 0));
+    assert!(!state.token_is_current("doc", first, LockMode::Shared));
+    assert_eq!(state.check_invariants(), Ok(()));
+}
+
+#[test]
+fn readers_arriving_behind_a_queued_writer_wait_behind_it() {
+    let mut state = LockState::default();
+    let (reader, writer, late) = (open(&mut state), open(&mut state), open(&mut state));
+    let read_token = take_shared(&mut state, reader, "doc");
+    assert_eq!(
+        state.apply(&acquire(writer, "doc", true)),
+        quiet(Outcome::Queued { position: 0 })
+    );
+    // The lock is held shared, but a writer waits: a new reader queues.
+    assert_eq!(
+        state.apply(&acquire_shared(late, "doc", true)),
+        quiet(Outcome::Queued { position: 1 })
+    );
+    assert_eq!(
+        state.apply(&acquire_shared(late, "doc", false)),
+        quiet(Outcome::Queued { position: 1 }),
+        "a retry reports the place"
+    );
+    let write_token = state.next_token();
+    assert_eq!(
+        state.apply(&release(reader, "doc", read_token)),
+        Applied {
+            result: Ok(Outcome::Released {
+                next: Some(grant("doc", writer, write_token))
+            }),
+            events: vec![Event::Granted(grant("doc", writer, write_token))],
+        }
+    );
+    assert_eq!(state.describe("doc"), held_by(writer, write_token, 1));
+    assert_eq!(state.check_invariants(), Ok(()));
+}
+
+#[test]
+fn consecutive_queued_readers_are_granted_together_up_to_the_next_writer() {
+    let mut state = LockState::default();
+    let writer = open(&mut state);
+    let readers = [open(&mut state), open(&mut state)];
+    let second_writer = open(&mut state);
+    let last_reader = open(&mut state);
+    let token = take(&mut state, writer, "doc");
+    for session in readers {
+        assert!(matches!(
+            state.apply(&acquire_shared(session, "doc", true)).result,
+            Ok(Outcome::Queued { .. })
+        ));
+    }
+    state.apply(&acquire(second_writer, "doc", true));
+    state.apply(&acquire_shared(last_reader, "doc", true));
+    let first = state.next_token();
+    let second = first.next();
+    assert_eq!(
+        state.apply(&release(writer, "doc", token)),
+        Applied {
+            result: Ok(Outcome::Released {
+                next: Some(grant("doc", readers[0], first))
+            }),
+            events: vec![
+                Event::Granted(grant("doc", readers[0], first)),
+                Event::Granted(grant("doc", readers[1], second)),
+            ],
+        }
+    );
+    // The second writer is next; the reader behind it still waits.
+    assert_eq!(
+        state.describe("doc"),
+        shared_by(&[(readers[0], first), (readers[1], second)], 2)
+    );
+    assert_eq!(state.check_invariants(), Ok(()));
+}
+
+#[test]
+fn a_writer_that_stops_waiting_lets_the_readers_behind_it_in() {
+    for ends in ["cancel", "expire"] {
+        let mut state = LockState::default();
+        let (reader, writer, late) = (open(&mut state), open(&mut state), open(&mut state));
+        let read_token = take_shared(&mut state, reader, "doc");
+        state.apply(&acquire(writer, "doc", true));
+        state.apply(&acquire_shared(late, "doc", true));
+        let late_token = state.next_token();
+        let applied = match ends {
+            "cancel" => state.apply(&cancel_wait(writer, "doc")),
+            _ => state.apply(&Command::ExpireSession { session: writer }),
+        };
+        assert_eq!(
+            applied.events.first(),
+            Some(&Event::Granted(grant("doc", late, late_token))),
+            "{ends}: the reader behind the writer is granted"
+        );
+        assert_eq!(
+            state.describe("doc"),
+            shared_by(&[(reader, read_token), (late, late_token)], 0),
+            "{ends}"
+        );
+        assert_eq!(state.check_invariants(), Ok(()));
+    }
+}
+
+#[test]
+fn a_hold_or_wait_is_never_changed_to_the_other_mode_in_place() {
+    let mut state = LockState::default();
+    let (reader, writer) = (open(&mut state), open(&mut state));
+    let read_token = take_shared(&mut state, reader, "doc");
+    let before = state.snapshot();
+    let refusal = state.apply(&acquire(reader, "doc", true));
+    assert!(
+        matches!(&refusal.result, Err(LockError::WrongMode { lock, what })
+            if lock == "doc" && what.contains("holds it in shared mode and asked for exclusive mode")),
+        "{refusal:?}"
+    );
+    assert!(refusal.events.is_empty());
+    assert_eq!(state.snapshot(), before, "the refusal changed nothing");
+    state.apply(&acquire(writer, "doc", true));
+    let refusal = state.apply(&acquire_shared(writer, "doc", true));
+    assert!(
+        matches!(&refusal.result, Err(LockError::WrongMode { what, .. }) if what.contains("waits for it in exclusive mode")),
+        "{refusal:?}"
+    );
+    assert_eq!(state.describe("doc"), shared_by(&[(reader, read_token)], 1));
+}
+
+#[test]
+fn a_shared_token_fences_reads_but_never_writes() {
+    let mut state = LockState::default();
+    let reader = open(&mut state);
+    let token = take_shared(&mut state, reader, "doc");
+    assert_refused(
+        &mut state,
+        &put(reader, "k", b"v", "doc", token),
+        LockError::WrongMode {
+            lock: "doc".to_string(),
+            what: format!(
+                "token {token} is a shared hold's; a fenced write needs the exclusive holder's token"
+            ),
+        },
+    );
+    assert_eq!(state.check_read_fence(&fence("doc", token)), Ok(()));
+    state.apply(&release(reader, "doc", token));
+    assert_eq!(
+        state.check_read_fence(&fence("doc", token)),
+        Err(stale("doc", token, None)),
+        "a reader that let go is refused"
+    );
+    // An exclusive holder's token fences both.
+    let writer = open(&mut state);
+    let write_token = take(&mut state, writer, "doc");
+    assert_eq!(state.check_read_fence(&fence("doc", write_token)), Ok(()));
+    assert!(state.token_is_current("doc", write_token, LockMode::Shared));
+    assert!(state.token_is_current("doc", write_token, LockMode::Exclusive));
 }
