@@ -247,6 +247,11 @@ struct MemberJson {
 #[derive(Debug, Serialize)]
 struct QueueJson {
     lock: String,
+    /// `exclusive` or `shared`.
+    mode: &'static str,
+    /// How many sessions hold it (more than one only when shared).
+    holders: usize,
+    /// The holder (in shared mode, the one of the oldest grant) and its token.
     holder_session: Option<u64>,
     token: Option<u64>,
     depth: usize,
@@ -403,6 +408,8 @@ async fn status(
             .into_iter()
             .map(|queue| QueueJson {
                 longest_wait_s: longest.get(&queue.lock).map(Duration::as_secs_f64),
+                mode: queue.mode.as_str(),
+                holders: queue.holders,
                 holder_session: queue.holder.map(|(session, _)| session.get()),
                 token: queue.holder.map(|(_, token)| token.get()),
                 depth: queue.depth,

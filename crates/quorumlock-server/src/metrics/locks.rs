@@ -88,7 +88,8 @@ impl Recent {
 /// When each current hold and wait began on this replica's clock.
 #[derive(Debug, Default)]
 struct Timing {
-    held_since: HashMap<String, Instant>,
+    /// By lock and holder: a lock held shared has several holds.
+    held_since: HashMap<(String, SessionId), Instant>,
     waiting_since: HashMap<SessionId, HashMap<String, Instant>>,
 }
 
@@ -166,7 +167,8 @@ impl LockObserver {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "fence_refused",
-            "Fenced puts and deletes refused because their token was not the lock's current one, counted by \
+            "Fenced puts and deletes refused because their token was not the lock's exclusive holder's (stale, \
+             or a shared hold's), counted by \
              this replica as it applied them since it started (every replica applies the same refusals; a \
              refused command changes nothing in the replicated state, so this count is not kept there)",
             self.fence_refused.clone(),
@@ -192,8 +194,15 @@ impl LockObserver {
         );
     }
 
-    fn hold_ended(&self, timing: &mut Timing, lock: &str, ended: &'static str, now: Instant) {
-        if let Some(since) = timing.held_since.remove(lock) {
+    fn hold_ended(
+        &self,
+        timing: &mut Timing,
+        lock: &str,
+        holder: SessionId,
+        ended: &'static str,
+        now: Instant,
+    ) {
+        if let Some(since) = timing.held_since.remove(&(lock.to_string(), holder)) {
             self.hold
                 .get_or_create(&EndedLabel { ended })
                 .observe(now.duration_since(since).as_secs_f64());
@@ -210,7 +219,10 @@ impl ApplyObserver for LockObserver {
         // What ended first: a release's grant to the next waiter is an event
         // of the same command.
         match (command, &applied.result) {
-            (Command::Acquire { session, lock, .. }, Ok(Outcome::Queued { .. })) => {
+            (
+                Command::Acquire { session, lock, .. } | Command::AcquireShared { session, lock, .. },
+                Ok(Outcome::Queued { .. }),
+            ) => {
                 timing
                     .waiting_since
                     .entry(*session)
@@ -221,20 +233,25 @@ impl ApplyObserver for LockObserver {
             (Command::CancelWait { session, lock, .. }, Ok(_)) => {
                 timing.stop_waiting(*session, lock);
             }
-            (Command::Release { lock, .. }, Ok(_)) => self.hold_ended(timing, lock, "released", now),
-            (Command::Put { .. } | Command::Delete { .. }, Err(LockError::StaleToken { .. })) => {
+            (Command::Release { lock, session, .. }, Ok(_)) => {
+                self.hold_ended(timing, lock, *session, "released", now);
+            }
+            (
+                Command::Put { .. } | Command::Delete { .. },
+                Err(LockError::StaleToken { .. } | LockError::WrongMode { .. }),
+            ) => {
                 self.fence_refused.inc();
             }
             (Command::CloseSession { session, .. }, Ok(Outcome::SessionEnded { released })) => {
                 timing.waiting_since.remove(session);
                 for lock in released {
-                    self.hold_ended(timing, lock, "closed", now);
+                    self.hold_ended(timing, lock, *session, "closed", now);
                 }
             }
             (Command::ExpireSession { session }, Ok(Outcome::SessionEnded { released })) => {
                 timing.waiting_since.remove(session);
                 for lock in released {
-                    self.hold_ended(timing, lock, "expired", now);
+                    self.hold_ended(timing, lock, *session, "expired", now);
                 }
                 let detail = match released.len() {
                     0 => format!("session {session} expired"),
@@ -250,7 +267,7 @@ impl ApplyObserver for LockObserver {
                     .stop_waiting(grant.session, &grant.lock)
                     .map_or(0.0, |since| now.duration_since(since).as_secs_f64());
                 self.wait.observe(waited);
-                timing.held_since.insert(grant.lock.clone(), now);
+                timing.held_since.insert((grant.lock.clone(), grant.session), now);
             }
         }
     }
@@ -304,7 +321,10 @@ mod tests {
         apply(Command::ExpireSession { session: first });
         let timing = observer.timing.lock();
         assert!(timing.waiting_since.is_empty(), "the waiter was granted");
-        assert!(timing.held_since.contains_key("job"), "and holds the lock");
+        assert!(
+            timing.held_since.contains_key(&("job".to_string(), second)),
+            "and holds the lock"
+        );
         drop(timing);
         assert_eq!(observer.wait.counts().iter().sum::<u64>(), 2, "two grants timed");
         let events = recent.list();

@@ -26,8 +26,8 @@ use quorumlock_core::lock::limits::{
     KEY_BYTES_MAX, LOCK_NAME_BYTES_MAX, SESSION_TTL_MS_MAX, VALUE_BYTES_MAX,
 };
 use quorumlock_core::lock::{
-    validate, Command, Credential, Event, Fence, FencingToken, LockError, LockState, Outcome, SecretDigest,
-    SessionId,
+    validate, Command, Credential, Event, Fence, FencingToken, LockError, LockMode, LockState, Outcome,
+    SecretDigest, SessionId,
 };
 use quorumlock_proto::limits::{SESSION_SECRET_BYTES, WAIT_MS_MAX};
 use quorumlock_proto::v1 as pb;
@@ -257,9 +257,9 @@ fn waiter_status(state: &LockState, session: SessionId, lock: &str) -> WaiterSta
     if state.session(session).is_none() {
         return WaiterStatus::SessionGone;
     }
-    match state.describe(lock).holder {
-        Some((holder, token)) if holder == session => WaiterStatus::Holds(token.get()),
-        _ => WaiterStatus::Waiting,
+    match state.lock(lock).and_then(|found| found.holders.get(&session)) {
+        Some(token) => WaiterStatus::Holds(token.get()),
+        None => WaiterStatus::Waiting,
     }
 }
 
@@ -540,6 +540,20 @@ fn fence(fence: Option<&pb::Fence>) -> Result<Fence, Status> {
     })
 }
 
+/// The mode a request names; an unknown value is refused, never read as
+/// exclusive.
+fn lock_mode(mode: i32) -> Result<LockMode, Status> {
+    match pb::LockMode::try_from(mode) {
+        Ok(pb::LockMode::Exclusive) => Ok(LockMode::Exclusive),
+        Ok(pb::LockMode::Shared) => Ok(LockMode::Shared),
+        Err(_) => Err(invalid_argument(
+            "mode",
+            None,
+            format!("mode {mode} is not a lock mode: 0 (LOCK_MODE_EXCLUSIVE) or 1 (LOCK_MODE_SHARED)"),
+        )),
+    }
+}
+
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<pb::KeepAliveResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -645,6 +659,7 @@ impl pb::lock_server::Lock for LockService {
         request: Request<pb::AcquireRequest>,
     ) -> Result<Response<pb::AcquireResponse>, Status> {
         let lock = lock_name("name", &request.get_ref().name)?;
+        let mode = lock_mode(request.get_ref().mode)?;
         let wait_ms = request.get_ref().wait_ms;
         if wait_ms > WAIT_MS_MAX {
             return Err(invalid_argument(
@@ -666,12 +681,7 @@ impl pb::lock_server::Lock for LockService {
         // Registered before proposing, so the grant's wake-up has a target;
         // a try-lock never waits, so it registers nothing.
         let watch = (wait_ms > 0).then(|| self.engine.state().watch_grant(session, &lock));
-        let command = Command::Acquire {
-            session,
-            lock: lock.clone(),
-            wait: wait_ms > 0,
-            by: by.clone(),
-        };
+        let command = Command::acquire(session, lock.clone(), wait_ms > 0, mode, by.clone());
         let response = match self.propose(command, self.budget(&request)).await? {
             Outcome::Acquired { token } => pb::AcquireResponse {
                 acquired: true,
@@ -733,11 +743,25 @@ impl pb::lock_server::Lock for LockService {
         let (holder, token) = view
             .holder
             .map_or((0, 0), |(holder, token)| (holder.get(), token.get()));
+        let mode = match view.mode {
+            LockMode::Exclusive => pb::LockMode::Exclusive,
+            LockMode::Shared => pb::LockMode::Shared,
+        };
         Ok(Response::new(pb::DescribeResponse {
-            held: view.holder.is_some(),
+            held: view.held(),
             holder_session_id: holder,
             token,
             queue_length: view.queue_len as u64,
+            mode: mode.into(),
+            holders: view
+                .holder
+                .iter()
+                .chain(&view.shared)
+                .map(|(session, token)| pb::Holder {
+                    session_id: session.get(),
+                    token: token.get(),
+                })
+                .collect(),
         }))
     }
 
@@ -768,12 +792,22 @@ impl pb::lock_server::Lock for LockService {
 
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let key = key(&request.get_ref().key)?;
+        let read_fence = match request.get_ref().fence.as_ref() {
+            Some(given) => Some(fence(Some(given))?),
+            None => None,
+        };
         let caller = self.access.caller(&request)?;
         forward_unless_leader!(self, request, get, caller);
         self.access.allow(&caller, Action::ReadKey(&key))?;
         let entry = self
-            .read(self.budget(&request), |state| state.get(&key).cloned())
-            .await?;
+            .read(self.budget(&request), |state| match &read_fence {
+                Some(read_fence) => state
+                    .check_read_fence(read_fence)
+                    .map(|()| state.get(&key).cloned()),
+                None => Ok(state.get(&key).cloned()),
+            })
+            .await?
+            .map_err(from_lock_error)?;
         Ok(Response::new(match entry {
             Some(entry) => pb::GetResponse {
                 found: true,
@@ -816,16 +850,22 @@ impl pb::lock_server::Lock for LockService {
         request: Request<pb::CheckTokenRequest>,
     ) -> Result<Response<pb::CheckTokenResponse>, Status> {
         let lock = lock_name("lock", &request.get_ref().lock)?;
+        let mode = lock_mode(request.get_ref().mode)?;
         let caller = self.access.caller(&request)?;
         forward_unless_leader!(self, request, check_token, caller);
         self.access.allow(&caller, Action::Lock("check_token", &lock))?;
-        let token = request.get_ref().token;
-        let current = self
-            .read(self.budget(&request), |state| state.current_token(&lock))
+        let token = FencingToken::new(request.get_ref().token);
+        let (is_current, newest) = self
+            .read(self.budget(&request), |state| {
+                (
+                    state.token_is_current(&lock, token, mode),
+                    state.current_token(&lock),
+                )
+            })
             .await?;
         Ok(Response::new(pb::CheckTokenResponse {
-            current: current == Some(FencingToken::new(token)),
-            current_token: current.map_or(0, FencingToken::get),
+            current: is_current,
+            current_token: newest.map_or(0, FencingToken::get),
         }))
     }
 }

@@ -61,6 +61,13 @@ pub fn from_lock_error(error: LockError) -> Status {
                 ..reason(ErrorReason::NotSessionOwner)
             },
         ),
+        LockError::WrongMode { lock, .. } => (
+            Code::FailedPrecondition,
+            pb::ErrorDetail {
+                lock: lock.into_bytes(),
+                ..reason(ErrorReason::WrongMode)
+            },
+        ),
         LockError::TooManySessions { max } => (
             Code::ResourceExhausted,
             pb::ErrorDetail {
