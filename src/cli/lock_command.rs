@@ -29,6 +29,10 @@ pub struct LockArgs {
     /// until granted].
     #[arg(long, value_parser = parse_duration)]
     wait: Option<Duration>,
+    /// Hold the lock shared (with other readers, never with a writer); the
+    /// token then fences reads (`get --lock --token`), not writes.
+    #[arg(long)]
+    shared: bool,
     /// How long the command has between SIGTERM and SIGKILL when the lock is
     /// at risk. The command is sent SIGTERM once the lease's confirmed
     /// deadline is less than the grace away (at most half the TTL, which a
@@ -66,20 +70,21 @@ fn send(child: &Child, signal: Signal) {
 pub async fn lock(args: LockArgs) -> anyhow::Result<i32> {
     let client = args.cluster.connect().await?;
     let session = client.session(args.ttl).await?;
-    let guard = match args.wait {
-        Some(wait) => match session.lock_timeout(&args.name, wait).await? {
-            Some(guard) => guard,
-            None => {
-                eprintln!(
-                    "quorumlock: lock {:?} not acquired within {}",
-                    args.name,
-                    humantime::format_duration(wait)
-                );
-                session.close().await?;
-                return Ok(EXIT_NO);
-            }
-        },
-        None => session.lock(&args.name).await?,
+    let granted = match (args.wait, args.shared) {
+        (None, false) => Some(session.lock(&args.name).await?),
+        (None, true) => Some(session.lock_shared(&args.name).await?),
+        (Some(wait), false) => session.lock_timeout(&args.name, wait).await?,
+        (Some(wait), true) => session.lock_shared_timeout(&args.name, wait).await?,
+    };
+    // Only a bounded wait ends without a grant.
+    let Some(guard) = granted else {
+        eprintln!(
+            "quorumlock: lock {:?} not acquired within {}",
+            args.name,
+            humantime::format_duration(args.wait.unwrap_or_default())
+        );
+        session.close().await?;
+        return Ok(EXIT_NO);
     };
     let (program, program_args) = args.command.split_first().context("no command given after --")?;
     // The handlers are in place before the command starts, so that a signal

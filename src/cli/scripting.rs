@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use quorumlock_client::{Fence, FencingToken, NodeStatus, SessionId, SessionKey, SessionSecret};
+use quorumlock_client::{Fence, FencingToken, LockMode, NodeStatus, SessionId, SessionKey, SessionSecret};
 
 use super::{parse_duration, ClusterArgs, EXIT_NO};
 
@@ -45,6 +45,10 @@ pub struct AcquireArgs {
     /// free) [default: wait until granted, with or without --session].
     #[arg(long, value_parser = parse_duration)]
     wait: Option<Duration>,
+    /// Acquire the lock shared: with other readers, never with a writer.
+    /// The token then fences reads (`get --lock --token`), not writes.
+    #[arg(long)]
+    shared: bool,
 }
 
 /// A session secret given as 64 hex digits.
@@ -55,6 +59,11 @@ fn parse_secret(text: &str) -> Result<SessionSecret, String> {
 /// Acquires a lock and prints `session=<id> secret=<hex> token=<n>`.
 pub async fn acquire(args: AcquireArgs) -> anyhow::Result<i32> {
     let client = args.cluster.connect().await?;
+    let mode = if args.shared {
+        LockMode::Shared
+    } else {
+        LockMode::Exclusive
+    };
     let given = args
         .session
         .zip(args.session_secret)
@@ -62,23 +71,25 @@ pub async fn acquire(args: AcquireArgs) -> anyhow::Result<i32> {
     let (key, token) = match given {
         Some(key) => match args.wait {
             Some(wait) => {
-                let token = acquire_within(&client, &key, &args.name, wait).await?;
+                let token = acquire_within(&client, &key, &args.name, wait, mode).await?;
                 (Some(key), token)
             }
             // Without --wait the session waits in the queue until granted, one
             // server-side wait of at most lock_wait_step_max at a time.
             None => loop {
                 let step = client.config().lock_wait_step_max;
-                if let Some(token) = client.acquire(&key, &args.name, step).await? {
+                if let Some(token) = client.acquire_in(&key, &args.name, step, mode).await? {
                     break (Some(key), Some(token));
                 }
             },
         },
         None => {
             let session = client.session(args.ttl).await?;
-            let guard = match args.wait {
-                Some(wait) => session.lock_timeout(&args.name, wait).await?,
-                None => Some(session.lock(&args.name).await?),
+            let guard = match (args.wait, mode) {
+                (Some(wait), LockMode::Exclusive) => session.lock_timeout(&args.name, wait).await?,
+                (Some(wait), LockMode::Shared) => session.lock_shared_timeout(&args.name, wait).await?,
+                (None, LockMode::Exclusive) => Some(session.lock(&args.name).await?),
+                (None, LockMode::Shared) => Some(session.lock_shared(&args.name).await?),
             };
             match guard {
                 Some(guard) => {
@@ -100,15 +111,17 @@ pub async fn acquire(args: AcquireArgs) -> anyhow::Result<i32> {
         }
         None => {
             let described = client.describe(&args.name).await?;
-            let holder = described
-                .holder
-                .map(|holder| {
-                    format!(
-                        "held by session {} with token {}",
-                        holder.session_id, holder.token
-                    )
-                })
-                .unwrap_or_else(|| "free again".to_string());
+            let holder = match (described.holder, described.holders.len()) {
+                (Some(holder), _) => format!(
+                    "held by session {} with token {}",
+                    holder.session_id, holder.token
+                ),
+                (None, 0) => "free again".to_string(),
+                (None, readers) => format!(
+                    "held shared by {readers} session(s), {} waiting",
+                    described.queue_length
+                ),
+            };
             eprintln!("quorumlock: lock {:?} not acquired: {holder}", args.name);
             Ok(EXIT_NO)
         }
@@ -122,11 +135,12 @@ async fn acquire_within(
     key: &SessionKey,
     name: &str,
     wait: Duration,
+    mode: LockMode,
 ) -> anyhow::Result<Option<FencingToken>> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if let Some(token) = client.acquire(key, name, left).await? {
+        if let Some(token) = client.acquire_in(key, name, left, mode).await? {
             return Ok(Some(token));
         }
         if left <= client.config().lock_wait_step_max {
@@ -180,16 +194,31 @@ pub struct DescribeArgs {
     name: String,
 }
 
-/// Prints `held=<bool> session=<id> token=<n> queue_length=<n>`.
+/// Prints `held=true session=<id> token=<n> queue_length=<n>` for an
+/// exclusive holder, `held=true mode=shared holders=<id>:<token>,...
+/// queue_length=<n>` for shared holders, `held=false queue_length=<n>` for
+/// a free lock.
 pub async fn describe(args: DescribeArgs) -> anyhow::Result<i32> {
     let client = args.cluster.connect().await?;
     let described = client.describe(&args.name).await?;
-    match described.holder {
-        Some(holder) => println!(
+    match (described.holder, described.mode) {
+        (Some(holder), _) => println!(
             "held=true session={} token={} queue_length={}",
             holder.session_id, holder.token, described.queue_length
         ),
-        None => println!("held=false queue_length={}", described.queue_length),
+        (None, LockMode::Shared) if !described.holders.is_empty() => {
+            let holders: Vec<String> = described
+                .holders
+                .iter()
+                .map(|holder| format!("{}:{}", holder.session_id, holder.token))
+                .collect();
+            println!(
+                "held=true mode=shared holders={} queue_length={}",
+                holders.join(","),
+                described.queue_length
+            );
+        }
+        _ => println!("held=false queue_length={}", described.queue_length),
     }
     Ok(0)
 }
@@ -283,12 +312,24 @@ pub struct GetArgs {
     /// instead of the value.
     #[arg(long)]
     fence: bool,
+    /// Read under this lock: answered only while `--token` is one of its
+    /// holders' (shared or exclusive); a reader that lost the lock is
+    /// refused (exit 1, STALE_TOKEN).
+    #[arg(long, requires = "token")]
+    lock: Option<String>,
+    /// The token of the hold the read is made under, with `--lock`.
+    #[arg(long, requires = "lock")]
+    token: Option<FencingToken>,
 }
 
 /// Prints a key's value exactly as stored (or the fence that wrote it).
 pub async fn get(args: GetArgs) -> anyhow::Result<i32> {
     let client = args.cluster.connect().await?;
-    let Some(entry) = client.get(&args.key).await? else {
+    let read = match args.lock.zip(args.token) {
+        Some((lock, token)) => client.get_fenced(&args.key, &Fence { lock, token }).await?,
+        None => client.get(&args.key).await?,
+    };
+    let Some(entry) = read else {
         eprintln!("quorumlock: key {:?} not found", args.key);
         return Ok(EXIT_NO);
     };

@@ -114,14 +114,17 @@ pub(crate) async fn release_if_holder(slot: ReleaseSlot) {
     let session = slot.session();
     let name = slot.name();
     match session.client.describe(name).await {
-        Ok(described) => match described.holder {
-            Some(holder) if holder.session_id == session.key.id => {
+        Ok(described) => {
+            let mine = described
+                .holders
+                .iter()
+                .find(|holder| holder.session_id == session.key.id);
+            if let Some(holder) = mine {
                 if let Err(error) = session.client.release(&session.key, name, holder.token).await {
                     tracing::debug!(lock = %name, %error, "releasing the grant of an abandoned acquire failed");
                 }
             }
-            _ => {}
-        },
+        }
         Err(error) => {
             tracing::debug!(lock = %name, %error, "checking the holder after an abandoned acquire failed");
         }

@@ -60,12 +60,50 @@ pub struct Entry {
 }
 
 /// A lock's state as `Describe` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockDescription {
-    /// The holding session and its token, when held.
+    /// The exclusive holder and its token, when held exclusively.
     pub holder: Option<Holder>,
+    /// The mode it is held in ([`LockMode::Exclusive`] when free).
+    pub mode: LockMode,
+    /// Every holder in session id order: the exclusive one, or the shared ones.
+    pub holders: Vec<Holder>,
     /// Sessions waiting in the lock's FIFO queue.
     pub queue_length: u64,
+}
+
+/// How a lock is held or asked for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum LockMode {
+    /// One holder at a time; its token fences writes and reads.
+    #[default]
+    Exclusive,
+    /// Any number of holders and no exclusive one; their tokens fence
+    /// reads ([`Client::get_fenced`], [`Client::check_token_in`]) only.
+    Shared,
+}
+
+impl LockMode {
+    fn to_pb(self) -> pb::LockMode {
+        match self {
+            LockMode::Exclusive => pb::LockMode::Exclusive,
+            LockMode::Shared => pb::LockMode::Shared,
+        }
+    }
+
+    /// `exclusive` or `shared`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Exclusive => "exclusive",
+            LockMode::Shared => "shared",
+        }
+    }
+}
+
+impl std::fmt::Display for LockMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Who holds a lock.
@@ -80,9 +118,10 @@ pub struct Holder {
 /// The answer of `CheckToken`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenCheck {
-    /// Whether the token asked about is the lock's current one.
+    /// Whether the token asked about is current in the mode asked.
     pub current: bool,
-    /// The lock's current token, if it is held.
+    /// The lock's newest token (the exclusive holder's, or the highest
+    /// shared holder's), if it is held.
     pub current_token: Option<FencingToken>,
 }
 
@@ -495,6 +534,18 @@ impl Client {
         name: &str,
         wait: Duration,
     ) -> Result<Option<FencingToken>, ClientError> {
+        self.acquire_in(session, name, wait, LockMode::Exclusive).await
+    }
+
+    /// [`Client::acquire`] in `mode`: shared holders hold together, in FIFO
+    /// order with writers (a reader behind a waiting writer waits too).
+    pub async fn acquire_in(
+        &self,
+        session: &SessionKey,
+        name: &str,
+        wait: Duration,
+        mode: LockMode,
+    ) -> Result<Option<FencingToken>, ClientError> {
         check_lock_name(name)?;
         let wait = wait.min(self.inner.config.lock_wait_step_max);
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
@@ -506,6 +557,7 @@ impl Client {
                     name: name.clone(),
                     wait_ms,
                     session_secret: session.secret_bytes(),
+                    mode: mode.to_pb().into(),
                 };
                 async move { client.acquire(request(message, timeout)).await }
             })
@@ -548,7 +600,7 @@ impl Client {
         })
     }
 
-    /// Holder, token and queue length of a lock (linearizable).
+    /// Holders, tokens, mode and queue length of a lock (linearizable).
     pub async fn describe(&self, name: &str) -> Result<LockDescription, ClientError> {
         check_lock_name(name)?;
         let name = name.as_bytes().to_vec();
@@ -562,11 +614,24 @@ impl Client {
                 }
             })
             .await?;
+        let mode = match pb::LockMode::try_from(answer.mode) {
+            Ok(pb::LockMode::Shared) => LockMode::Shared,
+            _ => LockMode::Exclusive,
+        };
         Ok(LockDescription {
-            holder: answer.held.then_some(Holder {
+            holder: (answer.held && answer.holder_session_id != 0).then_some(Holder {
                 session_id: SessionId::new(answer.holder_session_id),
                 token: FencingToken::new(answer.token),
             }),
+            mode,
+            holders: answer
+                .holders
+                .iter()
+                .map(|holder| Holder {
+                    session_id: SessionId::new(holder.session_id),
+                    token: FencingToken::new(holder.token),
+                })
+                .collect(),
             queue_length: answer.queue_length,
         })
     }
@@ -622,12 +687,33 @@ impl Client {
 
     /// Reads a key (linearizable); `None` when it is not set.
     pub async fn get(&self, key: &str) -> Result<Option<Entry>, ClientError> {
+        self.get_with(key, None).await
+    }
+
+    /// Reads a key under a held lock, shared or exclusive: answered only
+    /// while the guard's token is one of its lock's holders', at the same
+    /// linearizable point as the read; a guard that lost its lock gets
+    /// [`Refusal::StaleToken`](crate::Refusal::StaleToken).
+    pub async fn read(&self, key: &str, guard: &LockGuard) -> Result<Option<Entry>, ClientError> {
+        self.get_fenced(key, &guard.fence()).await
+    }
+
+    /// Like [`Client::read`] with an explicit fence.
+    pub async fn get_fenced(&self, key: &str, fence: &Fence) -> Result<Option<Entry>, ClientError> {
+        check_lock_name(&fence.lock)?;
+        self.get_with(key, Some(fence.to_pb())).await
+    }
+
+    async fn get_with(&self, key: &str, fence: Option<pb::Fence>) -> Result<Option<Entry>, ClientError> {
         check_key(key)?;
         let key = key.as_bytes().to_vec();
         let answer = self
             .call(Duration::ZERO, |mut client, timeout| {
-                let key = key.clone();
-                async move { client.get(request(pb::GetRequest { key }, timeout)).await }
+                let message = pb::GetRequest {
+                    key: key.clone(),
+                    fence: fence.clone(),
+                };
+                async move { client.get(request(message, timeout)).await }
             })
             .await?;
         Ok(answer.found.then(|| Entry {
@@ -683,9 +769,22 @@ impl Client {
         Ok(called.resolve(&[Code::FailedPrecondition])?.existed)
     }
 
-    /// Whether `token` is the current token of `lock` (linearizable), for
-    /// storage outside quorumlock that checks tokens itself.
+    /// Whether `token` is the exclusive holder's token of `lock`
+    /// (linearizable), for storage outside quorumlock that checks the
+    /// tokens of writes itself.
     pub async fn check_token(&self, lock: &str, token: FencingToken) -> Result<TokenCheck, ClientError> {
+        self.check_token_in(lock, token, LockMode::Exclusive).await
+    }
+
+    /// Whether `token` is current for `lock` in `mode`: for
+    /// [`LockMode::Shared`], whether it is any holder's token (a read under
+    /// it may be served); for [`LockMode::Exclusive`], as [`Client::check_token`].
+    pub async fn check_token_in(
+        &self,
+        lock: &str,
+        token: FencingToken,
+        mode: LockMode,
+    ) -> Result<TokenCheck, ClientError> {
         check_lock_name(lock)?;
         let lock = lock.as_bytes().to_vec();
         let answer = self
@@ -697,6 +796,7 @@ impl Client {
                             pb::CheckTokenRequest {
                                 lock,
                                 token: token.get(),
+                                mode: mode.to_pb().into(),
                             },
                             timeout,
                         ))

@@ -70,6 +70,13 @@ pub enum Refusal {
         /// The lock's current token; `None` when nobody holds it.
         current: Option<FencingToken>,
     },
+    /// The lock is held or asked for in the other mode: a fenced write
+    /// under a shared holder's token, or an acquire in one mode by a
+    /// session that holds or awaits the lock in the other.
+    WrongMode {
+        /// The lock.
+        lock: String,
+    },
     /// The lock's wait queue is full.
     QueueFull {
         /// The lock.
@@ -140,6 +147,7 @@ impl Refusal {
                 presented: FencingToken::new(detail.presented_token),
                 current: (detail.current_token != 0).then_some(FencingToken::new(detail.current_token)),
             },
+            Ok(ErrorReason::WrongMode) => Refusal::WrongMode { lock },
             Ok(ErrorReason::QueueFull) => Refusal::QueueFull {
                 lock,
                 limit: detail.limit,

@@ -7,7 +7,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::claims::Claims;
-use super::connection::{Fence, Released};
+use super::connection::{Fence, LockMode, Released};
 use super::error::{ClientError, LostReason};
 use super::session::SessionShared;
 
@@ -21,15 +21,22 @@ use super::session::SessionShared;
 pub struct LockGuard {
     name: String,
     token: FencingToken,
+    mode: LockMode,
     session: Arc<SessionShared>,
     released: bool,
 }
 
 impl LockGuard {
-    pub(crate) fn new(session: Arc<SessionShared>, name: String, token: FencingToken) -> Self {
+    pub(crate) fn new(
+        session: Arc<SessionShared>,
+        name: String,
+        token: FencingToken,
+        mode: LockMode,
+    ) -> Self {
         LockGuard {
             name,
             token,
+            mode,
             session,
             released: false,
         }
@@ -44,6 +51,12 @@ impl LockGuard {
     /// before it, by any lock.
     pub fn token(&self) -> FencingToken {
         self.token
+    }
+
+    /// The mode the lock is held in: an exclusive guard's token fences
+    /// writes and reads, a shared guard's reads only.
+    pub fn mode(&self) -> LockMode {
+        self.mode
     }
 
     /// The session that holds the lock.

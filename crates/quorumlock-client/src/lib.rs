@@ -59,7 +59,7 @@ pub use config::{
     RENEWALS_PER_TTL,
 };
 pub use connection::{
-    node_status, Client, Entry, Fence, Holder, LockDescription, NodeStatus, Released, TokenCheck,
+    node_status, Client, Entry, Fence, Holder, LockDescription, LockMode, NodeStatus, Released, TokenCheck,
 };
 pub use endpoints::{parse_endpoint, parse_endpoint_list, parse_endpoint_scheme, Scheme};
 pub use error::{code_name, ClientError, EndpointFailure, LostReason, Refusal};

@@ -16,7 +16,7 @@ use tonic::{Code, Status};
 use super::backoff::Backoff;
 use super::claims::{release_if_holder, ClaimAttempt, Claims};
 use super::config::{KEEPALIVE_UNANSWERED_MAX, RENEWALS_PER_TTL};
-use super::connection::Client;
+use super::connection::{Client, LockMode};
 use super::endpoints::{leader_hint, Picked};
 use super::error::{describe_status, ClientError, LostReason};
 use super::guard::LockGuard;
@@ -242,24 +242,56 @@ impl Session {
     /// call is cancelled or fails after the cluster may have granted the
     /// lock, the grant is released in the background.
     pub async fn lock(&self, name: &str) -> Result<LockGuard, ClientError> {
-        match self.acquire(name, None).await? {
-            Some(guard) => Ok(guard),
-            None => unreachable!("a wait without a deadline ends only with a grant or an error"),
-        }
+        self.lock_in(name, LockMode::Exclusive).await
     }
 
     /// Takes the lock if it is free; `None` when another session holds it.
     pub async fn try_lock(&self, name: &str) -> Result<Option<LockGuard>, ClientError> {
-        self.acquire(name, Some(Duration::ZERO)).await
+        self.acquire(name, Some(Duration::ZERO), LockMode::Exclusive)
+            .await
     }
 
     /// Waits in the lock's FIFO queue for at most `wait`; `None` when it was
     /// not granted in time (the session has then left the queue).
     pub async fn lock_timeout(&self, name: &str, wait: Duration) -> Result<Option<LockGuard>, ClientError> {
-        self.acquire(name, Some(wait)).await
+        self.acquire(name, Some(wait), LockMode::Exclusive).await
     }
 
-    async fn acquire(&self, name: &str, wait: Option<Duration>) -> Result<Option<LockGuard>, ClientError> {
+    /// Takes the lock shared, waiting as long as it takes: with other
+    /// readers at once, never with a writer. FIFO across modes: behind a
+    /// waiting writer, this waits too. The guard's token fences reads
+    /// ([`Client::read`]), never writes.
+    pub async fn lock_shared(&self, name: &str) -> Result<LockGuard, ClientError> {
+        self.lock_in(name, LockMode::Shared).await
+    }
+
+    /// Takes the lock shared if no writer holds it or waits for it.
+    pub async fn try_lock_shared(&self, name: &str) -> Result<Option<LockGuard>, ClientError> {
+        self.acquire(name, Some(Duration::ZERO), LockMode::Shared).await
+    }
+
+    /// [`Session::lock_shared`] for at most `wait`.
+    pub async fn lock_shared_timeout(
+        &self,
+        name: &str,
+        wait: Duration,
+    ) -> Result<Option<LockGuard>, ClientError> {
+        self.acquire(name, Some(wait), LockMode::Shared).await
+    }
+
+    async fn lock_in(&self, name: &str, mode: LockMode) -> Result<LockGuard, ClientError> {
+        match self.acquire(name, None, mode).await? {
+            Some(guard) => Ok(guard),
+            None => unreachable!("a wait without a deadline ends only with a grant or an error"),
+        }
+    }
+
+    async fn acquire(
+        &self,
+        name: &str,
+        wait: Option<Duration>,
+        mode: LockMode,
+    ) -> Result<Option<LockGuard>, ClientError> {
         let shared = &self.shared;
         let deadline = wait.map(|wait| Instant::now() + wait);
         let mut claim = self.claim(name).await?;
@@ -276,13 +308,13 @@ impl Session {
             // releases that grant.
             claim.maybe_granted = true;
             let granted = tokio::select! {
-                granted = shared.client.acquire(&shared.key, name, step) => granted,
+                granted = shared.client.acquire_in(&shared.key, name, step, mode) => granted,
                 // Dropping the call cancels it, and the server takes the
                 // session out of the queue.
                 reason = shared.lost() => return Err(shared.lost_error(reason)),
             };
             match granted.map_err(|error| shared.check_gone(error))? {
-                Some(token) => return Ok(Some(claim.into_guard(token))),
+                Some(token) => return Ok(Some(claim.into_guard(token, mode))),
                 // The server answered "not granted" and took the session out
                 // of the queue: there is nothing to release.
                 None if deadline.is_some_and(|deadline| Instant::now() >= deadline) => {
@@ -370,9 +402,9 @@ struct Claim {
 }
 
 impl Claim {
-    fn into_guard(mut self, token: FencingToken) -> LockGuard {
+    fn into_guard(mut self, token: FencingToken, mode: LockMode) -> LockGuard {
         self.done = true;
-        LockGuard::new(self.session.clone(), std::mem::take(&mut self.name), token)
+        LockGuard::new(self.session.clone(), std::mem::take(&mut self.name), token, mode)
     }
 }
 

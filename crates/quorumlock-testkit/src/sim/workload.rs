@@ -2,7 +2,8 @@
 //!
 //! Each client loops the way the workers do: open a session, try to
 //! acquire one of a few locks, write a record under the token into the fenced
-//! store, release. It renews its session every third of its TTL, and
+//! store, release. One acquire in three is shared: a reader holds the lock
+//! beside other readers, writes nothing and releases. It renews its session every third of its TTL, and
 //! sometimes pauses (the GC pause of the seeds) past its TTL, then resumes
 //! with the token it held: the fenced store must refuse it. An answer the
 //! client never gets leaves the outcome unknown; the client then abandons
@@ -15,7 +16,9 @@ use rand::Rng;
 use super::checker::AckedWrite;
 use quorumlock_core::consensus::{CommandResult, NodeId};
 use quorumlock_core::lease::RenewError;
-use quorumlock_core::lock::{Command, Credential, Fence, FencingToken, LockError, Outcome, SessionId};
+use quorumlock_core::lock::{
+    Command, Credential, Fence, FencingToken, LockError, LockMode, Outcome, SessionId,
+};
 
 /// Locks the clients contend for.
 pub const LOCKS: usize = 2;
@@ -122,12 +125,15 @@ impl Client {
                     owner: Credential::of_secret(&secret),
                 }
             }
-            (Some((session, by)), None) => Command::Acquire {
-                session,
-                lock: lock_name(rng.gen_range(0..LOCKS)),
-                wait: false,
-                by,
-            },
+            (Some((session, by)), None) => {
+                let lock = lock_name(rng.gen_range(0..LOCKS));
+                let mode = if rng.gen_ratio(1, 3) {
+                    LockMode::Shared
+                } else {
+                    LockMode::Exclusive
+                };
+                Command::acquire(session, lock, false, mode, by)
+            }
             (Some((session, by)), Some((lock, token, false))) => {
                 self.writes += 1;
                 Command::Put {
@@ -171,7 +177,14 @@ impl Client {
                     self.paused_until_ms = now_ms + length_ms;
                 }
             }
-            (Command::Acquire { .. }, Ok(Outcome::Busy { .. })) => {}
+            // A reader writes nothing: next it releases.
+            (Command::AcquireShared { lock, .. }, Ok(Outcome::Acquired { token })) => {
+                self.holding = Some((lock.clone(), *token, true));
+                if let Some(length_ms) = self.pause_after_grant_ms.take() {
+                    self.paused_until_ms = now_ms + length_ms;
+                }
+            }
+            (Command::Acquire { .. } | Command::AcquireShared { .. }, Ok(Outcome::Busy { .. })) => {}
             (
                 Command::Put {
                     key, value, fence, ..
