@@ -132,6 +132,7 @@ async fn acquire(api: &LockClient<Channel>, session: (u64, &[u8]), name: &str) -
             name: name.into(),
             wait_ms: 0,
             session_secret: session.1.to_vec(),
+            ..AcquireRequest::default()
         })
         .await?
         .into_inner();
@@ -243,6 +244,7 @@ async fn check_each_identity_gets_what_its_roles_grant_and_a_reloaded_policy_app
                 .clone()
                 .get(GetRequest {
                     key: billing.clone().into(),
+                    fence: None,
                 })
                 .await,
             Code::PermissionDenied,
@@ -586,6 +588,7 @@ async fn check_no_client_can_claim_another_identity_or_the_forwarded_mark(engine
                 name: "jobs/claimed".into(),
                 wait_ms: 0,
                 session_secret: secret.clone(),
+                ..AcquireRequest::default()
             });
             forged
                 .metadata_mut()

@@ -79,6 +79,7 @@ async fn check_survivor_answers_unavailable(cluster: &Cluster, survivor: usize) 
                 name: lock.as_bytes().to_vec(),
                 wait_ms: 0,
                 session_secret: session.secret.to_vec(),
+                ..AcquireRequest::default()
             })),
         )
         .await;

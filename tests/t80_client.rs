@@ -9,7 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use common::{wait_until, Cluster, CONDITION_WAIT};
-use quorumlock_client::{Client, ClientConfig, ClientError, LockGuard, LostReason};
+use quorumlock_client::{Client, ClientConfig, ClientError, LockGuard, LockMode, LostReason, Refusal};
 use tonic::Code;
 
 /// A TTL long enough that keepalives on a loaded machine never miss it; no
@@ -308,7 +308,93 @@ engine_tests!(
     check_a_stale_guard_is_refused_by_fenced_writes_and_its_session_reports_lost,
     check_the_client_keeps_working_through_another_endpoint_when_the_leader_dies,
     check_the_session_is_lost_when_no_renewal_succeeds_within_the_ttl,
+    check_shared_guards_hold_together_read_under_their_token_and_never_write,
 );
+
+/// Two sessions' shared guards hold one lock together with their own
+/// tokens; a writer's try is refused; a shared guard reads under its token
+/// and its write is refused as `WrongMode`; once it is released its reads
+/// are refused and the writer's timed wait is granted.
+async fn check_shared_guards_hold_together_read_under_their_token_and_never_write(engine: &str) {
+    let cluster = Cluster::start(engine, 3).await;
+    let client = client_of(&cluster).await;
+    let (one, two, writer) = (
+        client.session(TTL).await.expect("open session 1"),
+        client.session(TTL).await.expect("open session 2"),
+        client.session(TTL).await.expect("open session 3"),
+    );
+    let first = bounded("lock_shared", one.lock_shared("shelf"))
+        .await
+        .expect("first reader");
+    let second = bounded("try_lock_shared", two.try_lock_shared("shelf"))
+        .await
+        .expect("second reader")
+        .expect("readers share the lock");
+    assert_eq!(
+        (first.mode(), second.mode()),
+        (LockMode::Shared, LockMode::Shared)
+    );
+    assert!(second.token() > first.token());
+    let described = client.describe("shelf").await.expect("describe");
+    assert_eq!(described.mode, LockMode::Shared);
+    assert_eq!(described.holder, None, "no exclusive holder");
+    assert_eq!(
+        described
+            .holders
+            .iter()
+            .map(|holder| holder.token)
+            .collect::<Vec<_>>(),
+        vec![first.token(), second.token()]
+    );
+    assert!(writer.try_lock("shelf").await.expect("a writer's try").is_none());
+
+    assert_eq!(
+        client.read("shelf/book", &first).await.expect("a fenced read"),
+        None
+    );
+    let check = client
+        .check_token_in("shelf", first.token(), LockMode::Shared)
+        .await
+        .expect("check_token_in");
+    assert!(check.current);
+    assert!(
+        !client
+            .check_token("shelf", first.token())
+            .await
+            .expect("check_token")
+            .current
+    );
+    let refused = client.put("shelf/book", "scribble", &first).await;
+    match refused.as_ref().map_err(ClientError::refusal) {
+        Err(Some(Refusal::WrongMode { lock })) => assert_eq!(lock, "shelf"),
+        other => panic!("a write under a shared guard must be refused as WrongMode: {other:?}"),
+    }
+
+    let kept = first.fence();
+    let readers_leave = async {
+        wait_for_queue(&client, "shelf", 1).await;
+        first.release().await.expect("release the first reader");
+        let stale = client.get_fenced("shelf/book", &kept).await;
+        match stale.as_ref().map_err(ClientError::refusal) {
+            Err(Some(Refusal::StaleToken { presented, .. })) => assert_eq!(*presented, kept.token),
+            other => panic!("a released reader's read must be refused: {other:?}"),
+        }
+        second.release().await.expect("release the second reader");
+    };
+    let (granted, ()) = bounded(
+        "the writer's wait",
+        futures::future::join(writer.lock_timeout("shelf", STEP_MAX), readers_leave),
+    )
+    .await;
+    let granted = granted
+        .expect("the writer's wait")
+        .expect("granted once the readers left");
+    assert_eq!(granted.mode(), LockMode::Exclusive);
+    client
+        .put("shelf/book", "v1", &granted)
+        .await
+        .expect("the writer writes");
+}
 
 #[tokio::test]
 async fn connecting_to_nothing_names_every_endpoint_tried_and_bad_endpoints_are_refused() {

@@ -486,3 +486,78 @@ async fn a_killed_lock_process_takes_its_command_with_it() {
     })
     .await;
 }
+
+/// `acquire --shared` twice holds the lock together, `describe` lists both
+/// holders, a writer's try is refused, `get --lock --token` reads under a
+/// hold and is refused once the hold is released, and `lock --shared` runs
+/// its command beside the readers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_acquires_hold_together_and_fence_reads() {
+    let cluster = Cluster::start("paxos", 3).await;
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let acquired =
+            run(quorumlock(&cluster).args(["acquire", "catalog", "--shared", "--ttl", "30s"])).await;
+        assert_exit("acquire --shared", &acquired, 0);
+        let line = stdout(&acquired);
+        readers.push((
+            field(&line, "session"),
+            field(&line, "token"),
+            text_field(&line, "secret"),
+        ));
+    }
+    let described = run(quorumlock(&cluster).args(["describe", "catalog"])).await;
+    assert_exit("describe", &described, 0);
+    assert_eq!(
+        stdout(&described).trim(),
+        format!(
+            "held=true mode=shared holders={}:{},{}:{} queue_length=0",
+            readers[0].0, readers[0].1, readers[1].0, readers[1].1
+        )
+    );
+    let refused = run(quorumlock(&cluster).args(["acquire", "catalog", "--wait", "0s"])).await;
+    assert_exit("a writer's try while readers hold", &refused, EXIT_NO);
+    assert!(
+        stderr(&refused).contains("held shared by 2 session(s)"),
+        "{}",
+        stderr(&refused)
+    );
+    let alongside =
+        run(quorumlock(&cluster).args(["lock", "catalog", "--shared", "--wait", "5s", "--", "true"])).await;
+    assert_exit("lock --shared beside readers", &alongside, 0);
+
+    let (session, token, secret) = &readers[0];
+    let token_text = token.to_string();
+    let read = run(quorumlock(&cluster).args([
+        "get",
+        "catalog/items",
+        "--lock",
+        "catalog",
+        "--token",
+        &token_text,
+    ]))
+    .await;
+    assert_exit("a fenced read of a missing key", &read, EXIT_NO);
+    let released = run(quorumlock(&cluster)
+        .args(["release", "catalog", "--token", &token_text])
+        .args(["--session", &session.to_string()])
+        .env("QUORUMLOCK_SESSION_SECRET", secret))
+    .await;
+    assert_exit("release", &released, 0);
+    let stale = run(quorumlock(&cluster).args([
+        "get",
+        "catalog/items",
+        "--lock",
+        "catalog",
+        "--token",
+        &token_text,
+    ]))
+    .await;
+    assert_exit("a fenced read after the release", &stale, 1);
+    assert!(
+        stderr(&stale).contains("FAILED_PRECONDITION")
+            && stderr(&stale).contains(&format!("presented {token}")),
+        "{}",
+        stderr(&stale)
+    );
+}

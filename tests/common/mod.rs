@@ -29,8 +29,8 @@ use quorumlock_proto::v1::lock_client::LockClient;
 use quorumlock_proto::v1::{
     AcquireRequest, AcquireResponse, CheckTokenRequest, CheckTokenResponse, CloseSessionRequest,
     CloseSessionResponse, DeleteRequest, DeleteResponse, DescribeRequest, DescribeResponse, Fence,
-    GetRequest, GetResponse, KeepAliveRequest, KeepAliveResponse, OpenSessionRequest, OpenSessionResponse,
-    PutRequest, ReleaseRequest, ReleaseResponse, StatusRequest, StatusResponse,
+    GetRequest, GetResponse, Holder, KeepAliveRequest, KeepAliveResponse, LockMode, OpenSessionRequest,
+    OpenSessionResponse, PutRequest, ReleaseRequest, ReleaseResponse, StatusRequest, StatusResponse,
 };
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -1177,6 +1177,7 @@ pub async fn acquire(
         name: name.as_ref().to_vec(),
         wait_ms,
         session_secret: session.secret.to_vec(),
+        ..AcquireRequest::default()
     };
     call(
         "Acquire",
@@ -1281,6 +1282,7 @@ pub async fn get(client: &LockClient<Channel>, key: impl AsRef<[u8]>) -> Result<
     let mut client = client.clone();
     let request = GetRequest {
         key: key.as_ref().to_vec(),
+        fence: None,
     };
     call("Get", RPC_TIMEOUT, client.get(request)).await
 }
@@ -1313,6 +1315,7 @@ pub async fn check_token(
     let request = CheckTokenRequest {
         lock: lock.as_ref().to_vec(),
         token,
+        ..CheckTokenRequest::default()
     };
     call("CheckToken", RPC_TIMEOUT, client.check_token(request)).await
 }
@@ -1332,6 +1335,11 @@ pub async fn assert_held(
         holder_session_id: holder,
         token,
         queue_length,
+        mode: LockMode::Exclusive.into(),
+        holders: vec![Holder {
+            session_id: holder,
+            token,
+        }],
     };
     assert_eq!(described, expected, "Describe({lock:?})");
 }
