@@ -35,11 +35,14 @@ pub enum ViolationKind {
     /// A node started with `--repair` after a disk fault did not finish
     /// its repair within the bound.
     RepairUnfinished,
+    /// A read under a shared hold showed a write made under a token newer
+    /// than the hold's: a writer held the lock beside a reader.
+    SharedRead,
 }
 
 impl ViolationKind {
     /// Every kind, in the order the summary prints them.
-    pub const ALL: [ViolationKind; 8] = [
+    pub const ALL: [ViolationKind; 9] = [
         ViolationKind::MutualExclusion,
         ViolationKind::TokenOrder,
         ViolationKind::Linearizability,
@@ -48,6 +51,7 @@ impl ViolationKind {
         ViolationKind::NodeExit,
         ViolationKind::DamageUnrefused,
         ViolationKind::RepairUnfinished,
+        ViolationKind::SharedRead,
     ];
 
     /// The name printed in the summary.
@@ -61,6 +65,7 @@ impl ViolationKind {
             ViolationKind::NodeExit => "node_exit",
             ViolationKind::DamageUnrefused => "damage_unrefused",
             ViolationKind::RepairUnfinished => "repair_unfinished",
+            ViolationKind::SharedRead => "shared_read",
         }
     }
 }
@@ -146,7 +151,7 @@ pub fn check_storage_order(ops: &[Op]) -> Vec<Violation> {
         let observed = match (&op.call, &op.ret) {
             (Call::Put { key, token, .. }, Return::Written) => Some((key, *token)),
             (
-                Call::Get { key, .. },
+                Call::Get { key, .. } | Call::ReadShared { key, .. },
                 Return::Read {
                     token: Some(token), ..
                 },
@@ -183,7 +188,9 @@ pub fn check_token_order(ops: &[Op]) -> Vec<Violation> {
     let mut by_token: HashMap<u64, &Op> = HashMap::new();
     let mut violations = Vec::new();
     for op in ops {
-        if let (Call::Acquire { lock }, Return::Granted { token }) = (&op.call, &op.ret) {
+        if let (Call::Acquire { lock } | Call::AcquireShared { lock }, Return::Granted { token }) =
+            (&op.call, &op.ret)
+        {
             by_lock
                 .entry(lock)
                 .or_default()
@@ -217,6 +224,31 @@ pub fn check_token_order(ops: &[Op]) -> Vec<Violation> {
         }
     }
     violations
+}
+
+/// Readers see no write newer than their hold: a read fenced by a shared
+/// hold of token T that was answered shows a write under a token below T.
+/// A writer is granted only once every reader let go, and every grant's
+/// token is larger than every earlier one, so a write under a token above T
+/// was accepted while the reader held the lock.
+pub fn check_shared_reads(ops: &[Op]) -> Vec<Violation> {
+    ops.iter()
+        .filter_map(|op| match (&op.call, &op.ret) {
+            (
+                Call::ReadShared { token: held, .. },
+                Return::Read {
+                    token: Some(written), ..
+                },
+            ) if written >= held => Some(Violation {
+                kind: ViolationKind::SharedRead,
+                detail: format!(
+                    "{} read a write under token {written} while holding token {held} shared",
+                    describe(op)
+                ),
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 /// No acknowledged write lost: the final read of every key (made by
@@ -496,7 +528,7 @@ pub fn check_linearizability(ops: &[Op]) -> LinearizabilityReport {
             (Call::Put { token, value, .. }, Return::Unknown { .. }) => {
                 (ModelCall::PutUnknown(*token, intern(value)), true)
             }
-            (Call::Get { .. }, Return::Read { value, token }) => {
+            (Call::Get { .. } | Call::ReadShared { .. }, Return::Read { value, token }) => {
                 let seen = match (value, token) {
                     (Some(value), Some(token)) => Some((intern(value), *token)),
                     _ => None,
@@ -509,7 +541,10 @@ pub fn check_linearizability(ops: &[Op]) -> LinearizabilityReport {
                 (ModelCall::ReleaseUnknown(*token), true)
             }
             // A refused acquire and a failed read change nothing and
-            // constrain nothing: they are left out.
+            // constrain nothing: they are left out. So are shared acquires
+            // and releases: the model has one holder, and a reader's hold
+            // changes neither it nor the stored value (a writer waits for
+            // it; `check_shared_reads` checks what readers saw).
             _ => continue,
         };
         by_lock.entry(op.call.lock()).or_default().push(ModelOp {
@@ -654,6 +689,7 @@ pub fn check_all(
     let mut violations = node_exits;
     violations.extend(check_storage_order(ops));
     violations.extend(check_token_order(ops));
+    violations.extend(check_shared_reads(ops));
     let linearizability = check_linearizability(ops);
     violations.extend(linearizability.violations.iter().cloned());
     violations.extend(check_lost_writes(ops));
@@ -745,6 +781,77 @@ mod tests {
         Return::Unknown {
             reason: "timeout".into(),
         }
+    }
+
+    /// A reader's shared hold and its fenced read.
+    fn shared_read(process: u64, span: (u64, u64), held: u64, seen: Option<(&str, u64)>) -> Vec<Op> {
+        vec![
+            op(
+                process,
+                process,
+                (span.0, Some(span.0 + 1)),
+                Call::AcquireShared { lock: "l".into() },
+                Return::Granted { token: held },
+            ),
+            op(
+                process,
+                process,
+                (span.0 + 2, Some(span.1)),
+                Call::ReadShared {
+                    lock: "l".into(),
+                    key: "k".into(),
+                    token: held,
+                },
+                Return::Read {
+                    value: seen.map(|(value, _)| value.to_string()),
+                    token: seen.map(|(_, token)| token),
+                },
+            ),
+        ]
+    }
+
+    #[test]
+    fn a_reader_that_sees_the_last_write_before_its_hold_passes_every_check() {
+        let mut ops = good_history();
+        ops.extend(shared_read(3, (80, 90), 9, Some(("b", 7))));
+        assert!(check_storage_order(&ops).is_empty());
+        assert!(check_token_order(&ops).is_empty());
+        assert!(check_shared_reads(&ops).is_empty());
+        let report = check_linearizability(&ops);
+        assert!(report.violations.is_empty(), "{:?}", report.violations);
+        // The read is in the model: one that saw a value never stored fails it.
+        let mut wrong = good_history();
+        wrong.extend(shared_read(3, (80, 90), 9, Some(("never written", 7))));
+        assert_eq!(check_linearizability(&wrong).violations.len(), 1);
+    }
+
+    #[test]
+    fn shared_reads_catch_a_write_newer_than_the_readers_hold() {
+        let mut ops = good_history();
+        // A writer with token 11 wrote while a reader held token 9.
+        ops.push(acquire(4, (71, 75), 11));
+        ops.push(put(4, (76, 79), 11, "c", Return::Written));
+        ops.extend(shared_read(3, (70, 90), 9, Some(("c", 11))));
+        let violations = check_shared_reads(&ops);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(violations[0].kind, ViolationKind::SharedRead);
+        assert!(
+            violations[0].detail.contains("token 11 while holding token 9"),
+            "{violations:?}"
+        );
+    }
+
+    #[test]
+    fn a_shared_read_that_shows_an_older_write_breaks_storage_order() {
+        let mut ops = good_history();
+        ops.extend(shared_read(3, (80, 90), 9, Some(("a", 5))));
+        let violations = check_storage_order(&ops);
+        assert!(
+            violations
+                .iter()
+                .any(|violation| violation.kind == ViolationKind::MutualExclusion),
+            "{violations:?}"
+        );
     }
 
     /// Two holders in turn, each writing and reading back, the second after

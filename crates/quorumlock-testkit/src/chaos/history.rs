@@ -56,6 +56,28 @@ pub enum Call {
         /// The grant's token.
         token: u64,
     },
+    /// Acquire a lock shared (waiting a bounded time).
+    AcquireShared {
+        /// The lock.
+        lock: String,
+    },
+    /// A read of a key fenced by a shared hold: answered only while the
+    /// hold is current.
+    ReadShared {
+        /// The lock guarding the key.
+        lock: String,
+        /// The key.
+        key: String,
+        /// The shared hold's token.
+        token: u64,
+    },
+    /// Release of a shared grant.
+    ReleaseShared {
+        /// The lock.
+        lock: String,
+        /// The grant's token.
+        token: u64,
+    },
 }
 
 impl Call {
@@ -65,7 +87,10 @@ impl Call {
             Call::Acquire { lock }
             | Call::Put { lock, .. }
             | Call::Get { lock, .. }
-            | Call::Release { lock, .. } => lock,
+            | Call::Release { lock, .. }
+            | Call::AcquireShared { lock }
+            | Call::ReadShared { lock, .. }
+            | Call::ReleaseShared { lock, .. } => lock,
         }
     }
 
@@ -76,6 +101,9 @@ impl Call {
             Call::Put { .. } => "put",
             Call::Get { .. } => "get",
             Call::Release { .. } => "release",
+            Call::AcquireShared { .. } => "acquire_shared",
+            Call::ReadShared { .. } => "read_shared",
+            Call::ReleaseShared { .. } => "release_shared",
         }
     }
 }

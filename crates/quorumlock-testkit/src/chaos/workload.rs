@@ -1,6 +1,7 @@
 //! The client workers: each loops acquire → fenced put → read back →
-//! release over a small set of locks, and reports every operation as it is
-//! invoked and as it completes.
+//! release over a small set of locks, and one cycle in three instead as a
+//! reader: shared acquire → read fenced by the shared hold → release; and
+//! reports every operation as it is invoked and as it completes.
 //!
 //! A worker runs as its own process (the hidden `chaos-worker` subcommand)
 //! so that the nemesis can freeze it with SIGSTOP like a long GC pause; it
@@ -138,12 +139,103 @@ pub async fn run_worker(config: WorkerConfig, out: impl Write) -> anyhow::Result
         while tokio::time::Instant::now() < deadline && !session.is_lost() {
             let lock = lock_name(rng.gen_range(0..config.locks.max(1)));
             written += 1;
+            if rng.gen_ratio(1, 3) {
+                shared_cycle(&client, &session, &mut recorder, &lock).await?;
+                continue;
+            }
             let value = format!("w{}-{written}", config.worker);
             one_cycle(&client, &session, &mut recorder, &lock, value).await?;
         }
         // Closing is not recorded: it only ends what expiry would end.
         let _ = tokio::time::timeout(Duration::from_secs(2), session.close()).await;
     }
+    Ok(())
+}
+
+/// The answer to a release, as the history records it.
+fn released_return(released: &Result<quorumlock_client::Released, ClientError>) -> Return {
+    match released {
+        Ok(_) => Return::Released,
+        Err(error) if error.is_outcome_unknown() => unknown(error),
+        Err(error)
+            if matches!(
+                error.code(),
+                Some(tonic::Code::FailedPrecondition | tonic::Code::NotFound)
+            ) =>
+        {
+            failed(error)
+        }
+        Err(error) => unknown(error),
+    }
+}
+
+/// shared acquire → fenced read → release of one lock, each recorded.
+async fn shared_cycle<W: Write>(
+    client: &Client,
+    session: &Session,
+    recorder: &mut Recorder<W>,
+    lock: &str,
+) -> anyhow::Result<()> {
+    let id = session.id();
+    let key = key_of(lock);
+    let seq = recorder.invoke(id.get(), Call::AcquireShared { lock: lock.into() })?;
+    let guard = match session.lock_shared_timeout(lock, ACQUIRE_WAIT).await {
+        Ok(Some(guard)) => {
+            recorder.complete(
+                seq,
+                Return::Granted {
+                    token: guard.token().get(),
+                },
+            )?;
+            guard
+        }
+        Ok(None) => {
+            recorder.complete(
+                seq,
+                Return::Failed {
+                    reason: "not granted within the wait".into(),
+                },
+            )?;
+            return Ok(());
+        }
+        Err(error @ ClientError::AlreadyHeld { .. }) => {
+            recorder.complete(seq, failed(&error))?;
+            return Ok(());
+        }
+        Err(error) => {
+            recorder.complete(seq, unknown(&error))?;
+            return Ok(());
+        }
+    };
+    let token = guard.token();
+    let seq = recorder.invoke(
+        id.get(),
+        Call::ReadShared {
+            lock: lock.into(),
+            key: key.clone(),
+            token: token.get(),
+        },
+    )?;
+    let read = client.read(&key, &guard).await;
+    recorder.complete(
+        seq,
+        match read {
+            Ok(entry) => Return::Read {
+                token: entry.as_ref().map(|entry| entry.written_by.token.get()),
+                value: entry.map(|entry| String::from_utf8_lossy(&entry.value).into_owned()),
+            },
+            Err(error) => failed(&error),
+        },
+    )?;
+    let seq = recorder.invoke(
+        id.get(),
+        Call::ReleaseShared {
+            lock: lock.into(),
+            token: token.get(),
+        },
+    )?;
+    let released = guard.release().await;
+    recorder.complete(seq, released_return(&released))?;
     Ok(())
 }
 
@@ -234,21 +326,6 @@ async fn one_cycle<W: Write>(
         },
     )?;
     let released = guard.release().await;
-    recorder.complete(
-        seq,
-        match &released {
-            Ok(_) => Return::Released,
-            Err(error) if error.is_outcome_unknown() => unknown(error),
-            Err(error)
-                if matches!(
-                    error.code(),
-                    Some(tonic::Code::FailedPrecondition | tonic::Code::NotFound)
-                ) =>
-            {
-                failed(error)
-            }
-            Err(error) => unknown(error),
-        },
-    )?;
+    recorder.complete(seq, released_return(&released))?;
     Ok(())
 }
