@@ -160,6 +160,24 @@ pub enum Command {
         /// The caller, who must be the session's owner.
         by: Credential,
     },
+    /// Acquires `permits` of the semaphore `semaphore`, which has `limit`
+    /// permits, or joins its FIFO queue when `wait` is set. A semaphore's
+    /// limit is fixed while anyone holds or awaits it.
+    AcquirePermits {
+        /// The session that wants the permits.
+        session: SessionId,
+        /// The semaphore's name (lock names and semaphore names are one
+        /// namespace).
+        semaphore: String,
+        /// How many permits: 1 to `limit`.
+        permits: u32,
+        /// The semaphore's number of permits.
+        limit: u32,
+        /// Join the queue instead of failing when too few permits are free.
+        wait: bool,
+        /// The caller, who must be the session's owner.
+        by: Credential,
+    },
 }
 
 impl Command {

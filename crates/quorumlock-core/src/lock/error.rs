@@ -69,6 +69,16 @@ pub enum LockError {
         /// What was refused and why, in words.
         what: String,
     },
+    /// An acquire named a semaphore's limit other than the one it has.
+    #[error("semaphore {semaphore:?} has {limit} permits; the acquire named {asked}")]
+    SemaphoreLimit {
+        /// The semaphore.
+        semaphore: String,
+        /// Its number of permits.
+        limit: u32,
+        /// The number the acquire named.
+        asked: u32,
+    },
     /// The cluster holds as many sessions as it allows.
     #[error("too many open sessions ({max})")]
     TooManySessions {

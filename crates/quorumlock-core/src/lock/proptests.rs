@@ -85,6 +85,16 @@ enum Step {
         mode: LockMode,
         caller: CallerPick,
     },
+    /// Permits of a semaphore (in the locks' namespace: a name held as a
+    /// lock refuses it, and the reverse).
+    AcquirePermits {
+        session: SessionPick,
+        lock: usize,
+        permits: u32,
+        limit: u32,
+        wait: bool,
+        caller: CallerPick,
+    },
     CancelWait {
         session: SessionPick,
         lock: usize,
@@ -231,6 +241,24 @@ impl Step {
                 let by = caller.resolve(state, session);
                 Command::acquire(session, LOCKS[*lock].to_string(), *wait, *mode, by)
             }
+            Step::AcquirePermits {
+                session,
+                lock,
+                permits,
+                limit,
+                wait,
+                caller,
+            } => {
+                let session = session.resolve(state);
+                Command::AcquirePermits {
+                    session,
+                    semaphore: LOCKS[*lock].to_string(),
+                    permits: *permits,
+                    limit: *limit,
+                    wait: *wait,
+                    by: caller.resolve(state, session),
+                }
+            }
             Step::CancelWait {
                 session,
                 lock,
@@ -369,6 +397,29 @@ fn step() -> impl Strategy<Value = Step> {
             },
         )
     });
+    // Mostly the last lock, so that one name is often a semaphore; its limit
+    // is mostly 3, sometimes 2 (a mismatch while it exists); asks of 1 to 3
+    // permits, so that some never fit a semaphore of 2.
+    let acquire_permits =
+        prop_oneof![1 => Just(0usize), 1 => Just(1usize), 4 => Just(2usize)].prop_flat_map(|lock| {
+            (
+                session_pick_for(lock),
+                1..=3u32,
+                prop_oneof![4 => Just(3u32), 1 => Just(2u32)],
+                any::<bool>(),
+                caller_pick(),
+            )
+                .prop_map(
+                    move |(session, permits, limit, wait, caller)| Step::AcquirePermits {
+                        session,
+                        lock,
+                        permits,
+                        limit,
+                        wait,
+                        caller,
+                    },
+                )
+        });
     let cancel_wait = lock_index().prop_flat_map(|lock| {
         (session_pick_for(lock), caller_pick()).prop_map(move |(session, caller)| Step::CancelWait {
             session,
@@ -423,6 +474,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => session_pick().prop_map(Step::Expire),
         1 => prop::collection::vec((session_pick(), 0..20_000u64), 0..4).prop_map(Step::Checkpoint),
         10 => acquire,
+        5 => acquire_permits,
         2 => cancel_wait,
         6 => release,
         4 => put,
@@ -484,7 +536,7 @@ type Holders = BTreeMap<String, (LockMode, BTreeSet<SessionId>)>;
 fn asked_mode(command: &Command) -> Option<LockMode> {
     match command {
         Command::Acquire { .. } => Some(LockMode::Exclusive),
-        Command::AcquireShared { .. } => Some(LockMode::Shared),
+        Command::AcquireShared { .. } | Command::AcquirePermits { .. } => Some(LockMode::Shared),
         _ => None,
     }
 }
@@ -554,6 +606,8 @@ fn outcome_kind(command: &Command, applied: &Applied) -> &'static str {
         (Ok(Outcome::Acquired { .. }), Command::AcquireShared { .. }) if grants > 0 => {
             "acquired shared, granted"
         }
+        (Ok(Outcome::Acquired { .. }), Command::AcquirePermits { .. }) if grants > 0 => "permits granted",
+        (Ok(Outcome::Queued { .. }), Command::AcquirePermits { .. }) => "queued for permits",
         (Ok(Outcome::Acquired { .. }), _) if grants > 0 => "acquired, granted",
         (Ok(Outcome::Acquired { .. }), _) => "acquired, retry",
         (Ok(Outcome::Busy { .. }), _) => "busy",
@@ -583,6 +637,7 @@ fn outcome_kind(command: &Command, applied: &Applied) -> &'static str {
             "write under a shared token"
         }
         (Err(LockError::WrongMode { .. }), _) => "acquire in the other mode",
+        (Err(LockError::SemaphoreLimit { .. }), _) => "semaphore limit mismatch",
     }
 }
 
@@ -615,6 +670,9 @@ fn random_sequences_reach_every_outcome_and_refusal() {
         "checkpointed",
         "acquired, granted",
         "acquired shared, granted",
+        "permits granted",
+        "queued for permits",
+        "semaphore limit mismatch",
         "acquired, retry",
         "busy",
         "queued",
@@ -754,7 +812,12 @@ proptest! {
                             && !state.token_is_current(&grant.lock, grant.token, LockMode::Exclusive)));
                     }
                 }
-                (Command::Acquire { lock, .. } | Command::AcquireShared { lock, .. }, Ok(Outcome::Acquired { token })) => {
+                (
+                    Command::Acquire { lock, .. }
+                    | Command::AcquireShared { lock, .. }
+                    | Command::AcquirePermits { semaphore: lock, .. },
+                    Ok(Outcome::Acquired { token }),
+                ) => {
                     prop_assert!(grants.len() <= 1);
                     if let Some(grant) = grants.first() {
                         prop_assert_eq!(grant.token, *token);
@@ -782,7 +845,9 @@ proptest! {
             let applied = state.apply(&command);
             match (&command, &applied.result) {
                 (
-                    Command::Acquire { session, lock, .. } | Command::AcquireShared { session, lock, .. },
+                    Command::Acquire { session, lock, .. }
+                    | Command::AcquireShared { session, lock, .. }
+                    | Command::AcquirePermits { session, semaphore: lock, .. },
                     Ok(Outcome::Queued { position }),
                 ) => {
                     let queue = queues.entry(lock.clone()).or_default();
@@ -833,6 +898,7 @@ proptest! {
                         &command,
                         Command::Acquire { session: asker, lock: asked, .. }
                         | Command::AcquireShared { session: asker, lock: asked, .. }
+                        | Command::AcquirePermits { session: asker, semaphore: asked, .. }
                             if *asker == grant.session && *asked == grant.lock
                     );
                     prop_assert!(asked, "{:?} was granted to {}, who neither asked nor waited", grant.lock, grant.session);
@@ -846,15 +912,25 @@ proptest! {
                     lock
                 );
                 // Nobody waits who could hold the lock now: the first waiter
-                // is a writer behind holders, or a reader behind a writer.
+                // is a writer behind holders, a reader behind a writer, or
+                // an ask of more permits than are free.
                 if let Some(found) = state.lock(lock) {
                     if let Some(first) = found.queue.front() {
-                        prop_assert!(
-                            found.mode == LockMode::Exclusive || first.mode == LockMode::Exclusive,
-                            "reader {} waits for {:?}, which readers hold",
-                            first.session,
-                            lock
-                        );
+                        match &found.semaphore {
+                            Some(semaphore) => prop_assert!(
+                                semaphore.used() + u64::from(first.permits) > u64::from(semaphore.limit),
+                                "session {} waits for {} permits of {:?}, which are free",
+                                first.session,
+                                first.permits,
+                                lock
+                            ),
+                            None => prop_assert!(
+                                found.mode == LockMode::Exclusive || first.mode == LockMode::Exclusive,
+                                "reader {} waits for {:?}, which readers hold",
+                                first.session,
+                                lock
+                            ),
+                        }
                     }
                 }
             }
@@ -887,8 +963,12 @@ proptest! {
                 Some(LockError::WrongMode {
                     lock: fence.lock.clone(),
                     what: format!(
-                        "token {} is a shared hold's; a fenced write needs the exclusive holder's token",
-                        fence.token
+                        "token {} is a {}; a fenced write needs the exclusive holder's token",
+                        fence.token,
+                        match state.lock(&fence.lock).and_then(|found| found.semaphore.as_ref()) {
+                            Some(_) => "semaphore holder's",
+                            None => "shared hold's",
+                        }
                     ),
                 })
             } else if !shared_token {
@@ -921,6 +1001,67 @@ proptest! {
                     let existed = stored_before.is_some();
                     prop_assert_eq!(&applied.result, &Ok(Outcome::Written { existed }));
                     prop_assert_eq!(state.get(&key), None);
+                }
+            }
+        }
+    }
+
+    /// Permits never exceed the semaphore's limit: the permits of the grants
+    /// standing (granted and not yet released or ended) add up to at most
+    /// the limit the semaphore was created with, and every grant is of the
+    /// permits its acquire asked for.
+    #[test]
+    fn semaphore_permits_never_exceed_the_limit(steps in steps()) {
+        let mut state = initial_state();
+        // Per semaphore: its limit and each holder's permits.
+        let mut model: BTreeMap<String, (u32, BTreeMap<SessionId, u32>)> = BTreeMap::new();
+        for step in &steps {
+            let command = step.resolve(&state);
+            let asked: BTreeMap<(String, SessionId), u32> = LOCKS
+                .iter()
+                .filter_map(|lock| state.lock(lock).map(|found| (lock, found)))
+                .flat_map(|(lock, found)| {
+                    found.queue.iter().map(|waiter| ((lock.to_string(), waiter.session), waiter.permits))
+                })
+                .collect();
+            let applied = state.apply(&command);
+            match (&command, &applied.result) {
+                (Command::Release { session, lock, .. }, Ok(_)) => {
+                    if let Some((_, held)) = model.get_mut(lock) {
+                        held.remove(session);
+                    }
+                }
+                (_, Ok(Outcome::SessionEnded { .. })) => {
+                    let session = ending(&command).expect("a close or expiry");
+                    for (_, held) in model.values_mut() {
+                        held.remove(&session);
+                    }
+                }
+                _ => {}
+            }
+            for grant in grants(&applied) {
+                let Some(semaphore) = state.lock(&grant.lock).and_then(|found| found.semaphore.clone()) else {
+                    continue;
+                };
+                let permits = match &command {
+                    Command::AcquirePermits { session, permits, .. } if *session == grant.session => *permits,
+                    _ => *asked
+                        .get(&(grant.lock.clone(), grant.session))
+                        .expect("a granted waiter asked for permits"),
+                };
+                let entry = model.entry(grant.lock.clone()).or_insert((semaphore.limit, BTreeMap::new()));
+                if entry.1.is_empty() {
+                    entry.0 = semaphore.limit;
+                }
+                prop_assert_eq!(entry.0, semaphore.limit, "the limit of {:?} changed while it was held", grant.lock);
+                entry.1.insert(grant.session, permits);
+            }
+            for (lock, (limit, held)) in &model {
+                let used: u64 = held.values().map(|permits| u64::from(*permits)).sum();
+                prop_assert!(used <= u64::from(*limit), "{:?}: {} permits held of {}", lock, used, limit);
+                match state.lock(lock).and_then(|found| found.semaphore.as_ref()) {
+                    Some(found) => prop_assert_eq!(&found.held, held, "the permits {:?} holds", lock),
+                    None => prop_assert!(held.is_empty(), "{:?} is gone but the model holds {:?}", lock, held),
                 }
             }
         }
@@ -966,6 +1107,7 @@ proptest! {
                 Command::CloseSession { session, by }
                 | Command::Acquire { session, by, .. }
                 | Command::AcquireShared { session, by, .. }
+                | Command::AcquirePermits { session, by, .. }
                 | Command::CancelWait { session, by, .. }
                 | Command::Release { session, by, .. } => Some((*session, by)),
                 // A write with a stale token is refused for that first.

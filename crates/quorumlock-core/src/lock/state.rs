@@ -47,6 +47,26 @@ pub struct Lock {
     /// front. The first waiter is never one the holders would admit: a
     /// waiter is granted as soon as it is first and compatible.
     pub queue: VecDeque<Waiter>,
+    /// For a semaphore: its permits and each holder's. A semaphore is held
+    /// in shared mode (its holders hold together; their tokens fence reads).
+    pub semaphore: Option<Permits>,
+}
+
+/// A semaphore's permits.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Permits {
+    /// How many there are, fixed while the semaphore exists (anyone holds
+    /// or awaits it).
+    pub limit: u32,
+    /// How many each holder has.
+    pub held: BTreeMap<SessionId, u32>,
+}
+
+impl Permits {
+    /// Permits held, all holders together.
+    pub fn used(&self) -> u64 {
+        self.held.values().map(|permits| u64::from(*permits)).sum()
+    }
 }
 
 /// A session in a lock's queue.
@@ -54,8 +74,42 @@ pub struct Lock {
 pub struct Waiter {
     /// The waiting session.
     pub session: SessionId,
-    /// The mode it asked for.
+    /// The mode it asked for (shared for a semaphore).
     pub mode: LockMode,
+    /// The permits it asked for, for a semaphore; 0 for a lock.
+    pub permits: u32,
+}
+
+/// What an acquire asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// A lock in a mode.
+    Lock(LockMode),
+    /// Permits of a semaphore that has `limit`.
+    Permits { permits: u32, limit: u32 },
+}
+
+impl Ask {
+    fn mode(self) -> LockMode {
+        match self {
+            Ask::Lock(mode) => mode,
+            Ask::Permits { .. } => LockMode::Shared,
+        }
+    }
+
+    fn permits(self) -> u32 {
+        match self {
+            Ask::Lock(_) => 0,
+            Ask::Permits { permits, .. } => permits,
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Ask::Lock(mode) => format!("the lock in {mode} mode"),
+            Ask::Permits { permits, .. } => format!("{permits} permits"),
+        }
+    }
 }
 
 impl Lock {
@@ -77,16 +131,32 @@ impl Lock {
         self.holders.values().max().copied()
     }
 
-    /// Whether a session asking for `mode` may be granted now, queue aside.
-    fn admits(&self, mode: LockMode) -> bool {
-        self.holders.is_empty() || (self.mode == LockMode::Shared && mode == LockMode::Shared)
+    /// Whether a session asking for `mode` (and `permits` of a semaphore)
+    /// may be granted now, queue aside.
+    fn admits(&self, mode: LockMode, permits: u32) -> bool {
+        match &self.semaphore {
+            Some(semaphore) => semaphore.used() + u64::from(permits) <= u64::from(semaphore.limit),
+            None => self.holders.is_empty() || (self.mode == LockMode::Shared && mode == LockMode::Shared),
+        }
     }
 
-    fn queued_at(&self, session: SessionId) -> Option<(usize, LockMode)> {
+    fn queued_at(&self, session: SessionId) -> Option<(usize, Waiter)> {
         self.queue
             .iter()
             .position(|waiter| waiter.session == session)
-            .map(|position| (position, self.queue[position].mode))
+            .map(|position| (position, self.queue[position]))
+    }
+
+    /// What `session` holds, as an ask, if it holds the lock.
+    fn held_as(&self, session: SessionId) -> Option<Ask> {
+        self.holders.get(&session)?;
+        Some(match &self.semaphore {
+            Some(semaphore) => Ask::Permits {
+                permits: semaphore.held.get(&session).copied().unwrap_or(0),
+                limit: semaphore.limit,
+            },
+            None => Ask::Lock(self.mode),
+        })
     }
 }
 
@@ -229,8 +299,10 @@ impl From<LockBeforeModes> for Lock {
                 .map(|session| Waiter {
                     session,
                     mode: LockMode::Exclusive,
+                    permits: 0,
                 })
                 .collect(),
+            semaphore: None,
         }
     }
 }
@@ -313,9 +385,9 @@ impl LockState {
                 lock,
                 wait,
                 by,
-            } => self
-                .check_lock_call(*session, lock, by)
-                .and_then(|()| self.acquire(*session, lock, *wait, LockMode::Exclusive, &mut events)),
+            } => self.check_lock_call(*session, lock, by).and_then(|()| {
+                self.acquire(*session, lock, *wait, Ask::Lock(LockMode::Exclusive), &mut events)
+            }),
             Command::AcquireShared {
                 session,
                 lock,
@@ -323,7 +395,23 @@ impl LockState {
                 by,
             } => self
                 .check_lock_call(*session, lock, by)
-                .and_then(|()| self.acquire(*session, lock, *wait, LockMode::Shared, &mut events)),
+                .and_then(|()| self.acquire(*session, lock, *wait, Ask::Lock(LockMode::Shared), &mut events)),
+            Command::AcquirePermits {
+                session,
+                semaphore,
+                permits,
+                limit,
+                wait,
+                by,
+            } => validate::permits(*permits, *limit)
+                .and_then(|()| self.check_lock_call(*session, semaphore, by))
+                .and_then(|()| {
+                    let ask = Ask::Permits {
+                        permits: *permits,
+                        limit: *limit,
+                    };
+                    self.acquire(*session, semaphore, *wait, ask, &mut events)
+                }),
             Command::CancelWait { session, lock, by } => self
                 .check_lock_call(*session, lock, by)
                 .and_then(|()| self.cancel_wait(*session, lock, &mut events)),
@@ -427,33 +515,51 @@ impl LockState {
                 }
             }
         }
-        let mode = match command {
-            Command::AcquireShared { .. } => LockMode::Shared,
-            _ => LockMode::Exclusive,
+        let (mode, permits) = match command {
+            Command::AcquireShared { .. } => (LockMode::Shared, 0),
+            Command::AcquirePermits { permits, .. } => (LockMode::Shared, *permits),
+            _ => (LockMode::Exclusive, 0),
         };
         match (command, &applied.result) {
             (
-                Command::Acquire { session, lock, .. } | Command::AcquireShared { session, lock, .. },
+                Command::Acquire { session, lock, .. }
+                | Command::AcquireShared { session, lock, .. }
+                | Command::AcquirePermits {
+                    session,
+                    semaphore: lock,
+                    ..
+                },
                 Ok(Outcome::Acquired { token }),
             ) => assert!(
-                self.locks
-                    .get(lock)
-                    .is_some_and(|found| found.mode == mode && found.holders.get(session) == Some(token))
+                self.locks.get(lock).is_some_and(|found| found.mode == mode
+                    && found.holders.get(session) == Some(token)
+                    && found
+                        .semaphore
+                        .as_ref()
+                        .map_or(0, |semaphore| semaphore.held[session])
+                        == permits)
                     && self.sessions[session].held.contains(lock),
-                "session {session} holds lock {lock:?} in {mode} mode with token {token} after acquiring it"
+                "session {session} holds lock {lock:?} in {mode} mode ({permits} permits) with token {token} after acquiring it"
             ),
             (
-                Command::Acquire { session, lock, .. } | Command::AcquireShared { session, lock, .. },
+                Command::Acquire { session, lock, .. }
+                | Command::AcquireShared { session, lock, .. }
+                | Command::AcquirePermits {
+                    session,
+                    semaphore: lock,
+                    ..
+                },
                 Ok(Outcome::Queued { position }),
             ) => assert!(
                 self.locks.get(lock).is_some_and(|found| !found.holders.is_empty()
                     && found.queue.get(*position)
                         == Some(&Waiter {
                             session: *session,
-                            mode
+                            mode,
+                            permits,
                         }))
                     && self.sessions[session].waiting.contains(lock),
-                "session {session} waits in {mode} mode at position {position} of held lock {lock:?}"
+                "session {session} waits in {mode} mode ({permits} permits) at position {position} of held lock {lock:?}"
             ),
             (Command::Release { session, lock, .. }, Ok(Outcome::Released { .. })) => assert!(
                 self.sessions
@@ -577,40 +683,88 @@ impl LockState {
         session: SessionId,
         name: &str,
         wait: bool,
-        mode: LockMode,
+        ask: Ask,
         events: &mut Vec<Event>,
     ) -> Result<Outcome, LockError> {
-        let lock = self.locks.entry(name.to_string()).or_default();
+        // Checked before the entry exists, so that a refusal leaves no trace.
+        if let Some(lock) = self.locks.get(name) {
+            match (&lock.semaphore, ask) {
+                (Some(semaphore), Ask::Permits { limit, .. }) if semaphore.limit != limit => {
+                    return Err(LockError::SemaphoreLimit {
+                        semaphore: name.to_string(),
+                        limit: semaphore.limit,
+                        asked: limit,
+                    });
+                }
+                (Some(semaphore), Ask::Lock(mode)) => {
+                    return Err(LockError::WrongMode {
+                        lock: name.to_string(),
+                        what: format!(
+                            "it is a semaphore of {} permits, not a lock; asked for it in {mode} mode",
+                            semaphore.limit
+                        ),
+                    });
+                }
+                (None, Ask::Permits { .. }) => {
+                    return Err(LockError::WrongMode {
+                        lock: name.to_string(),
+                        what: format!("it is a lock held in {} mode, not a semaphore", lock.mode),
+                    });
+                }
+                _ => {}
+            }
+        }
+        let lock = self.locks.entry(name.to_string()).or_insert_with(|| Lock {
+            mode: ask.mode(),
+            holders: BTreeMap::new(),
+            queue: VecDeque::new(),
+            semaphore: match ask {
+                Ask::Permits { limit, .. } => Some(Permits {
+                    limit,
+                    held: BTreeMap::new(),
+                }),
+                Ask::Lock(_) => None,
+            },
+        });
         // A retried acquire by a holder gets the same token back; a waiter's,
-        // its place. Neither changes mode in place: a reader that became a
-        // writer while others read could deadlock with a second one.
-        if let Some(token) = lock.holders.get(&session).copied() {
-            if lock.mode != mode {
+        // its place. Neither changes what it holds or asks in place: a reader
+        // that became a writer while others read could deadlock with a
+        // second one.
+        if let Some(held) = lock.held_as(session) {
+            let token = lock.holders[&session];
+            if held != ask {
                 return Err(LockError::WrongMode {
                     lock: name.to_string(),
                     what: format!(
-                        "session {session} holds it in {} mode and asked for {mode} mode; release it first",
-                        lock.mode
+                        "session {session} holds {} and asked for {}; release it first",
+                        held.describe(),
+                        ask.describe()
                     ),
                 });
             }
             return Ok(Outcome::Acquired { token });
         }
         if let Some((position, queued)) = lock.queued_at(session) {
-            if queued != mode {
+            if (queued.mode, queued.permits) != (ask.mode(), ask.permits()) {
+                let queued_ask = match lock.semaphore {
+                    Some(_) => format!("{} permits", queued.permits),
+                    None => format!("the lock in {} mode", queued.mode),
+                };
                 return Err(LockError::WrongMode {
                     lock: name.to_string(),
                     what: format!(
-                        "session {session} waits for it in {queued} mode and asked for {mode} mode; cancel the wait first"
+                        "session {session} waits for {queued_ask} and asked for {}; cancel the wait first",
+                        ask.describe()
                     ),
                 });
             }
             return Ok(Outcome::Queued { position });
         }
         // FIFO across modes: a reader that arrives behind a queued writer
-        // waits behind it, so writers are never starved by readers.
-        if lock.admits(mode) && lock.queue.is_empty() {
-            let token = self.grant(name, session, mode, events);
+        // waits behind it, so writers are never starved by readers; and a
+        // small ask never passes a large one waiting for a semaphore.
+        if lock.admits(ask.mode(), ask.permits()) && lock.queue.is_empty() {
+            let token = self.grant(name, session, ask.mode(), ask.permits(), events);
             return Ok(Outcome::Acquired { token });
         }
         let holder_token = lock.newest_token().expect("a lock that admits nobody is held");
@@ -623,7 +777,11 @@ impl LockState {
                 max: WAITERS_PER_LOCK_MAX,
             });
         }
-        lock.queue.push_back(Waiter { session, mode });
+        lock.queue.push_back(Waiter {
+            session,
+            mode: ask.mode(),
+            permits: ask.permits(),
+        });
         let position = lock.queue.len() - 1;
         self.session_mut(session).waiting.insert(name.to_string());
         self.totals.queue_joins += 1;
@@ -707,8 +865,12 @@ impl LockState {
             Some(lock) if lock.holders.values().any(|t| *t == fence.token) => Err(LockError::WrongMode {
                 lock: fence.lock.clone(),
                 what: format!(
-                    "token {} is a shared hold's; a fenced write needs the exclusive holder's token",
-                    fence.token
+                    "token {} is a {}; a fenced write needs the exclusive holder's token",
+                    fence.token,
+                    match lock.semaphore {
+                        Some(_) => "semaphore holder's",
+                        None => "shared hold's",
+                    }
                 ),
             }),
             _ => Err(LockError::StaleToken {
@@ -734,13 +896,15 @@ impl LockState {
         })
     }
 
-    /// Grants `name` to `session` in `mode` with a fresh token; the caller
-    /// checked that the lock admits it.
+    /// Grants `name` to `session` in `mode` (with `permits` of a
+    /// semaphore) with a fresh token; the caller checked that the lock
+    /// admits it.
     fn grant(
         &mut self,
         name: &str,
         session: SessionId,
         mode: LockMode,
+        permits: u32,
         events: &mut Vec<Event>,
     ) -> FencingToken {
         let token = self.next_token;
@@ -748,11 +912,15 @@ impl LockState {
         self.totals.grants += 1;
         let lock = self.locks.get_mut(name).expect("granting an existing lock");
         assert!(
-            lock.admits(mode),
-            "granting lock {name:?} in {mode} mode, which its holders exclude"
+            lock.admits(mode, permits),
+            "granting lock {name:?} in {mode} mode ({permits} permits), which its holders exclude"
         );
         lock.mode = mode;
         lock.holders.insert(session, token);
+        if let Some(semaphore) = &mut lock.semaphore {
+            assert!(permits > 0, "a semaphore grant of no permits");
+            semaphore.held.insert(session, permits);
+        }
         self.session_mut(session).held.insert(name.to_string());
         events.push(Event::Granted(Grant {
             lock: name.to_string(),
@@ -771,6 +939,9 @@ impl LockState {
             removed.is_some(),
             "session {session} let go of lock {name:?}, which it did not hold"
         );
+        if let Some(semaphore) = &mut lock.semaphore {
+            semaphore.held.remove(&session);
+        }
         self.grant_waiters(name, events)
     }
 
@@ -784,7 +955,8 @@ impl LockState {
 
     /// Grants the lock to waiters from the front of its queue for as long
     /// as the holders admit them: one writer, or every reader up to the
-    /// next writer. Removes the lock if it is left idle. The first grant.
+    /// next writer, or semaphore waiters while their permits are free.
+    /// Removes the lock if it is left idle. The first grant.
     fn grant_waiters(&mut self, name: &str, events: &mut Vec<Event>) -> Option<Grant> {
         let mut first = None;
         loop {
@@ -795,12 +967,12 @@ impl LockState {
             let Some(waiter) = lock.queue.front().copied() else {
                 break;
             };
-            if !lock.admits(waiter.mode) {
+            if !lock.admits(waiter.mode, waiter.permits) {
                 break;
             }
             lock.queue.pop_front();
             self.session_mut(waiter.session).waiting.remove(name);
-            let token = self.grant(name, waiter.session, waiter.mode, events);
+            let token = self.grant(name, waiter.session, waiter.mode, waiter.permits, events);
             first.get_or_insert(Grant {
                 lock: name.to_string(),
                 session: waiter.session,
@@ -1114,6 +1286,36 @@ impl LockState {
             if lock.holders.is_empty() {
                 return Err(format!("lock {name:?} has waiters or exists but no holder"));
             }
+            if let Some(semaphore) = &lock.semaphore {
+                if lock.mode != LockMode::Shared {
+                    return Err(format!("semaphore {name:?} is held in {} mode", lock.mode));
+                }
+                if semaphore.used() > u64::from(semaphore.limit) {
+                    return Err(format!(
+                        "semaphore {name:?} has {} of its {} permits held",
+                        semaphore.used(),
+                        semaphore.limit
+                    ));
+                }
+                let holders: Vec<&SessionId> = lock.holders.keys().collect();
+                let counted: Vec<&SessionId> = semaphore.held.keys().collect();
+                if holders != counted || semaphore.held.values().any(|permits| *permits == 0) {
+                    return Err(format!(
+                        "semaphore {name:?} counts permits of other sessions than its holders"
+                    ));
+                }
+                if lock
+                    .queue
+                    .iter()
+                    .any(|waiter| waiter.permits == 0 || waiter.permits > semaphore.limit)
+                {
+                    return Err(format!(
+                        "semaphore {name:?} queues a waiter for no or too many permits"
+                    ));
+                }
+            } else if lock.queue.iter().any(|waiter| waiter.permits != 0) {
+                return Err(format!("lock {name:?} queues a waiter for permits"));
+            }
             if lock.mode == LockMode::Exclusive && lock.holders.len() != 1 {
                 return Err(format!(
                     "lock {name:?} is exclusive with {} holders",
@@ -1134,7 +1336,7 @@ impl LockState {
                 return Err(format!("lock {name:?} has two holders with one token"));
             }
             if let Some(first) = lock.queue.front() {
-                if lock.admits(first.mode) {
+                if lock.admits(first.mode, first.permits) {
                     return Err(format!(
                         "lock {name:?} keeps session {} waiting in {} mode, which its holders admit",
                         first.session, first.mode

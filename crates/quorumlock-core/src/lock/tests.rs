@@ -1793,7 +1793,7 @@ fn a_hold_or_wait_is_never_changed_to_the_other_mode_in_place() {
     let refusal = state.apply(&acquire(reader, "doc", true));
     assert!(
         matches!(&refusal.result, Err(LockError::WrongMode { lock, what })
-            if lock == "doc" && what.contains("holds it in shared mode and asked for exclusive mode")),
+            if lock == "doc" && what.contains("holds the lock in shared mode and asked for the lock in exclusive mode")),
         "{refusal:?}"
     );
     assert!(refusal.events.is_empty());
@@ -1801,7 +1801,7 @@ fn a_hold_or_wait_is_never_changed_to_the_other_mode_in_place() {
     state.apply(&acquire(writer, "doc", true));
     let refusal = state.apply(&acquire_shared(writer, "doc", true));
     assert!(
-        matches!(&refusal.result, Err(LockError::WrongMode { what, .. }) if what.contains("waits for it in exclusive mode")),
+        matches!(&refusal.result, Err(LockError::WrongMode { what, .. }) if what.contains("waits for the lock in exclusive mode")),
         "{refusal:?}"
     );
     assert_eq!(state.describe("doc"), shared_by(&[(reader, read_token)], 1));
@@ -1835,4 +1835,152 @@ fn a_shared_token_fences_reads_but_never_writes() {
     assert_eq!(state.check_read_fence(&fence("doc", write_token)), Ok(()));
     assert!(state.token_is_current("doc", write_token, LockMode::Shared));
     assert!(state.token_is_current("doc", write_token, LockMode::Exclusive));
+}
+
+// Semaphores.
+
+fn permits(session: SessionId, semaphore: &str, permits: u32, limit: u32, wait: bool) -> Command {
+    Command::AcquirePermits {
+        session,
+        semaphore: semaphore.to_string(),
+        permits,
+        limit,
+        wait,
+        by: owner(),
+    }
+}
+
+fn used(state: &LockState, semaphore: &str) -> u64 {
+    state
+        .lock(semaphore)
+        .and_then(|found| found.semaphore.as_ref())
+        .map_or(0, |found| found.used())
+}
+
+#[test]
+fn permits_are_granted_while_they_fit_and_a_large_ask_is_not_passed_by_smaller_ones() {
+    let mut state = LockState::default();
+    let (one, two, big, small) = (
+        open(&mut state),
+        open(&mut state),
+        open(&mut state),
+        open(&mut state),
+    );
+    let first = state.next_token();
+    assert_eq!(
+        state.apply(&permits(one, "pool", 2, 4, false)),
+        acquired_fresh("pool", one, first)
+    );
+    let second = state.next_token();
+    assert_eq!(
+        state.apply(&permits(two, "pool", 1, 4, false)),
+        acquired_fresh("pool", two, second)
+    );
+    assert_eq!(used(&state, "pool"), 3);
+    // 2 do not fit in the 1 left: the ask waits, and a 1 behind it waits too.
+    assert_eq!(
+        state.apply(&permits(big, "pool", 2, 4, true)),
+        quiet(Outcome::Queued { position: 0 })
+    );
+    assert_eq!(
+        state.apply(&permits(small, "pool", 1, 4, false)),
+        quiet(Outcome::Busy { holder_token: second }),
+        "a try behind a waiter is busy even though a permit is free"
+    );
+    assert_eq!(
+        state.apply(&permits(small, "pool", 1, 4, true)),
+        quiet(Outcome::Queued { position: 1 })
+    );
+    // Two permits free: the large ask fits, the small one behind it waits.
+    let big_token = state.next_token();
+    assert_eq!(
+        state.apply(&release(two, "pool", second)),
+        Applied {
+            result: Ok(Outcome::Released {
+                next: Some(grant("pool", big, big_token))
+            }),
+            events: vec![Event::Granted(grant("pool", big, big_token))],
+        }
+    );
+    assert_eq!(used(&state, "pool"), 4);
+    assert_eq!(state.check_invariants(), Ok(()));
+    // Permits return when a holder's session ends, and the next ask fits.
+    let small_token = state.next_token();
+    let ended = state.apply(&Command::ExpireSession { session: one });
+    assert_eq!(
+        ended.events.first(),
+        Some(&Event::Granted(grant("pool", small, small_token)))
+    );
+    assert_eq!(used(&state, "pool"), 3);
+    for (session, token) in [(big, big_token), (small, small_token)] {
+        state.apply(&release(session, "pool", token));
+    }
+    assert!(state.lock("pool").is_none(), "an idle semaphore is removed");
+}
+
+#[test]
+fn a_semaphore_refuses_another_limit_lock_asks_and_changes_in_place() {
+    let mut state = LockState::default();
+    let (holder, other) = (open(&mut state), open(&mut state));
+    let token = state.next_token();
+    state.apply(&permits(holder, "pool", 1, 3, false));
+    assert_refused(
+        &mut state,
+        &permits(other, "pool", 1, 5, true),
+        LockError::SemaphoreLimit {
+            semaphore: "pool".to_string(),
+            limit: 3,
+            asked: 5,
+        },
+    );
+    let refusal = state.apply(&acquire(other, "pool", true));
+    assert!(
+        matches!(&refusal.result, Err(LockError::WrongMode { what, .. }) if what.contains("is a semaphore of 3 permits, not a lock")),
+        "{refusal:?}"
+    );
+    let refusal = state.apply(&permits(holder, "pool", 2, 3, false));
+    assert!(
+        matches!(&refusal.result, Err(LockError::WrongMode { what, .. }) if what.contains("holds 1 permits and asked for 2 permits")),
+        "{refusal:?}"
+    );
+    assert_eq!(
+        state.apply(&permits(holder, "pool", 1, 3, false)),
+        quiet(Outcome::Acquired { token }),
+        "a retry gets the same token"
+    );
+    let lock_token = take(&mut state, other, "plain");
+    let refusal = state.apply(&permits(holder, "plain", 1, 3, true));
+    assert!(
+        matches!(&refusal.result, Err(LockError::WrongMode { what, .. }) if what.contains("not a semaphore")),
+        "{refusal:?}"
+    );
+    // A semaphore token fences reads, never writes.
+    assert_eq!(state.check_read_fence(&fence("pool", token)), Ok(()));
+    assert!(matches!(
+        state.apply(&put(holder, "k", b"v", "pool", token)).result,
+        Err(LockError::WrongMode { .. })
+    ));
+    assert!(state.token_is_current("plain", lock_token, LockMode::Exclusive));
+    // After it is gone, the name may be a semaphore of another limit.
+    state.apply(&release(holder, "pool", token));
+    assert!(state.apply(&permits(other, "pool", 5, 5, false)).result.is_ok());
+}
+
+#[test]
+fn permit_counts_outside_their_bounds_are_invalid_arguments() {
+    let mut state = LockState::default();
+    let session = open(&mut state);
+    for (asked, limit) in [
+        (0, 3),
+        (4, 3),
+        (1, 0),
+        (1, super::limits::SEMAPHORE_PERMITS_MAX + 1),
+    ] {
+        let refusal = state.apply(&permits(session, "pool", asked, limit, false));
+        assert!(
+            matches!(refusal.result, Err(LockError::InvalidArgument(_))),
+            "{asked} of {limit}: {refusal:?}"
+        );
+    }
+    assert!(state.lock("pool").is_none());
 }

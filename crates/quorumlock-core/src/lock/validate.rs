@@ -4,7 +4,8 @@
 use super::credential::IDENTITY_BYTES_MAX;
 use super::error::LockError;
 use super::limits::{
-    KEY_BYTES_MAX, LOCK_NAME_BYTES_MAX, SESSION_TTL_MS_MAX, SESSION_TTL_MS_MIN, VALUE_BYTES_MAX,
+    KEY_BYTES_MAX, LOCK_NAME_BYTES_MAX, SEMAPHORE_PERMITS_MAX, SESSION_TTL_MS_MAX, SESSION_TTL_MS_MIN,
+    VALUE_BYTES_MAX,
 };
 
 /// Checks a session TTL against the documented bounds.
@@ -12,6 +13,22 @@ pub fn ttl_ms(ttl_ms: u64) -> Result<(), LockError> {
     if !(SESSION_TTL_MS_MIN..=SESSION_TTL_MS_MAX).contains(&ttl_ms) {
         return Err(LockError::InvalidArgument(format!(
             "session TTL {ttl_ms} ms is outside {SESSION_TTL_MS_MIN}..={SESSION_TTL_MS_MAX} ms"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a semaphore acquire: a limit of 1 to [`SEMAPHORE_PERMITS_MAX`]
+/// permits, and 1 to `limit` permits asked for.
+pub fn permits(permits: u32, limit: u32) -> Result<(), LockError> {
+    if !(1..=SEMAPHORE_PERMITS_MAX).contains(&limit) {
+        return Err(LockError::InvalidArgument(format!(
+            "a semaphore of {limit} permits is outside 1..={SEMAPHORE_PERMITS_MAX}"
+        )));
+    }
+    if !(1..=limit).contains(&permits) {
+        return Err(LockError::InvalidArgument(format!(
+            "{permits} permits asked of a semaphore of {limit}: ask 1..={limit}"
         )));
     }
     Ok(())
