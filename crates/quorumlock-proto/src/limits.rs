@@ -15,6 +15,8 @@ pub const KEY_BYTES_MAX: usize = 1_024;
 pub const VALUE_BYTES_MAX: usize = 1 << 20;
 /// Most sessions waiting in one lock's FIFO queue.
 pub const WAITERS_PER_LOCK_MAX: usize = 10_000;
+/// Most permits a semaphore may have.
+pub const SEMAPHORE_PERMITS_MAX: u32 = 1_000_000;
 /// Most sessions open at once in the whole cluster.
 pub const SESSIONS_MAX: usize = 1_000_000;
 /// Longest time a queued `Acquire` may wait.

@@ -220,7 +220,13 @@ impl ApplyObserver for LockObserver {
         // of the same command.
         match (command, &applied.result) {
             (
-                Command::Acquire { session, lock, .. } | Command::AcquireShared { session, lock, .. },
+                Command::Acquire { session, lock, .. }
+                | Command::AcquireShared { session, lock, .. }
+                | Command::AcquirePermits {
+                    session,
+                    semaphore: lock,
+                    ..
+                },
                 Ok(Outcome::Queued { .. }),
             ) => {
                 timing

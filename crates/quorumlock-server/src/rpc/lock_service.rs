@@ -29,7 +29,7 @@ use quorumlock_core::lock::{
     validate, Command, Credential, Event, Fence, FencingToken, LockError, LockMode, LockState, Outcome,
     SecretDigest, SessionId,
 };
-use quorumlock_proto::limits::{SESSION_SECRET_BYTES, WAIT_MS_MAX};
+use quorumlock_proto::limits::{SEMAPHORE_PERMITS_MAX, SESSION_SECRET_BYTES, WAIT_MS_MAX};
 use quorumlock_proto::v1 as pb;
 use quorumlock_proto::v1::lock_client::LockClient;
 use quorumlock_tls::Dialer;
@@ -542,15 +542,90 @@ fn fence(fence: Option<&pb::Fence>) -> Result<Fence, Status> {
 
 /// The mode a request names; an unknown value is refused, never read as
 /// exclusive.
-fn lock_mode(mode: i32) -> Result<LockMode, Status> {
-    match pb::LockMode::try_from(mode) {
-        Ok(pb::LockMode::Exclusive) => Ok(LockMode::Exclusive),
-        Ok(pb::LockMode::Shared) => Ok(LockMode::Shared),
-        Err(_) => Err(invalid_argument(
+fn any_mode(mode: i32) -> Result<pb::LockMode, Status> {
+    pb::LockMode::try_from(mode).map_err(|_| {
+        invalid_argument(
             "mode",
             None,
-            format!("mode {mode} is not a lock mode: 0 (LOCK_MODE_EXCLUSIVE) or 1 (LOCK_MODE_SHARED)"),
-        )),
+            format!(
+                "mode {mode} is not a lock mode: 0 (LOCK_MODE_EXCLUSIVE), 1 (LOCK_MODE_SHARED) or 2 \
+                 (LOCK_MODE_SEMAPHORE)"
+            ),
+        )
+    })
+}
+
+/// The mode of a call about a lock's tokens (CheckToken): a semaphore's
+/// holders are checked as shared holders.
+fn lock_mode(mode: i32) -> Result<LockMode, Status> {
+    Ok(match any_mode(mode)? {
+        pb::LockMode::Exclusive => LockMode::Exclusive,
+        pb::LockMode::Shared | pb::LockMode::Semaphore => LockMode::Shared,
+    })
+}
+
+/// What an `Acquire` asks for.
+#[derive(Debug, Clone, Copy)]
+enum Asked {
+    /// A lock in a mode.
+    Lock(LockMode),
+    /// Permits of a semaphore.
+    Permits { permits: u32, limit: u32 },
+}
+
+impl Asked {
+    fn command(self, session: SessionId, lock: String, wait: bool, by: Credential) -> Command {
+        match self {
+            Asked::Lock(mode) => Command::acquire(session, lock, wait, mode, by),
+            Asked::Permits { permits, limit } => Command::AcquirePermits {
+                session,
+                semaphore: lock,
+                permits,
+                limit,
+                wait,
+                by,
+            },
+        }
+    }
+}
+
+/// What an `Acquire` asks for: permits and a limit only for a semaphore,
+/// each within its bounds.
+fn asked(request: &pb::AcquireRequest) -> Result<Asked, Status> {
+    let (permits, limit) = (request.permits, request.semaphore_limit);
+    match any_mode(request.mode)? {
+        pb::LockMode::Semaphore => {
+            if !(1..=SEMAPHORE_PERMITS_MAX).contains(&limit) {
+                return Err(invalid_argument(
+                    "semaphore_limit",
+                    Some(u64::from(SEMAPHORE_PERMITS_MAX)),
+                    format!("semaphore_limit {limit} is outside 1..={SEMAPHORE_PERMITS_MAX}"),
+                ));
+            }
+            if !(1..=limit).contains(&permits) {
+                return Err(invalid_argument(
+                    "permits",
+                    Some(u64::from(limit)),
+                    format!("permits {permits} is outside 1..={limit}, the semaphore's permits"),
+                ));
+            }
+            Ok(Asked::Permits { permits, limit })
+        }
+        mode => {
+            for (field, value) in [("permits", permits), ("semaphore_limit", limit)] {
+                if value != 0 {
+                    return Err(invalid_argument(
+                        field,
+                        None,
+                        format!("{field} is {value}; it is for LOCK_MODE_SEMAPHORE only and must be 0 here"),
+                    ));
+                }
+            }
+            Ok(Asked::Lock(match mode {
+                pb::LockMode::Shared => LockMode::Shared,
+                _ => LockMode::Exclusive,
+            }))
+        }
     }
 }
 
@@ -659,7 +734,7 @@ impl pb::lock_server::Lock for LockService {
         request: Request<pb::AcquireRequest>,
     ) -> Result<Response<pb::AcquireResponse>, Status> {
         let lock = lock_name("name", &request.get_ref().name)?;
-        let mode = lock_mode(request.get_ref().mode)?;
+        let asked = asked(request.get_ref())?;
         let wait_ms = request.get_ref().wait_ms;
         if wait_ms > WAIT_MS_MAX {
             return Err(invalid_argument(
@@ -681,7 +756,7 @@ impl pb::lock_server::Lock for LockService {
         // Registered before proposing, so the grant's wake-up has a target;
         // a try-lock never waits, so it registers nothing.
         let watch = (wait_ms > 0).then(|| self.engine.state().watch_grant(session, &lock));
-        let command = Command::acquire(session, lock.clone(), wait_ms > 0, mode, by.clone());
+        let command = asked.command(session, lock.clone(), wait_ms > 0, by.clone());
         let response = match self.propose(command, self.budget(&request)).await? {
             Outcome::Acquired { token } => pb::AcquireResponse {
                 acquired: true,
@@ -737,15 +812,24 @@ impl pb::lock_server::Lock for LockService {
         let caller = self.access.caller(&request)?;
         forward_unless_leader!(self, request, describe, caller);
         self.access.allow(&caller, Action::Lock("describe", &lock))?;
-        let view = self
-            .read(self.budget(&request), |state| state.describe(&lock))
+        let (view, found) = self
+            .read(self.budget(&request), |state| {
+                (state.describe(&lock), state.lock(&lock).cloned())
+            })
             .await?;
         let (holder, token) = view
             .holder
             .map_or((0, 0), |(holder, token)| (holder.get(), token.get()));
-        let mode = match view.mode {
-            LockMode::Exclusive => pb::LockMode::Exclusive,
-            LockMode::Shared => pb::LockMode::Shared,
+        let semaphore = found.as_ref().and_then(|found| found.semaphore.as_ref());
+        let mode = match (view.mode, semaphore) {
+            (_, Some(_)) => pb::LockMode::Semaphore,
+            (LockMode::Exclusive, None) => pb::LockMode::Exclusive,
+            (LockMode::Shared, None) => pb::LockMode::Shared,
+        };
+        let permits_of = |session: &SessionId| {
+            semaphore
+                .and_then(|semaphore| semaphore.held.get(session).copied())
+                .unwrap_or(0)
         };
         Ok(Response::new(pb::DescribeResponse {
             held: view.held(),
@@ -760,6 +844,22 @@ impl pb::lock_server::Lock for LockService {
                 .map(|(session, token)| pb::Holder {
                     session_id: session.get(),
                     token: token.get(),
+                    permits: permits_of(session),
+                })
+                .collect(),
+            semaphore_limit: semaphore.map_or(0, |semaphore| semaphore.limit),
+            waiters: found
+                .iter()
+                .flat_map(|found| &found.queue)
+                .map(|waiter| pb::Waiter {
+                    session_id: waiter.session.get(),
+                    mode: match (semaphore, waiter.mode) {
+                        (Some(_), _) => pb::LockMode::Semaphore,
+                        (None, LockMode::Exclusive) => pb::LockMode::Exclusive,
+                        (None, LockMode::Shared) => pb::LockMode::Shared,
+                    }
+                    .into(),
+                    permits: waiter.permits,
                 })
                 .collect(),
         }))

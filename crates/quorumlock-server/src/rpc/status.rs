@@ -68,6 +68,14 @@ pub fn from_lock_error(error: LockError) -> Status {
                 ..reason(ErrorReason::WrongMode)
             },
         ),
+        LockError::SemaphoreLimit { semaphore, limit, .. } => (
+            Code::FailedPrecondition,
+            pb::ErrorDetail {
+                lock: semaphore.into_bytes(),
+                limit: u64::from(limit),
+                ..reason(ErrorReason::SemaphoreLimit)
+            },
+        ),
         LockError::TooManySessions { max } => (
             Code::ResourceExhausted,
             pb::ErrorDetail {
