@@ -47,8 +47,72 @@ pub struct AcquireArgs {
     wait: Option<Duration>,
     /// Acquire the lock shared: with other readers, never with a writer.
     /// The token then fences reads (`get --lock --token`), not writes.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "permits")]
     shared: bool,
+    /// Acquire this many permits of a semaphore (with `--of`) instead of a
+    /// lock; the token then fences reads, not writes.
+    #[arg(long, requires = "of")]
+    permits: Option<u32>,
+    /// The semaphore's number of permits, with `--permits`.
+    #[arg(long, requires = "permits")]
+    of: Option<u32>,
+}
+
+/// What an acquire asks for: a lock in a mode, or permits of a semaphore.
+#[derive(Debug, Clone, Copy)]
+pub enum Want {
+    /// A lock.
+    Lock(LockMode),
+    /// `permits` of a semaphore of `limit`.
+    Permits(u32, u32),
+}
+
+impl Want {
+    /// The want of `--shared` or `--permits K --of N`.
+    pub fn of_flags(shared: bool, permits: Option<u32>, of: Option<u32>) -> Want {
+        match (permits.zip(of), shared) {
+            (Some((permits, limit)), _) => Want::Permits(permits, limit),
+            (None, true) => Want::Lock(LockMode::Shared),
+            (None, false) => Want::Lock(LockMode::Exclusive),
+        }
+    }
+
+    /// One acquire of at most `wait` by the session of `key`.
+    async fn acquire(
+        self,
+        client: &quorumlock_client::Client,
+        key: &SessionKey,
+        name: &str,
+        wait: Duration,
+    ) -> Result<Option<FencingToken>, quorumlock_client::ClientError> {
+        match self {
+            Want::Lock(mode) => client.acquire_in(key, name, wait, mode).await,
+            Want::Permits(permits, limit) => client.acquire_permits(key, name, permits, limit, wait).await,
+        }
+    }
+
+    /// A guard of `session`, waiting at most `wait` (or until granted).
+    pub async fn guard(
+        self,
+        session: &quorumlock_client::Session,
+        name: &str,
+        wait: Option<Duration>,
+    ) -> Result<Option<quorumlock_client::LockGuard>, quorumlock_client::ClientError> {
+        Ok(match (self, wait) {
+            (Want::Lock(LockMode::Shared), Some(wait)) => session.lock_shared_timeout(name, wait).await?,
+            (Want::Lock(LockMode::Shared), None) => Some(session.lock_shared(name).await?),
+            (Want::Lock(_), Some(wait)) => session.lock_timeout(name, wait).await?,
+            (Want::Lock(_), None) => Some(session.lock(name).await?),
+            (Want::Permits(permits, limit), Some(wait)) => {
+                session
+                    .acquire_permits_timeout(name, permits, limit, wait)
+                    .await?
+            }
+            (Want::Permits(permits, limit), None) => {
+                Some(session.acquire_permits(name, permits, limit).await?)
+            }
+        })
+    }
 }
 
 /// A session secret given as 64 hex digits.
@@ -59,11 +123,7 @@ fn parse_secret(text: &str) -> Result<SessionSecret, String> {
 /// Acquires a lock and prints `session=<id> secret=<hex> token=<n>`.
 pub async fn acquire(args: AcquireArgs) -> anyhow::Result<i32> {
     let client = args.cluster.connect().await?;
-    let mode = if args.shared {
-        LockMode::Shared
-    } else {
-        LockMode::Exclusive
-    };
+    let want = Want::of_flags(args.shared, args.permits, args.of);
     let given = args
         .session
         .zip(args.session_secret)
@@ -71,26 +131,21 @@ pub async fn acquire(args: AcquireArgs) -> anyhow::Result<i32> {
     let (key, token) = match given {
         Some(key) => match args.wait {
             Some(wait) => {
-                let token = acquire_within(&client, &key, &args.name, wait, mode).await?;
+                let token = acquire_within(&client, &key, &args.name, wait, want).await?;
                 (Some(key), token)
             }
             // Without --wait the session waits in the queue until granted, one
             // server-side wait of at most lock_wait_step_max at a time.
             None => loop {
                 let step = client.config().lock_wait_step_max;
-                if let Some(token) = client.acquire_in(&key, &args.name, step, mode).await? {
+                if let Some(token) = want.acquire(&client, &key, &args.name, step).await? {
                     break (Some(key), Some(token));
                 }
             },
         },
         None => {
             let session = client.session(args.ttl).await?;
-            let guard = match (args.wait, mode) {
-                (Some(wait), LockMode::Exclusive) => session.lock_timeout(&args.name, wait).await?,
-                (Some(wait), LockMode::Shared) => session.lock_shared_timeout(&args.name, wait).await?,
-                (None, LockMode::Exclusive) => Some(session.lock(&args.name).await?),
-                (None, LockMode::Shared) => Some(session.lock_shared(&args.name).await?),
-            };
+            let guard = want.guard(&session, &args.name, args.wait).await?;
             match guard {
                 Some(guard) => {
                     let token = guard.detach().token;
@@ -111,13 +166,28 @@ pub async fn acquire(args: AcquireArgs) -> anyhow::Result<i32> {
         }
         None => {
             let described = client.describe(&args.name).await?;
-            let holder = match (described.holder, described.holders.len()) {
-                (Some(holder), _) => format!(
+            let holder = match (
+                described.holder,
+                described.holders.len(),
+                described.semaphore_limit,
+            ) {
+                (Some(holder), _, _) => format!(
                     "held by session {} with token {}",
                     holder.session_id, holder.token
                 ),
-                (None, 0) => "free again".to_string(),
-                (None, readers) => format!(
+                (None, 0, _) => "free again".to_string(),
+                (None, holders, Some(limit)) => {
+                    let used: u64 = described
+                        .holders
+                        .iter()
+                        .map(|holder| u64::from(holder.permits))
+                        .sum();
+                    format!(
+                        "a semaphore with {used} of its {limit} permits held by {holders} session(s), {} waiting",
+                        described.queue_length
+                    )
+                }
+                (None, readers, None) => format!(
                     "held shared by {readers} session(s), {} waiting",
                     described.queue_length
                 ),
@@ -135,12 +205,12 @@ async fn acquire_within(
     key: &SessionKey,
     name: &str,
     wait: Duration,
-    mode: LockMode,
+    want: Want,
 ) -> anyhow::Result<Option<FencingToken>> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if let Some(token) = client.acquire_in(key, name, left, mode).await? {
+        if let Some(token) = want.acquire(client, key, name, left).await? {
             return Ok(Some(token));
         }
         if left <= client.config().lock_wait_step_max {
@@ -196,8 +266,9 @@ pub struct DescribeArgs {
 
 /// Prints `held=true session=<id> token=<n> queue_length=<n>` for an
 /// exclusive holder, `held=true mode=shared holders=<id>:<token>,...
-/// queue_length=<n>` for shared holders, `held=false queue_length=<n>` for
-/// a free lock.
+/// queue_length=<n>` for shared holders, `held=true mode=semaphore
+/// limit=<n> holders=<id>:<token>:<permits>,... queue_length=<n>` for a
+/// semaphore, `held=false queue_length=<n>` for a free lock.
 pub async fn describe(args: DescribeArgs) -> anyhow::Result<i32> {
     let client = args.cluster.connect().await?;
     let described = client.describe(&args.name).await?;
@@ -206,6 +277,19 @@ pub async fn describe(args: DescribeArgs) -> anyhow::Result<i32> {
             "held=true session={} token={} queue_length={}",
             holder.session_id, holder.token, described.queue_length
         ),
+        (None, LockMode::Semaphore) if !described.holders.is_empty() => {
+            let holders: Vec<String> = described
+                .holders
+                .iter()
+                .map(|holder| format!("{}:{}:{}", holder.session_id, holder.token, holder.permits))
+                .collect();
+            println!(
+                "held=true mode=semaphore limit={} holders={} queue_length={}",
+                described.semaphore_limit.unwrap_or(0),
+                holders.join(","),
+                described.queue_length
+            );
+        }
         (None, LockMode::Shared) if !described.holders.is_empty() => {
             let holders: Vec<String> = described
                 .holders

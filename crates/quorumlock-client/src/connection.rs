@@ -17,8 +17,8 @@ use super::guard::LockGuard;
 use super::key::{SessionKey, SessionSecret};
 use super::session::Session;
 use quorumlock_proto::limits::{
-    API_MESSAGE_BYTES_MAX, KEY_BYTES_MAX, LOCK_NAME_BYTES_MAX, SESSION_SECRET_BYTES, SESSION_TTL_MS_MAX,
-    SESSION_TTL_MS_MIN, VALUE_BYTES_MAX,
+    API_MESSAGE_BYTES_MAX, KEY_BYTES_MAX, LOCK_NAME_BYTES_MAX, SEMAPHORE_PERMITS_MAX, SESSION_SECRET_BYTES,
+    SESSION_TTL_MS_MAX, SESSION_TTL_MS_MIN, VALUE_BYTES_MAX,
 };
 use quorumlock_proto::v1 as pb;
 use quorumlock_proto::v1::cluster_client::ClusterClient;
@@ -70,6 +70,21 @@ pub struct LockDescription {
     pub holders: Vec<Holder>,
     /// Sessions waiting in the lock's FIFO queue.
     pub queue_length: u64,
+    /// A semaphore's number of permits; `None` for a lock.
+    pub semaphore_limit: Option<u32>,
+    /// The queue, first in line first.
+    pub waiters: Vec<Waiting>,
+}
+
+/// A session in a lock's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiting {
+    /// The waiting session.
+    pub session_id: SessionId,
+    /// What it asked for.
+    pub mode: LockMode,
+    /// The permits it asked for, of a semaphore; 0 for a lock.
+    pub permits: u32,
 }
 
 /// How a lock is held or asked for.
@@ -81,6 +96,9 @@ pub enum LockMode {
     /// Any number of holders and no exclusive one; their tokens fence
     /// reads ([`Client::get_fenced`], [`Client::check_token_in`]) only.
     Shared,
+    /// Permits of a semaphore ([`Client::acquire_permits`]); its holders'
+    /// tokens fence reads only, as shared holders' do.
+    Semaphore,
 }
 
 impl LockMode {
@@ -88,14 +106,49 @@ impl LockMode {
         match self {
             LockMode::Exclusive => pb::LockMode::Exclusive,
             LockMode::Shared => pb::LockMode::Shared,
+            LockMode::Semaphore => pb::LockMode::Semaphore,
         }
     }
 
-    /// `exclusive` or `shared`.
+    fn from_pb(mode: i32) -> LockMode {
+        match pb::LockMode::try_from(mode) {
+            Ok(pb::LockMode::Shared) => LockMode::Shared,
+            Ok(pb::LockMode::Semaphore) => LockMode::Semaphore,
+            _ => LockMode::Exclusive,
+        }
+    }
+
+    /// `exclusive`, `shared` or `semaphore`.
     pub fn as_str(self) -> &'static str {
         match self {
             LockMode::Exclusive => "exclusive",
             LockMode::Shared => "shared",
+            LockMode::Semaphore => "semaphore",
+        }
+    }
+}
+
+/// What an acquire asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ask {
+    /// A lock, exclusive or shared.
+    Lock(LockMode),
+    /// `permits` of a semaphore of `limit`.
+    Permits { permits: u32, limit: u32 },
+}
+
+impl Ask {
+    pub(crate) fn mode(self) -> LockMode {
+        match self {
+            Ask::Lock(mode) => mode,
+            Ask::Permits { .. } => LockMode::Semaphore,
+        }
+    }
+
+    pub(crate) fn permits(self) -> u32 {
+        match self {
+            Ask::Lock(_) => 0,
+            Ask::Permits { permits, .. } => permits,
         }
     }
 }
@@ -113,6 +166,8 @@ pub struct Holder {
     pub session_id: SessionId,
     /// The fencing token of its grant.
     pub token: FencingToken,
+    /// A semaphore holder's permits; 0 for a lock.
+    pub permits: u32,
 }
 
 /// The answer of `CheckToken`.
@@ -546,7 +601,46 @@ impl Client {
         wait: Duration,
         mode: LockMode,
     ) -> Result<Option<FencingToken>, ClientError> {
+        if mode == LockMode::Semaphore {
+            return Err(ClientError::InvalidArgument(
+                "a semaphore is acquired with acquire_permits, which names the permits".to_string(),
+            ));
+        }
+        self.acquire_ask(session, name, wait, Ask::Lock(mode)).await
+    }
+
+    /// `Acquire` of `permits` of the semaphore `name`, which has `limit`
+    /// permits (fixed while anyone holds or awaits it: another number is
+    /// refused with [`Refusal::SemaphoreLimit`](crate::Refusal::SemaphoreLimit)).
+    /// FIFO: an ask that does not fit waits, and later asks wait behind it.
+    pub async fn acquire_permits(
+        &self,
+        session: &SessionKey,
+        name: &str,
+        permits: u32,
+        limit: u32,
+        wait: Duration,
+    ) -> Result<Option<FencingToken>, ClientError> {
+        self.acquire_ask(session, name, wait, Ask::Permits { permits, limit })
+            .await
+    }
+
+    pub(crate) async fn acquire_ask(
+        &self,
+        session: &SessionKey,
+        name: &str,
+        wait: Duration,
+        ask: Ask,
+    ) -> Result<Option<FencingToken>, ClientError> {
         check_lock_name(name)?;
+        let (permits, semaphore_limit) = match ask {
+            Ask::Lock(_) => (0, 0),
+            Ask::Permits { permits, limit } => {
+                check_permits(permits, limit)?;
+                (permits, limit)
+            }
+        };
+        let mode = ask.mode();
         let wait = wait.min(self.inner.config.lock_wait_step_max);
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
         let name = name.as_bytes().to_vec();
@@ -558,6 +652,8 @@ impl Client {
                     wait_ms,
                     session_secret: session.secret_bytes(),
                     mode: mode.to_pb().into(),
+                    permits,
+                    semaphore_limit,
                 };
                 async move { client.acquire(request(message, timeout)).await }
             })
@@ -596,6 +692,7 @@ impl Client {
             next: (answer.next_session_id != 0).then_some(Holder {
                 session_id: SessionId::new(answer.next_session_id),
                 token: FencingToken::new(answer.next_token),
+                permits: 0,
             }),
         })
     }
@@ -614,25 +711,33 @@ impl Client {
                 }
             })
             .await?;
-        let mode = match pb::LockMode::try_from(answer.mode) {
-            Ok(pb::LockMode::Shared) => LockMode::Shared,
-            _ => LockMode::Exclusive,
-        };
         Ok(LockDescription {
             holder: (answer.held && answer.holder_session_id != 0).then_some(Holder {
                 session_id: SessionId::new(answer.holder_session_id),
                 token: FencingToken::new(answer.token),
+                permits: 0,
             }),
-            mode,
+            mode: LockMode::from_pb(answer.mode),
             holders: answer
                 .holders
                 .iter()
                 .map(|holder| Holder {
                     session_id: SessionId::new(holder.session_id),
                     token: FencingToken::new(holder.token),
+                    permits: holder.permits,
                 })
                 .collect(),
             queue_length: answer.queue_length,
+            semaphore_limit: (answer.semaphore_limit != 0).then_some(answer.semaphore_limit),
+            waiters: answer
+                .waiters
+                .iter()
+                .map(|waiter| Waiting {
+                    session_id: SessionId::new(waiter.session_id),
+                    mode: LockMode::from_pb(waiter.mode),
+                    permits: waiter.permits,
+                })
+                .collect(),
         })
     }
 
@@ -894,6 +999,21 @@ fn check_text(what: &str, text: &str, max: usize) -> Result<(), ClientError> {
 
 fn check_lock_name(name: &str) -> Result<(), ClientError> {
     check_text("lock name", name, LOCK_NAME_BYTES_MAX)
+}
+
+/// Checks a semaphore ask against its bounds before it is sent.
+fn check_permits(permits: u32, limit: u32) -> Result<(), ClientError> {
+    if !(1..=SEMAPHORE_PERMITS_MAX).contains(&limit) {
+        return Err(ClientError::InvalidArgument(format!(
+            "a semaphore of {limit} permits is outside 1..={SEMAPHORE_PERMITS_MAX}"
+        )));
+    }
+    if !(1..=limit).contains(&permits) {
+        return Err(ClientError::InvalidArgument(format!(
+            "{permits} permits asked of a semaphore of {limit}: ask 1..={limit}"
+        )));
+    }
+    Ok(())
 }
 
 fn check_key(key: &str) -> Result<(), ClientError> {

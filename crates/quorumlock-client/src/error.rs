@@ -77,6 +77,14 @@ pub enum Refusal {
         /// The lock.
         lock: String,
     },
+    /// A semaphore acquire named another number of permits than the
+    /// semaphore has.
+    SemaphoreLimit {
+        /// The semaphore.
+        semaphore: String,
+        /// Its number of permits.
+        limit: u32,
+    },
     /// The lock's wait queue is full.
     QueueFull {
         /// The lock.
@@ -148,6 +156,10 @@ impl Refusal {
                 current: (detail.current_token != 0).then_some(FencingToken::new(detail.current_token)),
             },
             Ok(ErrorReason::WrongMode) => Refusal::WrongMode { lock },
+            Ok(ErrorReason::SemaphoreLimit) => Refusal::SemaphoreLimit {
+                semaphore: lock,
+                limit: u32::try_from(detail.limit).unwrap_or(u32::MAX),
+            },
             Ok(ErrorReason::QueueFull) => Refusal::QueueFull {
                 lock,
                 limit: detail.limit,

@@ -22,6 +22,7 @@ pub struct LockGuard {
     name: String,
     token: FencingToken,
     mode: LockMode,
+    permits: u32,
     session: Arc<SessionShared>,
     released: bool,
 }
@@ -32,11 +33,13 @@ impl LockGuard {
         name: String,
         token: FencingToken,
         mode: LockMode,
+        permits: u32,
     ) -> Self {
         LockGuard {
             name,
             token,
             mode,
+            permits,
             session,
             released: false,
         }
@@ -57,6 +60,11 @@ impl LockGuard {
     /// writes and reads, a shared guard's reads only.
     pub fn mode(&self) -> LockMode {
         self.mode
+    }
+
+    /// The permits held, of a semaphore; 0 for a lock.
+    pub fn permits(&self) -> u32 {
+        self.permits
     }
 
     /// The session that holds the lock.

@@ -16,7 +16,7 @@ use tonic::{Code, Status};
 use super::backoff::Backoff;
 use super::claims::{release_if_holder, ClaimAttempt, Claims};
 use super::config::{KEEPALIVE_UNANSWERED_MAX, RENEWALS_PER_TTL};
-use super::connection::{Client, LockMode};
+use super::connection::{Ask, Client, LockMode};
 use super::endpoints::{leader_hint, Picked};
 use super::error::{describe_status, ClientError, LostReason};
 use super::guard::LockGuard;
@@ -247,14 +247,15 @@ impl Session {
 
     /// Takes the lock if it is free; `None` when another session holds it.
     pub async fn try_lock(&self, name: &str) -> Result<Option<LockGuard>, ClientError> {
-        self.acquire(name, Some(Duration::ZERO), LockMode::Exclusive)
+        self.acquire(name, Some(Duration::ZERO), Ask::Lock(LockMode::Exclusive))
             .await
     }
 
     /// Waits in the lock's FIFO queue for at most `wait`; `None` when it was
     /// not granted in time (the session has then left the queue).
     pub async fn lock_timeout(&self, name: &str, wait: Duration) -> Result<Option<LockGuard>, ClientError> {
-        self.acquire(name, Some(wait), LockMode::Exclusive).await
+        self.acquire(name, Some(wait), Ask::Lock(LockMode::Exclusive))
+            .await
     }
 
     /// Takes the lock shared, waiting as long as it takes: with other
@@ -267,7 +268,8 @@ impl Session {
 
     /// Takes the lock shared if no writer holds it or waits for it.
     pub async fn try_lock_shared(&self, name: &str) -> Result<Option<LockGuard>, ClientError> {
-        self.acquire(name, Some(Duration::ZERO), LockMode::Shared).await
+        self.acquire(name, Some(Duration::ZERO), Ask::Lock(LockMode::Shared))
+            .await
     }
 
     /// [`Session::lock_shared`] for at most `wait`.
@@ -276,11 +278,50 @@ impl Session {
         name: &str,
         wait: Duration,
     ) -> Result<Option<LockGuard>, ClientError> {
-        self.acquire(name, Some(wait), LockMode::Shared).await
+        self.acquire(name, Some(wait), Ask::Lock(LockMode::Shared)).await
+    }
+
+    /// Takes `permits` of the semaphore `name`, which has `limit` permits,
+    /// waiting as long as it takes (FIFO: an ask that does not fit waits,
+    /// and later asks wait behind it). The guard's token fences reads, not
+    /// writes; releasing it returns its permits.
+    pub async fn acquire_permits(
+        &self,
+        name: &str,
+        permits: u32,
+        limit: u32,
+    ) -> Result<LockGuard, ClientError> {
+        match self.acquire(name, None, Ask::Permits { permits, limit }).await? {
+            Some(guard) => Ok(guard),
+            None => unreachable!("a wait without a deadline ends only with a grant or an error"),
+        }
+    }
+
+    /// [`Session::acquire_permits`] if they are free and nobody waits.
+    pub async fn try_acquire_permits(
+        &self,
+        name: &str,
+        permits: u32,
+        limit: u32,
+    ) -> Result<Option<LockGuard>, ClientError> {
+        self.acquire(name, Some(Duration::ZERO), Ask::Permits { permits, limit })
+            .await
+    }
+
+    /// [`Session::acquire_permits`] for at most `wait`.
+    pub async fn acquire_permits_timeout(
+        &self,
+        name: &str,
+        permits: u32,
+        limit: u32,
+        wait: Duration,
+    ) -> Result<Option<LockGuard>, ClientError> {
+        self.acquire(name, Some(wait), Ask::Permits { permits, limit })
+            .await
     }
 
     async fn lock_in(&self, name: &str, mode: LockMode) -> Result<LockGuard, ClientError> {
-        match self.acquire(name, None, mode).await? {
+        match self.acquire(name, None, Ask::Lock(mode)).await? {
             Some(guard) => Ok(guard),
             None => unreachable!("a wait without a deadline ends only with a grant or an error"),
         }
@@ -290,7 +331,7 @@ impl Session {
         &self,
         name: &str,
         wait: Option<Duration>,
-        mode: LockMode,
+        ask: Ask,
     ) -> Result<Option<LockGuard>, ClientError> {
         let shared = &self.shared;
         let deadline = wait.map(|wait| Instant::now() + wait);
@@ -308,13 +349,13 @@ impl Session {
             // releases that grant.
             claim.maybe_granted = true;
             let granted = tokio::select! {
-                granted = shared.client.acquire_in(&shared.key, name, step, mode) => granted,
+                granted = shared.client.acquire_ask(&shared.key, name, step, ask) => granted,
                 // Dropping the call cancels it, and the server takes the
                 // session out of the queue.
                 reason = shared.lost() => return Err(shared.lost_error(reason)),
             };
             match granted.map_err(|error| shared.check_gone(error))? {
-                Some(token) => return Ok(Some(claim.into_guard(token, mode))),
+                Some(token) => return Ok(Some(claim.into_guard(token, ask))),
                 // The server answered "not granted" and took the session out
                 // of the queue: there is nothing to release.
                 None if deadline.is_some_and(|deadline| Instant::now() >= deadline) => {
@@ -402,9 +443,15 @@ struct Claim {
 }
 
 impl Claim {
-    fn into_guard(mut self, token: FencingToken, mode: LockMode) -> LockGuard {
+    fn into_guard(mut self, token: FencingToken, ask: Ask) -> LockGuard {
         self.done = true;
-        LockGuard::new(self.session.clone(), std::mem::take(&mut self.name), token, mode)
+        LockGuard::new(
+            self.session.clone(),
+            std::mem::take(&mut self.name),
+            token,
+            ask.mode(),
+            ask.permits(),
+        )
     }
 }
 

@@ -3,7 +3,8 @@
 //! Each client loops the way the workers do: open a session, try to
 //! acquire one of a few locks, write a record under the token into the fenced
 //! store, release. One acquire in three is shared: a reader holds the lock
-//! beside other readers, writes nothing and releases. It renews its session every third of its TTL, and
+//! beside other readers, writes nothing and releases; one in six takes
+//! permits of a semaphore of 2 instead, and releases them. It renews its session every third of its TTL, and
 //! sometimes pauses (the GC pause of the seeds) past its TTL, then resumes
 //! with the token it held: the fenced store must refuse it. An answer the
 //! client never gets leaves the outcome unknown; the client then abandons
@@ -30,6 +31,14 @@ pub const TTL_MS_MAX: u64 = 2_000;
 pub const THINK_MS_MAX: u64 = 40;
 /// A client gives up on a command unanswered for this long.
 pub const ANSWER_MS_MAX: u64 = 1_500;
+
+/// Permits of each semaphore the clients share.
+pub const SEMAPHORE_PERMITS: u32 = 2;
+
+/// Name of semaphore `index`.
+pub fn semaphore_name(index: usize) -> String {
+    format!("semaphore-{index}")
+}
 
 /// Name of lock `index`.
 pub fn lock_name(index: usize) -> String {
@@ -125,15 +134,24 @@ impl Client {
                     owner: Credential::of_secret(&secret),
                 }
             }
-            (Some((session, by)), None) => {
-                let lock = lock_name(rng.gen_range(0..LOCKS));
-                let mode = if rng.gen_ratio(1, 3) {
-                    LockMode::Shared
-                } else {
-                    LockMode::Exclusive
-                };
-                Command::acquire(session, lock, false, mode, by)
-            }
+            (Some((session, by)), None) => match rng.gen_range(0..6) {
+                0 => Command::AcquirePermits {
+                    session,
+                    semaphore: semaphore_name(rng.gen_range(0..LOCKS)),
+                    permits: rng.gen_range(1..=SEMAPHORE_PERMITS),
+                    limit: SEMAPHORE_PERMITS,
+                    wait: false,
+                    by,
+                },
+                draw => {
+                    let mode = if draw <= 2 {
+                        LockMode::Shared
+                    } else {
+                        LockMode::Exclusive
+                    };
+                    Command::acquire(session, lock_name(rng.gen_range(0..LOCKS)), false, mode, by)
+                }
+            },
             (Some((session, by)), Some((lock, token, false))) => {
                 self.writes += 1;
                 Command::Put {
@@ -177,14 +195,20 @@ impl Client {
                     self.paused_until_ms = now_ms + length_ms;
                 }
             }
-            // A reader writes nothing: next it releases.
-            (Command::AcquireShared { lock, .. }, Ok(Outcome::Acquired { token })) => {
+            // A reader or a semaphore holder writes nothing: next it releases.
+            (
+                Command::AcquireShared { lock, .. } | Command::AcquirePermits { semaphore: lock, .. },
+                Ok(Outcome::Acquired { token }),
+            ) => {
                 self.holding = Some((lock.clone(), *token, true));
                 if let Some(length_ms) = self.pause_after_grant_ms.take() {
                     self.paused_until_ms = now_ms + length_ms;
                 }
             }
-            (Command::Acquire { .. } | Command::AcquireShared { .. }, Ok(Outcome::Busy { .. })) => {}
+            (
+                Command::Acquire { .. } | Command::AcquireShared { .. } | Command::AcquirePermits { .. },
+                Ok(Outcome::Busy { .. }),
+            ) => {}
             (
                 Command::Put {
                     key, value, fence, ..
