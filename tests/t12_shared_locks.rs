@@ -45,6 +45,7 @@ async fn acquire_in(
         wait_ms,
         session_secret: session.secret.to_vec(),
         mode: mode.into(),
+        ..AcquireRequest::default()
     };
     call(
         "Acquire",
@@ -100,7 +101,11 @@ async fn current_in(client: &LockClient<Channel>, lock: &str, token: u64, mode: 
 fn holders(pairs: &[(u64, u64)]) -> Vec<Holder> {
     pairs
         .iter()
-        .map(|&(session_id, token)| Holder { session_id, token })
+        .map(|&(session_id, token)| Holder {
+            session_id,
+            token,
+            permits: 0,
+        })
         .collect()
 }
 
@@ -339,6 +344,7 @@ async fn check_mode_mistakes_are_refused_precisely(engine: &str) {
         wait_ms: 0,
         session_secret: reader.key.secret.to_vec(),
         mode: 7,
+        ..AcquireRequest::default()
     };
     let status = expect_code(
         "an unknown mode",

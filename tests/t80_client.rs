@@ -309,7 +309,75 @@ engine_tests!(
     check_the_client_keeps_working_through_another_endpoint_when_the_leader_dies,
     check_the_session_is_lost_when_no_renewal_succeeds_within_the_ttl,
     check_shared_guards_hold_together_read_under_their_token_and_never_write,
+    check_semaphore_guards_take_permits_while_they_fit,
 );
+
+/// Permits of a semaphore through the client: granted while they fit,
+/// described with their counts, refused for another limit with a typed
+/// refusal, and returned by a guard's release to a waiting ask.
+async fn check_semaphore_guards_take_permits_while_they_fit(engine: &str) {
+    let cluster = Cluster::start(engine, 3).await;
+    let client = client_of(&cluster).await;
+    let (one, two) = (
+        client.session(TTL).await.expect("open session 1"),
+        client.session(TTL).await.expect("open session 2"),
+    );
+    let held = bounded("acquire_permits", one.acquire_permits("slots", 2, 3))
+        .await
+        .expect("2 of 3");
+    assert_eq!((held.mode(), held.permits()), (LockMode::Semaphore, 2));
+    assert!(two
+        .try_acquire_permits("slots", 2, 3)
+        .await
+        .expect("a try")
+        .is_none());
+    let refusal = two
+        .try_acquire_permits("slots", 1, 4)
+        .await
+        .expect_err("another limit");
+    match refusal.refusal() {
+        Some(Refusal::SemaphoreLimit { semaphore, limit }) => {
+            assert_eq!((semaphore.as_str(), *limit), ("slots", 3))
+        }
+        other => panic!("another limit is a SemaphoreLimit refusal: {other:?} ({refusal})"),
+    }
+    let local = two
+        .try_acquire_permits("slots", 0, 3)
+        .await
+        .expect_err("no permits");
+    assert!(matches!(local, ClientError::InvalidArgument(_)), "{local}");
+    let described = client.describe("slots").await.expect("describe");
+    assert_eq!(described.mode, LockMode::Semaphore);
+    assert_eq!(described.semaphore_limit, Some(3));
+    assert_eq!(
+        described
+            .holders
+            .iter()
+            .map(|holder| holder.permits)
+            .collect::<Vec<_>>(),
+        vec![2]
+    );
+    let (granted, ()) = bounded(
+        "a waiting ask",
+        futures::future::join(two.acquire_permits_timeout("slots", 3, 3, STEP_MAX), async {
+            wait_for_queue(&client, "slots", 1).await;
+            held.release().await.expect("release the 2 permits");
+        }),
+    )
+    .await;
+    let granted = granted
+        .expect("the wait")
+        .expect("3 permits once the 2 came back");
+    assert_eq!(granted.permits(), 3);
+    assert!(matches!(
+        client
+            .put("slots/data", "x", &granted)
+            .await
+            .as_ref()
+            .map_err(ClientError::refusal),
+        Err(Some(Refusal::WrongMode { .. }))
+    ));
+}
 
 /// Two sessions' shared guards hold one lock together with their own
 /// tokens; a writer's try is refused; a shared guard reads under its token

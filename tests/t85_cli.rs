@@ -561,3 +561,55 @@ async fn shared_acquires_hold_together_and_fence_reads() {
         stderr(&stale)
     );
 }
+
+/// `acquire --permits K --of N` takes permits of a semaphore while they
+/// fit, refuses (exit 3) an ask that does not and says why, `describe`
+/// lists the holders with their permits, and another `--of` is an error
+/// naming the semaphore's limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semaphore_permits_are_taken_while_they_fit() {
+    let cluster = Cluster::start("raft", 3).await;
+    let first =
+        run(quorumlock(&cluster).args(["acquire", "pool", "--permits", "2", "--of", "3", "--ttl", "30s"]))
+            .await;
+    assert_exit("acquire --permits 2 --of 3", &first, 0);
+    let line = stdout(&first);
+    let (session, token) = (field(&line, "session"), field(&line, "token"));
+    let refused =
+        run(quorumlock(&cluster).args(["acquire", "pool", "--permits", "2", "--of", "3", "--wait", "0s"]))
+            .await;
+    assert_exit("2 more of 3", &refused, EXIT_NO);
+    assert!(
+        stderr(&refused).contains("a semaphore with 2 of its 3 permits held by 1 session(s)"),
+        "{}",
+        stderr(&refused)
+    );
+    let second =
+        run(quorumlock(&cluster).args(["acquire", "pool", "--permits", "1", "--of", "3", "--wait", "0s"]))
+            .await;
+    assert_exit("1 more of 3", &second, 0);
+    let line = stdout(&second);
+    let (other, other_token) = (field(&line, "session"), field(&line, "token"));
+    let described = run(quorumlock(&cluster).args(["describe", "pool"])).await;
+    assert_exit("describe", &described, 0);
+    assert_eq!(
+        stdout(&described).trim(),
+        format!("held=true mode=semaphore limit=3 holders={session}:{token}:2,{other}:{other_token}:1 queue_length=0")
+    );
+    let mismatch =
+        run(quorumlock(&cluster).args(["acquire", "pool", "--permits", "1", "--of", "5", "--wait", "0s"]))
+            .await;
+    assert_exit("another limit", &mismatch, 1);
+    assert!(
+        stderr(&mismatch).contains("FAILED_PRECONDITION") && stderr(&mismatch).contains("has 3 permits"),
+        "{}",
+        stderr(&mismatch)
+    );
+    let bad = run(quorumlock(&cluster).args(["acquire", "pool", "--permits", "4", "--of", "3"])).await;
+    assert_exit("more permits than the semaphore has", &bad, 1);
+    assert!(
+        stderr(&bad).contains("4 permits asked of a semaphore of 3"),
+        "{}",
+        stderr(&bad)
+    );
+}

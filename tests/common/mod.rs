@@ -1339,9 +1339,17 @@ pub async fn assert_held(
         holders: vec![Holder {
             session_id: holder,
             token,
+            permits: 0,
         }],
+        waiters: described.waiters.clone(),
+        ..DescribeResponse::default()
     };
     assert_eq!(described, expected, "Describe({lock:?})");
+    assert_eq!(
+        described.waiters.len() as u64,
+        queue_length,
+        "Describe({lock:?}) lists every waiter"
+    );
 }
 
 /// Asserts that `Describe` shows `lock` free with no waiters.
