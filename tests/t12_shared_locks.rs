@@ -38,7 +38,6 @@ async fn acquire_in(
     wait_ms: u64,
     mode: LockMode,
 ) -> Result<AcquireResponse, tonic::Status> {
-    let mut client = client.clone();
     let request = AcquireRequest {
         session_id: session.id,
         name: name.as_bytes().to_vec(),
@@ -47,12 +46,7 @@ async fn acquire_in(
         mode: mode.into(),
         ..AcquireRequest::default()
     };
-    call(
-        "Acquire",
-        RPC_TIMEOUT + std::time::Duration::from_millis(wait_ms),
-        client.acquire(request),
-    )
-    .await
+    acquire_with(client, request).await
 }
 
 /// A shared acquire that must grant; its token.
@@ -337,7 +331,6 @@ async fn check_mode_mistakes_are_refused_precisely(engine: &str) {
     assert_eq!(described.holders, holders(&[(reader.id, token)]));
     assert_eq!(described.queue_length, 0, "the refused acquire did not queue");
 
-    let mut raw = client.clone();
     let request = AcquireRequest {
         session_id: reader.key.id,
         name: lock.as_bytes().to_vec(),
@@ -348,7 +341,7 @@ async fn check_mode_mistakes_are_refused_precisely(engine: &str) {
     };
     let status = expect_code(
         "an unknown mode",
-        call("Acquire", RPC_TIMEOUT, raw.acquire(request)).await,
+        acquire_with(&client, request).await,
         Code::InvalidArgument,
     );
     let detail = quorumlock_proto::details::detail(&status).expect("a detail");

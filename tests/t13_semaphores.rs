@@ -35,7 +35,6 @@ async fn acquire_permits(
     limit: u32,
     wait_ms: u64,
 ) -> Result<AcquireResponse, tonic::Status> {
-    let mut client = client.clone();
     let request = AcquireRequest {
         session_id: session.id,
         name: name.as_bytes().to_vec(),
@@ -45,12 +44,7 @@ async fn acquire_permits(
         permits,
         semaphore_limit: limit,
     };
-    call(
-        "Acquire",
-        RPC_TIMEOUT + std::time::Duration::from_millis(wait_ms),
-        client.acquire(request),
-    )
-    .await
+    acquire_with(client, request).await
 }
 
 fn holder(session_id: u64, token: u64, permits: u32) -> Holder {
@@ -197,7 +191,6 @@ async fn check_a_semaphore_refuses_another_limit_and_bad_counts(engine: &str) {
         let detail = quorumlock_proto::details::detail(&status).expect("a detail");
         assert_eq!(detail.field, field, "{permits} of {limit}: {status:?}");
     }
-    let mut raw = client.clone();
     let request = AcquireRequest {
         session_id: other.key.id,
         name: b"t13/plain".to_vec(),
@@ -209,7 +202,7 @@ async fn check_a_semaphore_refuses_another_limit_and_bad_counts(engine: &str) {
     };
     let status = expect_code(
         "permits on a lock acquire",
-        call("Acquire", RPC_TIMEOUT, raw.acquire(request)).await,
+        acquire_with(&client, request).await,
         Code::InvalidArgument,
     );
     assert_eq!(

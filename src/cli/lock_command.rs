@@ -12,7 +12,7 @@ use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::Instant;
 
-use super::scripting::Want;
+use super::scripting::WantArgs;
 use super::{parse_duration, ClusterArgs, EXIT_LOCK_LOST, EXIT_NO};
 
 /// Flags of `lock`.
@@ -30,17 +30,9 @@ pub struct LockArgs {
     /// until granted].
     #[arg(long, value_parser = parse_duration)]
     wait: Option<Duration>,
-    /// Hold the lock shared (with other readers, never with a writer); the
-    /// token then fences reads (`get --lock --token`), not writes.
-    #[arg(long, conflicts_with = "permits")]
-    shared: bool,
-    /// Hold this many permits of a semaphore (with `--of`) instead of a
-    /// lock; the token then fences reads, not writes.
-    #[arg(long, requires = "of")]
-    permits: Option<u32>,
-    /// The semaphore's number of permits, with `--permits`.
-    #[arg(long, requires = "permits")]
-    of: Option<u32>,
+    /// Shared or semaphore permits instead of the exclusive lock.
+    #[command(flatten)]
+    want: WantArgs,
     /// How long the command has between SIGTERM and SIGKILL when the lock is
     /// at risk. The command is sent SIGTERM once the lease's confirmed
     /// deadline is less than the grace away (at most half the TTL, which a
@@ -78,9 +70,7 @@ fn send(child: &Child, signal: Signal) {
 pub async fn lock(args: LockArgs) -> anyhow::Result<i32> {
     let client = args.cluster.connect().await?;
     let session = client.session(args.ttl).await?;
-    let granted = Want::of_flags(args.shared, args.permits, args.of)
-        .guard(&session, &args.name, args.wait)
-        .await?;
+    let granted = args.want.want().guard(&session, &args.name, args.wait).await?;
     // Only a bounded wait ends without a grant.
     let Some(guard) = granted else {
         eprintln!(

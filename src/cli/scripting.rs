@@ -45,17 +45,35 @@ pub struct AcquireArgs {
     /// free) [default: wait until granted, with or without --session].
     #[arg(long, value_parser = parse_duration)]
     wait: Option<Duration>,
-    /// Acquire the lock shared: with other readers, never with a writer.
-    /// The token then fences reads (`get --lock --token`), not writes.
+    #[command(flatten)]
+    want: WantArgs,
+}
+
+/// What an acquire asks for, as `acquire` and `lock` take it.
+#[derive(Args)]
+pub struct WantArgs {
+    /// Take the lock shared: with other readers, never with a writer. The
+    /// token then fences reads (`get --lock --token`), not writes.
     #[arg(long, conflicts_with = "permits")]
     shared: bool,
-    /// Acquire this many permits of a semaphore (with `--of`) instead of a
+    /// Take this many permits of a semaphore (with `--of`) instead of a
     /// lock; the token then fences reads, not writes.
     #[arg(long, requires = "of")]
     permits: Option<u32>,
     /// The semaphore's number of permits, with `--permits`.
     #[arg(long, requires = "permits")]
     of: Option<u32>,
+}
+
+impl WantArgs {
+    /// The want of `--shared` or `--permits K --of N`.
+    pub fn want(&self) -> Want {
+        match (self.permits.zip(self.of), self.shared) {
+            (Some((permits, limit)), _) => Want::Permits(permits, limit),
+            (None, true) => Want::Lock(LockMode::Shared),
+            (None, false) => Want::Lock(LockMode::Exclusive),
+        }
+    }
 }
 
 /// What an acquire asks for: a lock in a mode, or permits of a semaphore.
@@ -68,15 +86,6 @@ pub enum Want {
 }
 
 impl Want {
-    /// The want of `--shared` or `--permits K --of N`.
-    pub fn of_flags(shared: bool, permits: Option<u32>, of: Option<u32>) -> Want {
-        match (permits.zip(of), shared) {
-            (Some((permits, limit)), _) => Want::Permits(permits, limit),
-            (None, true) => Want::Lock(LockMode::Shared),
-            (None, false) => Want::Lock(LockMode::Exclusive),
-        }
-    }
-
     /// One acquire of at most `wait` by the session of `key`.
     async fn acquire(
         self,
@@ -123,7 +132,7 @@ fn parse_secret(text: &str) -> Result<SessionSecret, String> {
 /// Acquires a lock and prints `session=<id> secret=<hex> token=<n>`.
 pub async fn acquire(args: AcquireArgs) -> anyhow::Result<i32> {
     let client = args.cluster.connect().await?;
-    let want = Want::of_flags(args.shared, args.permits, args.of);
+    let want = args.want.want();
     let given = args
         .session
         .zip(args.session_secret)

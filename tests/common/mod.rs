@@ -1171,7 +1171,6 @@ pub async fn acquire(
     name: impl AsRef<[u8]>,
     wait_ms: u64,
 ) -> Result<AcquireResponse, Status> {
-    let mut client = client.clone();
     let request = AcquireRequest {
         session_id: session.id,
         name: name.as_ref().to_vec(),
@@ -1179,12 +1178,18 @@ pub async fn acquire(
         session_secret: session.secret.to_vec(),
         ..AcquireRequest::default()
     };
-    call(
-        "Acquire",
-        RPC_TIMEOUT + Duration::from_millis(wait_ms),
-        client.acquire(request),
-    )
-    .await
+    acquire_with(client, request).await
+}
+
+/// `Acquire` of any request (a mode, permits); the RPC bound covers the
+/// lock wait.
+pub async fn acquire_with(
+    client: &LockClient<Channel>,
+    request: AcquireRequest,
+) -> Result<AcquireResponse, Status> {
+    let mut client = client.clone();
+    let limit = RPC_TIMEOUT + Duration::from_millis(request.wait_ms);
+    call("Acquire", limit, client.acquire(request)).await
 }
 
 /// `Acquire` that must grant: panics unless the answer is OK with

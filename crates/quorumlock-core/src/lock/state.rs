@@ -855,44 +855,40 @@ impl LockState {
     /// lock's exclusive holder. A shared hold's token is refused as such.
     pub fn check_fence(&self, fence: &Fence) -> Result<(), LockError> {
         validate::lock_name(&fence.lock)?;
-        let lock = self.locks.get(&fence.lock);
-        match lock {
-            Some(lock)
-                if lock.mode == LockMode::Exclusive && lock.holders.values().any(|t| *t == fence.token) =>
-            {
-                Ok(())
-            }
-            Some(lock) if lock.holders.values().any(|t| *t == fence.token) => Err(LockError::WrongMode {
-                lock: fence.lock.clone(),
-                what: format!(
-                    "token {} is a {}; a fenced write needs the exclusive holder's token",
-                    fence.token,
-                    match lock.semaphore {
-                        Some(_) => "semaphore holder's",
-                        None => "shared hold's",
-                    }
-                ),
-            }),
-            _ => Err(LockError::StaleToken {
-                lock: fence.lock.clone(),
-                presented: fence.token,
-                current: lock.and_then(Lock::newest_token),
-            }),
+        if self.token_is_current(&fence.lock, fence.token, LockMode::Exclusive) {
+            return Ok(());
         }
+        // Not any holder's token: stale. A holder's, but not exclusive:
+        // a reader's or a semaphore holder's.
+        self.check_read_fence(fence)?;
+        let kind = match self
+            .locks
+            .get(&fence.lock)
+            .and_then(|lock| lock.semaphore.as_ref())
+        {
+            Some(_) => "semaphore holder's",
+            None => "shared hold's",
+        };
+        Err(LockError::WrongMode {
+            lock: fence.lock.clone(),
+            what: format!(
+                "token {} is a {kind}; a fenced write needs the exclusive holder's token",
+                fence.token
+            ),
+        })
     }
 
     /// Accepts a fence for a read if its token is any current holder's,
     /// shared or exclusive: the reader still holds the lock.
     pub fn check_read_fence(&self, fence: &Fence) -> Result<(), LockError> {
         validate::lock_name(&fence.lock)?;
-        let lock = self.locks.get(&fence.lock);
-        if lock.is_some_and(|lock| lock.holders.values().any(|t| *t == fence.token)) {
+        if self.token_is_current(&fence.lock, fence.token, LockMode::Shared) {
             return Ok(());
         }
         Err(LockError::StaleToken {
             lock: fence.lock.clone(),
             presented: fence.token,
-            current: lock.and_then(Lock::newest_token),
+            current: self.current_token(&fence.lock),
         })
     }
 

@@ -821,10 +821,13 @@ impl pb::lock_server::Lock for LockService {
             .holder
             .map_or((0, 0), |(holder, token)| (holder.get(), token.get()));
         let semaphore = found.as_ref().and_then(|found| found.semaphore.as_ref());
-        let mode = match (view.mode, semaphore) {
-            (_, Some(_)) => pb::LockMode::Semaphore,
-            (LockMode::Exclusive, None) => pb::LockMode::Exclusive,
-            (LockMode::Shared, None) => pb::LockMode::Shared,
+        let wire_mode = |mode: LockMode| -> i32 {
+            match (mode, semaphore) {
+                (_, Some(_)) => pb::LockMode::Semaphore,
+                (LockMode::Exclusive, None) => pb::LockMode::Exclusive,
+                (LockMode::Shared, None) => pb::LockMode::Shared,
+            }
+            .into()
         };
         let permits_of = |session: &SessionId| {
             semaphore
@@ -836,7 +839,7 @@ impl pb::lock_server::Lock for LockService {
             holder_session_id: holder,
             token,
             queue_length: view.queue_len as u64,
-            mode: mode.into(),
+            mode: wire_mode(view.mode),
             holders: view
                 .holder
                 .iter()
@@ -853,12 +856,7 @@ impl pb::lock_server::Lock for LockService {
                 .flat_map(|found| &found.queue)
                 .map(|waiter| pb::Waiter {
                     session_id: waiter.session.get(),
-                    mode: match (semaphore, waiter.mode) {
-                        (Some(_), _) => pb::LockMode::Semaphore,
-                        (None, LockMode::Exclusive) => pb::LockMode::Exclusive,
-                        (None, LockMode::Shared) => pb::LockMode::Shared,
-                    }
-                    .into(),
+                    mode: wire_mode(waiter.mode),
                     permits: waiter.permits,
                 })
                 .collect(),

@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::history::{now_us, Call, Return, WorkerEvent};
-use quorumlock_client::{Client, ClientConfig, ClientError, Session};
+use quorumlock_client::{Client, ClientConfig, ClientError, Entry, LockGuard, Session};
 
 /// How long one acquire waits in the lock's queue.
 pub const ACQUIRE_WAIT: Duration = Duration::from_secs(1);
@@ -169,6 +169,47 @@ fn released_return(released: &Result<quorumlock_client::Released, ClientError>) 
     }
 }
 
+/// Completes the acquire recorded as `seq` with how it ended; the guard
+/// when it was granted.
+fn record_acquire<W: Write>(
+    recorder: &mut Recorder<W>,
+    seq: u64,
+    acquired: Result<Option<LockGuard>, ClientError>,
+) -> std::io::Result<Option<LockGuard>> {
+    let (ret, guard) = match acquired {
+        Ok(Some(guard)) => (
+            Return::Granted {
+                token: guard.token().get(),
+            },
+            Some(guard),
+        ),
+        Ok(None) => (
+            Return::Failed {
+                reason: "not granted within the wait".into(),
+            },
+            None,
+        ),
+        Err(error @ ClientError::AlreadyHeld { .. }) => (failed(&error), None),
+        // The cluster may have granted it; the session releases such a
+        // grant in the background.
+        Err(error) => (unknown(&error), None),
+    };
+    recorder.complete(seq, ret)?;
+    Ok(guard)
+}
+
+/// The answer to a read, as the history records it. A read changes
+/// nothing: a failed one is simply failed.
+fn read_return(read: Result<Option<Entry>, ClientError>) -> Return {
+    match read {
+        Ok(entry) => Return::Read {
+            token: entry.as_ref().map(|entry| entry.written_by.token.get()),
+            value: entry.map(|entry| String::from_utf8_lossy(&entry.value).into_owned()),
+        },
+        Err(error) => failed(&error),
+    }
+}
+
 /// shared acquire → fenced read → release of one lock, each recorded.
 async fn shared_cycle<W: Write>(
     client: &Client,
@@ -179,33 +220,9 @@ async fn shared_cycle<W: Write>(
     let id = session.id();
     let key = key_of(lock);
     let seq = recorder.invoke(id.get(), Call::AcquireShared { lock: lock.into() })?;
-    let guard = match session.lock_shared_timeout(lock, ACQUIRE_WAIT).await {
-        Ok(Some(guard)) => {
-            recorder.complete(
-                seq,
-                Return::Granted {
-                    token: guard.token().get(),
-                },
-            )?;
-            guard
-        }
-        Ok(None) => {
-            recorder.complete(
-                seq,
-                Return::Failed {
-                    reason: "not granted within the wait".into(),
-                },
-            )?;
-            return Ok(());
-        }
-        Err(error @ ClientError::AlreadyHeld { .. }) => {
-            recorder.complete(seq, failed(&error))?;
-            return Ok(());
-        }
-        Err(error) => {
-            recorder.complete(seq, unknown(&error))?;
-            return Ok(());
-        }
+    let acquired = session.lock_shared_timeout(lock, ACQUIRE_WAIT).await;
+    let Some(guard) = record_acquire(recorder, seq, acquired)? else {
+        return Ok(());
     };
     let token = guard.token();
     let seq = recorder.invoke(
@@ -217,16 +234,7 @@ async fn shared_cycle<W: Write>(
         },
     )?;
     let read = client.read(&key, &guard).await;
-    recorder.complete(
-        seq,
-        match read {
-            Ok(entry) => Return::Read {
-                token: entry.as_ref().map(|entry| entry.written_by.token.get()),
-                value: entry.map(|entry| String::from_utf8_lossy(&entry.value).into_owned()),
-            },
-            Err(error) => failed(&error),
-        },
-    )?;
+    recorder.complete(seq, read_return(read))?;
     let seq = recorder.invoke(
         id.get(),
         Call::ReleaseShared {
@@ -250,35 +258,9 @@ async fn one_cycle<W: Write>(
     let id = session.id();
     let key = key_of(lock);
     let seq = recorder.invoke(id.get(), Call::Acquire { lock: lock.into() })?;
-    let guard = match session.lock_timeout(lock, ACQUIRE_WAIT).await {
-        Ok(Some(guard)) => {
-            recorder.complete(
-                seq,
-                Return::Granted {
-                    token: guard.token().get(),
-                },
-            )?;
-            guard
-        }
-        Ok(None) => {
-            recorder.complete(
-                seq,
-                Return::Failed {
-                    reason: "not granted within the wait".into(),
-                },
-            )?;
-            return Ok(());
-        }
-        Err(error @ ClientError::AlreadyHeld { .. }) => {
-            recorder.complete(seq, failed(&error))?;
-            return Ok(());
-        }
-        // The cluster may have granted it; the session releases such a
-        // grant in the background.
-        Err(error) => {
-            recorder.complete(seq, unknown(&error))?;
-            return Ok(());
-        }
+    let acquired = session.lock_timeout(lock, ACQUIRE_WAIT).await;
+    let Some(guard) = record_acquire(recorder, seq, acquired)? else {
+        return Ok(());
     };
     let token = guard.token();
     let seq = recorder.invoke(
@@ -307,17 +289,7 @@ async fn one_cycle<W: Write>(
         },
     )?;
     let read = client.get(&key).await;
-    recorder.complete(
-        seq,
-        match read {
-            Ok(entry) => Return::Read {
-                token: entry.as_ref().map(|entry| entry.written_by.token.get()),
-                value: entry.map(|entry| String::from_utf8_lossy(&entry.value).into_owned()),
-            },
-            // A read changes nothing: a failed one is simply failed.
-            Err(error) => failed(&error),
-        },
-    )?;
+    recorder.complete(seq, read_return(read))?;
     let seq = recorder.invoke(
         id.get(),
         Call::Release {
