@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{broadcast, Notify};
 
+use super::history::{Compacted, History, HistoryLimits, Since};
 use super::CommandResult;
 use crate::lock::{Applied, Command, Event, LockState, SessionId};
 
@@ -44,6 +45,11 @@ pub struct AppliedState {
     session_ends: broadcast::Sender<StateNotice>,
     waiters: Mutex<HashMap<SessionId, HashMap<String, Waiter>>>,
     observer: OnceLock<Arc<dyn ApplyObserver>>,
+    /// What recent entries changed, for watchers; recorded in log order
+    /// by the one apply path.
+    history: Mutex<History>,
+    /// Woken after every entry that changed something, and on a restore.
+    history_changed: Notify,
 }
 
 /// The state and the index (log index or slot) of the last entry whose
@@ -125,6 +131,8 @@ impl AppliedState {
             session_ends,
             waiters: Mutex::new(HashMap::new()),
             observer: OnceLock::new(),
+            history: Mutex::new(History::new(HistoryLimits::default(), index)),
+            history_changed: Notify::new(),
         }
     }
 
@@ -145,6 +153,7 @@ impl AppliedState {
     ) -> Vec<CommandResult> {
         let observer = self.observer.get();
         let mut observed = Vec::new();
+        let mut changes = Vec::new();
         let applied: Vec<_> = {
             let mut indexed = self.state.write();
             assert!(
@@ -156,7 +165,7 @@ impl AppliedState {
             commands
                 .into_iter()
                 .map(|command| {
-                    let applied = indexed.state.apply(command);
+                    let applied = indexed.state.apply_recording(command, Some(&mut changes));
                     if observer.is_some() {
                         observed.push(command);
                     }
@@ -164,6 +173,11 @@ impl AppliedState {
                 })
                 .collect()
         };
+        let changed = !changes.is_empty();
+        self.history.lock().record(index, changes);
+        if changed {
+            self.history_changed.notify_waiters();
+        }
         // Told after the lock is released, so readers never wait on it; the
         // one apply path calls this in log order, so the observer sees the
         // commands in that order too.
@@ -200,6 +214,8 @@ impl AppliedState {
     /// `index` (snapshot install).
     pub fn restore(&self, state: LockState, index: u64) {
         *self.state.write() = Indexed { state, index };
+        self.history.lock().reset(index);
+        self.history_changed.notify_waiters();
         if let Some(observer) = self.observer.get() {
             observer.restored();
         }
@@ -210,6 +226,31 @@ impl AppliedState {
         }
         let _ = self.session_ends.send(StateNotice::Restored);
         let _ = self.notices.send(StateNotice::Restored);
+    }
+
+    /// Keeps at most what `limits` allow of the recent changes.
+    pub fn limit_history(&self, limits: HistoryLimits) {
+        self.history.lock().set_limits(limits);
+    }
+
+    /// The recent changes from revision `from` on, at most `most`
+    /// revisions of them; refused if `from` is older than what is kept.
+    pub fn changes_since(&self, from: u64, most: usize) -> Result<Since, Compacted> {
+        self.history.lock().since(from, most)
+    }
+
+    /// The oldest revision [`AppliedState::changes_since`] answers from,
+    /// and the last revision applied.
+    pub fn history_span(&self) -> (u64, u64) {
+        let history = self.history.lock();
+        (history.oldest(), history.last())
+    }
+
+    /// Resolves after the next entry that changes something is recorded
+    /// (or the state is restored); create and `enable` it before reading
+    /// the history, so no change is missed.
+    pub fn history_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.history_changed.notified()
     }
 
     /// Subscribes to session ends (and restores) applied from now on.

@@ -9,6 +9,7 @@ pub mod applied;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod history;
 pub mod incarnation;
 pub mod telemetry;
 pub mod types;
@@ -47,6 +48,7 @@ impl KnownMembership {
 pub use config::EngineConfig;
 pub use engine::ConsensusEngine;
 pub use error::EngineError;
+pub use history::{Compacted, HistoryLimits, Revision, Since};
 pub use telemetry::EngineTelemetry;
 pub use types::{
     CommandResult, EngineKind, EngineStatus, LeaderInfo, Leadership, Member, MemberState, MembershipChange,

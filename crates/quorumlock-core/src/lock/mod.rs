@@ -3,6 +3,7 @@
 //! Commands go in, [`Applied`] results come out. Time never enters: a session
 //! expires only when an [`Command::ExpireSession`] is applied.
 
+pub mod change;
 pub mod command;
 pub mod credential;
 pub mod error;
@@ -10,6 +11,7 @@ pub mod limits;
 pub mod state;
 pub mod validate;
 
+pub use change::{Cause, Change, Subject};
 pub use command::{Applied, Command, Event, Fence, FencingToken, Grant, LockMode, Outcome, SessionId};
 pub use credential::{Credential, SecretDigest, IDENTITY_BYTES_MAX};
 pub use error::LockError;

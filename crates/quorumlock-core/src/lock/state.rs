@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bincode::Options;
 use serde::{Deserialize, Serialize};
 
+use super::change::{Cause, Change};
 use super::command::{
     Applied, Command, Event, Fence, FencingToken, Grant, LockMode, NodeId, Outcome, SessionId,
 };
@@ -17,6 +18,22 @@ use super::credential::Credential;
 use super::error::LockError;
 use super::limits::{CHECKPOINT_ENTRIES_MAX, COUNTER_VALUE_MAX, SESSIONS_MAX, WAITERS_PER_LOCK_MAX};
 use super::validate;
+
+/// What applying a command produces besides its result: the events, and
+/// the changes when the caller records them.
+struct Effects<'a> {
+    events: Vec<Event>,
+    changes: Option<&'a mut Vec<Change>>,
+}
+
+impl Effects<'_> {
+    /// Records the change `change` builds, if changes are recorded.
+    fn record(&mut self, change: impl FnOnce() -> Change) {
+        if let Some(changes) = self.changes.as_deref_mut() {
+            changes.push(change());
+        }
+    }
+}
 
 /// A session as the replicated state knows it. Its deadline is not here: only
 /// the leader tracks deadlines, on its own monotonic clock.
@@ -372,22 +389,33 @@ impl LockState {
     /// Applies one command. Refusals are returned in `result` and leave the
     /// state unchanged.
     pub fn apply(&mut self, command: &Command) -> Applied {
-        let mut events = Vec::new();
+        self.apply_recording(command, None)
+    }
+
+    /// Applies one command as [`LockState::apply`] does and appends what it
+    /// changed to `changes`, in the order it made the changes (a refusal
+    /// changes nothing and appends nothing).
+    pub fn apply_recording(&mut self, command: &Command, changes: Option<&mut Vec<Change>>) -> Applied {
+        let recorded = changes.as_ref().map_or(0, |changes| changes.len());
+        let mut out = Effects {
+            events: Vec::new(),
+            changes,
+        };
         let result = match command {
             Command::OpenSession { ttl_ms, owner } => self.open_session(*ttl_ms, owner),
             Command::CloseSession { session, by } => self
                 .check_owner(*session, by)
-                .and_then(|()| self.end_session(*session, &mut events)),
-            Command::ExpireSession { session } => self.end_session(*session, &mut events),
+                .and_then(|()| self.end_session(*session, Cause::SessionClosed, &mut out)),
+            Command::ExpireSession { session } => self.end_session(*session, Cause::SessionExpired, &mut out),
             Command::CheckpointSessions { remaining } => self.checkpoint(remaining),
             Command::Acquire {
                 session,
                 lock,
                 wait,
                 by,
-            } => self.check_lock_call(*session, lock, by).and_then(|()| {
-                self.acquire(*session, lock, *wait, Ask::Lock(LockMode::Exclusive), &mut events)
-            }),
+            } => self
+                .check_lock_call(*session, lock, by)
+                .and_then(|()| self.acquire(*session, lock, *wait, Ask::Lock(LockMode::Exclusive), &mut out)),
             Command::AcquireShared {
                 session,
                 lock,
@@ -395,7 +423,7 @@ impl LockState {
                 by,
             } => self
                 .check_lock_call(*session, lock, by)
-                .and_then(|()| self.acquire(*session, lock, *wait, Ask::Lock(LockMode::Shared), &mut events)),
+                .and_then(|()| self.acquire(*session, lock, *wait, Ask::Lock(LockMode::Shared), &mut out)),
             Command::AcquirePermits {
                 session,
                 semaphore,
@@ -410,11 +438,11 @@ impl LockState {
                         permits: *permits,
                         limit: *limit,
                     };
-                    self.acquire(*session, semaphore, *wait, ask, &mut events)
+                    self.acquire(*session, semaphore, *wait, ask, &mut out)
                 }),
             Command::CancelWait { session, lock, by } => self
                 .check_lock_call(*session, lock, by)
-                .and_then(|()| self.cancel_wait(*session, lock, &mut events)),
+                .and_then(|()| self.cancel_wait(*session, lock, &mut out)),
             Command::Release {
                 session,
                 lock,
@@ -422,7 +450,7 @@ impl LockState {
                 by,
             } => self
                 .check_lock_call(*session, lock, by)
-                .and_then(|()| self.release(*session, lock, *token, &mut events)),
+                .and_then(|()| self.release(*session, lock, *token, &mut out)),
             Command::Put {
                 key,
                 value,
@@ -432,7 +460,7 @@ impl LockState {
             } => validate::key(key)
                 .and_then(|()| validate::value(value))
                 .and_then(|()| self.check_writer(fence, *session, by))
-                .map(|()| self.put(key, value, fence)),
+                .map(|()| self.put(key, value, fence, &mut out)),
             Command::Delete {
                 key,
                 fence,
@@ -440,14 +468,23 @@ impl LockState {
                 by,
             } => validate::key(key)
                 .and_then(|()| self.check_writer(fence, *session, by))
-                .map(|()| self.delete(key)),
+                .map(|()| self.delete(key, fence, &mut out)),
             Command::BeginRepair { node } => {
                 self.repairs_pending.insert(*node);
                 Ok(Outcome::RepairBegun)
             }
             Command::RecordRepair { node, incarnation } => self.record_repair(*node, *incarnation),
         };
-        let applied = Applied { result, events };
+        let applied = Applied {
+            result,
+            events: out.events,
+        };
+        if applied.result.is_err() {
+            assert!(
+                out.changes.is_none_or(|changes| changes.len() == recorded),
+                "a refused command recorded changes"
+            );
+        }
         self.count(command, &applied);
         self.assert_applied(command, &applied);
         applied
@@ -643,7 +680,12 @@ impl LockState {
         Ok(Outcome::SessionOpened { session, ttl_ms })
     }
 
-    fn end_session(&mut self, session: SessionId, events: &mut Vec<Event>) -> Result<Outcome, LockError> {
+    fn end_session(
+        &mut self,
+        session: SessionId,
+        cause: Cause,
+        out: &mut Effects<'_>,
+    ) -> Result<Outcome, LockError> {
         let ended = self
             .sessions
             .remove(&session)
@@ -651,13 +693,13 @@ impl LockState {
         // Leave every queue first, so that releasing a held lock below can
         // never hand it back to the session that is ending.
         for name in &ended.waiting {
-            self.leave_queue(name, session, events);
+            self.leave_queue(name, session, cause, out);
         }
         let released: Vec<String> = ended.held.into_iter().collect();
         for name in &released {
-            self.let_go(name, session, events);
+            self.let_go(name, session, cause, out);
         }
-        events.push(Event::SessionEnded { session });
+        out.events.push(Event::SessionEnded { session });
         Ok(Outcome::SessionEnded { released })
     }
 
@@ -684,7 +726,7 @@ impl LockState {
         name: &str,
         wait: bool,
         ask: Ask,
-        events: &mut Vec<Event>,
+        out: &mut Effects<'_>,
     ) -> Result<Outcome, LockError> {
         // Checked before the entry exists, so that a refusal leaves no trace.
         if let Some(lock) = self.locks.get(name) {
@@ -764,7 +806,7 @@ impl LockState {
         // waits behind it, so writers are never starved by readers; and a
         // small ask never passes a large one waiting for a semaphore.
         if lock.admits(ask.mode(), ask.permits()) && lock.queue.is_empty() {
-            let token = self.grant(name, session, ask.mode(), ask.permits(), events);
+            let token = self.grant(name, session, ask.mode(), ask.permits(), out);
             return Ok(Outcome::Acquired { token });
         }
         let holder_token = lock.newest_token().expect("a lock that admits nobody is held");
@@ -783,6 +825,12 @@ impl LockState {
             permits: ask.permits(),
         });
         let position = lock.queue.len() - 1;
+        out.record(|| Change::Queued {
+            lock: name.to_string(),
+            session,
+            mode: ask.mode(),
+            permits: ask.permits(),
+        });
         self.session_mut(session).waiting.insert(name.to_string());
         self.totals.queue_joins += 1;
         Ok(Outcome::Queued { position })
@@ -792,7 +840,7 @@ impl LockState {
         &mut self,
         session: SessionId,
         name: &str,
-        events: &mut Vec<Event>,
+        out: &mut Effects<'_>,
     ) -> Result<Outcome, LockError> {
         let state = self
             .sessions
@@ -800,7 +848,7 @@ impl LockState {
             .ok_or(LockError::SessionNotFound { session })?;
         let was_waiting = state.waiting.remove(name);
         if was_waiting {
-            self.leave_queue(name, session, events);
+            self.leave_queue(name, session, Cause::Cancelled, out);
         }
         Ok(Outcome::WaitCancelled { was_waiting })
     }
@@ -810,7 +858,7 @@ impl LockState {
         session: SessionId,
         name: &str,
         token: FencingToken,
-        events: &mut Vec<Event>,
+        out: &mut Effects<'_>,
     ) -> Result<Outcome, LockError> {
         match self.locks.get(name).and_then(|lock| lock.holders.get(&session)) {
             Some(held_token) if *held_token == token => {}
@@ -829,12 +877,17 @@ impl LockState {
             }
         }
         self.session_mut(session).held.remove(name);
-        let next = self.let_go(name, session, events);
+        let next = self.let_go(name, session, Cause::Released, out);
         Ok(Outcome::Released { next })
     }
 
     /// Stores a value; the caller checked the writer.
-    fn put(&mut self, key: &str, value: &[u8], fence: &Fence) -> Outcome {
+    fn put(&mut self, key: &str, value: &[u8], fence: &Fence, out: &mut Effects<'_>) -> Outcome {
+        out.record(|| Change::Put {
+            key: key.to_string(),
+            value: value.to_vec(),
+            fence: fence.clone(),
+        });
         self.kv.insert(
             key.to_string(),
             KvEntry {
@@ -846,8 +899,14 @@ impl LockState {
     }
 
     /// Deletes a value; the caller checked the writer.
-    fn delete(&mut self, key: &str) -> Outcome {
+    fn delete(&mut self, key: &str, fence: &Fence, out: &mut Effects<'_>) -> Outcome {
         let existed = self.kv.remove(key).is_some();
+        if existed {
+            out.record(|| Change::Deleted {
+                key: key.to_string(),
+                fence: fence.clone(),
+            });
+        }
         Outcome::Written { existed }
     }
 
@@ -901,7 +960,7 @@ impl LockState {
         session: SessionId,
         mode: LockMode,
         permits: u32,
-        events: &mut Vec<Event>,
+        out: &mut Effects<'_>,
     ) -> FencingToken {
         let token = self.next_token;
         self.next_token = token.next();
@@ -918,7 +977,14 @@ impl LockState {
             semaphore.held.insert(session, permits);
         }
         self.session_mut(session).held.insert(name.to_string());
-        events.push(Event::Granted(Grant {
+        out.record(|| Change::Granted {
+            lock: name.to_string(),
+            session,
+            token,
+            mode,
+            permits,
+        });
+        out.events.push(Event::Granted(Grant {
             lock: name.to_string(),
             session,
             token,
@@ -928,32 +994,47 @@ impl LockState {
 
     /// Takes `session` off the holders of `name` and grants what its
     /// leaving admits; the first of those grants.
-    fn let_go(&mut self, name: &str, session: SessionId, events: &mut Vec<Event>) -> Option<Grant> {
+    fn let_go(
+        &mut self,
+        name: &str,
+        session: SessionId,
+        cause: Cause,
+        out: &mut Effects<'_>,
+    ) -> Option<Grant> {
         let lock = self.locks.get_mut(name).expect("letting go of an existing lock");
-        let removed = lock.holders.remove(&session);
-        assert!(
-            removed.is_some(),
-            "session {session} let go of lock {name:?}, which it did not hold"
-        );
+        let Some(token) = lock.holders.remove(&session) else {
+            panic!("session {session} let go of lock {name:?}, which it did not hold");
+        };
+        out.record(|| Change::Freed {
+            lock: name.to_string(),
+            session,
+            token,
+            cause,
+        });
         if let Some(semaphore) = &mut lock.semaphore {
             semaphore.held.remove(&session);
         }
-        self.grant_waiters(name, events)
+        self.grant_waiters(name, out)
     }
 
     /// Takes `session` out of the queue of `name` and grants what its
     /// leaving admits (readers behind a writer that gave up).
-    fn leave_queue(&mut self, name: &str, session: SessionId, events: &mut Vec<Event>) {
+    fn leave_queue(&mut self, name: &str, session: SessionId, cause: Cause, out: &mut Effects<'_>) {
         let lock = self.locks.get_mut(name).expect("waiting implies the lock exists");
         lock.queue.retain(|waiter| waiter.session != session);
-        self.grant_waiters(name, events);
+        out.record(|| Change::Left {
+            lock: name.to_string(),
+            session,
+            cause,
+        });
+        self.grant_waiters(name, out);
     }
 
     /// Grants the lock to waiters from the front of its queue for as long
     /// as the holders admit them: one writer, or every reader up to the
     /// next writer, or semaphore waiters while their permits are free.
     /// Removes the lock if it is left idle. The first grant.
-    fn grant_waiters(&mut self, name: &str, events: &mut Vec<Event>) -> Option<Grant> {
+    fn grant_waiters(&mut self, name: &str, out: &mut Effects<'_>) -> Option<Grant> {
         let mut first = None;
         loop {
             let lock = self
@@ -968,7 +1049,7 @@ impl LockState {
             }
             lock.queue.pop_front();
             self.session_mut(waiter.session).waiting.remove(name);
-            let token = self.grant(name, waiter.session, waiter.mode, waiter.permits, events);
+            let token = self.grant(name, waiter.session, waiter.mode, waiter.permits, out);
             first.get_or_insert(Grant {
                 lock: name.to_string(),
                 session: waiter.session,
