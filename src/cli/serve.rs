@@ -176,6 +176,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<i32> {
             election_timeout: Duration::from_millis(500),
             request_timeout: Duration::from_millis(5_000),
             snapshot_every_entries: 10_000,
+            watch_history: quorumlock_core::consensus::history::HISTORY_CHANGES_DEFAULT,
             tls: tls.as_ref().map(|tls| tls.nodes[id as usize - 1].clone()),
             auth_policy: None,
             metrics_listen: match args.metrics_port {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use quorumlock_core::consensus::history::HISTORY_CHANGES_DEFAULT;
 use quorumlock_core::consensus::{EngineKind, NodeId};
 use quorumlock_server::config::{parse_client_certs, parse_peers, tls_files, FileConfig};
 use quorumlock_server::NodeConfig;
@@ -60,6 +61,10 @@ pub struct ServeArgs {
     /// Snapshot after this many log entries [default: 10000].
     #[arg(long)]
     snapshot_every_entries: Option<u64>,
+    /// Most recent changes kept for watches to start or resume from; at
+    /// most 64 MiB of them either way [default: 100000].
+    #[arg(long)]
+    watch_history: Option<usize>,
     /// The node's TLS certificate (PEM). With --key and --ca, the node
     /// serves its API and peer protocol over TLS only, requires a client
     /// certificate the CA signed on every connection (see --client-certs),
@@ -166,6 +171,10 @@ impl ServeArgs {
                 .snapshot_every_entries
                 .or(file.snapshot_every_entries)
                 .unwrap_or(10_000),
+            watch_history: self
+                .watch_history
+                .or(file.watch_history)
+                .unwrap_or(HISTORY_CHANGES_DEFAULT),
             tls: tls_files(
                 self.cert.or(file.cert),
                 self.key.or(file.key),

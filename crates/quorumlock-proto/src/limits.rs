@@ -17,6 +17,8 @@ pub const VALUE_BYTES_MAX: usize = 1 << 20;
 pub const WAITERS_PER_LOCK_MAX: usize = 10_000;
 /// Most permits a semaphore may have.
 pub const SEMAPHORE_PERMITS_MAX: u32 = 1_000_000;
+/// Most watches one node serves at once.
+pub const WATCHES_MAX: usize = 10_000;
 /// Most sessions open at once in the whole cluster.
 pub const SESSIONS_MAX: usize = 1_000_000;
 /// Longest time a queued `Acquire` may wait.

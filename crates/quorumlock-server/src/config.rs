@@ -41,6 +41,9 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// Build a snapshot after this many applied commands.
     pub snapshot_every_entries: u64,
+    /// Most changes the node keeps for watches to resume from (README,
+    /// "Watches"); at most 64 MiB of them either way.
+    pub watch_history: usize,
     /// TLS on the API and the peer protocol, with client certificates
     /// verified on every connection (required unless the files say
     /// otherwise); `None` serves plaintext.
@@ -57,6 +60,8 @@ pub struct NodeConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// See [`NodeConfig::watch_history`].
+    pub watch_history: Option<usize>,
     /// See [`NodeConfig::id`].
     pub id: Option<NodeId>,
     /// See [`NodeConfig::listen`].
@@ -191,6 +196,9 @@ impl NodeConfig {
         }
         if self.snapshot_every_entries == 0 {
             bail!("snapshot interval must be at least one entry");
+        }
+        if self.watch_history == 0 {
+            bail!("--watch-history must keep at least one change");
         }
         let optional = self
             .tls

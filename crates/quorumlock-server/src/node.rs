@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tonic::service::Routes;
 
 use quorumlock_core::consensus::incarnation::Incarnations;
-use quorumlock_core::consensus::{ConsensusEngine, EngineConfig, EngineKind};
+use quorumlock_core::consensus::{ConsensusEngine, EngineConfig, EngineKind, HistoryLimits};
 use quorumlock_core::time::{Clock, MonotonicClock};
 use quorumlock_paxos::PaxosEngine;
 use quorumlock_proto::limits::API_MESSAGE_BYTES_MAX;
@@ -203,6 +203,10 @@ impl Node {
             }
             None => engine,
         };
+        engine.state().limit_history(HistoryLimits {
+            changes: config.watch_history,
+            ..HistoryLimits::default()
+        });
         let own_incarnation = incarnations.own_incarnation();
 
         match found {

@@ -87,6 +87,11 @@ pub enum Action<'a> {
     WriteKey(&'static str, &'a str, &'a str),
     /// A cluster operation (state digest, membership, snapshots).
     Admin(&'static str),
+    /// Watch the locks whose names start with a prefix (or have a name).
+    WatchLocks(&'a str),
+    /// Watch the keys whose names start with a prefix (or have a name),
+    /// values included.
+    WatchKeys(&'a str),
 }
 
 impl Action<'_> {
@@ -98,6 +103,7 @@ impl Action<'_> {
                 op
             }
             Action::ReadKey(_) => "get",
+            Action::WatchLocks(_) | Action::WatchKeys(_) => "watch",
         }
     }
 
@@ -109,6 +115,8 @@ impl Action<'_> {
             Action::ReadKey(key) => format!("key {key:?}"),
             Action::WriteKey(_, key, lock) => format!("key {key:?} under lock {lock:?}"),
             Action::Admin(what) => format!("cluster ({what})"),
+            Action::WatchLocks(prefix) => format!("locks starting with {prefix:?}"),
+            Action::WatchKeys(prefix) => format!("keys starting with {prefix:?}"),
         }
     }
 }
@@ -328,6 +336,27 @@ impl Policy {
                     )))
                 } else {
                     Ok(())
+                }
+            }
+            // Every name a watch may select starts with its prefix, so a
+            // grant covers the watch when the prefix starts with the
+            // grant's own prefix.
+            Action::WatchLocks(prefix) => {
+                if under(&grants.locks, prefix) {
+                    Ok(())
+                } else {
+                    Err(denied(format!(
+                        "no lock prefix of its roles ({roles}) covers every lock the watch selects"
+                    )))
+                }
+            }
+            Action::WatchKeys(prefix) => {
+                if under(&grants.keys_read, prefix) || under(&grants.keys_read_write, prefix) {
+                    Ok(())
+                } else {
+                    Err(denied(format!(
+                        "no key prefix of its roles ({roles}) grants reading every key the watch selects"
+                    )))
                 }
             }
             Action::Admin(_) => {

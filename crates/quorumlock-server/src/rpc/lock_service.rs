@@ -18,6 +18,7 @@ use super::status::{
     budget, client_timeout, forwarding_failed, from_engine_error, from_lock_error, internal,
     invalid_argument, is_forwarded, no_quorum, not_leader, secret_missing, session_gone,
 };
+use super::watch::{serve_watch, start_revision, Selector, WatchCount, WATCH_QUEUE_MAX};
 use crate::auth::{Access, Action, Caller};
 use crate::lease_driver::LeaseDriver;
 use quorumlock_core::consensus::{ConsensusEngine, EngineError, GrantWatch, StateNotice};
@@ -59,6 +60,8 @@ pub struct LockService {
     /// waiting acquires end at once (UNAVAILABLE, the node is stopping), so
     /// their clients move to another node and the server drains quickly.
     stopping: watch::Receiver<bool>,
+    /// The watches this node serves.
+    watches: Arc<WatchCount>,
 }
 
 /// Resolves once `stopping` turns true (or its sender is gone).
@@ -110,7 +113,13 @@ impl LockService {
             access,
             config,
             stopping,
+            watches: Arc::default(),
         }
+    }
+
+    /// The watches this node serves now.
+    pub fn watches(&self) -> Arc<WatchCount> {
+        self.watches.clone()
     }
 
     fn route<T>(&self, request: &Request<T>) -> Result<Route, Status> {
@@ -630,6 +639,7 @@ fn asked(request: &pb::AcquireRequest) -> Result<Asked, Status> {
 }
 
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<pb::KeepAliveResponse, Status>> + Send>>;
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::lock_server::Lock for LockService {
@@ -941,6 +951,39 @@ impl pb::lock_server::Lock for LockService {
             Outcome::Written { existed } => Ok(Response::new(pb::DeleteResponse { existed })),
             other => Err(unexpected(other)),
         }
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let selector = Selector::from_request(request.get_ref())?;
+        let caller = self.access.caller(&request)?;
+        if let Some(why) = self.engine.removed() {
+            return Err(from_engine_error(EngineError::Removed(why)));
+        }
+        if selector.locks {
+            self.access.allow(&caller, Action::WatchLocks(&selector.name))?;
+        }
+        if selector.keys {
+            self.access.allow(&caller, Action::WatchKeys(&selector.name))?;
+        }
+        if *self.stopping.borrow() {
+            return Err(node_stopping());
+        }
+        let slot = self.watches.admit()?;
+        // Served here, never forwarded: any node's history gives the same
+        // events for a revision.
+        let start = start_revision(self.engine.as_ref(), request.get_ref().from_revision)?;
+        let (replies, outbound) = mpsc::channel(WATCH_QUEUE_MAX);
+        tokio::spawn(serve_watch(
+            self.engine.clone(),
+            selector,
+            start,
+            replies,
+            self.stopping.clone(),
+            slot,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(outbound))))
     }
 
     async fn check_token(
