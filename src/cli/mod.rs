@@ -9,6 +9,7 @@ mod serve;
 mod serve_args;
 mod snapshot;
 mod token;
+mod watch;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -73,6 +74,9 @@ enum Command {
     Get(scripting::GetArgs),
     /// Deletes a key of the fenced store, guarded by a lock's token.
     Delete(scripting::DeleteArgs),
+    /// Prints the events of locks and keys under a prefix as lines, from now
+    /// or from a revision.
+    Watch(watch::WatchArgs),
     /// Prints a table of the cluster's members.
     Status(scripting::StatusArgs),
     /// Backs up the cluster's state (`snapshot save FILE`) and checks a
@@ -122,6 +126,7 @@ impl Cli {
             Command::Get(args) => scripting::get(args).await,
             Command::Delete(args) => scripting::delete(args).await,
             Command::Status(args) => scripting::status(args).await,
+            Command::Watch(args) => watch::watch(args).await,
             Command::Snapshot(args) => snapshot::snapshot(args).await,
             Command::Member(args) => member::member(args).await,
             Command::Certs(args) => certs::certs(args),

@@ -110,7 +110,7 @@ impl LockMode {
         }
     }
 
-    fn from_pb(mode: i32) -> LockMode {
+    pub(crate) fn from_pb(mode: i32) -> LockMode {
         match pb::LockMode::try_from(mode) {
             Ok(pb::LockMode::Shared) => LockMode::Shared,
             Ok(pb::LockMode::Semaphore) => LockMode::Semaphore,

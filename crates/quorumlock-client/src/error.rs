@@ -127,6 +127,23 @@ pub enum Refusal {
     MembershipRefused,
     /// The node was removed from the cluster; another node serves.
     NodeRemoved,
+    /// A watch asked for a revision the node no longer keeps (or never
+    /// saw).
+    RevisionCompacted {
+        /// The oldest revision the node keeps.
+        oldest: u64,
+    },
+    /// A watch fell so far behind that the node dropped revisions it had
+    /// not sent.
+    WatchTooSlow {
+        /// The oldest revision the node keeps.
+        oldest: u64,
+    },
+    /// The node serves as many watches as it allows.
+    TooManyWatches {
+        /// The bound.
+        limit: u64,
+    },
     /// A reason this client does not know (a newer server).
     Other(i32),
 }
@@ -185,6 +202,9 @@ impl Refusal {
             Ok(ErrorReason::RateLimited) => Refusal::RateLimited {
                 retry_after: Duration::from_millis(detail.retry_after_ms),
             },
+            Ok(ErrorReason::RevisionCompacted) => Refusal::RevisionCompacted { oldest: detail.limit },
+            Ok(ErrorReason::WatchTooSlow) => Refusal::WatchTooSlow { oldest: detail.limit },
+            Ok(ErrorReason::TooManyWatches) => Refusal::TooManyWatches { limit: detail.limit },
             Ok(ErrorReason::Unspecified) | Err(_) => Refusal::Other(detail.reason),
         }
     }

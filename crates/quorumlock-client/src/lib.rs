@@ -51,6 +51,7 @@ mod guard;
 mod key;
 mod membership;
 mod session;
+mod watch;
 
 pub use backoff::Backoff;
 pub use backup::SnapshotDownload;
@@ -70,3 +71,4 @@ pub use membership::MEMBERSHIP_CALL_MAX;
 pub use quorumlock_proto::{FencingToken, NodeId, SessionId};
 pub use quorumlock_tls::{ClientTls, ClientTlsFiles, TlsError};
 pub use session::Session;
+pub use watch::{EventCause, EventKind, Watch, WatchEvent, WatchOptions, WatchTarget};
