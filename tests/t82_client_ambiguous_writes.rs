@@ -42,6 +42,7 @@ fn ambiguous_then_stale(calls: &AtomicUsize) -> Status {
 }
 
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<pb::KeepAliveResponse, Status>> + Send>>;
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Lock for Scripted {
@@ -99,6 +100,12 @@ impl Lock for Scripted {
         &self,
         _: Request<pb::CheckTokenRequest>,
     ) -> Result<Response<pb::CheckTokenResponse>, Status> {
+        Err(Status::unimplemented("scripted"))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, _: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         Err(Status::unimplemented("scripted"))
     }
 }
