@@ -20,8 +20,8 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{FileFailurePersistence, TestRunner};
 
 use super::{
-    Applied, Command, Credential, Event, Fence, FencingToken, Grant, KvEntry, LockError, LockMode, LockState,
-    Outcome, SessionId,
+    Applied, Change, Command, Credential, Event, Fence, FencingToken, Grant, KvEntry, LockError, LockMode,
+    LockState, Outcome, SessionId,
 };
 
 /// The locks commands name.
@@ -1174,6 +1174,73 @@ proptest! {
             let command = step.resolve(&state);
             state.apply(&command);
             prop_assert_eq!(state.check_invariants(), Ok(()), "after {:?}", command);
+        }
+    }
+
+    /// A watcher that folds the recorded changes, starting from the state
+    /// before them, knows every lock's holders with their tokens, every
+    /// queue in order and every key: the changes miss nothing and invent
+    /// nothing. Each change is also consistent with the model it lands on
+    /// (a hold let go was held under that token, a waiter that left waited).
+    #[test]
+    fn folding_the_recorded_changes_rebuilds_holders_queues_and_keys(steps in steps()) {
+        let mut state = initial_state();
+        let mut holders: BTreeMap<String, BTreeMap<SessionId, FencingToken>> = BTreeMap::new();
+        let mut queues: BTreeMap<String, Vec<SessionId>> = BTreeMap::new();
+        let mut kv: BTreeMap<String, KvEntry> = BTreeMap::new();
+        for step in &steps {
+            let command = step.resolve(&state);
+            let mut changes = Vec::new();
+            let applied = state.apply_recording(&command, Some(&mut changes));
+            if applied.result.is_err() {
+                prop_assert!(changes.is_empty(), "refused {:?} recorded {:?}", command, changes);
+            }
+            for change in changes {
+                match change {
+                    Change::Granted { lock, session, token, .. } => {
+                        let queue = queues.entry(lock.clone()).or_default();
+                        queue.retain(|waiter| *waiter != session);
+                        let before = holders.entry(lock).or_default().insert(session, token);
+                        prop_assert_eq!(before, None, "{:?} granted a holder again", command);
+                    }
+                    Change::Queued { lock, session, .. } => {
+                        let queue = queues.entry(lock).or_default();
+                        prop_assert!(!queue.contains(&session), "{:?} queued a waiter twice", command);
+                        queue.push(session);
+                    }
+                    Change::Left { lock, session, .. } => {
+                        let queue = queues.entry(lock).or_default();
+                        prop_assert!(queue.contains(&session), "{:?}: {} left a queue it was not in", command, session);
+                        queue.retain(|waiter| *waiter != session);
+                    }
+                    Change::Freed { lock, session, token, .. } => {
+                        let held = holders.entry(lock).or_default().remove(&session);
+                        prop_assert_eq!(held, Some(token), "{:?} let go of a hold it did not have", command);
+                    }
+                    Change::Put { key, value, fence } => {
+                        kv.insert(key, KvEntry { value, written_by: fence });
+                    }
+                    Change::Deleted { key, .. } => {
+                        prop_assert!(kv.remove(&key).is_some(), "{:?} deleted a missing key", command);
+                    }
+                }
+            }
+            for name in LOCKS {
+                let (held, queued) = match state.lock(name) {
+                    Some(lock) => (
+                        lock.holders.clone(),
+                        lock.queue.iter().map(|waiter| waiter.session).collect(),
+                    ),
+                    None => (BTreeMap::new(), Vec::new()),
+                };
+                let folded_holders = holders.get(name).cloned().unwrap_or_default();
+                prop_assert_eq!(held, folded_holders, "holders of {} after {:?}", name, command);
+                let folded_queue = queues.get(name).cloned().unwrap_or_default();
+                prop_assert_eq!(queued, folded_queue, "queue of {} after {:?}", name, command);
+            }
+            for key in KEYS {
+                prop_assert_eq!(state.get(key), kv.get(key), "key {} after {:?}", key, command);
+            }
         }
     }
 
