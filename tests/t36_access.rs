@@ -451,6 +451,30 @@ async fn check_bearer_tokens_identify_callers_of_a_plaintext_cluster(engine: &st
     guard.release().await.unwrap();
     session.close().await.unwrap();
 
+    // A watch needs a grant covering everything it selects: jobs/ is ci's,
+    // the whole keyspace and billing/ are not.
+    let mut watch = client
+        .watch(quorumlock_client::WatchOptions::prefix("jobs/").from_revision(1))
+        .await
+        .expect("ci watches jobs/");
+    let first = watch.next().await.expect("ci's own events");
+    assert!(first.lock.starts_with("jobs/"), "{first:?}");
+    for prefix in ["", "billing/", "job"] {
+        let refused = match client
+            .watch(quorumlock_client::WatchOptions::prefix(prefix))
+            .await
+        {
+            Ok(_) => panic!("ci watched {prefix:?}, which its roles do not cover"),
+            Err(error) => error,
+        };
+        assert_eq!(
+            code_of(&refused),
+            Some(Code::PermissionDenied),
+            "{prefix:?}: {refused}"
+        );
+        assert!(refused.to_string().contains("may not watch"), "{refused}");
+    }
+
     // A token the policy does not list, and no token at all: UNAUTHENTICATED.
     for (what, config) in [
         ("an unknown token", token_config("qlt_not-a-listed-token", None)),

@@ -613,3 +613,72 @@ async fn semaphore_permits_are_taken_while_they_fit() {
         stderr(&bad)
     );
 }
+
+/// `watch PREFIX --from 1 --count N` prints where it starts and then one
+/// line per event of the names under the prefix, in revision order, with
+/// the fields of each kind; names elsewhere do not appear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_prints_the_events_under_a_prefix_as_lines() {
+    let cluster = Cluster::start("raft", 3).await;
+    let acquired = run(quorumlock(&cluster).args(["acquire", "jobs/a", "--ttl", "30s"])).await;
+    assert_exit("acquire", &acquired, 0);
+    let line = stdout(&acquired);
+    let (session, token, secret) = (
+        field(&line, "session").to_string(),
+        field(&line, "token").to_string(),
+        text_field(&line, "secret"),
+    );
+    let elsewhere = run(quorumlock(&cluster).args(["acquire", "other", "--ttl", "30s"])).await;
+    assert_exit("acquire elsewhere", &elsewhere, 0);
+    let put = run(quorumlock(&cluster)
+        .args([
+            "put",
+            "jobs/a/out",
+            "all done",
+            "--lock",
+            "jobs/a",
+            "--token",
+            &token,
+        ])
+        .args(["--session", &session])
+        .env("QUORUMLOCK_SESSION_SECRET", &secret))
+    .await;
+    assert_exit("put", &put, 0);
+    let released = run(quorumlock(&cluster)
+        .args(["release", "jobs/a", "--token", &token])
+        .args(["--session", &session])
+        .env("QUORUMLOCK_SESSION_SECRET", &secret))
+    .await;
+    assert_exit("release", &released, 0);
+
+    let watched = run(quorumlock(&cluster).args(["watch", "jobs/", "--from", "1", "--count", "3"])).await;
+    assert_exit("watch", &watched, 0);
+    let printed = stdout(&watched);
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines.len(), 4, "{printed}");
+    assert_eq!(lines[0], "watching from=1");
+    let shapes: Vec<String> = lines[1..]
+        .iter()
+        .map(|line| line.split_once(' ').expect("rev= first").1.to_string())
+        .collect();
+    assert_eq!(
+        shapes,
+        [
+            format!("granted lock=jobs/a session={session} token={token} mode=exclusive"),
+            format!("put key=jobs/a/out lock=jobs/a token={token} value=\"all done\""),
+            format!("released lock=jobs/a session={session} token={token} cause=released"),
+        ],
+        "{printed}"
+    );
+    let revisions: Vec<u64> = lines[1..].iter().map(|line| field(line, "rev")).collect();
+    assert!(revisions.windows(2).all(|pair| pair[0] < pair[1]), "{printed}");
+
+    let only_keys =
+        run(quorumlock(&cluster).args(["watch", "jobs/", "--from", "1", "--only", "keys", "--count", "1"]))
+            .await;
+    assert_exit("watch --only keys", &only_keys, 0);
+    assert!(stdout(&only_keys)
+        .lines()
+        .nth(1)
+        .is_some_and(|line| line.contains(" put key=jobs/a/out ")));
+}
