@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
 use super::history::{Call, Op, Return, FINAL_READER};
+use super::workload::SEMAPHORE_LIMIT;
 
 /// States the linearizability search may visit for one lock before it gives
 /// up and reports that lock as inconclusive.
@@ -38,11 +39,15 @@ pub enum ViolationKind {
     /// A read under a shared hold showed a write made under a token newer
     /// than the hold's: a writer held the lock beside a reader.
     SharedRead,
+    /// A description of the semaphore showed more permits held than its
+    /// limit, a limit other than the one every acquire named, or a holder
+    /// no acquire can explain.
+    Semaphore,
 }
 
 impl ViolationKind {
     /// Every kind, in the order the summary prints them.
-    pub const ALL: [ViolationKind; 9] = [
+    pub const ALL: [ViolationKind; 10] = [
         ViolationKind::MutualExclusion,
         ViolationKind::TokenOrder,
         ViolationKind::Linearizability,
@@ -52,6 +57,7 @@ impl ViolationKind {
         ViolationKind::DamageUnrefused,
         ViolationKind::RepairUnfinished,
         ViolationKind::SharedRead,
+        ViolationKind::Semaphore,
     ];
 
     /// The name printed in the summary.
@@ -66,6 +72,7 @@ impl ViolationKind {
             ViolationKind::DamageUnrefused => "damage_unrefused",
             ViolationKind::RepairUnfinished => "repair_unfinished",
             ViolationKind::SharedRead => "shared_read",
+            ViolationKind::Semaphore => "semaphore",
         }
     }
 }
@@ -178,18 +185,24 @@ pub fn check_storage_order(ops: &[Op]) -> Vec<Violation> {
     violations
 }
 
-/// Token monotonicity: per lock, a grant that follows another in real time
-/// carries a strictly larger token, and no two grants anywhere carry the
-/// same token. The one exception is a session granted the same lock again
-/// while it still holds it, which the cluster answers with the same grant.
+/// Token monotonicity: per lock (or semaphore), a grant that follows
+/// another in real time carries a strictly larger token, and no two grants
+/// anywhere carry the same token. Every grant, of a lock or of a
+/// semaphore's permits, takes the next token of one counter. The one
+/// exception is a session granted the same lock again while it still holds
+/// it, which the cluster answers with the same grant.
 pub fn check_token_order(ops: &[Op]) -> Vec<Violation> {
     let same_grant = |a: &Op, b: &Op| a.session == b.session && a.call.lock() == b.call.lock();
     let mut by_lock: BTreeMap<&str, Vec<Observation>> = BTreeMap::new();
     let mut by_token: HashMap<u64, &Op> = HashMap::new();
     let mut violations = Vec::new();
     for op in ops {
-        if let (Call::Acquire { lock } | Call::AcquireShared { lock }, Return::Granted { token }) =
-            (&op.call, &op.ret)
+        if let (
+            Call::Acquire { lock }
+            | Call::AcquireShared { lock }
+            | Call::AcquirePermits { semaphore: lock, .. },
+            Return::Granted { token },
+        ) = (&op.call, &op.ret)
         {
             by_lock
                 .entry(lock)
@@ -249,6 +262,95 @@ pub fn check_shared_reads(ops: &[Op]) -> Vec<Violation> {
             _ => None,
         })
         .collect()
+}
+
+/// The outcome of [`check_semaphores`].
+#[derive(Debug, Clone, Default)]
+pub struct SemaphoreReport {
+    /// Answered descriptions checked.
+    pub describes: usize,
+    /// Violations found.
+    pub violations: Vec<Violation>,
+}
+
+/// What a semaphore's answered descriptions show is possible:
+/// - the permits of its holders add up to at most its limit, and the limit
+///   is [`SEMAPHORE_LIMIT`], the one every acquire named (a description
+///   without holders may show no semaphore at all: the cluster keeps none
+///   that nobody holds or waits for);
+/// - every holder (session, token) is explained by an acquire of the
+///   semaphore by that session, invoked before the description completed,
+///   that either was answered with that token or whose answer was lost (an
+///   acquire of unknown outcome may have been granted a token the history
+///   never shows). An acquire answered "not granted" explains nothing.
+///
+/// Nothing here compares when clients believed they held: a paused client
+/// may believe it holds after its session expired and its permits passed
+/// on, and that is expected.
+pub fn check_semaphores(ops: &[Op]) -> SemaphoreReport {
+    // Per (semaphore, session): the grants (token, invoked) and the
+    // invocations of acquires of unknown outcome.
+    let mut granted: HashMap<(&str, u64), Vec<(u64, u64)>> = HashMap::new();
+    let mut maybe_granted: HashMap<(&str, u64), Vec<u64>> = HashMap::new();
+    for op in ops {
+        let Call::AcquirePermits { semaphore, .. } = &op.call else {
+            continue;
+        };
+        let key = (semaphore.as_str(), op.session);
+        match &op.ret {
+            Return::Granted { token } => granted.entry(key).or_default().push((*token, op.invoke_us)),
+            Return::Unknown { .. } => maybe_granted.entry(key).or_default().push(op.invoke_us),
+            _ => {}
+        }
+    }
+    let mut report = SemaphoreReport::default();
+    for op in ops {
+        let (Call::DescribeSemaphore { semaphore }, Return::Described { limit, holders }) =
+            (&op.call, &op.ret)
+        else {
+            continue;
+        };
+        report.describes += 1;
+        let mut problems = Vec::new();
+        let used: u64 = holders.iter().map(|&(_, _, permits)| u64::from(permits)).sum();
+        match limit {
+            Some(limit) if *limit != SEMAPHORE_LIMIT => {
+                problems.push(format!(
+                    "a limit of {limit} where every acquire named {SEMAPHORE_LIMIT}"
+                ));
+            }
+            None if !holders.is_empty() => problems.push("holders but no limit".to_string()),
+            _ => {}
+        }
+        let bound = limit.unwrap_or(SEMAPHORE_LIMIT);
+        if used > u64::from(bound) {
+            problems.push(format!("{used} permits held of {bound}"));
+        }
+        let before = op.complete_or_max();
+        for &(session, token, _) in holders {
+            let key = (semaphore.as_str(), session);
+            let by_grant = granted.get(&key).is_some_and(|grants| {
+                grants
+                    .iter()
+                    .any(|&(granted, at)| granted == token && at < before)
+            });
+            let by_lost_answer = maybe_granted
+                .get(&key)
+                .is_some_and(|invoked| invoked.iter().any(|&at| at < before));
+            if !by_grant && !by_lost_answer {
+                problems.push(format!(
+                    "holder session {session} with token {token}, which no acquire by that session explains"
+                ));
+            }
+        }
+        for problem in problems {
+            report.violations.push(Violation {
+                kind: ViolationKind::Semaphore,
+                detail: format!("semaphore {semaphore:?}: {problem}, in {}", describe(op)),
+            });
+        }
+    }
+    report
 }
 
 /// No acknowledged write lost: the final read of every key (made by
@@ -544,7 +646,8 @@ pub fn check_linearizability(ops: &[Op]) -> LinearizabilityReport {
             // constrain nothing: they are left out. So are shared acquires
             // and releases: the model has one holder, and a reader's hold
             // changes neither it nor the stored value (a writer waits for
-            // it; `check_shared_reads` checks what readers saw).
+            // it; `check_shared_reads` checks what readers saw). The
+            // semaphore guards no key: `check_semaphores` checks it.
             _ => continue,
         };
         by_lock.entry(op.call.lock()).or_default().push(ModelOp {
@@ -666,6 +769,8 @@ pub struct CheckReport {
     /// The longest time without a successful operation, and when it began
     /// (microseconds).
     pub longest_unavailable_us: (u64, u64),
+    /// Answered descriptions of the semaphore that were checked.
+    pub semaphore_describes: usize,
 }
 
 impl CheckReport {
@@ -690,6 +795,8 @@ pub fn check_all(
     violations.extend(check_storage_order(ops));
     violations.extend(check_token_order(ops));
     violations.extend(check_shared_reads(ops));
+    let semaphores = check_semaphores(ops);
+    violations.extend(semaphores.violations);
     let linearizability = check_linearizability(ops);
     violations.extend(linearizability.violations.iter().cloned());
     violations.extend(check_lost_writes(ops));
@@ -699,6 +806,7 @@ pub fn check_all(
         violations,
         linearizability,
         longest_unavailable_us: longest_unavailability(ops, workload_us.0, workload_us.1),
+        semaphore_describes: semaphores.describes,
     }
 }
 
@@ -1042,6 +1150,200 @@ mod tests {
             check_lost_writes(&ops).len(),
             1,
             "a key never read at the end is reported"
+        );
+    }
+
+    fn acquire_permits(session: u64, span: (u64, Option<u64>), permits: u32, ret: Return) -> Op {
+        op(
+            session,
+            session,
+            span,
+            Call::AcquirePermits {
+                semaphore: "s".into(),
+                permits,
+            },
+            ret,
+        )
+    }
+
+    fn describe_semaphore(
+        session: u64,
+        span: (u64, u64),
+        limit: Option<u32>,
+        holders: &[(u64, u64, u32)],
+    ) -> Op {
+        op(
+            session,
+            session,
+            (span.0, Some(span.1)),
+            Call::DescribeSemaphore {
+                semaphore: "s".into(),
+            },
+            Return::Described {
+                limit,
+                holders: holders.to_vec(),
+            },
+        )
+    }
+
+    fn release_permits(session: u64, span: (u64, u64), token: u64, ret: Return) -> Op {
+        op(
+            session,
+            session,
+            (span.0, Some(span.1)),
+            Call::ReleasePermits {
+                semaphore: "s".into(),
+                token,
+            },
+            ret,
+        )
+    }
+
+    /// Sessions 11, 12 and 13 on semaphore "s" beside the lock history of
+    /// [`good_history`] (tokens from the same counter): 11 takes 2 permits
+    /// (token 6), 12 takes 1 (token 8), and 13's acquire of 1 loses its
+    /// answer though the cluster granted it (token 10), so a description
+    /// shows 13 holding a token no answer named.
+    fn good_semaphore_history() -> Vec<Op> {
+        let mut ops = good_history();
+        ops.extend([
+            acquire_permits(11, (30, Some(35)), 2, Return::Granted { token: 6 }),
+            acquire_permits(12, (42, Some(46)), 1, Return::Granted { token: 8 }),
+            describe_semaphore(11, (47, 48), Some(3), &[(11, 6, 2), (12, 8, 1)]),
+            acquire_permits(14, (49, Some(50)), 2, failed()),
+            release_permits(11, (51, 52), 6, Return::Released),
+            acquire_permits(13, (53, None), 1, unknown()),
+            describe_semaphore(12, (60, 61), Some(3), &[(12, 8, 1), (13, 10, 1)]),
+            release_permits(12, (62, 63), 8, Return::Released),
+            // Nobody holds it: the cluster keeps no semaphore.
+            describe_semaphore(12, (90, 91), None, &[]),
+        ]);
+        ops
+    }
+
+    #[test]
+    fn a_semaphore_history_within_its_limit_and_explained_by_its_acquires_passes_every_check() {
+        let ops = good_semaphore_history();
+        let report = check_semaphores(&ops);
+        assert!(report.violations.is_empty(), "{:?}", report.violations);
+        assert_eq!(report.describes, 3);
+        assert!(
+            check_token_order(&ops).is_empty(),
+            "{:?}",
+            check_token_order(&ops)
+        );
+        assert!(check_storage_order(&ops).is_empty());
+        let linearizability = check_linearizability(&ops);
+        assert!(linearizability.violations.is_empty(), "{linearizability:?}");
+        assert_eq!(
+            linearizability.locks, 1,
+            "the semaphore is not a lock of the model"
+        );
+    }
+
+    #[test]
+    fn semaphore_catches_more_permits_held_than_the_limit() {
+        let mut ops = good_semaphore_history();
+        ops.push(describe_semaphore(
+            12,
+            (47, 48),
+            Some(3),
+            &[(11, 6, 2), (12, 8, 2)],
+        ));
+        let violations = check_semaphores(&ops).violations;
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(violations[0].kind, ViolationKind::Semaphore);
+        assert!(
+            violations[0].detail.contains("4 permits held of 3"),
+            "{violations:?}"
+        );
+    }
+
+    #[test]
+    fn semaphore_catches_a_limit_other_than_the_one_every_acquire_named() {
+        let mut ops = good_semaphore_history();
+        ops.push(describe_semaphore(
+            12,
+            (47, 48),
+            Some(4),
+            &[(11, 6, 2), (12, 8, 1)],
+        ));
+        ops.push(describe_semaphore(12, (47, 48), None, &[(12, 8, 1)]));
+        let violations = check_semaphores(&ops).violations;
+        assert_eq!(violations.len(), 2, "{violations:?}");
+        assert!(violations
+            .iter()
+            .all(|violation| violation.kind == ViolationKind::Semaphore));
+        assert!(violations[0].detail.contains("a limit of 4"), "{violations:?}");
+        assert!(
+            violations[1].detail.contains("holders but no limit"),
+            "{violations:?}"
+        );
+    }
+
+    #[test]
+    fn semaphore_catches_a_holder_no_acquire_explains() {
+        // A session that never asked.
+        let mut ops = good_semaphore_history();
+        ops.push(describe_semaphore(
+            12,
+            (47, 48),
+            Some(3),
+            &[(12, 8, 1), (15, 9, 1)],
+        ));
+        let violations = check_semaphores(&ops).violations;
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(
+            violations[0].detail.contains("holder session 15 with token 9"),
+            "{violations:?}"
+        );
+        // A token the session's grant did not name, while no answer of
+        // that session was lost.
+        let mut ops = good_semaphore_history();
+        ops.push(describe_semaphore(
+            12,
+            (47, 48),
+            Some(3),
+            &[(11, 7, 2), (12, 8, 1)],
+        ));
+        assert_eq!(check_semaphores(&ops).violations.len(), 1);
+        // An acquire answered "not granted" explains nothing.
+        let mut ops = good_semaphore_history();
+        ops.push(describe_semaphore(
+            12,
+            (51, 52),
+            Some(3),
+            &[(12, 8, 1), (14, 9, 2)],
+        ));
+        assert_eq!(check_semaphores(&ops).violations.len(), 1);
+        // Nor does an acquire of lost answer invoked after the description
+        // completed.
+        let mut ops = good_semaphore_history();
+        ops.push(describe_semaphore(
+            12,
+            (47, 48),
+            Some(3),
+            &[(11, 6, 2), (13, 10, 1)],
+        ));
+        assert_eq!(check_semaphores(&ops).violations.len(), 1);
+    }
+
+    #[test]
+    fn token_order_covers_semaphore_grants() {
+        let mut ops = good_semaphore_history();
+        // A semaphore grant that reuses a lock grant's token.
+        ops.push(acquire_permits(
+            16,
+            (80, Some(85)),
+            1,
+            Return::Granted { token: 7 },
+        ));
+        let violations = check_token_order(&ops);
+        assert!(
+            violations
+                .iter()
+                .any(|violation| violation.detail.contains("token 7 granted twice")),
+            "{violations:?}"
         );
     }
 

@@ -78,10 +78,30 @@ pub enum Call {
         /// The grant's token.
         token: u64,
     },
+    /// Acquire `permits` of a semaphore (waiting a bounded time).
+    AcquirePermits {
+        /// The semaphore.
+        semaphore: String,
+        /// How many permits.
+        permits: u32,
+    },
+    /// A linearizable description of a semaphore: its limit and holders.
+    DescribeSemaphore {
+        /// The semaphore.
+        semaphore: String,
+    },
+    /// Release of a semaphore grant.
+    ReleasePermits {
+        /// The semaphore.
+        semaphore: String,
+        /// The grant's token.
+        token: u64,
+    },
 }
 
 impl Call {
-    /// The lock the operation concerns (each lock guards one key).
+    /// The lock or semaphore the operation concerns (each lock guards one
+    /// key; a semaphore guards none).
     pub fn lock(&self) -> &str {
         match self {
             Call::Acquire { lock }
@@ -91,6 +111,9 @@ impl Call {
             | Call::AcquireShared { lock }
             | Call::ReadShared { lock, .. }
             | Call::ReleaseShared { lock, .. } => lock,
+            Call::AcquirePermits { semaphore, .. }
+            | Call::DescribeSemaphore { semaphore }
+            | Call::ReleasePermits { semaphore, .. } => semaphore,
         }
     }
 
@@ -104,6 +127,9 @@ impl Call {
             Call::AcquireShared { .. } => "acquire_shared",
             Call::ReadShared { .. } => "read_shared",
             Call::ReleaseShared { .. } => "release_shared",
+            Call::AcquirePermits { .. } => "acquire_permits",
+            Call::DescribeSemaphore { .. } => "describe_semaphore",
+            Call::ReleasePermits { .. } => "release_permits",
         }
     }
 }
@@ -131,6 +157,15 @@ pub enum Return {
     },
     /// The release was acknowledged.
     Released,
+    /// A semaphore's description: its limit (`None` when the cluster keeps
+    /// no semaphore of that name, i.e. nobody holds or waits for it) and
+    /// its holders.
+    Described {
+        /// The semaphore's number of permits.
+        limit: Option<u32>,
+        /// Every holder: (session, token, permits).
+        holders: Vec<(u64, u64, u32)>,
+    },
     /// The cluster answered, and the operation certainly took no effect (a
     /// lock not granted within the wait, a stale token refused, a read that
     /// failed).
@@ -335,6 +370,41 @@ mod tests {
                 ret: Return::Unknown {
                     reason: "stopped".into(),
                 },
+            }),
+            Entry::Op(Op {
+                process: 3,
+                session: 9,
+                invoke_us: 12,
+                complete_us: Some(13),
+                call: Call::AcquirePermits {
+                    semaphore: "s".into(),
+                    permits: 2,
+                },
+                ret: Return::Granted { token: 4 },
+            }),
+            Entry::Op(Op {
+                process: 3,
+                session: 9,
+                invoke_us: 14,
+                complete_us: Some(15),
+                call: Call::DescribeSemaphore {
+                    semaphore: "s".into(),
+                },
+                ret: Return::Described {
+                    limit: Some(3),
+                    holders: vec![(9, 4, 2), (10, 5, 1)],
+                },
+            }),
+            Entry::Op(Op {
+                process: 3,
+                session: 9,
+                invoke_us: 16,
+                complete_us: Some(17),
+                call: Call::ReleasePermits {
+                    semaphore: "s".into(),
+                    token: 4,
+                },
+                ret: Return::Released,
             }),
             Entry::Fault(Fault {
                 kind: "kill".into(),

@@ -13,7 +13,8 @@
 //! - [`workload`]: the client workers (the hidden `chaos-worker`);
 //! - [`history`]: the recorded operations and faults, as JSON lines;
 //! - [`checker`]: mutual exclusion at the storage, token order,
-//!   linearizability, no lost writes, liveness.
+//!   linearizability, shared reads, the semaphore's descriptions, no lost
+//!   writes, liveness.
 //!
 //! A run: start the proxies and the cluster (each node's lease clock follows
 //! a skew file), start the workers, let the nemesis play rounds until the
@@ -332,6 +333,12 @@ fn print_summary(
         } else {
             inconclusive.join(", ")
         }
+    );
+    println!(
+        "semaphore: {} describes of {} ({} permits) checked",
+        report.semaphore_describes,
+        workload::SEMAPHORE,
+        workload::SEMAPHORE_LIMIT
     );
     let (gap_us, gap_start_us) = report.longest_unavailable_us;
     println!(

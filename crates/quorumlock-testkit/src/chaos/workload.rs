@@ -1,7 +1,9 @@
 //! The client workers: each loops acquire → fenced put → read back →
-//! release over a small set of locks, and one cycle in three instead as a
+//! release over a small set of locks; one cycle in three instead as a
 //! reader: shared acquire → read fenced by the shared hold → release; and
-//! reports every operation as it is invoked and as it completes.
+//! one cycle in six on a semaphore: take 1 or 2 of its
+//! [`SEMAPHORE_LIMIT`] permits → describe it → release. Every operation is
+//! reported as it is invoked and as it completes.
 //!
 //! A worker runs as its own process (the hidden `chaos-worker` subcommand)
 //! so that the nemesis can freeze it with SIGSTOP like a long GC pause; it
@@ -14,12 +16,19 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::history::{now_us, Call, Return, WorkerEvent};
-use quorumlock_client::{Client, ClientConfig, ClientError, Entry, LockGuard, Session};
+use quorumlock_client::{Client, ClientConfig, ClientError, Entry, LockDescription, LockGuard, Session};
 
 /// How long one acquire waits in the lock's queue.
 pub const ACQUIRE_WAIT: Duration = Duration::from_secs(1);
 /// Pause after a failure to reach the cluster, before trying again.
 pub const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// The semaphore the workers share.
+pub const SEMAPHORE: &str = "chaos-sem";
+/// Its number of permits.
+pub const SEMAPHORE_LIMIT: u32 = 3;
+/// Most permits one semaphore cycle takes.
+pub const SEMAPHORE_PERMITS_MAX: u32 = 2;
 
 /// The name of lock number `index`.
 pub fn lock_name(index: usize) -> String {
@@ -139,9 +148,19 @@ pub async fn run_worker(config: WorkerConfig, out: impl Write) -> anyhow::Result
         while tokio::time::Instant::now() < deadline && !session.is_lost() {
             let lock = lock_name(rng.gen_range(0..config.locks.max(1)));
             written += 1;
-            if rng.gen_ratio(1, 3) {
-                shared_cycle(&client, &session, &mut recorder, &lock).await?;
-                continue;
+            // Of six cycles: two shared, one on the semaphore, three
+            // exclusive.
+            match rng.gen_range(0..6u32) {
+                0 | 1 => {
+                    shared_cycle(&client, &session, &mut recorder, &lock).await?;
+                    continue;
+                }
+                2 => {
+                    let permits = rng.gen_range(1..=SEMAPHORE_PERMITS_MAX);
+                    semaphore_cycle(&client, &session, &mut recorder, permits).await?;
+                    continue;
+                }
+                _ => {}
             }
             let value = format!("w{}-{written}", config.worker);
             one_cycle(&client, &session, &mut recorder, &lock, value).await?;
@@ -239,6 +258,65 @@ async fn shared_cycle<W: Write>(
         id.get(),
         Call::ReleaseShared {
             lock: lock.into(),
+            token: token.get(),
+        },
+    )?;
+    let released = guard.release().await;
+    recorder.complete(seq, released_return(&released))?;
+    Ok(())
+}
+
+/// The answer to a describe of the semaphore, as the history records it.
+/// A describe changes nothing: a failed one is simply failed.
+fn described_return(described: Result<LockDescription, ClientError>) -> Return {
+    match described {
+        Ok(description) => Return::Described {
+            limit: description.semaphore_limit,
+            holders: description
+                .holders
+                .iter()
+                .map(|holder| (holder.session_id.get(), holder.token.get(), holder.permits))
+                .collect(),
+        },
+        Err(error) => failed(&error),
+    }
+}
+
+/// acquire `permits` of [`SEMAPHORE`] → describe it → release, each
+/// recorded.
+async fn semaphore_cycle<W: Write>(
+    client: &Client,
+    session: &Session,
+    recorder: &mut Recorder<W>,
+    permits: u32,
+) -> anyhow::Result<()> {
+    let id = session.id();
+    let seq = recorder.invoke(
+        id.get(),
+        Call::AcquirePermits {
+            semaphore: SEMAPHORE.into(),
+            permits,
+        },
+    )?;
+    let acquired = session
+        .acquire_permits_timeout(SEMAPHORE, permits, SEMAPHORE_LIMIT, ACQUIRE_WAIT)
+        .await;
+    let Some(guard) = record_acquire(recorder, seq, acquired)? else {
+        return Ok(());
+    };
+    let token = guard.token();
+    let seq = recorder.invoke(
+        id.get(),
+        Call::DescribeSemaphore {
+            semaphore: SEMAPHORE.into(),
+        },
+    )?;
+    let described = client.describe(SEMAPHORE).await;
+    recorder.complete(seq, described_return(described))?;
+    let seq = recorder.invoke(
+        id.get(),
+        Call::ReleasePermits {
+            semaphore: SEMAPHORE.into(),
             token: token.get(),
         },
     )?;
