@@ -6,7 +6,7 @@
 use super::command::{Fence, FencingToken, LockMode, SessionId};
 
 /// Why a hold or a wait ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Cause {
     /// The holder released the lock.
     Released,
@@ -16,16 +16,22 @@ pub enum Cause {
     SessionClosed,
     /// The session expired.
     SessionExpired,
+    /// An administrator freed the grant.
+    Forced {
+        /// The administrator's identity.
+        by: String,
+    },
 }
 
 impl Cause {
     /// The cause's name in messages.
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             Cause::Released => "released",
             Cause::Cancelled => "cancelled",
             Cause::SessionClosed => "session closed",
             Cause::SessionExpired => "session expired",
+            Cause::Forced { .. } => "forced",
         }
     }
 }
@@ -123,10 +129,16 @@ impl Change {
         const FIXED: usize = std::mem::size_of::<Change>();
         FIXED
             + match self {
-                Change::Granted { lock, .. }
-                | Change::Queued { lock, .. }
-                | Change::Left { lock, .. }
-                | Change::Freed { lock, .. } => lock.len(),
+                Change::Granted { lock, .. } | Change::Queued { lock, .. } | Change::Left { lock, .. } => {
+                    lock.len()
+                }
+                Change::Freed { lock, cause, .. } => {
+                    lock.len()
+                        + match cause {
+                            Cause::Forced { by } => by.len(),
+                            _ => 0,
+                        }
+                }
                 Change::Put { key, value, fence } => key.len() + value.len() + fence.lock.len(),
                 Change::Deleted { key, fence } => key.len() + fence.lock.len(),
             }

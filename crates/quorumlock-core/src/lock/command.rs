@@ -178,6 +178,18 @@ pub enum Command {
         /// The caller, who must be the session's owner.
         by: Credential,
     },
+    /// Frees the grant of `lock` made under `token`, whichever session
+    /// holds it, at an administrator's request; the waiters it admits are
+    /// granted in the same command. Naming the token makes a repeat
+    /// harmless: it never frees a later grant.
+    ForceRelease {
+        /// The lock.
+        lock: String,
+        /// The token of the grant to free.
+        token: FencingToken,
+        /// Who asked: the administrator's identity, kept in the log.
+        by: String,
+    },
 }
 
 impl Command {
@@ -267,6 +279,14 @@ pub enum Outcome {
     /// The lock was released; `next` is the grant made to the first waiter
     /// (the events list every grant: several readers may be granted at once).
     Released {
+        /// The first waiter granted the lock, if any.
+        next: Option<Grant>,
+    },
+    /// An administrator freed `session`'s grant; `next` is the first
+    /// waiter granted the lock, if any.
+    ForceReleased {
+        /// The session that held the grant.
+        session: SessionId,
         /// The first waiter granted the lock, if any.
         next: Option<Grant>,
     },

@@ -106,6 +106,11 @@ enum Step {
         token: TokenPick,
         caller: CallerPick,
     },
+    /// An administrator frees the grant of a lock under a token.
+    ForceRelease {
+        lock: usize,
+        token: TokenPick,
+    },
     Put {
         key: usize,
         value: u8,
@@ -285,6 +290,11 @@ impl Step {
                     by: caller.resolve(state, session),
                 }
             }
+            Step::ForceRelease { lock, token } => Command::ForceRelease {
+                lock: LOCKS[*lock].to_string(),
+                token: token.resolve(state, LOCKS[*lock]),
+                by: "ops".to_string(),
+            },
             Step::Put {
                 key,
                 value,
@@ -477,6 +487,7 @@ fn step() -> impl Strategy<Value = Step> {
         5 => acquire_permits,
         2 => cancel_wait,
         6 => release,
+        1 => (lock_index(), token_pick()).prop_map(|(lock, token)| Step::ForceRelease { lock, token }),
         4 => put,
         2 => delete,
         1 => (1..4u64).prop_map(Step::BeginRepair),
@@ -620,6 +631,8 @@ fn outcome_kind(command: &Command, applied: &Applied) -> &'static str {
         (Ok(Outcome::Released { next: Some(_) }), _) if grants > 1 => "released, handed to readers",
         (Ok(Outcome::Released { next: Some(_) }), _) => "released, handed over",
         (Ok(Outcome::Released { next: None }), _) => "released, freed",
+        (Ok(Outcome::ForceReleased { next: Some(_), .. }), _) => "forced free, handed over",
+        (Ok(Outcome::ForceReleased { next: None, .. }), _) => "forced free",
         (Ok(Outcome::Written { .. }), Command::Put { .. }) => "put",
         (Ok(Outcome::Written { existed: true }), _) => "deleted",
         (Ok(Outcome::Written { existed: false }), _) => "deleted nothing",
@@ -630,6 +643,7 @@ fn outcome_kind(command: &Command, applied: &Applied) -> &'static str {
         (Err(LockError::NotHolder { .. }), _) => "not holder",
         (Err(LockError::NotSessionOwner { .. }), _) => "not session owner",
         (Err(LockError::StaleToken { .. }), Command::Release { .. }) => "stale release",
+        (Err(LockError::StaleToken { .. }), Command::ForceRelease { .. }) => "stale forced release",
         (Err(LockError::StaleToken { .. }), _) => "stale write",
         (Err(LockError::QueueFull { .. }), _) => "queue full",
         (Err(LockError::TooManySessions { .. }), _) => "too many sessions",
@@ -685,6 +699,9 @@ fn random_sequences_reach_every_outcome_and_refusal() {
         // this set; `a_writer_that_stops_waiting_lets_the_readers_behind_it_in`
         // covers it.
         "released, freed",
+        "forced free",
+        "forced free, handed over",
+        "stale forced release",
         "put",
         "deleted",
         "deleted nothing",
@@ -730,7 +747,8 @@ proptest! {
             };
             // First the locks this command took from their holders...
             match (&command, &applied.result) {
-                (Command::Release { session, lock, .. }, Ok(Outcome::Released { .. })) => {
+                (Command::Release { session, lock, .. }, Ok(Outcome::Released { .. }))
+                | (Command::ForceRelease { lock, .. }, Ok(Outcome::ForceReleased { session, .. })) => {
                     let_go(&mut holders, lock, *session)?;
                 }
                 (_, Ok(Outcome::SessionEnded { released })) => {
@@ -1026,7 +1044,8 @@ proptest! {
                 .collect();
             let applied = state.apply(&command);
             match (&command, &applied.result) {
-                (Command::Release { session, lock, .. }, Ok(_)) => {
+                (Command::Release { session, lock, .. }, Ok(_))
+                | (Command::ForceRelease { lock, .. }, Ok(Outcome::ForceReleased { session, .. })) => {
                     if let Some((_, held)) = model.get_mut(lock) {
                         held.remove(session);
                     }

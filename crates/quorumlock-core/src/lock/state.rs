@@ -405,8 +405,10 @@ impl LockState {
             Command::OpenSession { ttl_ms, owner } => self.open_session(*ttl_ms, owner),
             Command::CloseSession { session, by } => self
                 .check_owner(*session, by)
-                .and_then(|()| self.end_session(*session, Cause::SessionClosed, &mut out)),
-            Command::ExpireSession { session } => self.end_session(*session, Cause::SessionExpired, &mut out),
+                .and_then(|()| self.end_session(*session, &Cause::SessionClosed, &mut out)),
+            Command::ExpireSession { session } => {
+                self.end_session(*session, &Cause::SessionExpired, &mut out)
+            }
             Command::CheckpointSessions { remaining } => self.checkpoint(remaining),
             Command::Acquire {
                 session,
@@ -474,6 +476,9 @@ impl LockState {
                 Ok(Outcome::RepairBegun)
             }
             Command::RecordRepair { node, incarnation } => self.record_repair(*node, *incarnation),
+            Command::ForceRelease { lock, token, by } => {
+                validate::lock_name(lock).and_then(|()| self.force_release(lock, *token, by, &mut out))
+            }
         };
         let applied = Applied {
             result,
@@ -503,7 +508,7 @@ impl LockState {
                 totals.sessions_expired += 1;
                 totals.locks_lost += released.len() as u64;
             }
-            (Command::Release { .. }, Ok(_)) => totals.releases += 1,
+            (Command::Release { .. } | Command::ForceRelease { .. }, Ok(_)) => totals.releases += 1,
             (Command::Put { .. } | Command::Delete { .. }, Ok(_)) => totals.fenced_writes += 1,
             // A refused command changes nothing, its count included: refusals
             // are counted by each replica as it applies (the metrics).
@@ -598,6 +603,14 @@ impl LockState {
                     && self.sessions[session].waiting.contains(lock),
                 "session {session} waits in {mode} mode ({permits} permits) at position {position} of held lock {lock:?}"
             ),
+            (Command::ForceRelease { lock, token, .. }, Ok(Outcome::ForceReleased { session, .. })) => assert!(
+                !self.sessions[session].held.contains(lock)
+                    && !self
+                        .locks
+                        .get(lock)
+                        .is_some_and(|found| found.holders.values().any(|held| held == token)),
+                "the grant of lock {lock:?} under token {token} is gone after it was forced free"
+            ),
             (Command::Release { session, lock, .. }, Ok(Outcome::Released { .. })) => assert!(
                 self.sessions
                     .get(session)
@@ -683,7 +696,7 @@ impl LockState {
     fn end_session(
         &mut self,
         session: SessionId,
-        cause: Cause,
+        cause: &Cause,
         out: &mut Effects<'_>,
     ) -> Result<Outcome, LockError> {
         let ended = self
@@ -848,7 +861,7 @@ impl LockState {
             .ok_or(LockError::SessionNotFound { session })?;
         let was_waiting = state.waiting.remove(name);
         if was_waiting {
-            self.leave_queue(name, session, Cause::Cancelled, out);
+            self.leave_queue(name, session, &Cause::Cancelled, out);
         }
         Ok(Outcome::WaitCancelled { was_waiting })
     }
@@ -877,8 +890,35 @@ impl LockState {
             }
         }
         self.session_mut(session).held.remove(name);
-        let next = self.let_go(name, session, Cause::Released, out);
+        let next = self.let_go(name, session, &Cause::Released, out);
         Ok(Outcome::Released { next })
+    }
+
+    /// Frees the grant of `name` under `token` for an administrator.
+    fn force_release(
+        &mut self,
+        name: &str,
+        token: FencingToken,
+        by: &str,
+        out: &mut Effects<'_>,
+    ) -> Result<Outcome, LockError> {
+        let holder = self.locks.get(name).and_then(|lock| {
+            lock.holders
+                .iter()
+                .find(|(_, held)| **held == token)
+                .map(|(session, _)| *session)
+        });
+        let Some(session) = holder else {
+            return Err(LockError::StaleToken {
+                lock: name.to_string(),
+                presented: token,
+                current: self.current_token(name),
+            });
+        };
+        self.session_mut(session).held.remove(name);
+        let cause = Cause::Forced { by: by.to_string() };
+        let next = self.let_go(name, session, &cause, out);
+        Ok(Outcome::ForceReleased { session, next })
     }
 
     /// Stores a value; the caller checked the writer.
@@ -998,7 +1038,7 @@ impl LockState {
         &mut self,
         name: &str,
         session: SessionId,
-        cause: Cause,
+        cause: &Cause,
         out: &mut Effects<'_>,
     ) -> Option<Grant> {
         let lock = self.locks.get_mut(name).expect("letting go of an existing lock");
@@ -1009,7 +1049,7 @@ impl LockState {
             lock: name.to_string(),
             session,
             token,
-            cause,
+            cause: cause.clone(),
         });
         if let Some(semaphore) = &mut lock.semaphore {
             semaphore.held.remove(&session);
@@ -1019,13 +1059,13 @@ impl LockState {
 
     /// Takes `session` out of the queue of `name` and grants what its
     /// leaving admits (readers behind a writer that gave up).
-    fn leave_queue(&mut self, name: &str, session: SessionId, cause: Cause, out: &mut Effects<'_>) {
+    fn leave_queue(&mut self, name: &str, session: SessionId, cause: &Cause, out: &mut Effects<'_>) {
         let lock = self.locks.get_mut(name).expect("waiting implies the lock exists");
         lock.queue.retain(|waiter| waiter.session != session);
         out.record(|| Change::Left {
             lock: name.to_string(),
             session,
-            cause,
+            cause: cause.clone(),
         });
         self.grant_waiters(name, out);
     }

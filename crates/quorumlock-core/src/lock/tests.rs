@@ -9,8 +9,8 @@ use super::limits::{
     SESSION_TTL_MS_MIN, VALUE_BYTES_MAX, WAITERS_PER_LOCK_MAX,
 };
 use super::{
-    validate, Applied, Command, Credential, Event, Fence, FencingToken, Grant, KvEntry, LockError, LockMode,
-    LockState, LockView, Outcome, SecretDigest, SessionId, Totals,
+    validate, Applied, Cause, Change, Command, Credential, Event, Fence, FencingToken, Grant, KvEntry,
+    LockError, LockMode, LockState, LockView, Outcome, SecretDigest, SessionId, Totals,
 };
 
 /// A TTL inside the documented bounds.
@@ -1983,4 +1983,102 @@ fn permit_counts_outside_their_bounds_are_invalid_arguments() {
         );
     }
     assert!(state.lock("pool").is_none());
+}
+
+// Forced release.
+
+fn force(lock: &str, token: FencingToken) -> Command {
+    Command::ForceRelease {
+        lock: lock.to_string(),
+        token,
+        by: "ops".to_string(),
+    }
+}
+
+#[test]
+fn a_forced_release_frees_the_named_grant_and_grants_the_next_waiter_in_the_same_command() {
+    let mut state = LockState::default();
+    let (holder, waiter) = (open(&mut state), open(&mut state));
+    let token = take(&mut state, holder, "a");
+    assert_eq!(
+        state.apply(&acquire(waiter, "a", true)),
+        quiet(Outcome::Queued { position: 0 })
+    );
+    let mut changes = Vec::new();
+    let applied = state.apply_recording(&force("a", token), Some(&mut changes));
+    let next = grant("a", waiter, token.next());
+    assert_eq!(
+        applied,
+        Applied {
+            result: Ok(Outcome::ForceReleased {
+                session: holder,
+                next: Some(next.clone()),
+            }),
+            events: vec![Event::Granted(next)],
+        }
+    );
+    assert_eq!(
+        changes[0],
+        Change::Freed {
+            lock: "a".into(),
+            session: holder,
+            token,
+            cause: Cause::Forced { by: "ops".into() },
+        },
+        "the change names who forced it"
+    );
+    assert_eq!(state.describe("a"), held_by(waiter, token.next(), 0));
+    // The former holder's session lives on, without the lock: its release
+    // and its writes under the old token are refused.
+    assert!(state
+        .session(holder)
+        .is_some_and(|session| session.held.is_empty()));
+    assert_refused(
+        &mut state,
+        &release(holder, "a", token),
+        LockError::NotHolder {
+            lock: "a".into(),
+            session: holder,
+        },
+    );
+    assert_refused(
+        &mut state,
+        &put(holder, "k", b"late", "a", token),
+        stale("a", token, Some(token.next())),
+    );
+    assert_eq!(state.totals().releases, 1, "a forced release counts as a release");
+}
+
+#[test]
+fn a_forced_release_of_a_token_not_held_is_stale_and_a_repeat_never_frees_a_later_grant() {
+    let mut state = LockState::default();
+    let (first, second) = (open(&mut state), open(&mut state));
+    let token = take(&mut state, first, "a");
+    assert_eq!(state.apply(&force("a", token)).result.map(|_| ()), Ok(()));
+    let later = take(&mut state, second, "a");
+    // The same request again (its answer was lost): the later grant stays.
+    assert_refused(&mut state, &force("a", token), stale("a", token, Some(later)));
+    assert_refused(&mut state, &force("free", token), stale("free", token, None));
+    assert_eq!(state.describe("a"), held_by(second, later, 0));
+}
+
+#[test]
+fn a_forced_release_frees_one_shared_holder_and_leaves_the_others() {
+    let mut state = LockState::default();
+    let (one, two) = (open(&mut state), open(&mut state));
+    let reader = |session| Command::acquire(session, "r".into(), false, LockMode::Shared, owner());
+    let first = state.next_token();
+    state.apply(&reader(one));
+    state.apply(&reader(two));
+    let applied = state.apply(&force("r", first));
+    assert_eq!(
+        applied.result,
+        Ok(Outcome::ForceReleased {
+            session: one,
+            next: None
+        })
+    );
+    assert!(state.token_is_current("r", first.next(), LockMode::Shared));
+    assert!(!state.token_is_current("r", first, LockMode::Shared));
+    assert_eq!(state.check_invariants(), Ok(()));
 }
