@@ -422,6 +422,7 @@ fn quorumlock_client_kind(event: &WatchEvent) -> String {
         WatchEventKind::Left => "left",
         WatchEventKind::Put => "put",
         WatchEventKind::Deleted => "deleted",
+        WatchEventKind::Revoked => "revoked",
         WatchEventKind::Unspecified => "other",
     };
     let cause = match event.cause() {
@@ -430,6 +431,7 @@ fn quorumlock_client_kind(event: &WatchEvent) -> String {
         WatchEventCause::Cancelled => "cancelled",
         WatchEventCause::SessionClosed => "session-closed",
         WatchEventCause::SessionExpired => "session-expired",
+        WatchEventCause::Forced => "forced",
     };
     format!("{kind}/{cause}")
 }

@@ -22,8 +22,8 @@ use quorumlock_proto::headers::{FORWARDED_HEADER, IDENTITY_HEADER};
 use quorumlock_proto::v1::cluster_client::ClusterClient;
 use quorumlock_proto::v1::lock_client::LockClient;
 use quorumlock_proto::v1::{
-    AcquireRequest, CloseSessionRequest, DescribeRequest, ErrorReason, Fence, GetRequest, OpenSessionRequest,
-    PutRequest, ReleaseRequest, SaveSnapshotRequest, StatusRequest,
+    AcquireRequest, CloseSessionRequest, DescribeRequest, ErrorReason, Fence, ForceReleaseRequest,
+    GetRequest, OpenSessionRequest, PutRequest, ReleaseRequest, SaveSnapshotRequest, StatusRequest,
 };
 use quorumlock_testkit::cluster::{ClusterSpec, ProcessCluster};
 use tonic::metadata::{BinaryMetadataValue, MetadataValue};
@@ -279,6 +279,33 @@ async fn check_each_identity_gets_what_its_roles_grant_and_a_reloaded_policy_app
             (session, token),
             "alice's lock is intact"
         );
+
+        // Forcing a grant free is for admins: alice may not, even her own;
+        // bob, an operator, may.
+        let stuck_lock = format!("jobs/{place}-stuck");
+        let stuck = acquire(&alice, mine, &stuck_lock)
+            .await
+            .expect("alice takes another lock");
+        let force = |client: &LockClient<Channel>| {
+            let mut client = client.clone();
+            let request = ForceReleaseRequest {
+                name: stuck_lock.clone().into(),
+                token: stuck,
+            };
+            async move { client.force_release(request).await }
+        };
+        assert_refused(
+            "alice forces a lock free",
+            force(&alice).await,
+            Code::PermissionDenied,
+            ErrorReason::AccessDenied,
+            &["\"alice\"", "force_release"],
+        );
+        let forced = force(&bob)
+            .await
+            .expect("an operator forces a lock free")
+            .into_inner();
+        assert_eq!(forced.session_id, session, "alice's grant was the one freed");
 
         // Carol is in the policy with no role: she can do nothing.
         let carol = LockClient::new(tls_channel(addr, pki.client("carol")));

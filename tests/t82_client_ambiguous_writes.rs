@@ -103,6 +103,13 @@ impl Lock for Scripted {
         Err(Status::unimplemented("scripted"))
     }
 
+    async fn force_release(
+        &self,
+        _: Request<pb::ForceReleaseRequest>,
+    ) -> Result<Response<pb::ForceReleaseResponse>, Status> {
+        Err(Status::unimplemented("scripted"))
+    }
+
     type WatchStream = WatchStream;
 
     async fn watch(&self, _: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {

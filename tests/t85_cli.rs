@@ -682,3 +682,31 @@ async fn watch_prints_the_events_under_a_prefix_as_lines() {
         .nth(1)
         .is_some_and(|line| line.contains(" put key=jobs/a/out ")));
 }
+
+/// `force-release NAME --token N` frees the grant `describe` names and
+/// says whose it was; a second time it fails naming the stale token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_release_frees_the_grant_describe_names() {
+    let cluster = Cluster::start("paxos", 3).await;
+    let acquired = run(quorumlock(&cluster).args(["acquire", "stuck", "--ttl", "60s"])).await;
+    assert_exit("acquire", &acquired, 0);
+    let line = stdout(&acquired);
+    let (session, token) = (field(&line, "session"), field(&line, "token"));
+    let token_text = token.to_string();
+    let forced = run(quorumlock(&cluster).args(["force-release", "stuck", "--token", &token_text])).await;
+    assert_exit("force-release", &forced, 0);
+    assert_eq!(
+        stdout(&forced).trim(),
+        format!("forced stuck free from session {session}")
+    );
+    let described = run(quorumlock(&cluster).args(["describe", "stuck"])).await;
+    assert_eq!(stdout(&described).trim(), "held=false queue_length=0");
+    let again = run(quorumlock(&cluster).args(["force-release", "stuck", "--token", &token_text])).await;
+    assert_exit("force-release again", &again, 1);
+    assert!(
+        stderr(&again).contains("FAILED_PRECONDITION")
+            && stderr(&again).contains(&format!("presented {token}")),
+        "{}",
+        stderr(&again)
+    );
+}

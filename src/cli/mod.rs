@@ -66,6 +66,9 @@ enum Command {
     Acquire(scripting::AcquireArgs),
     /// Releases a lock acquired with `acquire`.
     Release(scripting::ReleaseArgs),
+    /// Frees a holder's grant of a lock by its token (an administrator's
+    /// call), granting the next waiters.
+    ForceRelease(scripting::ForceReleaseArgs),
     /// Prints who holds a lock.
     Describe(scripting::DescribeArgs),
     /// Writes a key of the fenced store, guarded by a lock's token.
@@ -122,6 +125,7 @@ impl Cli {
             Command::Acquire(args) => scripting::acquire(args).await,
             Command::Release(args) => scripting::release(args).await,
             Command::Describe(args) => scripting::describe(args).await,
+            Command::ForceRelease(args) => scripting::force_release(args).await,
             Command::Put(args) => scripting::put(args).await,
             Command::Get(args) => scripting::get(args).await,
             Command::Delete(args) => scripting::delete(args).await,

@@ -264,6 +264,33 @@ pub async fn release(args: ReleaseArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// Flags of `force-release`.
+#[derive(Args)]
+pub struct ForceReleaseArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// The lock's name.
+    name: String,
+    /// The token of the grant to free, as `describe` prints it.
+    #[arg(long)]
+    token: FencingToken,
+}
+
+/// Frees a holder's grant for an administrator; prints `forced <lock>
+/// free from session <id>` and who was granted it next.
+pub async fn force_release(args: ForceReleaseArgs) -> anyhow::Result<i32> {
+    let client = args.cluster.connect().await?;
+    let forced = client.force_release(&args.name, args.token).await?;
+    match forced.next {
+        Some(next) => println!(
+            "forced {} free from session {}; granted to session {} with token {}",
+            args.name, forced.holder, next.session_id, next.token
+        ),
+        None => println!("forced {} free from session {}", args.name, forced.holder),
+    }
+    Ok(0)
+}
+
 /// Flags of `describe`.
 #[derive(Args)]
 pub struct DescribeArgs {

@@ -61,6 +61,9 @@ pub fn line(event: &WatchEvent) -> String {
     if !event.cause.as_str().is_empty() {
         line += &format!(" cause={}", event.cause.as_str());
     }
+    if !event.by.is_empty() {
+        line += &format!(" by={}", quoted(&event.by));
+    }
     if event.kind == EventKind::Put {
         line += &format!(" value={}", quoted(&String::from_utf8_lossy(&event.value)));
     }

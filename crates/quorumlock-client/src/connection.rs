@@ -187,6 +187,15 @@ pub struct Released {
     pub next: Option<Holder>,
 }
 
+/// The answer to a forced release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForceReleased {
+    /// The session whose grant was freed.
+    pub holder: SessionId,
+    /// The waiter granted the lock in the same command, if any.
+    pub next: Option<Holder>,
+}
+
 /// One node's view of the cluster, from `Cluster/Status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeStatus {
@@ -689,6 +698,34 @@ impl Client {
             .await
             .resolve(&[Code::NotFound, Code::FailedPrecondition])?;
         Ok(Released {
+            next: (answer.next_session_id != 0).then_some(Holder {
+                session_id: SessionId::new(answer.next_session_id),
+                token: FencingToken::new(answer.next_token),
+                permits: 0,
+            }),
+        })
+    }
+
+    /// Frees the grant of `name` made under `token`, whoever holds it (an
+    /// administrator's call: the admin role with an access policy). Returns
+    /// the session that held it, and the waiter granted next. A repeat after
+    /// a lost answer is refused as a stale token, never freeing a later
+    /// grant: such a refusal is reported as [`ClientError::OutcomeUnknown`].
+    pub async fn force_release(&self, name: &str, token: FencingToken) -> Result<ForceReleased, ClientError> {
+        check_lock_name(name)?;
+        let name = name.as_bytes().to_vec();
+        let answer = self
+            .call_tracked(Duration::ZERO, Repeat::Ambiguous, |mut client, timeout| {
+                let message = pb::ForceReleaseRequest {
+                    name: name.clone(),
+                    token: token.get(),
+                };
+                async move { client.force_release(request(message, timeout)).await }
+            })
+            .await
+            .resolve(&[Code::FailedPrecondition])?;
+        Ok(ForceReleased {
+            holder: SessionId::new(answer.session_id),
             next: (answer.next_session_id != 0).then_some(Holder {
                 session_id: SessionId::new(answer.next_session_id),
                 token: FencingToken::new(answer.next_token),

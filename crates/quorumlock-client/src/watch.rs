@@ -88,6 +88,8 @@ pub enum EventKind {
     Put,
     /// A fenced delete removed a key.
     Deleted,
+    /// An administrator freed a holder's grant.
+    Revoked,
     /// A kind this client does not know (a newer server).
     Other(i32),
 }
@@ -102,6 +104,7 @@ impl EventKind {
             Ok(pb::WatchEventKind::Left) => EventKind::Left,
             Ok(pb::WatchEventKind::Put) => EventKind::Put,
             Ok(pb::WatchEventKind::Deleted) => EventKind::Deleted,
+            Ok(pb::WatchEventKind::Revoked) => EventKind::Revoked,
             Ok(pb::WatchEventKind::Unspecified) | Err(_) => EventKind::Other(kind),
         }
     }
@@ -116,6 +119,7 @@ impl EventKind {
             EventKind::Left => "left",
             EventKind::Put => "put",
             EventKind::Deleted => "deleted",
+            EventKind::Revoked => "revoked",
             EventKind::Other(_) => "other",
         }
     }
@@ -134,6 +138,8 @@ pub enum EventCause {
     SessionClosed,
     /// The session expired.
     SessionExpired,
+    /// An administrator forced the grant free.
+    Forced,
     /// A cause this client does not know (a newer server).
     Other(i32),
 }
@@ -146,6 +152,7 @@ impl EventCause {
             Ok(pb::WatchEventCause::Cancelled) => EventCause::Cancelled,
             Ok(pb::WatchEventCause::SessionClosed) => EventCause::SessionClosed,
             Ok(pb::WatchEventCause::SessionExpired) => EventCause::SessionExpired,
+            Ok(pb::WatchEventCause::Forced) => EventCause::Forced,
             Err(_) => EventCause::Other(cause),
         }
     }
@@ -158,6 +165,7 @@ impl EventCause {
             EventCause::Cancelled => "cancelled",
             EventCause::SessionClosed => "session-closed",
             EventCause::SessionExpired => "session-expired",
+            EventCause::Forced => "forced",
             EventCause::Other(_) => "other",
         }
     }
@@ -186,6 +194,8 @@ pub struct WatchEvent {
     pub value: Vec<u8>,
     /// Why a hold or a wait ended.
     pub cause: EventCause,
+    /// For a revoked grant, who forced it free.
+    pub by: String,
     /// Its place among the events of its revision that the watch selects
     /// (0 first): every node gives them in the same order.
     pub index: usize,
@@ -205,6 +215,7 @@ impl WatchEvent {
             permits: event.permits,
             value: event.value,
             cause: EventCause::from_pb(event.cause),
+            by: event.by,
         }
     }
 }

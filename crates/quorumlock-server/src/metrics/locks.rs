@@ -122,7 +122,7 @@ impl LockObserver {
     pub fn new(recent: std::sync::Arc<Recent>) -> LockObserver {
         let hold: Family<EndedLabel, Histogram> =
             Family::new_with_constructor(|| Histogram::new(lock_buckets()));
-        for ended in ["released", "expired", "closed"] {
+        for ended in ["released", "expired", "closed", "forced"] {
             let _ = hold.get_or_create(&EndedLabel { ended });
         }
         LockObserver {
@@ -187,7 +187,7 @@ impl LockObserver {
         );
         registry.register_with_unit(
             "lock_hold",
-            "Time from a grant to its end, by how it ended (released, expired, closed), timed on each \
+            "Time from a grant to its end, by how it ended (released, expired, closed, forced), timed on each \
              replica as it applies",
             Unit::Seconds,
             self.hold.clone(),
@@ -241,6 +241,9 @@ impl ApplyObserver for LockObserver {
             }
             (Command::Release { lock, session, .. }, Ok(_)) => {
                 self.hold_ended(timing, lock, *session, "released", now);
+            }
+            (Command::ForceRelease { lock, .. }, Ok(Outcome::ForceReleased { session, .. })) => {
+                self.hold_ended(timing, lock, *session, "forced", now);
             }
             (
                 Command::Put { .. } | Command::Delete { .. },

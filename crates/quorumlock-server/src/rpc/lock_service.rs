@@ -953,6 +953,34 @@ impl pb::lock_server::Lock for LockService {
         }
     }
 
+    async fn force_release(
+        &self,
+        request: Request<pb::ForceReleaseRequest>,
+    ) -> Result<Response<pb::ForceReleaseResponse>, Status> {
+        let lock = lock_name("name", &request.get_ref().name)?;
+        let token = FencingToken::new(request.get_ref().token);
+        let caller = self.access.caller(&request)?;
+        forward_unless_leader!(self, request, force_release, caller);
+        self.access.allow(&caller, Action::Admin("force_release"))?;
+        let command = Command::ForceRelease {
+            lock: lock.clone(),
+            token,
+            by: caller.name().to_string(),
+        };
+        match self.propose(command, self.budget(&request)).await? {
+            Outcome::ForceReleased { session, next } => {
+                tracing::warn!(lock = %lock, %token, holder = %session, by = caller.name(),
+                    "a lock's grant was forced free");
+                Ok(Response::new(pb::ForceReleaseResponse {
+                    session_id: session.get(),
+                    next_session_id: next.as_ref().map_or(0, |grant| grant.session.get()),
+                    next_token: next.as_ref().map_or(0, |grant| grant.token.get()),
+                }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
     type WatchStream = WatchStream;
 
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {

@@ -182,12 +182,13 @@ pub fn start_revision(engine: &dyn ConsensusEngine, from_revision: u64) -> Resul
     Ok(start)
 }
 
-fn wire_cause(cause: Cause) -> pb::WatchEventCause {
+fn wire_cause(cause: &Cause) -> pb::WatchEventCause {
     match cause {
         Cause::Released => pb::WatchEventCause::Released,
         Cause::Cancelled => pb::WatchEventCause::Cancelled,
         Cause::SessionClosed => pb::WatchEventCause::SessionClosed,
         Cause::SessionExpired => pb::WatchEventCause::SessionExpired,
+        Cause::Forced { .. } => pb::WatchEventCause::Forced,
     }
 }
 
@@ -238,7 +239,7 @@ pub fn wire_event(revision: u64, change: &Change) -> pb::WatchEvent {
             kind: pb::WatchEventKind::Left.into(),
             lock: lock.clone().into_bytes(),
             session_id: session.get(),
-            cause: wire_cause(*cause).into(),
+            cause: wire_cause(cause).into(),
             ..event
         },
         Change::Freed {
@@ -249,13 +250,18 @@ pub fn wire_event(revision: u64, change: &Change) -> pb::WatchEvent {
         } => pb::WatchEvent {
             kind: match cause {
                 Cause::SessionExpired => pb::WatchEventKind::Expired,
+                Cause::Forced { .. } => pb::WatchEventKind::Revoked,
                 _ => pb::WatchEventKind::Released,
             }
             .into(),
             lock: lock.clone().into_bytes(),
             session_id: session.get(),
             token: token.get(),
-            cause: wire_cause(*cause).into(),
+            cause: wire_cause(cause).into(),
+            by: match cause {
+                Cause::Forced { by } => by.clone(),
+                _ => String::new(),
+            },
             ..event
         },
         Change::Put { key, value, fence } => pb::WatchEvent {
