@@ -124,7 +124,9 @@ impl History {
     /// Records that entry `revision` was applied and made `changes`; drops
     /// the oldest revisions while the limits are exceeded. A revision's
     /// changes are kept whole or not at all. Revisions only rise; an entry
-    /// applied in parts (the same revision again) adds to its changes.
+    /// applied in parts (the same revision again) adds to its changes, but
+    /// a watch that read the first part has moved past the revision, so the
+    /// engines record each entry whole (one `apply_entry` per entry).
     pub fn record(&mut self, revision: u64, changes: Vec<Change>) {
         assert!(
             revision >= self.last,

@@ -1003,15 +1003,23 @@ impl pb::lock_server::Lock for LockService {
         // events for a revision.
         let start = start_revision(self.engine.as_ref(), request.get_ref().from_revision)?;
         let (replies, outbound) = mpsc::channel(WATCH_QUEUE_MAX);
+        let (ending, ended) = tokio::sync::oneshot::channel();
         tokio::spawn(serve_watch(
             self.engine.clone(),
             selector,
             start,
             replies,
+            ending,
             self.stopping.clone(),
             slot,
         ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(outbound))))
+        // The queued messages, then the status the watch ended with, if it
+        // ended with one.
+        let ended =
+            futures::stream::once(ended).filter_map(|ended| futures::future::ready(ended.ok().map(Err)));
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(outbound).chain(ended),
+        )))
     }
 
     async fn check_token(

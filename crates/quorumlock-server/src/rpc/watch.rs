@@ -291,133 +291,217 @@ struct Cursor {
     sent_of_next: usize,
 }
 
-/// Cuts the selected events of `revisions` into messages, starting at
-/// `cursor`; returns the messages and the cursor after them. `through` is
-/// the revision the read is complete through. The last message may carry
-/// no events; the caller decides whether progress is worth sending.
-fn messages(
+/// The next message of a watch at `cursor`, from `revisions` (a read of the
+/// history from the cursor on, complete through `through`), and the cursor
+/// after it. Whole revisions go in while they fit in
+/// [`WATCH_MESSAGE_EVENTS_MAX`] events and [`WATCH_MESSAGE_BYTES`]; only a
+/// revision that alone exceeds them is split, and a message that ends
+/// inside a revision is complete through the revision before it. The
+/// message may carry no events (the read held none the watch selects); the
+/// caller decides whether such progress is worth sending.
+fn next_message(
     selector: &Selector,
     revisions: &[Revision],
     through: u64,
     cursor: Cursor,
-) -> (Vec<pb::WatchResponse>, Cursor) {
-    let mut out = Vec::new();
-    let mut events = Vec::new();
+) -> (pb::WatchResponse, Cursor) {
+    let mut events: Vec<pb::WatchEvent> = Vec::new();
     let mut bytes = 0;
-    for kept in revisions {
-        if kept.revision < cursor.next {
-            continue;
-        }
+    for kept in revisions.iter().filter(|kept| kept.revision >= cursor.next) {
         let skip = if kept.revision == cursor.next {
             cursor.sent_of_next
         } else {
             0
         };
-        for change in kept
+        let selected: Vec<pb::WatchEvent> = kept
             .changes
             .iter()
             .filter(|change| selector.selects(change))
             .skip(skip)
+            .map(|change| wire_event(kept.revision, change))
+            .collect();
+        if selected.is_empty() {
+            continue;
+        }
+        let revision_bytes: usize = selected.iter().map(Message::encoded_len).sum();
+        let complete_before = pb::WatchResponse {
+            events: Vec::new(),
+            revision: kept.revision - 1,
+            created: false,
+        };
+        if !events.is_empty()
+            && (events.len() + selected.len() > WATCH_MESSAGE_EVENTS_MAX
+                || bytes + revision_bytes > WATCH_MESSAGE_BYTES)
         {
-            let event = wire_event(kept.revision, change);
+            // The revision does not fit beside what the message holds:
+            // it starts the next message.
+            let resume = Cursor {
+                next: kept.revision,
+                sent_of_next: skip,
+            };
+            return (
+                pb::WatchResponse {
+                    events,
+                    ..complete_before
+                },
+                resume,
+            );
+        }
+        for (taken, event) in selected.into_iter().enumerate() {
             let size = event.encoded_len();
             if !events.is_empty()
                 && (events.len() >= WATCH_MESSAGE_EVENTS_MAX || bytes + size > WATCH_MESSAGE_BYTES)
             {
-                // Complete through the revision before this one: a client
-                // that resumes from this revision skips the events of it
-                // that it has (every node orders them alike).
-                out.push(pb::WatchResponse {
-                    events: std::mem::take(&mut events),
-                    revision: kept.revision - 1,
-                    created: false,
-                });
-                bytes = 0;
+                // A revision too large for one message, split: a client
+                // that resumes from it skips the events of it that it has
+                // (every node orders them alike).
+                let resume = Cursor {
+                    next: kept.revision,
+                    sent_of_next: skip + taken,
+                };
+                return (
+                    pb::WatchResponse {
+                        events,
+                        ..complete_before
+                    },
+                    resume,
+                );
             }
             bytes += size;
             events.push(event);
         }
     }
-    out.push(pb::WatchResponse {
-        events,
-        revision: through,
-        created: false,
-    });
+    let after = Cursor {
+        next: through + 1,
+        sent_of_next: 0,
+    };
     (
-        out,
-        Cursor {
-            next: through + 1,
-            sent_of_next: 0,
+        pb::WatchResponse {
+            events,
+            revision: through,
+            created: false,
         },
+        after,
     )
 }
 
-/// Serves one admitted watch from revision `start` on, sending into
-/// `replies` until the client goes away, the watch falls behind, or the
-/// node stops.
+/// How a watch ends when its queue is full: after the messages queued, the
+/// client gets this status.
+type Ending = tokio::sync::oneshot::Sender<Status>;
+
+/// Why a watch stopped sending.
+enum Stop {
+    /// The client went away.
+    Gone,
+    /// End with this status.
+    End(Status),
+}
+
+/// Serves one admitted watch from revision `start` on: sends into
+/// `replies` one message at a time, until the client goes away, the watch
+/// falls behind the history, or the node stops. While its queue is full it
+/// holds one message, and still notices the history dropping revisions it
+/// needs and the node stopping: it then ends through `ending`, which the
+/// client reads after the messages queued.
 pub async fn serve_watch(
     engine: Arc<dyn ConsensusEngine>,
     selector: Selector,
     start: u64,
     replies: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+    ending: Ending,
     mut stopping: watch::Receiver<bool>,
     _slot: WatchSlot,
 ) {
+    let state = engine.state();
+    let mut cursor = Cursor {
+        next: start,
+        sent_of_next: 0,
+    };
     let created = pb::WatchResponse {
         events: Vec::new(),
         revision: start - 1,
         created: true,
     };
-    if replies.send(Ok(created)).await.is_err() {
-        return;
-    }
-    let mut cursor = Cursor {
-        next: start,
-        sent_of_next: 0,
-    };
     let mut reported = start - 1;
     let mut progress = tokio::time::interval(WATCH_PROGRESS_INTERVAL);
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut progress_due = false;
-    loop {
-        let state = engine.state();
+    let mut pending = Some(created);
+    let stop = loop {
+        // Send what is in hand, watching the history and the node while
+        // the queue is full.
+        if let Some(message) = pending.take() {
+            let sent = tokio::select! {
+                permit = replies.reserve() => match permit {
+                    Ok(permit) => {
+                        permit.send(Ok(message));
+                        None
+                    }
+                    Err(_) => Some(Stop::Gone),
+                },
+                () = stopped_node(&mut stopping) => Some(Stop::End(from_engine_error(EngineError::ShuttingDown))),
+                Err(compacted) = fell_behind(state, cursor.next) => Some(Stop::End(too_slow(compacted))),
+            };
+            match sent {
+                None => continue,
+                Some(stop) => break stop,
+            }
+        }
         let changed = state.history_changed();
         tokio::pin!(changed);
         changed.as_mut().enable();
         let since = match state.changes_since(cursor.next, REVISIONS_PER_READ) {
             Ok(since) => since,
-            Err(compacted) => {
-                let _ = replies.send(Err(too_slow(compacted))).await;
-                return;
-            }
+            Err(compacted) => break Stop::End(too_slow(compacted)),
         };
         let more = since.revisions.len() == REVISIONS_PER_READ;
-        let (messages, after) = messages(&selector, &since.revisions, since.through, cursor);
-        for message in messages {
-            let progress = progress_due && message.revision > reported;
-            if message.events.is_empty() && !progress {
-                continue;
-            }
+        let (message, after) = next_message(&selector, &since.revisions, since.through, cursor);
+        let ended_inside = after.next <= since.through;
+        cursor = after;
+        if !message.events.is_empty() || (progress_due && message.revision > reported) {
             reported = message.revision;
             progress_due = false;
-            if replies.send(Ok(message)).await.is_err() {
-                return;
-            }
+            pending = Some(message);
+            continue;
         }
-        cursor = after;
-        if more {
+        if more || ended_inside {
             continue;
         }
         tokio::select! {
             () = &mut changed => {}
             _ = progress.tick() => progress_due = true,
-            () = replies.closed() => return,
-            stopped = async { stopping.wait_for(|stopping| *stopping).await.is_ok() } => {
-                if stopped {
-                    let _ = replies.send(Err(from_engine_error(EngineError::ShuttingDown))).await;
-                }
-                return;
-            }
+            () = replies.closed() => break Stop::Gone,
+            () = stopped_node(&mut stopping) => break Stop::End(from_engine_error(EngineError::ShuttingDown)),
+        }
+    };
+    if let Stop::End(status) = stop {
+        // After the queued messages: a full queue cannot take it.
+        drop(replies);
+        let _ = ending.send(status);
+    }
+}
+
+/// Resolves once the node begins to stop.
+async fn stopped_node(stopping: &mut watch::Receiver<bool>) {
+    if stopping.wait_for(|stopping| *stopping).await.is_err() {
+        // The node's stop signal is gone: it stopped.
+    }
+}
+
+/// Resolves with the refusal once the history no longer keeps revision
+/// `next`, checked every [`WATCH_PROGRESS_INTERVAL`] and at every change.
+async fn fell_behind(state: &quorumlock_core::consensus::AppliedState, next: u64) -> Result<(), Compacted> {
+    loop {
+        let changed = state.history_changed();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let (oldest, _) = state.history_span();
+        if next < oldest {
+            return Err(Compacted { asked: next, oldest });
+        }
+        tokio::select! {
+            () = &mut changed => {}
+            () = tokio::time::sleep(WATCH_PROGRESS_INTERVAL) => {}
         }
     }
 }
@@ -469,6 +553,45 @@ mod tests {
             next,
             sent_of_next: 0,
         }
+    }
+
+    /// Every message [`next_message`] makes from `revisions`, up to and
+    /// including the one complete through `through`, and the cursor after.
+    fn messages(
+        selector: &Selector,
+        revisions: &[Revision],
+        through: u64,
+        mut cursor: Cursor,
+    ) -> (Vec<pb::WatchResponse>, Cursor) {
+        let mut out = Vec::new();
+        loop {
+            let (message, after) = next_message(selector, revisions, through, cursor);
+            assert!(after != cursor, "every message moves the cursor");
+            cursor = after;
+            out.push(message);
+            if cursor.next > through {
+                return (out, cursor);
+            }
+        }
+    }
+
+    #[test]
+    fn revisions_that_fit_are_never_split_across_messages() {
+        let many: Vec<Change> = (0..999).map(|token| granted("a", token + 1)).collect();
+        let revisions = [
+            revision(1, many),
+            revision(2, vec![granted("a", 1_000), granted("a", 1_001)]),
+        ];
+        let (out, _) = messages(&selector("a", false), &revisions, 2, start(1));
+        let shape: Vec<(usize, u64)> = out
+            .iter()
+            .map(|message| (message.events.len(), message.revision))
+            .collect();
+        assert_eq!(
+            shape,
+            [(999, 1), (2, 2)],
+            "revision 2 starts the next message whole"
+        );
     }
 
     #[test]
