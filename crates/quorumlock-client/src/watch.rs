@@ -1,7 +1,7 @@
 //! Watches: a stream of what happens to locks and fenced keys, resumed on
 //! another node after a failure without losing or repeating an event.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use quorumlock_proto::limits::{API_MESSAGE_BYTES_MAX, KEY_BYTES_MAX};
@@ -11,7 +11,8 @@ use tonic::{Status, Streaming};
 
 use crate::backoff::Backoff;
 use crate::connection::{retryable, Client, LockMode};
-use crate::error::{code_name, ClientError};
+use crate::endpoints::Picked;
+use crate::error::{code_name, ClientError, Refusal};
 
 /// Which events a watch selects.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -240,6 +241,8 @@ pub struct Watch {
     /// The place among its revision's events of the next event received.
     arriving: Option<(u64, usize)>,
     ready: VecDeque<WatchEvent>,
+    /// The node serving the stream.
+    serving: Option<Picked>,
     /// Whether a node accepted the watch once: from then on it continues
     /// from the revision after `through`, never from "now".
     resuming: bool,
@@ -278,6 +281,7 @@ impl Client {
             last: None,
             arriving: None,
             ready: VecDeque::new(),
+            serving: None,
             resuming: false,
         };
         watch.reconnect().await?;
@@ -344,16 +348,21 @@ impl Watch {
                 self.stream = None;
                 Ok(())
             }
-            Err(status) if retryable(&status) => {
+            Err(status) if retryable(&status) || another_node_may_serve(&status) => {
                 tracing::debug!(%status, "watch interrupted; resuming on another node");
-                let picked = self.client.pool().current();
-                self.client.pool().failed(&picked, None);
+                if let Some(serving) = self.serving.take() {
+                    self.client.pool().failed(&serving, None);
+                }
                 self.stream = None;
                 Ok(())
             }
             Err(status) => {
                 self.stream = None;
-                Err(ClientError::from_status(&self.client.current_endpoint(), &status))
+                let endpoint = self
+                    .serving
+                    .take()
+                    .map_or_else(|| self.client.current_endpoint(), |serving| serving.addr);
+                Err(ClientError::from_status(&endpoint, &status))
             }
         }
     }
@@ -386,6 +395,9 @@ impl Watch {
         let started = Instant::now();
         let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
         let mut attempts = 0u32;
+        // Nodes that refused the revision, or to serve one more watch: the
+        // watch fails only once every node has.
+        let mut refused: BTreeSet<String> = BTreeSet::new();
         loop {
             let picked = self.client.pool().current();
             let mut request = self.request.clone();
@@ -410,10 +422,18 @@ impl Watch {
                     self.resuming = true;
                     self.stream = Some(stream);
                     self.client.pool().prefer(picked.index);
+                    self.serving = Some(picked);
                     return Ok(());
                 }
                 Ok(Ok(_)) => Status::unavailable("the watch stream ended before it started"),
                 Ok(Err(status)) if retryable(&status) => status,
+                Ok(Err(status)) if another_node_may_serve(&status) => {
+                    refused.insert(picked.addr.clone());
+                    if refused.len() >= self.client.pool().len() {
+                        return Err(ClientError::from_status(&picked.addr, &status));
+                    }
+                    status
+                }
                 Ok(Err(status)) => return Err(ClientError::from_status(&picked.addr, &status)),
                 Err(_) => Status::deadline_exceeded(format!("no answer within {:?}", config.rpc_timeout)),
             };
@@ -429,10 +449,24 @@ impl Watch {
                         status.message(),
                         started.elapsed()
                     ),
-                    refusal: crate::Refusal::of(&status),
+                    refusal: Refusal::of(&status),
                 });
             }
             tokio::time::sleep(pause).await;
         }
     }
+}
+
+/// Whether another node may serve what this one refused: a revision it no
+/// longer keeps (or fell behind of), a full node, a removed node.
+fn another_node_may_serve(status: &Status) -> bool {
+    matches!(
+        Refusal::of(status),
+        Some(
+            Refusal::RevisionCompacted { .. }
+                | Refusal::WatchTooSlow { .. }
+                | Refusal::TooManyWatches { .. }
+                | Refusal::NodeRemoved
+        )
+    )
 }
