@@ -189,6 +189,7 @@ impl PaxosEngine {
             }
             None => Arc::new(AppliedState::default()),
         };
+        state.limit_history(config.watch_history);
         // A joining node knows no configuration: it learns the cluster's
         // from the leader that adds it.
         let (members, addresses): (BTreeSet<NodeId>, BTreeMap<NodeId, String>) = if config.join {

@@ -98,14 +98,10 @@ impl RaftEngine {
             config.incarnations.clone(),
             config.telemetry.clone(),
         );
-        let engine = Self::start_with_network(
-            config,
-            network.clone(),
-            Arc::new(AppliedState::default()),
-            WalSync::Background,
-            retirement,
-        )
-        .await?;
+        let state = Arc::new(AppliedState::default());
+        state.limit_history(config.watch_history);
+        let engine =
+            Self::start_with_network(config, network.clone(), state, WalSync::Background, retirement).await?;
         let _ = engine.notices.set(network);
         let service = RaftPeerServer::new(RaftPeerService::new(
             engine.raft.clone(),

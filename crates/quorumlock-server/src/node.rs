@@ -93,6 +93,10 @@ async fn start_engine(
         snapshot_every_entries: config.snapshot_every_entries,
         incarnations: incarnations.clone(),
         telemetry: metrics.map_or_else(Arc::default, |metrics| metrics.telemetry.clone()),
+        watch_history: HistoryLimits {
+            changes: config.watch_history,
+            ..HistoryLimits::default()
+        },
     };
     let (engine, routes): (Arc<dyn ConsensusEngine>, Routes) = match config.engine {
         EngineKind::Raft => {
@@ -203,10 +207,6 @@ impl Node {
             }
             None => engine,
         };
-        engine.state().limit_history(HistoryLimits {
-            changes: config.watch_history,
-            ..HistoryLimits::default()
-        });
         let own_incarnation = incarnations.own_incarnation();
 
         match found {

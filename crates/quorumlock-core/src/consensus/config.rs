@@ -33,6 +33,9 @@ pub struct EngineConfig {
     pub incarnations: Arc<Incarnations>,
     /// Where the engine records its fsyncs, peer calls and snapshots.
     pub telemetry: Arc<super::EngineTelemetry>,
+    /// How much of what it applies the engine's state keeps for watches,
+    /// from the first entry it applies (the replay at start included).
+    pub watch_history: super::HistoryLimits,
 }
 
 impl EngineConfig {

@@ -518,6 +518,7 @@ impl RaftSim {
             // The simulated network carries no incarnations.
             incarnations: Arc::new(Incarnations::in_memory(id, id.get())),
             telemetry: Arc::default(),
+            watch_history: Default::default(),
         };
         // The state restarts empty; its notices are watched before the
         // engine restores the snapshot and replays the log into it.
