@@ -29,6 +29,7 @@ engine_tests!(
     check_a_watch_sees_every_event_of_its_names_in_revision_order,
     check_every_node_gives_the_same_events_from_any_revision,
     check_the_client_watch_resumes_across_a_leader_kill_with_nothing_lost_or_repeated,
+    check_the_client_watch_goes_to_a_node_that_keeps_the_revision,
     check_a_revision_no_longer_kept_is_out_of_range_naming_the_oldest,
     check_a_watcher_that_does_not_read_is_cut_off_not_buffered,
     check_bad_watch_arguments_are_refused_precisely,
@@ -480,8 +481,9 @@ async fn check_a_revision_no_longer_kept_is_out_of_range_naming_the_oldest(engin
 }
 
 /// A watcher that stops reading while the node applies far more than its
-/// history keeps is ended with RESOURCE_EXHAUSTED / WATCH_TOO_SLOW once it
-/// reads again; what it was sent before is complete and in order.
+/// history keeps is ended, while its queue is full, with
+/// RESOURCE_EXHAUSTED / WATCH_TOO_SLOW, which it reads after what was
+/// queued; what it was sent is in order.
 async fn check_a_watcher_that_does_not_read_is_cut_off_not_buffered(engine: &str) {
     let cluster = Cluster::start_with_args(engine, 3, &["--watch-history", "50"]).await;
     let client = cluster.any_client().await;
@@ -588,4 +590,63 @@ async fn check_bad_watch_arguments_are_refused_precisely(engine: &str) {
         );
         assert_eq!(detail.field, field, "{what}");
     }
+}
+
+/// A node restarted with a history of 5 changes refuses revision 1 with
+/// REVISION_COMPACTED; the Rust client, pointed at it first, moves on to a
+/// node that kept revision 1 and watches from there.
+async fn check_the_client_watch_goes_to_a_node_that_keeps_the_revision(engine: &str) {
+    let cluster = Cluster::start(engine, 3).await;
+    let client = cluster.any_client().await;
+    let session = cluster.session(30_000).await;
+    let token = acquire_granted(&client, session.key, "t14/keep", 0).await;
+    for round in 0..20 {
+        put(
+            &client,
+            format!("t14/keep{round}"),
+            "v",
+            fence("t14/keep", token),
+            session.key,
+        )
+        .await
+        .expect("Put");
+    }
+    cluster.kill(0);
+    cluster.start_node_with(0, &["--watch-history", "5"]);
+    let short = wait_until("node 0 to keep only its last changes", CONDITION_WAIT, || async {
+        let Ok(node) = connect(&cluster.url(0)).await else {
+            return Err("node 0 is not up yet".to_string());
+        };
+        match open_watch(&LockClient::new(node), "", true, 1).await {
+            Err(status) if status.code() == Code::OutOfRange => Ok(status),
+            Err(status) => Err(format!("Watch from 1 on node 0: {status:?}")),
+            Ok(_) => Err("node 0 still keeps revision 1".to_string()),
+        }
+    })
+    .await;
+    expect_refusal(
+        "Watch from 1 on node 0",
+        Err::<(), _>(short),
+        Code::OutOfRange,
+        ErrorReason::RevisionCompacted,
+    );
+
+    let endpoints: Vec<String> = (0..cluster.len()).map(|index| cluster.url(index)).collect();
+    let watcher = Client::connect(&endpoints).await.expect("connect");
+    assert_eq!(
+        watcher.current_endpoint(),
+        cluster.addr(0).to_string(),
+        "node 0 is asked first"
+    );
+    let mut watch = watcher
+        .watch(WatchOptions::prefix("t14/keep").from_revision(1))
+        .await
+        .expect("a node that keeps revision 1 serves the watch");
+    assert_ne!(watch.endpoint(), cluster.addr(0).to_string());
+    let first = watch.next().await.expect("the first event");
+    assert_eq!(
+        (first.kind, first.lock.as_str()),
+        (EventKind::Granted, "t14/keep")
+    );
+    assert_eq!(first.token.map(|token| token.get()), Some(token));
 }
