@@ -196,6 +196,33 @@ pub fn check_token_order(ops: &[Op]) -> Vec<Violation> {
     let mut by_lock: BTreeMap<&str, Vec<Observation>> = BTreeMap::new();
     let mut by_token: HashMap<u64, &Op> = HashMap::new();
     let mut violations = Vec::new();
+    // An acquire by a session that still holds the lock answers with the
+    // token of the hold it has (the retry rule), which may be older than a
+    // grant another session got meanwhile: a shared or semaphore hold whose
+    // release was lost stays beside new holders. Such an answer is no new
+    // grant. It is recognised by an earlier acquire of the same session and
+    // lock that answered the same token, or whose answer was lost (it may
+    // have been granted then); only new grants are held to real-time order.
+    let acquires: Vec<&Op> = ops
+        .iter()
+        .filter(|op| {
+            matches!(
+                op.call,
+                Call::Acquire { .. } | Call::AcquireShared { .. } | Call::AcquirePermits { .. }
+            )
+        })
+        .collect();
+    let held_before = |op: &Op, token: u64| {
+        acquires.iter().any(|earlier| {
+            earlier.invoke_us < op.invoke_us
+                && same_grant(earlier, op)
+                && match &earlier.ret {
+                    Return::Granted { token: earlier_token } => *earlier_token == token,
+                    Return::Unknown { .. } => true,
+                    _ => false,
+                }
+        })
+    };
     for op in ops {
         if let (
             Call::Acquire { lock }
@@ -204,10 +231,12 @@ pub fn check_token_order(ops: &[Op]) -> Vec<Violation> {
             Return::Granted { token },
         ) = (&op.call, &op.ret)
         {
-            by_lock
-                .entry(lock)
-                .or_default()
-                .push(Observation { op, token: *token });
+            if !held_before(op, *token) {
+                by_lock
+                    .entry(lock)
+                    .or_default()
+                    .push(Observation { op, token: *token });
+            }
             match by_token.get(token) {
                 Some(other) if !same_grant(other, op) => violations.push(Violation {
                     kind: ViolationKind::TokenOrder,
@@ -1037,6 +1066,57 @@ mod tests {
     fn token_order_allows_the_same_session_being_handed_its_grant_again() {
         let ops = vec![acquire(1, (0, 10), 5), acquire(1, (20, 30), 5)];
         assert!(check_token_order(&ops).is_empty());
+    }
+
+    /// A semaphore hold whose release was lost stays beside a newer
+    /// holder's; the same session's next acquire answers with its old
+    /// token, which is no new grant. An older token to a session that held
+    /// nothing is still caught.
+    #[test]
+    fn token_order_allows_a_kept_shared_hold_answered_again_and_catches_a_new_grant_out_of_order() {
+        let permits = |session: u64, span: (u64, u64), ret: Return| {
+            op(
+                session,
+                session,
+                (span.0, Some(span.1)),
+                Call::AcquirePermits {
+                    semaphore: "s".into(),
+                    permits: 1,
+                },
+                ret,
+            )
+        };
+        let kept = vec![
+            permits(1, (0, 10), Return::Granted { token: 5 }),
+            op(
+                1,
+                1,
+                (11, Some(20)),
+                Call::ReleasePermits {
+                    semaphore: "s".into(),
+                    token: 5,
+                },
+                unknown(),
+            ),
+            permits(2, (21, 30), Return::Granted { token: 7 }),
+            permits(1, (40, 50), Return::Granted { token: 5 }),
+        ];
+        assert!(
+            check_token_order(&kept).is_empty(),
+            "{:?}",
+            check_token_order(&kept)
+        );
+        let lost_answer = vec![
+            permits(1, (0, 10), unknown()),
+            permits(2, (21, 30), Return::Granted { token: 7 }),
+            permits(1, (40, 50), Return::Granted { token: 5 }),
+        ];
+        assert!(check_token_order(&lost_answer).is_empty());
+        let out_of_order = vec![
+            permits(2, (21, 30), Return::Granted { token: 7 }),
+            permits(1, (40, 50), Return::Granted { token: 5 }),
+        ];
+        assert_eq!(check_token_order(&out_of_order).len(), 1);
     }
 
     #[test]
