@@ -65,12 +65,12 @@ pub struct LockService {
 }
 
 /// Resolves once `stopping` turns true (or its sender is gone).
-async fn stopped(mut stopping: watch::Receiver<bool>) {
+pub(super) async fn stopped(mut stopping: watch::Receiver<bool>) {
     let _ = stopping.wait_for(|stopping| *stopping).await;
 }
 
 /// UNAVAILABLE for a stream or a wait cut short because the node stops.
-fn node_stopping() -> Status {
+pub(super) fn node_stopping() -> Status {
     from_engine_error(EngineError::ShuttingDown)
 }
 

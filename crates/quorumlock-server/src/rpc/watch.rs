@@ -12,8 +12,9 @@ use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tonic::{Code, Status};
 
-use super::status::{from_engine_error, invalid_argument};
-use quorumlock_core::consensus::{Compacted, ConsensusEngine, EngineError, Revision};
+use super::lock_service::{node_stopping, stopped};
+use super::status::invalid_argument;
+use quorumlock_core::consensus::{Compacted, ConsensusEngine, Revision};
 use quorumlock_core::lock::{validate, Cause, Change, LockMode, Subject};
 use quorumlock_proto::details::{self, reason};
 use quorumlock_proto::limits::{KEY_BYTES_MAX, WATCHES_MAX};
@@ -409,7 +410,7 @@ pub async fn serve_watch(
     start: u64,
     replies: mpsc::Sender<Result<pb::WatchResponse, Status>>,
     ending: Ending,
-    mut stopping: watch::Receiver<bool>,
+    stopping: watch::Receiver<bool>,
     _slot: WatchSlot,
 ) {
     let state = engine.state();
@@ -439,7 +440,7 @@ pub async fn serve_watch(
                     }
                     Err(_) => Some(Stop::Gone),
                 },
-                () = stopped_node(&mut stopping) => Some(Stop::End(from_engine_error(EngineError::ShuttingDown))),
+                () = stopped(stopping.clone()) => Some(Stop::End(node_stopping())),
                 Err(compacted) = fell_behind(state, cursor.next) => Some(Stop::End(too_slow(compacted))),
             };
             match sent {
@@ -471,20 +472,13 @@ pub async fn serve_watch(
             () = &mut changed => {}
             _ = progress.tick() => progress_due = true,
             () = replies.closed() => break Stop::Gone,
-            () = stopped_node(&mut stopping) => break Stop::End(from_engine_error(EngineError::ShuttingDown)),
+            () = stopped(stopping.clone()) => break Stop::End(node_stopping()),
         }
     };
     if let Stop::End(status) = stop {
         // After the queued messages: a full queue cannot take it.
         drop(replies);
         let _ = ending.send(status);
-    }
-}
-
-/// Resolves once the node begins to stop.
-async fn stopped_node(stopping: &mut watch::Receiver<bool>) {
-    if stopping.wait_for(|stopping| *stopping).await.is_err() {
-        // The node's stop signal is gone: it stopped.
     }
 }
 
