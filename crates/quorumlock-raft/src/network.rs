@@ -245,7 +245,12 @@ impl PeerConnection {
                         (true, Some(data)) => {
                             payload = request_to(&self.incarnations, self.target, RaftPayload { data });
                         }
-                        _ => return Err(RPCError::Network(NetworkError::new(&status))),
+                        // A peer that refused (another incarnation, retired,
+                        // not ready) refuses the next request too: reported
+                        // as unreachable, replication to it backs off instead
+                        // of sending again at once, which would keep both
+                        // nodes busy refusing and answering.
+                        _ => return Err(RPCError::Unreachable(Unreachable::new(&status))),
                     }
                 }
                 Ok(Ok(response)) => {
