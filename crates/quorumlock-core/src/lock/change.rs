@@ -21,6 +21,8 @@ pub enum Cause {
         /// The administrator's identity.
         by: String,
     },
+    /// The grant's maximum hold time passed.
+    MaxHold,
 }
 
 impl Cause {
@@ -32,6 +34,7 @@ impl Cause {
             Cause::SessionClosed => "session closed",
             Cause::SessionExpired => "session expired",
             Cause::Forced { .. } => "forced",
+            Cause::MaxHold => "maximum hold time passed",
         }
     }
 }
@@ -81,8 +84,22 @@ pub enum Change {
         session: SessionId,
         /// The token it held.
         token: FencingToken,
-        /// Why: released, or its session closed or expired.
+        /// Why: released, its session closed or expired, forced, or its
+        /// maximum hold time passed.
         cause: Cause,
+    },
+    /// A lock-delay began on `lock`: nobody is granted it for `ms` (from
+    /// when the leader sees it), because a grant ended without a release.
+    DelayBegun {
+        /// The lock.
+        lock: String,
+        /// The delay's length.
+        ms: u32,
+    },
+    /// The lock-delay of `lock` passed; waiters may be granted again.
+    DelayEnded {
+        /// The lock.
+        lock: String,
     },
     /// A fenced write stored `value` under `key`.
     Put {
@@ -118,7 +135,9 @@ impl Change {
             Change::Granted { lock, .. }
             | Change::Queued { lock, .. }
             | Change::Left { lock, .. }
-            | Change::Freed { lock, .. } => Subject::Lock(lock),
+            | Change::Freed { lock, .. }
+            | Change::DelayBegun { lock, .. }
+            | Change::DelayEnded { lock } => Subject::Lock(lock),
             Change::Put { key, .. } | Change::Deleted { key, .. } => Subject::Key(key),
         }
     }
@@ -129,9 +148,11 @@ impl Change {
         const FIXED: usize = std::mem::size_of::<Change>();
         FIXED
             + match self {
-                Change::Granted { lock, .. } | Change::Queued { lock, .. } | Change::Left { lock, .. } => {
-                    lock.len()
-                }
+                Change::Granted { lock, .. }
+                | Change::Queued { lock, .. }
+                | Change::Left { lock, .. }
+                | Change::DelayBegun { lock, .. }
+                | Change::DelayEnded { lock } => lock.len(),
                 Change::Freed { lock, cause, .. } => {
                     lock.len()
                         + match cause {

@@ -43,6 +43,28 @@ impl std::fmt::Display for LockMode {
     }
 }
 
+/// What a grant asks of the cluster besides the lock itself. Both are
+/// kept with the grant (and with a waiter until it is granted); 0 is none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HoldTerms {
+    /// When the grant ends because its session expired or its maximum
+    /// hold time passed (not by a release), nobody is granted the lock for
+    /// this long: its holder may still be at work and unaware. 0 to
+    /// [`super::limits::LOCK_DELAY_MS_MAX`].
+    pub lock_delay_ms: u32,
+    /// The leader ends the grant once it has been held this long, even
+    /// while its session renews. 0 (none) or
+    /// [`super::limits::MAX_HOLD_MS_MIN`] to [`super::limits::MAX_HOLD_MS_MAX`].
+    pub max_hold_ms: u32,
+}
+
+impl HoldTerms {
+    /// Whether the terms ask for nothing.
+    pub fn is_none(&self) -> bool {
+        *self == HoldTerms::default()
+    }
+}
+
 /// A command of the lock state machine. Every replica applies the same
 /// commands in the same order; nothing here depends on a clock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +212,45 @@ pub enum Command {
         /// Who asked: the administrator's identity, kept in the log.
         by: String,
     },
+    /// An acquire with [`HoldTerms`]: [`Command::Acquire`],
+    /// [`Command::AcquireShared`] or [`Command::AcquirePermits`] with a
+    /// lock-delay or a maximum hold time. Those variants stay for log
+    /// entries written before terms existed and for acquires without terms.
+    AcquireWithTerms {
+        /// The session that wants the lock.
+        session: SessionId,
+        /// The lock's (or semaphore's) name.
+        lock: String,
+        /// Join the queue instead of failing when the lock is not free.
+        wait: bool,
+        /// The mode asked for (shared for a semaphore).
+        mode: LockMode,
+        /// `(permits, limit)` for a semaphore; `None` for a lock.
+        semaphore: Option<(u32, u32)>,
+        /// The grant's lock-delay and maximum hold time.
+        terms: HoldTerms,
+        /// The caller, who must be the session's owner.
+        by: Credential,
+    },
+    /// Ends the grant of `lock` under `token` because its maximum hold time
+    /// passed on the leader's clock. Only the leader proposes it; a grant
+    /// already gone makes it a no-op.
+    EndHold {
+        /// The lock.
+        lock: String,
+        /// The token of the grant to end.
+        token: FencingToken,
+    },
+    /// Ends the lock-delay numbered `delay` of `lock` once it passed on the
+    /// leader's clock, and grants the waiters it held back. Only the leader
+    /// proposes it; a delay already over, or replaced by a later one, makes
+    /// it a no-op.
+    EndLockDelay {
+        /// The lock.
+        lock: String,
+        /// The delay's number (see [`Outcome::HoldEnded`] and `Lock::delay`).
+        delay: u64,
+    },
 }
 
 impl Command {
@@ -287,6 +348,22 @@ pub enum Outcome {
     ForceReleased {
         /// The session that held the grant.
         session: SessionId,
+        /// The first waiter granted the lock, if any.
+        next: Option<Grant>,
+    },
+    /// A grant's maximum hold time passed: `session` held it (`None` when
+    /// the grant was already gone); `next` is the first waiter granted.
+    HoldEnded {
+        /// The session whose grant ended.
+        session: Option<SessionId>,
+        /// The first waiter granted the lock, if any.
+        next: Option<Grant>,
+    },
+    /// A lock-delay passed: `ended` says whether it was still the lock's
+    /// delay; `next` is the first waiter granted.
+    LockDelayEnded {
+        /// Whether the delay named was the lock's current one.
+        ended: bool,
         /// The first waiter granted the lock, if any.
         next: Option<Grant>,
     },

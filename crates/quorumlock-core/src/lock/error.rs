@@ -79,6 +79,16 @@ pub enum LockError {
         /// The number the acquire named.
         asked: u32,
     },
+    /// A try-acquire named a lock in its lock-delay: its last holder's
+    /// session expired (or its maximum hold passed) and nobody is granted
+    /// it until the delay passes on the leader's clock.
+    #[error("lock {lock:?} is in its {delay_ms} ms lock-delay: its holder's grant ended without a release and it may still be at work; nobody is granted the lock until the delay passes")]
+    LockDelayed {
+        /// The lock.
+        lock: String,
+        /// The delay's length.
+        delay_ms: u32,
+    },
     /// The cluster holds as many sessions as it allows.
     #[error("too many open sessions ({max})")]
     TooManySessions {

@@ -6,8 +6,9 @@
 //! state machine checks again on apply because a log is not trusted input.
 
 pub use quorumlock_proto::limits::{
-    KEY_BYTES_MAX, LOCK_NAME_BYTES_MAX, SEMAPHORE_PERMITS_MAX, SESSIONS_MAX, SESSION_TTL_MS_MAX,
-    SESSION_TTL_MS_MIN, VALUE_BYTES_MAX, WAITERS_PER_LOCK_MAX,
+    KEY_BYTES_MAX, LOCK_DELAY_MS_MAX, LOCK_NAME_BYTES_MAX, MAX_HOLD_MS_MAX, MAX_HOLD_MS_MIN,
+    SEMAPHORE_PERMITS_MAX, SESSIONS_MAX, SESSION_TTL_MS_MAX, SESSION_TTL_MS_MIN, VALUE_BYTES_MAX,
+    WAITERS_PER_LOCK_MAX,
 };
 
 /// Most entries in one `CheckpointSessions` command.

@@ -12,10 +12,15 @@ pub mod state;
 pub mod validate;
 
 pub use change::{Cause, Change, Subject};
-pub use command::{Applied, Command, Event, Fence, FencingToken, Grant, LockMode, Outcome, SessionId};
+pub use command::{
+    Applied, Command, Event, Fence, FencingToken, Grant, HoldTerms, LockMode, Outcome, SessionId,
+};
 pub use credential::{Credential, SecretDigest, IDENTITY_BYTES_MAX};
 pub use error::LockError;
-pub use state::{KvEntry, Lock, LockState, LockView, QueueView, Queues, Repaired, Session, Totals, Waiter};
+pub use state::{
+    KvEntry, Lock, LockDelay, LockState, LockView, QueueView, Queues, Repaired, Session, Timed, Totals,
+    Waiter,
+};
 
 #[cfg(test)]
 mod proptests;

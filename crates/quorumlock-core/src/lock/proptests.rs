@@ -20,8 +20,8 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{FileFailurePersistence, TestRunner};
 
 use super::{
-    Applied, Change, Command, Credential, Event, Fence, FencingToken, Grant, KvEntry, LockError, LockMode,
-    LockState, Outcome, SessionId,
+    Applied, Change, Command, Credential, Event, Fence, FencingToken, Grant, HoldTerms, KvEntry, LockError,
+    LockMode, LockState, Outcome, SessionId,
 };
 
 /// The locks commands name.
@@ -83,6 +83,9 @@ enum Step {
         lock: usize,
         wait: bool,
         mode: LockMode,
+        /// Hold terms, through [`Command::AcquireWithTerms`]; `None` is
+        /// the plain acquire.
+        terms: Option<HoldTerms>,
         caller: CallerPick,
     },
     /// Permits of a semaphore (in the locks' namespace: a name held as a
@@ -110,6 +113,17 @@ enum Step {
     ForceRelease {
         lock: usize,
         token: TokenPick,
+    },
+    /// The leader ends a grant whose maximum hold time passed.
+    EndHold {
+        lock: usize,
+        token: TokenPick,
+    },
+    /// The leader ends a lock-delay: the lock's current one, or a number
+    /// that may be stale.
+    EndLockDelay {
+        lock: usize,
+        delay: Option<u64>,
     },
     Put {
         key: usize,
@@ -240,11 +254,23 @@ impl Step {
                 lock,
                 wait,
                 mode,
+                terms,
                 caller,
             } => {
                 let session = session.resolve(state);
                 let by = caller.resolve(state, session);
-                Command::acquire(session, LOCKS[*lock].to_string(), *wait, *mode, by)
+                match terms {
+                    None => Command::acquire(session, LOCKS[*lock].to_string(), *wait, *mode, by),
+                    Some(terms) => Command::AcquireWithTerms {
+                        session,
+                        lock: LOCKS[*lock].to_string(),
+                        wait: *wait,
+                        mode: *mode,
+                        semaphore: None,
+                        terms: *terms,
+                        by,
+                    },
+                }
             }
             Step::AcquirePermits {
                 session,
@@ -294,6 +320,19 @@ impl Step {
                 lock: LOCKS[*lock].to_string(),
                 token: token.resolve(state, LOCKS[*lock]),
                 by: "ops".to_string(),
+            },
+            Step::EndHold { lock, token } => Command::EndHold {
+                lock: LOCKS[*lock].to_string(),
+                token: token.resolve(state, LOCKS[*lock]),
+            },
+            Step::EndLockDelay { lock, delay } => Command::EndLockDelay {
+                lock: LOCKS[*lock].to_string(),
+                delay: delay.unwrap_or_else(|| {
+                    state
+                        .lock(LOCKS[*lock])
+                        .and_then(|found| found.delay)
+                        .map_or(0, |current| current.id)
+                }),
             },
             Step::Put {
                 key,
@@ -395,17 +434,33 @@ fn mode_pick() -> impl Strategy<Value = LockMode> {
     ]
 }
 
+/// Mostly no terms; otherwise a lock-delay, a maximum hold, or both.
+fn terms_pick() -> impl Strategy<Value = Option<HoldTerms>> {
+    prop_oneof![
+        2 => Just(None),
+        1 => (prop_oneof![Just(0u32), Just(2_000u32)], prop_oneof![Just(0u32), Just(5_000u32)]).prop_map(
+            |(lock_delay_ms, max_hold_ms)| Some(HoldTerms { lock_delay_ms, max_hold_ms })
+        ),
+    ]
+}
+
 fn step() -> impl Strategy<Value = Step> {
     let acquire = lock_index().prop_flat_map(|lock| {
-        (session_pick_for(lock), any::<bool>(), mode_pick(), caller_pick()).prop_map(
-            move |(session, wait, mode, caller)| Step::Acquire {
+        (
+            session_pick_for(lock),
+            any::<bool>(),
+            mode_pick(),
+            terms_pick(),
+            caller_pick(),
+        )
+            .prop_map(move |(session, wait, mode, terms, caller)| Step::Acquire {
                 session,
                 lock,
                 wait,
                 mode,
+                terms,
                 caller,
-            },
-        )
+            })
     });
     // Mostly the last lock, so that one name is often a semaphore; its limit
     // is mostly 3, sometimes 2 (a mismatch while it exists); asks of 1 to 3
@@ -488,6 +543,9 @@ fn step() -> impl Strategy<Value = Step> {
         2 => cancel_wait,
         6 => release,
         1 => (lock_index(), token_pick()).prop_map(|(lock, token)| Step::ForceRelease { lock, token }),
+        2 => (lock_index(), token_pick()).prop_map(|(lock, token)| Step::EndHold { lock, token }),
+        2 => (lock_index(), prop_oneof![3 => Just(None), 1 => (0..4u64).prop_map(Some)])
+            .prop_map(|(lock, delay)| Step::EndLockDelay { lock, delay }),
         4 => put,
         2 => delete,
         1 => (1..4u64).prop_map(Step::BeginRepair),
@@ -520,6 +578,22 @@ fn initial_state() -> LockState {
     state
 }
 
+/// The lock a lock command names ("" for others).
+fn command_lock(command: &Command) -> &str {
+    match command {
+        Command::Acquire { lock, .. }
+        | Command::AcquireShared { lock, .. }
+        | Command::AcquireWithTerms { lock, .. }
+        | Command::AcquirePermits { semaphore: lock, .. }
+        | Command::CancelWait { lock, .. }
+        | Command::Release { lock, .. }
+        | Command::ForceRelease { lock, .. }
+        | Command::EndHold { lock, .. }
+        | Command::EndLockDelay { lock, .. } => lock,
+        _ => "",
+    }
+}
+
 /// The grants among a command's events, in order.
 fn grants(applied: &Applied) -> Vec<&Grant> {
     applied
@@ -547,6 +621,7 @@ type Holders = BTreeMap<String, (LockMode, BTreeSet<SessionId>)>;
 fn asked_mode(command: &Command) -> Option<LockMode> {
     match command {
         Command::Acquire { .. } => Some(LockMode::Exclusive),
+        Command::AcquireWithTerms { mode, .. } => Some(*mode),
         Command::AcquireShared { .. } | Command::AcquirePermits { .. } => Some(LockMode::Shared),
         _ => None,
     }
@@ -596,8 +671,8 @@ fn check_exclusive(state: &LockState, holders: &Holders) -> Result<(), TestCaseE
             lock
         );
         prop_assert!(
-            !seen.is_empty() || waiting.is_empty(),
-            "free lock {:?} has waiters {:?}",
+            !seen.is_empty() || waiting.is_empty() || view.delay.is_some(),
+            "free lock {:?} has waiters {:?} and no lock-delay",
             lock,
             waiting
         );
@@ -606,7 +681,7 @@ fn check_exclusive(state: &LockState, holders: &Holders) -> Result<(), TestCaseE
 }
 
 /// A short name for what a command produced, for the coverage check.
-fn outcome_kind(command: &Command, applied: &Applied) -> &'static str {
+fn outcome_kind(command: &Command, applied: &Applied, delay_begun: bool) -> &'static str {
     let grants = grants(applied).len();
     match (&applied.result, command) {
         (Ok(Outcome::SessionOpened { .. }), _) => "session opened",
@@ -633,6 +708,14 @@ fn outcome_kind(command: &Command, applied: &Applied) -> &'static str {
         (Ok(Outcome::Released { next: None }), _) => "released, freed",
         (Ok(Outcome::ForceReleased { next: Some(_), .. }), _) => "forced free, handed over",
         (Ok(Outcome::ForceReleased { next: None, .. }), _) => "forced free",
+        (Ok(Outcome::HoldEnded { session: None, .. }), _) => "hold already over",
+        (Ok(Outcome::HoldEnded { .. }), _) if delay_begun => "hold ended into a lock-delay",
+        (Ok(Outcome::HoldEnded { next: None, .. }), _) => "hold ended, freed",
+        (Ok(Outcome::HoldEnded { .. }), _) => "hold ended, handed over",
+        (Ok(Outcome::LockDelayEnded { ended: false, .. }), _) => "no such lock-delay",
+        (Ok(Outcome::LockDelayEnded { next: Some(_), .. }), _) => "lock-delay ended, handed over",
+        (Ok(Outcome::LockDelayEnded { .. }), _) => "lock-delay ended",
+        (Err(LockError::LockDelayed { .. }), _) => "refused in a lock-delay",
         (Ok(Outcome::Written { .. }), Command::Put { .. }) => "put",
         (Ok(Outcome::Written { existed: true }), _) => "deleted",
         (Ok(Outcome::Written { existed: false }), _) => "deleted nothing",
@@ -664,7 +747,7 @@ fn outcome_kind(command: &Command, applied: &Applied) -> &'static str {
 fn random_sequences_reach_every_outcome_and_refusal() {
     let mut runner = TestRunner::deterministic();
     let mut seen = BTreeSet::new();
-    for _ in 0..64 {
+    for _ in 0..256 {
         let steps = steps()
             .new_tree(&mut runner)
             .expect("the strategy never rejects")
@@ -672,8 +755,20 @@ fn random_sequences_reach_every_outcome_and_refusal() {
         let mut state = initial_state();
         for step in &steps {
             let command = step.resolve(&state);
+            let begun_before = state.delays_begun();
             let applied = state.apply(&command);
-            seen.insert(outcome_kind(&command, &applied));
+            let delay_begun = state.delays_begun() > begun_before;
+            seen.insert(outcome_kind(&command, &applied, delay_begun));
+            if matches!(command, Command::ExpireSession { .. }) && delay_begun {
+                seen.insert("expired into a lock-delay");
+            }
+            if matches!(applied.result, Ok(Outcome::Queued { .. }))
+                && state
+                    .lock(command_lock(&command))
+                    .is_some_and(|found| found.delay.is_some())
+            {
+                seen.insert("queued in a lock-delay");
+            }
         }
     }
     let expected = BTreeSet::from([
@@ -701,6 +796,16 @@ fn random_sequences_reach_every_outcome_and_refusal() {
         "released, freed",
         "forced free",
         "forced free, handed over",
+        "hold already over",
+        "hold ended, freed",
+        "hold ended, handed over",
+        "hold ended into a lock-delay",
+        "no such lock-delay",
+        "lock-delay ended",
+        "lock-delay ended, handed over",
+        "refused in a lock-delay",
+        "expired into a lock-delay",
+        "queued in a lock-delay",
         "stale forced release",
         "put",
         "deleted",
@@ -748,7 +853,8 @@ proptest! {
             // First the locks this command took from their holders...
             match (&command, &applied.result) {
                 (Command::Release { session, lock, .. }, Ok(Outcome::Released { .. }))
-                | (Command::ForceRelease { lock, .. }, Ok(Outcome::ForceReleased { session, .. })) => {
+                | (Command::ForceRelease { lock, .. }, Ok(Outcome::ForceReleased { session, .. }))
+                | (Command::EndHold { lock, .. }, Ok(Outcome::HoldEnded { session: Some(session), .. })) => {
                     let_go(&mut holders, lock, *session)?;
                 }
                 (_, Ok(Outcome::SessionEnded { released })) => {
@@ -822,7 +928,7 @@ proptest! {
                 "the counter must move once per grant"
             );
             match (&command, &applied.result) {
-                (_, Ok(Outcome::Released { next })) => {
+                (_, Ok(Outcome::Released { next } | Outcome::HoldEnded { next, .. } | Outcome::LockDelayEnded { next, .. })) => {
                     prop_assert_eq!(next.as_ref(), grants.first().copied());
                     // More than one grant only to readers let in together.
                     if grants.len() > 1 {
@@ -833,6 +939,7 @@ proptest! {
                 (
                     Command::Acquire { lock, .. }
                     | Command::AcquireShared { lock, .. }
+                    | Command::AcquireWithTerms { lock, .. }
                     | Command::AcquirePermits { semaphore: lock, .. },
                     Ok(Outcome::Acquired { token }),
                 ) => {
@@ -865,6 +972,7 @@ proptest! {
                 (
                     Command::Acquire { session, lock, .. }
                     | Command::AcquireShared { session, lock, .. }
+                    | Command::AcquireWithTerms { session, lock, .. }
                     | Command::AcquirePermits { session, semaphore: lock, .. },
                     Ok(Outcome::Queued { position }),
                 ) => {
@@ -916,6 +1024,7 @@ proptest! {
                         &command,
                         Command::Acquire { session: asker, lock: asked, .. }
                         | Command::AcquireShared { session: asker, lock: asked, .. }
+                        | Command::AcquireWithTerms { session: asker, lock: asked, .. }
                         | Command::AcquirePermits { session: asker, semaphore: asked, .. }
                             if *asker == grant.session && *asked == grant.lock
                     );
@@ -932,7 +1041,7 @@ proptest! {
                 // Nobody waits who could hold the lock now: the first waiter
                 // is a writer behind holders, a reader behind a writer, or
                 // an ask of more permits than are free.
-                if let Some(found) = state.lock(lock) {
+                if let Some(found) = state.lock(lock).filter(|found| found.delay.is_none()) {
                     if let Some(first) = found.queue.front() {
                         match &found.semaphore {
                             Some(semaphore) => prop_assert!(
@@ -1045,7 +1154,8 @@ proptest! {
             let applied = state.apply(&command);
             match (&command, &applied.result) {
                 (Command::Release { session, lock, .. }, Ok(_))
-                | (Command::ForceRelease { lock, .. }, Ok(Outcome::ForceReleased { session, .. })) => {
+                | (Command::ForceRelease { lock, .. }, Ok(Outcome::ForceReleased { session, .. }))
+                | (Command::EndHold { lock, .. }, Ok(Outcome::HoldEnded { session: Some(session), .. })) => {
                     if let Some((_, held)) = model.get_mut(lock) {
                         held.remove(session);
                     }
@@ -1185,6 +1295,45 @@ proptest! {
         prop_assert_eq!(last.next_token(), one.next_token());
     }
 
+    /// Lock-delay: nobody is granted a lock while its delay is in force
+    /// (only the command that ends it grants its waiters); a delay begins
+    /// only when a grant with a lock-delay ends by its session's expiry or
+    /// its maximum hold, never by a release, a close or an administrator;
+    /// and a try-acquire during a delay is refused with its length.
+    #[test]
+    fn nobody_is_granted_a_lock_during_its_lock_delay(steps in steps()) {
+        let mut state = initial_state();
+        for step in &steps {
+            let command = step.resolve(&state);
+            let before: BTreeMap<&str, Option<u64>> = LOCKS
+                .iter()
+                .map(|lock| (*lock, state.lock(lock).and_then(|found| found.delay).map(|delay| delay.id)))
+                .collect();
+            let begun_before = state.delays_begun();
+            let applied = state.apply(&command);
+            for grant in grants(&applied) {
+                if let Some(delay) = before[grant.lock.as_str()] {
+                    let ends_it = matches!(
+                        &command,
+                        Command::EndLockDelay { lock, delay: ended } if *lock == grant.lock && *ended == delay
+                    );
+                    prop_assert!(ends_it, "{:?} granted {:?} during its lock-delay {}", command, grant.lock, delay);
+                }
+            }
+            if state.delays_begun() > begun_before {
+                prop_assert!(
+                    matches!(command, Command::ExpireSession { .. } | Command::EndHold { .. }),
+                    "{:?} began a lock-delay",
+                    command
+                );
+            }
+            if let Err(LockError::LockDelayed { lock, delay_ms }) = &applied.result {
+                let found = state.lock(lock).and_then(|found| found.delay);
+                prop_assert_eq!(found.map(|delay| delay.ms), Some(*delay_ms));
+            }
+        }
+    }
+
     /// `check_invariants()` is Ok after every command.
     #[test]
     fn invariants_hold_after_every_command(steps in steps()) {
@@ -1207,6 +1356,7 @@ proptest! {
         let mut holders: BTreeMap<String, BTreeMap<SessionId, FencingToken>> = BTreeMap::new();
         let mut queues: BTreeMap<String, Vec<SessionId>> = BTreeMap::new();
         let mut kv: BTreeMap<String, KvEntry> = BTreeMap::new();
+        let mut delays: BTreeMap<String, u32> = BTreeMap::new();
         for step in &steps {
             let command = step.resolve(&state);
             let mut changes = Vec::new();
@@ -1242,6 +1392,12 @@ proptest! {
                     Change::Deleted { key, .. } => {
                         prop_assert!(kv.remove(&key).is_some(), "{:?} deleted a missing key", command);
                     }
+                    Change::DelayBegun { lock, ms } => {
+                        delays.insert(lock, ms);
+                    }
+                    Change::DelayEnded { lock } => {
+                        prop_assert!(delays.remove(&lock).is_some(), "{:?} ended a delay not begun", command);
+                    }
                 }
             }
             for name in LOCKS {
@@ -1256,6 +1412,8 @@ proptest! {
                 prop_assert_eq!(held, folded_holders, "holders of {} after {:?}", name, command);
                 let folded_queue = queues.get(name).cloned().unwrap_or_default();
                 prop_assert_eq!(queued, folded_queue, "queue of {} after {:?}", name, command);
+                let delay = state.lock(name).and_then(|lock| lock.delay).map(|delay| delay.ms);
+                prop_assert_eq!(delay, delays.get(name).copied(), "lock-delay of {} after {:?}", name, command);
             }
             for key in KEYS {
                 prop_assert_eq!(state.get(key), kv.get(key), "key {} after {:?}", key, command);

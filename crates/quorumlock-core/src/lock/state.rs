@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::change::{Cause, Change};
 use super::command::{
-    Applied, Command, Event, Fence, FencingToken, Grant, LockMode, NodeId, Outcome, SessionId,
+    Applied, Command, Event, Fence, FencingToken, Grant, HoldTerms, LockMode, NodeId, Outcome, SessionId,
 };
 use super::credential::Credential;
 use super::error::LockError;
@@ -52,7 +52,8 @@ pub struct Session {
     pub waiting: BTreeSet<String>,
 }
 
-/// One lock: its holders and its queue. A lock with neither is removed.
+/// One lock: its holders, its queue and its lock-delay. A lock with none
+/// of them is removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lock {
     /// The mode the lock is held in.
@@ -67,6 +68,45 @@ pub struct Lock {
     /// For a semaphore: its permits and each holder's. A semaphore is held
     /// in shared mode (its holders hold together; their tokens fence reads).
     pub semaphore: Option<Permits>,
+    /// The terms of the holders' grants that have any, by session.
+    pub terms: BTreeMap<SessionId, HoldTerms>,
+    /// The lock-delay in force: nobody is granted the lock until
+    /// [`Command::EndLockDelay`] ends it.
+    pub delay: Option<LockDelay>,
+}
+
+/// A lock-delay in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockDelay {
+    /// Its number, unique in the cluster's history:
+    /// [`Command::EndLockDelay`] names it, so a late end never cuts a
+    /// later delay short.
+    pub id: u64,
+    /// How long it lasts, from when the leader first sees it.
+    pub ms: u32,
+}
+
+/// A deadline the leader keeps on its own clock and ends through the log.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Timed {
+    /// The grant of `lock` under `token` ends `max_hold_ms` after it began.
+    Hold {
+        /// The lock.
+        lock: String,
+        /// The grant's token.
+        token: FencingToken,
+        /// Its maximum hold time.
+        max_hold_ms: u32,
+    },
+    /// The lock-delay `delay` of `lock` ends `ms` after it began.
+    Delay {
+        /// The lock.
+        lock: String,
+        /// The delay's number.
+        delay: u64,
+        /// Its length.
+        ms: u32,
+    },
 }
 
 /// A semaphore's permits.
@@ -95,6 +135,8 @@ pub struct Waiter {
     pub mode: LockMode,
     /// The permits it asked for, for a semaphore; 0 for a lock.
     pub permits: u32,
+    /// The terms its grant will have.
+    pub terms: HoldTerms,
 }
 
 /// What an acquire asks for.
@@ -149,12 +191,21 @@ impl Lock {
     }
 
     /// Whether a session asking for `mode` (and `permits` of a semaphore)
-    /// may be granted now, queue aside.
+    /// may be granted now, queue aside: never during a lock-delay.
     fn admits(&self, mode: LockMode, permits: u32) -> bool {
+        if self.delay.is_some() {
+            return false;
+        }
         match &self.semaphore {
             Some(semaphore) => semaphore.used() + u64::from(permits) <= u64::from(semaphore.limit),
             None => self.holders.is_empty() || (self.mode == LockMode::Shared && mode == LockMode::Shared),
         }
+    }
+
+    /// Whether the leader keeps a deadline for the lock: a lock-delay, or
+    /// a grant with a maximum hold time.
+    fn is_timed(&self) -> bool {
+        self.delay.is_some() || self.terms.values().any(|terms| terms.max_hold_ms > 0)
     }
 
     fn queued_at(&self, session: SessionId) -> Option<(usize, Waiter)> {
@@ -197,6 +248,10 @@ pub struct LockView {
     pub shared: Vec<(SessionId, FencingToken)>,
     /// How many sessions wait.
     pub queue_len: usize,
+    /// The terms of the holders' grants that have any.
+    pub terms: BTreeMap<SessionId, HoldTerms>,
+    /// The lock-delay in force, if any.
+    pub delay: Option<LockDelay>,
 }
 
 impl LockView {
@@ -211,7 +266,7 @@ impl LockView {
 pub struct Queues {
     /// Sessions waiting, counted once per lock they wait for.
     pub waiters: usize,
-    /// Locks held (every lock the state keeps has a holder).
+    /// Locks held (a lock in its lock-delay may have no holder).
     pub held: usize,
     /// The longest queues, longest first.
     pub deepest: Vec<QueueView>,
@@ -257,6 +312,13 @@ pub struct LockState {
     repairs_pending: BTreeSet<NodeId>,
     /// What applied commands did, counted since the cluster began.
     totals: Totals,
+    /// Lock-delays begun since the cluster began: the last one's number.
+    delays_begun: u64,
+    /// The locks with a grant that has a maximum hold time or with a
+    /// lock-delay: what [`LockState::timed`] looks at. Derived from the
+    /// locks, so not in snapshots; rebuilt on restore.
+    #[serde(skip)]
+    timed: BTreeSet<String>,
 }
 
 /// Counts of what applied commands did, since the cluster's first command.
@@ -291,7 +353,66 @@ pub struct Totals {
 /// [`LockStateWithoutRepairs`]; read as one, these bytes would be a
 /// session counter of about 3.6 × 10^18, which no cluster reaches (one new
 /// session a nanosecond for a century is 3.2 × 10^18).
-const SNAPSHOT_MAGIC: &[u8; 8] = b"QLSTATE4";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"QLSTATE5";
+
+/// Opens snapshots written before hold terms, in the layout of
+/// [`LockStateBeforeTerms`]: no grant has terms and no lock a delay.
+const SNAPSHOT_MAGIC_BEFORE_TERMS: &[u8; 8] = b"QLSTATE4";
+
+/// A lock as snapshots before hold terms stored it.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct LockBeforeTerms {
+    mode: LockMode,
+    holders: BTreeMap<SessionId, FencingToken>,
+    queue: VecDeque<WaiterBeforeTerms>,
+    semaphore: Option<Permits>,
+}
+
+/// A waiter as snapshots before hold terms stored it.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct WaiterBeforeTerms {
+    session: SessionId,
+    mode: LockMode,
+    permits: u32,
+}
+
+impl From<LockBeforeTerms> for Lock {
+    fn from(old: LockBeforeTerms) -> Lock {
+        Lock {
+            mode: old.mode,
+            holders: old.holders,
+            queue: old
+                .queue
+                .into_iter()
+                .map(|waiter| Waiter {
+                    session: waiter.session,
+                    mode: waiter.mode,
+                    permits: waiter.permits,
+                    terms: HoldTerms::default(),
+                })
+                .collect(),
+            semaphore: old.semaphore,
+            terms: BTreeMap::new(),
+            delay: None,
+        }
+    }
+}
+
+/// The layout of [`LockState`] before hold terms.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct LockStateBeforeTerms {
+    next_session: SessionId,
+    next_token: FencingToken,
+    sessions: BTreeMap<SessionId, Session>,
+    locks: BTreeMap<String, LockBeforeTerms>,
+    kv: BTreeMap<String, KvEntry>,
+    repaired: BTreeMap<NodeId, Repaired>,
+    repairs_pending: BTreeSet<NodeId>,
+    totals: Totals,
+}
 
 /// Opens snapshots written before shared locks, in the layout of
 /// [`LockStateBeforeModes`]; every lock in them is exclusive.
@@ -317,9 +438,12 @@ impl From<LockBeforeModes> for Lock {
                     session,
                     mode: LockMode::Exclusive,
                     permits: 0,
+                    terms: HoldTerms::default(),
                 })
                 .collect(),
             semaphore: None,
+            terms: BTreeMap::new(),
+            delay: None,
         }
     }
 }
@@ -381,6 +505,8 @@ impl Default for LockState {
             repaired: BTreeMap::new(),
             repairs_pending: BTreeSet::new(),
             totals: Totals::default(),
+            delays_begun: 0,
+            timed: BTreeSet::new(),
         }
     }
 }
@@ -415,17 +541,19 @@ impl LockState {
                 lock,
                 wait,
                 by,
-            } => self
-                .check_lock_call(*session, lock, by)
-                .and_then(|()| self.acquire(*session, lock, *wait, Ask::Lock(LockMode::Exclusive), &mut out)),
+            } => self.check_lock_call(*session, lock, by).and_then(|()| {
+                let ask = Ask::Lock(LockMode::Exclusive);
+                self.acquire(*session, lock, *wait, ask, HoldTerms::default(), &mut out)
+            }),
             Command::AcquireShared {
                 session,
                 lock,
                 wait,
                 by,
-            } => self
-                .check_lock_call(*session, lock, by)
-                .and_then(|()| self.acquire(*session, lock, *wait, Ask::Lock(LockMode::Shared), &mut out)),
+            } => self.check_lock_call(*session, lock, by).and_then(|()| {
+                let ask = Ask::Lock(LockMode::Shared);
+                self.acquire(*session, lock, *wait, ask, HoldTerms::default(), &mut out)
+            }),
             Command::AcquirePermits {
                 session,
                 semaphore,
@@ -440,7 +568,32 @@ impl LockState {
                         permits: *permits,
                         limit: *limit,
                     };
-                    self.acquire(*session, semaphore, *wait, ask, &mut out)
+                    self.acquire(*session, semaphore, *wait, ask, HoldTerms::default(), &mut out)
+                }),
+            Command::AcquireWithTerms {
+                session,
+                lock,
+                wait,
+                mode,
+                semaphore,
+                terms,
+                by,
+            } => validate::terms(terms)
+                .and_then(|()| match semaphore {
+                    Some((permits, limit)) if *mode == LockMode::Shared => {
+                        validate::permits(*permits, *limit).map(|()| Ask::Permits {
+                            permits: *permits,
+                            limit: *limit,
+                        })
+                    }
+                    Some(_) => Err(LockError::InvalidArgument(
+                        "a semaphore is acquired in shared mode".to_string(),
+                    )),
+                    None => Ok(Ask::Lock(*mode)),
+                })
+                .and_then(|ask| {
+                    self.check_lock_call(*session, lock, by)?;
+                    self.acquire(*session, lock, *wait, ask, *terms, &mut out)
                 }),
             Command::CancelWait { session, lock, by } => self
                 .check_lock_call(*session, lock, by)
@@ -479,6 +632,12 @@ impl LockState {
             Command::ForceRelease { lock, token, by } => {
                 validate::lock_name(lock).and_then(|()| self.force_release(lock, *token, by, &mut out))
             }
+            Command::EndHold { lock, token } => {
+                validate::lock_name(lock).map(|()| self.end_hold(lock, *token, &mut out))
+            }
+            Command::EndLockDelay { lock, delay } => {
+                validate::lock_name(lock).map(|()| self.end_lock_delay(lock, *delay, &mut out))
+            }
         };
         let applied = Applied {
             result,
@@ -509,6 +668,9 @@ impl LockState {
                 totals.locks_lost += released.len() as u64;
             }
             (Command::Release { .. } | Command::ForceRelease { .. }, Ok(_)) => totals.releases += 1,
+            (Command::EndHold { .. }, Ok(Outcome::HoldEnded { session: Some(_), .. })) => {
+                totals.releases += 1
+            }
             (Command::Put { .. } | Command::Delete { .. }, Ok(_)) => totals.fenced_writes += 1,
             // A refused command changes nothing, its count included: refusals
             // are counted by each replica as it applies (the metrics).
@@ -560,12 +722,16 @@ impl LockState {
         let (mode, permits) = match command {
             Command::AcquireShared { .. } => (LockMode::Shared, 0),
             Command::AcquirePermits { permits, .. } => (LockMode::Shared, *permits),
+            Command::AcquireWithTerms { mode, semaphore, .. } => {
+                (*mode, semaphore.map_or(0, |(permits, _)| permits))
+            }
             _ => (LockMode::Exclusive, 0),
         };
         match (command, &applied.result) {
             (
                 Command::Acquire { session, lock, .. }
                 | Command::AcquireShared { session, lock, .. }
+                | Command::AcquireWithTerms { session, lock, .. }
                 | Command::AcquirePermits {
                     session,
                     semaphore: lock,
@@ -586,6 +752,7 @@ impl LockState {
             (
                 Command::Acquire { session, lock, .. }
                 | Command::AcquireShared { session, lock, .. }
+                | Command::AcquireWithTerms { session, lock, .. }
                 | Command::AcquirePermits {
                     session,
                     semaphore: lock,
@@ -593,13 +760,12 @@ impl LockState {
                 },
                 Ok(Outcome::Queued { position }),
             ) => assert!(
-                self.locks.get(lock).is_some_and(|found| !found.holders.is_empty()
-                    && found.queue.get(*position)
-                        == Some(&Waiter {
-                            session: *session,
-                            mode,
-                            permits,
-                        }))
+                self.locks.get(lock).is_some_and(|found| (!found.holders.is_empty()
+                    || found.delay.is_some())
+                    && found.queue.get(*position).is_some_and(|waiter| {
+                        // A retried wait keeps the terms it queued with.
+                        (waiter.session, waiter.mode, waiter.permits) == (*session, mode, permits)
+                    }))
                     && self.sessions[session].waiting.contains(lock),
                 "session {session} waits in {mode} mode ({permits} permits) at position {position} of held lock {lock:?}"
             ),
@@ -610,6 +776,20 @@ impl LockState {
                         .get(lock)
                         .is_some_and(|found| found.holders.values().any(|held| held == token)),
                 "the grant of lock {lock:?} under token {token} is gone after it was forced free"
+            ),
+            (Command::EndHold { lock, token }, Ok(Outcome::HoldEnded { session: Some(session), .. })) => assert!(
+                !self.sessions[session].held.contains(lock)
+                    && !self
+                        .locks
+                        .get(lock)
+                        .is_some_and(|found| found.holders.values().any(|held| held == token)),
+                "the grant of lock {lock:?} under token {token} is gone after its maximum hold passed"
+            ),
+            (Command::EndLockDelay { lock, delay }, Ok(_)) => assert!(
+                self.locks
+                    .get(lock)
+                    .is_none_or(|found| found.delay.is_none_or(|current| current.id != *delay)),
+                "lock-delay {delay} of lock {lock:?} is over once ended"
             ),
             (Command::Release { session, lock, .. }, Ok(Outcome::Released { .. })) => assert!(
                 self.sessions
@@ -739,6 +919,7 @@ impl LockState {
         name: &str,
         wait: bool,
         ask: Ask,
+        terms: HoldTerms,
         out: &mut Effects<'_>,
     ) -> Result<Outcome, LockError> {
         // Checked before the entry exists, so that a refusal leaves no trace.
@@ -771,8 +952,6 @@ impl LockState {
         }
         let lock = self.locks.entry(name.to_string()).or_insert_with(|| Lock {
             mode: ask.mode(),
-            holders: BTreeMap::new(),
-            queue: VecDeque::new(),
             semaphore: match ask {
                 Ask::Permits { limit, .. } => Some(Permits {
                     limit,
@@ -780,6 +959,7 @@ impl LockState {
                 }),
                 Ask::Lock(_) => None,
             },
+            ..Lock::default()
         });
         // A retried acquire by a holder gets the same token back; a waiter's,
         // its place. Neither changes what it holds or asks in place: a reader
@@ -819,11 +999,22 @@ impl LockState {
         // waits behind it, so writers are never starved by readers; and a
         // small ask never passes a large one waiting for a semaphore.
         if lock.admits(ask.mode(), ask.permits()) && lock.queue.is_empty() {
-            let token = self.grant(name, session, ask.mode(), ask.permits(), out);
+            let token = self.grant(name, session, ask.mode(), ask.permits(), terms, out);
             return Ok(Outcome::Acquired { token });
         }
-        let holder_token = lock.newest_token().expect("a lock that admits nobody is held");
-        if !wait {
+        // During a lock-delay a try-acquire is refused with the delay's
+        // length (the leader says how much is left); a waiting one queues.
+        if let Some(delay) = lock.delay {
+            if !wait {
+                return Err(LockError::LockDelayed {
+                    lock: name.to_string(),
+                    delay_ms: delay.ms,
+                });
+            }
+        } else if !wait {
+            let holder_token = lock
+                .newest_token()
+                .expect("a lock that admits nobody and has no delay is held");
             return Ok(Outcome::Busy { holder_token });
         }
         if lock.queue.len() >= WAITERS_PER_LOCK_MAX {
@@ -836,6 +1027,7 @@ impl LockState {
             session,
             mode: ask.mode(),
             permits: ask.permits(),
+            terms,
         });
         let position = lock.queue.len() - 1;
         out.record(|| Change::Queued {
@@ -894,6 +1086,63 @@ impl LockState {
         Ok(Outcome::Released { next })
     }
 
+    /// The session holding `name` under `token`, if any.
+    fn holder_of(&self, name: &str, token: FencingToken) -> Option<SessionId> {
+        self.locks.get(name).and_then(|lock| {
+            lock.holders
+                .iter()
+                .find(|(_, held)| **held == token)
+                .map(|(session, _)| *session)
+        })
+    }
+
+    /// Ends the grant of `name` under `token` once its maximum hold time
+    /// passed; a grant already gone, or one without a maximum hold, is
+    /// left alone.
+    fn end_hold(&mut self, name: &str, token: FencingToken, out: &mut Effects<'_>) -> Outcome {
+        let timed = self.holder_of(name, token).filter(|session| {
+            self.locks[name]
+                .terms
+                .get(session)
+                .is_some_and(|terms| terms.max_hold_ms > 0)
+        });
+        let Some(session) = timed else {
+            return Outcome::HoldEnded {
+                session: None,
+                next: None,
+            };
+        };
+        self.session_mut(session).held.remove(name);
+        let next = self.let_go(name, session, &Cause::MaxHold, out);
+        Outcome::HoldEnded {
+            session: Some(session),
+            next,
+        }
+    }
+
+    /// Ends lock-delay `delay` of `name` if it is still in force, and
+    /// grants the waiters it held back.
+    fn end_lock_delay(&mut self, name: &str, delay: u64, out: &mut Effects<'_>) -> Outcome {
+        let Some(lock) = self.locks.get_mut(name) else {
+            return Outcome::LockDelayEnded {
+                ended: false,
+                next: None,
+            };
+        };
+        if lock.delay.is_none_or(|current| current.id != delay) {
+            return Outcome::LockDelayEnded {
+                ended: false,
+                next: None,
+            };
+        }
+        lock.delay = None;
+        out.record(|| Change::DelayEnded {
+            lock: name.to_string(),
+        });
+        let next = self.grant_waiters(name, out);
+        Outcome::LockDelayEnded { ended: true, next }
+    }
+
     /// Frees the grant of `name` under `token` for an administrator.
     fn force_release(
         &mut self,
@@ -902,13 +1151,7 @@ impl LockState {
         by: &str,
         out: &mut Effects<'_>,
     ) -> Result<Outcome, LockError> {
-        let holder = self.locks.get(name).and_then(|lock| {
-            lock.holders
-                .iter()
-                .find(|(_, held)| **held == token)
-                .map(|(session, _)| *session)
-        });
-        let Some(session) = holder else {
+        let Some(session) = self.holder_of(name, token) else {
             return Err(LockError::StaleToken {
                 lock: name.to_string(),
                 presented: token,
@@ -1000,6 +1243,7 @@ impl LockState {
         session: SessionId,
         mode: LockMode,
         permits: u32,
+        terms: HoldTerms,
         out: &mut Effects<'_>,
     ) -> FencingToken {
         let token = self.next_token;
@@ -1016,6 +1260,10 @@ impl LockState {
             assert!(permits > 0, "a semaphore grant of no permits");
             semaphore.held.insert(session, permits);
         }
+        if !terms.is_none() {
+            lock.terms.insert(session, terms);
+        }
+        self.retime(name);
         self.session_mut(session).held.insert(name.to_string());
         out.record(|| Change::Granted {
             lock: name.to_string(),
@@ -1045,6 +1293,7 @@ impl LockState {
         let Some(token) = lock.holders.remove(&session) else {
             panic!("session {session} let go of lock {name:?}, which it did not hold");
         };
+        let terms = lock.terms.remove(&session).unwrap_or_default();
         out.record(|| Change::Freed {
             lock: name.to_string(),
             session,
@@ -1053,6 +1302,25 @@ impl LockState {
         });
         if let Some(semaphore) = &mut lock.semaphore {
             semaphore.held.remove(&session);
+        }
+        // A grant that ended without its holder's say (its session expired,
+        // or it held too long) may have a holder still at work: nobody is
+        // granted the lock for the grant's lock-delay. A later delay takes
+        // the place of one in force, lasting at least as long.
+        if matches!(cause, Cause::SessionExpired | Cause::MaxHold) && terms.lock_delay_ms > 0 {
+            self.delays_begun += 1;
+            let lock = self.locks.get_mut(name).expect("the lock let go of is kept");
+            let ms = lock
+                .delay
+                .map_or(terms.lock_delay_ms, |current| current.ms.max(terms.lock_delay_ms));
+            lock.delay = Some(LockDelay {
+                id: self.delays_begun,
+                ms,
+            });
+            out.record(|| Change::DelayBegun {
+                lock: name.to_string(),
+                ms,
+            });
         }
         self.grant_waiters(name, out)
     }
@@ -1089,7 +1357,14 @@ impl LockState {
             }
             lock.queue.pop_front();
             self.session_mut(waiter.session).waiting.remove(name);
-            let token = self.grant(name, waiter.session, waiter.mode, waiter.permits, out);
+            let token = self.grant(
+                name,
+                waiter.session,
+                waiter.mode,
+                waiter.permits,
+                waiter.terms,
+                out,
+            );
             first.get_or_insert(Grant {
                 lock: name.to_string(),
                 session: waiter.session,
@@ -1102,10 +1377,49 @@ impl LockState {
 
     fn remove_if_idle(&mut self, name: &str) {
         if let Some(lock) = self.locks.get(name) {
-            if lock.holders.is_empty() && lock.queue.is_empty() {
+            if lock.holders.is_empty() && lock.queue.is_empty() && lock.delay.is_none() {
                 self.locks.remove(name);
             }
         }
+        self.retime(name);
+    }
+
+    /// Keeps [`LockState::timed`]'s index of `name` up to date.
+    fn retime(&mut self, name: &str) {
+        if self.locks.get(name).is_some_and(Lock::is_timed) {
+            if !self.timed.contains(name) {
+                self.timed.insert(name.to_string());
+            }
+        } else {
+            self.timed.remove(name);
+        }
+    }
+
+    /// The deadlines the leader keeps: every grant with a maximum hold
+    /// time and every lock-delay in force. Costs a pass over the locks that
+    /// have one, not over every lock.
+    pub fn timed(&self) -> Vec<Timed> {
+        let mut timed = Vec::new();
+        for name in &self.timed {
+            let lock = &self.locks[name];
+            if let Some(delay) = lock.delay {
+                timed.push(Timed::Delay {
+                    lock: name.clone(),
+                    delay: delay.id,
+                    ms: delay.ms,
+                });
+            }
+            for (session, terms) in &lock.terms {
+                if terms.max_hold_ms > 0 {
+                    timed.push(Timed::Hold {
+                        lock: name.clone(),
+                        token: lock.holders[session],
+                        max_hold_ms: terms.max_hold_ms,
+                    });
+                }
+            }
+        }
+        timed
     }
 
     fn session_mut(&mut self, session: SessionId) -> &mut Session {
@@ -1141,12 +1455,16 @@ impl LockState {
                     LockMode::Exclusive => Vec::new(),
                 },
                 queue_len: lock.queue.len(),
+                terms: lock.terms.clone(),
+                delay: lock.delay,
             },
             None => LockView {
                 mode: LockMode::Exclusive,
                 holder: None,
                 shared: Vec::new(),
                 queue_len: 0,
+                terms: BTreeMap::new(),
+                delay: None,
             },
         }
     }
@@ -1237,6 +1555,11 @@ impl LockState {
         self.totals
     }
 
+    /// How many lock-delays were begun since the cluster began.
+    pub fn delays_begun(&self) -> u64 {
+        self.delays_begun
+    }
+
     /// The waiters of every lock together, and the `top` locks with the
     /// longest queues (longest first, then by name) with their holders.
     /// Costs one pass over the sessions and their waits.
@@ -1254,7 +1577,12 @@ impl LockState {
         deepest.truncate(top);
         Queues {
             waiters,
-            held: self.locks.len(),
+            held: self.locks.len()
+                - self
+                    .timed
+                    .iter()
+                    .filter(|name| self.locks[*name].holders.is_empty())
+                    .count(),
             deepest: deepest
                 .into_iter()
                 .map(|(name, depth)| {
@@ -1328,6 +1656,49 @@ impl LockState {
         bincode::serialize(&old).expect("the old layout serializes")
     }
 
+    /// The body of a snapshot in the layout before hold terms (after its
+    /// `QLSTATE4` magic), for tests of restoring older snapshots. No grant
+    /// or waiter may have terms and no lock a delay: that layout has none.
+    #[cfg(test)]
+    pub(crate) fn snapshot_body_before_terms(&self) -> Vec<u8> {
+        assert_eq!(self.delays_begun, 0, "the old layout has no lock-delays");
+        let old = LockStateBeforeTerms {
+            next_session: self.next_session,
+            next_token: self.next_token,
+            sessions: self.sessions.clone(),
+            locks: self
+                .locks
+                .iter()
+                .map(|(name, lock)| {
+                    assert!(lock.terms.is_empty(), "the old layout has no hold terms");
+                    let old = LockBeforeTerms {
+                        mode: lock.mode,
+                        holders: lock.holders.clone(),
+                        queue: lock
+                            .queue
+                            .iter()
+                            .map(|waiter| {
+                                assert!(waiter.terms.is_none(), "the old layout has no hold terms");
+                                WaiterBeforeTerms {
+                                    session: waiter.session,
+                                    mode: waiter.mode,
+                                    permits: waiter.permits,
+                                }
+                            })
+                            .collect(),
+                        semaphore: lock.semaphore.clone(),
+                    };
+                    (name.clone(), old)
+                })
+                .collect(),
+            kv: self.kv.clone(),
+            repaired: self.repaired.clone(),
+            repairs_pending: self.repairs_pending.clone(),
+            totals: self.totals,
+        };
+        bincode::serialize(&old).expect("the old layout serializes")
+    }
+
     /// Restores a state written by [`LockState::snapshot`], checking its invariants.
     pub fn restore(bytes: &[u8]) -> Result<LockState, String> {
         // The same encoding as `bincode::serialize`, except that bytes left
@@ -1339,8 +1710,25 @@ impl LockState {
                 .reject_trailing_bytes()
         };
         let bad = |error: bincode::Error| format!("bad lock snapshot: {error}");
-        let state: LockState = if let Some(body) = bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
+        let mut state: LockState = if let Some(body) = bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
             options().deserialize(body).map_err(bad)?
+        } else if let Some(body) = bytes.strip_prefix(SNAPSHOT_MAGIC_BEFORE_TERMS.as_slice()) {
+            let old: LockStateBeforeTerms = options().deserialize(body).map_err(bad)?;
+            LockState {
+                next_session: old.next_session,
+                next_token: old.next_token,
+                sessions: old.sessions,
+                locks: old
+                    .locks
+                    .into_iter()
+                    .map(|(name, lock)| (name, lock.into()))
+                    .collect(),
+                kv: old.kv,
+                repaired: old.repaired,
+                repairs_pending: old.repairs_pending,
+                totals: old.totals,
+                ..LockState::default()
+            }
         } else if let Some(body) = bytes.strip_prefix(SNAPSHOT_MAGIC_BEFORE_MODES.as_slice()) {
             let old: LockStateBeforeModes = options().deserialize(body).map_err(bad)?;
             LockState {
@@ -1352,6 +1740,7 @@ impl LockState {
                 repaired: old.repaired,
                 repairs_pending: old.repairs_pending,
                 totals: old.totals,
+                ..LockState::default()
             }
         } else if let Some(body) = bytes.strip_prefix(SNAPSHOT_MAGIC_WITHOUT_TOTALS.as_slice()) {
             let old: LockStateWithoutTotals = options().deserialize(body).map_err(bad)?;
@@ -1364,6 +1753,7 @@ impl LockState {
                 repaired: old.repaired,
                 repairs_pending: old.repairs_pending,
                 totals: Totals::default(),
+                ..LockState::default()
             }
         } else {
             let old: LockStateWithoutRepairs = options().deserialize(bytes).map_err(bad)?;
@@ -1376,6 +1766,7 @@ impl LockState {
                 repaired: BTreeMap::new(),
                 repairs_pending: BTreeSet::new(),
                 totals: Totals::default(),
+                ..LockState::default()
             }
         };
         // Ids and tokens start at 1 (0 means "none" on the wire), and a
@@ -1391,6 +1782,12 @@ impl LockState {
                 ));
             }
         }
+        state.timed = state
+            .locks
+            .iter()
+            .filter(|(_, lock)| lock.is_timed())
+            .map(|(name, _)| name.clone())
+            .collect();
         state.check_invariants()?;
         Ok(state)
     }
@@ -1400,8 +1797,39 @@ impl LockState {
     /// holds, no idle lock is kept, and every token is below the counter.
     pub fn check_invariants(&self) -> Result<(), String> {
         for (name, lock) in &self.locks {
-            if lock.holders.is_empty() {
+            if lock.holders.is_empty() && lock.delay.is_none() {
                 return Err(format!("lock {name:?} has waiters or exists but no holder"));
+            }
+            if let Some(delay) = lock.delay {
+                if delay.id == 0 || delay.id > self.delays_begun || delay.ms == 0 {
+                    return Err(format!(
+                        "lock {name:?} has lock-delay {} of {} ms; {} were begun",
+                        delay.id, delay.ms, self.delays_begun
+                    ));
+                }
+            }
+            if lock
+                .terms
+                .keys()
+                .any(|session| !lock.holders.contains_key(session))
+                || lock
+                    .terms
+                    .values()
+                    .any(|terms| terms.is_none() || validate::terms(terms).is_err())
+            {
+                return Err(format!(
+                    "lock {name:?} keeps terms of non-holders, or empty or invalid terms"
+                ));
+            }
+            if lock
+                .queue
+                .iter()
+                .any(|waiter| validate::terms(&waiter.terms).is_err())
+            {
+                return Err(format!("lock {name:?} queues a waiter with invalid terms"));
+            }
+            if lock.is_timed() != self.timed.contains(name) {
+                return Err(format!("lock {name:?} is misfiled in the index of timed locks"));
             }
             if let Some(semaphore) = &lock.semaphore {
                 if lock.mode != LockMode::Shared {
@@ -1433,7 +1861,7 @@ impl LockState {
             } else if lock.queue.iter().any(|waiter| waiter.permits != 0) {
                 return Err(format!("lock {name:?} queues a waiter for permits"));
             }
-            if lock.mode == LockMode::Exclusive && lock.holders.len() != 1 {
+            if lock.mode == LockMode::Exclusive && lock.holders.len() > 1 {
                 return Err(format!(
                     "lock {name:?} is exclusive with {} holders",
                     lock.holders.len()
@@ -1474,6 +1902,9 @@ impl LockState {
                     _ => return Err(format!("lock {name:?} waiter {waiter} does not list it")),
                 }
             }
+        }
+        if let Some(name) = self.timed.iter().find(|name| !self.locks.contains_key(*name)) {
+            return Err(format!("the index of timed locks names {name:?}, which is gone"));
         }
         for (id, session) in &self.sessions {
             if *id >= self.next_session {

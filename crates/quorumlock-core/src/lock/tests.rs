@@ -4,13 +4,16 @@
 //! result and its events), not merely that it succeeded, because observers of
 //! the applied stream act on the events.
 
+use std::collections::BTreeMap;
+
 use super::limits::{
     CHECKPOINT_ENTRIES_MAX, KEY_BYTES_MAX, LOCK_NAME_BYTES_MAX, SESSIONS_MAX, SESSION_TTL_MS_MAX,
     SESSION_TTL_MS_MIN, VALUE_BYTES_MAX, WAITERS_PER_LOCK_MAX,
 };
 use super::{
-    validate, Applied, Cause, Change, Command, Credential, Event, Fence, FencingToken, Grant, KvEntry,
-    LockError, LockMode, LockState, LockView, Outcome, SecretDigest, SessionId, Totals,
+    validate, Applied, Cause, Change, Command, Credential, Event, Fence, FencingToken, Grant, HoldTerms,
+    KvEntry, LockDelay, LockError, LockMode, LockState, LockView, Outcome, SecretDigest, SessionId, Timed,
+    Totals,
 };
 
 /// A TTL inside the documented bounds.
@@ -157,6 +160,8 @@ fn held_by(session: SessionId, token: FencingToken, queue_len: usize) -> LockVie
         holder: Some((session, token)),
         shared: Vec::new(),
         queue_len,
+        terms: BTreeMap::new(),
+        delay: None,
     }
 }
 
@@ -166,6 +171,8 @@ fn free() -> LockView {
         holder: None,
         shared: Vec::new(),
         queue_len: 0,
+        terms: BTreeMap::new(),
+        delay: None,
     }
 }
 
@@ -1642,6 +1649,8 @@ fn shared_by(holders: &[(SessionId, FencingToken)], queue_len: usize) -> LockVie
         holder: None,
         shared: holders.to_vec(),
         queue_len,
+        terms: BTreeMap::new(),
+        delay: None,
     }
 }
 
@@ -2081,4 +2090,286 @@ fn a_forced_release_frees_one_shared_holder_and_leaves_the_others() {
     assert!(state.token_is_current("r", first.next(), LockMode::Shared));
     assert!(!state.token_is_current("r", first, LockMode::Shared));
     assert_eq!(state.check_invariants(), Ok(()));
+}
+
+/// An exclusive acquire of `lock` with hold terms.
+fn acquire_with(session: SessionId, lock: &str, wait: bool, lock_delay_ms: u32, max_hold_ms: u32) -> Command {
+    Command::AcquireWithTerms {
+        session,
+        lock: lock.to_string(),
+        wait,
+        mode: LockMode::Exclusive,
+        semaphore: None,
+        terms: HoldTerms {
+            lock_delay_ms,
+            max_hold_ms,
+        },
+        by: owner(),
+    }
+}
+
+#[test]
+fn an_expired_holder_with_a_lock_delay_leaves_the_lock_to_nobody_until_the_delay_ends() {
+    let mut state = LockState::default();
+    let holder = open(&mut state);
+    let waiter = open(&mut state);
+    let late = open(&mut state);
+    let Outcome::Acquired { token } = state
+        .apply(&acquire_with(holder, "job", false, 5_000, 0))
+        .result
+        .unwrap()
+    else {
+        panic!("a free lock is granted");
+    };
+    assert!(matches!(
+        state.apply(&acquire(waiter, "job", true)).result,
+        Ok(Outcome::Queued { position: 0 })
+    ));
+    let mut changes = Vec::new();
+    let applied = state.apply_recording(&Command::ExpireSession { session: holder }, Some(&mut changes));
+    assert_eq!(
+        applied,
+        Applied {
+            result: Ok(Outcome::SessionEnded {
+                released: vec!["job".to_string()]
+            }),
+            events: vec![Event::SessionEnded { session: holder }],
+        },
+        "the waiter is not granted the lock its holder lost"
+    );
+    assert_eq!(
+        changes,
+        vec![
+            Change::Freed {
+                lock: "job".to_string(),
+                session: holder,
+                token,
+                cause: Cause::SessionExpired,
+            },
+            Change::DelayBegun {
+                lock: "job".to_string(),
+                ms: 5_000,
+            },
+        ]
+    );
+    let delay = LockDelay { id: 1, ms: 5_000 };
+    assert_eq!(state.describe("job").delay, Some(delay));
+    assert!(!state.describe("job").held());
+    assert_eq!(
+        state.timed(),
+        vec![Timed::Delay {
+            lock: "job".to_string(),
+            delay: 1,
+            ms: 5_000
+        }]
+    );
+    // A try-acquire is refused with the delay; a waiting one queues.
+    assert_refused(
+        &mut state,
+        &acquire(late, "job", false),
+        LockError::LockDelayed {
+            lock: "job".to_string(),
+            delay_ms: 5_000,
+        },
+    );
+    assert!(matches!(
+        state.apply(&acquire(late, "job", true)).result,
+        Ok(Outcome::Queued { position: 1 })
+    ));
+    // A stale end changes nothing; the delay's own end grants the first waiter.
+    assert_eq!(
+        state.apply(&Command::EndLockDelay {
+            lock: "job".to_string(),
+            delay: 7
+        }),
+        quiet(Outcome::LockDelayEnded {
+            ended: false,
+            next: None
+        })
+    );
+    let next = token.next();
+    assert_eq!(
+        state.apply(&Command::EndLockDelay {
+            lock: "job".to_string(),
+            delay: 1
+        }),
+        Applied {
+            result: Ok(Outcome::LockDelayEnded {
+                ended: true,
+                next: Some(grant("job", waiter, next)),
+            }),
+            events: vec![Event::Granted(grant("job", waiter, next))],
+        }
+    );
+    assert_eq!(state.describe("job").delay, None);
+    assert!(state.timed().is_empty());
+    assert_eq!(state.check_invariants(), Ok(()));
+}
+
+#[test]
+fn a_lock_delay_begins_only_when_a_grant_ends_without_its_holders_say() {
+    let mut state = LockState::default();
+    let holder = open(&mut state);
+    // Released, or its session closed: no delay.
+    let Outcome::Acquired { token } = state
+        .apply(&acquire_with(holder, "a", false, 5_000, 0))
+        .result
+        .unwrap()
+    else {
+        panic!("a free lock is granted");
+    };
+    state.apply(&release(holder, "a", token)).result.unwrap();
+    assert!(state.lock("a").is_none(), "a released lock is gone");
+    state
+        .apply(&acquire_with(holder, "a", false, 5_000, 0))
+        .result
+        .unwrap();
+    state.apply(&close(holder)).result.unwrap();
+    assert!(state.lock("a").is_none(), "a lock its holder closed is gone");
+    // Forced free by an administrator: no delay either.
+    let holder = open(&mut state);
+    let Outcome::Acquired { token } = state
+        .apply(&acquire_with(holder, "a", false, 5_000, 0))
+        .result
+        .unwrap()
+    else {
+        panic!("a free lock is granted");
+    };
+    state
+        .apply(&Command::ForceRelease {
+            lock: "a".to_string(),
+            token,
+            by: "ops".to_string(),
+        })
+        .result
+        .unwrap();
+    assert!(state.lock("a").is_none());
+    // An expiry without a delay frees the lock at once.
+    take(&mut state, holder, "b");
+    state
+        .apply(&Command::ExpireSession { session: holder })
+        .result
+        .unwrap();
+    assert!(state.lock("b").is_none());
+    assert_eq!(state.delays_begun(), 0);
+    assert_eq!(state.check_invariants(), Ok(()));
+}
+
+#[test]
+fn a_grant_past_its_maximum_hold_ends_through_the_log_and_may_begin_a_lock_delay() {
+    let mut state = LockState::default();
+    let holder = open(&mut state);
+    let waiter = open(&mut state);
+    let Outcome::Acquired { token } = state
+        .apply(&acquire_with(holder, "job", false, 1_000, 60_000))
+        .result
+        .unwrap()
+    else {
+        panic!("a free lock is granted");
+    };
+    assert_eq!(
+        state.timed(),
+        vec![Timed::Hold {
+            lock: "job".to_string(),
+            token,
+            max_hold_ms: 60_000
+        }]
+    );
+    state
+        .apply(&acquire_with(waiter, "job", true, 0, 30_000))
+        .result
+        .unwrap();
+    let mut changes = Vec::new();
+    let end = Command::EndHold {
+        lock: "job".to_string(),
+        token,
+    };
+    assert_eq!(
+        state.apply_recording(&end, Some(&mut changes)),
+        quiet(Outcome::HoldEnded {
+            session: Some(holder),
+            next: None
+        }),
+        "the holder may still be at work: a lock-delay, and nobody granted"
+    );
+    assert_eq!(
+        changes[0],
+        Change::Freed {
+            lock: "job".to_string(),
+            session: holder,
+            token,
+            cause: Cause::MaxHold,
+        }
+    );
+    assert!(
+        state.session(holder).unwrap().held.is_empty(),
+        "the session lives on without the lock"
+    );
+    assert_eq!(state.totals().releases, 1);
+    // Repeated, it finds the grant gone.
+    assert_eq!(
+        state.apply(&end),
+        quiet(Outcome::HoldEnded {
+            session: None,
+            next: None
+        })
+    );
+    let next = token.next();
+    state
+        .apply(&Command::EndLockDelay {
+            lock: "job".to_string(),
+            delay: 1,
+        })
+        .result
+        .unwrap();
+    assert_eq!(state.describe("job").holder, Some((waiter, next)));
+    assert_eq!(
+        state.describe("job").terms.get(&waiter),
+        Some(&HoldTerms {
+            lock_delay_ms: 0,
+            max_hold_ms: 30_000
+        }),
+        "the waiter's grant has the terms it queued with"
+    );
+    assert_eq!(state.check_invariants(), Ok(()));
+}
+
+#[test]
+fn hold_terms_outside_their_bounds_are_refused() {
+    let mut state = LockState::default();
+    let session = open(&mut state);
+    for (lock_delay_ms, max_hold_ms) in [(60_001, 0), (0, 999), (0, 86_400_001)] {
+        assert!(matches!(
+            state
+                .apply(&acquire_with(session, "a", false, lock_delay_ms, max_hold_ms))
+                .result,
+            Err(LockError::InvalidArgument(_))
+        ));
+    }
+    assert!(state.lock("a").is_none());
+}
+
+#[test]
+fn a_snapshot_written_before_hold_terms_restores_with_none() {
+    let mut state = LockState::default();
+    let holder = open(&mut state);
+    let waiter = open(&mut state);
+    take(&mut state, holder, "held");
+    state.apply(&acquire(waiter, "held", true));
+    let mut earlier = b"QLSTATE4".to_vec();
+    earlier.extend_from_slice(&state.snapshot_body_before_terms());
+    let restored = LockState::restore(&earlier).unwrap();
+    assert_eq!(restored, state);
+    // And the current layout keeps terms, delays and the timed index.
+    let mut state = restored;
+    let session = open(&mut state);
+    state
+        .apply(&acquire_with(session, "timed", false, 2_000, 5_000))
+        .result
+        .unwrap();
+    state.apply(&Command::ExpireSession { session }).result.unwrap();
+    let restored = LockState::restore(&state.snapshot()).unwrap();
+    assert_eq!(restored, state);
+    assert_eq!(restored.timed(), state.timed());
+    assert_eq!(restored.timed().len(), 1);
 }

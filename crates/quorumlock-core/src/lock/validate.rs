@@ -1,11 +1,12 @@
 //! Argument checks shared by the RPC layer (before proposing) and the state
 //! machine (on apply).
 
+use super::command::HoldTerms;
 use super::credential::IDENTITY_BYTES_MAX;
 use super::error::LockError;
 use super::limits::{
-    KEY_BYTES_MAX, LOCK_NAME_BYTES_MAX, SEMAPHORE_PERMITS_MAX, SESSION_TTL_MS_MAX, SESSION_TTL_MS_MIN,
-    VALUE_BYTES_MAX,
+    KEY_BYTES_MAX, LOCK_DELAY_MS_MAX, LOCK_NAME_BYTES_MAX, MAX_HOLD_MS_MAX, MAX_HOLD_MS_MIN,
+    SEMAPHORE_PERMITS_MAX, SESSION_TTL_MS_MAX, SESSION_TTL_MS_MIN, VALUE_BYTES_MAX,
 };
 
 /// Checks a session TTL against the documented bounds.
@@ -29,6 +30,24 @@ pub fn permits(permits: u32, limit: u32) -> Result<(), LockError> {
     if !(1..=limit).contains(&permits) {
         return Err(LockError::InvalidArgument(format!(
             "{permits} permits asked of a semaphore of {limit}: ask 1..={limit}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks hold terms: a lock-delay of at most [`LOCK_DELAY_MS_MAX`], and
+/// a maximum hold of 0 or [`MAX_HOLD_MS_MIN`] to [`MAX_HOLD_MS_MAX`].
+pub fn terms(terms: &HoldTerms) -> Result<(), LockError> {
+    if terms.lock_delay_ms > LOCK_DELAY_MS_MAX {
+        return Err(LockError::InvalidArgument(format!(
+            "lock-delay {} ms is more than the {LOCK_DELAY_MS_MAX} ms limit",
+            terms.lock_delay_ms
+        )));
+    }
+    if terms.max_hold_ms != 0 && !(MAX_HOLD_MS_MIN..=MAX_HOLD_MS_MAX).contains(&terms.max_hold_ms) {
+        return Err(LockError::InvalidArgument(format!(
+            "maximum hold {} ms is outside {MAX_HOLD_MS_MIN}..={MAX_HOLD_MS_MAX} ms (0 is none)",
+            terms.max_hold_ms
         )));
     }
     Ok(())
