@@ -17,6 +17,12 @@ pub const VALUE_BYTES_MAX: usize = 1 << 20;
 pub const WAITERS_PER_LOCK_MAX: usize = 10_000;
 /// Most permits a semaphore may have.
 pub const SEMAPHORE_PERMITS_MAX: u32 = 1_000_000;
+/// Longest lock-delay an acquire may set (0 is none).
+pub const LOCK_DELAY_MS_MAX: u32 = 60_000;
+/// Shortest maximum hold time an acquire may set (0 is none).
+pub const MAX_HOLD_MS_MIN: u32 = 1_000;
+/// Longest maximum hold time an acquire may set: one day.
+pub const MAX_HOLD_MS_MAX: u32 = 86_400_000;
 /// Most watches one node serves at once.
 pub const WATCHES_MAX: usize = 10_000;
 /// Most sessions open at once in the whole cluster.

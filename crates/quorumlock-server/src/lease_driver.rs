@@ -4,7 +4,9 @@
 //! carries out what the keeper asks — the read barrier before a takeover,
 //! `ExpireSession` and `CheckpointSessions` proposals — reporting each
 //! outcome back. Keepalive handlers renew leases through
-//! [`LeaseDriver::renew`], answered from the keeper's memory.
+//! [`LeaseDriver::renew`], answered from the keeper's memory. On the same
+//! ticks it times grants' maximum hold times and lock-delays
+//! ([`HoldTimers`]) and proposes their ends.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +14,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use quorumlock_core::consensus::{CommandResult, ConsensusEngine, EngineError};
 use quorumlock_core::lease::{
-    KeeperAction, KeeperConfig, LeaseKeeper, LeaseTracker, ProposalPurpose, RenewError,
+    HoldTimers, KeeperAction, KeeperConfig, LeaseKeeper, LeaseTracker, ProposalPurpose, RenewError,
 };
 use quorumlock_core::lock::{Command, SessionId};
 use quorumlock_core::time::Clock;
@@ -36,6 +38,7 @@ pub struct LeaseDriver {
     clock: Arc<dyn Clock>,
     config: LeaseConfig,
     keeper: Mutex<LeaseKeeper>,
+    holds: Mutex<HoldTimers>,
 }
 
 impl LeaseDriver {
@@ -50,6 +53,7 @@ impl LeaseDriver {
             clock,
             config,
             keeper: Mutex::new(keeper),
+            holds: Mutex::new(HoldTimers::new()),
         })
     }
 
@@ -74,8 +78,15 @@ impl LeaseDriver {
         self.keeper.lock().closed(session);
     }
 
-    /// Drives takeovers, expiries and checkpoints until the engine's
-    /// leadership channel closes.
+    /// About how much of the lock-delay of `lock` is left, if this node
+    /// leads and times one.
+    pub fn delay_left(&self, lock: &str) -> Option<Duration> {
+        let now = self.clock.now();
+        self.holds.lock().delay_left(lock, now)
+    }
+
+    /// Drives takeovers, expiries, checkpoints and the ends of holds and
+    /// lock-delays until the engine's leadership channel closes.
     pub async fn run(self: Arc<Self>) {
         let mut leadership = self.engine.leadership();
         let mut tick = tokio::time::interval(self.config.tick);
@@ -92,7 +103,33 @@ impl LeaseDriver {
             let view = leadership.borrow().clone();
             let actions = self.keeper.lock().tick(&view, self.clock.now());
             self.carry_out(actions).await;
+            self.end_holds().await;
         }
+    }
+
+    /// Times the holds and lock-delays the applied state has, while this
+    /// node leads, and proposes the ends that are due, all at once.
+    async fn end_holds(&self) {
+        let view = self.engine.leadership().borrow().clone();
+        let leading = view.is_self.then_some(view.term);
+        let timed = match leading {
+            Some(_) => self.engine.state().read(|state| state.timed()),
+            None => Vec::new(),
+        };
+        let ends = self.holds.lock().tick(leading, self.clock.now(), timed);
+        let proposals = ends.into_iter().map(|command| async move {
+            let what = format!("{command:?}");
+            match self.propose(command).await {
+                Ok(_) => tracing::debug!(command = %what, "ended a hold or lock-delay"),
+                Err(error @ (EngineError::NotLeader { .. } | EngineError::ShuttingDown)) => {
+                    tracing::debug!(%error, command = %what, "end of a hold or lock-delay not ordered")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, command = %what, "end of a hold or lock-delay not ordered; retried")
+                }
+            }
+        });
+        futures::future::join_all(proposals).await;
     }
 
     /// Carries out the keeper's actions of one tick: a takeover's barrier

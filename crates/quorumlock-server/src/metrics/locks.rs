@@ -122,7 +122,7 @@ impl LockObserver {
     pub fn new(recent: std::sync::Arc<Recent>) -> LockObserver {
         let hold: Family<EndedLabel, Histogram> =
             Family::new_with_constructor(|| Histogram::new(lock_buckets()));
-        for ended in ["released", "expired", "closed", "forced"] {
+        for ended in ["released", "expired", "closed", "forced", "max_hold"] {
             let _ = hold.get_or_create(&EndedLabel { ended });
         }
         LockObserver {
@@ -222,6 +222,7 @@ impl ApplyObserver for LockObserver {
             (
                 Command::Acquire { session, lock, .. }
                 | Command::AcquireShared { session, lock, .. }
+                | Command::AcquireWithTerms { session, lock, .. }
                 | Command::AcquirePermits {
                     session,
                     semaphore: lock,
@@ -244,6 +245,19 @@ impl ApplyObserver for LockObserver {
             }
             (Command::ForceRelease { lock, .. }, Ok(Outcome::ForceReleased { session, .. })) => {
                 self.hold_ended(timing, lock, *session, "forced", now);
+            }
+            (
+                Command::EndHold { lock, .. },
+                Ok(Outcome::HoldEnded {
+                    session: Some(session),
+                    ..
+                }),
+            ) => {
+                self.hold_ended(timing, lock, *session, "max_hold", now);
+                self.recent.push(RecentEvent::now(
+                    "max_hold",
+                    format!("session {session} held {lock} past its maximum hold; ended"),
+                ));
             }
             (
                 Command::Put { .. } | Command::Delete { .. },

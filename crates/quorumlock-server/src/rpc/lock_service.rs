@@ -16,7 +16,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use super::forward::{forwarded, Forwarder};
 use super::status::{
     budget, client_timeout, forwarding_failed, from_engine_error, from_lock_error, internal,
-    invalid_argument, is_forwarded, no_quorum, not_leader, secret_missing, session_gone,
+    invalid_argument, is_forwarded, lock_delayed, no_quorum, not_leader, secret_missing, session_gone,
 };
 use super::watch::{serve_watch, start_revision, Selector, WatchCount, WATCH_QUEUE_MAX};
 use crate::auth::{Access, Action, Caller};
@@ -27,10 +27,12 @@ use quorumlock_core::lock::limits::{
     KEY_BYTES_MAX, LOCK_NAME_BYTES_MAX, SESSION_TTL_MS_MAX, VALUE_BYTES_MAX,
 };
 use quorumlock_core::lock::{
-    validate, Command, Credential, Event, Fence, FencingToken, LockError, LockMode, LockState, Outcome,
-    SecretDigest, SessionId,
+    validate, Command, Credential, Event, Fence, FencingToken, HoldTerms, LockError, LockMode, LockState,
+    Outcome, SecretDigest, SessionId,
 };
-use quorumlock_proto::limits::{SEMAPHORE_PERMITS_MAX, SESSION_SECRET_BYTES, WAIT_MS_MAX};
+use quorumlock_proto::limits::{
+    LOCK_DELAY_MS_MAX, MAX_HOLD_MS_MAX, SEMAPHORE_PERMITS_MAX, SESSION_SECRET_BYTES, WAIT_MS_MAX,
+};
 use quorumlock_proto::v1 as pb;
 use quorumlock_proto::v1::lock_client::LockClient;
 use quorumlock_tls::Dialer;
@@ -138,7 +140,9 @@ impl LockService {
 
     /// Orders a command within `budget`; refusals become precise statuses.
     async fn propose(&self, command: Command, budget: Duration) -> Result<Outcome, Status> {
-        propose_within(self.engine.as_ref(), command, budget).await
+        propose_within(self.engine.as_ref(), command, budget)
+            .await?
+            .map_err(from_lock_error)
     }
 
     /// Confirms leadership and catch-up, then reads the applied state.
@@ -166,7 +170,15 @@ impl LockService {
         by: Credential,
         wait: Duration,
         watch: GrantWatch,
+        received: tokio::time::Instant,
     ) -> Result<pb::AcquireResponse, Status> {
+        // The grant is applied after the last look that found the session
+        // still waiting: how long after `received` that look was is a lower
+        // bound of the wait, which the client may count a max hold from.
+        let waited_ms = |looked: tokio::time::Instant| {
+            u64::try_from(looked.duration_since(received).as_millis()).unwrap_or(u64::MAX)
+        };
+        let mut looked = received;
         let mut leave_on_drop = LeaveQueueOnDrop {
             engine: Some(self.engine.clone()),
             session,
@@ -180,6 +192,7 @@ impl LockService {
             let woken = watch.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
+            let now = tokio::time::Instant::now();
             match self
                 .engine
                 .state()
@@ -190,13 +203,14 @@ impl LockService {
                     return Ok(pb::AcquireResponse {
                         acquired: true,
                         token,
+                        waited_ms: waited_ms(looked),
                     });
                 }
                 WaiterStatus::SessionGone => {
                     leave_on_drop.disarm();
                     return Err(session_gone(session, true));
                 }
-                WaiterStatus::Waiting => {}
+                WaiterStatus::Waiting => looked = now,
             }
             tokio::select! {
                 () = &mut woken => {}
@@ -227,20 +241,25 @@ impl LockService {
             WaiterStatus::Holds(token) => Ok(pb::AcquireResponse {
                 acquired: true,
                 token,
+                waited_ms: waited_ms(looked),
             }),
             _ => Ok(pb::AcquireResponse {
                 acquired: false,
                 token: 0,
+                waited_ms: 0,
             }),
         }
     }
 }
 
+/// Proposes `command` and waits at most `budget` for its result: the
+/// outcome or the state machine's refusal, or the status of an engine
+/// that could not order it.
 async fn propose_within(
     engine: &dyn ConsensusEngine,
     command: Command,
     budget: Duration,
-) -> Result<Outcome, Status> {
+) -> Result<Result<Outcome, LockError>, Status> {
     match tokio::time::timeout(budget, engine.propose(command)).await {
         Err(_) => Err(no_quorum(
             // A slow commit has two causes the node cannot tell apart: the
@@ -251,8 +270,7 @@ async fn propose_within(
             engine.leadership().borrow().leader.as_ref(),
         )),
         Ok(Err(error)) => Err(from_engine_error(error)),
-        Ok(Ok(Err(refusal))) => Err(from_lock_error(refusal)),
-        Ok(Ok(Ok(outcome))) => Ok(outcome),
+        Ok(Ok(result)) => Ok(result),
     }
 }
 
@@ -583,7 +601,29 @@ enum Asked {
 }
 
 impl Asked {
-    fn command(self, session: SessionId, lock: String, wait: bool, by: Credential) -> Command {
+    fn command(
+        self,
+        session: SessionId,
+        lock: String,
+        wait: bool,
+        terms: HoldTerms,
+        by: Credential,
+    ) -> Command {
+        if !terms.is_none() {
+            let (mode, semaphore) = match self {
+                Asked::Lock(mode) => (mode, None),
+                Asked::Permits { permits, limit } => (LockMode::Shared, Some((permits, limit))),
+            };
+            return Command::AcquireWithTerms {
+                session,
+                lock,
+                wait,
+                mode,
+                semaphore,
+                terms,
+                by,
+            };
+        }
         match self {
             Asked::Lock(mode) => Command::acquire(session, lock, wait, mode, by),
             Asked::Permits { permits, limit } => Command::AcquirePermits {
@@ -596,6 +636,23 @@ impl Asked {
             },
         }
     }
+}
+
+/// The hold terms an `Acquire` sets, each within its bounds.
+fn hold_terms(request: &pb::AcquireRequest) -> Result<HoldTerms, Status> {
+    let terms = HoldTerms {
+        lock_delay_ms: request.lock_delay_ms,
+        max_hold_ms: request.max_hold_ms,
+    };
+    validate::terms(&terms).map_err(|error| {
+        let (field, limit) = if terms.lock_delay_ms > LOCK_DELAY_MS_MAX {
+            ("lock_delay_ms", LOCK_DELAY_MS_MAX)
+        } else {
+            ("max_hold_ms", MAX_HOLD_MS_MAX)
+        };
+        invalid_argument(field, Some(u64::from(limit)), error.to_string())
+    })?;
+    Ok(terms)
 }
 
 /// What an `Acquire` asks for: permits and a limit only for a semaphore,
@@ -745,6 +802,7 @@ impl pb::lock_server::Lock for LockService {
     ) -> Result<Response<pb::AcquireResponse>, Status> {
         let lock = lock_name("name", &request.get_ref().name)?;
         let asked = asked(request.get_ref())?;
+        let terms = hold_terms(request.get_ref())?;
         let wait_ms = request.get_ref().wait_ms;
         if wait_ms > WAIT_MS_MAX {
             return Err(invalid_argument(
@@ -757,6 +815,7 @@ impl pb::lock_server::Lock for LockService {
         let caller = self.access.caller(&request)?;
         let by = credential(session, &request.get_ref().session_secret, &caller)?;
         forward_unless_leader!(self, request, acquire, caller);
+        let received = tokio::time::Instant::now();
         self.access.allow(&caller, Action::Lock("acquire", &lock))?;
         let wait = Duration::from_millis(wait_ms);
         let wait = match client_timeout(&request) {
@@ -766,22 +825,38 @@ impl pb::lock_server::Lock for LockService {
         // Registered before proposing, so the grant's wake-up has a target;
         // a try-lock never waits, so it registers nothing.
         let watch = (wait_ms > 0).then(|| self.engine.state().watch_grant(session, &lock));
-        let command = asked.command(session, lock.clone(), wait_ms > 0, by.clone());
-        let response = match self.propose(command, self.budget(&request)).await? {
+        let command = asked.command(session, lock.clone(), wait_ms > 0, terms, by.clone());
+        let outcome = match propose_within(self.engine.as_ref(), command, self.budget(&request)).await? {
+            Ok(outcome) => outcome,
+            Err(LockError::LockDelayed { lock, delay_ms }) => {
+                let left = self.leases.delay_left(&lock);
+                return Err(lock_delayed(&lock, delay_ms, left));
+            }
+            Err(refusal) => return Err(from_lock_error(refusal)),
+        };
+        let response = match outcome {
+            // Granted by this command, after the request came in: no wait
+            // to count.
             Outcome::Acquired { token } => pb::AcquireResponse {
                 acquired: true,
                 token: token.get(),
+                waited_ms: 0,
             },
             Outcome::Busy { .. } => pb::AcquireResponse {
                 acquired: false,
                 token: 0,
+                waited_ms: 0,
             },
             Outcome::Queued { .. } => match watch {
-                Some(watch) => self.wait_for_grant(session, lock, by, wait, watch).await?,
+                Some(watch) => {
+                    self.wait_for_grant(session, lock, by, wait, watch, received)
+                        .await?
+                }
                 // A try-lock by a session that already waits keeps its place.
                 None => pb::AcquireResponse {
                     acquired: false,
                     token: 0,
+                    waited_ms: 0,
                 },
             },
             other => return Err(unexpected(other)),
@@ -854,10 +929,15 @@ impl pb::lock_server::Lock for LockService {
                 .holder
                 .iter()
                 .chain(&view.shared)
-                .map(|(session, token)| pb::Holder {
-                    session_id: session.get(),
-                    token: token.get(),
-                    permits: permits_of(session),
+                .map(|(session, token)| {
+                    let terms = view.terms.get(session).copied().unwrap_or_default();
+                    pb::Holder {
+                        session_id: session.get(),
+                        token: token.get(),
+                        permits: permits_of(session),
+                        lock_delay_ms: terms.lock_delay_ms,
+                        max_hold_ms: terms.max_hold_ms,
+                    }
                 })
                 .collect(),
             semaphore_limit: semaphore.map_or(0, |semaphore| semaphore.limit),
@@ -868,8 +948,18 @@ impl pb::lock_server::Lock for LockService {
                     session_id: waiter.session.get(),
                     mode: wire_mode(waiter.mode),
                     permits: waiter.permits,
+                    lock_delay_ms: waiter.terms.lock_delay_ms,
+                    max_hold_ms: waiter.terms.max_hold_ms,
                 })
                 .collect(),
+            lock_delay_ms: view.delay.map_or(0, |delay| delay.ms),
+            // The leader answers (Describe is forwarded to it); before its
+            // next tick it may not time the delay yet: the whole delay.
+            lock_delay_left_ms: view.delay.map_or(0, |delay| {
+                self.leases.delay_left(&lock).map_or(u64::from(delay.ms), |left| {
+                    u64::try_from(left.as_millis()).unwrap_or(u64::MAX)
+                })
+            }),
         }))
     }
 

@@ -13,10 +13,40 @@ use quorumlock_proto::v1::{self as pb, ErrorReason};
 
 pub use quorumlock_proto::headers::{FORWARDED_HEADER, LEADER_HINT_HEADER};
 
+/// FAILED_PRECONDITION (LOCK_DELAYED) for a try-acquire of `lock` during
+/// its lock-delay of `delay_ms`, with about how much is `left` when this
+/// node times it (the leader does).
+pub fn lock_delayed(lock: &str, delay_ms: u32, left: Option<Duration>) -> Status {
+    let error = LockError::LockDelayed {
+        lock: lock.to_string(),
+        delay_ms,
+    };
+    // Unknown here (not the leader's count): at most the whole delay,
+    // unless leadership changes and starts it over.
+    let left_ms = left.map_or(u64::from(delay_ms), |left| {
+        u64::try_from(left.as_millis()).unwrap_or(u64::MAX)
+    });
+    let message = match left {
+        Some(_) => format!("{error}; about {left_ms} ms of it left"),
+        None => format!("{error}; at most {left_ms} ms of it left unless leadership changes"),
+    };
+    details::status(
+        Code::FailedPrecondition,
+        message,
+        pb::ErrorDetail {
+            lock: lock.as_bytes().to_vec(),
+            limit: u64::from(delay_ms),
+            retry_after_ms: left_ms,
+            ..reason(ErrorReason::LockDelayed)
+        },
+    )
+}
+
 /// The status for a refusal of the lock state machine.
 pub fn from_lock_error(error: LockError) -> Status {
     let message = error.to_string();
     let (code, detail) = match error {
+        LockError::LockDelayed { lock, delay_ms } => return lock_delayed(&lock, delay_ms, None),
         LockError::InvalidArgument(_) => (Code::InvalidArgument, reason(ErrorReason::InvalidArgument)),
         LockError::SessionNotFound { session } => (
             Code::NotFound,

@@ -190,6 +190,7 @@ fn wire_cause(cause: &Cause) -> pb::WatchEventCause {
         Cause::SessionClosed => pb::WatchEventCause::SessionClosed,
         Cause::SessionExpired => pb::WatchEventCause::SessionExpired,
         Cause::Forced { .. } => pb::WatchEventCause::Forced,
+        Cause::MaxHold => pb::WatchEventCause::MaxHold,
     }
 }
 
@@ -251,8 +252,8 @@ pub fn wire_event(revision: u64, change: &Change) -> pb::WatchEvent {
         } => pb::WatchEvent {
             kind: match cause {
                 Cause::SessionExpired => pb::WatchEventKind::Expired,
-                Cause::Forced { .. } => pb::WatchEventKind::Revoked,
-                _ => pb::WatchEventKind::Released,
+                Cause::Forced { .. } | Cause::MaxHold => pb::WatchEventKind::Revoked,
+                Cause::Released | Cause::SessionClosed | Cause::Cancelled => pb::WatchEventKind::Released,
             }
             .into(),
             lock: lock.clone().into_bytes(),
@@ -278,6 +279,17 @@ pub fn wire_event(revision: u64, change: &Change) -> pb::WatchEvent {
             key: key.clone().into_bytes(),
             lock: fence.lock.clone().into_bytes(),
             token: fence.token.get(),
+            ..event
+        },
+        Change::DelayBegun { lock, ms } => pb::WatchEvent {
+            kind: pb::WatchEventKind::LockDelayBegun.into(),
+            lock: lock.clone().into_bytes(),
+            delay_ms: *ms,
+            ..event
+        },
+        Change::DelayEnded { lock } => pb::WatchEvent {
+            kind: pb::WatchEventKind::LockDelayEnded.into(),
+            lock: lock.clone().into_bytes(),
             ..event
         },
     }
