@@ -112,6 +112,12 @@ pub async fn lock(args: LockArgs) -> anyhow::Result<i32> {
 
     let margin = args.grace.min(session.ttl() / 2);
     let mut lease = guard.lease_deadline();
+    // With --max-hold the command is stopped a grace before the maximum
+    // hold passes (as the client counts it, which ends no later than the
+    // cluster's count), so it is gone when the cluster ends the grant.
+    let hold_at_risk = guard
+        .hold_deadline()
+        .map(|deadline| deadline.checked_sub(args.grace).unwrap_or_else(Instant::now));
     loop {
         let at_risk_at = lease.borrow().checked_sub(margin).unwrap_or_else(Instant::now);
         tokio::select! {
@@ -134,6 +140,18 @@ pub async fn lock(args: LockArgs) -> anyhow::Result<i32> {
                     args.name
                 );
                 stop(&mut child, args.grace).await?;
+                return Ok(EXIT_LOCK_LOST);
+            }
+            () = tokio::time::sleep_until(hold_at_risk.unwrap_or_else(Instant::now)), if hold_at_risk.is_some() => {
+                eprintln!(
+                    "quorumlock: lock {:?} reaches its maximum hold within {}; stopping the command",
+                    args.name,
+                    humantime::format_duration(args.grace)
+                );
+                stop(&mut child, args.grace).await?;
+                if let Err(error) = session.close().await {
+                    eprintln!("quorumlock: closing session failed: {error}");
+                }
                 return Ok(EXIT_LOCK_LOST);
             }
             // A renewal moved the deadline: compute the risk point again.

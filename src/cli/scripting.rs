@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use quorumlock_client::{Fence, FencingToken, LockMode, NodeStatus, SessionId, SessionKey, SessionSecret};
+use quorumlock_client::{
+    AcquireOptions, Fence, FencingToken, LockMode, NodeStatus, SessionId, SessionKey, SessionSecret,
+};
 
 use super::{parse_duration, ClusterArgs, EXIT_NO};
 
@@ -63,27 +65,39 @@ pub struct WantArgs {
     /// The semaphore's number of permits, with `--permits`.
     #[arg(long, requires = "permits")]
     of: Option<u32>,
+    /// Lock-delay of the grant (up to 60s): if the holder's session
+    /// expires, or its --max-hold passes, nobody is granted the lock for
+    /// this long; a release frees it at once.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    lock_delay: Duration,
+    /// Maximum hold time of the grant (1s to 24h): the cluster ends the
+    /// grant once it has been held this long, even while its session lives.
+    #[arg(long, value_parser = parse_duration)]
+    max_hold: Option<Duration>,
 }
 
 impl WantArgs {
-    /// The want of `--shared` or `--permits K --of N`.
+    /// The acquire of `--shared` or `--permits K --of N`, with the grant's
+    /// `--lock-delay` and `--max-hold`, waiting as long as it takes.
     pub fn want(&self) -> Want {
-        match (self.permits.zip(self.of), self.shared) {
-            (Some((permits, limit)), _) => Want::Permits(permits, limit),
-            (None, true) => Want::Lock(LockMode::Shared),
-            (None, false) => Want::Lock(LockMode::Exclusive),
-        }
+        Want(AcquireOptions {
+            mode: if self.shared {
+                LockMode::Shared
+            } else {
+                LockMode::Exclusive
+            },
+            permits: self.permits.zip(self.of),
+            wait: None,
+            lock_delay: self.lock_delay,
+            max_hold: self.max_hold,
+        })
     }
 }
 
-/// What an acquire asks for: a lock in a mode, or permits of a semaphore.
+/// What an acquire asks for: a lock in a mode or permits of a semaphore,
+/// and the grant's terms.
 #[derive(Debug, Clone, Copy)]
-pub enum Want {
-    /// A lock.
-    Lock(LockMode),
-    /// `permits` of a semaphore of `limit`.
-    Permits(u32, u32),
-}
+pub struct Want(AcquireOptions);
 
 impl Want {
     /// One acquire of at most `wait` by the session of `key`.
@@ -94,10 +108,11 @@ impl Want {
         name: &str,
         wait: Duration,
     ) -> Result<Option<FencingToken>, quorumlock_client::ClientError> {
-        match self {
-            Want::Lock(mode) => client.acquire_in(key, name, wait, mode).await,
-            Want::Permits(permits, limit) => client.acquire_permits(key, name, permits, limit, wait).await,
-        }
+        let options = AcquireOptions {
+            wait: Some(wait),
+            ..self.0
+        };
+        client.acquire_with(key, name, &options).await
     }
 
     /// A guard of `session`, waiting at most `wait` (or until granted).
@@ -107,20 +122,8 @@ impl Want {
         name: &str,
         wait: Option<Duration>,
     ) -> Result<Option<quorumlock_client::LockGuard>, quorumlock_client::ClientError> {
-        Ok(match (self, wait) {
-            (Want::Lock(LockMode::Shared), Some(wait)) => session.lock_shared_timeout(name, wait).await?,
-            (Want::Lock(LockMode::Shared), None) => Some(session.lock_shared(name).await?),
-            (Want::Lock(_), Some(wait)) => session.lock_timeout(name, wait).await?,
-            (Want::Lock(_), None) => Some(session.lock(name).await?),
-            (Want::Permits(permits, limit), Some(wait)) => {
-                session
-                    .acquire_permits_timeout(name, permits, limit, wait)
-                    .await?
-            }
-            (Want::Permits(permits, limit), None) => {
-                Some(session.acquire_permits(name, permits, limit).await?)
-            }
-        })
+        let options = AcquireOptions { wait, ..self.0 };
+        session.acquire_with(name, &options).await
     }
 }
 
@@ -304,12 +307,13 @@ pub struct DescribeArgs {
 /// exclusive holder, `held=true mode=shared holders=<id>:<token>,...
 /// queue_length=<n>` for shared holders, `held=true mode=semaphore
 /// limit=<n> holders=<id>:<token>:<permits>,... queue_length=<n>` for a
-/// semaphore, `held=false queue_length=<n>` for a free lock.
+/// semaphore, `held=false queue_length=<n>` for a free lock; each followed
+/// by ` lock_delay=<n>ms left=<n>ms` while a lock-delay is in force.
 pub async fn describe(args: DescribeArgs) -> anyhow::Result<i32> {
     let client = args.cluster.connect().await?;
     let described = client.describe(&args.name).await?;
-    match (described.holder, described.mode) {
-        (Some(holder), _) => println!(
+    let line = match (described.holder, described.mode) {
+        (Some(holder), _) => format!(
             "held=true session={} token={} queue_length={}",
             holder.session_id, holder.token, described.queue_length
         ),
@@ -319,12 +323,12 @@ pub async fn describe(args: DescribeArgs) -> anyhow::Result<i32> {
                 .iter()
                 .map(|holder| format!("{}:{}:{}", holder.session_id, holder.token, holder.permits))
                 .collect();
-            println!(
+            format!(
                 "held=true mode=semaphore limit={} holders={} queue_length={}",
                 described.semaphore_limit.unwrap_or(0),
                 holders.join(","),
                 described.queue_length
-            );
+            )
         }
         (None, LockMode::Shared) if !described.holders.is_empty() => {
             let holders: Vec<String> = described
@@ -332,13 +336,21 @@ pub async fn describe(args: DescribeArgs) -> anyhow::Result<i32> {
                 .iter()
                 .map(|holder| format!("{}:{}", holder.session_id, holder.token))
                 .collect();
-            println!(
+            format!(
                 "held=true mode=shared holders={} queue_length={}",
                 holders.join(","),
                 described.queue_length
-            );
+            )
         }
-        _ => println!("held=false queue_length={}", described.queue_length),
+        _ => format!("held=false queue_length={}", described.queue_length),
+    };
+    match described.lock_delay {
+        Some(delay) => println!(
+            "{line} lock_delay={}ms left={}ms",
+            delay.length.as_millis(),
+            delay.left.as_millis()
+        ),
+        None => println!("{line}"),
     }
     Ok(0)
 }

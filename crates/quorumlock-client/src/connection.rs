@@ -17,8 +17,9 @@ use super::guard::LockGuard;
 use super::key::{SessionKey, SessionSecret};
 use super::session::Session;
 use quorumlock_proto::limits::{
-    API_MESSAGE_BYTES_MAX, KEY_BYTES_MAX, LOCK_NAME_BYTES_MAX, SEMAPHORE_PERMITS_MAX, SESSION_SECRET_BYTES,
-    SESSION_TTL_MS_MAX, SESSION_TTL_MS_MIN, VALUE_BYTES_MAX,
+    API_MESSAGE_BYTES_MAX, KEY_BYTES_MAX, LOCK_DELAY_MS_MAX, LOCK_NAME_BYTES_MAX, MAX_HOLD_MS_MAX,
+    MAX_HOLD_MS_MIN, SEMAPHORE_PERMITS_MAX, SESSION_SECRET_BYTES, SESSION_TTL_MS_MAX, SESSION_TTL_MS_MIN,
+    VALUE_BYTES_MAX,
 };
 use quorumlock_proto::v1 as pb;
 use quorumlock_proto::v1::cluster_client::ClusterClient;
@@ -74,6 +75,18 @@ pub struct LockDescription {
     pub semaphore_limit: Option<u32>,
     /// The queue, first in line first.
     pub waiters: Vec<Waiting>,
+    /// The lock-delay in force, if any: nobody is granted the lock
+    /// meanwhile.
+    pub lock_delay: Option<LockDelayed>,
+}
+
+/// A lock-delay in force, as `Describe` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockDelayed {
+    /// Its length.
+    pub length: Duration,
+    /// About how much of it is left, as the leader counts.
+    pub left: Duration,
 }
 
 /// A session in a lock's queue.
@@ -126,6 +139,86 @@ impl LockMode {
             LockMode::Semaphore => "semaphore",
         }
     }
+}
+
+/// How to acquire a lock: its kind, how long to wait, and the grant's
+/// lock-delay and maximum hold time (README, "Lock-delay and maximum hold
+/// time"). The default is an exclusive lock, waited for as long as it
+/// takes, with neither.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AcquireOptions {
+    /// [`LockMode::Exclusive`] or [`LockMode::Shared`]; for a semaphore,
+    /// set `permits` (the mode is then ignored).
+    pub mode: LockMode,
+    /// `Some((permits, limit))`: that many permits of a semaphore of
+    /// `limit`, instead of a lock.
+    pub permits: Option<(u32, u32)>,
+    /// How long to wait in the queue: `None` as long as it takes,
+    /// `Some(Duration::ZERO)` only if the lock is free now.
+    pub wait: Option<Duration>,
+    /// When the grant ends without a release (its session expires, or its
+    /// `max_hold` passes), nobody is granted the lock for this long: its
+    /// holder may still be at work. Zero (none) to 60 s, in whole ms.
+    pub lock_delay: Duration,
+    /// The leader ends the grant once it has been held this long, even
+    /// while the session renews; the guard reports
+    /// [`LostReason::MaxHold`](crate::LostReason::MaxHold) by then. `None`,
+    /// or 1 s to 24 h, in whole ms.
+    pub max_hold: Option<Duration>,
+}
+
+impl AcquireOptions {
+    /// What the options ask for.
+    pub(crate) fn ask(&self) -> Ask {
+        match self.permits {
+            Some((permits, limit)) => Ask::Permits { permits, limit },
+            None => Ask::Lock(self.mode),
+        }
+    }
+
+    /// The terms as the wire carries them, checked against their bounds.
+    pub(crate) fn terms(&self) -> Result<Terms, ClientError> {
+        let lock_delay_ms = u32::try_from(self.lock_delay.as_millis())
+            .ok()
+            .filter(|ms| *ms <= LOCK_DELAY_MS_MAX)
+            .ok_or_else(|| {
+                ClientError::InvalidArgument(format!(
+                    "lock-delay {:?} is more than the {LOCK_DELAY_MS_MAX} ms limit",
+                    self.lock_delay
+                ))
+            })?;
+        let max_hold_ms = match self.max_hold {
+            None => 0,
+            Some(max_hold) => u32::try_from(max_hold.as_millis())
+                .ok()
+                .filter(|ms| (MAX_HOLD_MS_MIN..=MAX_HOLD_MS_MAX).contains(ms))
+                .ok_or_else(|| {
+                    ClientError::InvalidArgument(format!(
+                        "maximum hold {max_hold:?} is outside {MAX_HOLD_MS_MIN}..={MAX_HOLD_MS_MAX} ms"
+                    ))
+                })?,
+        };
+        Ok(Terms {
+            lock_delay_ms,
+            max_hold_ms,
+        })
+    }
+}
+
+/// A grant's terms in milliseconds, as `AcquireRequest` carries them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Terms {
+    pub(crate) lock_delay_ms: u32,
+    pub(crate) max_hold_ms: u32,
+}
+
+/// A grant as the client knows it: its token, and a moment no later than
+/// the one the grant was made at (the request's sending, plus the wait the
+/// server reported), which a maximum hold is counted from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Granted {
+    pub(crate) token: FencingToken,
+    pub(crate) no_later_than: tokio::time::Instant,
 }
 
 /// What an acquire asks for.
@@ -615,7 +708,27 @@ impl Client {
                 "a semaphore is acquired with acquire_permits, which names the permits".to_string(),
             ));
         }
-        self.acquire_ask(session, name, wait, Ask::Lock(mode)).await
+        Ok(self
+            .acquire_ask(session, name, wait, Ask::Lock(mode), Terms::default())
+            .await?
+            .map(|granted| granted.token))
+    }
+
+    /// `Acquire` of `name` by a session as `options` say, waiting at most
+    /// `options.wait` cut to one server-side wait
+    /// ([`ClientConfig::lock_wait_step_max`](crate::ClientConfig)); `None`
+    /// when not granted within it.
+    pub async fn acquire_with(
+        &self,
+        session: &SessionKey,
+        name: &str,
+        options: &AcquireOptions,
+    ) -> Result<Option<FencingToken>, ClientError> {
+        let wait = options.wait.unwrap_or(self.inner.config.lock_wait_step_max);
+        Ok(self
+            .acquire_ask(session, name, wait, options.ask(), options.terms()?)
+            .await?
+            .map(|granted| granted.token))
     }
 
     /// `Acquire` of `permits` of the semaphore `name`, which has `limit`
@@ -630,8 +743,16 @@ impl Client {
         limit: u32,
         wait: Duration,
     ) -> Result<Option<FencingToken>, ClientError> {
-        self.acquire_ask(session, name, wait, Ask::Permits { permits, limit })
-            .await
+        Ok(self
+            .acquire_ask(
+                session,
+                name,
+                wait,
+                Ask::Permits { permits, limit },
+                Terms::default(),
+            )
+            .await?
+            .map(|granted| granted.token))
     }
 
     pub(crate) async fn acquire_ask(
@@ -640,7 +761,8 @@ impl Client {
         name: &str,
         wait: Duration,
         ask: Ask,
-    ) -> Result<Option<FencingToken>, ClientError> {
+        terms: Terms,
+    ) -> Result<Option<Granted>, ClientError> {
         check_lock_name(name)?;
         let (permits, semaphore_limit) = match ask {
             Ask::Lock(_) => (0, 0),
@@ -653,6 +775,8 @@ impl Client {
         let wait = wait.min(self.inner.config.lock_wait_step_max);
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
         let name = name.as_bytes().to_vec();
+        // Before the first attempt is sent: no later than the one answered.
+        let sent = tokio::time::Instant::now();
         let answer = self
             .call(wait, |mut client, timeout| {
                 let message = pb::AcquireRequest {
@@ -663,11 +787,16 @@ impl Client {
                     mode: mode.to_pb().into(),
                     permits,
                     semaphore_limit,
+                    lock_delay_ms: terms.lock_delay_ms,
+                    max_hold_ms: terms.max_hold_ms,
                 };
                 async move { client.acquire(request(message, timeout)).await }
             })
             .await?;
-        Ok(answer.acquired.then_some(FencingToken::new(answer.token)))
+        Ok(answer.acquired.then(|| Granted {
+            token: FencingToken::new(answer.token),
+            no_later_than: sent + Duration::from_millis(answer.waited_ms),
+        }))
     }
 
     /// `Release` of `name` held by a session with `token`; the first waiter
@@ -775,6 +904,10 @@ impl Client {
                     permits: waiter.permits,
                 })
                 .collect(),
+            lock_delay: (answer.lock_delay_ms != 0).then(|| LockDelayed {
+                length: Duration::from_millis(u64::from(answer.lock_delay_ms)),
+                left: Duration::from_millis(answer.lock_delay_left_ms),
+            }),
         })
     }
 

@@ -144,6 +144,17 @@ pub enum Refusal {
         /// The bound.
         limit: u64,
     },
+    /// `FAILED_PRECONDITION`: a try-acquire named a lock in its lock-delay
+    /// (its last grant ended by an expiry or its maximum hold); nobody is
+    /// granted it until the delay passes.
+    LockDelayed {
+        /// The lock.
+        lock: String,
+        /// The delay's length.
+        delay: Duration,
+        /// About how much of it is left, as the leader counts.
+        left: Duration,
+    },
     /// A reason this client does not know (a newer server).
     Other(i32),
 }
@@ -205,6 +216,11 @@ impl Refusal {
             Ok(ErrorReason::RevisionCompacted) => Refusal::RevisionCompacted { oldest: detail.limit },
             Ok(ErrorReason::WatchTooSlow) => Refusal::WatchTooSlow { oldest: detail.limit },
             Ok(ErrorReason::TooManyWatches) => Refusal::TooManyWatches { limit: detail.limit },
+            Ok(ErrorReason::LockDelayed) => Refusal::LockDelayed {
+                lock,
+                delay: Duration::from_millis(detail.limit),
+                left: Duration::from_millis(detail.retry_after_ms),
+            },
             Ok(ErrorReason::Unspecified) | Err(_) => Refusal::Other(detail.reason),
         }
     }
@@ -248,6 +264,15 @@ pub enum LostReason {
     /// The owner closed the session.
     #[error("the session was closed by its owner")]
     Closed,
+    /// The lock's grant passed its maximum hold time: the leader ends it
+    /// then (the session lives on). Reported by the guard of that grant
+    /// only, from the client's own count, which ends no later than the
+    /// leader's.
+    #[error("the grant passed its {max_hold:?} maximum hold time")]
+    MaxHold {
+        /// The grant's maximum hold time.
+        max_hold: Duration,
+    },
 }
 
 /// One endpoint's answer while the client looked for a live one.

@@ -2,6 +2,7 @@
 
 use quorumlock_proto::{FencingToken, SessionId};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -25,6 +26,11 @@ pub struct LockGuard {
     permits: u32,
     session: Arc<SessionShared>,
     released: bool,
+    /// With a maximum hold: when the client counts it passed, and its length.
+    hold: Option<(Instant, Duration)>,
+    /// The task that feeds [`LockGuard::watch`] when there is a maximum
+    /// hold; stopped with the guard.
+    watcher: parking_lot::Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl LockGuard {
@@ -34,6 +40,7 @@ impl LockGuard {
         token: FencingToken,
         mode: LockMode,
         permits: u32,
+        hold: Option<(Instant, Duration)>,
     ) -> Self {
         LockGuard {
             name,
@@ -42,7 +49,23 @@ impl LockGuard {
             permits,
             session,
             released: false,
+            hold,
+            watcher: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// When the grant's maximum hold time passes, as this client counts it
+    /// (from no later than the grant, so no later than the leader ends it);
+    /// `None` without one.
+    pub fn hold_deadline(&self) -> Option<Instant> {
+        self.hold.map(|(deadline, _)| deadline)
+    }
+
+    /// [`LostReason::MaxHold`] once the maximum hold time passed.
+    fn held_too_long(&self) -> Option<LostReason> {
+        self.hold
+            .filter(|(deadline, _)| Instant::now() >= *deadline)
+            .map(|(_, max_hold)| LostReason::MaxHold { max_hold })
     }
 
     /// The lock's name.
@@ -86,25 +109,60 @@ impl LockGuard {
         }
     }
 
-    /// Why the holding session is lost, or `None` while it is alive.
+    /// Why the lock is lost — its session is, or the grant passed its
+    /// maximum hold time — or `None` while it is held.
     pub fn lost_reason(&self) -> Option<LostReason> {
-        self.session.lost_reason()
+        self.session.lost_reason().or_else(|| self.held_too_long())
     }
 
-    /// Whether the holding session is lost (the lock must then be assumed
-    /// held by someone else).
+    /// Whether the lock is lost (it must then be assumed held by someone
+    /// else).
     pub fn is_lost(&self) -> bool {
-        self.session.lost_reason().is_some()
+        self.lost_reason().is_some()
     }
 
-    /// Resolves as soon as the holding session is lost.
+    /// Resolves as soon as the lock is lost: its session is, or its
+    /// maximum hold time passes.
     pub async fn lost(&self) -> LostReason {
-        self.session.lost().await
+        match self.hold {
+            None => self.session.lost().await,
+            Some((deadline, max_hold)) => tokio::select! {
+                reason = self.session.lost() => reason,
+                () = tokio::time::sleep_until(deadline) => LostReason::MaxHold { max_hold },
+            },
+        }
     }
 
-    /// The holding session's lost signal as a watch receiver.
+    /// The lock's lost signal as a watch receiver: the session's, and with
+    /// a maximum hold also [`LostReason::MaxHold`] once it passes.
     pub fn watch(&self) -> watch::Receiver<Option<LostReason>> {
-        self.session.watch()
+        let Some((deadline, max_hold)) = self.hold else {
+            return self.session.watch();
+        };
+        let (sender, receiver) = watch::channel(self.lost_reason());
+        let mut session = self.session.watch();
+        let task = tokio::spawn(async move {
+            let reason = tokio::select! {
+                changed = session.wait_for(Option::is_some) => match changed {
+                    Ok(reason) => reason.clone(),
+                    Err(_) => return,
+                },
+                () = tokio::time::sleep_until(deadline) => Some(LostReason::MaxHold { max_hold }),
+            };
+            sender.send_if_modified(|state| {
+                let first = state.is_none();
+                if first {
+                    *state = reason;
+                }
+                first
+            });
+            // Kept open for receivers until the guard goes.
+            std::future::pending::<()>().await;
+        });
+        if let Some(previous) = self.watcher.lock().replace(task.abort_handle()) {
+            previous.abort();
+        }
+        receiver
     }
 
     /// Until when the cluster is known to keep the holding session, moving
@@ -149,6 +207,9 @@ impl std::fmt::Debug for LockGuard {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
+        if let Some(watcher) = self.watcher.lock().take() {
+            watcher.abort();
+        }
         if self.released {
             return;
         }

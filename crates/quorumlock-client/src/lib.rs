@@ -60,8 +60,8 @@ pub use config::{
     RENEWALS_PER_TTL,
 };
 pub use connection::{
-    node_status, Client, Entry, Fence, ForceReleased, Holder, LockDescription, LockMode, NodeStatus,
-    Released, TokenCheck, Waiting,
+    node_status, AcquireOptions, Client, Entry, Fence, ForceReleased, Holder, LockDelayed, LockDescription,
+    LockMode, NodeStatus, Released, TokenCheck, Waiting,
 };
 pub use endpoints::{parse_endpoint, parse_endpoint_list, parse_endpoint_scheme, Scheme};
 pub use error::{code_name, ClientError, EndpointFailure, LostReason, Refusal};

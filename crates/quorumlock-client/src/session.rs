@@ -16,11 +16,17 @@ use tonic::{Code, Status};
 use super::backoff::Backoff;
 use super::claims::{release_if_holder, ClaimAttempt, Claims};
 use super::config::{KEEPALIVE_UNANSWERED_MAX, RENEWALS_PER_TTL};
-use super::connection::{Ask, Client, LockMode};
+use super::connection::{AcquireOptions, Ask, Client, LockMode, Terms};
 use super::endpoints::{leader_hint, Picked};
 use super::error::{describe_status, ClientError, LostReason};
 use super::guard::LockGuard;
 use super::key::SessionKey;
+
+/// The terms of an acquire that sets none.
+const NO_TERMS: Terms = Terms {
+    lock_delay_ms: 0,
+    max_hold_ms: 0,
+};
 use quorumlock_proto::v1 as pb;
 use quorumlock_proto::v1::lock_client::LockClient;
 
@@ -247,14 +253,19 @@ impl Session {
 
     /// Takes the lock if it is free; `None` when another session holds it.
     pub async fn try_lock(&self, name: &str) -> Result<Option<LockGuard>, ClientError> {
-        self.acquire(name, Some(Duration::ZERO), Ask::Lock(LockMode::Exclusive))
-            .await
+        self.acquire(
+            name,
+            Some(Duration::ZERO),
+            Ask::Lock(LockMode::Exclusive),
+            NO_TERMS,
+        )
+        .await
     }
 
     /// Waits in the lock's FIFO queue for at most `wait`; `None` when it was
     /// not granted in time (the session has then left the queue).
     pub async fn lock_timeout(&self, name: &str, wait: Duration) -> Result<Option<LockGuard>, ClientError> {
-        self.acquire(name, Some(wait), Ask::Lock(LockMode::Exclusive))
+        self.acquire(name, Some(wait), Ask::Lock(LockMode::Exclusive), NO_TERMS)
             .await
     }
 
@@ -268,7 +279,7 @@ impl Session {
 
     /// Takes the lock shared if no writer holds it or waits for it.
     pub async fn try_lock_shared(&self, name: &str) -> Result<Option<LockGuard>, ClientError> {
-        self.acquire(name, Some(Duration::ZERO), Ask::Lock(LockMode::Shared))
+        self.acquire(name, Some(Duration::ZERO), Ask::Lock(LockMode::Shared), NO_TERMS)
             .await
     }
 
@@ -278,7 +289,8 @@ impl Session {
         name: &str,
         wait: Duration,
     ) -> Result<Option<LockGuard>, ClientError> {
-        self.acquire(name, Some(wait), Ask::Lock(LockMode::Shared)).await
+        self.acquire(name, Some(wait), Ask::Lock(LockMode::Shared), NO_TERMS)
+            .await
     }
 
     /// Takes `permits` of the semaphore `name`, which has `limit` permits,
@@ -291,7 +303,10 @@ impl Session {
         permits: u32,
         limit: u32,
     ) -> Result<LockGuard, ClientError> {
-        match self.acquire(name, None, Ask::Permits { permits, limit }).await? {
+        match self
+            .acquire(name, None, Ask::Permits { permits, limit }, NO_TERMS)
+            .await?
+        {
             Some(guard) => Ok(guard),
             None => unreachable!("a wait without a deadline ends only with a grant or an error"),
         }
@@ -304,8 +319,13 @@ impl Session {
         permits: u32,
         limit: u32,
     ) -> Result<Option<LockGuard>, ClientError> {
-        self.acquire(name, Some(Duration::ZERO), Ask::Permits { permits, limit })
-            .await
+        self.acquire(
+            name,
+            Some(Duration::ZERO),
+            Ask::Permits { permits, limit },
+            NO_TERMS,
+        )
+        .await
     }
 
     /// [`Session::acquire_permits`] for at most `wait`.
@@ -316,15 +336,36 @@ impl Session {
         limit: u32,
         wait: Duration,
     ) -> Result<Option<LockGuard>, ClientError> {
-        self.acquire(name, Some(wait), Ask::Permits { permits, limit })
+        self.acquire(name, Some(wait), Ask::Permits { permits, limit }, NO_TERMS)
             .await
     }
 
     async fn lock_in(&self, name: &str, mode: LockMode) -> Result<LockGuard, ClientError> {
-        match self.acquire(name, None, Ask::Lock(mode)).await? {
+        match self.acquire(name, None, Ask::Lock(mode), NO_TERMS).await? {
             Some(guard) => Ok(guard),
             None => unreachable!("a wait without a deadline ends only with a grant or an error"),
         }
+    }
+
+    /// Acquires `name` as `options` say: a lock or semaphore permits,
+    /// waiting as long as `options.wait`, with the grant's lock-delay and
+    /// maximum hold time. `None` when not granted within the wait. A guard
+    /// with a maximum hold reports
+    /// [`LostReason::MaxHold`](crate::LostReason::MaxHold) once it passes,
+    /// counted from no later than the grant, so no later than the leader
+    /// ends the grant.
+    pub async fn acquire_with(
+        &self,
+        name: &str,
+        options: &AcquireOptions,
+    ) -> Result<Option<LockGuard>, ClientError> {
+        if options.permits.is_none() && options.mode == LockMode::Semaphore {
+            return Err(ClientError::InvalidArgument(
+                "a semaphore is acquired with permits: Some((permits, limit))".to_string(),
+            ));
+        }
+        let terms = options.terms()?;
+        self.acquire(name, options.wait, options.ask(), terms).await
     }
 
     async fn acquire(
@@ -332,6 +373,7 @@ impl Session {
         name: &str,
         wait: Option<Duration>,
         ask: Ask,
+        terms: Terms,
     ) -> Result<Option<LockGuard>, ClientError> {
         let shared = &self.shared;
         let deadline = wait.map(|wait| Instant::now() + wait);
@@ -349,13 +391,19 @@ impl Session {
             // releases that grant.
             claim.maybe_granted = true;
             let granted = tokio::select! {
-                granted = shared.client.acquire_ask(&shared.key, name, step, ask) => granted,
+                granted = shared.client.acquire_ask(&shared.key, name, step, ask, terms) => granted,
                 // Dropping the call cancels it, and the server takes the
                 // session out of the queue.
                 reason = shared.lost() => return Err(shared.lost_error(reason)),
             };
             match granted.map_err(|error| shared.check_gone(error))? {
-                Some(token) => return Ok(Some(claim.into_guard(token, ask))),
+                Some(granted) => {
+                    let hold = (terms.max_hold_ms > 0).then(|| {
+                        let max_hold = Duration::from_millis(u64::from(terms.max_hold_ms));
+                        (granted.no_later_than + max_hold, max_hold)
+                    });
+                    return Ok(Some(claim.into_guard(granted.token, ask, hold)));
+                }
                 // The server answered "not granted" and took the session out
                 // of the queue: there is nothing to release.
                 None if deadline.is_some_and(|deadline| Instant::now() >= deadline) => {
@@ -443,7 +491,7 @@ struct Claim {
 }
 
 impl Claim {
-    fn into_guard(mut self, token: FencingToken, ask: Ask) -> LockGuard {
+    fn into_guard(mut self, token: FencingToken, ask: Ask, hold: Option<(Instant, Duration)>) -> LockGuard {
         self.done = true;
         LockGuard::new(
             self.session.clone(),
@@ -451,6 +499,7 @@ impl Claim {
             token,
             ask.mode(),
             ask.permits(),
+            hold,
         )
     }
 }

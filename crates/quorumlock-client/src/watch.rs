@@ -89,8 +89,16 @@ pub enum EventKind {
     Put,
     /// A fenced delete removed a key.
     Deleted,
-    /// An administrator freed a holder's grant.
+    /// A holder's grant was ended for it: by an administrator (cause
+    /// [`EventCause::Forced`]) or its maximum hold time
+    /// ([`EventCause::MaxHold`]).
     Revoked,
+    /// A lock-delay began: nobody is granted the lock for
+    /// [`WatchEvent::delay`].
+    LockDelayBegun,
+    /// The lock-delay passed; the grants that follow in the same revision
+    /// are the waiters it held back.
+    LockDelayEnded,
     /// A kind this client does not know (a newer server).
     Other(i32),
 }
@@ -106,6 +114,8 @@ impl EventKind {
             Ok(pb::WatchEventKind::Put) => EventKind::Put,
             Ok(pb::WatchEventKind::Deleted) => EventKind::Deleted,
             Ok(pb::WatchEventKind::Revoked) => EventKind::Revoked,
+            Ok(pb::WatchEventKind::LockDelayBegun) => EventKind::LockDelayBegun,
+            Ok(pb::WatchEventKind::LockDelayEnded) => EventKind::LockDelayEnded,
             Ok(pb::WatchEventKind::Unspecified) | Err(_) => EventKind::Other(kind),
         }
     }
@@ -121,6 +131,8 @@ impl EventKind {
             EventKind::Put => "put",
             EventKind::Deleted => "deleted",
             EventKind::Revoked => "revoked",
+            EventKind::LockDelayBegun => "lock-delay-begun",
+            EventKind::LockDelayEnded => "lock-delay-ended",
             EventKind::Other(_) => "other",
         }
     }
@@ -141,6 +153,8 @@ pub enum EventCause {
     SessionExpired,
     /// An administrator forced the grant free.
     Forced,
+    /// The grant's maximum hold time passed.
+    MaxHold,
     /// A cause this client does not know (a newer server).
     Other(i32),
 }
@@ -154,6 +168,7 @@ impl EventCause {
             Ok(pb::WatchEventCause::SessionClosed) => EventCause::SessionClosed,
             Ok(pb::WatchEventCause::SessionExpired) => EventCause::SessionExpired,
             Ok(pb::WatchEventCause::Forced) => EventCause::Forced,
+            Ok(pb::WatchEventCause::MaxHold) => EventCause::MaxHold,
             Err(_) => EventCause::Other(cause),
         }
     }
@@ -167,6 +182,7 @@ impl EventCause {
             EventCause::SessionClosed => "session-closed",
             EventCause::SessionExpired => "session-expired",
             EventCause::Forced => "forced",
+            EventCause::MaxHold => "max-hold",
             EventCause::Other(_) => "other",
         }
     }
@@ -197,6 +213,8 @@ pub struct WatchEvent {
     pub cause: EventCause,
     /// For a revoked grant, who forced it free.
     pub by: String,
+    /// For [`EventKind::LockDelayBegun`], the delay's length; zero otherwise.
+    pub delay: Duration,
     /// Its place among the events of its revision that the watch selects
     /// (0 first): every node gives them in the same order.
     pub index: usize,
@@ -217,6 +235,7 @@ impl WatchEvent {
             value: event.value,
             cause: EventCause::from_pb(event.cause),
             by: event.by,
+            delay: Duration::from_millis(u64::from(event.delay_ms)),
         }
     }
 }
