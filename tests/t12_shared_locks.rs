@@ -99,6 +99,7 @@ fn holders(pairs: &[(u64, u64)]) -> Vec<Holder> {
             session_id,
             token,
             permits: 0,
+            ..Holder::default()
         })
         .collect()
 }

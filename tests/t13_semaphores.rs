@@ -43,6 +43,7 @@ async fn acquire_permits(
         mode: LockMode::Semaphore.into(),
         permits,
         semaphore_limit: limit,
+        ..AcquireRequest::default()
     };
     acquire_with(client, request).await
 }
@@ -52,6 +53,7 @@ fn holder(session_id: u64, token: u64, permits: u32) -> Holder {
         session_id,
         token,
         permits,
+        ..Holder::default()
     }
 }
 
@@ -60,6 +62,7 @@ fn waiter(session_id: u64, permits: u32) -> Waiter {
         session_id,
         mode: LockMode::Semaphore.into(),
         permits,
+        ..Waiter::default()
     }
 }
 
@@ -199,6 +202,7 @@ async fn check_a_semaphore_refuses_another_limit_and_bad_counts(engine: &str) {
         mode: LockMode::Exclusive.into(),
         permits: 2,
         semaphore_limit: 0,
+        ..AcquireRequest::default()
     };
     let status = expect_code(
         "permits on a lock acquire",

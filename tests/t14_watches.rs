@@ -424,6 +424,8 @@ fn quorumlock_client_kind(event: &WatchEvent) -> String {
         WatchEventKind::Put => "put",
         WatchEventKind::Deleted => "deleted",
         WatchEventKind::Revoked => "revoked",
+        WatchEventKind::LockDelayBegun => "lock-delay-begun",
+        WatchEventKind::LockDelayEnded => "lock-delay-ended",
         WatchEventKind::Unspecified => "other",
     };
     let cause = match event.cause() {
@@ -433,6 +435,7 @@ fn quorumlock_client_kind(event: &WatchEvent) -> String {
         WatchEventCause::SessionClosed => "session-closed",
         WatchEventCause::SessionExpired => "session-expired",
         WatchEventCause::Forced => "forced",
+        WatchEventCause::MaxHold => "max-hold",
     };
     format!("{kind}/{cause}")
 }

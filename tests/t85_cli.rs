@@ -710,3 +710,78 @@ async fn force_release_frees_the_grant_describe_names() {
         stderr(&again)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_with_a_max_hold_stops_its_command_before_the_cluster_ends_the_grant() {
+    let cluster = Cluster::start("raft", 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("marker");
+    let script = format!(
+        "trap 'echo terminated > {m}; exit 0' TERM; echo started > {m}; while true; do sleep 0.1; done",
+        m = marker.display()
+    );
+    let started = std::time::Instant::now();
+    let output = run(quorumlock(&cluster).args([
+        "lock",
+        "bounded",
+        "--ttl",
+        "30s",
+        "--max-hold",
+        "3s",
+        "--grace",
+        "1s",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]))
+    .await;
+    assert_exit("lock past its maximum hold", &output, EXIT_LOCK_LOST);
+    assert!(
+        stderr(&output).contains("maximum hold"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "terminated");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "the command ran until a grace before its 3 s maximum hold"
+    );
+    // `lock` closed its session: the lock is free, with no lock-delay.
+    let described = run(quorumlock(&cluster).args(["describe", "bounded"])).await;
+    assert_eq!(stdout(&described).trim(), "held=false queue_length=0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_shows_a_lock_delay_after_the_holders_session_expires() {
+    let cluster = Cluster::start("paxos", 3).await;
+    let acquired = run(quorumlock(&cluster).args(["acquire", "delayed", "--ttl", "1s", "--lock-delay", "60s"])).await;
+    assert_exit("acquire with a lock-delay", &acquired, 0);
+    // Nothing renews the session `acquire` opened: it expires after its TTL
+    // and the lock enters its lock-delay.
+    let line = wait_until("the lock-delay to begin", CONDITION_WAIT, || async {
+        let described = run(quorumlock(&cluster).args(["describe", "delayed"])).await;
+        let line = stdout(&described);
+        match line.contains("lock_delay=") {
+            true => Ok(line),
+            false => Err(line),
+        }
+    })
+    .await;
+    assert!(line.starts_with("held=false queue_length=0 lock_delay=60000ms left="), "{line}");
+    let left: u64 = text_field(&line, "left")
+        .trim_end_matches("ms")
+        .parse()
+        .unwrap_or_else(|_| panic!("left= is not a duration in ms: {line:?}"));
+    assert!(left <= 60_000, "{line}");
+    let refused = run(quorumlock(&cluster).args(["acquire", "delayed", "--wait", "0s"])).await;
+    assert_exit("acquire during the lock-delay", &refused, 1);
+    assert!(
+        stderr(&refused).contains("FAILED_PRECONDITION") && stderr(&refused).contains("lock-delay"),
+        "{}",
+        stderr(&refused)
+    );
+    let bad = run(quorumlock(&cluster).args(["acquire", "x", "--max-hold", "500ms"])).await;
+    assert_exit("a maximum hold below 1 s", &bad, 1);
+    assert!(stderr(&bad).contains("maximum hold"), "{}", stderr(&bad));
+}

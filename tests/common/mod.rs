@@ -1345,6 +1345,7 @@ pub async fn assert_held(
             session_id: holder,
             token,
             permits: 0,
+            ..Holder::default()
         }],
         waiters: described.waiters.clone(),
         ..DescribeResponse::default()
