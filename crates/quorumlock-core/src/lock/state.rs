@@ -1263,7 +1263,11 @@ impl LockState {
         if !terms.is_none() {
             lock.terms.insert(session, terms);
         }
-        self.retime(name);
+        // A lock enters the index of timed locks only here and when a
+        // lock-delay begins; `remove_if_idle` takes it out.
+        if terms.max_hold_ms > 0 && !self.timed.contains(name) {
+            self.timed.insert(name.to_string());
+        }
         self.session_mut(session).held.insert(name.to_string());
         out.record(|| Change::Granted {
             lock: name.to_string(),
@@ -1321,6 +1325,9 @@ impl LockState {
                 lock: name.to_string(),
                 ms,
             });
+            if !self.timed.contains(name) {
+                self.timed.insert(name.to_string());
+            }
         }
         self.grant_waiters(name, out)
     }
@@ -1381,16 +1388,8 @@ impl LockState {
                 self.locks.remove(name);
             }
         }
-        self.retime(name);
-    }
-
-    /// Keeps [`LockState::timed`]'s index of `name` up to date.
-    fn retime(&mut self, name: &str) {
-        if self.locks.get(name).is_some_and(Lock::is_timed) {
-            if !self.timed.contains(name) {
-                self.timed.insert(name.to_string());
-            }
-        } else {
+        // Whatever ended here may have been the lock's last deadline.
+        if self.timed.contains(name) && !self.locks.get(name).is_some_and(Lock::is_timed) {
             self.timed.remove(name);
         }
     }
