@@ -737,11 +737,7 @@ async fn lock_with_a_max_hold_stops_its_command_before_the_cluster_ends_the_gran
     ]))
     .await;
     assert_exit("lock past its maximum hold", &output, EXIT_LOCK_LOST);
-    assert!(
-        stderr(&output).contains("maximum hold"),
-        "{}",
-        stderr(&output)
-    );
+    assert!(stderr(&output).contains("maximum hold"), "{}", stderr(&output));
     assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "terminated");
     assert!(
         started.elapsed() >= Duration::from_secs(2),
@@ -755,7 +751,8 @@ async fn lock_with_a_max_hold_stops_its_command_before_the_cluster_ends_the_gran
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn describe_shows_a_lock_delay_after_the_holders_session_expires() {
     let cluster = Cluster::start("paxos", 3).await;
-    let acquired = run(quorumlock(&cluster).args(["acquire", "delayed", "--ttl", "1s", "--lock-delay", "60s"])).await;
+    let acquired =
+        run(quorumlock(&cluster).args(["acquire", "delayed", "--ttl", "1s", "--lock-delay", "60s"])).await;
     assert_exit("acquire with a lock-delay", &acquired, 0);
     // Nothing renews the session `acquire` opened: it expires after its TTL
     // and the lock enters its lock-delay.
@@ -768,7 +765,10 @@ async fn describe_shows_a_lock_delay_after_the_holders_session_expires() {
         }
     })
     .await;
-    assert!(line.starts_with("held=false queue_length=0 lock_delay=60000ms left="), "{line}");
+    assert!(
+        line.starts_with("held=false queue_length=0 lock_delay=60000ms left="),
+        "{line}"
+    );
     let left: u64 = text_field(&line, "left")
         .trim_end_matches("ms")
         .parse()

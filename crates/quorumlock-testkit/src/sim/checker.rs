@@ -1,13 +1,14 @@
 //! The properties every simulated run must keep, whatever the engine.
 //!
 //! Engines report what their replicas apply (grants, accepted fenced writes,
-//! state after each index) and what clients saw acknowledged; the checker
-//! records the first broken property with the values that broke it.
+//! state after each index, the changes each replica's history recorded) and
+//! what clients saw acknowledged; the checker records the first broken
+//! property with the values that broke it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use quorumlock_core::consensus::NodeId;
-use quorumlock_core::lock::{Fence, FencingToken, Grant, LockState, SessionId};
+use quorumlock_core::consensus::{AppliedState, NodeId};
+use quorumlock_core::lock::{Cause, Change, Fence, FencingToken, Grant, LockState, SessionId, Timed};
 
 /// A fenced write a client saw acknowledged, with its real-time interval.
 #[derive(Debug, Clone)]
@@ -26,6 +27,47 @@ pub struct AckedWrite {
     pub completed_ms: u64,
 }
 
+/// What ended through the log in the timed ways: grants past their
+/// maximum hold, and lock-delays.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TimedEnds {
+    /// Grants ended because their maximum hold time passed.
+    pub holds_ended: u64,
+    /// Lock-delays begun.
+    pub delays_begun: u64,
+    /// Lock-delays ended.
+    pub delays_ended: u64,
+}
+
+impl TimedEnds {
+    /// What one revision's changes did.
+    fn of(changes: &[Change]) -> TimedEnds {
+        let mut ends = TimedEnds::default();
+        for change in changes {
+            match change {
+                Change::Freed {
+                    cause: Cause::MaxHold,
+                    ..
+                } => ends.holds_ended += 1,
+                Change::DelayBegun { .. } => ends.delays_begun += 1,
+                Change::DelayEnded { .. } => ends.delays_ended += 1,
+                _ => {}
+            }
+        }
+        ends
+    }
+
+    fn is_none(&self) -> bool {
+        *self == TimedEnds::default()
+    }
+
+    fn add(&mut self, other: TimedEnds) {
+        self.holds_ended += other.holds_ended;
+        self.delays_begun += other.delays_begun;
+        self.delays_ended += other.delays_ended;
+    }
+}
+
 /// Collects observations and the violations they reveal.
 #[derive(Default)]
 pub struct Checker {
@@ -41,6 +83,12 @@ pub struct Checker {
     last_put: BTreeMap<(NodeId, String), FencingToken>,
     /// The serialized state after each applied index, as first seen.
     states: BTreeMap<u64, (NodeId, Vec<u8>)>,
+    /// Per replica, the locks its applied state has in a lock-delay, as
+    /// followed through its history.
+    delayed: BTreeMap<NodeId, BTreeSet<String>>,
+    /// Per revision that ended a hold or began or ended a lock-delay, what
+    /// it did, as first read from any replica.
+    timed_ends: BTreeMap<u64, TimedEnds>,
     acked: Vec<AckedWrite>,
     violations: Vec<String>,
 }
@@ -149,6 +197,62 @@ impl Checker {
         }
     }
 
+    /// Reads the changes `state` applied after revision `through` (the last
+    /// one read from it; `None` for a state not read yet) and checks them;
+    /// returns the revision read through. A state whose history no longer
+    /// reaches back there (a snapshot replaced it) is read afresh.
+    pub fn follow(&mut self, node: NodeId, state: &AppliedState, through: Option<u64>) -> u64 {
+        let since = through.and_then(|through| state.changes_since(through + 1, usize::MAX).ok());
+        let Some(since) = since else {
+            let (delayed, index) = state.read_indexed(|state, index| (delayed_locks(state), index));
+            self.delayed.insert(node, delayed);
+            return index;
+        };
+        for revision in &since.revisions {
+            self.applied_changes(node, revision.revision, &revision.changes);
+        }
+        since.through
+    }
+
+    /// The changes a replica applied at `revision`, in order: no lock is
+    /// granted while the replica's state has it in a lock-delay.
+    pub fn applied_changes(&mut self, node: NodeId, revision: u64, changes: &[Change]) {
+        let delayed = self.delayed.entry(node).or_default();
+        let mut found = Vec::new();
+        for change in changes {
+            match change {
+                Change::DelayBegun { lock, .. } => {
+                    delayed.insert(lock.clone());
+                }
+                Change::DelayEnded { lock } => {
+                    delayed.remove(lock);
+                }
+                Change::Granted {
+                    lock, session, token, ..
+                } if delayed.contains(lock) => found.push(format!(
+                    "lock-delay: node {node} granted lock {lock:?} to session {session} under token \
+                     {token} at revision {revision}, while its state had the lock in a lock-delay"
+                )),
+                _ => {}
+            }
+        }
+        self.violations.extend(found);
+        let ends = TimedEnds::of(changes);
+        if !ends.is_none() {
+            self.timed_ends.entry(revision).or_insert(ends);
+        }
+    }
+
+    /// Holds ended and lock-delays begun and ended, over every revision any
+    /// replica was followed through.
+    pub fn timed_ends(&self) -> TimedEnds {
+        let mut total = TimedEnds::default();
+        for ends in self.timed_ends.values() {
+            total.add(*ends);
+        }
+        total
+    }
+
     /// A client saw a fenced write acknowledged.
     pub fn put_acked(&mut self, write: AckedWrite) {
         self.acked.push(write);
@@ -213,4 +317,16 @@ impl Checker {
         }
         self.violations.extend(found);
     }
+}
+
+/// The locks `state` has in a lock-delay.
+fn delayed_locks(state: &LockState) -> BTreeSet<String> {
+    state
+        .timed()
+        .into_iter()
+        .filter_map(|timed| match timed {
+            Timed::Delay { lock, .. } => Some(lock),
+            Timed::Hold { .. } => None,
+        })
+        .collect()
 }

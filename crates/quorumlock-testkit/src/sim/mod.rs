@@ -3,9 +3,11 @@
 //! Real lock commands go through each engine to the real lock state machine
 //! ([`quorumlock_core::consensus::AppliedState`]), with sessions kept alive by clients
 //! and expired by the leader's lease keeper on a skewed, jumping simulated
-//! clock; the network drops, delays, duplicates and partitions; nodes crash
-//! and restart from what they made durable. After every run [`checker`]
-//! verifies grant agreement and token monotonicity per replica, fencing in
+//! clock, which also ends grants past their maximum hold time and
+//! lock-delays through the log; the network drops, delays, duplicates and
+//! partitions; nodes crash and restart from what they made durable. After
+//! every run [`checker`] verifies grant agreement and token monotonicity per
+//! replica, that no replica grants a lock during its lock-delay, fencing in
 //! apply order and as clients saw it, state agreement per applied index,
 //! durability of every acknowledged write after a final restart of every
 //! node, and liveness after healing.
@@ -70,6 +72,16 @@ pub struct RunSummary {
     pub stale_refusals: u64,
     /// Nodes whose disk was lost and that were repaired.
     pub repairs: u64,
+    /// Grants ended through the log because their maximum hold time passed.
+    pub holds_ended: u64,
+    /// Lock-delays begun (a grant with one ended by expiry or maximum hold).
+    pub delays_begun: u64,
+    /// Lock-delays ended through the log.
+    pub delays_ended: u64,
+    /// Try-acquires refused because the lock was in a lock-delay.
+    pub delayed_refusals: u64,
+    /// Grants clients found gone at their next write or release.
+    pub lost_grants: u64,
     /// Digest of the final state and the run's length.
     pub fingerprint: u64,
 }
@@ -127,6 +139,11 @@ pub fn run_seeds(
         pauses: 0,
         stale_refusals: 0,
         repairs: 0,
+        holds_ended: 0,
+        delays_begun: 0,
+        delays_ended: 0,
+        delayed_refusals: 0,
+        lost_grants: 0,
         fingerprint: 0,
     };
     for seed in seeds {
@@ -142,6 +159,11 @@ pub fn run_seeds(
                 totals.pauses += summary.pauses;
                 totals.stale_refusals += summary.stale_refusals;
                 totals.repairs += summary.repairs;
+                totals.holds_ended += summary.holds_ended;
+                totals.delays_begun += summary.delays_begun;
+                totals.delays_ended += summary.delays_ended;
+                totals.delayed_refusals += summary.delayed_refusals;
+                totals.lost_grants += summary.lost_grants;
             }
             Err(failure) => {
                 eprintln!("{failure}");
@@ -156,7 +178,9 @@ pub fn run_seeds(
     eprintln!(
         "whole-service simulation, {engine}: {} seeds in {elapsed:.1?} ({:.1} seeds/s); simulated {} s, \
          {} slots, {} answers, {} acknowledged writes; injected {} crashes, {} partitions, {} clock \
-         skews, {} client pauses, {} lost disks (each repaired); {} stale writes refused; {} failed",
+         skews, {} client pauses, {} lost disks (each repaired); {} stale writes refused, {} grants \
+         found lost; {} holds ended at their maximum, {} lock-delays begun and {} ended, {} acquires \
+         refused in a lock-delay; {} failed",
         seeds.len(),
         seeds.len() as f64 / elapsed.as_secs_f64(),
         totals.steps / 1_000,
@@ -169,6 +193,11 @@ pub fn run_seeds(
         totals.pauses,
         totals.repairs,
         totals.stale_refusals,
+        totals.lost_grants,
+        totals.holds_ended,
+        totals.delays_begun,
+        totals.delays_ended,
+        totals.delayed_refusals,
         failures.len()
     );
     assert!(

@@ -6,9 +6,11 @@
 //! [`SimTransport`] through the fault model's network, applying every chosen
 //! command to the real [`AppliedState`]; and the real [`LeaseKeeper`],
 //! deciding expiry on the node's [`SkewedClock`] and proposing
-//! `CheckpointSessions`/`ExpireSession` through the log, as the server's
-//! lease driver does on a live node. RocksDB, tonic and tokio are replaced
-//! by the simulated disk, network and steps; nothing else is.
+//! `CheckpointSessions`/`ExpireSession` through the log, beside the real
+//! [`HoldTimers`], timing grants' maximum hold times and lock-delays on the
+//! same clock and proposing `EndHold`/`EndLockDelay`, as the server's lease
+//! driver does on a live node. RocksDB, tonic and tokio are replaced by the
+//! simulated disk, network and steps; nothing else is.
 //!
 //! One step is one millisecond of global time. Nothing reads a real clock
 //! (the clocks' origin `Instant`s are only ever compared with themselves),
@@ -23,7 +25,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quorumlock_core::consensus::{AppliedState, CommandResult, LeaderInfo, Leadership, NodeId, StateNotice};
-use quorumlock_core::lease::{KeeperAction, KeeperConfig, LeaseKeeper, ProposalPurpose, RenewError};
+use quorumlock_core::lease::{
+    HoldTimers, KeeperAction, KeeperConfig, LeaseKeeper, ProposalPurpose, RenewError,
+};
 use quorumlock_core::lock::{Command, Event, Fence, Grant, LockState, Outcome, SessionId};
 use quorumlock_core::time::{Clock, SkewedClock};
 use quorumlock_paxos::sim::{Links, SimDisk, SimTransport};
@@ -76,6 +80,10 @@ enum Waiter {
     Keeper(ProposalPurpose),
     /// The read barrier of a takeover in this term.
     Barrier { term: u64 },
+    /// An end of a hold or lock-delay the hold timers proposed. Its answer
+    /// is not needed: while the end is due and still in the applied state,
+    /// the timers propose it again.
+    Holds,
 }
 
 /// What applying told the checker, drained after each advance.
@@ -165,6 +173,10 @@ struct Node {
     tick_phase: u64,
     clock: Arc<SkewedClock<SimTime>>,
     keeper: LeaseKeeper,
+    holds: HoldTimers,
+    /// The revision of its applied state's history the checker has read
+    /// through; `None` until the checker first reads its state.
+    changes_read: Option<u64>,
 }
 
 impl Node {
@@ -268,6 +280,8 @@ impl PaxosSim {
                 tick_phase: rng.gen_range(0..STEPS_PER_TICK),
                 clock: Arc::new(SkewedClock::new(SimTime::Shared(now.clone()))),
                 keeper: keeper(),
+                holds: HoldTimers::new(),
+                changes_read: None,
             });
         }
         let client_count = rng.gen_range(2..=5);
@@ -386,6 +400,7 @@ impl PaxosSim {
             .state
             .snapshot();
         let slots = self.applied_slots().into_iter().max().unwrap_or(Slot::ZERO).get();
+        let timed_ends = self.checker.timed_ends();
         Ok(RunSummary {
             steps: self.now_ms(),
             slots,
@@ -399,6 +414,11 @@ impl PaxosSim {
             // Storage faults and repairs are simulated on the paxos core
             // (quorumlock-paxos's simulation) and on raft.
             repairs: 0,
+            holds_ended: timed_ends.holds_ended,
+            delays_begun: timed_ends.delays_begun,
+            delays_ended: timed_ends.delays_ended,
+            delayed_refusals: self.clients.iter().map(|client| client.delayed_refusals).sum(),
+            lost_grants: self.clients.iter().map(|client| client.lost_grants).sum(),
             fingerprint: fingerprint(&final_state, self.now_ms(), slots as usize),
         })
     }
@@ -548,10 +568,12 @@ impl PaxosSim {
     }
 
     /// The driver of node `i` executes what it has; answers go to clients
-    /// and to the keeper, observations to the checker.
+    /// and to the keeper, observations and the changes it applied to the
+    /// checker.
     fn flush(&mut self, i: usize) -> Result<(), Violation> {
-        let id = self.nodes[i].id;
-        let Some(driver) = self.nodes[i].driver.as_mut() else {
+        let node = &mut self.nodes[i];
+        let id = node.id;
+        let Some(driver) = node.driver.as_mut() else {
             return Ok(());
         };
         let answers = driver
@@ -566,6 +588,10 @@ impl PaxosSim {
                 Observation::Restored(state) => self.checker.restored(id, &state),
             }
         }
+        let read = self
+            .checker
+            .follow(id, &driver.machine().state, node.changes_read);
+        node.changes_read = Some(read);
         for answer in answers {
             self.answer(i, answer);
         }
@@ -630,12 +656,21 @@ impl PaxosSim {
             | Answer::Abandoned {
                 reply: Waiter::Keeper(purpose),
             } => self.nodes[i].keeper.proposal_done(purpose, None),
+            Answer::Applied {
+                reply: Waiter::Holds,
+                output,
+            } => self.log(|| format!("node {} ended a hold or lock-delay: {output:?}", i + 1)),
+            Answer::Refused {
+                reply: Waiter::Holds, ..
+            }
+            | Answer::Abandoned { reply: Waiter::Holds } => {}
             other => panic!("node {} answered {other:?}", i + 1),
         }
     }
 
     /// Node `i` crashes: its disk keeps a prefix of what was pending, its
-    /// keeper forgets everything, its callers learn nothing more.
+    /// keeper and hold timers forget everything, its callers learn nothing
+    /// more.
     fn crash(&mut self, i: usize, downtime_ms: u64) {
         self.counts.crashes += 1;
         self.log(|| format!("crash node {} for {downtime_ms} ms", i + 1));
@@ -648,6 +683,8 @@ impl PaxosSim {
             .unwrap_or_default();
         node.disk.crash();
         node.keeper = keeper();
+        node.holds = HoldTimers::new();
+        node.changes_read = None;
         node.restart_at = now + downtime_ms;
         for waiter in waiting {
             if let Waiter::Client { client, serial } = waiter {
@@ -672,6 +709,7 @@ impl PaxosSim {
             None => (Slot::ZERO, LockState::default()),
         };
         self.checker.restored(node.id, &state);
+        node.changes_read = None;
         let replica = Replica::new(config, image.durable_state());
         node.driver = Some(Driver::new(
             replica,
@@ -813,13 +851,34 @@ impl PaxosSim {
             .map(|_| ())
     }
 
-    /// One tick of the lease keeper, as the lease driver does on each
-    /// interval.
+    /// One tick of the lease keeper and then of the hold timers, as the
+    /// lease driver does on each interval.
     fn keeper_tick(&mut self, i: usize) {
         let view = self.nodes[i].leadership();
         let now = self.nodes[i].clock.now();
         let actions = self.nodes[i].keeper.tick(&view, now);
         self.carry_out(i, actions);
+        self.end_holds(i);
+    }
+
+    /// Times the holds and lock-delays of node `i`'s applied state while
+    /// it leads, and proposes the ends that are due.
+    fn end_holds(&mut self, i: usize) {
+        let view = self.nodes[i].leadership();
+        let leading = view.is_self.then_some(view.term);
+        let node = &mut self.nodes[i];
+        let now = node.clock.now();
+        let Some(driver) = node.driver.as_mut() else {
+            return;
+        };
+        let timed = match leading {
+            Some(_) => driver.machine().state.read(|state| state.timed()),
+            None => Vec::new(),
+        };
+        let ends = node.holds.tick(leading, now, timed);
+        for command in ends {
+            driver.propose(command, Waiter::Holds);
+        }
     }
 
     fn barrier_passed(&mut self, i: usize, term: u64) {

@@ -3,7 +3,8 @@
 //! A node is the real [`RaftEngine`] (openraft with the RocksDB log and
 //! state-machine stores in a temporary directory) over the in-memory
 //! [`Hub`], and the real lease keeper ([`LeaseDriver`]) reading a
-//! [`SkewedClock`]. A crash shuts the engine down and drops it; a restart
+//! [`SkewedClock`]: it expires sessions, and on the same ticks times grants'
+//! maximum hold times and lock-delays and proposes their ends. A crash shuts the engine down and drops it; a restart
 //! reopens the same RocksDB directory. The runtime's clock is paused, so
 //! timers (openraft's heartbeats and elections, network delays, the
 //! keeper's ticks) advance only when every task waits, and a run of seconds
@@ -126,6 +127,9 @@ struct Node {
     tasks: Vec<JoinHandle<()>>,
     clock: Arc<SkewedClock<SimTime>>,
     restart_at_ms: u64,
+    /// The revision of its applied state's history the checker has read
+    /// through; `None` until the checker first reads this engine's state.
+    changes_read: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -242,6 +246,7 @@ impl RaftSim {
                 tasks: Vec::new(),
                 clock: Arc::new(SkewedClock::new(SimTime::Tokio(start))),
                 restart_at_ms: 0,
+                changes_read: None,
             })
             .collect();
         let client_count = rng.gen_range(2..=5);
@@ -392,6 +397,7 @@ impl RaftSim {
             .state()
             .snapshot();
         self.log(|| format!("membership: {} changes committed", self.membership_changes));
+        let timed_ends = checker.timed_ends();
         Ok(RunSummary {
             steps: self.now_ms(),
             slots: index,
@@ -403,6 +409,11 @@ impl RaftSim {
             pauses: self.pauses,
             stale_refusals: self.clients.iter().map(|client| client.stale_refusals).sum(),
             repairs: self.repairs,
+            holds_ended: timed_ends.holds_ended,
+            delays_begun: timed_ends.delays_begun,
+            delays_ended: timed_ends.delays_ended,
+            delayed_refusals: self.clients.iter().map(|client| client.delayed_refusals).sum(),
+            lost_grants: self.clients.iter().map(|client| client.lost_grants).sum(),
             fingerprint: fingerprint(&final_state, index, self.hub.delivered() as usize),
         })
     }
@@ -563,6 +574,7 @@ impl RaftSim {
         node.engine = Some(engine);
         node.leases = Some(leases);
         node.tasks = vec![keeper, observer];
+        node.changes_read = None;
         Ok(())
     }
 
@@ -637,7 +649,8 @@ impl RaftSim {
         }
     }
 
-    /// One driver step: restarts, answers, client work, state samples.
+    /// One driver step: restarts, answers, client work, state samples and
+    /// the changes each node applied since the last sample.
     async fn advance(&mut self) -> Result<(), Violation> {
         tokio::time::sleep(Duration::from_millis(DRIVER_STEP_MS)).await;
         let now = self.now_ms();
@@ -657,11 +670,13 @@ impl RaftSim {
         if now >= self.next_sample_ms {
             self.next_sample_ms = now + SAMPLE_EVERY_MS;
             let mut checker = self.checker.lock();
-            for node in &self.nodes {
+            for node in &mut self.nodes {
                 if let Some(engine) = &node.engine {
                     // Nothing runs between these reads: one thread, no await.
                     let index = engine.status().applied_index;
                     checker.applied_state(node.id, index, engine.state().snapshot());
+                    let read = checker.follow(node.id, engine.state(), node.changes_read);
+                    node.changes_read = Some(read);
                     // The store's records only move to higher tokens
                     // between samples of one boot.
                     for lock in 0..LOCKS {

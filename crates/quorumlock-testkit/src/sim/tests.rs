@@ -6,7 +6,7 @@ use super::paxos::PaxosSim;
 use super::raft::RaftSim;
 use super::*;
 use quorumlock_core::consensus::NodeId;
-use quorumlock_core::lock::{Fence, FencingToken, Grant, LockState, SessionId};
+use quorumlock_core::lock::{Change, Fence, FencingToken, Grant, LockMode, LockState, SessionId};
 
 fn run_paxos(seed: u64) -> Result<RunSummary, Violation> {
     PaxosSim::new(seed, size_of(seed)).run()
@@ -73,6 +73,34 @@ fn raft_seed_replays_keep_the_properties() {
         }
     }
     eprintln!("raft replay: {identical} of {count} seeds replayed to an identical summary");
+}
+
+/// Paxos seeds the test of maximum holds and lock-delays runs.
+const TIMED_PAXOS_SEEDS: u64 = 40;
+/// Raft seeds it runs.
+const TIMED_RAFT_SEEDS: u64 = 20;
+
+/// Grants with a maximum hold time are ended by `EndHold` and lock-delays
+/// are begun and ended by `EndLockDelay`, proposed by the leaders' hold
+/// timers and applied through the log, on both engines; every property
+/// (no grant during a lock-delay among them) holds meanwhile. The counts
+/// show the paths are taken, so the properties do not hold vacuously.
+#[test]
+fn maximum_holds_and_lock_delays_end_through_the_log_under_faults_on_both_engines() {
+    let paxos: Vec<u64> = (0..TIMED_PAXOS_SEEDS).collect();
+    let raft: Vec<u64> = (0..TIMED_RAFT_SEEDS).collect();
+    let totals = [
+        ("paxos", run_seeds("paxos", &paxos, run_paxos)),
+        ("raft", run_seeds("raft", &raft, run_raft)),
+    ];
+    for (engine, totals) in totals {
+        assert!(
+            totals.holds_ended > 0,
+            "{engine}: no grant ended at its maximum hold"
+        );
+        assert!(totals.delays_begun > 0, "{engine}: no lock-delay began");
+        assert!(totals.delays_ended > 0, "{engine}: no lock-delay ended");
+    }
 }
 
 fn grant(lock: &str, session: u64, token: u64) -> Grant {
@@ -159,4 +187,45 @@ fn checker_reports_stale_fenced_writes_and_lost_writes() {
     assert!(checker
         .first_violation()
         .is_some_and(|v| v.starts_with("state agreement")));
+}
+
+fn granted(lock: &str, session: u64, token: u64) -> Change {
+    Change::Granted {
+        lock: lock.to_string(),
+        session: SessionId::new(session),
+        token: FencingToken::new(token),
+        mode: LockMode::Exclusive,
+        permits: 0,
+    }
+}
+
+/// The checker reports a replica that grants a lock while its state has
+/// the lock in a lock-delay, and accepts a grant after the delay ended,
+/// in the same revision or a later one; it counts the delays and the
+/// holds ended once per revision, however many replicas applied it.
+#[test]
+fn checker_reports_a_grant_during_a_lock_delay() {
+    let begun = [Change::DelayBegun {
+        lock: "a".to_string(),
+        ms: 300,
+    }];
+    let ended = Change::DelayEnded {
+        lock: "a".to_string(),
+    };
+    let mut checker = Checker::default();
+    checker.applied_changes(NodeId::new(1), 5, &begun);
+    checker.applied_changes(NodeId::new(1), 6, &[granted("a", 2, 7)]);
+    assert!(checker
+        .first_violation()
+        .is_some_and(|v| v.starts_with("lock-delay")));
+
+    let mut checker = Checker::default();
+    for node in [NodeId::new(1), NodeId::new(2)] {
+        checker.applied_changes(node, 5, &begun);
+        checker.applied_changes(node, 6, &[granted("b", 2, 7)]);
+        checker.applied_changes(node, 8, &[ended.clone(), granted("a", 3, 8)]);
+    }
+    assert!(checker.first_violation().is_none());
+    let counts = checker.timed_ends();
+    assert_eq!((counts.delays_begun, counts.delays_ended), (1, 1));
 }

@@ -4,12 +4,17 @@
 //! acquire one of a few locks, write a record under the token into the fenced
 //! store, release. One acquire in three is shared: a reader holds the lock
 //! beside other readers, writes nothing and releases; one in six takes
-//! permits of a semaphore of 2 instead, and releases them. It renews its session every third of its TTL, and
-//! sometimes pauses (the GC pause of the seeds) past its TTL, then resumes
-//! with the token it held: the fenced store must refuse it. An answer the
-//! client never gets leaves the outcome unknown; the client then abandons
-//! its session to the lease keeper, as the real client does with a session
-//! it can no longer trust.
+//! permits of a semaphore of 2 instead, and releases them. One exclusive
+//! acquire in four asks for hold terms: a lock-delay, a maximum hold time,
+//! or both. A holder with a maximum hold time often works past it (a slow
+//! worker whose session stays renewed): the leader ends the grant, and the
+//! holder finds it gone at its next write or release. A try-acquire during
+//! a lock-delay is refused and tried again later. A client renews its
+//! session every third of its TTL, and sometimes pauses (the GC pause of the
+//! seeds) past its TTL, then resumes with the token it held: the fenced
+//! store must refuse it. An answer the client never gets leaves the outcome
+//! unknown; the client then abandons its session to the lease keeper, as
+//! the real client does with a session it can no longer trust.
 
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -17,8 +22,9 @@ use rand::Rng;
 use super::checker::AckedWrite;
 use quorumlock_core::consensus::{CommandResult, NodeId};
 use quorumlock_core::lease::RenewError;
+use quorumlock_core::lock::limits::MAX_HOLD_MS_MIN;
 use quorumlock_core::lock::{
-    Command, Credential, Fence, FencingToken, LockError, LockMode, Outcome, SessionId,
+    Command, Credential, Fence, FencingToken, HoldTerms, LockError, LockMode, Outcome, SessionId,
 };
 
 /// Locks the clients contend for.
@@ -34,6 +40,29 @@ pub const ANSWER_MS_MAX: u64 = 1_500;
 
 /// Permits of each semaphore the clients share.
 pub const SEMAPHORE_PERMITS: u32 = 2;
+
+/// Chance that an exclusive acquire asks for hold terms.
+pub const TERMS_CHANCE: f64 = 0.25;
+/// The lock-delay a grant with one asks for.
+pub const LOCK_DELAY_MS: u32 = 300;
+/// The maximum hold time a grant with one asks for: the shortest allowed.
+pub const MAX_HOLD_MS: u32 = MAX_HOLD_MS_MIN;
+/// Chance that a holder with a maximum hold time works past it before
+/// its write.
+pub const OVERSTAY_CHANCE: f64 = 0.5;
+
+/// Hold terms drawn evenly from a lock-delay, a maximum hold time, or both.
+pub fn draw_terms(rng: &mut StdRng) -> HoldTerms {
+    let (lock_delay_ms, max_hold_ms) = match rng.gen_range(0..3) {
+        0 => (LOCK_DELAY_MS, 0),
+        1 => (0, MAX_HOLD_MS),
+        _ => (LOCK_DELAY_MS, MAX_HOLD_MS),
+    };
+    HoldTerms {
+        lock_delay_ms,
+        max_hold_ms,
+    }
+}
 
 /// Name of semaphore `index`.
 pub fn semaphore_name(index: usize) -> String {
@@ -72,6 +101,11 @@ pub struct Client {
     writes: u64,
     /// Fenced writes or releases the store refused as stale.
     pub stale_refusals: u64,
+    /// Try-acquires refused because the lock was in a lock-delay.
+    pub delayed_refusals: u64,
+    /// Grants found gone at the next write or release under them: the
+    /// session expired and the lock went on, or the maximum hold passed.
+    pub lost_grants: u64,
 }
 
 impl Client {
@@ -90,6 +124,8 @@ impl Client {
             pause_after_grant_ms: None,
             writes: 0,
             stale_refusals: 0,
+            delayed_refusals: 0,
+            lost_grants: 0,
         }
     }
 
@@ -149,7 +185,20 @@ impl Client {
                     } else {
                         LockMode::Exclusive
                     };
-                    Command::acquire(session, lock_name(rng.gen_range(0..LOCKS)), false, mode, by)
+                    let lock = lock_name(rng.gen_range(0..LOCKS));
+                    if mode == LockMode::Exclusive && rng.gen_bool(TERMS_CHANCE) {
+                        Command::AcquireWithTerms {
+                            session,
+                            lock,
+                            wait: false,
+                            mode,
+                            semaphore: None,
+                            terms: draw_terms(rng),
+                            by,
+                        }
+                    } else {
+                        Command::acquire(session, lock, false, mode, by)
+                    }
                 }
             },
             (Some((session, by)), Some((lock, token, false))) => {
@@ -189,26 +238,46 @@ impl Client {
                 self.holding = None;
                 self.next_renew_ms = now_ms + self.ttl_ms / 3;
             }
-            (Command::Acquire { lock, .. }, Ok(Outcome::Acquired { token })) => {
-                self.holding = Some((lock.clone(), *token, false));
-                if let Some(length_ms) = self.pause_after_grant_ms.take() {
-                    self.paused_until_ms = now_ms + length_ms;
+            (
+                Command::Acquire { lock, .. }
+                | Command::AcquireWithTerms {
+                    lock,
+                    mode: LockMode::Exclusive,
+                    ..
+                },
+                Ok(Outcome::Acquired { token }),
+            ) => {
+                self.granted(now_ms, lock, *token, false);
+                if let Command::AcquireWithTerms { terms, .. } = &command {
+                    self.overstay(now_ms, *terms, rng);
                 }
             }
             // A reader or a semaphore holder writes nothing: next it releases.
             (
-                Command::AcquireShared { lock, .. } | Command::AcquirePermits { semaphore: lock, .. },
+                Command::AcquireShared { lock, .. }
+                | Command::AcquirePermits { semaphore: lock, .. }
+                | Command::AcquireWithTerms {
+                    lock,
+                    mode: LockMode::Shared,
+                    ..
+                },
                 Ok(Outcome::Acquired { token }),
-            ) => {
-                self.holding = Some((lock.clone(), *token, true));
-                if let Some(length_ms) = self.pause_after_grant_ms.take() {
-                    self.paused_until_ms = now_ms + length_ms;
-                }
-            }
+            ) => self.granted(now_ms, lock, *token, true),
             (
-                Command::Acquire { .. } | Command::AcquireShared { .. } | Command::AcquirePermits { .. },
+                Command::Acquire { .. }
+                | Command::AcquireShared { .. }
+                | Command::AcquirePermits { .. }
+                | Command::AcquireWithTerms { .. },
                 Ok(Outcome::Busy { .. }),
             ) => {}
+            // Its last holder's grant ended without a release: try later.
+            (
+                Command::Acquire { .. }
+                | Command::AcquireShared { .. }
+                | Command::AcquirePermits { .. }
+                | Command::AcquireWithTerms { .. },
+                Err(LockError::LockDelayed { .. }),
+            ) => self.delayed_refusals += 1,
             (
                 Command::Put {
                     key, value, fence, ..
@@ -228,10 +297,14 @@ impl Client {
                 });
             }
             // The lock was lost (the session expired and another holder
-            // took it, or it was released already): start over.
+            // took it, the leader ended the grant at its maximum hold time,
+            // or it was released already): start over.
             (Command::Put { .. } | Command::Release { .. }, Err(error)) => {
                 if matches!(error, LockError::StaleToken { .. }) {
                     self.stale_refusals += 1;
+                }
+                if matches!(error, LockError::StaleToken { .. } | LockError::NotHolder { .. }) {
+                    self.lost_grants += 1;
                 }
                 self.holding = None;
             }
@@ -241,6 +314,25 @@ impl Client {
             _ => self.lost_session(),
         }
         acked
+    }
+
+    /// It holds `lock` under `token`; a reader (`done`) writes nothing
+    /// under it and releases next. A pause waiting for a grant starts now.
+    fn granted(&mut self, now_ms: u64, lock: &str, token: FencingToken, done: bool) {
+        self.holding = Some((lock.to_string(), token, done));
+        if let Some(length_ms) = self.pause_after_grant_ms.take() {
+            self.paused_until_ms = now_ms + length_ms;
+        }
+    }
+
+    /// With a maximum hold time, sometimes waits past it before the next
+    /// command (the write under the grant), renewing its session meanwhile.
+    fn overstay(&mut self, now_ms: u64, terms: HoldTerms, rng: &mut StdRng) {
+        if terms.max_hold_ms == 0 || !rng.gen_bool(OVERSTAY_CHANCE) {
+            return;
+        }
+        let max_hold_ms = u64::from(terms.max_hold_ms);
+        self.next_command_ms = now_ms + rng.gen_range(max_hold_ms..=2 * max_hold_ms);
     }
 
     /// The command in flight will never be answered (crash, lost leadership,
