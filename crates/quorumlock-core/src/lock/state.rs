@@ -400,19 +400,43 @@ impl From<LockBeforeTerms> for Lock {
     }
 }
 
-/// The layout of [`LockState`] before hold terms.
+/// The layout of [`LockState`] from when totals were kept until hold
+/// terms, with locks as each of those snapshots stored them (`L`).
 #[derive(Deserialize)]
 #[cfg_attr(test, derive(Serialize))]
-struct LockStateBeforeTerms {
+struct LockStateWithTotals<L> {
     next_session: SessionId,
     next_token: FencingToken,
     sessions: BTreeMap<SessionId, Session>,
-    locks: BTreeMap<String, LockBeforeTerms>,
+    locks: BTreeMap<String, L>,
     kv: BTreeMap<String, KvEntry>,
     repaired: BTreeMap<NodeId, Repaired>,
     repairs_pending: BTreeSet<NodeId>,
     totals: Totals,
 }
+
+impl<L: Into<Lock>> From<LockStateWithTotals<L>> for LockState {
+    fn from(old: LockStateWithTotals<L>) -> LockState {
+        LockState {
+            next_session: old.next_session,
+            next_token: old.next_token,
+            sessions: old.sessions,
+            locks: old
+                .locks
+                .into_iter()
+                .map(|(name, lock)| (name, lock.into()))
+                .collect(),
+            kv: old.kv,
+            repaired: old.repaired,
+            repairs_pending: old.repairs_pending,
+            totals: old.totals,
+            ..LockState::default()
+        }
+    }
+}
+
+/// The layout of [`LockState`] before hold terms.
+type LockStateBeforeTerms = LockStateWithTotals<LockBeforeTerms>;
 
 /// Opens snapshots written before shared locks, in the layout of
 /// [`LockStateBeforeModes`]; every lock in them is exclusive.
@@ -453,18 +477,7 @@ fn locks_before_modes(old: BTreeMap<String, LockBeforeModes>) -> BTreeMap<String
 }
 
 /// The layout of [`LockState`] before shared locks.
-#[derive(Deserialize)]
-#[cfg_attr(test, derive(Serialize))]
-struct LockStateBeforeModes {
-    next_session: SessionId,
-    next_token: FencingToken,
-    sessions: BTreeMap<SessionId, Session>,
-    locks: BTreeMap<String, LockBeforeModes>,
-    kv: BTreeMap<String, KvEntry>,
-    repaired: BTreeMap<NodeId, Repaired>,
-    repairs_pending: BTreeSet<NodeId>,
-    totals: Totals,
-}
+type LockStateBeforeModes = LockStateWithTotals<LockBeforeModes>;
 
 /// Opened snapshots written before [`Totals`] were kept, in the layout of
 /// [`LockStateWithoutTotals`]; they restore with every total at 0.
@@ -1712,35 +1725,15 @@ impl LockState {
         let mut state: LockState = if let Some(body) = bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
             options().deserialize(body).map_err(bad)?
         } else if let Some(body) = bytes.strip_prefix(SNAPSHOT_MAGIC_BEFORE_TERMS.as_slice()) {
-            let old: LockStateBeforeTerms = options().deserialize(body).map_err(bad)?;
-            LockState {
-                next_session: old.next_session,
-                next_token: old.next_token,
-                sessions: old.sessions,
-                locks: old
-                    .locks
-                    .into_iter()
-                    .map(|(name, lock)| (name, lock.into()))
-                    .collect(),
-                kv: old.kv,
-                repaired: old.repaired,
-                repairs_pending: old.repairs_pending,
-                totals: old.totals,
-                ..LockState::default()
-            }
+            options()
+                .deserialize::<LockStateBeforeTerms>(body)
+                .map_err(bad)?
+                .into()
         } else if let Some(body) = bytes.strip_prefix(SNAPSHOT_MAGIC_BEFORE_MODES.as_slice()) {
-            let old: LockStateBeforeModes = options().deserialize(body).map_err(bad)?;
-            LockState {
-                next_session: old.next_session,
-                next_token: old.next_token,
-                sessions: old.sessions,
-                locks: locks_before_modes(old.locks),
-                kv: old.kv,
-                repaired: old.repaired,
-                repairs_pending: old.repairs_pending,
-                totals: old.totals,
-                ..LockState::default()
-            }
+            options()
+                .deserialize::<LockStateBeforeModes>(body)
+                .map_err(bad)?
+                .into()
         } else if let Some(body) = bytes.strip_prefix(SNAPSHOT_MAGIC_WITHOUT_TOTALS.as_slice()) {
             let old: LockStateWithoutTotals = options().deserialize(body).map_err(bad)?;
             LockState {
