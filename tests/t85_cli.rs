@@ -327,10 +327,7 @@ async fn lock_stops_its_command_and_fails_when_a_real_pause_loses_the_lock() {
     let cluster = Cluster::start("raft", 3).await;
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("marker");
-    let script = format!(
-        "trap 'echo terminated > {m}; exit 0' TERM; echo started > {m}; while true; do sleep 0.1; done",
-        m = marker.display()
-    );
+    let script = run_until_terminated(&marker);
     let mut lock = quorumlock(&cluster);
     lock.args([
         "lock", "paused", "--ttl", "2s", "--grace", "10s", "--", "sh", "-c", &script,
@@ -376,6 +373,15 @@ async fn lock_stops_its_command_and_fails_when_a_real_pause_loses_the_lock() {
         Some(taken.token()),
         "the new holder keeps the lock"
     );
+}
+
+/// A shell script that writes `started` to `marker`, runs until SIGTERM,
+/// and then writes `terminated` there and exits 0.
+fn run_until_terminated(marker: &Path) -> String {
+    format!(
+        "trap 'echo terminated > {m}; exit 0' TERM; echo started > {m}; while true; do sleep 0.1; done",
+        m = marker.display()
+    )
 }
 
 async fn wait_for_marker(path: &Path, content: &str) {
@@ -716,10 +722,7 @@ async fn lock_with_a_max_hold_stops_its_command_before_the_cluster_ends_the_gran
     let cluster = Cluster::start("raft", 3).await;
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("marker");
-    let script = format!(
-        "trap 'echo terminated > {m}; exit 0' TERM; echo started > {m}; while true; do sleep 0.1; done",
-        m = marker.display()
-    );
+    let script = run_until_terminated(&marker);
     let started = std::time::Instant::now();
     let output = run(quorumlock(&cluster).args([
         "lock",

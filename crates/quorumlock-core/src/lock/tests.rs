@@ -2092,6 +2092,24 @@ fn a_forced_release_frees_one_shared_holder_and_leaves_the_others() {
     assert_eq!(state.check_invariants(), Ok(()));
 }
 
+/// Acquires a free lock with hold terms and returns its token, failing
+/// the test otherwise.
+fn take_with(
+    state: &mut LockState,
+    session: SessionId,
+    lock: &str,
+    lock_delay_ms: u32,
+    max_hold_ms: u32,
+) -> FencingToken {
+    let token = state.next_token();
+    assert_eq!(
+        state.apply(&acquire_with(session, lock, false, lock_delay_ms, max_hold_ms)),
+        acquired_fresh(lock, session, token),
+        "session {session} should get the free lock {lock:?}"
+    );
+    token
+}
+
 /// An exclusive acquire of `lock` with hold terms.
 fn acquire_with(session: SessionId, lock: &str, wait: bool, lock_delay_ms: u32, max_hold_ms: u32) -> Command {
     Command::AcquireWithTerms {
@@ -2114,13 +2132,7 @@ fn an_expired_holder_with_a_lock_delay_leaves_the_lock_to_nobody_until_the_delay
     let holder = open(&mut state);
     let waiter = open(&mut state);
     let late = open(&mut state);
-    let Outcome::Acquired { token } = state
-        .apply(&acquire_with(holder, "job", false, 5_000, 0))
-        .result
-        .unwrap()
-    else {
-        panic!("a free lock is granted");
-    };
+    let token = take_with(&mut state, holder, "job", 5_000, 0);
     assert!(matches!(
         state.apply(&acquire(waiter, "job", true)).result,
         Ok(Outcome::Queued { position: 0 })
@@ -2211,13 +2223,7 @@ fn a_lock_delay_begins_only_when_a_grant_ends_without_its_holders_say() {
     let mut state = LockState::default();
     let holder = open(&mut state);
     // Released, or its session closed: no delay.
-    let Outcome::Acquired { token } = state
-        .apply(&acquire_with(holder, "a", false, 5_000, 0))
-        .result
-        .unwrap()
-    else {
-        panic!("a free lock is granted");
-    };
+    let token = take_with(&mut state, holder, "a", 5_000, 0);
     state.apply(&release(holder, "a", token)).result.unwrap();
     assert!(state.lock("a").is_none(), "a released lock is gone");
     state
@@ -2228,13 +2234,7 @@ fn a_lock_delay_begins_only_when_a_grant_ends_without_its_holders_say() {
     assert!(state.lock("a").is_none(), "a lock its holder closed is gone");
     // Forced free by an administrator: no delay either.
     let holder = open(&mut state);
-    let Outcome::Acquired { token } = state
-        .apply(&acquire_with(holder, "a", false, 5_000, 0))
-        .result
-        .unwrap()
-    else {
-        panic!("a free lock is granted");
-    };
+    let token = take_with(&mut state, holder, "a", 5_000, 0);
     state
         .apply(&Command::ForceRelease {
             lock: "a".to_string(),
@@ -2260,13 +2260,7 @@ fn a_grant_past_its_maximum_hold_ends_through_the_log_and_may_begin_a_lock_delay
     let mut state = LockState::default();
     let holder = open(&mut state);
     let waiter = open(&mut state);
-    let Outcome::Acquired { token } = state
-        .apply(&acquire_with(holder, "job", false, 1_000, 60_000))
-        .result
-        .unwrap()
-    else {
-        panic!("a free lock is granted");
-    };
+    let token = take_with(&mut state, holder, "job", 1_000, 60_000);
     assert_eq!(
         state.timed(),
         vec![Timed::Hold {
