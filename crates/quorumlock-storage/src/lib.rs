@@ -50,9 +50,22 @@ pub fn open(path: &Path, column_families: &[&str]) -> anyhow::Result<Arc<DB>> {
     options.set_paranoid_checks(true);
     options.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
     options.set_track_and_verify_wals_in_manifest(true);
-    let descriptors = column_families
-        .iter()
-        .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+    // A WAL file is deleted only once every column family with a write in
+    // it has flushed. A rarely written family (the vote, the committed
+    // index) would otherwise keep every WAL alive until RocksDB's default
+    // cap of four times all memtables (hundreds of MiB): past this size,
+    // RocksDB flushes the families that hold the oldest WAL instead.
+    options.set_max_total_wal_size(WAL_BYTES_MAX);
+    // Its own info log rolls over instead of growing with the node's age.
+    options.set_max_log_file_size(INFO_LOG_BYTES_MAX);
+    options.set_keep_log_file_num(INFO_LOGS_KEPT);
+    let descriptors = column_families.iter().map(|name| {
+        let mut family = Options::default();
+        // The live state is small and every family is read back at open;
+        // large memtables only hold deleted log entries in memory longer.
+        family.set_write_buffer_size(MEMTABLE_BYTES);
+        ColumnFamilyDescriptor::new(*name, family)
+    });
     let damaged = |error: rocksdb::Error| -> anyhow::Error {
         match error.kind() {
             ErrorKind::Corruption | ErrorKind::NotFound => Damaged {
@@ -88,6 +101,16 @@ fn with_logged_detail(dir: &Path, what: String) -> String {
         _ => what,
     }
 }
+
+/// Total WAL size past which RocksDB flushes the column families holding
+/// the oldest WAL file, so that it can be deleted.
+pub const WAL_BYTES_MAX: u64 = 64 << 20;
+/// One column family's memtable; a full one is flushed to an SST file.
+pub const MEMTABLE_BYTES: usize = 16 << 20;
+/// Size at which RocksDB starts a new info log (`LOG`).
+pub const INFO_LOG_BYTES_MAX: usize = 16 << 20;
+/// Info logs kept, the current one included.
+pub const INFO_LOGS_KEPT: usize = 4;
 
 /// How far back from its end RocksDB's info log is searched for what it
 /// said of the damage.
