@@ -7,6 +7,7 @@ pub mod change;
 pub mod command;
 pub mod credential;
 pub mod error;
+pub mod holders;
 pub mod limits;
 pub mod state;
 pub mod validate;
@@ -17,6 +18,7 @@ pub use command::{
 };
 pub use credential::{Credential, SecretDigest, IDENTITY_BYTES_MAX};
 pub use error::LockError;
+pub use holders::HolderTokens;
 pub use state::{
     KvEntry, Lock, LockDelay, LockState, LockView, QueueView, Queues, Repaired, Session, Timed, Totals,
     Waiter,

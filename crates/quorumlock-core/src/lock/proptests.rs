@@ -1403,7 +1403,7 @@ proptest! {
             for name in LOCKS {
                 let (held, queued) = match state.lock(name) {
                     Some(lock) => (
-                        lock.holders.clone(),
+                        lock.holders.iter().map(|(session, token)| (*session, *token)).collect(),
                         lock.queue.iter().map(|waiter| waiter.session).collect(),
                     ),
                     None => (BTreeMap::new(), Vec::new()),

@@ -16,6 +16,7 @@ use super::command::{
 };
 use super::credential::Credential;
 use super::error::LockError;
+use super::holders::HolderTokens;
 use super::limits::{CHECKPOINT_ENTRIES_MAX, COUNTER_VALUE_MAX, SESSIONS_MAX, WAITERS_PER_LOCK_MAX};
 use super::validate;
 
@@ -60,14 +61,15 @@ pub struct Lock {
     pub mode: LockMode,
     /// The holding sessions and the tokens of their grants: exactly one in
     /// exclusive mode, one or more in shared mode.
-    pub holders: BTreeMap<SessionId, FencingToken>,
+    pub holders: HolderTokens,
     /// Waiting sessions and the mode each asked for, first in line at the
     /// front. The first waiter is never one the holders would admit: a
     /// waiter is granted as soon as it is first and compatible.
     pub queue: VecDeque<Waiter>,
     /// For a semaphore: its permits and each holder's. A semaphore is held
     /// in shared mode (its holders hold together; their tokens fence reads).
-    pub semaphore: Option<Permits>,
+    /// Boxed: few locks are semaphores, and every lock pays for this field.
+    pub semaphore: Option<Box<Permits>>,
     /// The terms of the holders' grants that have any, by session.
     pub terms: BTreeMap<SessionId, HoldTerms>,
     /// The lock-delay in force: nobody is granted the lock until
@@ -364,7 +366,7 @@ const SNAPSHOT_MAGIC_BEFORE_TERMS: &[u8; 8] = b"QLSTATE4";
 #[cfg_attr(test, derive(Serialize))]
 struct LockBeforeTerms {
     mode: LockMode,
-    holders: BTreeMap<SessionId, FencingToken>,
+    holders: HolderTokens,
     queue: VecDeque<WaiterBeforeTerms>,
     semaphore: Option<Permits>,
 }
@@ -393,7 +395,7 @@ impl From<LockBeforeTerms> for Lock {
                     terms: HoldTerms::default(),
                 })
                 .collect(),
-            semaphore: old.semaphore,
+            semaphore: old.semaphore.map(Box::new),
             terms: BTreeMap::new(),
             delay: None,
         }
@@ -966,10 +968,10 @@ impl LockState {
         let lock = self.locks.entry(name.to_string()).or_insert_with(|| Lock {
             mode: ask.mode(),
             semaphore: match ask {
-                Ask::Permits { limit, .. } => Some(Permits {
+                Ask::Permits { limit, .. } => Some(Box::new(Permits {
                     limit,
                     held: BTreeMap::new(),
-                }),
+                })),
                 Ask::Lock(_) => None,
             },
             ..Lock::default()
@@ -1698,7 +1700,7 @@ impl LockState {
                                 }
                             })
                             .collect(),
-                        semaphore: lock.semaphore.clone(),
+                        semaphore: lock.semaphore.as_deref().cloned(),
                     };
                     (name.clone(), old)
                 })
