@@ -1,8 +1,9 @@
-//! System benchmark (issue 5): both quorumlock engines, etcd and Redis under
-//! the same seven workloads, driven by the same client machinery, measured
+//! System benchmark: both quorumlock engines, etcd and Redis under
+//! the same eight workloads (the eighth, churn, on quorumlock only), driven by the same client machinery, measured
 //! by the same code, reported as benches/results/REPORT.md plus SVG charts.
 //!
-//! `cargo bench --bench engines` runs the full benchmark (about 25 minutes);
+//! `cargo bench --bench engines` runs the full benchmark (every measured
+//! window of workloads 1 to 4 three times, `--repeat N` to change that);
 //! `cargo bench --bench engines -- --short` (or `QUORUMLOCK_BENCH_SHORT=1`)
 //! runs every system and workload at tiny sizes for CI, writes under the
 //! target directory, and exits non-zero if any workload failed.
@@ -11,10 +12,14 @@
 // benches/engines/, hence the paths.
 #[path = "engines/charts.rs"]
 mod charts;
+#[path = "engines/churn.rs"]
+mod churn;
 #[path = "engines/cli.rs"]
 mod cli;
 #[path = "engines/etcd.rs"]
 mod etcd;
+#[path = "engines/floor.rs"]
+mod floor;
 #[path = "engines/measure.rs"]
 mod measure;
 #[path = "engines/quorumlock.rs"]
@@ -129,6 +134,18 @@ async fn run(options: Options) -> anyhow::Result<bool> {
         if options.short { "short" } else { "full" },
         options.out_dir.display()
     );
+    let floor = floor::measure(options.floor_samples)
+        .await
+        .map_err(|error| format!("{error:#}"));
+    match &floor {
+        Ok(floor) => eprintln!(
+            "floor: gRPC round trip {:.0} µs, 512 B fdatasync {:.0} µs: {:.0} pairs/s for one worker",
+            floor.grpc_rtt_us,
+            floor.fsync_us,
+            floor.pairs_per_s()
+        ),
+        Err(why) => eprintln!("floor not measured: {why}"),
+    }
     let mut results = Vec::new();
     for name in SYSTEMS {
         if !options.selected(name) {
@@ -178,11 +195,15 @@ async fn run(options: Options) -> anyhow::Result<bool> {
         } else {
             "not installed".to_string()
         },
+        floor,
     };
     let text = report::render(&results, &options, &context, &charts);
     let path = options.out_dir.join("REPORT.md");
     std::fs::write(&path, &text)?;
-    eprintln!("\n{}", key_ratio_lines(&results, &options));
+    eprintln!(
+        "\n{}",
+        key_ratio_lines(&results, &options, context.floor.as_ref().ok())
+    );
     eprintln!(
         "report written to {} ({:.1} min)",
         path.display(),
@@ -203,8 +224,8 @@ async fn run(options: Options) -> anyhow::Result<bool> {
     Ok(failed.is_empty())
 }
 
-fn key_ratio_lines(results: &[SystemResults], options: &Options) -> String {
-    report::key_ratios(results, options)
+fn key_ratio_lines(results: &[SystemResults], options: &Options, floor: Option<&floor::Floor>) -> String {
+    report::key_ratios(results, options, floor)
         .into_iter()
         .map(|ratio| {
             let met = match ratio.met {

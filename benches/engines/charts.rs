@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::Context;
 use plotters::prelude::*;
 
-use super::workloads::SystemResults;
+use super::workloads::{Row, SystemResults};
 
 const SIZE: (u32, u32) = (900, 540);
 
@@ -32,19 +32,55 @@ struct Series {
     points: Vec<(f64, f64)>,
 }
 
+/// A tick label people read at a glance: 180k, 1.5k, 2M, 0.25.
+pub fn tick(value: f64) -> String {
+    let magnitude = value.abs();
+    let (scaled, suffix) = if magnitude >= 1e6 {
+        (value / 1e6, "M")
+    } else if magnitude >= 1e3 {
+        (value / 1e3, "k")
+    } else {
+        (value, "")
+    };
+    let text = if scaled.abs() >= 100.0 || scaled.fract().abs() < 1e-9 {
+        format!("{scaled:.0}")
+    } else if scaled.abs() >= 10.0 {
+        format!("{scaled:.1}")
+    } else {
+        format!("{scaled:.2}")
+    };
+    let text = if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    };
+    format!("{text}{suffix}")
+}
+
+/// Which axes are logarithmic.
+#[derive(Clone, Copy)]
+enum Scale {
+    Linear,
+    LogX,
+    LogXY,
+}
+
 fn line_chart(
     path: &Path,
     title: &str,
     x_label: &str,
     y_label: &str,
     series: &[Series],
-    log_x: bool,
+    scale: Scale,
 ) -> anyhow::Result<()> {
     let points = series.iter().flat_map(|s| s.points.iter());
-    let (mut x_min, mut x_max, mut y_max) = (f64::MAX, f64::MIN, 0.0f64);
+    let (mut x_min, mut x_max, mut y_min, mut y_max) = (f64::MAX, f64::MIN, f64::MAX, 0.0f64);
     for &(x, y) in points {
         x_min = x_min.min(x);
         x_max = x_max.max(x);
+        if y > 0.0 {
+            y_min = y_min.min(y);
+        }
         y_max = y_max.max(y);
     }
     if x_min > x_max {
@@ -69,6 +105,8 @@ fn line_chart(
                 .configure_mesh()
                 .x_desc(x_label)
                 .y_desc(y_label)
+                .x_label_formatter(&|x| tick(*x))
+                .y_label_formatter(&|y| tick(*y))
                 .draw()
                 .map_err(draw_error)?;
             for (index, s) in series.iter().enumerate() {
@@ -88,15 +126,29 @@ fn line_chart(
                 .map_err(draw_error)?;
         }};
     }
-    if log_x {
-        let x_min = x_min.max(1e-3);
-        draw!(builder
-            .build_cartesian_2d((x_min..x_max.max(x_min * 2.0)).log_scale(), 0.0..y_max)
-            .map_err(draw_error)?);
-    } else {
-        draw!(builder
-            .build_cartesian_2d(x_min..x_max, 0.0..y_max)
-            .map_err(draw_error)?);
+    match scale {
+        Scale::LogXY => {
+            let x_min = x_min.max(1e-3);
+            // A decade below the smallest value, so no line sits on the axis.
+            let y_min = if y_min > y_max { 1.0 } else { y_min / 2.0 };
+            draw!(builder
+                .build_cartesian_2d(
+                    (x_min..x_max.max(x_min * 2.0)).log_scale(),
+                    (y_min..y_max.max(y_min * 2.0)).log_scale()
+                )
+                .map_err(draw_error)?);
+        }
+        Scale::LogX => {
+            let x_min = x_min.max(1e-3);
+            draw!(builder
+                .build_cartesian_2d((x_min..x_max.max(x_min * 2.0)).log_scale(), 0.0..y_max)
+                .map_err(draw_error)?);
+        }
+        Scale::Linear => {
+            draw!(builder
+                .build_cartesian_2d(x_min..x_max, 0.0..y_max)
+                .map_err(draw_error)?);
+        }
     }
     root.present().map_err(draw_error)?;
     Ok(())
@@ -124,9 +176,9 @@ pub fn draw_all(dir: &Path, results: &[SystemResults], cdf_workers: usize) -> an
         &dir.join(name),
         "Uncontended acquire+release pairs/s by workers",
         "workers (log scale)",
-        "pairs/s",
+        "pairs/s (log scale)",
         &series,
-        true,
+        Scale::LogXY,
     )?;
     names.push(name.to_string());
 
@@ -147,7 +199,7 @@ pub fn draw_all(dir: &Path, results: &[SystemResults], cdf_workers: usize) -> an
         "acquire+release latency, ms (log scale)",
         "fraction of pairs at most this slow",
         &series,
-        true,
+        Scale::LogX,
     )?;
     names.push(name.to_string());
 
@@ -168,8 +220,59 @@ pub fn draw_all(dir: &Path, results: &[SystemResults], cdf_workers: usize) -> an
         "seconds since the kill",
         "pairs/s",
         &series,
-        false,
+        Scale::Linear,
     )?;
     names.push(name.to_string());
+
+    for (name, title, x_label, rows) in [
+        (
+            "pairs_vs_held_locks.svg",
+            "Uncontended pairs/s while many locks are held (workload 7)",
+            "locks held (log scale)",
+            (|s: &SystemResults| s.scale.as_ref().map(|scale| scale.pairs_by_held.clone()))
+                as fn(&SystemResults) -> Option<Vec<(usize, Row)>>,
+        ),
+        (
+            "pairs_vs_open_sessions.svg",
+            "Uncontended pairs/s while many sessions renew (workload 5)",
+            "sessions open (log scale)",
+            |s: &SystemResults| s.keepalive.as_ref().map(|k| k.pairs_by_sessions.clone()),
+        ),
+    ] {
+        let series: Vec<Series> = ran
+            .iter()
+            .filter_map(|s| {
+                let rows = rows(s)?;
+                Some(Series {
+                    name: s.name.clone(),
+                    points: rows
+                        .iter()
+                        .map(|(count, row)| (*count as f64, row.summary.throughput))
+                        .collect(),
+                })
+            })
+            .filter(|series| !series.points.is_empty())
+            .collect();
+        if series.is_empty() {
+            continue;
+        }
+        line_chart(
+            &dir.join(name),
+            title,
+            x_label,
+            "pairs/s (log scale)",
+            &series,
+            Scale::LogXY,
+        )?;
+        names.push(name.to_string());
+    }
+
+    let churned: Vec<(String, &super::churn::Churn)> = ran
+        .iter()
+        .filter_map(|s| s.churn.as_ref().map(|churn| (s.name.clone(), churn)))
+        .collect();
+    if !churned.is_empty() {
+        names.extend(super::churn::charts(dir, &churned)?);
+    }
     Ok(names)
 }

@@ -69,6 +69,24 @@ pub struct Options {
     pub scale_time_max: Duration,
     /// Longest wait for a restarted node to catch up.
     pub catch_up_max: Duration,
+    /// Measured windows of workloads 1 to 4, each with its own warm-up;
+    /// the report gives their median and their range.
+    pub repeat: usize,
+    /// Workers measuring pairs/s while many locks are held (workload 7) or
+    /// many sessions are open (workload 5).
+    pub growth_workers: usize,
+    /// Their measured window.
+    pub growth_window: Duration,
+    /// Length of the churn workload (8).
+    pub churn_duration: Duration,
+    /// Its concurrent clients.
+    pub churn_clients: usize,
+    /// How often it samples memory and disk.
+    pub churn_sample_every: Duration,
+    /// Its warm-up, after which memory and disk must stay flat.
+    pub churn_warmup: Duration,
+    /// Unary gRPC round trips and 512 B fdatasyncs timed for the floor.
+    pub floor_samples: usize,
 }
 
 impl Options {
@@ -91,7 +109,7 @@ impl Options {
             fenced_value_bytes: 1_024,
             herd_sessions: 1_000,
             herd_time_max: Duration::from_secs(120),
-            keepalive_sessions: 10_000,
+            keepalive_sessions: 100_000,
             keepalive_ttl: Duration::from_secs(9),
             keepalive_window: Duration::from_secs(30),
             failover_workers: 16,
@@ -104,6 +122,14 @@ impl Options {
             scale_in_flight: 256,
             scale_time_max: Duration::from_secs(240),
             catch_up_max: Duration::from_secs(180),
+            repeat: 3,
+            growth_workers: 64,
+            growth_window: Duration::from_secs(3),
+            churn_duration: Duration::from_secs(600),
+            churn_clients: 8,
+            churn_sample_every: Duration::from_secs(10),
+            churn_warmup: Duration::from_secs(120),
+            floor_samples: 2_000,
         }
     }
 
@@ -136,6 +162,14 @@ impl Options {
             scale_in_flight: 32,
             scale_time_max: Duration::from_secs(20),
             catch_up_max: Duration::from_secs(60),
+            repeat: 1,
+            growth_workers: 4,
+            growth_window: Duration::from_millis(500),
+            churn_duration: Duration::from_secs(4),
+            churn_clients: 2,
+            churn_sample_every: Duration::from_secs(1),
+            churn_warmup: Duration::from_secs(1),
+            floor_samples: 50,
             ..Options::full()
         }
     }
@@ -163,6 +197,20 @@ impl Options {
                     .iter()
                     .filter_map(|count| count.parse().ok())
                     .collect();
+            } else if let Some(value) = arg.strip_prefix("--repeat=") {
+                options.repeat = value.parse().unwrap_or(options.repeat).max(1);
+            } else if arg == "--repeat" {
+                options.repeat = iter
+                    .next()
+                    .and_then(|value| value.parse().ok())
+                    .unwrap_or(options.repeat)
+                    .max(1);
+            } else if let Some(value) = arg.strip_prefix("--churn-seconds=") {
+                if let Ok(seconds) = value.parse() {
+                    options.churn_duration = Duration::from_secs(seconds);
+                }
+            } else if let Some(value) = arg.strip_prefix("--keepalive-sessions=") {
+                options.keepalive_sessions = value.parse().unwrap_or(options.keepalive_sessions);
             } else if let Some(value) = arg.strip_prefix("--out=") {
                 options.out_dir = PathBuf::from(value);
             }

@@ -1,4 +1,4 @@
-//! The seven workloads of issue 5, run the same way against every
+//! The eight workloads, run the same way against every
 //! [`LockSystem`], and the results they produce.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -10,12 +10,15 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use super::churn::{churn, Churn, ChurnSettings};
 use super::cli::{Options, SESSIONS_PER_CLIENT_MAX};
 use super::measure::{clock_ticks_per_second, disk_bytes, Recorder, Summary, Timeline, BUCKET};
 use super::systems::{Held, LockClient, LockSession, LockSystem};
 
 /// Sessions opened at once while setting a workload up.
 pub const OPEN_CONCURRENCY_MAX: usize = 128;
+/// TTL of workload 7's sessions.
+const SCALE_SESSION_TTL: Duration = Duration::from_secs(60);
 /// Pause after a failed operation before the worker tries again.
 const ERROR_PAUSE: Duration = Duration::from_millis(20);
 /// Buckets averaged when deciding that throughput has recovered.
@@ -42,6 +45,91 @@ pub struct Row {
     /// Leader term change over the workload (elections); `None` without
     /// elections.
     pub elections: Option<u64>,
+    /// The range over repeated windows; `None` for a single one.
+    pub spread: Option<Spread>,
+}
+
+/// Lowest and highest of a figure over repeated measured windows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Spread {
+    /// (min, max) operations per second.
+    pub throughput: (f64, f64),
+    /// (min, max) 99th percentile, ms.
+    pub p99_ms: (f64, f64),
+}
+
+/// The median of `values` (0 when empty).
+pub fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    if sorted.len() % 2 == 0 {
+        (sorted[middle - 1] + sorted[middle]) / 2.0
+    } else {
+        sorted[middle]
+    }
+}
+
+fn median_option(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let values: Option<Vec<f64>> = values.collect();
+    values
+        .filter(|values| !values.is_empty())
+        .map(|values| median(&values))
+}
+
+fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    values.fold((f64::MAX, f64::MIN), |(low, high), value| {
+        (low.min(value), high.max(value))
+    })
+}
+
+impl Row {
+    /// One row from repeated windows: each figure is the median of the
+    /// windows' (the latency CDF is the window with the median pairs/s);
+    /// elections and failures add up.
+    pub fn median_of(rows: Vec<Row>) -> Row {
+        if rows.len() <= 1 {
+            return rows.into_iter().next().unwrap_or_default();
+        }
+        let throughputs: Vec<f64> = rows.iter().map(|row| row.summary.throughput).collect();
+        let middle = median(&throughputs);
+        let closest = rows
+            .iter()
+            .min_by(|a, b| {
+                (a.summary.throughput - middle)
+                    .abs()
+                    .total_cmp(&(b.summary.throughput - middle).abs())
+            })
+            .expect("at least two rows");
+        let figure =
+            |get: fn(&Summary) -> f64| median(&rows.iter().map(|row| get(&row.summary)).collect::<Vec<_>>());
+        let summary = Summary {
+            ops: rows.iter().map(|row| row.summary.ops).sum(),
+            throughput: middle,
+            p50_ms: figure(|s| s.p50_ms),
+            p99_ms: figure(|s| s.p99_ms),
+            p999_ms: figure(|s| s.p999_ms),
+            errors: rows.iter().map(|row| row.summary.errors).sum(),
+            first_error: rows.iter().find_map(|row| row.summary.first_error.clone()),
+            cdf: closest.summary.cdf.clone(),
+        };
+        Row {
+            summary,
+            leader_cpu_us_per_op: median_option(rows.iter().map(|row| row.leader_cpu_us_per_op)),
+            total_cpu_us_per_op: median_option(rows.iter().map(|row| row.total_cpu_us_per_op)),
+            elections: rows
+                .iter()
+                .map(|row| row.elections)
+                .try_fold(0, |sum, count| Some(sum + count?)),
+            spread: Some(Spread {
+                throughput: range(rows.iter().map(|row| row.summary.throughput)),
+                p99_ms: range(rows.iter().map(|row| row.summary.p99_ms)),
+            }),
+        }
+    }
 }
 
 /// Workload 2's result.
@@ -66,8 +154,11 @@ pub struct Herd {
     pub sessions: usize,
     /// Sessions that held the lock exactly once.
     pub held_once: usize,
-    /// From the first request to the last release.
+    /// From the first request to the last release (the median over
+    /// repetitions).
     pub total: Duration,
+    /// (min, max) of `total` over repetitions, seconds; `None` for one.
+    pub total_range: Option<(f64, f64)>,
     /// Each session's wait for its grant.
     pub wait: Summary,
     /// All nodes' CPU microseconds per handoff.
@@ -76,6 +167,28 @@ pub struct Herd {
     pub leader_cpu_us_per_handoff: Option<f64>,
     /// Elections meanwhile.
     pub elections: Option<u64>,
+}
+
+impl Herd {
+    /// The repetition with the median total time, with the range of all.
+    fn median_of(mut runs: Vec<Herd>) -> Herd {
+        runs.sort_by_key(|run| run.total);
+        let count = runs.len();
+        let total_range = (count > 1).then(|| {
+            (
+                runs.first().map_or(0.0, |run| run.total.as_secs_f64()),
+                runs.last().map_or(0.0, |run| run.total.as_secs_f64()),
+            )
+        });
+        let elections = runs
+            .iter()
+            .map(|run| run.elections)
+            .try_fold(0, |sum, count| Some(sum + count?));
+        let mut chosen = runs.swap_remove(count / 2);
+        chosen.total_range = total_range;
+        chosen.elections = elections;
+        chosen
+    }
 }
 
 /// Workload 5's result.
@@ -91,6 +204,11 @@ pub struct Keepalive {
     pub lost: usize,
     /// Elections meanwhile.
     pub elections: Option<u64>,
+    /// Sessions kept alive.
+    pub sessions: usize,
+    /// Uncontended pairs/s measured with this many sessions open:
+    /// (sessions open, row).
+    pub pairs_by_sessions: Vec<(usize, Row)>,
 }
 
 /// Workload 6's result.
@@ -128,6 +246,9 @@ pub struct Scale {
     /// From the restart of a follower (after SIGKILL) to it serving again,
     /// caught up with the leader; `None` for a single node.
     pub restart_to_serving: Option<Duration>,
+    /// Uncontended pairs/s measured with this many locks held: (locks
+    /// held, row).
+    pub pairs_by_held: Vec<(usize, Row)>,
 }
 
 /// Every result of one system; `None` for a workload that does not apply.
@@ -151,6 +272,8 @@ pub struct SystemResults {
     pub failover: Option<Failover>,
     /// Workload 7.
     pub scale: Option<Scale>,
+    /// Workload 8.
+    pub churn: Option<Churn>,
     /// Workloads that failed, with why.
     pub failures: Vec<String>,
     /// Notes for the report.
@@ -199,7 +322,11 @@ pub async fn run_uncontended(system: &mut dyn LockSystem, options: &Options, res
             results,
             format!("1 uncontended, {workers} workers"),
             async {
-                let row = loop_workload(system, options, Op::OwnLock, workers).await?.0;
+                let mut rows = Vec::new();
+                for _ in 0..options.repeat {
+                    rows.push(loop_workload(system, options, Op::OwnLock, workers).await?.0);
+                }
+                let row = Row::median_of(rows);
                 let checked = check_errors(&row.summary);
                 results.uncontended.push((workers, row));
                 checked
@@ -219,27 +346,47 @@ pub async fn run_all(system: &mut dyn LockSystem, options: &Options, results: &m
         };
     }
     step!("2 hot lock", async {
-        let (row, per_worker) = loop_workload(system, options, Op::HotLock, options.hot_workers).await?;
+        let mut rows = Vec::new();
+        let (mut per_worker_min, mut per_worker_max, mut served) = (u64::MAX, 0, usize::MAX);
+        for _ in 0..options.repeat {
+            let (row, per_worker) = loop_workload(system, options, Op::HotLock, options.hot_workers).await?;
+            per_worker_min = per_worker_min.min(per_worker.iter().copied().min().unwrap_or(0));
+            per_worker_max = per_worker_max.max(per_worker.iter().copied().max().unwrap_or(0));
+            // Every worker must be served in every window.
+            served = served.min(per_worker.iter().filter(|&&count| count > 0).count());
+            rows.push(row);
+        }
+        let row = Row::median_of(rows);
         let checked = check_errors(&row.summary);
         results.hot = Some(Hot {
-            per_worker_min: per_worker.iter().copied().min().unwrap_or(0),
-            per_worker_max: per_worker.iter().copied().max().unwrap_or(0),
-            served: per_worker.iter().filter(|&&count| count > 0).count(),
-            workers: per_worker.len(),
+            per_worker_min,
+            per_worker_max,
+            served,
+            workers: options.hot_workers,
             row,
         });
         checked
     });
     step!("4 fenced writes", async {
-        let row = loop_workload(system, options, Op::Fenced, options.fenced_workers)
-            .await?
-            .0;
+        let mut rows = Vec::new();
+        for _ in 0..options.repeat {
+            rows.push(
+                loop_workload(system, options, Op::Fenced, options.fenced_workers)
+                    .await?
+                    .0,
+            );
+        }
+        let row = Row::median_of(rows);
         let checked = check_errors(&row.summary);
         results.fenced = Some(row);
         checked
     });
     step!("3 thundering herd", async {
-        results.herd = Some(herd(system, options).await?);
+        let mut runs = Vec::new();
+        for _ in 0..options.repeat {
+            runs.push(herd(system, options).await?);
+        }
+        results.herd = Some(Herd::median_of(runs));
         anyhow::Ok(())
     });
     if name == "redis" {
@@ -273,6 +420,26 @@ pub async fn run_all(system: &mut dyn LockSystem, options: &Options, results: &m
         results.scale = Some(scale(system, options, target).await?);
         anyhow::Ok(())
     });
+    if name.starts_with("quorumlock") {
+        step!("8 churn", async {
+            let settings = ChurnSettings {
+                duration: options.churn_duration,
+                clients: options.churn_clients,
+                sample_every: options.churn_sample_every,
+                value_bytes: options.fenced_value_bytes,
+                session_ttl: options.session_ttl,
+                warmup: options.churn_warmup,
+            };
+            let result = churn(system, &settings).await?;
+            let errors = result.errors;
+            let first_error = result.first_error.clone();
+            results.churn = Some(result);
+            match first_error {
+                Some(error) => anyhow::bail!("{errors} churn cycles failed, the first: {error}"),
+                None => anyhow::Ok(()),
+            }
+        });
+    }
 }
 
 /// A workload whose operations failed is reported with its numbers, and
@@ -478,14 +645,43 @@ async fn loop_workload(
     op: Op,
     workers: usize,
 ) -> anyhow::Result<(Row, Vec<u64>)> {
+    measured_loop(system, options, op, workers, options.warmup, options.window).await
+}
+
+/// Uncontended pairs/s at `growth_workers` with a short warm-up and
+/// window: the cost of what workloads 5 and 7 have built up.
+async fn growth_row(system: &mut dyn LockSystem, options: &Options) -> anyhow::Result<Row> {
+    let warmup = options.growth_window / 3;
+    let (row, _) = measured_loop(
+        system,
+        options,
+        Op::OwnLock,
+        options.growth_workers,
+        warmup,
+        options.growth_window,
+    )
+    .await?;
+    check_errors(&row.summary)?;
+    Ok(row)
+}
+
+/// `workers` workers doing `op`: `warmup`, then a measured `window`.
+async fn measured_loop(
+    system: &mut dyn LockSystem,
+    options: &Options,
+    op: Op,
+    workers: usize,
+    warmup: Duration,
+    window: Duration,
+) -> anyhow::Result<(Row, Vec<u64>)> {
     let term_before = system.term().await?;
     let leader = system.leader().await?;
     let running = Workers::start(system, options, op, workers).await?;
-    tokio::time::sleep(options.warmup).await;
+    tokio::time::sleep(warmup).await;
     let from = Instant::now();
     running.measure_from(from);
     let cpu_before = cpu_ticks(system);
-    tokio::time::sleep(options.window).await;
+    tokio::time::sleep(window).await;
     let until = Instant::now();
     running.measure_until(until);
     let cpu_after = cpu_ticks(system);
@@ -499,6 +695,7 @@ async fn loop_workload(
             leader_cpu_us_per_op: leader_cpu,
             total_cpu_us_per_op: total_cpu,
             elections: elections(term_before, term_after),
+            spread: None,
         },
         counts,
     ))
@@ -564,6 +761,7 @@ async fn herd(system: &mut dyn LockSystem, options: &Options) -> anyhow::Result<
         sessions: options.herd_sessions,
         held_once,
         total,
+        total_range: None,
         wait: recorder.summary(total),
         total_cpu_us_per_handoff: total_cpu,
         leader_cpu_us_per_handoff: leader_cpu,
@@ -576,9 +774,16 @@ async fn keepalive(system: &mut dyn LockSystem, options: &Options) -> anyhow::Re
     let term_before = system.term().await?;
     let leader = system.leader().await?;
     let clients = clients_for(system, options.keepalive_sessions).await?;
-    let opening = Instant::now();
-    let sessions = open_sessions(&clients, options.keepalive_sessions, options.keepalive_ttl).await?;
-    let open = opening.elapsed();
+    let mut open = Duration::ZERO;
+    let mut sessions = Vec::with_capacity(options.keepalive_sessions);
+    let mut pairs_by_sessions = Vec::new();
+    for stage in growth_stages(options.keepalive_sessions) {
+        let opening = Instant::now();
+        let more = open_sessions(&clients, stage - sessions.len(), options.keepalive_ttl).await?;
+        open += opening.elapsed();
+        sessions.extend(more);
+        pairs_by_sessions.push((stage, growth_row(system, options).await?));
+    }
     // One TTL to spread the renewals out evenly before measuring.
     tokio::time::sleep(options.keepalive_ttl).await;
     let cpu_before = cpu_ticks(system);
@@ -597,6 +802,8 @@ async fn keepalive(system: &mut dyn LockSystem, options: &Options) -> anyhow::Re
         .sum();
     let term_after = system.term().await?;
     Ok(Keepalive {
+        sessions: options.keepalive_sessions,
+        pairs_by_sessions,
         open,
         leader_cpu_percent: percent(cpu_after[leader].saturating_sub(cpu_before[leader])),
         total_cpu_percent: percent(total_ticks),
@@ -739,39 +946,64 @@ async fn probe(
     let _ = session.close().await;
 }
 
+/// The counts at which workloads 5 and 7 pause to measure pairs/s: a
+/// thousandth, a hundredth and a tenth of `target`, and `target` (those
+/// under 100 left out).
+fn growth_stages(target: usize) -> Vec<usize> {
+    let mut stages: Vec<usize> = [1_000, 100, 10]
+        .iter()
+        .map(|divisor| target / divisor)
+        .filter(|&count| count >= 100)
+        .collect();
+    stages.push(target);
+    stages.dedup();
+    stages
+}
+
 /// Workload 7: `target` locks held at once over `scale_sessions` sessions;
 /// memory, disk, and the restart of a follower.
 async fn scale(system: &mut dyn LockSystem, options: &Options, target: usize) -> anyhow::Result<Scale> {
     let clients = clients_for(system, options.scale_sessions).await?;
-    // Long enough that a slow acquisition never outlives it; kept alive anyway.
-    let ttl = Duration::from_secs(600);
+    // The client renews every TTL/3. Each leader change charges a quarter
+    // of the TTL against a session not renewed since, so a TTL much longer
+    // than the workload would let a burst of elections expire live sessions.
+    let ttl = SCALE_SESSION_TTL;
     let sessions = open_sessions(&clients, options.scale_sessions, ttl).await?;
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let deadline = started + options.scale_time_max;
-    let tasks: Vec<_> = (0..options.scale_in_flight)
-        .map(|_| {
-            let sessions = sessions.clone();
-            let next = next.clone();
-            tokio::spawn(async move {
-                let mut held = Vec::new();
-                loop {
-                    let index = next.fetch_add(1, Ordering::Relaxed);
-                    if index >= target || Instant::now() >= deadline {
-                        break;
-                    }
-                    let session = &sessions[index % sessions.len()];
-                    held.push(session.acquire(&format!("scale-{index}")).await?);
-                }
-                anyhow::Ok(held)
-            })
-        })
-        .collect();
     let mut held: Vec<Held> = Vec::with_capacity(target);
-    for task in tasks {
-        held.extend(task.await.context("a scale task panicked")??);
+    let mut acquire = Duration::ZERO;
+    let mut pairs_by_held = Vec::new();
+    for stage in growth_stages(target) {
+        let started = Instant::now();
+        let deadline = started + options.scale_time_max.saturating_sub(acquire);
+        let next = Arc::new(AtomicUsize::new(held.len()));
+        let tasks: Vec<_> = (0..options.scale_in_flight)
+            .map(|_| {
+                let sessions = sessions.clone();
+                let next = next.clone();
+                tokio::spawn(async move {
+                    let mut held = Vec::new();
+                    loop {
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        if index >= stage || Instant::now() >= deadline {
+                            break;
+                        }
+                        let session = &sessions[index % sessions.len()];
+                        held.push(session.acquire(&format!("scale-{index}")).await?);
+                    }
+                    anyhow::Ok(held)
+                })
+            })
+            .collect();
+        for task in tasks {
+            held.extend(task.await.context("a scale task panicked")??);
+        }
+        acquire += started.elapsed();
+        if held.len() < stage {
+            // Out of time: the count reached is reported.
+            break;
+        }
+        pairs_by_held.push((stage, growth_row(system, options).await?));
     }
-    let acquire = started.elapsed();
     let leader = system.leader().await?;
     let rss_bytes = (0..system.nodes())
         .map(|index| system.usage(index).map_or(0, |usage| usage.rss_bytes))
@@ -801,5 +1033,6 @@ async fn scale(system: &mut dyn LockSystem, options: &Options, target: usize) ->
         rss_bytes,
         disk_bytes: disk,
         restart_to_serving,
+        pairs_by_held,
     })
 }
