@@ -283,6 +283,61 @@ async fn check_the_client_keeps_working_through_another_endpoint_when_the_leader
     assert!(next.token() > token, "tokens keep increasing across the failover");
 }
 
+/// A follower forwards a call to the leader and names it in the answer's
+/// `x-quorumlock-leader` metadata; the client then sends its next calls to
+/// the leader directly, when the leader is one of its endpoints.
+async fn check_a_forwarded_answer_names_the_leader_and_the_client_moves_to_it(engine: &str) {
+    let cluster = Cluster::start(engine, 3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.follower_index().await;
+
+    let mut raw = cluster.client(follower).await;
+    let opened = bounded(
+        "open a session through a follower",
+        raw.open_session(quorumlock_proto::v1::OpenSessionRequest { ttl_ms: 10_000 }),
+    )
+    .await
+    .expect("a follower forwards OpenSession");
+    let named = opened
+        .metadata()
+        .get("x-quorumlock-leader")
+        .expect("a forwarded answer names the leader")
+        .to_str()
+        .expect("the leader's name is ASCII")
+        .to_string();
+    assert_eq!(
+        named,
+        format!("{}@{}", cluster.node_id(leader), cluster.addr(leader)),
+        "the leader named is the cluster's leader"
+    );
+
+    // The follower first: the client starts there.
+    let endpoints = vec![cluster.url(follower), cluster.url(leader)];
+    let client = bounded("connect", Client::connect(&endpoints))
+        .await
+        .expect("connect");
+    assert_eq!(client.current_endpoint(), cluster.addr(follower).to_string());
+    let session = client.session(TTL).await.expect("open a session");
+    assert_eq!(
+        client.current_endpoint(),
+        cluster.addr(leader).to_string(),
+        "after a forwarded answer the client calls the leader"
+    );
+    let guard = lock(&session, "direct").await;
+    guard.release().await.expect("release through the leader");
+    assert_eq!(client.current_endpoint(), cluster.addr(leader).to_string());
+
+    // An answer from the leader itself names nobody.
+    let mut raw = cluster.client(leader).await;
+    let opened = bounded(
+        "open a session on the leader",
+        raw.open_session(quorumlock_proto::v1::OpenSessionRequest { ttl_ms: 10_000 }),
+    )
+    .await
+    .expect("the leader opens a session");
+    assert!(opened.metadata().get("x-quorumlock-leader").is_none());
+}
+
 async fn check_the_session_is_lost_when_no_renewal_succeeds_within_the_ttl(engine: &str) {
     let cluster = Cluster::start(engine, 3).await;
     let client = client_of(&cluster).await;
@@ -307,6 +362,7 @@ engine_tests!(
     check_dropping_a_guard_releases_the_lock,
     check_a_stale_guard_is_refused_by_fenced_writes_and_its_session_reports_lost,
     check_the_client_keeps_working_through_another_endpoint_when_the_leader_dies,
+    check_a_forwarded_answer_names_the_leader_and_the_client_moves_to_it,
     check_the_session_is_lost_when_no_renewal_succeeds_within_the_ttl,
     check_shared_guards_hold_together_read_under_their_token_and_never_write,
     check_semaphore_guards_take_permits_while_they_fit,

@@ -11,7 +11,9 @@ use tonic::{Code, Request, Response, Status};
 
 use super::backoff::Backoff;
 use super::config::ClientConfig;
-use super::endpoints::{check_schemes, leader_hint, parse_endpoint, parse_endpoint_list, Picked, Pool, Rpc};
+use super::endpoints::{
+    check_schemes, leader_hint, named_leader, parse_endpoint, parse_endpoint_list, Picked, Pool, Rpc,
+};
 use super::error::{code_name, describe_status, ClientError, EndpointFailure, Refusal};
 use super::guard::LockGuard;
 use super::key::{SessionKey, SessionSecret};
@@ -574,7 +576,12 @@ impl Client {
                 .max_encoding_message_size(API_MESSAGE_BYTES_MAX);
             attempts += 1;
             let status = match tokio::time::timeout(timeout, rpc(client, timeout)).await {
-                Ok(Ok(response)) => return done(Ok(response.into_inner()), earlier_failure),
+                Ok(Ok(response)) => {
+                    if let Some(leader) = named_leader(response.metadata()) {
+                        self.inner.pool.forwarded(&picked, &leader);
+                    }
+                    return done(Ok(response.into_inner()), earlier_failure);
+                }
                 Ok(Err(status)) if retryable(&status) => status,
                 Ok(Err(status)) => {
                     return done(

@@ -136,7 +136,13 @@ pub fn leader_hint(status: &Status) -> Option<String> {
     if let Some((_, addr)) = Refusal::of(status).as_ref().and_then(Refusal::leader) {
         return parse_endpoint(addr).ok();
     }
-    let value = status.metadata().get(LEADER_HINT_HEADER)?.to_str().ok()?;
+    named_leader(status.metadata())
+}
+
+/// The leader's address in `x-quorumlock-leader` metadata (`<id>@<addr>`):
+/// on a refusal, or on an answer a follower forwarded from the leader.
+pub fn named_leader(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    let value = metadata.get(LEADER_HINT_HEADER)?.to_str().ok()?;
     let (_, addr) = value.split_once('@')?;
     parse_endpoint(addr).ok()
 }
@@ -271,6 +277,21 @@ impl Pool {
     pub fn prefer(&self, index: usize) {
         let mut state = self.state.lock();
         if index < state.slots.len() {
+            state.preferred = index;
+        }
+    }
+
+    /// `served` answered a call by forwarding it to the leader at `leader`:
+    /// later calls go to the leader directly, saving the extra hop, if it is
+    /// one of the endpoints the client knows. An address only a hint gave
+    /// is not added here (unlike after a failure): the follower reached the
+    /// leader, which does not mean this client can.
+    pub fn forwarded(&self, served: &Picked, leader: &str) {
+        let mut state = self.state.lock();
+        if state.preferred != served.index || served.addr == leader {
+            return;
+        }
+        if let Some(index) = state.slots.iter().position(|slot| slot.addr == leader) {
             state.preferred = index;
         }
     }

@@ -16,12 +16,13 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use super::forward::{forwarded, Forwarder};
 use super::status::{
     budget, client_timeout, forwarding_failed, from_engine_error, from_lock_error, internal,
-    invalid_argument, is_forwarded, lock_delayed, no_quorum, not_leader, secret_missing, session_gone,
+    invalid_argument, is_forwarded, lock_delayed, name_leader, no_quorum, not_leader, secret_missing,
+    session_gone,
 };
 use super::watch::{serve_watch, start_revision, Selector, WatchCount, WATCH_QUEUE_MAX};
 use crate::auth::{Access, Action, Caller};
 use crate::lease_driver::LeaseDriver;
-use quorumlock_core::consensus::{ConsensusEngine, EngineError, GrantWatch, StateNotice};
+use quorumlock_core::consensus::{ConsensusEngine, EngineError, GrantWatch, LeaderInfo, StateNotice};
 use quorumlock_core::lease::RenewError;
 use quorumlock_core::lock::limits::{
     KEY_BYTES_MAX, LOCK_NAME_BYTES_MAX, SESSION_TTL_MS_MAX, VALUE_BYTES_MAX,
@@ -78,19 +79,24 @@ pub(super) fn node_stopping() -> Status {
 
 enum Route {
     Local,
-    Forward(LockClient<Channel>),
+    Forward(Box<(LockClient<Channel>, LeaderInfo)>),
 }
 
 /// Forwards the request to the leader and returns its answer, unless this
-/// node is the leader.
+/// node is the leader. The answer names the leader in its
+/// `x-quorumlock-leader` metadata, so that the client can call it directly
+/// next time instead of paying for the extra hop.
 macro_rules! forward_unless_leader {
     ($service:ident, $request:ident, $method:ident, $caller:ident) => {
-        if let Route::Forward(mut client) = $service.route(&$request)? {
+        if let Route::Forward(forward) = $service.route(&$request)? {
+            let (mut client, leader) = *forward;
             let timeout = client_timeout(&$request);
-            return client
+            let mut response = client
                 .$method(forwarded($request.into_inner(), timeout, &$caller, $service.tls))
                 .await
-                .map_err(relayed);
+                .map_err(relayed)?;
+            name_leader(response.metadata_mut(), &leader);
+            return Ok(response);
         }
     };
 }
@@ -133,7 +139,10 @@ impl LockService {
             return Ok(Route::Local);
         }
         match view.leader {
-            Some(leader) if !is_forwarded(request) => Ok(Route::Forward(self.forwarder.client(&leader)?)),
+            Some(leader) if !is_forwarded(request) => Ok(Route::Forward(Box::new((
+                self.forwarder.client(&leader)?,
+                leader,
+            )))),
             leader => Err(not_leader("this node is not the leader", leader.as_ref())),
         }
     }
@@ -741,7 +750,8 @@ impl pb::lock_server::Lock for LockService {
         request: Request<Streaming<pb::KeepAliveRequest>>,
     ) -> Result<Response<Self::KeepAliveStream>, Status> {
         let caller = self.access.caller(&request)?;
-        if let Route::Forward(mut client) = self.route(&request)? {
+        if let Route::Forward(forward) = self.route(&request)? {
+            let (mut client, _) = *forward;
             // Relay the whole stream: the leader answers every renewal.
             let inbound = request
                 .into_inner()

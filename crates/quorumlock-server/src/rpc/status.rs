@@ -182,6 +182,14 @@ pub fn no_quorum(message: &str, leader: Option<&LeaderInfo>) -> Status {
     unavailable(ErrorReason::NoQuorum, message, leader)
 }
 
+/// Names `leader` in `metadata` as `x-quorumlock-leader: <id>@<addr>`: on a
+/// refusal, and on an answer a follower forwarded from the leader.
+pub fn name_leader(metadata: &mut tonic::metadata::MetadataMap, leader: &LeaderInfo) {
+    if let Ok(value) = MetadataValue::try_from(format!("{}@{}", leader.id, leader.addr)) {
+        metadata.insert(LEADER_HINT_HEADER, value);
+    }
+}
+
 /// UNAVAILABLE with a reason, naming the leader (when known) in the message,
 /// the detail and the `x-quorumlock-leader` metadata.
 fn unavailable(why: ErrorReason, message: &str, leader: Option<&LeaderInfo>) -> Status {
@@ -196,9 +204,7 @@ fn unavailable(why: ErrorReason, message: &str, leader: Option<&LeaderInfo>) -> 
                     ..reason(why)
                 },
             );
-            if let Ok(value) = MetadataValue::try_from(format!("{}@{}", leader.id, leader.addr)) {
-                status.metadata_mut().insert(LEADER_HINT_HEADER, value);
-            }
+            name_leader(status.metadata_mut(), leader);
             status
         }
         None => details::status(
