@@ -22,7 +22,7 @@ pub const FSYNC_BYTES: usize = 512;
 const WARMUP_SAMPLES: usize = 50;
 
 /// The two medians and the ceiling they put on one worker.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Floor {
     /// Median unary gRPC round trip on loopback, µs.
     pub grpc_rtt_us: f64,
@@ -30,9 +30,27 @@ pub struct Floor {
     pub fsync_us: f64,
     /// Samples behind each median.
     pub samples: usize,
+    /// Every measurement's (round trip, fsync) medians, µs, when the floor
+    /// combines several.
+    pub rounds: Vec<(f64, f64)>,
 }
 
 impl Floor {
+    /// The lower of two measurements of each (the stricter floor), with
+    /// both kept in `rounds`: the medians move between runs on this
+    /// machine (idle cores wake slowly), so the run measures at its start
+    /// and at its end.
+    pub fn lower(self, other: Floor) -> Floor {
+        let mut rounds = self.rounds;
+        rounds.extend(other.rounds);
+        Floor {
+            grpc_rtt_us: self.grpc_rtt_us.min(other.grpc_rtt_us),
+            fsync_us: self.fsync_us.min(other.fsync_us),
+            samples: self.samples,
+            rounds,
+        }
+    }
+
     /// The most pairs/s one worker can complete against a replicated lock:
     /// `1 / (2 × (client RTT + peer RTT + fsync))`.
     pub fn pairs_per_s(&self) -> f64 {
@@ -63,6 +81,7 @@ pub async fn measure(samples: usize) -> anyhow::Result<Floor> {
         grpc_rtt_us,
         fsync_us,
         samples,
+        rounds: vec![(grpc_rtt_us, fsync_us)],
     })
 }
 

@@ -685,12 +685,19 @@ pub fn render(results: &[SystemResults], options: &Options, context: &Context, c
                  server on a thread and runtime of its own) **{:.0} µs**, and writing {} B to a file \
                  under /tmp then `fdatasync` **{:.0} µs**. One worker's acquire or release needs at \
                  least a client round trip, a leader-to-follower round trip and a synced write, so \
-                 its pairs/s are at most `1 / (2 × (client RTT + peer RTT + fsync))` = **{} pairs/s**.",
+                 its pairs/s are at most `1 / (2 × (client RTT + peer RTT + fsync))` = **{} pairs/s**. \
+                 Measured at the start and at the end of the run, the lower of each taken: {}.",
                 floor.samples,
                 floor.grpc_rtt_us,
                 super::floor::FSYNC_BYTES,
                 floor.fsync_us,
-                num(floor.pairs_per_s())
+                num(floor.pairs_per_s()),
+                floor
+                    .rounds
+                    .iter()
+                    .map(|(rtt, fsync)| format!("{rtt:.0} µs and {fsync:.0} µs"))
+                    .collect::<Vec<_>>()
+                    .join(", then ")
             );
         }
         Err(why) => {
