@@ -8,9 +8,11 @@ use plotters::prelude::*;
 
 use super::workloads::{Row, SystemResults};
 
-const SIZE: (u32, u32) = (900, 540);
+/// Size of a chart in pixels.
+pub const SIZE: (u32, u32) = (900, 540);
 
-fn color(index: usize) -> RGBColor {
+/// The colour of the `index`th line of a chart.
+pub fn color(index: usize) -> RGBColor {
     const COLORS: [RGBColor; 6] = [
         RGBColor(31, 119, 180),
         RGBColor(255, 127, 14),
@@ -22,7 +24,8 @@ fn color(index: usize) -> RGBColor {
     COLORS[index % COLORS.len()]
 }
 
-fn draw_error(error: impl std::fmt::Debug) -> anyhow::Error {
+/// A plotting failure as an error.
+pub fn draw_error(error: impl std::fmt::Debug) -> anyhow::Error {
     anyhow::anyhow!("drawing a chart: {error:?}")
 }
 

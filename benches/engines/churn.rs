@@ -20,6 +20,7 @@ use plotters::prelude::*;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::charts::{color, draw_error, SIZE};
 use super::measure::disk_bytes;
 use super::systems::{LockClient, LockSystem};
 
@@ -41,8 +42,6 @@ const TABLE_ROW_EVERY_S: f64 = 60.0;
 const TABLE_ROWS_MIN: usize = 6;
 /// Bytes in a MiB.
 const MIB: f64 = 1024.0 * 1024.0;
-/// Size of a chart in pixels.
-const CHART_SIZE: (u32, u32) = (900, 540);
 /// Head room above the highest line of a chart, for the legend.
 const CHART_HEADROOM: f64 = 1.3;
 /// File name of the RSS chart.
@@ -527,22 +526,6 @@ struct Series {
     points: Vec<(f64, f64)>,
 }
 
-fn color(index: usize) -> RGBColor {
-    const COLORS: [RGBColor; 6] = [
-        RGBColor(31, 119, 180),
-        RGBColor(255, 127, 14),
-        RGBColor(44, 160, 44),
-        RGBColor(214, 39, 40),
-        RGBColor(148, 103, 189),
-        RGBColor(140, 86, 75),
-    ];
-    COLORS[index % COLORS.len()]
-}
-
-fn draw_error(error: impl std::fmt::Debug) -> anyhow::Error {
-    anyhow::anyhow!("drawing a chart: {error:?}")
-}
-
 /// A line chart against minutes, from 0, with a grey vertical line at the
 /// end of the warm-up.
 fn line_chart(
@@ -561,7 +544,7 @@ fn line_chart(
         x_max = 1.0;
     }
     let y_top = if y_max <= 0.0 { 1.0 } else { y_max * CHART_HEADROOM };
-    let root = SVGBackend::new(path, CHART_SIZE).into_drawing_area();
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(draw_error)?;
     {
         let mut chart = ChartBuilder::on(&root)

@@ -109,18 +109,9 @@ fn mib(bytes: u64) -> String {
     format!("{:.0}", bytes as f64 / (1024.0 * 1024.0))
 }
 
+/// The median, `None` when there are no values.
 fn median(values: &[f64]) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let middle = sorted.len() / 2;
-    Some(if sorted.len() % 2 == 0 {
-        (sorted[middle - 1] + sorted[middle]) / 2.0
-    } else {
-        sorted[middle]
-    })
+    (!values.is_empty()).then(|| super::workloads::median(values))
 }
 
 /// A median with the range of the repetitions behind it: "7565 (7402–7711)".
