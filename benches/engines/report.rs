@@ -171,6 +171,26 @@ pub struct Ratio {
     pub met: Option<bool>,
 }
 
+/// Ours against theirs as "1.50× (300 vs 200 unit)" and whether `good`
+/// holds of the ratio; "not measured" when either is missing (or theirs is 0).
+fn versus(
+    ours: Option<f64>,
+    theirs: Option<f64>,
+    unit: &str,
+    good: impl Fn(f64) -> bool,
+) -> (String, Option<bool>) {
+    match (ours, theirs) {
+        (Some(ours), Some(theirs)) if theirs > 0.0 => {
+            let ratio = ours / theirs;
+            (
+                format!("{ratio:.2}× ({} vs {} {unit})", num(ours), num(theirs)),
+                Some(good(ratio)),
+            )
+        }
+        _ => ("not measured".to_string(), None),
+    }
+}
+
 /// The ratios the performance targets are stated in, each measured in
 /// this run.
 pub fn key_ratios(results: &[SystemResults], options: &Options, floor: Option<&Floor>) -> Vec<Ratio> {
@@ -212,44 +232,28 @@ pub fn key_ratios(results: &[SystemResults], options: &Options, floor: Option<&F
         }
         // 2. Throughput and tail latency against etcd.
         for &workers in &high {
-            let ours = uncontended(system, workers);
-            let theirs = etcd.and_then(|etcd| uncontended(etcd, workers));
-            let (value, met) = match (ours, theirs) {
-                (Some(ours), Some(theirs)) if theirs.summary.throughput > 0.0 => {
-                    let ratio = ours.summary.throughput / theirs.summary.throughput;
-                    (
-                        format!(
-                            "{:.2}× ({} vs {} pairs/s)",
-                            ratio,
-                            num(ours.summary.throughput),
-                            num(theirs.summary.throughput)
-                        ),
-                        Some(ratio >= PAIRS_VS_ETCD_MIN),
-                    )
-                }
-                _ => ("not measured".to_string(), None),
-            };
+            let ours = uncontended(system, workers).map(|row| &row.summary);
+            let theirs = etcd
+                .and_then(|etcd| uncontended(etcd, workers))
+                .map(|row| &row.summary);
+            let (value, met) = versus(
+                ours.map(|summary| summary.throughput),
+                theirs.map(|summary| summary.throughput),
+                "pairs/s",
+                |ratio| ratio >= PAIRS_VS_ETCD_MIN,
+            );
             ratios.push(Ratio {
                 what: format!("{engine} / etcd pairs/s, {workers} workers"),
                 value,
                 target: format!("≥ {PAIRS_VS_ETCD_MIN}×"),
                 met,
             });
-            let (value, met) = match (ours, theirs) {
-                (Some(ours), Some(theirs)) if theirs.summary.p99_ms > 0.0 => {
-                    let ratio = ours.summary.p99_ms / theirs.summary.p99_ms;
-                    (
-                        format!(
-                            "{:.2}× ({} ms vs {} ms)",
-                            ratio,
-                            num(ours.summary.p99_ms),
-                            num(theirs.summary.p99_ms)
-                        ),
-                        Some(ratio <= P99_VS_ETCD_MAX),
-                    )
-                }
-                _ => ("not measured".to_string(), None),
-            };
+            let (value, met) = versus(
+                ours.map(|summary| summary.p99_ms),
+                theirs.map(|summary| summary.p99_ms),
+                "ms",
+                |ratio| ratio <= P99_VS_ETCD_MAX,
+            );
             ratios.push(Ratio {
                 what: format!("{engine} p99 / etcd p99, {workers} workers"),
                 value,
@@ -257,23 +261,13 @@ pub fn key_ratios(results: &[SystemResults], options: &Options, floor: Option<&F
                 met,
             });
         }
-        let ours = system.fenced.as_ref();
-        let theirs = etcd.and_then(|etcd| etcd.fenced.as_ref());
-        let (value, met) = match (ours, theirs) {
-            (Some(ours), Some(theirs)) if theirs.summary.throughput > 0.0 => {
-                let ratio = ours.summary.throughput / theirs.summary.throughput;
-                (
-                    format!(
-                        "{:.2}× ({} vs {} writes/s)",
-                        ratio,
-                        num(ours.summary.throughput),
-                        num(theirs.summary.throughput)
-                    ),
-                    Some(ratio >= PAIRS_VS_ETCD_MIN),
-                )
-            }
-            _ => ("not measured".to_string(), None),
-        };
+        let (value, met) = versus(
+            system.fenced.as_ref().map(|fenced| fenced.summary.throughput),
+            etcd.and_then(|etcd| etcd.fenced.as_ref())
+                .map(|fenced| fenced.summary.throughput),
+            "writes/s",
+            |ratio| ratio >= PAIRS_VS_ETCD_MIN,
+        );
         ratios.push(Ratio {
             what: format!(
                 "{engine} / etcd fenced writes/s (etcd: Txn), {} workers",
@@ -283,26 +277,19 @@ pub fn key_ratios(results: &[SystemResults], options: &Options, floor: Option<&F
             target: format!("≥ {PAIRS_VS_ETCD_MIN}×"),
             met,
         });
-        // 3. The hot lock.
+        // 3. The hot lock: the ratio, and every worker served.
         let ours = system.hot.as_ref();
-        let theirs = etcd.and_then(|etcd| etcd.hot.as_ref());
-        let (value, met) = match (ours, theirs) {
-            (Some(ours), Some(theirs)) if theirs.row.summary.throughput > 0.0 => {
-                let ratio = ours.row.summary.throughput / theirs.row.summary.throughput;
-                (
-                    format!(
-                        "{:.2}× ({} vs {} handoffs/s); served {}/{}",
-                        ratio,
-                        num(ours.row.summary.throughput),
-                        num(theirs.row.summary.throughput),
-                        ours.served,
-                        ours.workers
-                    ),
-                    Some(ratio >= HANDOFFS_VS_ETCD_MIN && ours.served == ours.workers),
-                )
-            }
-            _ => ("not measured".to_string(), None),
-        };
+        let (mut value, mut met) = versus(
+            ours.map(|hot| hot.row.summary.throughput),
+            etcd.and_then(|etcd| etcd.hot.as_ref())
+                .map(|hot| hot.row.summary.throughput),
+            "handoffs/s",
+            |ratio| ratio >= HANDOFFS_VS_ETCD_MIN,
+        );
+        if let (Some(ours), Some(ratio_met)) = (ours, met) {
+            value = format!("{value}; served {}/{}", ours.served, ours.workers);
+            met = Some(ratio_met && ours.served == ours.workers);
+        }
         ratios.push(Ratio {
             what: format!("{engine} / etcd hot-lock handoffs/s, {hot_workers} workers"),
             value,
