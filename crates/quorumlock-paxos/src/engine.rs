@@ -268,9 +268,13 @@ impl PaxosEngine {
             failed,
             known_membership,
         });
-        let service = PaxosPeerServer::new(PaxosPeerService::new(admission, inbox_tx))
-            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+        let service = PaxosPeerServer::new(PaxosPeerService::new(
+            admission,
+            inbox_tx,
+            config.stopping.clone(),
+        ))
+        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
         Ok((engine, Routes::new(service)))
     }
 }

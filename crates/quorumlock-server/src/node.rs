@@ -66,6 +66,7 @@ async fn start_engine(
     repairing: bool,
     dialer: &Dialer,
     metrics: Option<&Arc<Metrics>>,
+    stopping: &watch::Receiver<bool>,
 ) -> anyhow::Result<(Arc<dyn ConsensusEngine>, Routes, Arc<Incarnations>)> {
     let own_incarnation = match found {
         Found::Recorded(identity) => identity.incarnation,
@@ -97,6 +98,7 @@ async fn start_engine(
             changes: config.watch_history,
             ..HistoryLimits::default()
         },
+        stopping: stopping.clone(),
     };
     let (engine, routes): (Arc<dyn ConsensusEngine>, Routes) = match config.engine {
         EngineKind::Raft => {
@@ -184,13 +186,16 @@ impl Node {
             }
         }
 
-        let started = start_engine(&config, found, repairing, &dialer, metrics.as_ref()).await;
+        // Set as the node begins to stop: keepalive streams, grant waits and
+        // the engine's peer streams end then, before the server drains.
+        let (stopping, stopping_rx) = watch::channel(false);
+        let started = start_engine(&config, found, repairing, &dialer, metrics.as_ref(), &stopping_rx).await;
         let (engine, peer_routes, incarnations) = match started {
             Err(error) if config.repair && !repairing && quorumlock_storage::is_damaged(&error) => {
                 repair::quarantine(&config.data_dir, &format!("{error:#}"))?;
                 found = Found::Fresh;
                 repairing = true;
-                start_engine(&config, found, repairing, &dialer, metrics.as_ref()).await?
+                start_engine(&config, found, repairing, &dialer, metrics.as_ref(), &stopping_rx).await?
             }
             started => started?,
         };
@@ -245,7 +250,6 @@ impl Node {
             }
         });
 
-        let (stopping, stopping_rx) = watch::channel(false);
         let lock_service = LockService::new(
             engine.clone(),
             leases,

@@ -36,6 +36,10 @@ pub struct EngineConfig {
     /// How much of what it applies the engine's state keeps for watches,
     /// from the first entry it applies (the replay at start included).
     pub watch_history: super::HistoryLimits,
+    /// Turns true when the node begins to stop, before its server drains:
+    /// peer streams the engine serves end then, so the drain need not wait
+    /// for the peers to close them. A dropped sender never stops them.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl EngineConfig {

@@ -530,6 +530,8 @@ impl RaftSim {
             incarnations: Arc::new(Incarnations::in_memory(id, id.get())),
             telemetry: Arc::default(),
             watch_history: Default::default(),
+            // Raft serves no peer streams; nothing here ever stops them.
+            stopping: tokio::sync::watch::channel(false).1,
         };
         // The state restarts empty; its notices are watched before the
         // engine restores the snapshot and replays the log into it.
