@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tonic::metadata::MetadataValue;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -32,7 +31,7 @@ use crate::core::types::{Command, Configuration};
 use crate::driver::Transport;
 use prometheus_client::metrics::histogram::Histogram;
 use quorumlock_core::consensus::incarnation::{Incarnations, INCARNATION_HEADER, INCARNATION_OF_METADATA};
-use quorumlock_core::consensus::{EngineTelemetry, NodeId, RETIRED_METADATA};
+use quorumlock_core::consensus::{retired_sender_refused, EngineTelemetry, NodeId, RETIRED_METADATA};
 use quorumlock_proto::paxos::paxos_peer_client::PaxosPeerClient;
 use quorumlock_proto::paxos::paxos_peer_server::PaxosPeer;
 use quorumlock_proto::paxos::{PaxosAck, PaxosBatch};
@@ -275,6 +274,14 @@ impl Peer {
         }
         tracing::debug!(to = %self.to, code = ?status.code(), message = status.message(), "paxos delivery failed");
     }
+
+    /// Learns what a failed stream's refusal says, if the peer gave one
+    /// (a broken stream or a late answer gives none).
+    fn stream_failed(&self, status: Option<Status>) {
+        if let Some(status) = status {
+            self.refused(&status);
+        }
+    }
 }
 
 /// One open `Stream` call and the batches it has not had answered yet.
@@ -437,14 +444,11 @@ async fn send_loop<C: Serialize>(
                         continue;
                     }
                     Event::Failed(status) => {
-                        if let Some(status) = status {
-                            peer.refused(&status);
-                        }
+                        peer.stream_failed(status);
                         // Unanswered batches are lost with the stream; the
                         // protocol resends what matters.
                         link = None;
-                        failures += 1;
-                        tokio::time::sleep(retry_pause(failures)).await;
+                        back_off(&mut failures).await;
                         continue;
                     }
                 }
@@ -497,8 +501,7 @@ async fn send_loop<C: Serialize>(
                 }
                 Err(status) => {
                     peer.refused(&status);
-                    failures += 1;
-                    tokio::time::sleep(retry_pause(failures)).await;
+                    back_off(&mut failures).await;
                     continue;
                 }
             }
@@ -510,9 +513,7 @@ async fn send_loop<C: Serialize>(
                 let mut room = true;
                 while open.unanswered.len() >= STREAM_BATCHES_IN_FLIGHT_MAX {
                     if let Err(status) = open.answer(&peer.round_trip).await {
-                        if let Some(status) = status {
-                            peer.refused(&status);
-                        }
+                        peer.stream_failed(status);
                         room = false;
                         break;
                     }
@@ -529,15 +530,17 @@ async fn send_loop<C: Serialize>(
             // A stream's success is counted when the batch is answered.
             true if link.is_none() => failures = 0,
             true => {}
-            false => {
-                failures += 1;
-                // A dead peer: pause (growing to a bound) rather than spin.
-                // Messages queued meanwhile go with the next attempt, or are
-                // dropped once the outbox fills; the protocol resends.
-                tokio::time::sleep(retry_pause(failures)).await;
-            }
+            false => back_off(&mut failures).await,
         }
     }
+}
+
+/// Counts one more failure in a row and pauses for it (growing to a bound),
+/// so that a dead peer is not spun on. Messages queued meanwhile go with the
+/// next attempt, or are dropped once the outbox fills; the protocol resends.
+async fn back_off(failures: &mut u32) {
+    *failures += 1;
+    tokio::time::sleep(retry_pause(*failures)).await;
 }
 
 /// Sends one batch to `to` in a `Deliver` call; whether it was taken.
@@ -657,13 +660,7 @@ async fn take_batch<C: Command>(
     {
         let admission = admission.lock();
         if admission.retired.contains(&from) {
-            let mut status = Status::failed_precondition(format!(
-                "node {from} was removed from this cluster; its id is retired and its messages are refused"
-            ));
-            status
-                .metadata_mut()
-                .insert(RETIRED_METADATA, MetadataValue::from(from.get()));
-            return Err(status);
+            return Err(retired_sender_refused(from));
         }
         if !admission.joining && !admission.members.contains(&from) {
             return Err(Status::permission_denied(format!(

@@ -1,4 +1,6 @@
-//! gRPC metadata keys of the public API.
+//! gRPC metadata keys of the public API and of the peer protocols.
+
+use crate::NodeId;
 
 /// Response metadata naming the leader (`id@addr`) on UNAVAILABLE.
 pub const LEADER_HINT_HEADER: &str = "x-quorumlock-leader";
@@ -12,3 +14,21 @@ pub const FORWARDED_HEADER: &str = "x-quorumlock-forwarded";
 pub const IDENTITY_HEADER: &str = "x-quorumlock-identity-bin";
 /// Request metadata carrying a bearer token: `authorization: Bearer TOKEN`.
 pub const AUTHORIZATION_HEADER: &str = "authorization";
+
+/// Response metadata of a peer's refusal of a sender whose id a membership
+/// change retired (FAILED_PRECONDITION); the value is the sender's id. Both
+/// engines' peer services send it, and a node that receives it knows it was
+/// removed.
+pub const RETIRED_METADATA: &str = "quorumlock-retired-node";
+
+/// The refusal of every message from `id`, a node a membership change
+/// removed: FAILED_PRECONDITION with [`RETIRED_METADATA`] naming it.
+pub fn retired_sender_refused(id: NodeId) -> tonic::Status {
+    let mut status = tonic::Status::failed_precondition(format!(
+        "node {id} was removed from this cluster; its id is retired and its messages are refused"
+    ));
+    status
+        .metadata_mut()
+        .insert(RETIRED_METADATA, tonic::metadata::MetadataValue::from(id.get()));
+    status
+}

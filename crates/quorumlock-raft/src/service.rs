@@ -1,8 +1,8 @@
 //! The receiving side of the peer transport: decodes openraft requests,
 //! hands them to the local node, and returns its `Result` as bincode.
 //! Messages from a node whose id a membership change retired are refused
-//! (FAILED_PRECONDITION with [`RETIRED_METADATA`]), so a removed node that
-//! still runs cannot disturb the cluster, and learns that it was removed.
+//! ([`retired_sender_refused`]), so a removed node that still runs cannot
+//! disturb the cluster, and learns that it was removed.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,12 +10,11 @@ use std::sync::Arc;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
-use super::retirement::{Retirement, RETIRED_METADATA};
+use super::retirement::Retirement;
 use super::types::{Raft, TypeConfig};
-use quorumlock_core::consensus::NodeId;
+use quorumlock_core::consensus::{retired_sender_refused, NodeId};
 use quorumlock_proto::raft::raft_peer_server::RaftPeer;
 use quorumlock_proto::raft::RaftPayload;
 
@@ -45,13 +44,7 @@ impl RaftPeerService {
         let request: Req = bincode::deserialize(&request.into_inner().data)
             .map_err(|error| Status::invalid_argument(format!("undecodable raft request: {error}")))?;
         if let Some(id) = sender(&request).filter(|id| self.retirement.is_retired(*id)) {
-            let mut status = Status::failed_precondition(format!(
-                "node {id} was removed from this cluster; its id is retired and its messages are refused"
-            ));
-            status
-                .metadata_mut()
-                .insert(RETIRED_METADATA, MetadataValue::from(id.get()));
-            return Err(status);
+            return Err(retired_sender_refused(id));
         }
         let result = handler(request).await;
         let data = bincode::serialize(&result)

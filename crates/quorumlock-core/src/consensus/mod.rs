@@ -16,11 +16,7 @@ pub mod types;
 
 pub use applied::{AppliedState, ApplyObserver, GrantWatch, StateNotice};
 
-/// gRPC metadata key of a peer's refusal of a sender whose id a membership
-/// change retired (FAILED_PRECONDITION); the value is the sender's id. Both
-/// engines' peer services send it, and a node that receives it knows it
-/// was removed.
-pub const RETIRED_METADATA: &str = "quorumlock-retired-node";
+pub use quorumlock_proto::headers::{retired_sender_refused, RETIRED_METADATA};
 
 /// The membership a node knows, as its peer guard reads it: who may speak
 /// the peer protocol to it, vouch for a forwarded call or assert a
