@@ -68,6 +68,12 @@ pub const LOCKS_MAX: usize = 64;
 pub const DURATION_MAX: Duration = Duration::from_secs(24 * 3600);
 /// After a heal, some operation must succeed within this long.
 pub const LIVENESS_BOUND: Duration = Duration::from_secs(10);
+/// Shortest heartbeat period the nodes may run with.
+pub const HEARTBEAT_MS_MIN: u64 = 10;
+/// Longest heartbeat period and election timeout the nodes may run with:
+/// with an election timeout drawn from [t, 2t), a leader's death is noticed
+/// well within [`LIVENESS_BOUND`].
+pub const TIMING_MS_MAX: u64 = 2_000;
 /// Longest wait for the workers to finish after the run.
 pub const WORKER_EXIT_WAIT_MAX: Duration = Duration::from_secs(20);
 /// Longest time spent on the final read of one key.
@@ -123,6 +129,14 @@ pub struct ChaosArgs {
     /// directory (exit status 6) within 20s; then put the directory back.
     #[arg(long)]
     pub disk_faults: bool,
+    /// The nodes' heartbeat period in milliseconds (`serve --heartbeat-ms`).
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_ms: u64,
+    /// The nodes' minimum election timeout in milliseconds (`serve
+    /// --election-timeout-ms`); more than twice the heartbeat. It bounds how
+    /// soon the nodes notice a dead or paused leader.
+    #[arg(long, default_value_t = 1_000)]
+    pub election_timeout_ms: u64,
 }
 
 /// Flags of the hidden `chaos-worker`.
@@ -182,6 +196,15 @@ impl ChaosArgs {
         }
         if !(1..=LOCKS_MAX).contains(&self.locks) {
             bail!("--locks must be between 1 and {LOCKS_MAX}");
+        }
+        if !(HEARTBEAT_MS_MIN..=TIMING_MS_MAX).contains(&self.heartbeat_ms) {
+            bail!("--heartbeat-ms must be between {HEARTBEAT_MS_MIN} and {TIMING_MS_MAX}");
+        }
+        if self.election_timeout_ms <= self.heartbeat_ms * 2 || self.election_timeout_ms > TIMING_MS_MAX {
+            bail!(
+                "--election-timeout-ms must be more than twice --heartbeat-ms ({} ms) and at most {TIMING_MS_MAX}",
+                self.heartbeat_ms
+            );
         }
         let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
         if !(quorumlock_core::lock::limits::SESSION_TTL_MS_MIN..=60_000).contains(&ttl_ms) {
@@ -388,6 +411,8 @@ async fn play(args: &ChaosArgs, seed: u64, dir: &std::path::Path) -> anyhow::Res
         "--clock-skew-file".to_string(),
         dir.join("skew-{id}").display().to_string(),
     ];
+    spec.heartbeat_ms = args.heartbeat_ms;
+    spec.election_timeout_ms = args.election_timeout_ms;
     spec.ports = Some(ports);
     spec.dir = Some(dir.join("cluster"));
     spec.route = Some(Arc::new(move |_from, to| proxies[to].clone()));
@@ -754,5 +779,18 @@ mod tests {
             .to_string()
             .contains("--workers"));
         assert!(parse("--ttl 10ms").unwrap_err().to_string().contains("--ttl"));
+        assert!(parse("--heartbeat-ms 50 --election-timeout-ms 300").is_ok());
+        assert!(parse("--heartbeat-ms 5")
+            .unwrap_err()
+            .to_string()
+            .contains("--heartbeat-ms"));
+        assert!(parse("--heartbeat-ms 100 --election-timeout-ms 200")
+            .unwrap_err()
+            .to_string()
+            .contains("more than twice --heartbeat-ms"));
+        assert!(parse("--election-timeout-ms 5000")
+            .unwrap_err()
+            .to_string()
+            .contains("--election-timeout-ms"));
     }
 }
