@@ -20,6 +20,8 @@ mod cli;
 mod etcd;
 #[path = "engines/floor.rs"]
 mod floor;
+#[path = "engines/idle.rs"]
+mod idle;
 #[path = "engines/measure.rs"]
 mod measure;
 #[path = "engines/quorumlock.rs"]

@@ -14,12 +14,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use futures::FutureExt;
 use quorumlock_testkit::cluster::{free_ports, NodeProcess, ProcessUsage};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use super::idle::{Answer, IdleGroup, KeepAliveStream, Ledger, OPENING_PER_GROUP_MAX};
 use super::systems::{Held, HeldInner, LockClient, LockSession, LockSystem};
 
 // Generated code; the benchmark uses a few of etcd's calls.
@@ -303,6 +307,89 @@ impl LockSystem for EtcdSystem {
             );
             tokio::time::sleep(POLL_INTERVAL).await;
         }
+    }
+
+    async fn idle_sessions(&self, leader: usize, count: usize, ttl: Duration) -> anyhow::Result<IdleGroup> {
+        let addr = &self.client_addrs[leader];
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        let stub = LeaseClient::new(channel);
+        let ttl_s = i64::try_from(ttl.as_secs().max(1))?;
+        let leases: Vec<i64> = stream::iter(0..count)
+            .map(|_| {
+                let mut stub = stub.clone();
+                async move {
+                    let granted = stub.lease_grant(LeaseGrantRequest { ttl: ttl_s, id: 0 }).await?;
+                    Ok::<_, Status>(granted.into_inner().id)
+                }
+            })
+            .buffered(OPENING_PER_GROUP_MAX)
+            .try_collect()
+            .await
+            .context("granting a lease")?;
+        let ids: Vec<u64> = leases.iter().map(|id| *id as u64).collect();
+        let leases = Arc::new(leases);
+        let closing = {
+            let stub = stub.clone();
+            let leases = leases.clone();
+            async move {
+                stream::iter(leases.iter().copied())
+                    .for_each_concurrent(OPENING_PER_GROUP_MAX, |id| {
+                        let mut stub = stub.clone();
+                        async move {
+                            let _ = stub.lease_revoke(LeaseRevokeRequest { id }).await;
+                        }
+                    })
+                    .await;
+            }
+            .boxed()
+        };
+        Ok(IdleGroup::start(
+            EtcdKeepAlive { stub, leases },
+            Ledger::new(&ids, ttl),
+            ids.len(),
+            closing,
+        ))
+    }
+}
+
+/// etcd's `LeaseKeepAlive` for a group of idle leases, as etcd's own client
+/// uses it: every lease of the connection over one stream.
+struct EtcdKeepAlive {
+    stub: LeaseClient<Channel>,
+    leases: Arc<Vec<i64>>,
+}
+
+#[async_trait]
+impl KeepAliveStream for EtcdKeepAlive {
+    type Request = LeaseKeepAliveRequest;
+
+    fn request(&self, slot: usize) -> LeaseKeepAliveRequest {
+        LeaseKeepAliveRequest {
+            id: self.leases[slot],
+        }
+    }
+
+    async fn open(
+        &mut self,
+        requests: ReceiverStream<LeaseKeepAliveRequest>,
+    ) -> Result<BoxStream<'static, Result<Answer, Status>>, Status> {
+        let answers = self.stub.lease_keep_alive(requests).await?.into_inner();
+        Ok(answers
+            .map(|answer| {
+                answer.map(|renewed| match renewed.ttl {
+                    ttl if ttl > 0 => Answer::Renewed(renewed.id as u64),
+                    _ => Answer::Refused(renewed.id as u64),
+                })
+            })
+            .boxed())
+    }
+
+    fn refused_by(&self, _status: &Status) -> Option<u64> {
+        None
     }
 }
 

@@ -8,11 +8,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use futures::FutureExt;
 use parking_lot::Mutex;
 use quorumlock_client::{node_status, Client, ClientConfig, ClientTls, ClientTlsFiles, Session};
+use quorumlock_proto::v1 as pb;
+use quorumlock_proto::v1::lock_client::LockClient as LockStub;
 use quorumlock_testkit::cluster::{ClusterSpec, ProcessCluster, ProcessUsage};
 use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
 
+use super::idle::{Answer, IdleGroup, KeepAliveStream, Ledger, OPENING_PER_GROUP_MAX};
 use super::systems::{Held, HeldInner, LockClient, LockSession, LockSystem};
 
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -220,6 +227,101 @@ impl LockSystem for QuorumlockSystem {
             );
             tokio::time::sleep(POLL_INTERVAL).await;
         }
+    }
+
+    async fn idle_sessions(&self, leader: usize, count: usize, ttl: Duration) -> anyhow::Result<IdleGroup> {
+        anyhow::ensure!(self.tls.is_none(), "idle sessions are opened over plaintext only");
+        let addr = self.cluster.node(leader).addr();
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        let stub = LockStub::new(channel);
+        let ttl_ms = u64::try_from(ttl.as_millis())?;
+        let sessions: Vec<(u64, Vec<u8>)> = stream::iter(0..count)
+            .map(|_| {
+                let mut stub = stub.clone();
+                async move {
+                    let opened = stub
+                        .open_session(pb::OpenSessionRequest { ttl_ms })
+                        .await?
+                        .into_inner();
+                    Ok::<_, tonic::Status>((opened.session_id, opened.session_secret))
+                }
+            })
+            .buffered(OPENING_PER_GROUP_MAX)
+            .try_collect()
+            .await
+            .context("opening a session")?;
+        let ids: Vec<u64> = sessions.iter().map(|(id, _)| *id).collect();
+        let sessions = Arc::new(sessions);
+        let closing = {
+            let stub = stub.clone();
+            let sessions = sessions.clone();
+            async move {
+                stream::iter(sessions.iter().cloned())
+                    .for_each_concurrent(OPENING_PER_GROUP_MAX, |(session_id, session_secret)| {
+                        let mut stub = stub.clone();
+                        async move {
+                            let _ = stub
+                                .close_session(pb::CloseSessionRequest {
+                                    session_id,
+                                    session_secret,
+                                })
+                                .await;
+                        }
+                    })
+                    .await;
+            }
+            .boxed()
+        };
+        Ok(IdleGroup::start(
+            QuorumlockKeepAlive { stub, sessions },
+            Ledger::new(&ids, ttl),
+            ids.len(),
+            closing,
+        ))
+    }
+}
+
+/// quorumlock's `KeepAlive` for a group of idle sessions: each message
+/// renews the session it names.
+struct QuorumlockKeepAlive {
+    stub: LockStub<Channel>,
+    /// (id, secret) of each session of the group.
+    sessions: Arc<Vec<(u64, Vec<u8>)>>,
+}
+
+#[async_trait]
+impl KeepAliveStream for QuorumlockKeepAlive {
+    type Request = pb::KeepAliveRequest;
+
+    fn request(&self, slot: usize) -> pb::KeepAliveRequest {
+        let (session_id, secret) = &self.sessions[slot];
+        pb::KeepAliveRequest {
+            session_id: *session_id,
+            session_secret: secret.clone(),
+        }
+    }
+
+    async fn open(
+        &mut self,
+        requests: ReceiverStream<pb::KeepAliveRequest>,
+    ) -> Result<BoxStream<'static, Result<Answer, tonic::Status>>, tonic::Status> {
+        let answers = self.stub.keep_alive(requests).await?.into_inner();
+        Ok(answers
+            .map(|answer| answer.map(|renewed| Answer::Renewed(renewed.session_id)))
+            .boxed())
+    }
+
+    fn refused_by(&self, status: &tonic::Status) -> Option<u64> {
+        if status.code() != tonic::Code::NotFound {
+            return None;
+        }
+        quorumlock_proto::details::detail(status)
+            .map(|detail| detail.session_id)
+            .filter(|session_id| *session_id != 0)
     }
 }
 

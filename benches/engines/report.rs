@@ -604,9 +604,16 @@ pub fn render(results: &[SystemResults], options: &Options, context: &Context, c
          Every system ran on this one machine, with the load generator (the benchmark \
          process) on the same cores as the servers.\n",
         if options.short {
-            " -- --short (CI mode: tiny sizes, not for comparison)"
+            " -- --short (CI mode: tiny sizes, not for comparison)".to_string()
         } else {
-            ""
+            // What was asked for: a subset of systems or workloads, or
+            // other sizes, is no full run.
+            let asked: Vec<String> = std::env::args().skip(1).filter(|arg| arg != "--bench").collect();
+            if asked.is_empty() {
+                String::new()
+            } else {
+                format!(" -- {}", asked.join(" "))
+            }
         },
         context.date,
         context.duration.as_secs_f64() / 60.0
@@ -805,9 +812,13 @@ pub fn render(results: &[SystemResults], options: &Options, context: &Context, c
 
     let _ = writeln!(
         w,
-        "\n## 5. Session keepalive ({} sessions, TTL {:?}, renewed every TTL/3; CPU over {:?})\n\n\
+        "\n## 5. Session keepalive ({} sessions, TTL {:?}, renewed every TTL/3 over one keep-alive stream \
+         per connection of {} sessions; CPU over {:?})\n\n\
          | system | open all s | leader CPU % | all-nodes CPU % | sessions lost | elections |\n|---|---|---|---|---|---|",
-        options.keepalive_sessions, options.keepalive_ttl, options.keepalive_window
+        options.keepalive_sessions,
+        options.keepalive_ttl,
+        super::cli::SESSIONS_PER_CLIENT_MAX,
+        options.keepalive_window
     );
     for system in results {
         if let Some(k) = &system.keepalive {

@@ -11,6 +11,8 @@ use async_trait::async_trait;
 use quorumlock_client::LockGuard;
 use quorumlock_testkit::cluster::ProcessUsage;
 
+use super::idle::IdleGroup;
+
 /// One held lock, with what the system needs to release or fence with it.
 pub struct Held {
     /// The fencing token (quorumlock), the lock key's revision (etcd), or 0
@@ -40,7 +42,7 @@ pub enum HeldInner {
 
 /// A running deployment of one system.
 #[async_trait]
-pub trait LockSystem: Send {
+pub trait LockSystem: Send + Sync {
     /// The name in tables and charts.
     fn name(&self) -> String;
     /// A new client (its own connections).
@@ -65,6 +67,13 @@ pub trait LockSystem: Send {
     /// Waits until node `index` answers and has applied everything the
     /// leader had committed when this was called.
     async fn wait_caught_up(&mut self, index: usize, limit: Duration) -> anyhow::Result<()>;
+    /// Opens `count` sessions of `ttl` that only stay alive, on a new
+    /// connection to node `leader`, renewed over one keep-alive stream
+    /// (workload 5, [`IdleGroup`]).
+    async fn idle_sessions(&self, leader: usize, count: usize, ttl: Duration) -> anyhow::Result<IdleGroup> {
+        let _ = (leader, count, ttl);
+        anyhow::bail!("{} has no sessions to keep alive", self.name())
+    }
 }
 
 /// A client of one system.

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::churn::{churn, Churn, ChurnSettings};
 use super::cli::{Options, SESSIONS_PER_CLIENT_MAX};
+use super::idle::{IdleGroup, OPENING_PER_GROUP_MAX};
 use super::measure::{clock_ticks_per_second, disk_bytes, Recorder, Summary, Timeline, BUCKET};
 use super::systems::{Held, LockClient, LockSession, LockSystem};
 
@@ -775,15 +776,26 @@ async fn herd(system: &mut dyn LockSystem, options: &Options) -> anyhow::Result<
 async fn keepalive(system: &mut dyn LockSystem, options: &Options) -> anyhow::Result<Keepalive> {
     let term_before = system.term().await?;
     let leader = system.leader().await?;
-    let clients = clients_for(system, options.keepalive_sessions).await?;
     let mut open = Duration::ZERO;
-    let mut sessions = Vec::with_capacity(options.keepalive_sessions);
+    let mut groups: Vec<IdleGroup> = Vec::new();
+    let mut opened = 0;
     let mut pairs_by_sessions = Vec::new();
     for stage in growth_stages(options.keepalive_sessions) {
         let opening = Instant::now();
-        let more = open_sessions(&clients, stage - sessions.len(), options.keepalive_ttl).await?;
+        let more = stage - opened;
+        let sizes = (0..more)
+            .step_by(SESSIONS_PER_CLIENT_MAX)
+            .map(|first| SESSIONS_PER_CLIENT_MAX.min(more - first));
+        let deployment: &dyn LockSystem = system;
+        let more: Vec<IdleGroup> = stream::iter(sizes)
+            .map(|count| deployment.idle_sessions(leader, count, options.keepalive_ttl))
+            .buffered(OPEN_CONCURRENCY_MAX / OPENING_PER_GROUP_MAX)
+            .try_collect()
+            .await
+            .context("opening idle sessions")?;
         open += opening.elapsed();
-        sessions.extend(more);
+        opened = stage;
+        groups.extend(more);
         pairs_by_sessions.push((stage, growth_row(system, options).await?));
     }
     // One TTL to spread the renewals out evenly before measuring.
@@ -793,8 +805,10 @@ async fn keepalive(system: &mut dyn LockSystem, options: &Options) -> anyhow::Re
     tokio::time::sleep(options.keepalive_window).await;
     let cpu_after = cpu_ticks(system);
     let window = from.elapsed();
-    let lost = sessions.iter().filter(|session| session.is_lost()).count();
-    close_sessions(sessions).await;
+    let lost = groups.iter().map(IdleGroup::lost).sum();
+    stream::iter(groups)
+        .for_each_concurrent(OPEN_CONCURRENCY_MAX / OPENING_PER_GROUP_MAX, IdleGroup::close)
+        .await;
     let ticks_per_second = clock_ticks_per_second() as f64;
     let percent = |ticks: u64| ticks as f64 / ticks_per_second / window.as_secs_f64() * 100.0;
     let total_ticks: u64 = cpu_after
