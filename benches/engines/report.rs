@@ -964,6 +964,16 @@ pub fn render(results: &[SystemResults], options: &Options, context: &Context, c
     for chart in charts {
         let _ = writeln!(w, "![{chart}]({chart})\n");
     }
+    if !options.short {
+        let _ = writeln!(
+            w,
+            "## Where the time goes\n\n\
+             Profiled apart from this run, since sampling costs CPU: [PROFILE.md](PROFILE.md) \
+             (`python3 benches/profile.py`, which names the git revision it profiled) splits \
+             the CPU of workload 1 at 1 and 64 workers by process and, for the leader and the \
+             client, by component.\n"
+        );
+    }
 
     let mut notes = String::new();
     for system in results {
