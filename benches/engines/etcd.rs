@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
-use futures::FutureExt;
+use futures::stream::{BoxStream, StreamExt};
 use quorumlock_testkit::cluster::{free_ports, NodeProcess, ProcessUsage};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -23,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use super::idle::{Answer, IdleGroup, KeepAliveStream, Ledger, OPENING_PER_GROUP_MAX};
+use super::idle::{open_each, Answer, IdleGroup, KeepAliveStream};
 use super::systems::{Held, HeldInner, LockClient, LockSession, LockSystem};
 
 // Generated code; the benchmark uses a few of etcd's calls.
@@ -318,41 +317,16 @@ impl LockSystem for EtcdSystem {
             .with_context(|| format!("connecting to {addr}"))?;
         let stub = LeaseClient::new(channel);
         let ttl_s = i64::try_from(ttl.as_secs().max(1))?;
-        let leases: Vec<i64> = stream::iter(0..count)
-            .map(|_| {
-                let mut stub = stub.clone();
-                async move {
-                    let granted = stub.lease_grant(LeaseGrantRequest { ttl: ttl_s, id: 0 }).await?;
-                    Ok::<_, Status>(granted.into_inner().id)
-                }
-            })
-            .buffered(OPENING_PER_GROUP_MAX)
-            .try_collect()
-            .await
-            .context("granting a lease")?;
-        let ids: Vec<u64> = leases.iter().map(|id| *id as u64).collect();
-        let leases = Arc::new(leases);
-        let closing = {
-            let stub = stub.clone();
-            let leases = leases.clone();
+        let leases = open_each(count, || {
+            let mut stub = stub.clone();
             async move {
-                stream::iter(leases.iter().copied())
-                    .for_each_concurrent(OPENING_PER_GROUP_MAX, |id| {
-                        let mut stub = stub.clone();
-                        async move {
-                            let _ = stub.lease_revoke(LeaseRevokeRequest { id }).await;
-                        }
-                    })
-                    .await;
+                let granted = stub.lease_grant(LeaseGrantRequest { ttl: ttl_s, id: 0 }).await?;
+                Ok::<_, Status>(granted.into_inner().id)
             }
-            .boxed()
-        };
-        Ok(IdleGroup::start(
-            EtcdKeepAlive { stub, leases },
-            Ledger::new(&ids, ttl),
-            ids.len(),
-            closing,
-        ))
+        })
+        .await
+        .context("granting a lease")?;
+        Ok(IdleGroup::start(EtcdKeepAlive { stub, leases }, ttl))
     }
 }
 
@@ -360,12 +334,20 @@ impl LockSystem for EtcdSystem {
 /// uses it: every lease of the connection over one stream.
 struct EtcdKeepAlive {
     stub: LeaseClient<Channel>,
-    leases: Arc<Vec<i64>>,
+    leases: Vec<i64>,
 }
 
 #[async_trait]
 impl KeepAliveStream for EtcdKeepAlive {
     type Request = LeaseKeepAliveRequest;
+
+    fn sessions(&self) -> usize {
+        self.leases.len()
+    }
+
+    fn id(&self, slot: usize) -> u64 {
+        self.leases[slot] as u64
+    }
 
     fn request(&self, slot: usize) -> LeaseKeepAliveRequest {
         LeaseKeepAliveRequest {
@@ -374,10 +356,10 @@ impl KeepAliveStream for EtcdKeepAlive {
     }
 
     async fn open(
-        &mut self,
+        &self,
         requests: ReceiverStream<LeaseKeepAliveRequest>,
     ) -> Result<BoxStream<'static, Result<Answer, Status>>, Status> {
-        let answers = self.stub.lease_keep_alive(requests).await?.into_inner();
+        let answers = self.stub.clone().lease_keep_alive(requests).await?.into_inner();
         Ok(answers
             .map(|answer| {
                 answer.map(|renewed| match renewed.ttl {
@@ -390,6 +372,13 @@ impl KeepAliveStream for EtcdKeepAlive {
 
     fn refused_by(&self, _status: &Status) -> Option<u64> {
         None
+    }
+
+    async fn close(&self, slot: usize) {
+        let request = LeaseRevokeRequest {
+            id: self.leases[slot],
+        };
+        let _ = self.stub.clone().lease_revoke(request).await;
     }
 }
 

@@ -12,13 +12,14 @@
 //! the bookkeeping of what was renewed are here, shared.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -41,22 +42,42 @@ pub enum Answer {
     Refused(u64),
 }
 
-/// One system's keep-alive protocol, for one group of sessions.
+/// One system's keep-alive protocol, for one group of opened sessions.
 #[async_trait]
-pub trait KeepAliveStream: Send + 'static {
+pub trait KeepAliveStream: Send + Sync + 'static {
     /// The stream's request message.
     type Request: Send + 'static;
+    /// Number of sessions in the group.
+    fn sessions(&self) -> usize;
+    /// The id of the session at `slot`, as the stream's answers name it.
+    fn id(&self, slot: usize) -> u64;
     /// The renewal of the session at `slot` of the group.
     fn request(&self, slot: usize) -> Self::Request;
     /// Opens a keep-alive stream fed by `requests`; its answers, ending
     /// with the status that ended the stream, if any.
     async fn open(
-        &mut self,
+        &self,
         requests: ReceiverStream<Self::Request>,
     ) -> Result<BoxStream<'static, Result<Answer, tonic::Status>>, tonic::Status>;
     /// The session that a status ending the stream refused, when it names
     /// one (quorumlock ends a stream with NOT_FOUND naming the session).
     fn refused_by(&self, status: &tonic::Status) -> Option<u64>;
+    /// Closes the session at `slot`; one that cannot be closed expires.
+    async fn close(&self, slot: usize);
+}
+
+/// Opens `count` sessions with `open_one`, [`OPENING_PER_GROUP_MAX`] at a
+/// time; all of them, or the first failure.
+pub async fn open_each<T, E, F, Fut>(count: usize, mut open_one: F) -> Result<Vec<T>, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    futures::stream::iter(0..count)
+        .map(|_| open_one())
+        .buffered(OPENING_PER_GROUP_MAX)
+        .try_collect()
+        .await
 }
 
 /// What is known of a group's sessions: when each was last renewed, or
@@ -138,23 +159,28 @@ pub struct IdleGroup {
 }
 
 impl IdleGroup {
-    /// Starts renewing the `sessions` sessions of `ledger` over `stream`
-    /// every `ttl / 3`; `closing` closes them all once renewals stop.
-    pub fn start<S: KeepAliveStream>(
-        stream: S,
-        ledger: Ledger,
-        sessions: usize,
-        closing: BoxFuture<'static, ()>,
-    ) -> IdleGroup {
-        let ledger = Arc::new(ledger);
+    /// Starts renewing the sessions of `protocol`, just opened with `ttl`,
+    /// every `ttl / 3`.
+    pub fn start<S: KeepAliveStream>(protocol: S, ttl: Duration) -> IdleGroup {
+        let protocol = Arc::new(protocol);
+        let sessions = protocol.sessions();
+        let ids: Vec<u64> = (0..sessions).map(|slot| protocol.id(slot)).collect();
+        let ledger = Arc::new(Ledger::new(&ids, ttl));
         let (stop, stopped) = oneshot::channel();
         let pacer = Pacer {
             sessions: sessions as u64,
-            period: ledger.ttl / 3,
+            period: ttl / 3,
             start: Instant::now(),
             sent: 0,
         };
-        let renewer = tokio::spawn(renew(stream, ledger.clone(), pacer, sessions, stopped));
+        let renewer = tokio::spawn(renew(protocol.clone(), ledger.clone(), pacer, stopped));
+        // Run by `close`, once renewals stop.
+        let closing = async move {
+            futures::stream::iter(0..sessions)
+                .for_each_concurrent(OPENING_PER_GROUP_MAX, |slot| protocol.close(slot))
+                .await;
+        }
+        .boxed();
         IdleGroup {
             ledger,
             stop,
@@ -179,12 +205,12 @@ impl IdleGroup {
 /// Renews a group's sessions as `pacer` says, over one stream at a time,
 /// until stopped.
 async fn renew<S: KeepAliveStream>(
-    mut stream: S,
+    stream: Arc<S>,
     ledger: Arc<Ledger>,
     mut pacer: Pacer,
-    sessions: usize,
     mut stopped: oneshot::Receiver<()>,
 ) {
+    let sessions = stream.sessions();
     loop {
         let (requests, outgoing) = mpsc::channel(sessions.max(1));
         // Queued before the call opens: etcd sends its response headers only

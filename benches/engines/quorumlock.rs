@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
-use futures::FutureExt;
+use futures::stream::{BoxStream, StreamExt};
 use parking_lot::Mutex;
 use quorumlock_client::{node_status, Client, ClientConfig, ClientTls, ClientTlsFiles, Session};
 use quorumlock_proto::v1 as pb;
@@ -19,7 +18,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
-use super::idle::{Answer, IdleGroup, KeepAliveStream, Ledger, OPENING_PER_GROUP_MAX};
+use super::idle::{open_each, Answer, IdleGroup, KeepAliveStream};
 use super::systems::{Held, HeldInner, LockClient, LockSession, LockSystem};
 
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -239,49 +238,19 @@ impl LockSystem for QuorumlockSystem {
             .with_context(|| format!("connecting to {addr}"))?;
         let stub = LockStub::new(channel);
         let ttl_ms = u64::try_from(ttl.as_millis())?;
-        let sessions: Vec<(u64, Vec<u8>)> = stream::iter(0..count)
-            .map(|_| {
-                let mut stub = stub.clone();
-                async move {
-                    let opened = stub
-                        .open_session(pb::OpenSessionRequest { ttl_ms })
-                        .await?
-                        .into_inner();
-                    Ok::<_, tonic::Status>((opened.session_id, opened.session_secret))
-                }
-            })
-            .buffered(OPENING_PER_GROUP_MAX)
-            .try_collect()
-            .await
-            .context("opening a session")?;
-        let ids: Vec<u64> = sessions.iter().map(|(id, _)| *id).collect();
-        let sessions = Arc::new(sessions);
-        let closing = {
-            let stub = stub.clone();
-            let sessions = sessions.clone();
+        let sessions = open_each(count, || {
+            let mut stub = stub.clone();
             async move {
-                stream::iter(sessions.iter().cloned())
-                    .for_each_concurrent(OPENING_PER_GROUP_MAX, |(session_id, session_secret)| {
-                        let mut stub = stub.clone();
-                        async move {
-                            let _ = stub
-                                .close_session(pb::CloseSessionRequest {
-                                    session_id,
-                                    session_secret,
-                                })
-                                .await;
-                        }
-                    })
-                    .await;
+                let opened = stub
+                    .open_session(pb::OpenSessionRequest { ttl_ms })
+                    .await?
+                    .into_inner();
+                Ok::<_, tonic::Status>((opened.session_id, opened.session_secret))
             }
-            .boxed()
-        };
-        Ok(IdleGroup::start(
-            QuorumlockKeepAlive { stub, sessions },
-            Ledger::new(&ids, ttl),
-            ids.len(),
-            closing,
-        ))
+        })
+        .await
+        .context("opening a session")?;
+        Ok(IdleGroup::start(QuorumlockKeepAlive { stub, sessions }, ttl))
     }
 }
 
@@ -290,12 +259,20 @@ impl LockSystem for QuorumlockSystem {
 struct QuorumlockKeepAlive {
     stub: LockStub<Channel>,
     /// (id, secret) of each session of the group.
-    sessions: Arc<Vec<(u64, Vec<u8>)>>,
+    sessions: Vec<(u64, Vec<u8>)>,
 }
 
 #[async_trait]
 impl KeepAliveStream for QuorumlockKeepAlive {
     type Request = pb::KeepAliveRequest;
+
+    fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    fn id(&self, slot: usize) -> u64 {
+        self.sessions[slot].0
+    }
 
     fn request(&self, slot: usize) -> pb::KeepAliveRequest {
         let (session_id, secret) = &self.sessions[slot];
@@ -306,10 +283,10 @@ impl KeepAliveStream for QuorumlockKeepAlive {
     }
 
     async fn open(
-        &mut self,
+        &self,
         requests: ReceiverStream<pb::KeepAliveRequest>,
     ) -> Result<BoxStream<'static, Result<Answer, tonic::Status>>, tonic::Status> {
-        let answers = self.stub.keep_alive(requests).await?.into_inner();
+        let answers = self.stub.clone().keep_alive(requests).await?.into_inner();
         Ok(answers
             .map(|answer| answer.map(|renewed| Answer::Renewed(renewed.session_id)))
             .boxed())
@@ -322,6 +299,15 @@ impl KeepAliveStream for QuorumlockKeepAlive {
         quorumlock_proto::details::detail(status)
             .map(|detail| detail.session_id)
             .filter(|session_id| *session_id != 0)
+    }
+
+    async fn close(&self, slot: usize) {
+        let (session_id, session_secret) = self.sessions[slot].clone();
+        let request = pb::CloseSessionRequest {
+            session_id,
+            session_secret,
+        };
+        let _ = self.stub.clone().close_session(request).await;
     }
 }
 
