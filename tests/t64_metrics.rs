@@ -430,11 +430,31 @@ async fn status_page_shows_the_members_and_a_held_lock_with_its_queue(engine: &s
     wait_for_queue_length(&client, "t64/page-lock", 2).await;
 
     // The JSON endpoint, from a follower: every member with its own figures.
+    // The leader's Describe saw both waiters; the follower shows its own
+    // applied state, which may be a commit behind until its next apply.
     let follower = (leader + 1) % cluster.len();
     let addr = cluster.metrics_addr(follower).unwrap();
-    let status = fetch(&format!("http://{addr}/api/status"), &["--raw"]).await;
-    assert_eq!(status.status, 200, "{}", status.json);
-    let body: Value = serde_json::from_str(status.json["body"].as_str().unwrap()).unwrap();
+    let body = wait_until(
+        "the follower's status page to list both waiters",
+        CONDITION_WAIT,
+        || async {
+            let status = fetch(&format!("http://{addr}/api/status"), &["--raw"]).await;
+            assert_eq!(status.status, 200, "{}", status.json);
+            let body: Value = serde_json::from_str(status.json["body"].as_str().unwrap()).unwrap();
+            let depth = body["queues"].as_array().and_then(|queues| {
+                queues
+                    .iter()
+                    .find(|queue| queue["lock"] == "t64/page-lock")
+                    .map(|queue| queue["depth"].clone())
+            });
+            if depth == Some(Value::from(2)) {
+                Ok(body)
+            } else {
+                Err(format!("the page's queues: {}", body["queues"]))
+            }
+        },
+    )
+    .await;
     assert_eq!(body["node"], cluster.node_id(follower));
     assert_eq!(body["engine"], engine);
     let members = body["members"].as_array().expect("members");
