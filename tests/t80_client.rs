@@ -283,6 +283,61 @@ async fn check_the_client_keeps_working_through_another_endpoint_when_the_leader
     assert!(next.token() > token, "tokens keep increasing across the failover");
 }
 
+/// A leader frozen by SIGSTOP keeps its connections open and answers
+/// nothing, PINGs included. A lock wait queued on it and a release sent to
+/// it both move to the new leader once a PING goes unanswered; without PINGs
+/// each would stay there until its deadline (here ten minutes, and for the
+/// wait an hour more), far past the bound on every step of this test.
+async fn check_calls_to_a_frozen_leader_move_on_when_its_pings_go_unanswered(engine: &str) {
+    let cluster = Cluster::start(engine, 3).await;
+    let leader = cluster.wait_for_leader().await;
+    let mut endpoints = vec![cluster.url(leader)];
+    endpoints.extend(
+        (0..cluster.len())
+            .filter(|&index| index != leader)
+            .map(|index| cluster.url(index)),
+    );
+    let config = ClientConfig {
+        rpc_timeout: Duration::from_secs(600),
+        ping_interval: Some(Duration::from_millis(200)),
+        ping_timeout: Duration::from_millis(500),
+        ..ClientConfig::default()
+    };
+    let client = bounded("connect", Client::connect_with(&endpoints, config))
+        .await
+        .expect("connect");
+    assert_eq!(client.current_endpoint(), cluster.addr(leader).to_string());
+    let holder = client
+        .session(FAILOVER_TTL)
+        .await
+        .expect("open the holder's session");
+    let waiter = client
+        .session(FAILOVER_TTL)
+        .await
+        .expect("open the waiter's session");
+    let held = lock(&holder, "frozen").await;
+    let token = held.token();
+    let waiting = tokio::spawn(async move {
+        let granted = waiter.lock("frozen").await;
+        (waiter, granted)
+    });
+    wait_for_queue(&client, "frozen", 1).await;
+
+    cluster.pause(leader);
+    // The release starts on the frozen leader, as the waiter's acquire did.
+    bounded("the release", held.release())
+        .await
+        .expect("the release reaches the new leader");
+    assert_ne!(client.current_endpoint(), cluster.addr(leader).to_string());
+    let (waiter, granted) = bounded("the waiter's grant", waiting)
+        .await
+        .expect("the waiting task");
+    let granted = granted.expect("the waiter is granted the lock by the new leader");
+    assert_eq!(granted.session_id(), waiter.id());
+    assert!(granted.token() > token, "the grant has a newer token");
+    cluster.resume(leader);
+}
+
 /// A follower forwards a call to the leader and names it in the answer's
 /// `x-quorumlock-leader` metadata; the client then sends its next calls to
 /// the leader directly, when the leader is one of its endpoints.
@@ -363,6 +418,7 @@ engine_tests!(
     check_a_stale_guard_is_refused_by_fenced_writes_and_its_session_reports_lost,
     check_the_client_keeps_working_through_another_endpoint_when_the_leader_dies,
     check_a_forwarded_answer_names_the_leader_and_the_client_moves_to_it,
+    check_calls_to_a_frozen_leader_move_on_when_its_pings_go_unanswered,
     check_the_session_is_lost_when_no_renewal_succeeds_within_the_ttl,
     check_shared_guards_hold_together_read_under_their_token_and_never_write,
     check_semaphore_guards_take_permits_while_they_fit,

@@ -454,6 +454,34 @@ impl Cluster {
     /// exit; returns how it exited. A node that does not exit in time is
     /// killed, and the test fails naming it.
     pub async fn terminate(&self, index: usize, limit: Duration) -> ExitStatus {
+        self.signal(index, nix::sys::signal::Signal::SIGTERM);
+        match self.wait_for_exit(index, limit).await {
+            Some(status) => status,
+            None => {
+                self.kill(index);
+                panic!(
+                    "node {} did not exit within {limit:?} of SIGTERM",
+                    self.nodes[index].id
+                );
+            }
+        }
+    }
+
+    /// Freezes node index `index` with SIGSTOP, as a long stop-the-world
+    /// pause would: its sockets stay open and it answers nothing, PINGs
+    /// included, until [`Cluster::resume`]. Dropping the cluster kills it
+    /// frozen or not.
+    pub fn pause(&self, index: usize) {
+        self.signal(index, nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Lets a node frozen by [`Cluster::pause`] run again.
+    pub fn resume(&self, index: usize) {
+        self.signal(index, nix::sys::signal::Signal::SIGCONT);
+    }
+
+    /// Sends `signal` to node index `index`, which must be running.
+    fn signal(&self, index: usize, signal: nix::sys::signal::Signal) {
         let node = &self.nodes[index];
         let pid = {
             let child = node.child.lock().expect("node mutex poisoned");
@@ -462,18 +490,8 @@ impl Cluster {
                 .unwrap_or_else(|| panic!("node {} is not running", node.id))
                 .id()
         };
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap_or_else(|error| panic!("SIGTERM to node {}: {error}", node.id));
-        match self.wait_for_exit(index, limit).await {
-            Some(status) => status,
-            None => {
-                self.kill(index);
-                panic!("node {} did not exit within {limit:?} of SIGTERM", node.id);
-            }
-        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+            .unwrap_or_else(|error| panic!("{signal} to node {}: {error}", node.id));
     }
 
     /// Waits up to `limit` for node index `index` to exit by itself, then

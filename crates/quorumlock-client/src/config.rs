@@ -27,6 +27,17 @@ pub struct ClientConfig {
     pub connect_wait_max: Duration,
     /// Longest wait for the answer to one call, not counting a lock wait.
     pub rpc_timeout: Duration,
+    /// While calls are open on a connection and it has heard nothing from
+    /// its node for this long, the client sends an HTTP/2 PING. `None` sends
+    /// none, and then a node that stops answering without closing the
+    /// connection (frozen, or cut off by a partition) holds a call for its
+    /// whole `rpc_timeout` plus lock wait.
+    pub ping_interval: Option<Duration>,
+    /// How long a PING may go unanswered before the connection is closed and
+    /// its calls, lock waits and keepalive streams included, move to another
+    /// endpoint. A frozen node is left at most `ping_interval + ping_timeout`
+    /// after its last answer.
+    pub ping_timeout: Duration,
     /// How long one operation keeps retrying `UNAVAILABLE` answers (no
     /// leader, node down, leader change) before it reports the last one.
     pub retry_total_max: Duration,
@@ -92,6 +103,8 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(2),
             connect_wait_max: Duration::from_secs(3),
             rpc_timeout: Duration::from_secs(10),
+            ping_interval: Some(Duration::from_secs(5)),
+            ping_timeout: Duration::from_secs(5),
             retry_total_max: Duration::from_secs(30),
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(1),

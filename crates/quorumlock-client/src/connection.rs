@@ -455,12 +455,7 @@ impl Client {
             .collect();
         check_schemes(&given, config.tls.is_some())?;
         let endpoints = parse_endpoint_list(&given)?;
-        let pool = Pool::new(
-            &endpoints,
-            config.connect_timeout,
-            config.tls.as_ref(),
-            config.token.as_ref(),
-        )?;
+        let pool = Pool::new(&endpoints, &config)?;
         let client = Client {
             inner: Arc::new(Inner { pool, config }),
         };
@@ -1134,12 +1129,7 @@ impl Client {
 pub async fn node_status(endpoint: &str, config: &ClientConfig) -> Result<NodeStatus, ClientError> {
     check_schemes([endpoint], config.tls.is_some())?;
     let addr = parse_endpoint(endpoint)?;
-    let pool = Pool::new(
-        std::slice::from_ref(&addr),
-        config.connect_timeout,
-        config.tls.as_ref(),
-        config.token.as_ref(),
-    )?;
+    let pool = Pool::new(std::slice::from_ref(&addr), config)?;
     status_on(&pool.current(), config.rpc_timeout).await
 }
 

@@ -10,10 +10,10 @@ use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
-use super::config::{BearerToken, ENDPOINTS_MAX};
+use super::config::{BearerToken, ClientConfig, ENDPOINTS_MAX};
 use super::error::{ClientError, Refusal};
 use quorumlock_proto::headers::LEADER_HINT_HEADER;
-use quorumlock_tls::{ClientTls, Dialer};
+use quorumlock_tls::Dialer;
 
 /// How an endpoint asks to be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,9 +188,17 @@ struct Slots {
     preferred: usize,
 }
 
+/// How a channel to one endpoint connects and notices a silent node.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    connect_timeout: Duration,
+    ping_interval: Option<Duration>,
+    ping_timeout: Duration,
+}
+
 /// The endpoints in use and the one calls go to first.
 pub(crate) struct Pool {
-    connect_timeout: Duration,
+    timing: Timing,
     dialer: Dialer,
     bearer: Bearer,
     state: Mutex<Slots>,
@@ -208,27 +216,27 @@ pub(crate) struct Picked {
 }
 
 impl Pool {
-    /// A pool over already parsed endpoints (see [`parse_endpoint_list`])
-    /// whose calls carry `token`.
-    pub fn new(
-        endpoints: &[String],
-        connect_timeout: Duration,
-        tls: Option<&ClientTls>,
-        token: Option<&BearerToken>,
-    ) -> Result<Self, ClientError> {
-        let dialer = tls.cloned().map(Dialer::tls).unwrap_or_default();
-        let bearer = Bearer::new(token)?;
+    /// A pool over already parsed endpoints (see [`parse_endpoint_list`]),
+    /// connecting, pinging and authenticating as `config` says.
+    pub fn new(endpoints: &[String], config: &ClientConfig) -> Result<Self, ClientError> {
+        let timing = Timing {
+            connect_timeout: config.connect_timeout,
+            ping_interval: config.ping_interval,
+            ping_timeout: config.ping_timeout,
+        };
+        let dialer = config.tls.clone().map(Dialer::tls).unwrap_or_default();
+        let bearer = Bearer::new(config.token.as_ref())?;
         let slots = endpoints
             .iter()
             .map(|addr| {
                 Ok(Slot {
                     addr: addr.clone(),
-                    channel: lazy_channel(addr, connect_timeout, &dialer, &bearer)?,
+                    channel: lazy_channel(addr, timing, &dialer, &bearer)?,
                 })
             })
             .collect::<Result<Vec<_>, ClientError>>()?;
         Ok(Pool {
-            connect_timeout,
+            timing,
             dialer,
             bearer,
             state: Mutex::new(Slots { slots, preferred: 0 }),
@@ -310,7 +318,7 @@ impl Pool {
                 return;
             }
             if state.slots.len() < ENDPOINTS_MAX {
-                if let Ok(channel) = lazy_channel(&hint, self.connect_timeout, &self.dialer, &self.bearer) {
+                if let Ok(channel) = lazy_channel(&hint, self.timing, &self.dialer, &self.bearer) {
                     state.slots.push(Slot { addr: hint, channel });
                     state.preferred = state.slots.len() - 1;
                     return;
@@ -323,20 +331,25 @@ impl Pool {
 
 /// A lazily connected channel to `addr`; over TLS the node's certificate
 /// must name the host the endpoint gives (an IP address or a DNS name).
-fn lazy_channel(
-    addr: &str,
-    connect_timeout: Duration,
-    dialer: &Dialer,
-    bearer: &Bearer,
-) -> Result<Rpc, ClientError> {
+/// While calls are open on it, a connection that hears nothing from its node
+/// for `ping_interval` sends an HTTP/2 PING, and one whose PING goes
+/// unanswered for `ping_timeout` is closed, failing its calls so that they
+/// are retried on another endpoint.
+fn lazy_channel(addr: &str, timing: Timing, dialer: &Dialer, bearer: &Bearer) -> Result<Rpc, ClientError> {
     let invalid = |reason: String| ClientError::InvalidEndpoint {
         endpoint: addr.to_string(),
         reason,
     };
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+    let mut endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|error| invalid(error.to_string()))?
-        .connect_timeout(connect_timeout)
+        .connect_timeout(timing.connect_timeout)
         .tcp_nodelay(true);
+    if let Some(interval) = timing.ping_interval {
+        endpoint = endpoint
+            .http2_keep_alive_interval(interval)
+            .keep_alive_timeout(timing.ping_timeout)
+            .keep_alive_while_idle(false);
+    }
     let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let channel = dialer
@@ -421,9 +434,7 @@ mod tests {
     async fn a_failure_moves_to_the_named_leader_or_else_to_the_next_endpoint() {
         let pool = Pool::new(
             &["a:1".to_string(), "b:2".to_string(), "c:3".to_string()],
-            Duration::from_secs(1),
-            None,
-            None,
+            &ClientConfig::default(),
         )
         .unwrap();
         let first = pool.current();

@@ -65,6 +65,10 @@ pub fn client_config() -> ClientConfig {
         connect_timeout: Duration::from_millis(500),
         connect_wait_max: Duration::from_secs(5),
         rpc_timeout: Duration::from_secs(2),
+        // A paused leader answers no PING: its calls move to another node
+        // within 0.75 s of its last answer instead of waiting out the 2 s.
+        ping_interval: Some(Duration::from_millis(250)),
+        ping_timeout: Duration::from_millis(500),
         retry_total_max: Duration::from_secs(3),
         backoff_initial: Duration::from_millis(20),
         backoff_max: Duration::from_millis(250),
