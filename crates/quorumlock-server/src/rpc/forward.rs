@@ -15,6 +15,15 @@ use quorumlock_proto::limits::API_MESSAGE_BYTES_MAX;
 use quorumlock_proto::v1::lock_client::LockClient;
 use quorumlock_tls::{node_name, Dialer};
 
+/// While calls are forwarded on a connection that has heard nothing from
+/// the leader for this long, the node sends it an HTTP/2 PING.
+pub const FORWARD_PING_INTERVAL: Duration = Duration::from_secs(1);
+/// A PING unanswered this long closes the connection to the leader, failing
+/// its forwarded calls with `FORWARDING_FAILED`: a frozen leader that this
+/// node still follows holds a forwarded call (or a relayed keepalive stream)
+/// at most `FORWARD_PING_INTERVAL + FORWARD_PING_TIMEOUT` past its last word.
+pub const FORWARD_PING_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// One lazily connected channel per leader, dialed as the node's peers
 /// are: over TLS with the node's own certificate, requiring the leader's
 /// certificate to name it.
@@ -43,7 +52,10 @@ impl Forwarder {
                 let endpoint = Endpoint::from_shared(format!("http://{addr}"))
                     .map_err(|error| Status::internal(format!("bad leader address {addr:?}: {error}")))?
                     .connect_timeout(Duration::from_millis(500))
-                    .tcp_nodelay(true);
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(FORWARD_PING_INTERVAL)
+                    .keep_alive_timeout(FORWARD_PING_TIMEOUT)
+                    .keep_alive_while_idle(false);
                 let channel = self
                     .dialer
                     .channel(&endpoint, &node_name(leader.id.get()))

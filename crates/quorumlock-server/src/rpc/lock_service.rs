@@ -16,8 +16,8 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use super::forward::{forwarded, Forwarder};
 use super::status::{
     budget, client_timeout, forwarding_failed, from_engine_error, from_lock_error, internal,
-    invalid_argument, is_forwarded, lock_delayed, name_leader, no_quorum, not_leader, secret_missing,
-    session_gone,
+    invalid_argument, is_forwarded, leader_moved, lock_delayed, name_leader, no_quorum, not_leader,
+    secret_missing, session_gone,
 };
 use super::watch::{serve_watch, start_revision, Selector, WatchCount, WATCH_QUEUE_MAX};
 use crate::auth::{Access, Action, Caller};
@@ -91,10 +91,8 @@ macro_rules! forward_unless_leader {
         if let Route::Forward(forward) = $service.route(&$request)? {
             let (mut client, leader) = *forward;
             let timeout = client_timeout(&$request);
-            let mut response = client
-                .$method(forwarded($request.into_inner(), timeout, &$caller, $service.tls))
-                .await
-                .map_err(relayed)?;
+            let call = client.$method(forwarded($request.into_inner(), timeout, &$caller, $service.tls));
+            let mut response = $service.unless_leader_moves(&leader, call).await?;
             name_leader(response.metadata_mut(), &leader);
             return Ok(response);
         }
@@ -144,6 +142,36 @@ impl LockService {
                 leader,
             )))),
             leader => Err(not_leader("this node is not the leader", leader.as_ref())),
+        }
+    }
+
+    /// The answer of `call`, forwarded to `leader`, unless this node first
+    /// learns of another leader: then the call is abandoned with
+    /// `UNAVAILABLE` `FORWARDING_FAILED` naming the new one, since `leader`
+    /// may have proposed the command before it lost its place. A leader that
+    /// froze answers nothing, so without this the call would wait out the
+    /// client's whole deadline.
+    async fn unless_leader_moves<R>(
+        &self,
+        leader: &LeaderInfo,
+        call: impl std::future::Future<Output = Result<R, Status>>,
+    ) -> Result<R, Status> {
+        let mut view = self.engine.leadership();
+        let moved = async {
+            loop {
+                let now = view.borrow_and_update().leader.clone();
+                match now {
+                    Some(now) if now.id != leader.id => return now,
+                    _ => {}
+                }
+                if view.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            answer = call => answer.map_err(relayed),
+            now = moved => Err(leader_moved(leader, &now)),
         }
     }
 

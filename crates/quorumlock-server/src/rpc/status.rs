@@ -270,6 +270,20 @@ pub fn forwarding_failed(message: &str) -> Status {
     )
 }
 
+/// UNAVAILABLE for a call forwarded to `from` that this node abandoned on
+/// learning that `to` leads now: the command may or may not have reached
+/// `from`, and `to` is where to send it again.
+pub fn leader_moved(from: &LeaderInfo, to: &LeaderInfo) -> Status {
+    unavailable(
+        ErrorReason::ForwardingFailed,
+        &format!(
+            "forwarding to the leader failed: node {} stopped leading while the call was forwarded to it",
+            from.id
+        ),
+        Some(to),
+    )
+}
+
 /// Whether a follower already forwarded this request.
 pub fn is_forwarded<T>(request: &Request<T>) -> bool {
     request.metadata().contains_key(FORWARDED_HEADER)
