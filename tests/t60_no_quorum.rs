@@ -4,8 +4,9 @@
 //! it was the leader or a follower, answers OpenSession, Acquire and Describe
 //! with UNAVAILABLE before a 3 s client deadline: not OK (a minority must not
 //! grant locks or serve linearizable reads), not DEADLINE_EXCEEDED or
-//! CANCELLED (it must not hang). It also proves the cluster serves again once
-//! a quorum is back.
+//! CANCELLED (it must not hang). A leader left alone for several election
+//! timeouts refuses commands with the reason `NOT_LEADER` (nothing
+//! proposed). It also proves the cluster serves again once a quorum is back.
 
 mod common;
 
@@ -14,7 +15,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use common::*;
-use quorumlock_proto::v1::{AcquireRequest, DescribeRequest, OpenSessionRequest};
+use quorumlock_proto::v1::{AcquireRequest, DescribeRequest, ErrorReason, OpenSessionRequest};
 use tonic::{Code, Request, Status};
 
 engine_tests!(
@@ -32,17 +33,24 @@ const DEADLINE_SLACK: Duration = Duration::from_secs(2);
 async fn check_minority_leader_answers_unavailable(engine: &str) {
     let cluster = Cluster::start(engine, 3).await;
     let survivor = cluster.wait_for_leader().await;
-    check_survivor_answers_unavailable(&cluster, survivor).await;
+    check_survivor_answers_unavailable(&cluster, survivor, Survivor::Leader).await;
 }
 
 /// A follower is the one node left.
 async fn check_minority_follower_answers_unavailable(engine: &str) {
     let cluster = Cluster::start(engine, 3).await;
     let survivor = cluster.follower_index().await;
-    check_survivor_answers_unavailable(&cluster, survivor).await;
+    check_survivor_answers_unavailable(&cluster, survivor, Survivor::Follower).await;
 }
 
-async fn check_survivor_answers_unavailable(cluster: &Cluster, survivor: usize) {
+/// Which node is left.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Survivor {
+    Leader,
+    Follower,
+}
+
+async fn check_survivor_answers_unavailable(cluster: &Cluster, survivor: usize, role: Survivor) {
     let client = cluster.client(survivor).await;
     let opened = retry_unavailable("OpenSession", || open_session(&client, LONG_TTL_MS))
         .await
@@ -67,12 +75,12 @@ async fn check_survivor_answers_unavailable(cluster: &Cluster, survivor: usize) 
         }
         let started = Instant::now();
         let mut client = client.clone();
-        expect_unavailable(
+        let opening = expect_unavailable(
             &format!("OpenSession {round}"),
             client.open_session(with_deadline(OpenSessionRequest { ttl_ms: LONG_TTL_MS })),
         )
         .await;
-        expect_unavailable(
+        let acquiring = expect_unavailable(
             &format!("Acquire {round}"),
             client.acquire(with_deadline(AcquireRequest {
                 session_id: session.id,
@@ -94,6 +102,21 @@ async fn check_survivor_answers_unavailable(cluster: &Cluster, survivor: usize) 
             "three calls {round} were answered UNAVAILABLE in {:?}",
             started.elapsed()
         );
+        if role == Survivor::Leader && round_index > 0 {
+            // A leader that has heard from no quorum for an election timeout
+            // orders nothing (raft: check quorum; paxos: it stepped down):
+            // commands are refused before they are proposed, which the
+            // reason tells the client, instead of waiting for a commit
+            // that cannot come.
+            for (what, status) in [("OpenSession", opening), ("Acquire", acquiring)] {
+                expect_refusal(
+                    &format!("{what} {round}"),
+                    Err::<(), _>(status),
+                    Code::Unavailable,
+                    ErrorReason::NotLeader,
+                );
+            }
+        }
     }
 
     // With one stopped node back, the cluster serves again.
@@ -114,11 +137,11 @@ fn with_deadline<T>(message: T) -> Request<T> {
 }
 
 /// Asserts that `rpc` is answered UNAVAILABLE before the client deadline
-/// (plus scheduling slack).
+/// (plus scheduling slack), and returns the answer.
 async fn expect_unavailable<T: Debug>(
     what: &str,
     rpc: impl Future<Output = Result<tonic::Response<T>, Status>>,
-) {
+) -> Status {
     match tokio::time::timeout(CLIENT_DEADLINE + DEADLINE_SLACK, rpc).await {
         Err(_) => panic!(
             "{what} without a quorum: no answer within the {CLIENT_DEADLINE:?} deadline \
@@ -128,12 +151,15 @@ async fn expect_unavailable<T: Debug>(
             "{what} without a quorum was answered OK: {:?}",
             response.into_inner()
         ),
-        Ok(Err(status)) => assert_eq!(
-            status.code(),
-            Code::Unavailable,
-            "{what} without a quorum: expected UNAVAILABLE, got {:?}: {}",
-            status.code(),
-            status.message()
-        ),
+        Ok(Err(status)) => {
+            assert_eq!(
+                status.code(),
+                Code::Unavailable,
+                "{what} without a quorum: expected UNAVAILABLE, got {:?}: {}",
+                status.code(),
+                status.message()
+            );
+            status
+        }
     }
 }

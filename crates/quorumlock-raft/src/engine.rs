@@ -60,6 +60,9 @@ pub struct RaftEngine {
     node_id: NodeId,
     state: Arc<AppliedState>,
     leadership: watch::Receiver<Leadership>,
+    /// While this node leads: how long, in ms, no quorum has answered it,
+    /// once that is longer than an election timeout; `None` otherwise.
+    quorum_silent: watch::Receiver<Option<u64>>,
     failed: watch::Receiver<Option<String>>,
     commit_index: Arc<AtomicU64>,
     applied_index: Arc<AtomicU64>,
@@ -202,7 +205,16 @@ impl RaftEngine {
         });
         let (leadership_tx, leadership) = watch::channel(Leadership::default());
         let (failed_tx, failed) = watch::channel(None);
-        tokio::spawn(publish_leadership(raft.metrics(), leadership_tx, failed_tx));
+        let (quorum_silent_tx, quorum_silent) = watch::channel(None);
+        tokio::spawn(publish_leadership(
+            raft.metrics(),
+            leadership_tx,
+            Silence {
+                patience: config.election_timeout,
+                silent: quorum_silent_tx,
+            },
+            failed_tx,
+        ));
         let (known_tx, known_membership) =
             watch::channel(known_membership_of(&raft.metrics().borrow(), &retirement));
         tokio::spawn(publish_known_membership(
@@ -217,6 +229,7 @@ impl RaftEngine {
             node_id: config.node_id,
             state,
             leadership,
+            quorum_silent,
             failed,
             commit_index,
             applied_index,
@@ -357,19 +370,21 @@ async fn finish_interrupted_changes(
 async fn publish_leadership(
     mut metrics: watch::Receiver<RaftMetrics<NodeId, BasicNode>>,
     leadership: watch::Sender<Leadership>,
+    silence: Silence,
     failed: watch::Sender<Option<String>>,
 ) {
     loop {
-        let (view, failure) = {
+        let (view, silent, failure) = {
             let metrics = metrics.borrow_and_update();
             let failure = match &metrics.running_state {
                 Err(openraft::error::Fatal::Stopped) | Ok(()) => None,
                 Err(fatal) => Some(format!("the raft core stopped: {fatal}")),
             };
-            (leadership_of(&metrics), failure)
+            (leadership_of(&metrics), silence.of(&metrics), failure)
         };
         if let Some(reason) = failure {
             leadership.send_replace(Leadership::default());
+            silence.silent.send_replace(None);
             failed.send_replace(Some(reason));
             return;
         }
@@ -378,10 +393,39 @@ async fn publish_leadership(
             *current = view;
             changed
         });
+        silence.silent.send_if_modified(|current| {
+            let changed = *current != silent;
+            *current = silent;
+            changed
+        });
         if metrics.changed().await.is_err() {
             // The core stopped: nobody leads as far as this node knows.
             leadership.send_replace(Leadership::default());
+            silence.silent.send_replace(None);
             return;
+        }
+    }
+}
+
+/// Tells proposals when this node leads but hears no quorum. openraft 0.9
+/// keeps such a leader leading (it has no check-quorum), so without this
+/// a leader cut off in a minority, or whose peers froze, would hold every
+/// command it is given until the caller's deadline while the majority
+/// elects another. openraft refreshes `millis_since_quorum_ack` in every
+/// round of its core loop, heartbeats included.
+struct Silence {
+    /// How long a leader may go without hearing a quorum: the election
+    /// timeout, after which the followers begin to stand.
+    patience: Duration,
+    silent: watch::Sender<Option<u64>>,
+}
+
+impl Silence {
+    fn of(&self, metrics: &RaftMetrics<NodeId, BasicNode>) -> Option<u64> {
+        let patience_ms = self.patience.as_millis() as u64;
+        match (metrics.state, metrics.millis_since_quorum_ack) {
+            (ServerState::Leader, Some(silent_ms)) if silent_ms > patience_ms => Some(silent_ms),
+            _ => None,
         }
     }
 }
@@ -445,7 +489,19 @@ impl ConsensusEngine for RaftEngine {
                 queued_max: PROPOSALS_IN_FLIGHT_MAX,
             });
         };
-        self.batcher.propose(command).await
+        let mut silent = self.quorum_silent.clone();
+        if let Some(silent_ms) = *silent.borrow_and_update() {
+            return Err(EngineError::QuorumSilent { silent_ms });
+        }
+        // A command already handed to openraft may still commit once the
+        // quorum answers again, so its caller hears that the outcome is open.
+        tokio::select! {
+            result = self.batcher.propose(command) => result,
+            Ok(silence) = silent.wait_for(Option::is_some) => Err(EngineError::Unavailable(format!(
+                "the leader has heard from no quorum for {} ms; the command may still commit",
+                silence.unwrap_or_default()
+            ))),
+        }
     }
 
     /// openraft confirms leadership with one heartbeat round in which each

@@ -121,7 +121,11 @@ impl LeaseDriver {
             let what = format!("{command:?}");
             match self.propose(command).await {
                 Ok(_) => tracing::debug!(command = %what, "ended a hold or lock-delay"),
-                Err(error @ (EngineError::NotLeader { .. } | EngineError::ShuttingDown)) => {
+                Err(
+                    error @ (EngineError::NotLeader { .. }
+                    | EngineError::QuorumSilent { .. }
+                    | EngineError::ShuttingDown),
+                ) => {
                     tracing::debug!(%error, command = %what, "end of a hold or lock-delay not ordered")
                 }
                 Err(error) => {
@@ -212,7 +216,7 @@ fn timed_out() -> EngineError {
 
 fn log_engine_error(purpose: ProposalPurpose, error: &EngineError) {
     match error {
-        EngineError::NotLeader { .. } | EngineError::ShuttingDown => {
+        EngineError::NotLeader { .. } | EngineError::QuorumSilent { .. } | EngineError::ShuttingDown => {
             tracing::debug!(%error, ?purpose, "lease keeper proposal not ordered")
         }
         _ => tracing::warn!(%error, ?purpose, "lease keeper proposal not ordered"),

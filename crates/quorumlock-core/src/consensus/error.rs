@@ -10,6 +10,16 @@ pub enum EngineError {
         /// The known leader, if any.
         leader: Option<super::LeaderInfo>,
     },
+    /// This node leads but has heard from no quorum of voters for longer
+    /// than an election timeout (partitioned off, or its peers are frozen):
+    /// it orders nothing until it hears from one again, so the command was
+    /// not proposed and a client should try another node, where a new
+    /// leader is likely being elected.
+    #[error("this node leads but has heard from no quorum for {silent_ms} ms; it orders no commands until it does (nothing was proposed)")]
+    QuorumSilent {
+        /// How long since a quorum last answered the leader.
+        silent_ms: u64,
+    },
     /// The engine could not reach a quorum in time.
     #[error("no quorum: {0}")]
     Unavailable(String),

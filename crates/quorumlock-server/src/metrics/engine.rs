@@ -89,7 +89,7 @@ impl ProposalMetrics {
 /// The reason label of an engine error.
 fn reason_of(error: &EngineError) -> &'static str {
     match error {
-        EngineError::NotLeader { .. } => "not_leader",
+        EngineError::NotLeader { .. } | EngineError::QuorumSilent { .. } => "not_leader",
         EngineError::Unavailable(_) => "unavailable",
         EngineError::Overloaded { .. } => "overloaded",
         EngineError::ShuttingDown => "stopping",

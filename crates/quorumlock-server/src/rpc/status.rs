@@ -137,6 +137,9 @@ pub fn from_engine_error(error: EngineError) -> Status {
         EngineError::NotLeader { leader } => {
             not_leader("this node is not the leader; retry", leader.as_ref())
         }
+        error @ EngineError::QuorumSilent { .. } => {
+            not_leader(&format!("{error}; retry on another node"), None)
+        }
         EngineError::Unavailable(why) => no_quorum(&format!("no quorum: {why}"), None),
         error @ EngineError::Overloaded { queued_max } => details::status(
             Code::Unavailable,

@@ -722,6 +722,10 @@ impl RaftSim {
                 let leader = leader.map(|leader| leader.id).or_else(|| self.random_node());
                 self.clients[client].refused(now, leader, &mut self.rng);
             }
+            Err(EngineError::QuorumSilent { .. }) => {
+                let other = self.random_node();
+                self.clients[client].refused(now, other, &mut self.rng);
+            }
             Err(_) => {
                 self.clients[client].unknown(now, &mut self.rng);
                 let target = self.random_node();
