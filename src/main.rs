@@ -8,6 +8,13 @@ use std::time::Duration;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// Every allocation of the process goes to mimalloc: a node allocates and
+/// frees per request on every runtime thread, which glibc's malloc served
+/// at about a sixth of the leader's CPU (benches/results/PROFILE.md).
+/// RocksDB's C++ allocations stay with glibc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long tasks still running when a command is done get to finish
 /// before the process exits.
 const RUNTIME_STOP_GRACE: Duration = Duration::from_secs(2);
