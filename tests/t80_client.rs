@@ -231,12 +231,7 @@ async fn check_the_client_keeps_working_through_another_endpoint_when_the_leader
     let cluster = Cluster::start(engine, 3).await;
     let leader = cluster.wait_for_leader().await;
     // List the leader first so that the client is talking to it.
-    let mut endpoints = vec![cluster.addr(leader).to_string()];
-    endpoints.extend(
-        (0..cluster.len())
-            .filter(|&index| index != leader)
-            .map(|index| cluster.url(index)),
-    );
+    let endpoints = cluster.urls_first(leader);
     let client = bounded("connect", Client::connect(&endpoints))
         .await
         .expect("connect");
@@ -291,12 +286,7 @@ async fn check_the_client_keeps_working_through_another_endpoint_when_the_leader
 async fn check_calls_to_a_frozen_leader_move_on_when_its_pings_go_unanswered(engine: &str) {
     let cluster = Cluster::start(engine, 3).await;
     let leader = cluster.wait_for_leader().await;
-    let mut endpoints = vec![cluster.url(leader)];
-    endpoints.extend(
-        (0..cluster.len())
-            .filter(|&index| index != leader)
-            .map(|index| cluster.url(index)),
-    );
+    let endpoints = cluster.urls_first(leader);
     let config = ClientConfig {
         rpc_timeout: Duration::from_secs(600),
         ping_interval: Some(Duration::from_millis(200)),

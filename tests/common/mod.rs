@@ -418,6 +418,15 @@ impl Cluster {
         self.nodes.iter().map(Node::url).collect()
     }
 
+    /// The URLs of every node, node index `first`'s first: a client given
+    /// them talks to that node until it fails.
+    pub fn urls_first(&self, first: usize) -> Vec<String> {
+        std::iter::once(first)
+            .chain((0..self.len()).filter(|&index| index != first))
+            .map(|index| self.url(index))
+            .collect()
+    }
+
     /// Whether node index `index` has a process (it may have crashed since).
     pub fn is_running(&self, index: usize) -> bool {
         self.nodes[index]
