@@ -103,7 +103,7 @@ async fn check_survivor_answers_unavailable(cluster: &Cluster, survivor: usize, 
             started.elapsed()
         );
         if role == Survivor::Leader && round_index > 0 {
-            // A leader that has heard from no quorum for an election timeout
+            // A leader that has heard from no quorum for two election timeouts
             // orders nothing (raft: check quorum; paxos: it stepped down):
             // commands are refused before they are proposed, which the
             // reason tells the client, instead of waiting for a commit

@@ -61,7 +61,7 @@ pub struct RaftEngine {
     state: Arc<AppliedState>,
     leadership: watch::Receiver<Leadership>,
     /// While this node leads: how long, in ms, no quorum has answered it,
-    /// once that is longer than an election timeout; `None` otherwise.
+    /// once that is longer than two election timeouts; `None` otherwise.
     quorum_silent: watch::Receiver<Option<u64>>,
     failed: watch::Receiver<Option<String>>,
     commit_index: Arc<AtomicU64>,
@@ -210,7 +210,7 @@ impl RaftEngine {
             raft.metrics(),
             leadership_tx,
             Silence {
-                patience: config.election_timeout,
+                patience: config.election_timeout * 2,
                 silent: quorum_silent_tx,
             },
             failed_tx,
@@ -414,8 +414,15 @@ async fn publish_leadership(
 /// elects another. openraft refreshes `millis_since_quorum_ack` in every
 /// round of its core loop, heartbeats included.
 struct Silence {
-    /// How long a leader may go without hearing a quorum: the election
-    /// timeout, after which the followers begin to stand.
+    /// How long a leader may go without hearing a quorum: twice the
+    /// election timeout `t`, the latest a follower stands after its last
+    /// heartbeat (`4t/3` to `2t`, see `openraft_election_timeouts`). The
+    /// quorum's acks come late on a busy machine while its members still
+    /// follow: openraft gives each AppendEntries one heartbeat interval,
+    /// follower fsync included, and counts from the send of the last
+    /// request a quorum answered in time. Refusing before the followers
+    /// could have stood would only turn away commands a quorum would
+    /// have committed.
     patience: Duration,
     silent: watch::Sender<Option<u64>>,
 }

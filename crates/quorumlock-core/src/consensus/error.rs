@@ -11,7 +11,7 @@ pub enum EngineError {
         leader: Option<super::LeaderInfo>,
     },
     /// This node leads but has heard from no quorum of voters for longer
-    /// than an election timeout (partitioned off, or its peers are frozen):
+    /// than its followers wait before standing (partitioned off, or its peers are frozen):
     /// it orders nothing until it hears from one again, so the command was
     /// not proposed and a client should try another node, where a new
     /// leader is likely being elected.
