@@ -69,13 +69,16 @@ async fn check_full_queue_is_resource_exhausted(engine: &str) {
         tasks.push(tokio::spawn(async move {
             // Ten thousand Acquires at once exceed what a leader accepts
             // for ordering at a time; those refused as overloaded back off
-            // and try again, as clients should.
+            // and try again, as clients should. So does one refused for
+            // another reason of UNAVAILABLE (a leader change on a loaded
+            // machine): a retry keeps a queued session's place.
             let mut backoff = Duration::from_millis(200);
             loop {
                 match acquire(&client, session_id, lock, LONG_WAIT_MS).await {
-                    Err(status)
-                        if status.code() == Code::Unavailable && status.message().contains("overloaded") =>
-                    {
+                    Err(status) if status.code() == Code::Unavailable => {
+                        if !status.message().contains("overloaded") {
+                            eprintln!("waiter {index} retries after: {}", status.message());
+                        }
                         let pause = rand::thread_rng().gen_range(Duration::ZERO..=backoff);
                         tokio::time::sleep(pause).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -96,7 +99,10 @@ async fn check_full_queue_is_resource_exhausted(engine: &str) {
                 "the queue grew past its bound: {described:?}"
             );
             if let Some(done) = tasks.iter().position(|task| task.is_finished()) {
-                panic!("waiter {done}'s Acquire ended while it should be waiting ({described:?})");
+                let answer = (&mut tasks[done]).await;
+                panic!(
+                    "waiter {done}'s Acquire ended while it should be waiting: {answer:?} ({described:?})"
+                );
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
