@@ -58,7 +58,8 @@ pub struct ServeArgs {
     /// Longest time a node spends ordering one request [default: 5000].
     #[arg(long)]
     request_timeout_ms: Option<u64>,
-    /// Snapshot after this many log entries [default: 10000].
+    /// Snapshot after this many log entries [default: 10000]; the paxos
+    /// engine also waits for a log of half the last snapshot's size.
     #[arg(long)]
     snapshot_every_entries: Option<u64>,
     /// Most recent changes kept for watches to start or resume from; at

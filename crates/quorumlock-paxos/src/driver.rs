@@ -148,6 +148,11 @@ struct Held<C> {
     messages: Vec<Envelope<C>>,
 }
 
+/// How large, as a fraction `(n + node id mod 4) / d` of the latest
+/// snapshot, the log applied since must be before the next snapshot: half
+/// to seven eighths of it (see `Driver::maybe_compact`).
+pub const LOG_TO_SNAPSHOT_BYTES: (u64, u64) = (4, 8);
+
 /// Runs one replica.
 pub struct Driver<C, S, T, M: StateMachine<C>, R> {
     replica: Replica<C>,
@@ -166,6 +171,8 @@ pub struct Driver<C, S, T, M: StateMachine<C>, R> {
     /// handed out more, in a Ready not yet executed).
     applied: Slot,
     snapshot_every_entries: u64,
+    /// Encoded bytes of the values applied since the latest snapshot.
+    log_bytes_since_snapshot: u64,
     /// A peer's snapshot decoded when it arrived, kept for its install.
     verified_snapshot: Option<(Slot, M::Snapshot)>,
 }
@@ -202,6 +209,7 @@ where
             held: VecDeque::new(),
             applied,
             snapshot_every_entries,
+            log_bytes_since_snapshot: 0,
             verified_snapshot: None,
         }
     }
@@ -355,6 +363,7 @@ where
             match step {
                 Apply::Chosen(chosen) => {
                     assert_eq!(chosen.slot, self.applied + 1, "slots are applied in order");
+                    self.log_bytes_since_snapshot += chosen.value.encoded_bytes() as u64;
                     let proposals = chosen.value.proposals();
                     let outputs = self.machine.apply_slot(chosen.slot, proposals);
                     assert_eq!(outputs.len(), proposals.len(), "one output per proposal");
@@ -379,6 +388,7 @@ where
                     );
                     self.applied = slot;
                     self.machine.install_snapshot(slot, snapshot);
+                    self.log_bytes_since_snapshot = 0;
                     tracing::info!(%slot, bytes = data.len(), "installed snapshot from a peer");
                 }
             }
@@ -429,10 +439,28 @@ where
         Ok(())
     }
 
-    /// Snapshots the state machine once enough slots were applied since the
-    /// last snapshot; the replica persists it and forgets those slots.
+    /// Snapshots the state machine once `snapshot_every_entries` slots were
+    /// applied since the last snapshot *and* their values, encoded, add up
+    /// to [`LOG_TO_SNAPSHOT_BYTES`] of that snapshot's size; the replica
+    /// persists it and forgets those slots.
+    ///
+    /// A snapshot is taken on the driver's task and costs time in
+    /// proportion to the whole state. With a fixed interval alone, a large
+    /// state (a million held locks is about 100 MB) was serialized every
+    /// few seconds, each time stalling every member at once for longer
+    /// than an election timeout. Tied to the snapshot's size, the work per
+    /// applied byte stays bounded however large the state grows, and the
+    /// log kept in memory and replayed at start-up stays below a fraction
+    /// of the snapshot. The fraction differs by node id so that the members
+    /// of a cluster do not all stall at the same slot.
     fn maybe_compact(&mut self) {
         if self.applied.since(self.replica.compacted()) < self.snapshot_every_entries {
+            return;
+        }
+        let (numerator, denominator) = LOG_TO_SNAPSHOT_BYTES;
+        let stagger = self.replica.id().get() % 4;
+        let wanted = (self.replica.snapshot_bytes() as u64).saturating_mul(numerator + stagger) / denominator;
+        if self.log_bytes_since_snapshot < wanted {
             return;
         }
         self.compact_now();
@@ -446,6 +474,7 @@ where
         if slot > self.replica.compacted() {
             let data = self.machine.snapshot();
             tracing::debug!(%slot, bytes = data.len(), "snapshot taken; log truncated");
+            self.log_bytes_since_snapshot = 0;
             self.replica.compact(slot, Arc::new(data));
         }
     }
@@ -456,5 +485,140 @@ where
         let proposals = std::mem::take(&mut self.proposals).into_values();
         let reads = std::mem::take(&mut self.reads).into_values();
         proposals.chain(reads).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+    use crate::core::ReplicaConfig;
+    use crate::sim::SimDisk;
+
+    /// Sends nothing: a single-voter cluster has no peers.
+    struct NoPeers;
+
+    impl Transport<u64> for NoPeers {
+        fn send(&mut self, _envelope: Envelope<u64>) {}
+    }
+
+    /// A state machine whose snapshot is `snapshot_bytes` long whatever it
+    /// applied, so that the test sets the size of the state.
+    struct SizedState {
+        snapshot_bytes: usize,
+    }
+
+    impl StateMachine<u64> for SizedState {
+        type Output = ();
+        type Snapshot = ();
+
+        fn apply(&mut self, _slot: Slot, _proposal: &Proposal<u64>) {}
+
+        fn snapshot(&self) -> Vec<u8> {
+            vec![0; self.snapshot_bytes]
+        }
+
+        fn decode_snapshot(&self, _data: &[u8]) -> Result<(), String> {
+            Ok(())
+        }
+
+        fn install_snapshot(&mut self, _slot: Slot, _snapshot: ()) {}
+    }
+
+    type TestDriver = Driver<u64, SimDisk<u64>, NoPeers, SizedState, ()>;
+
+    /// A single-voter driver of node `id` snapshotting every `every` slots,
+    /// leading, with its disk.
+    fn leading_driver(id: u64, every: u64, snapshot_bytes: usize) -> (TestDriver, SimDisk<u64>) {
+        let node = NodeId::new(id);
+        let disk = SimDisk::new(id, 0, Arc::new(AtomicU64::new(0)));
+        let config = ReplicaConfig::new(node, BTreeSet::from([node]), 1, 3);
+        let replica = Replica::new(config, disk.image().durable_state());
+        let mut driver = Driver::new(
+            replica,
+            disk.clone(),
+            NoPeers,
+            SizedState { snapshot_bytes },
+            1,
+            every,
+        );
+        for _ in 0..100 {
+            if driver.replica().is_leader() {
+                break;
+            }
+            driver.tick();
+            run(&mut driver, &disk);
+        }
+        assert!(driver.replica().is_leader(), "a single voter elects itself");
+        (driver, disk)
+    }
+
+    fn run(driver: &mut TestDriver, disk: &SimDisk<u64>) {
+        for _ in 0..100 {
+            driver.advance().expect("the simulated disk does not fail");
+            if !disk.sync_due() && !driver.has_work() {
+                return;
+            }
+        }
+        panic!("the driver kept finding work");
+    }
+
+    /// Proposes one command per slot until the driver compacts; returns the
+    /// slots it took and the log bytes applied since the last snapshot
+    /// just before the slot that brought the compaction.
+    fn propose_until_compacted(driver: &mut TestDriver, disk: &SimDisk<u64>) -> (u64, u64) {
+        let compacted = driver.replica().compacted();
+        let mut log_bytes_before = 0;
+        for command in 0..100_000 {
+            log_bytes_before = driver.log_bytes_since_snapshot;
+            driver.propose(command, ());
+            run(driver, disk);
+            if driver.replica().compacted() > compacted {
+                return (driver.replica().compacted().since(compacted), log_bytes_before);
+            }
+        }
+        panic!("no compaction after 100,000 slots ({log_bytes_before} bytes of log)");
+    }
+
+    #[test]
+    fn a_large_state_is_snapshotted_once_the_log_reaches_a_staggered_fraction_of_it() {
+        let every = 10;
+        let snapshot_bytes = 20_000;
+        // One slot of one command is far smaller than this.
+        let slot_bytes_max = 200;
+        for id in 1..=4 {
+            let (mut driver, disk) = leading_driver(id, every, snapshot_bytes);
+            let (slots, _) = propose_until_compacted(&mut driver, &disk);
+            assert!(
+                slots >= every,
+                "node {id}: the first snapshot waits for the interval"
+            );
+            assert_eq!(driver.replica().snapshot_bytes(), snapshot_bytes);
+            let (slots, log_bytes_before) = propose_until_compacted(&mut driver, &disk);
+            let wanted = snapshot_bytes as u64 * (4 + id % 4) / 8;
+            assert!(
+                log_bytes_before < wanted && log_bytes_before + slot_bytes_max >= wanted,
+                "node {id} compacted with {log_bytes_before} bytes of log (+ one slot), wanted {wanted}"
+            );
+            assert!(
+                slots > every,
+                "node {id}: the log, not the interval, decided ({slots} slots)"
+            );
+        }
+    }
+
+    #[test]
+    fn a_small_state_is_snapshotted_every_interval() {
+        let every = 10;
+        let (mut driver, disk) = leading_driver(1, every, 8);
+        for round in 0..3 {
+            let (slots, _) = propose_until_compacted(&mut driver, &disk);
+            assert!(
+                (every..every + 3).contains(&slots),
+                "round {round}: compacted after {slots} slots, every {every}"
+            );
+        }
     }
 }

@@ -570,6 +570,11 @@ impl<C: Command> Replica<C> {
         self.compacted
     }
 
+    /// The size of the latest snapshot in bytes; 0 when there is none.
+    pub fn snapshot_bytes(&self) -> usize {
+        self.snapshot.as_ref().map_or(0, |data| data.len())
+    }
+
     /// The chosen value of `slot`, if this replica still holds it.
     /// The first report of a second value chosen for a slot, if any. The
     /// simulations require `None` after every step; a node keeps the value
