@@ -520,6 +520,9 @@ struct ModelOp {
     call: ModelCall,
     /// May have had no effect at all.
     may_skip: bool,
+    /// Has no completion: a write or release of unknown outcome may take
+    /// effect at any time after its invocation while its token holds.
+    open: bool,
     index: usize,
 }
 
@@ -635,9 +638,14 @@ pub struct LinearizabilityReport {
 /// state) as in Porcupine: depth first, it linearizes next any operation
 /// invoked before every pending operation's completion, trying every state
 /// the model allows. An operation whose outcome is unknown may have had no
-/// effect, or may take effect at any time after its invocation, also long
-/// after its client gave up on it (a command the old leader logged can
-/// commit under the next one): it has no completion, as Jepsen's `:info`.
+/// effect. A fenced write or release of unknown outcome may also take
+/// effect long after its client gave up on it (a command the old leader
+/// logged can commit under the next one), for as long as its token holds
+/// the lock: it has no completion, as Jepsen's `:info`. An acquire of
+/// unknown outcome is bounded by the time its client gave up: its late
+/// effect, a grant that displaces the holder, is one the model already
+/// allows any later grant (expiry is applied lazily), and leaving it open
+/// made the search undecided on long histories.
 pub fn check_linearizability(ops: &[Op]) -> LinearizabilityReport {
     let mut values: HashMap<String, u32> = HashMap::new();
     let mut intern = |value: &str| -> u32 {
@@ -680,11 +688,13 @@ pub fn check_linearizability(ops: &[Op]) -> LinearizabilityReport {
             // semaphore guards no key: `check_semaphores` checks it.
             _ => continue,
         };
+        let open = matches!(call, ModelCall::PutUnknown(..) | ModelCall::ReleaseUnknown(_));
         by_lock.entry(op.call.lock()).or_default().push(ModelOp {
             invoke_us: op.invoke_us,
-            complete_us: if may_skip { u64::MAX } else { op.complete_or_max() },
+            complete_us: if open { u64::MAX } else { op.complete_or_max() },
             call,
             may_skip,
+            open,
             index,
         });
     }
@@ -707,38 +717,111 @@ pub fn check_linearizability(ops: &[Op]) -> LinearizabilityReport {
 
 struct Frame {
     done: Vec<u64>,
+    /// The Zobrist hash of `done` (see `zobrist_keys`).
+    done_hash: u128,
+    /// How many operations that must be placed are not yet.
+    required_left: usize,
     /// (operation, successor state) pairs still to try.
     choices: Vec<(usize, LockModel)>,
+}
+
+/// A random 128-bit key per operation (splitmix64, fixed seed), whose XOR
+/// over the operations done stands for the set in the search's memo: a
+/// history has tens of thousands of operations per lock, and a set of them
+/// kept per visited state cost gigabytes where a search went back far.
+fn zobrist_keys(count: usize) -> Vec<u128> {
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    (0..count)
+        .map(|_| (u128::from(next()) << 64) | u128::from(next()))
+        .collect()
 }
 
 fn is_done(done: &[u64], index: usize) -> bool {
     done[index / 64] & (1 << (index % 64)) != 0
 }
 
-fn choices(ops: &[ModelOp], done: &[u64], state: &LockModel) -> (Vec<(usize, LockModel)>, Option<usize>) {
-    let pending = (0..ops.len()).filter(|&index| !is_done(done, index));
-    let first_due = pending.min_by_key(|&index| ops[index].complete_us);
+/// The operations without a completion: a bit per operation, as in
+/// `done`, and their indexes.
+struct Skippable {
+    mask: Vec<u64>,
+    indexes: Vec<usize>,
+}
+
+impl Skippable {
+    fn of(ops: &[ModelOp]) -> Skippable {
+        let mut mask = vec![0u64; ops.len().div_ceil(64)];
+        let mut indexes = Vec::new();
+        for (index, _) in ops.iter().enumerate().filter(|(_, op)| op.open) {
+            mask[index / 64] |= 1 << (index % 64);
+            indexes.push(index);
+        }
+        Skippable { mask, indexes }
+    }
+}
+
+fn choices(
+    ops: &[ModelOp],
+    skippable: &Skippable,
+    done: &[u64],
+    state: &LockModel,
+) -> (Vec<(usize, LockModel)>, Option<usize>) {
+    // Operations still to place start at the first word with one not yet
+    // done; open ones stay candidates wherever they are, and are looked at
+    // through their own list before that word.
+    let start = done
+        .iter()
+        .zip(&skippable.mask)
+        .position(|(done, skip)| done | skip != u64::MAX)
+        .map_or(ops.len(), |word| word * 64);
+    // Operations are in invocation order and complete after they begin, so
+    // none invoked after the earliest completion so far can complete
+    // earlier.
+    let mut first_due: Option<usize> = None;
+    for (index, op) in ops.iter().enumerate().skip(start) {
+        if first_due.is_some_and(|due| op.invoke_us > ops[due].complete_us) {
+            break;
+        }
+        if !is_done(done, index) && first_due.is_none_or(|due| op.complete_us < ops[due].complete_us) {
+            first_due = Some(index);
+        }
+    }
     let Some(first_due) = first_due else {
         return (Vec::new(), None);
     };
     let due_us = ops[first_due].complete_us;
+    // The search tries the last choice first. Open operations stay
+    // candidates for as long as their token holds, so they go first in the
+    // list: placed only where the others cannot go on, they do not multiply
+    // the states searched at every step.
+    let mut maybe = Vec::new();
     let mut found = Vec::new();
-    for (index, op) in ops.iter().enumerate() {
+    let earlier = skippable.indexes.iter().take_while(|index| **index < start);
+    let candidates = earlier.copied().chain(start..ops.len());
+    for (index, op) in candidates.map(|index| (index, &ops[index])) {
         if op.invoke_us > due_us {
             break;
         }
-        if !is_done(done, index) {
-            // An operation that may be skipped need not be placed where it
-            // changes nothing: leaving it out is the same order.
-            let steps = state.step(&op.call).into_iter();
-            found.extend(
-                steps
-                    .filter(|next| !(op.may_skip && next == state))
-                    .map(|next| (index, next)),
-            );
+        if is_done(done, index) {
+            continue;
+        }
+        let steps = state.step(&op.call).into_iter();
+        if op.open {
+            // Placed where it changes nothing, it is the same order as
+            // left out.
+            maybe.extend(steps.filter(|next| next != state).map(|next| (index, next)));
+        } else {
+            found.extend(steps.map(|next| (index, next)));
         }
     }
-    (found, Some(first_due))
+    maybe.append(&mut found);
+    (maybe, Some(first_due))
 }
 
 fn search(ops: &[ModelOp], history: &[Op]) -> Linearizable {
@@ -748,16 +831,20 @@ fn search(ops: &[ModelOp], history: &[Op]) -> Linearizable {
         token_floor: 0,
         stored: None,
     };
-    let finished = |done: &[u64]| (0..ops.len()).all(|index| is_done(done, index) || ops[index].may_skip);
-    let mut seen: HashSet<(Vec<u64>, LockModel)> = HashSet::new();
+    let required = ops.iter().filter(|op| !op.may_skip).count();
+    let keys = zobrist_keys(ops.len());
+    let mut seen: HashSet<(u128, LockModel)> = HashSet::new();
     let done = vec![0u64; words];
-    if finished(&done) {
+    if required == 0 {
         return Linearizable::Yes;
     }
-    let (first_choices, mut stuck_at) = choices(ops, &done, &initial);
+    let skippable = Skippable::of(ops);
+    let (first_choices, mut stuck_at) = choices(ops, &skippable, &done, &initial);
     let mut deepest = 0usize;
     let mut stack = vec![Frame {
         done,
+        done_hash: 0,
+        required_left: required,
         choices: first_choices,
     }];
     while let Some(frame) = stack.last_mut() {
@@ -765,24 +852,28 @@ fn search(ops: &[ModelOp], history: &[Op]) -> Linearizable {
             stack.pop();
             continue;
         };
-        let mut done = frame.done.clone();
-        done[index / 64] |= 1 << (index % 64);
-        if finished(&done) {
-            return Linearizable::Yes;
-        }
-        if !seen.insert((done.clone(), next_state.clone())) {
+        let done_hash = frame.done_hash ^ keys[index];
+        if !seen.insert((done_hash, next_state.clone())) {
             continue;
         }
+        let required_left = frame.required_left - usize::from(!ops[index].may_skip);
+        if required_left == 0 {
+            return Linearizable::Yes;
+        }
+        let mut done = frame.done.clone();
+        done[index / 64] |= 1 << (index % 64);
         if seen.len() > LINEARIZABILITY_STATES_MAX {
             return Linearizable::Inconclusive;
         }
-        let (next_choices, due) = choices(ops, &done, &next_state);
+        let (next_choices, due) = choices(ops, &skippable, &done, &next_state);
         if stack.len() > deepest {
             deepest = stack.len();
             stuck_at = due;
         }
         stack.push(Frame {
             done,
+            done_hash,
+            required_left,
             choices: next_choices,
         });
     }
