@@ -8,6 +8,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
 use super::history::{Call, Op, Return, FINAL_READER};
 use super::workload::SEMAPHORE_LIMIT;
 
@@ -725,22 +728,13 @@ struct Frame {
     choices: Vec<(usize, LockModel)>,
 }
 
-/// A random 128-bit key per operation (splitmix64, fixed seed), whose XOR
-/// over the operations done stands for the set in the search's memo: a
-/// history has tens of thousands of operations per lock, and a set of them
-/// kept per visited state cost gigabytes where a search went back far.
+/// A random 128-bit key per operation (fixed seed), whose XOR over the
+/// operations done stands for the set in the search's memo: a history has
+/// tens of thousands of operations per lock, and a set of them kept per
+/// visited state cost gigabytes where a search went back far.
 fn zobrist_keys(count: usize) -> Vec<u128> {
-    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut next = move || {
-        seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = seed;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
-    (0..count)
-        .map(|_| (u128::from(next()) << 64) | u128::from(next()))
-        .collect()
+    let mut rng = StdRng::seed_from_u64(0x9E37_79B9_7F4A_7C15);
+    (0..count).map(|_| rng.gen()).collect()
 }
 
 fn is_done(done: &[u64], index: usize) -> bool {
@@ -749,26 +743,26 @@ fn is_done(done: &[u64], index: usize) -> bool {
 
 /// The operations without a completion: a bit per operation, as in
 /// `done`, and their indexes.
-struct Skippable {
+struct OpenOps {
     mask: Vec<u64>,
     indexes: Vec<usize>,
 }
 
-impl Skippable {
-    fn of(ops: &[ModelOp]) -> Skippable {
+impl OpenOps {
+    fn of(ops: &[ModelOp]) -> OpenOps {
         let mut mask = vec![0u64; ops.len().div_ceil(64)];
         let mut indexes = Vec::new();
         for (index, _) in ops.iter().enumerate().filter(|(_, op)| op.open) {
             mask[index / 64] |= 1 << (index % 64);
             indexes.push(index);
         }
-        Skippable { mask, indexes }
+        OpenOps { mask, indexes }
     }
 }
 
 fn choices(
     ops: &[ModelOp],
-    skippable: &Skippable,
+    open: &OpenOps,
     done: &[u64],
     state: &LockModel,
 ) -> (Vec<(usize, LockModel)>, Option<usize>) {
@@ -777,8 +771,8 @@ fn choices(
     // through their own list before that word.
     let start = done
         .iter()
-        .zip(&skippable.mask)
-        .position(|(done, skip)| done | skip != u64::MAX)
+        .zip(&open.mask)
+        .position(|(done_word, open_word)| done_word | open_word != u64::MAX)
         .map_or(ops.len(), |word| word * 64);
     // Operations are in invocation order and complete after they begin, so
     // none invoked after the earliest completion so far can complete
@@ -802,7 +796,7 @@ fn choices(
     // the states searched at every step.
     let mut maybe = Vec::new();
     let mut found = Vec::new();
-    let earlier = skippable.indexes.iter().take_while(|index| **index < start);
+    let earlier = open.indexes.iter().take_while(|index| **index < start);
     let candidates = earlier.copied().chain(start..ops.len());
     for (index, op) in candidates.map(|index| (index, &ops[index])) {
         if op.invoke_us > due_us {
@@ -838,8 +832,8 @@ fn search(ops: &[ModelOp], history: &[Op]) -> Linearizable {
     if required == 0 {
         return Linearizable::Yes;
     }
-    let skippable = Skippable::of(ops);
-    let (first_choices, mut stuck_at) = choices(ops, &skippable, &done, &initial);
+    let open = OpenOps::of(ops);
+    let (first_choices, mut stuck_at) = choices(ops, &open, &done, &initial);
     let mut deepest = 0usize;
     let mut stack = vec![Frame {
         done,
@@ -865,7 +859,7 @@ fn search(ops: &[ModelOp], history: &[Op]) -> Linearizable {
         if seen.len() > LINEARIZABILITY_STATES_MAX {
             return Linearizable::Inconclusive;
         }
-        let (next_choices, due) = choices(ops, &skippable, &done, &next_state);
+        let (next_choices, due) = choices(ops, &open, &done, &next_state);
         if stack.len() > deepest {
             deepest = stack.len();
             stuck_at = due;
