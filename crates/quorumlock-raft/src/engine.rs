@@ -13,6 +13,7 @@ use tokio::sync::{watch, Semaphore};
 use tonic::service::Routes;
 
 use super::batcher::{leader_of, Batcher};
+use super::contact::{Contacted, QuorumContact};
 use super::log_store::{LogStore, CF_LOG, CF_META};
 use super::network::PeerNetwork;
 use super::retirement::Retirement;
@@ -121,14 +122,21 @@ impl RaftEngine {
     /// caller delivers peer messages to [`RaftEngine::raft`]; `wal` says
     /// where log appends are synced; the state machine keeps the retired
     /// ids in `retirement`, which the transport may share.
-    pub async fn start_with_network<N: RaftNetworkFactory<TypeConfig>>(
+    pub async fn start_with_network<N>(
         config: EngineConfig,
         network: N,
         state: Arc<AppliedState>,
         wal: WalSync,
         retirement: Arc<Retirement>,
-    ) -> anyhow::Result<Arc<Self>> {
+    ) -> anyhow::Result<Arc<Self>>
+    where
+        N: RaftNetworkFactory<TypeConfig>,
+        N::Network: Clone,
+    {
         config.validate()?;
+        let patience = config.election_timeout * 2;
+        let contact = Arc::new(QuorumContact::default());
+        let network = Contacted::new(network, contact.clone(), patience);
         let (election_min_ms, election_max_ms) =
             openraft_election_timeouts(config.heartbeat, config.election_timeout);
         let raft_config = Config {
@@ -210,7 +218,10 @@ impl RaftEngine {
             raft.metrics(),
             leadership_tx,
             Silence {
-                patience: config.election_timeout * 2,
+                me: config.node_id,
+                patience,
+                contact,
+                leading_since: None,
                 silent: quorum_silent_tx,
             },
             failed_tx,
@@ -370,9 +381,13 @@ async fn finish_interrupted_changes(
 async fn publish_leadership(
     mut metrics: watch::Receiver<RaftMetrics<NodeId, BasicNode>>,
     leadership: watch::Sender<Leadership>,
-    silence: Silence,
+    mut silence: Silence,
     failed: watch::Sender<Option<String>>,
 ) {
+    // Silence grows while nothing changes, so it is looked at on a tick
+    // too, not only when the metrics move.
+    let mut tick = tokio::time::interval(silence.patience / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let (view, silent, failure) = {
             let metrics = metrics.borrow_and_update();
@@ -398,11 +413,14 @@ async fn publish_leadership(
             *current = silent;
             changed
         });
-        if metrics.changed().await.is_err() {
-            // The core stopped: nobody leads as far as this node knows.
-            leadership.send_replace(Leadership::default());
-            silence.silent.send_replace(None);
-            return;
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() {
+                // The core stopped: nobody leads as far as this node knows.
+                leadership.send_replace(Leadership::default());
+                silence.silent.send_replace(None);
+                return;
+            },
+            _ = tick.tick() => {}
         }
     }
 }
@@ -411,29 +429,43 @@ async fn publish_leadership(
 /// keeps such a leader leading (it has no check-quorum), so without this
 /// a leader cut off in a minority, or whose peers froze, would hold every
 /// command it is given until the caller's deadline while the majority
-/// elects another. openraft refreshes `millis_since_quorum_ack` in every
-/// round of its core loop, heartbeats included.
+/// elects another. Silence is measured from the peers' own answers
+/// ([`QuorumContact`]), late ones included, not from openraft's
+/// `millis_since_quorum_ack`, which drops answers that take longer than a
+/// heartbeat interval and so grows with load while the quorum is there.
 struct Silence {
+    me: NodeId,
     /// How long a leader may go without hearing a quorum: twice the
     /// election timeout `t`, the latest a follower stands after its last
-    /// heartbeat (`4t/3` to `2t`, see `openraft_election_timeouts`). The
-    /// quorum's acks come late on a busy machine while its members still
-    /// follow: openraft gives each AppendEntries one heartbeat interval,
-    /// follower fsync included, and counts from the send of the last
-    /// request a quorum answered in time. Refusing before the followers
-    /// could have stood would only turn away commands a quorum would
-    /// have committed.
+    /// heartbeat (`4t/3` to `2t`, see `openraft_election_timeouts`).
+    /// Refusing before the followers could have stood would only turn away
+    /// commands a quorum would have committed.
     patience: Duration,
+    contact: Arc<QuorumContact>,
+    /// The vote this node leads with and when it was first seen leading.
+    leading_since: Option<(openraft::Vote<NodeId>, tokio::time::Instant)>,
     silent: watch::Sender<Option<u64>>,
 }
 
 impl Silence {
-    fn of(&self, metrics: &RaftMetrics<NodeId, BasicNode>) -> Option<u64> {
-        let patience_ms = self.patience.as_millis() as u64;
-        match (metrics.state, metrics.millis_since_quorum_ack) {
-            (ServerState::Leader, Some(silent_ms)) if silent_ms > patience_ms => Some(silent_ms),
-            _ => None,
+    fn of(&mut self, metrics: &RaftMetrics<NodeId, BasicNode>) -> Option<u64> {
+        if metrics.state != ServerState::Leader {
+            self.leading_since = None;
+            return None;
         }
+        let now = tokio::time::Instant::now();
+        let since = match self.leading_since {
+            Some((vote, since)) if vote == metrics.vote => since,
+            _ => {
+                self.leading_since = Some((metrics.vote, now));
+                now
+            }
+        };
+        let configs = metrics.membership_config.membership().get_joint_config();
+        let silent = self
+            .contact
+            .silent_for(self.me, &metrics.vote, configs, since, now);
+        (silent > self.patience).then_some(silent.as_millis() as u64)
     }
 }
 

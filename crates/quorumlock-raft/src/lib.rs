@@ -2,6 +2,7 @@
 //! applied in memory with persisted snapshots, and a tonic peer transport.
 
 pub mod batcher;
+pub mod contact;
 pub mod engine;
 pub mod log_store;
 pub mod network;

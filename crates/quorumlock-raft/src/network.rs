@@ -147,6 +147,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 }
 
 /// A connection to one peer.
+#[derive(Clone)]
 pub struct PeerConnection {
     target: NodeId,
     client: Result<RaftPeerClient<Channel>, String>,

@@ -147,6 +147,7 @@ impl RaftNetworkFactory<TypeConfig> for SimNetwork {
 }
 
 /// openraft's connection from one node to another.
+#[derive(Clone)]
 pub struct SimConnection {
     from: NodeId,
     target: NodeId,

@@ -1,0 +1,333 @@
+//! Whether a leader still hears a quorum, from the peers' own answers.
+//!
+//! openraft 0.9 has no check-quorum, and its `millis_since_quorum_ack`
+//! counts only AppendEntries answered within one heartbeat interval
+//! (follower fsync included): on a loaded machine answers come later than
+//! that while every follower still follows, and the metric grows with the
+//! load instead of with silence. [`Contacted`] wraps the peer transport so
+//! that every AppendEntries and InstallSnapshot runs to its own, longer
+//! deadline on a task of its own, even after openraft stopped waiting, and
+//! records in [`QuorumContact`] the send time of the newest request each
+//! peer answered without refusing the leader's vote.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Vote};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use super::types::TypeConfig;
+use quorumlock_core::consensus::NodeId;
+
+/// Per peer: the vote of the newest request it accepted, and when that
+/// request was sent.
+#[derive(Default)]
+pub struct QuorumContact {
+    heard: Mutex<HashMap<NodeId, (Vote<NodeId>, Instant)>>,
+}
+
+impl QuorumContact {
+    /// `peer` accepted a request of `vote` sent at `sent`.
+    fn heard(&self, peer: NodeId, vote: Vote<NodeId>, sent: Instant) {
+        let mut heard = self.heard.lock();
+        let entry = heard.entry(peer).or_insert((vote, sent));
+        // A late answer to an older leadership's request tells nothing.
+        let newer = match vote.partial_cmp(&entry.0) {
+            Some(std::cmp::Ordering::Greater) => true,
+            Some(std::cmp::Ordering::Equal) => sent > entry.1,
+            _ => false,
+        };
+        if newer {
+            *entry = (vote, sent);
+        }
+    }
+
+    /// How long the leader `me` of `vote`, leading since `leading_since`,
+    /// has not heard a quorum of every configuration in `configs` (both of
+    /// a joint one) at `now`: the time since the newest send that a
+    /// majority of each configuration answered, the leader counting itself.
+    /// A leader counts from the start of its leadership until a quorum
+    /// first answers it.
+    pub fn silent_for(
+        &self,
+        me: NodeId,
+        vote: &Vote<NodeId>,
+        configs: &[BTreeSet<NodeId>],
+        leading_since: Instant,
+        now: Instant,
+    ) -> Duration {
+        let heard = self.heard.lock();
+        let mut quorum_heard = now;
+        for config in configs {
+            let mut acks: Vec<Instant> = config
+                .iter()
+                .filter_map(|voter| {
+                    if *voter == me {
+                        return Some(now);
+                    }
+                    heard
+                        .get(voter)
+                        .and_then(|(heard_vote, sent)| (heard_vote == vote).then_some(*sent))
+                })
+                .collect();
+            acks.sort_unstable_by(|a, b| b.cmp(a));
+            let majority = config.len() / 2 + 1;
+            // Fewer answers than a majority: never heard in this vote.
+            let newest_majority = acks.get(majority - 1).copied().unwrap_or(leading_since);
+            quorum_heard = quorum_heard.min(newest_majority);
+        }
+        now.saturating_duration_since(quorum_heard.max(leading_since))
+    }
+}
+
+/// A peer transport whose AppendEntries and InstallSnapshot answers are
+/// told to a [`QuorumContact`], also when they come after openraft gave up.
+pub struct Contacted<N> {
+    inner: N,
+    contact: Arc<QuorumContact>,
+    /// How long a request may run after openraft stopped waiting for it:
+    /// an answer older than this tells nothing the check needs.
+    late_ttl: Duration,
+}
+
+impl<N> Contacted<N> {
+    /// Wraps `inner`, telling answers to `contact` and letting each request
+    /// run for `late_ttl` at most (openraft's own TTL if that is longer).
+    pub fn new(inner: N, contact: Arc<QuorumContact>, late_ttl: Duration) -> Contacted<N> {
+        Contacted {
+            inner,
+            contact,
+            late_ttl,
+        }
+    }
+}
+
+impl<N> RaftNetworkFactory<TypeConfig> for Contacted<N>
+where
+    N: RaftNetworkFactory<TypeConfig>,
+    N::Network: Clone,
+{
+    type Network = ContactedConnection<N::Network>;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        ContactedConnection {
+            inner: self.inner.new_client(target, node).await,
+            target,
+            contact: self.contact.clone(),
+            late_ttl: self.late_ttl,
+        }
+    }
+}
+
+/// A connection to one peer that tells its answers to the contact.
+pub struct ContactedConnection<C> {
+    inner: C,
+    target: NodeId,
+    contact: Arc<QuorumContact>,
+    late_ttl: Duration,
+}
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+
+impl<C: RaftNetwork<TypeConfig> + Clone> ContactedConnection<C> {
+    /// Runs `call` on a task of its own for the longer TTL, records an
+    /// answer that `accepted` the request's `vote`, and hands openraft the
+    /// result if it comes within openraft's `ttl`.
+    async fn detached<T, E, A, F, Fut>(
+        &self,
+        vote: Vote<NodeId>,
+        ttl: Duration,
+        accepted: A,
+        call: F,
+    ) -> RpcResult<T, E>
+    where
+        T: Send + 'static,
+        A: FnOnce(&T) -> bool + Send + 'static,
+        E: std::error::Error + Send + 'static,
+        F: FnOnce(C, RPCOption) -> Fut,
+        Fut: std::future::Future<Output = RpcResult<T, E>> + Send + 'static,
+    {
+        let sent = Instant::now();
+        let option = RPCOption::new(self.late_ttl.max(ttl));
+        let request = call(self.inner.clone(), option);
+        let (contact, target) = (self.contact.clone(), self.target);
+        let (answer_tx, answer) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let result = request.await;
+            if result.as_ref().is_ok_and(accepted) {
+                contact.heard(target, vote, sent);
+            }
+            // openraft may have stopped waiting; the answer is then dropped.
+            let _ = answer_tx.send(result);
+        });
+        match tokio::time::timeout(ttl, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(network_error(
+                std::io::ErrorKind::Interrupted,
+                "the peer call's task ended",
+            )),
+            Err(_) => Err(network_error(
+                std::io::ErrorKind::TimedOut,
+                &format!("peer RPC timed out after {ttl:?}"),
+            )),
+        }
+    }
+}
+
+fn network_error<E: std::error::Error>(
+    kind: std::io::ErrorKind,
+    what: &str,
+) -> RPCError<NodeId, BasicNode, E> {
+    RPCError::Network(NetworkError::new(&std::io::Error::new(kind, what.to_string())))
+}
+
+impl<C> RaftNetwork<TypeConfig> for ContactedConnection<C>
+where
+    C: RaftNetwork<TypeConfig> + Clone,
+{
+    async fn append_entries(
+        &mut self,
+        request: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        let vote = request.vote;
+        let accepted = |response: &AppendEntriesResponse<NodeId>| {
+            !matches!(response, AppendEntriesResponse::HigherVote(_))
+        };
+        self.detached(
+            vote,
+            option.hard_ttl(),
+            accepted,
+            |mut inner, option| async move { inner.append_entries(request, option).await },
+        )
+        .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        request: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        let vote = request.vote;
+        // The follower answers with its vote: a higher one refuses.
+        let accepted = move |response: &InstallSnapshotResponse<NodeId>| {
+            matches!(
+                response.vote.partial_cmp(&vote),
+                Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
+            )
+        };
+        self.detached(
+            vote,
+            option.hard_ttl(),
+            accepted,
+            |mut inner, option| async move { inner.install_snapshot(request, option).await },
+        )
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        request: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
+        self.inner.vote(request, option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u64) -> NodeId {
+        NodeId::new(n)
+    }
+
+    fn config(ids: &[u64]) -> BTreeSet<NodeId> {
+        ids.iter().copied().map(id).collect()
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_leader_is_silent_for_the_time_since_a_majority_last_answered() {
+        let contact = QuorumContact::default();
+        let vote = Vote::new_committed(3, id(1));
+        let start = Instant::now();
+        contact.heard(id(2), vote, start + 100 * MS);
+        contact.heard(id(3), vote, start + 40 * MS);
+        let now = start + 500 * MS;
+        let configs = [config(&[1, 2, 3, 4, 5])];
+        // The leader, node 2 at 100 ms and node 3 at 40 ms make three of five.
+        assert_eq!(contact.silent_for(id(1), &vote, &configs, start, now), 460 * MS);
+        contact.heard(id(4), vote, start + 450 * MS);
+        assert_eq!(contact.silent_for(id(1), &vote, &configs, start, now), 400 * MS);
+    }
+
+    #[test]
+    fn a_leader_no_majority_answered_counts_from_the_start_of_its_leadership() {
+        let contact = QuorumContact::default();
+        let vote = Vote::new_committed(3, id(1));
+        let start = Instant::now();
+        contact.heard(id(2), vote, start + 100 * MS);
+        let configs = [config(&[1, 2, 3, 4, 5])];
+        let since = start + 50 * MS;
+        assert_eq!(
+            contact.silent_for(id(1), &vote, &configs, since, start + 800 * MS),
+            750 * MS
+        );
+    }
+
+    #[test]
+    fn answers_to_an_older_leadership_do_not_count_for_the_current_one() {
+        let contact = QuorumContact::default();
+        let old = Vote::new_committed(2, id(1));
+        let current = Vote::new_committed(4, id(1));
+        let start = Instant::now();
+        contact.heard(id(2), current, start + 10 * MS);
+        // A late answer to the old leadership's request, sent later.
+        contact.heard(id(2), old, start + 20 * MS);
+        contact.heard(id(3), old, start + 30 * MS);
+        let configs = [config(&[1, 2, 3])];
+        let now = start + 100 * MS;
+        assert_eq!(contact.silent_for(id(1), &current, &configs, start, now), 90 * MS);
+        // An answer sent earlier than the one on record does not replace it.
+        contact.heard(id(2), current, start + 5 * MS);
+        assert_eq!(contact.silent_for(id(1), &current, &configs, start, now), 90 * MS);
+    }
+
+    #[test]
+    fn a_joint_configuration_needs_a_majority_of_each_half() {
+        let contact = QuorumContact::default();
+        let vote = Vote::new_committed(1, id(1));
+        let start = Instant::now();
+        contact.heard(id(2), vote, start + 90 * MS);
+        contact.heard(id(4), vote, start + 20 * MS);
+        let now = start + 100 * MS;
+        let configs = [config(&[1, 2, 3]), config(&[2, 4, 5])];
+        // Old half: the leader and node 2 (90 ms); new half: 2 and 4 (20 ms).
+        assert_eq!(contact.silent_for(id(1), &vote, &configs, start, now), 80 * MS);
+        let single = [config(&[1, 2, 3])];
+        assert_eq!(contact.silent_for(id(1), &vote, &single, start, now), 10 * MS);
+    }
+
+    #[test]
+    fn a_single_voter_leader_is_never_silent() {
+        let contact = QuorumContact::default();
+        let vote = Vote::new_committed(1, id(1));
+        let start = Instant::now();
+        let configs = [config(&[1])];
+        assert_eq!(
+            contact.silent_for(id(1), &vote, &configs, start, start + 10_000 * MS),
+            Duration::ZERO
+        );
+    }
+}
