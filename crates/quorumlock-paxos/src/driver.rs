@@ -71,6 +71,15 @@ pub trait StateMachine<C> {
     /// Serializes the whole state (for compaction).
     fn snapshot(&self) -> Vec<u8>;
 
+    /// Starts serializing the whole state as it is now, for compaction.
+    /// A machine that can do it off the caller's thread returns a running
+    /// job; the driver applies nothing until the job is done, so the
+    /// serializer sees the state of one slot. By default the state is
+    /// serialized at once.
+    fn start_snapshot(&mut self) -> SnapshotJob {
+        SnapshotJob::Done(self.snapshot())
+    }
+
     /// Decodes and checks a snapshot a peer sent, before the replica may
     /// forget the slots it covers.
     fn decode_snapshot(&self, data: &[u8]) -> Result<Self::Snapshot, String>;
@@ -78,6 +87,37 @@ pub trait StateMachine<C> {
     /// Replaces the state with a decoded snapshot covering every slot up to
     /// `slot`.
     fn install_snapshot(&mut self, slot: Slot, snapshot: Self::Snapshot);
+}
+
+/// A snapshot being taken for compaction.
+pub enum SnapshotJob {
+    /// Taken.
+    Done(Vec<u8>),
+    /// Being serialized elsewhere; the bytes arrive on the channel (a
+    /// closed channel means the serializer died).
+    Running(std::sync::mpsc::Receiver<Vec<u8>>),
+}
+
+impl SnapshotJob {
+    /// The snapshot if it is taken.
+    fn finish(&mut self) -> Option<Vec<u8>> {
+        match self {
+            SnapshotJob::Done(data) => Some(std::mem::take(data)),
+            SnapshotJob::Running(bytes) => match bytes.try_recv() {
+                Ok(data) => Some(data),
+                Err(std::sync::mpsc::TryRecvError::Empty) => None,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    panic!("a snapshot serializer never dies")
+                }
+            },
+        }
+    }
+}
+
+/// What the driver still has to do, in order, with the state machine.
+enum Pending<C> {
+    Apply(Apply<C>),
+    ReadReady(ReadId),
 }
 
 /// Storage could not make records durable: the replica's durable state is
@@ -175,6 +215,11 @@ pub struct Driver<C, S, T, M: StateMachine<C>, R> {
     log_bytes_since_snapshot: u64,
     /// A peer's snapshot decoded when it arrived, kept for its install.
     verified_snapshot: Option<(Slot, M::Snapshot)>,
+    /// The snapshot being taken at a slot; applying waits for it.
+    snapshotting: Option<(Slot, SnapshotJob)>,
+    /// Chosen slots, installs and confirmed reads waiting for a snapshot
+    /// to be taken, in the order the replica handed them out.
+    pending: VecDeque<Pending<C>>,
 }
 
 impl<C, S, T, M, R> Driver<C, S, T, M, R>
@@ -211,6 +256,8 @@ where
             snapshot_every_entries,
             log_bytes_since_snapshot: 0,
             verified_snapshot: None,
+            snapshotting: None,
+            pending: VecDeque::new(),
         }
     }
 
@@ -254,10 +301,15 @@ where
         self.proposals.len() + self.reads.len()
     }
 
-    /// Whether something is waiting to be executed: a Ready, or messages
-    /// held for storage.
+    /// Whether something is waiting to be executed: a Ready, messages
+    /// held for storage, or a snapshot being taken and what waits for it.
     pub fn has_work(&mut self) -> bool {
-        !self.held.is_empty() || self.replica.has_ready()
+        !self.held.is_empty() || self.snapshotting.is_some() || self.replica.has_ready()
+    }
+
+    /// Whether a snapshot is being taken (and applying waits for it).
+    pub fn is_snapshotting(&self) -> bool {
+        self.snapshotting.is_some()
     }
 
     /// Queues a command; its answer comes out of a later
@@ -311,20 +363,32 @@ where
         let mut answers = Vec::new();
         loop {
             self.release_durable()?;
+            self.finish_snapshot();
+            self.apply_pending(&mut answers)?;
+            if self.replica.epoch_snapshot_due() {
+                // A stop-sign was handed out: the new epoch starts from a
+                // snapshot of it, persisted before anything of that epoch.
+                // While a snapshot is being taken, the stop-sign waits to be
+                // applied and no further Ready is taken.
+                if self.snapshotting.is_some() {
+                    return Ok(answers);
+                }
+                // Everything handed out is applied, the stop-sign included
+                // (unless it is in a Ready not taken yet).
+                if self.applied == self.replica.applied() {
+                    self.snapshot_applied_now();
+                    assert!(
+                        !self.replica.epoch_snapshot_due(),
+                        "the snapshot covers the stop-sign"
+                    );
+                }
+            }
             if !self.replica.has_ready() {
                 return Ok(answers);
             }
             let ready = self.replica.take_ready();
             self.execute(ready, &mut answers)?;
-            if self.replica.epoch_snapshot_due() {
-                // A stop-sign was applied: the new epoch starts from a
-                // snapshot of it, persisted before anything of that epoch.
-                self.compact_now();
-                assert!(
-                    !self.replica.epoch_snapshot_due(),
-                    "the snapshot covers the stop-sign"
-                );
-            } else {
+            if !self.replica.epoch_snapshot_due() {
                 self.maybe_compact();
             }
         }
@@ -359,7 +423,43 @@ where
             persisted,
             messages: persisted_messages,
         });
-        for step in apply {
+        self.pending.extend(apply.into_iter().map(Pending::Apply));
+        self.pending
+            .extend(reads_ready.into_iter().map(Pending::ReadReady));
+        for (id, refusal) in refused {
+            if let Some(reply) = self.proposals.remove(&id) {
+                answers.push(Answer::Refused { reply, refusal });
+            }
+        }
+        for id in abandoned {
+            if let Some(reply) = self.proposals.remove(&id) {
+                answers.push(Answer::Abandoned { reply });
+            }
+        }
+        for id in reads_failed {
+            if let Some(reply) = self.reads.remove(&id) {
+                answers.push(Answer::ReadFailed { reply });
+            }
+        }
+        self.apply_pending(answers)
+    }
+
+    /// Applies what the replica handed out, in order, unless a snapshot is
+    /// being taken; answers the proposals and reads it settles.
+    fn apply_pending(&mut self, answers: &mut Vec<Answer<R, M::Output>>) -> Result<(), DriverError> {
+        if self.snapshotting.is_some() {
+            return Ok(());
+        }
+        while let Some(next) = self.pending.pop_front() {
+            let step = match next {
+                Pending::Apply(step) => step,
+                Pending::ReadReady(id) => {
+                    if let Some(reply) = self.reads.remove(&id) {
+                        answers.push(Answer::ReadReady { reply });
+                    }
+                    continue;
+                }
+            };
             match step {
                 Apply::Chosen(chosen) => {
                     assert_eq!(chosen.slot, self.applied + 1, "slots are applied in order");
@@ -391,26 +491,6 @@ where
                     self.log_bytes_since_snapshot = 0;
                     tracing::info!(%slot, bytes = data.len(), "installed snapshot from a peer");
                 }
-            }
-        }
-        for id in reads_ready {
-            if let Some(reply) = self.reads.remove(&id) {
-                answers.push(Answer::ReadReady { reply });
-            }
-        }
-        for id in reads_failed {
-            if let Some(reply) = self.reads.remove(&id) {
-                answers.push(Answer::ReadFailed { reply });
-            }
-        }
-        for (id, refusal) in refused {
-            if let Some(reply) = self.proposals.remove(&id) {
-                answers.push(Answer::Refused { reply, refusal });
-            }
-        }
-        for id in abandoned {
-            if let Some(reply) = self.proposals.remove(&id) {
-                answers.push(Answer::Abandoned { reply });
             }
         }
         Ok(())
@@ -463,13 +543,57 @@ where
         if self.log_bytes_since_snapshot < wanted {
             return;
         }
-        self.compact_now();
+        self.start_snapshot();
     }
 
-    /// Snapshots the state machine at the last slot it applied and lets the
-    /// replica forget what that covers, whatever the interval (simulations
-    /// draw when).
+    /// Starts a snapshot of the state machine at the last slot it applied,
+    /// unless one is being taken or that slot is compacted already.
+    fn start_snapshot(&mut self) {
+        let slot = self.applied;
+        if self.snapshotting.is_none() && slot > self.replica.compacted() {
+            self.log_bytes_since_snapshot = 0;
+            // A node's first snapshot is taken on this task: until it is
+            // persisted, a learner keeps nothing of what it learned on disk
+            // (it does not accept, and chosen values are not persisted), and
+            // one that restarts empty knows no member to learn from again.
+            let job = if self.replica.compacted() == Slot::ZERO {
+                SnapshotJob::Done(self.machine.snapshot())
+            } else {
+                self.machine.start_snapshot()
+            };
+            self.snapshotting = Some((slot, job));
+            self.finish_snapshot();
+        }
+    }
+
+    /// Hands the replica the snapshot being taken if it is done, so it
+    /// persists it and forgets what it covers.
+    fn finish_snapshot(&mut self) {
+        let Some((slot, job)) = &mut self.snapshotting else {
+            return;
+        };
+        let Some(data) = job.finish() else {
+            return;
+        };
+        let slot = *slot;
+        self.snapshotting = None;
+        tracing::debug!(%slot, bytes = data.len(), "snapshot taken; log truncated");
+        // A peer's snapshot installed meanwhile may cover it already; the
+        // replica then ignores it.
+        self.replica.compact(slot, Arc::new(data));
+    }
+
+    /// Starts a snapshot of the state machine at the last slot it applied,
+    /// which lets the replica forget what that covers once it is taken,
+    /// whatever the interval (simulations draw when); nothing if one is
+    /// being taken.
     pub fn compact_now(&mut self) {
+        self.start_snapshot();
+    }
+
+    /// Snapshots the state machine at the last slot it applied on this
+    /// task, and lets the replica forget what that covers.
+    fn snapshot_applied_now(&mut self) {
         let slot = self.applied;
         if slot > self.replica.compacted() {
             let data = self.machine.snapshot();
@@ -506,18 +630,40 @@ mod tests {
 
     /// A state machine whose snapshot is `snapshot_bytes` long whatever it
     /// applied, so that the test sets the size of the state.
+    #[derive(Default)]
     struct SizedState {
         snapshot_bytes: usize,
+        /// The last slot applied.
+        applied: Slot,
+        /// Whether snapshots are taken "elsewhere", done when the test
+        /// sends the bytes on `serializer`.
+        background: bool,
+        serializer: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
     }
 
     impl StateMachine<u64> for SizedState {
         type Output = ();
         type Snapshot = ();
 
-        fn apply(&mut self, _slot: Slot, _proposal: &Proposal<u64>) {}
+        fn apply(&mut self, slot: Slot, _proposal: &Proposal<u64>) {
+            assert!(
+                self.serializer.is_none(),
+                "nothing is applied while a snapshot is taken"
+            );
+            self.applied = slot;
+        }
 
         fn snapshot(&self) -> Vec<u8> {
             vec![0; self.snapshot_bytes]
+        }
+
+        fn start_snapshot(&mut self) -> SnapshotJob {
+            if !self.background {
+                return SnapshotJob::Done(self.snapshot());
+            }
+            let (bytes_tx, bytes) = std::sync::mpsc::sync_channel(1);
+            self.serializer = Some(bytes_tx);
+            SnapshotJob::Running(bytes)
         }
 
         fn decode_snapshot(&self, _data: &[u8]) -> Result<(), String> {
@@ -532,18 +678,22 @@ mod tests {
     /// A single-voter driver of node `id` snapshotting every `every` slots,
     /// leading, with its disk.
     fn leading_driver(id: u64, every: u64, snapshot_bytes: usize) -> (TestDriver, SimDisk<u64>) {
+        leading_driver_of(
+            id,
+            every,
+            SizedState {
+                snapshot_bytes,
+                ..SizedState::default()
+            },
+        )
+    }
+
+    fn leading_driver_of(id: u64, every: u64, machine: SizedState) -> (TestDriver, SimDisk<u64>) {
         let node = NodeId::new(id);
         let disk = SimDisk::new(id, 0, Arc::new(AtomicU64::new(0)));
         let config = ReplicaConfig::new(node, BTreeSet::from([node]), 1, 3);
         let replica = Replica::new(config, disk.image().durable_state());
-        let mut driver = Driver::new(
-            replica,
-            disk.clone(),
-            NoPeers,
-            SizedState { snapshot_bytes },
-            1,
-            every,
-        );
+        let mut driver = Driver::new(replica, disk.clone(), NoPeers, machine, 1, every);
         for _ in 0..100 {
             if driver.replica().is_leader() {
                 break;
@@ -562,7 +712,9 @@ mod tests {
                 return;
             }
         }
-        panic!("the driver kept finding work");
+        // A snapshot being taken elsewhere keeps the driver busy until the
+        // test hands it over.
+        assert!(driver.is_snapshotting(), "the driver kept finding work");
     }
 
     /// Proposes one command per slot until the driver compacts; returns the
@@ -620,5 +772,61 @@ mod tests {
                 "round {round}: compacted after {slots} slots, every {every}"
             );
         }
+    }
+
+    #[test]
+    fn applying_waits_for_a_snapshot_being_taken_while_slots_are_still_chosen() {
+        let every = 10;
+        let machine = SizedState {
+            snapshot_bytes: 8,
+            background: true,
+            ..SizedState::default()
+        };
+        let (mut driver, disk) = leading_driver_of(1, every, machine);
+        // The first snapshot is taken at once, the next one elsewhere.
+        propose_until_compacted(&mut driver, &disk);
+        assert!(!driver.is_snapshotting());
+        let compacted = driver.replica().compacted();
+        let mut command = 0;
+        while !driver.is_snapshotting() {
+            command += 1;
+            assert!(command < 1_000, "no second snapshot started");
+            driver.propose(command, ());
+            run(&mut driver, &disk);
+        }
+        let snapshot_slot = driver.machine().applied;
+        assert_eq!(driver.waiting(), 0, "what came before the snapshot is answered");
+        for _ in 0..5 {
+            command += 1;
+            driver.propose(command, ());
+            run(&mut driver, &disk);
+        }
+        assert_eq!(driver.waiting(), 5, "nothing applied, nobody answered");
+        assert_eq!(driver.machine().applied, snapshot_slot);
+        assert_eq!(driver.replica().compacted(), compacted);
+        assert!(
+            driver.replica().applied() > snapshot_slot,
+            "slots are still chosen meanwhile"
+        );
+
+        let serializer = driver
+            .machine_mut()
+            .serializer
+            .take()
+            .expect("a snapshot is being taken");
+        serializer.send(vec![0; 8]).expect("the driver waits for it");
+        run(&mut driver, &disk);
+        assert!(!driver.is_snapshotting());
+        assert_eq!(
+            driver.replica().compacted(),
+            snapshot_slot,
+            "the snapshot is of its slot"
+        );
+        assert_eq!(
+            driver.waiting(),
+            0,
+            "everything chosen meanwhile is applied and answered"
+        );
+        assert_eq!(driver.machine().applied, driver.replica().applied());
     }
 }

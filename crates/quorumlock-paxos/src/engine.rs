@@ -17,7 +17,7 @@ use tonic::service::Routes;
 use crate::core::ready::Refusal;
 use crate::core::types::{Configuration, Proposal, Slot};
 use crate::core::{ConfigurationChange, ReconfigurationRefused, Replica, ReplicaConfig};
-use crate::driver::{Answer, Driver, StateMachine};
+use crate::driver::{Answer, Driver, SnapshotJob, StateMachine};
 use crate::store::{PaxosStore, Persister};
 use crate::transport::{
     Admission, Inbound, Outboxes, PaxosPeerService, INBOX_BATCHES_MAX, PEER_MESSAGE_BYTES_MAX,
@@ -86,13 +86,20 @@ impl Reply {
 pub struct LockMachine {
     state: Arc<AppliedState>,
     telemetry: Arc<EngineTelemetry>,
+    /// Woken when a snapshot serialized off the driver's task is done.
+    wake: Arc<Notify>,
 }
 
 impl LockMachine {
     /// Applies to `state`; snapshots taken and installed are recorded in
-    /// `telemetry`.
-    pub fn new(state: Arc<AppliedState>, telemetry: Arc<EngineTelemetry>) -> Self {
-        LockMachine { state, telemetry }
+    /// `telemetry`; `wake` is notified when a snapshot taken on a thread of
+    /// its own is done.
+    pub fn new(state: Arc<AppliedState>, telemetry: Arc<EngineTelemetry>, wake: Arc<Notify>) -> Self {
+        LockMachine {
+            state,
+            telemetry,
+            wake,
+        }
     }
 }
 
@@ -119,6 +126,33 @@ impl StateMachine<Command> for LockMachine {
         let snapshot = self.state.snapshot();
         self.telemetry.snapshot_saved(snapshot.len(), started.elapsed());
         snapshot
+    }
+
+    /// Serializes on a thread of its own: at a million held locks that
+    /// takes longer than an election timeout, which on the driver's task
+    /// would stop heartbeats and votes with it. The driver applies nothing
+    /// meanwhile; readers of the state go on.
+    fn start_snapshot(&mut self) -> SnapshotJob {
+        let (bytes_tx, bytes) = std::sync::mpsc::sync_channel(1);
+        let (state, telemetry, wake) = (self.state.clone(), self.telemetry.clone(), self.wake.clone());
+        let serialize = move || {
+            let started = std::time::Instant::now();
+            let snapshot = state.snapshot();
+            telemetry.snapshot_saved(snapshot.len(), started.elapsed());
+            // The driver stopped if nobody receives: nothing to hand over.
+            let _ = bytes_tx.send(snapshot);
+            wake.notify_one();
+        };
+        match std::thread::Builder::new()
+            .name("paxos-snapshot".to_string())
+            .spawn(serialize)
+        {
+            Ok(_) => SnapshotJob::Running(bytes),
+            Err(error) => {
+                tracing::warn!(%error, "no thread for the snapshot; serializing on the driver's task");
+                SnapshotJob::Done(self.snapshot())
+            }
+        }
     }
 
     fn decode_snapshot(&self, data: &[u8]) -> Result<LockState, String> {
@@ -241,7 +275,7 @@ impl PaxosEngine {
                 replica,
                 persister,
                 outboxes,
-                LockMachine::new(state.clone(), config.telemetry.clone()),
+                LockMachine::new(state.clone(), config.telemetry.clone(), wake.clone()),
                 boot,
                 config.snapshot_every_entries,
             ),

@@ -40,7 +40,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::core::types::{Configuration, Proposal, ProposalId, Slot};
 use crate::core::{ConfigurationChange, Replica, ReplicaConfig};
-use crate::driver::{Answer, Driver, StateMachine};
+use crate::driver::{Answer, Driver, SnapshotJob, StateMachine};
 use crate::sim::{Links, SimDisk, SimTransport};
 use crate::Refusal;
 
@@ -105,6 +105,11 @@ struct OpLog {
     /// The commands of the slot being applied.
     current: Vec<(ProposalId, Op)>,
     violation: Rc<RefCell<Option<String>>>,
+    /// Whether snapshots are serialized "elsewhere", done at a step the
+    /// run draws, as the engine serializes on a thread of its own.
+    background: bool,
+    /// A snapshot being serialized: where it goes, and its bytes.
+    serializing: Option<(std::sync::mpsc::SyncSender<Vec<u8>>, Vec<u8>)>,
 }
 
 impl OpLog {
@@ -119,6 +124,12 @@ impl StateMachine<Op> for OpLog {
     type Snapshot = (Slot, Vec<Op>);
 
     fn apply(&mut self, slot: Slot, proposal: &Proposal<Op>) -> Slot {
+        if self.serializing.is_some() {
+            self.violation(format!(
+                "snapshot: node {} applied slot {slot} while its snapshot was being taken",
+                self.node
+            ));
+        }
         if slot != self.slot + 1 {
             self.violation(format!(
                 "apply order: node {} applied slot {slot} after slot {}",
@@ -187,12 +198,26 @@ impl StateMachine<Op> for OpLog {
         bincode::serialize(&(self.slot, &self.ops)).expect("a vector of numbers serializes")
     }
 
+    fn start_snapshot(&mut self) -> SnapshotJob {
+        if !self.background {
+            return SnapshotJob::Done(self.snapshot());
+        }
+        let (bytes_tx, bytes) = std::sync::mpsc::sync_channel(1);
+        self.serializing = Some((bytes_tx, self.snapshot()));
+        SnapshotJob::Running(bytes)
+    }
+
     fn decode_snapshot(&self, data: &[u8]) -> Result<(Slot, Vec<Op>), String> {
         bincode::deserialize(data).map_err(|error| format!("undecodable snapshot: {error}"))
     }
 
     fn install_snapshot(&mut self, slot: Slot, (snapshot_slot, ops): (Slot, Vec<Op>)) {
         let node = self.node;
+        if self.serializing.is_some() {
+            self.violation(format!(
+                "snapshot: node {node} installed slot {slot} while its own snapshot was being taken"
+            ));
+        }
         if snapshot_slot != slot {
             self.violation(format!(
                 "snapshot: node {node} got a snapshot of slot {snapshot_slot} labelled {slot}"
@@ -320,6 +345,10 @@ struct Faults {
     propose: f64,
     read: f64,
     compact: f64,
+    /// Whether snapshots are serialized in the background, and the chance
+    /// per step that one being serialized is done.
+    background_snapshots: bool,
+    serialized: f64,
 }
 
 /// The part of a run, which decides what the clients do.
@@ -349,6 +378,8 @@ struct Limits {
 
 struct Sim {
     rng: StdRng,
+    /// Draws when background snapshots are done.
+    serializer_rng: StdRng,
     trace: bool,
     now: Arc<AtomicU64>,
     nodes: Vec<Node>,
@@ -377,6 +408,9 @@ struct Sim {
 impl Sim {
     fn new(seed: u64, size: u64) -> Sim {
         let mut rng = StdRng::seed_from_u64(seed ^ (size << 56));
+        // Background snapshots draw from a generator of their own, so a run
+        // without them is the run the seed gave before they existed.
+        let mut serializer_rng = StdRng::seed_from_u64(seed ^ (size << 56) ^ 0x5e71_a112e);
         let calm = rng.gen_bool(0.2);
         let faulty = |rng: &mut StdRng, max: f64| if calm { 0.0 } else { rng.gen_range(0.0..max) };
         let links = LinkFaults {
@@ -392,6 +426,8 @@ impl Sim {
             propose: rng.gen_range(0.02..0.3),
             read: rng.gen_range(0.0..0.05),
             compact: rng.gen_range(0.0..0.02),
+            background_snapshots: serializer_rng.gen_bool(0.5),
+            serialized: serializer_rng.gen_range(0.02..0.5),
         };
         let limits = Limits {
             batch_proposals_max: rng.gen_range(1..=4),
@@ -424,6 +460,7 @@ impl Sim {
             repairs: 0,
             configurations: BTreeMap::new(),
             rng,
+            serializer_rng,
         };
         let spare = sim.rng.gen_bool(0.5);
         if spare {
@@ -502,6 +539,8 @@ impl Sim {
             slot,
             current: Vec::new(),
             violation: self.violation.clone(),
+            background: self.faults.background_snapshots,
+            serializing: None,
         };
         let replica = Replica::new(config, image.durable_state());
         node.driver = Some(Driver::new(
@@ -715,6 +754,22 @@ impl Sim {
                 if let Some(driver) = self.nodes[i].driver.as_mut() {
                     driver.tick();
                 }
+            }
+        }
+        for i in 0..self.nodes.len() {
+            // A snapshot being serialized elsewhere is done at a drawn step.
+            let serializing = self.nodes[i]
+                .driver
+                .as_ref()
+                .is_some_and(|driver| driver.machine().serializing.is_some());
+            if serializing && self.serializer_rng.gen_bool(self.faults.serialized) {
+                let machine = self.nodes[i]
+                    .driver
+                    .as_mut()
+                    .expect("checked above")
+                    .machine_mut();
+                let (bytes_tx, data) = machine.serializing.take().expect("checked above");
+                bytes_tx.send(data).expect("the driver waits for its snapshot");
             }
         }
         for i in 0..self.nodes.len() {
