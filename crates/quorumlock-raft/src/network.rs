@@ -117,13 +117,48 @@ impl PeerNetwork {
             }
         };
         let mut client = RaftPeerClient::new(channel);
-        let call = client.removed(request_to(&self.incarnations, id, RaftPayload { data }));
-        match tokio::time::timeout(REMOVAL_NOTICE_TIMEOUT, call).await {
-            Ok(Ok(_)) => tracing::info!(node = %id, "told the removed node of its removal"),
-            Ok(Err(status)) => tracing::info!(node = %id, %status, "a removed node did not take the notice"),
-            Err(_) => tracing::info!(node = %id, "a removed node did not answer the notice in time"),
+        let deadline = tokio::time::Instant::now() + REMOVAL_NOTICE_TIMEOUT;
+        // A node removed right after it was added may not have introduced
+        // itself yet: it refuses with its introduction, and the notice goes
+        // again, once, naming it.
+        let mut again = true;
+        loop {
+            let call = client.removed(request_to(
+                &self.incarnations,
+                id,
+                RaftPayload { data: data.clone() },
+            ));
+            match tokio::time::timeout_at(deadline, call).await {
+                Ok(Ok(_)) => tracing::info!(node = %id, "told the removed node of its removal"),
+                Ok(Err(status)) if again && learn_introduction(&self.incarnations, id, &status) => {
+                    again = false;
+                    continue;
+                }
+                Ok(Err(status)) => {
+                    tracing::info!(node = %id, %status, "a removed node did not take the notice")
+                }
+                Err(_) => tracing::info!(node = %id, "a removed node did not answer the notice in time"),
+            }
+            return;
         }
     }
+}
+
+/// Learns `peer`'s incarnation from the introduction a refusal carries;
+/// whether it is known now.
+fn learn_introduction(incarnations: &Incarnations, peer: NodeId, status: &tonic::Status) -> bool {
+    let Some(introduction) = status.metadata().get(INCARNATION_OF_METADATA) else {
+        return false;
+    };
+    introduction
+        .to_str()
+        .map_err(|error| error.to_string())
+        .and_then(|text| incarnations.learn(peer, text))
+        .map(|_| incarnations.known(peer).is_some())
+        .unwrap_or_else(|error| {
+            tracing::warn!(%peer, %error, "a peer's introduction was not taken");
+            false
+        })
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -230,18 +265,7 @@ impl PeerConnection {
                     }
                     // Known now, from this introduction or from a request
                     // of the peer's that crossed this one.
-                    let learned = match status.metadata().get(INCARNATION_OF_METADATA) {
-                        Some(introduction) => introduction
-                            .to_str()
-                            .map_err(|error| error.to_string())
-                            .and_then(|text| self.incarnations.learn(self.target, text))
-                            .map(|_| self.incarnations.known(self.target).is_some())
-                            .unwrap_or_else(|error| {
-                                tracing::warn!(target = %self.target, %error, "a peer's introduction was not taken");
-                                false
-                            }),
-                        None => false,
-                    };
+                    let learned = learn_introduction(&self.incarnations, self.target, &status);
                     match (learned, retry.take()) {
                         (true, Some(data)) => {
                             payload = request_to(&self.incarnations, self.target, RaftPayload { data });
