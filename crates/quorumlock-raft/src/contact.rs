@@ -27,14 +27,50 @@ use tokio::time::Instant;
 use super::types::TypeConfig;
 use quorumlock_core::consensus::NodeId;
 
+/// Calls to one peer that may run on their own at once. Beyond this (a
+/// frozen peer, each heartbeat starting another call) a call runs only as
+/// long as openraft waits for it, so requests kept alive for a silent peer
+/// stay bounded in number and memory.
+pub const DETACHED_CALLS_PER_PEER_MAX: usize = 4;
+
 /// Per peer: the vote of the newest request it accepted, and when that
-/// request was sent.
+/// request was sent; and how many calls to it run on their own.
 #[derive(Default)]
 pub struct QuorumContact {
     heard: Mutex<HashMap<NodeId, (Vote<NodeId>, Instant)>>,
+    detached: Mutex<HashMap<NodeId, usize>>,
+}
+
+/// One call to a peer running on its own; counted until dropped.
+struct DetachedCall {
+    contact: Arc<QuorumContact>,
+    peer: NodeId,
+}
+
+impl Drop for DetachedCall {
+    fn drop(&mut self) {
+        if let Some(count) = self.contact.detached.lock().get_mut(&self.peer) {
+            *count -= 1;
+        }
+    }
 }
 
 impl QuorumContact {
+    /// Counts a call to `peer` that runs on its own, unless as many as
+    /// [`DETACHED_CALLS_PER_PEER_MAX`] already do.
+    fn detach(self: &Arc<Self>, peer: NodeId) -> Option<DetachedCall> {
+        let mut detached = self.detached.lock();
+        let count = detached.entry(peer).or_default();
+        if *count >= DETACHED_CALLS_PER_PEER_MAX {
+            return None;
+        }
+        *count += 1;
+        Some(DetachedCall {
+            contact: self.clone(),
+            peer,
+        })
+    }
+
     /// `peer` accepted a request of `vote` sent at `sent`.
     fn heard(&self, peer: NodeId, vote: Vote<NodeId>, sent: Instant) {
         let mut heard = self.heard.lock();
@@ -157,11 +193,18 @@ impl<C: RaftNetwork<TypeConfig> + Clone> ContactedConnection<C> {
         Fut: std::future::Future<Output = RpcResult<T, E>> + Send + 'static,
     {
         let sent = Instant::now();
-        let option = RPCOption::new(self.late_ttl.max(ttl));
-        let request = call(self.inner.clone(), option);
         let (contact, target) = (self.contact.clone(), self.target);
+        let Some(detached) = contact.detach(target) else {
+            let result = call(self.inner.clone(), RPCOption::new(ttl)).await;
+            if result.as_ref().is_ok_and(accepted) {
+                contact.heard(target, vote, sent);
+            }
+            return result;
+        };
+        let request = call(self.inner.clone(), RPCOption::new(self.late_ttl.max(ttl)));
         let (answer_tx, answer) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
+            let _detached = detached;
             let result = request.await;
             if result.as_ref().is_ok_and(accepted) {
                 contact.heard(target, vote, sent);
@@ -317,6 +360,19 @@ mod tests {
         assert_eq!(contact.silent_for(id(1), &vote, &configs, start, now), 80 * MS);
         let single = [config(&[1, 2, 3])];
         assert_eq!(contact.silent_for(id(1), &vote, &single, start, now), 10 * MS);
+    }
+
+    #[test]
+    fn calls_to_one_peer_run_on_their_own_up_to_the_bound() {
+        let contact = Arc::new(QuorumContact::default());
+        let running: Vec<DetachedCall> = (0..DETACHED_CALLS_PER_PEER_MAX)
+            .map(|_| contact.detach(id(2)).expect("below the bound"))
+            .collect();
+        assert!(contact.detach(id(2)).is_none(), "the bound is per peer and holds");
+        let other = contact.detach(id(3));
+        assert!(other.is_some(), "another peer has a bound of its own");
+        drop(running);
+        assert!(contact.detach(id(2)).is_some(), "ended calls make room");
     }
 
     #[test]
