@@ -114,6 +114,15 @@ impl SnapshotJob {
     }
 }
 
+/// Which snapshots are taken on the driver's task.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Inline {
+    /// Only a node's first (the state machine decides for the others).
+    First,
+    /// This one (the snapshot that starts a new epoch).
+    Always,
+}
+
 /// What the driver still has to do, in order, with the state machine.
 enum Pending<C> {
     Apply(Apply<C>),
@@ -376,7 +385,7 @@ where
                 // Everything handed out is applied, the stop-sign included
                 // (unless it is in a Ready not taken yet).
                 if self.applied == self.replica.applied() {
-                    self.snapshot_applied_now();
+                    self.start_snapshot(Inline::Always);
                     assert!(
                         !self.replica.epoch_snapshot_due(),
                         "the snapshot covers the stop-sign"
@@ -543,12 +552,13 @@ where
         if self.log_bytes_since_snapshot < wanted {
             return;
         }
-        self.start_snapshot();
+        self.start_snapshot(Inline::First);
     }
 
     /// Starts a snapshot of the state machine at the last slot it applied,
-    /// unless one is being taken or that slot is compacted already.
-    fn start_snapshot(&mut self) {
+    /// unless one is being taken or that slot is compacted already; one
+    /// taken on this task is handed to the replica at once.
+    fn start_snapshot(&mut self, inline: Inline) {
         let slot = self.applied;
         if self.snapshotting.is_none() && slot > self.replica.compacted() {
             self.log_bytes_since_snapshot = 0;
@@ -556,7 +566,7 @@ where
             // persisted, a learner keeps nothing of what it learned on disk
             // (it does not accept, and chosen values are not persisted), and
             // one that restarts empty knows no member to learn from again.
-            let job = if self.replica.compacted() == Slot::ZERO {
+            let job = if inline == Inline::Always || self.replica.compacted() == Slot::ZERO {
                 SnapshotJob::Done(self.machine.snapshot())
             } else {
                 self.machine.start_snapshot()
@@ -588,19 +598,7 @@ where
     /// whatever the interval (simulations draw when); nothing if one is
     /// being taken.
     pub fn compact_now(&mut self) {
-        self.start_snapshot();
-    }
-
-    /// Snapshots the state machine at the last slot it applied on this
-    /// task, and lets the replica forget what that covers.
-    fn snapshot_applied_now(&mut self) {
-        let slot = self.applied;
-        if slot > self.replica.compacted() {
-            let data = self.machine.snapshot();
-            tracing::debug!(%slot, bytes = data.len(), "snapshot taken; log truncated");
-            self.log_bytes_since_snapshot = 0;
-            self.replica.compact(slot, Arc::new(data));
-        }
+        self.start_snapshot(Inline::First);
     }
 
     /// Hands back everyone still waiting, proposals first (the driver is

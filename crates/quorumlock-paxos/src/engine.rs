@@ -122,10 +122,7 @@ impl StateMachine<Command> for LockMachine {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        let started = std::time::Instant::now();
-        let snapshot = self.state.snapshot();
-        self.telemetry.snapshot_saved(snapshot.len(), started.elapsed());
-        snapshot
+        serialize(&self.state, &self.telemetry)
     }
 
     /// Serializes on a thread of its own: at a million held locks that
@@ -135,17 +132,14 @@ impl StateMachine<Command> for LockMachine {
     fn start_snapshot(&mut self) -> SnapshotJob {
         let (bytes_tx, bytes) = std::sync::mpsc::sync_channel(1);
         let (state, telemetry, wake) = (self.state.clone(), self.telemetry.clone(), self.wake.clone());
-        let serialize = move || {
-            let started = std::time::Instant::now();
-            let snapshot = state.snapshot();
-            telemetry.snapshot_saved(snapshot.len(), started.elapsed());
+        let serializer = move || {
             // The driver stopped if nobody receives: nothing to hand over.
-            let _ = bytes_tx.send(snapshot);
+            let _ = bytes_tx.send(serialize(&state, &telemetry));
             wake.notify_one();
         };
         match std::thread::Builder::new()
             .name("paxos-snapshot".to_string())
-            .spawn(serialize)
+            .spawn(serializer)
         {
             Ok(_) => SnapshotJob::Running(bytes),
             Err(error) => {
@@ -163,6 +157,14 @@ impl StateMachine<Command> for LockMachine {
         self.state.restore(snapshot, slot.get());
         self.telemetry.snapshot_installed();
     }
+}
+
+/// Serializes `state`, recording the snapshot's size and time.
+fn serialize(state: &AppliedState, telemetry: &EngineTelemetry) -> Vec<u8> {
+    let started = std::time::Instant::now();
+    let snapshot = state.snapshot();
+    telemetry.snapshot_saved(snapshot.len(), started.elapsed());
+    snapshot
 }
 
 type LockDriver = Driver<Command, Persister<Command>, Outboxes<Command>, LockMachine, Reply>;

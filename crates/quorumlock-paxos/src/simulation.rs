@@ -756,18 +756,10 @@ impl Sim {
                 }
             }
         }
-        for i in 0..self.nodes.len() {
-            // A snapshot being serialized elsewhere is done at a drawn step.
-            let serializing = self.nodes[i]
-                .driver
-                .as_ref()
-                .is_some_and(|driver| driver.machine().serializing.is_some());
-            if serializing && self.serializer_rng.gen_bool(self.faults.serialized) {
-                let machine = self.nodes[i]
-                    .driver
-                    .as_mut()
-                    .expect("checked above")
-                    .machine_mut();
+        // A snapshot being serialized elsewhere is done at a drawn step.
+        for driver in self.nodes.iter_mut().filter_map(|node| node.driver.as_mut()) {
+            let machine = driver.machine_mut();
+            if machine.serializing.is_some() && self.serializer_rng.gen_bool(self.faults.serialized) {
                 let (bytes_tx, data) = machine.serializing.take().expect("checked above");
                 bytes_tx.send(data).expect("the driver waits for its snapshot");
             }
