@@ -1263,9 +1263,11 @@ pub async fn describe(
     call("Describe", RPC_TIMEOUT, client.describe(request)).await
 }
 
-/// `Describe` that must succeed.
+/// `Describe` that must succeed. A read is safe to repeat, so one answered
+/// UNAVAILABLE (a leader change under load: the node asked stopped leading
+/// between routing the call and reading) is retried, as README tells clients.
 pub async fn describe_ok(client: &LockClient<Channel>, name: &str) -> DescribeResponse {
-    describe(client, name)
+    retry_unavailable(&format!("Describe({name:?})"), || describe(client, name))
         .await
         .unwrap_or_else(|status| panic!("Describe({name:?}): {status:?}"))
 }
