@@ -109,6 +109,10 @@ pub struct ChaosArgs {
     /// check fails.
     #[arg(long)]
     pub history: Option<PathBuf>,
+    /// Keep the nodes' logs and data directories even when every check
+    /// passes (they are kept when one fails), to read what a run did.
+    #[arg(long)]
+    pub keep_logs: bool,
     /// Number of client worker processes.
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
@@ -273,7 +277,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<i32> {
         std::fs::remove_file(&history_path)
             .with_context(|| format!("removing {}", history_path.display()))?;
     }
-    let logs = if failed { Some(temp.keep()) } else { None };
+    let logs = (failed || args.keep_logs).then(|| temp.keep());
     print_summary(&args, seed, &outcome, &history_path, keep_history, logs);
     Ok(if failed { 1 } else { 0 })
 }
