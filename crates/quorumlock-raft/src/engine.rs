@@ -14,6 +14,7 @@ use tonic::service::Routes;
 
 use super::batcher::{leader_of, Batcher};
 use super::contact::{Contacted, QuorumContact};
+use super::election::ElectionTiming;
 use super::log_store::{LogStore, CF_LOG, CF_META};
 use super::network::PeerNetwork;
 use super::retirement::Retirement;
@@ -252,6 +253,14 @@ impl RaftEngine {
             notices: std::sync::OnceLock::new(),
             known_membership,
         });
+        tokio::spawn(super::election::stand_when_overdue(
+            raft.clone(),
+            config.node_id,
+            ElectionTiming {
+                lease: Duration::from_millis(election_max_ms),
+                max: Duration::from_millis(election_max_ms),
+            },
+        ));
         tokio::spawn(finish_interrupted_changes(
             raft.clone(),
             engine.membership_change.clone(),

@@ -3,6 +3,7 @@
 
 pub mod batcher;
 pub mod contact;
+pub mod election;
 pub mod engine;
 pub mod log_store;
 pub mod network;
