@@ -8,7 +8,8 @@
 //! that every AppendEntries and InstallSnapshot runs to its own, longer
 //! deadline on a task of its own, even after openraft stopped waiting, and
 //! records in [`QuorumContact`] the send time of the newest request each
-//! peer answered without refusing the leader's vote.
+//! peer answered without refusing the leader's vote. It also tells
+//! [`LongerLogs`] which vote requests a longer log refused.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use openraft::{BasicNode, Vote};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use super::election::LongerLogs;
 use super::types::TypeConfig;
 use quorumlock_core::consensus::NodeId;
 
@@ -129,6 +131,7 @@ impl QuorumContact {
 pub struct Contacted<N> {
     inner: N,
     contact: Arc<QuorumContact>,
+    longer_logs: Arc<LongerLogs>,
     /// How long a request may run after openraft stopped waiting for it:
     /// an answer older than this tells nothing the check needs.
     late_ttl: Duration,
@@ -136,11 +139,18 @@ pub struct Contacted<N> {
 
 impl<N> Contacted<N> {
     /// Wraps `inner`, telling answers to `contact` and letting each request
-    /// run for `late_ttl` at most (openraft's own TTL if that is longer).
-    pub fn new(inner: N, contact: Arc<QuorumContact>, late_ttl: Duration) -> Contacted<N> {
+    /// run for `late_ttl` at most (openraft's own TTL if that is longer);
+    /// votes refused by a longer log are told to `longer_logs`.
+    pub fn new(
+        inner: N,
+        contact: Arc<QuorumContact>,
+        longer_logs: Arc<LongerLogs>,
+        late_ttl: Duration,
+    ) -> Contacted<N> {
         Contacted {
             inner,
             contact,
+            longer_logs,
             late_ttl,
         }
     }
@@ -158,6 +168,7 @@ where
             inner: self.inner.new_client(target, node).await,
             target,
             contact: self.contact.clone(),
+            longer_logs: self.longer_logs.clone(),
             late_ttl: self.late_ttl,
         }
     }
@@ -168,6 +179,7 @@ pub struct ContactedConnection<C> {
     inner: C,
     target: NodeId,
     contact: Arc<QuorumContact>,
+    longer_logs: Arc<LongerLogs>,
     late_ttl: Duration,
 }
 
@@ -282,7 +294,15 @@ where
         request: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
-        self.inner.vote(request, option).await
+        let mine = request.last_log_id;
+        let result = self.inner.vote(request, option).await;
+        if let Ok(answer) = &result {
+            if !answer.vote_granted {
+                self.longer_logs
+                    .refused(mine.as_ref(), answer.last_log_id.as_ref());
+            }
+        }
+        result
     }
 }
 

@@ -15,15 +15,19 @@
 //! been heard for a little longer than openraft's own timeout without the
 //! backoff: `lease + max` (the latest a follower of a live leader stands),
 //! or `max` when no leader is established, plus a jitter of up to `max/2`
-//! drawn per vote so that two nodes do not stand together. A node whose
-//! log really is behind then stands once in vain (the longer log refuses
-//! it and stands itself within `2t`, before this timer fires there). The
-//! leader's heartbeats refresh a follower's vote time, so this timer never
-//! fires while a leader is heard.
+//! drawn per vote so that two nodes do not stand together — but only once
+//! the node's log reaches the longest log that refused it ([`LongerLogs`],
+//! as upstream). A node still behind keeps openraft's backoff: standing as
+//! often as the node with the longest log, it would keep raising the term
+//! past that node's and no one would be elected. The leader's heartbeats
+//! refresh a follower's vote time, so this timer never fires while a
+//! leader is heard.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::ServerState;
+use openraft::{LogId, ServerState};
+use parking_lot::Mutex;
 use rand::Rng;
 use tokio::time::Instant;
 
@@ -59,6 +63,37 @@ impl ElectionTiming {
     }
 }
 
+/// The longest log a voter refused this node's vote with: while this
+/// node's own log is shorter, it is behind, and openraft's backoff is due.
+#[derive(Default)]
+pub struct LongerLogs {
+    longest: Mutex<Option<LogId<NodeId>>>,
+}
+
+impl LongerLogs {
+    /// A vote request sent with `mine` as this node's last log id was
+    /// refused by a voter whose last log id is `theirs`.
+    pub fn refused(&self, mine: Option<&LogId<NodeId>>, theirs: Option<&LogId<NodeId>>) {
+        let Some(theirs) = theirs.filter(|theirs| Some(*theirs) > mine) else {
+            return;
+        };
+        let mut longest = self.longest.lock();
+        if longest.as_ref().is_none_or(|longest| theirs > longest) {
+            *longest = Some(*theirs);
+        }
+    }
+
+    /// Whether a log whose last index is `last_index` is shorter than the
+    /// longest log that refused this node. Compared by index, since the
+    /// metrics carry no term: a log of the same length with an older last
+    /// term counts as caught up, and its vote is refused once more.
+    pub fn behind(&self, last_index: Option<u64>) -> bool {
+        self.longest
+            .lock()
+            .is_some_and(|longest| last_index.is_none_or(|index| index < longest.index))
+    }
+}
+
 /// What the timer reads of openraft's state on each look.
 struct Look {
     stands: bool,
@@ -68,7 +103,12 @@ struct Look {
 
 /// Looks at `raft` every `max / 4` and starts an election when it is
 /// overdue (see the module's text). Ends when the raft core stops.
-pub async fn stand_when_overdue(raft: Raft, me: NodeId, timing: ElectionTiming) {
+pub async fn stand_when_overdue(
+    raft: Raft,
+    me: NodeId,
+    longer_logs: Arc<LongerLogs>,
+    timing: ElectionTiming,
+) {
     let mut tick = tokio::time::interval((timing.max / 4).max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The jitter is drawn once per vote time, so that looking more often
@@ -99,7 +139,9 @@ pub async fn stand_when_overdue(raft: Raft, me: NodeId, timing: ElectionTiming) 
             }
         };
         let quiet = Instant::now().saturating_duration_since(heard);
-        if quiet > timing.overdue_after(look.leader_established, jitter) {
+        if quiet > timing.overdue_after(look.leader_established, jitter)
+            && !longer_logs.behind(raft.metrics().borrow().last_log_index)
+        {
             tracing::info!(
                 quiet_ms = quiet.as_millis() as u64,
                 "no leader or vote heard past the election timeout; standing"
@@ -138,6 +180,33 @@ mod tests {
             timing().overdue_after(false, Duration::ZERO),
             Duration::from_millis(1_000)
         );
+    }
+
+    fn log_id(term: u64, index: u64) -> LogId<NodeId> {
+        LogId::new(openraft::CommittedLeaderId::new(term, NodeId::new(1)), index)
+    }
+
+    #[test]
+    fn a_node_refused_by_a_longer_log_is_behind_until_its_log_reaches_it() {
+        let longer = LongerLogs::default();
+        assert!(!longer.behind(Some(97)), "no refusal yet");
+        longer.refused(Some(&log_id(2, 97)), Some(&log_id(3, 346)));
+        assert!(longer.behind(Some(97)));
+        assert!(longer.behind(None));
+        assert!(!longer.behind(Some(346)), "caught up by following a leader");
+        assert!(!longer.behind(Some(400)));
+    }
+
+    #[test]
+    fn only_a_longer_log_counts_and_the_longest_is_kept() {
+        let longer = LongerLogs::default();
+        // Refused for its vote, not its log: nothing learned.
+        longer.refused(Some(&log_id(3, 346)), Some(&log_id(3, 300)));
+        longer.refused(Some(&log_id(3, 346)), None);
+        assert!(!longer.behind(Some(346)));
+        longer.refused(Some(&log_id(2, 97)), Some(&log_id(3, 346)));
+        longer.refused(Some(&log_id(2, 97)), Some(&log_id(3, 200)));
+        assert!(longer.behind(Some(300)), "the longest refusal is kept");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tonic::service::Routes;
 
 use super::batcher::{leader_of, Batcher};
 use super::contact::{Contacted, QuorumContact};
-use super::election::ElectionTiming;
+use super::election::{ElectionTiming, LongerLogs};
 use super::log_store::{LogStore, CF_LOG, CF_META};
 use super::network::PeerNetwork;
 use super::retirement::Retirement;
@@ -137,7 +137,8 @@ impl RaftEngine {
         config.validate()?;
         let patience = config.election_timeout * 2;
         let contact = Arc::new(QuorumContact::default());
-        let network = Contacted::new(network, contact.clone(), patience);
+        let longer_logs = Arc::new(LongerLogs::default());
+        let network = Contacted::new(network, contact.clone(), longer_logs.clone(), patience);
         let (election_min_ms, election_max_ms) =
             openraft_election_timeouts(config.heartbeat, config.election_timeout);
         let raft_config = Config {
@@ -256,6 +257,7 @@ impl RaftEngine {
         tokio::spawn(super::election::stand_when_overdue(
             raft.clone(),
             config.node_id,
+            longer_logs,
             ElectionTiming {
                 lease: Duration::from_millis(election_max_ms),
                 max: Duration::from_millis(election_max_ms),
