@@ -12,7 +12,9 @@
 //! a shorter history: a checksum mismatch anywhere stops the open with
 //! [`Damaged`], naming the file; only an incomplete record at the very end
 //! of the newest WAL, which a crash in the middle of a write leaves and
-//! whose write therefore never returned, is dropped.
+//! whose write therefore never returned, is dropped. A damaged length field
+//! that makes a record look incomplete is told apart by the WAL's framing
+//! (a record never crosses its 32 KiB block) and refused too.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -76,11 +78,77 @@ pub fn open(path: &Path, column_families: &[&str]) -> anyhow::Result<Arc<DB>> {
             _ => anyhow::anyhow!("opening RocksDB at {}: {error}", path.display()),
         }
     };
+    check_wal_framing(path)?;
     let db = DB::open_cf_descriptors(&options, path, descriptors).map_err(damaged)?;
     for name in column_families {
         verify_column_family(&db, name).map_err(damaged)?;
     }
     Ok(Arc::new(db))
+}
+
+/// RocksDB's WAL block: a record never crosses one (`db/log_format.h`).
+const WAL_BLOCK_BYTES: usize = 32 * 1024;
+/// A WAL record's header: checksum (4), length (2), type (1).
+const WAL_HEADER_BYTES: usize = 7;
+/// The header of a record in a recycled WAL file, with its log number.
+const WAL_RECYCLABLE_HEADER_BYTES: usize = 11;
+
+/// Refuses a WAL (`*.log` in `dir`) whose record framing cannot come from
+/// a crash. RocksDB's recovery takes a record that runs past the end of the
+/// file for the last one, cut short by a crash during its write, and drops
+/// it with everything after it; in a WAL shorter than one 32 KiB block, a
+/// damaged length field in the middle looks just like that. A record
+/// never crosses its block, so one that claims more than its block holds
+/// is damage, wherever the file ends; one that fits its block but not the
+/// file is a torn last record and is left to RocksDB.
+fn check_wal_framing(dir: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let file = entry?.path();
+        if file.extension().is_none_or(|extension| extension != "log") {
+            continue;
+        }
+        let bytes = std::fs::read(&file)?;
+        if let Some(at) = misframed_record(&bytes) {
+            let name = file.file_name().map(|name| name.to_string_lossy().into_owned());
+            return Err(Damaged {
+                dir: dir.display().to_string(),
+                what: format!(
+                    "{}: the WAL record at byte {at} claims more bytes than its 32 KiB block holds (damaged, not cut short by a crash)",
+                    name.unwrap_or_default()
+                ),
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// The offset of the first record of WAL `bytes` whose length runs past
+/// its block, if any; walking stops at zeroes (unwritten space) and at a
+/// record the file's end cuts short.
+fn misframed_record(bytes: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    while at < bytes.len() {
+        let block_left = WAL_BLOCK_BYTES - at % WAL_BLOCK_BYTES;
+        if block_left < WAL_HEADER_BYTES {
+            // The block's zero trailer.
+            at += block_left;
+            continue;
+        }
+        // A header the file's end cuts short: a crash during its write.
+        let header = bytes.get(at..at + WAL_HEADER_BYTES)?;
+        let length = usize::from(u16::from_le_bytes([header[4], header[5]]));
+        let header_bytes = match header[6] {
+            0 if length == 0 => return None,
+            5..=8 | 11 => WAL_RECYCLABLE_HEADER_BYTES,
+            _ => WAL_HEADER_BYTES,
+        };
+        if header_bytes + length > block_left {
+            return Some(at);
+        }
+        at += header_bytes + length;
+    }
+    None
 }
 
 /// RocksDB's error for a damaged WAL does not name the file; its info log
@@ -252,6 +320,47 @@ mod tests {
         write_records(dir.path(), false);
         let wal = only_file_ending(dir.path(), ".log");
         let middle = std::fs::metadata(&wal).unwrap().len() / 2;
+        flip(&wal, middle, 64);
+        let damage = damage_of(dir.path());
+        let name = wal.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(damage.contains(&name), "names the WAL {name}: {damage}");
+    }
+
+    /// The byte offsets at which the records of `wal` start, walking
+    /// RocksDB's framing (32 KiB blocks, 7-byte headers, zero trailers).
+    fn record_starts(wal: &Path) -> Vec<u64> {
+        let bytes = std::fs::read(wal).unwrap();
+        let (mut at, mut starts) = (0usize, Vec::new());
+        while at + 7 <= bytes.len() {
+            let block_left = 32 * 1024 - at % (32 * 1024);
+            if block_left < 7 {
+                at += block_left;
+                continue;
+            }
+            starts.push(at as u64);
+            at += 7 + u16::from_le_bytes([bytes[at + 4], bytes[at + 5]]) as usize;
+        }
+        starts
+    }
+
+    #[test]
+    fn a_damaged_record_header_inside_a_wal_shorter_than_a_block_is_refused_not_taken_for_a_torn_tail() {
+        // In a WAL shorter than one 32 KiB block, an inverted length runs
+        // past the end of the file, which RocksDB's recovery alone takes
+        // for a record a crash cut short, dropping it and every record
+        // after it while the node serves on.
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path(), CFS).unwrap();
+        for index in 0..60u64 {
+            db.put_cf_opt(cf(&db, "log"), u64_key(index), [index as u8; 200], &synced())
+                .unwrap();
+        }
+        drop(db);
+        let wal = only_file_ending(dir.path(), ".log");
+        let len = std::fs::metadata(&wal).unwrap().len();
+        assert!(len < 32 * 1024, "the WAL fits one block: {len} bytes");
+        let starts = record_starts(&wal);
+        let middle = starts[starts.len() / 2];
         flip(&wal, middle, 64);
         let damage = damage_of(dir.path());
         let name = wal.file_name().unwrap().to_string_lossy().into_owned();
