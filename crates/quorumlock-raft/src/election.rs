@@ -16,10 +16,11 @@
 //! backoff: `lease + max` (the latest a follower of a live leader stands),
 //! or `max` when no leader is established, plus a jitter of up to `max/2`
 //! drawn per vote so that two nodes do not stand together — but only once
-//! the node's log reaches the longest log that refused it ([`LongerLogs`],
-//! as upstream). A node still behind keeps openraft's backoff: standing as
-//! often as the node with the longest log, it would keep raising the term
-//! past that node's and no one would be elected. The leader's heartbeats
+//! the node has applied as far as the longest log that refused it
+//! ([`LongerLogs`]; upstream checks the last log id itself). A node still
+//! behind keeps openraft's backoff: standing as often as the node with the
+//! longest log, it would keep raising the term past that node's and no one
+//! would be elected. The leader's heartbeats
 //! refresh a follower's vote time, so this timer never fires while a
 //! leader is heard.
 
@@ -83,14 +84,18 @@ impl LongerLogs {
         }
     }
 
-    /// Whether a log whose last index is `last_index` is shorter than the
-    /// longest log that refused this node. Compared by index, since the
-    /// metrics carry no term: a log of the same length with an older last
-    /// term counts as caught up, and its vote is refused once more.
-    pub fn behind(&self, last_index: Option<u64>) -> bool {
+    /// Whether this node, having applied up to `applied`, may still be
+    /// behind the longest log that refused it. Logs compare by last term,
+    /// then index: a log as long as the longest but ending in an older term
+    /// (a crashed leader's unreplicated tail) is behind too. The node's
+    /// last log id is not published, so the applied one stands for it: once
+    /// it reaches the longest refusal, the log has too (the applied prefix
+    /// is committed, so it is never cut back).
+    pub fn behind(&self, applied: Option<&LogId<NodeId>>) -> bool {
         self.longest
             .lock()
-            .is_some_and(|longest| last_index.is_none_or(|index| index < longest.index))
+            .as_ref()
+            .is_some_and(|longest| applied < Some(longest))
     }
 }
 
@@ -140,7 +145,7 @@ pub async fn stand_when_overdue(
         };
         let quiet = Instant::now().saturating_duration_since(heard);
         if quiet > timing.overdue_after(look.leader_established, jitter)
-            && !longer_logs.behind(raft.metrics().borrow().last_log_index)
+            && !longer_logs.behind(raft.metrics().borrow().last_applied.as_ref())
         {
             tracing::info!(
                 quiet_ms = quiet.as_millis() as u64,
@@ -187,14 +192,28 @@ mod tests {
     }
 
     #[test]
-    fn a_node_refused_by_a_longer_log_is_behind_until_its_log_reaches_it() {
+    fn a_node_refused_by_a_longer_log_is_behind_until_it_applied_that_far() {
         let longer = LongerLogs::default();
-        assert!(!longer.behind(Some(97)), "no refusal yet");
+        assert!(!longer.behind(Some(&log_id(2, 97))), "no refusal yet");
         longer.refused(Some(&log_id(2, 97)), Some(&log_id(3, 346)));
-        assert!(longer.behind(Some(97)));
+        assert!(longer.behind(Some(&log_id(2, 97))));
         assert!(longer.behind(None));
-        assert!(!longer.behind(Some(346)), "caught up by following a leader");
-        assert!(!longer.behind(Some(400)));
+        assert!(
+            !longer.behind(Some(&log_id(3, 346))),
+            "caught up by following a leader"
+        );
+        assert!(!longer.behind(Some(&log_id(4, 350))));
+    }
+
+    #[test]
+    fn a_log_as_long_but_ending_in_an_older_term_is_behind() {
+        // A leader killed with entries of its own term at the same index
+        // as the survivor's newer ones: standing, it would be refused.
+        let longer = LongerLogs::default();
+        longer.refused(Some(&log_id(3, 141)), Some(&log_id(5, 141)));
+        assert!(longer.behind(Some(&log_id(3, 141))));
+        assert!(longer.behind(Some(&log_id(4, 150))));
+        assert!(!longer.behind(Some(&log_id(6, 142))));
     }
 
     #[test]
@@ -203,10 +222,13 @@ mod tests {
         // Refused for its vote, not its log: nothing learned.
         longer.refused(Some(&log_id(3, 346)), Some(&log_id(3, 300)));
         longer.refused(Some(&log_id(3, 346)), None);
-        assert!(!longer.behind(Some(346)));
+        assert!(!longer.behind(Some(&log_id(3, 346))));
         longer.refused(Some(&log_id(2, 97)), Some(&log_id(3, 346)));
         longer.refused(Some(&log_id(2, 97)), Some(&log_id(3, 200)));
-        assert!(longer.behind(Some(300)), "the longest refusal is kept");
+        assert!(
+            longer.behind(Some(&log_id(3, 300))),
+            "the longest refusal is kept"
+        );
     }
 
     #[test]
