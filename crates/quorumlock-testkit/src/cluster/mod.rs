@@ -351,13 +351,41 @@ fn node_process(spec: &ClusterSpec, root: &Path, id: u64, addr: &str, args: Vec<
     )
 }
 
-/// Picks `count` distinct free ports on 127.0.0.1. Every listener is held
-/// until all are picked, so the ports differ from each other.
+/// Lowest port [`free_ports`] picks.
+const PICKED_PORT_MIN: u16 = 10_000;
+/// Ports [`free_ports`] tries before it gives up.
+const PORT_TRIES_MAX: usize = 10_000;
+
+/// Picks `count` distinct free ports on 127.0.0.1, at random below the
+/// kernel's ephemeral range. A port the kernel handed out (a bind to port
+/// 0) comes from that range, as does the source port of every outgoing
+/// connection, so once released it may be taken by any connection on the
+/// machine before the node binds it; below the range only another picker
+/// can take it. Every listener is held until all are picked, so the ports
+/// differ from each other.
 pub fn free_ports(count: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .context("finding free ports on 127.0.0.1")?;
+    use rand::Rng;
+    let ephemeral_min = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let mut listeners = Vec::with_capacity(count);
+    if ephemeral_min > PICKED_PORT_MIN + 1_000 {
+        let mut rng = rand::thread_rng();
+        for _ in 0..PORT_TRIES_MAX {
+            if listeners.len() == count {
+                break;
+            }
+            let port = rng.gen_range(PICKED_PORT_MIN..ephemeral_min);
+            if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+                listeners.push(listener);
+            }
+        }
+    }
+    // A machine whose ephemeral range leaves too little room below it.
+    while listeners.len() < count {
+        listeners.push(TcpListener::bind("127.0.0.1:0").context("finding free ports on 127.0.0.1")?);
+    }
     listeners
         .iter()
         .map(|listener| Ok(listener.local_addr()?.port()))
