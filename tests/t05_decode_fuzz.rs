@@ -250,18 +250,23 @@ fn message() -> impl Strategy<Value = Message> {
                 .collect(),
         }),
         (
-            slot,
+            slot.clone(),
+            0u64..64,
+            0u64..64,
             proptest::collection::vec(any::<u8>(), 0..32),
             proptest::collection::btree_set(1u64..6, 1..4)
         )
-            .prop_map(|(slot, data, voters)| Message::Snapshot {
+            .prop_map(|(slot, offset, total, data, voters)| Message::SnapshotChunk {
                 slot,
-                data: Arc::new(data),
+                offset,
+                total,
+                data,
                 config: Arc::new(quorumlock_paxos::Configuration::initial(
                     voters.into_iter().map(NodeId::new).collect(),
                     Default::default()
                 )),
             }),
+        (slot, 0u64..64).prop_map(|(slot, offset)| Message::SnapshotPull { slot, offset }),
     ]
 }
 
@@ -342,20 +347,25 @@ fn replica() -> Replica {
 }
 
 /// Steps `messages` from peer 2 into a fresh replica and drains its effects,
-/// as the driver does. Snapshots are left to the driver, which decodes them
-/// before the replica sees them (an undecodable one never gets there).
+/// as the driver does: a snapshot received whole is decoded, and installed
+/// only if it decodes.
 fn step_all(messages: Vec<Message>) {
     let mut replica = replica();
-    for message in messages {
-        if let Message::Snapshot { data, .. } = &message {
-            if LockState::restore(data).is_err() {
-                continue;
+    let drain = |replica: &mut Replica| {
+        let ready = replica.take_ready();
+        if let Some(received) = ready.snapshot_received {
+            match LockState::restore(&received.data) {
+                Ok(_) => replica.install_snapshot(received.slot, received.data, received.config),
+                Err(_) => replica.snapshot_undecodable(received.slot),
             }
+            let _ = replica.take_ready();
         }
+    };
+    for message in messages {
         replica.step(NodeId::new(2), message);
-        let _ = replica.take_ready();
+        drain(&mut replica);
         replica.tick();
-        let _ = replica.take_ready();
+        drain(&mut replica);
     }
 }
 

@@ -5,7 +5,9 @@
 //! point is brought back by a snapshot installed from the leader, and that
 //! afterwards all three replicas hold byte-identical lock state (equal
 //! SHA-256 digests of their snapshots at equal applied indexes) — the
-//! determinism of apply, observed through the real path.
+//! determinism of apply, observed through the real path. The values
+//! written make the state larger than one snapshot chunk (1 MiB), so the
+//! transfer takes several.
 
 mod common;
 
@@ -16,6 +18,16 @@ engine_tests!(check_lagging_follower_catches_up_by_snapshot_to_identical_state);
 /// Entries between snapshots for this test: small, so that a few hundred
 /// commands compact the log several times.
 const SNAPSHOT_EVERY_ENTRIES: &str = "40";
+
+/// Bytes of each value written: 60 of them make about 2.4 MiB of state.
+const VALUE_BYTES: usize = 40 << 10;
+
+/// The value written in `round`: its number, padded to [`VALUE_BYTES`].
+fn value(round: usize) -> Vec<u8> {
+    let mut value = format!("value {round} ").into_bytes();
+    value.resize(VALUE_BYTES, b'.');
+    value
+}
 
 async fn check_lagging_follower_catches_up_by_snapshot_to_identical_state(engine: &str) {
     let cluster =
@@ -41,7 +53,7 @@ async fn check_lagging_follower_catches_up_by_snapshot_to_identical_state(engine
         put(
             &client,
             format!("t55/key-{round}"),
-            format!("value {round}"),
+            value(round),
             fence(&lock, token),
             holder.key,
         )
@@ -63,10 +75,25 @@ async fn check_lagging_follower_catches_up_by_snapshot_to_identical_state(engine
         applied >= 160,
         "the replicas applied the whole workload: {applied}"
     );
+    let log = cluster.log(lagging);
     assert!(
-        cluster.log(lagging).contains("installed snapshot from"),
+        log.contains("installed snapshot from"),
         "the lagging follower caught up through a snapshot transfer, not the log"
     );
+    if engine == "paxos" {
+        // The follower logs each snapshot it received whole and in how many
+        // chunks; the largest took several.
+        let chunks = log
+            .lines()
+            .filter(|line| line.contains("snapshot received from a peer"))
+            .filter_map(|line| line.split("chunks=").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+            .max();
+        assert!(
+            chunks.is_some_and(|chunks| chunks >= 2),
+            "a snapshot over 1 MiB travelled in several chunks: {chunks:?}"
+        );
+    }
 
     // The caught-up follower serves the same answers once it forwards to the leader.
     let lagging_client = cluster.client(lagging).await;
@@ -75,5 +102,5 @@ async fn check_lagging_follower_catches_up_by_snapshot_to_identical_state(engine
     })
     .await
     .expect("Get through the caught-up follower");
-    assert_eq!(read.value, b"value 59");
+    assert_eq!(read.value, value(59));
 }

@@ -654,12 +654,15 @@ async fn hostile_peer_requests(cluster: &Cluster, channel: Channel, index: usize
                     &["undecodable paxos messages"],
                 );
             }
-            // A well-formed Snapshot message whose state is garbage, from a
-            // spoofed member: accepted by the transport, and then ignored
-            // by the engine because it does not decode as a lock state.
-            let snapshot = quorumlock_paxos::Message::<quorumlock_core::lock::Command>::Snapshot {
+            // A well-formed snapshot, whole in one chunk, whose state is
+            // garbage, from a spoofed member: accepted by the transport,
+            // and then ignored by the engine because it does not decode as
+            // a lock state.
+            let snapshot = quorumlock_paxos::Message::<quorumlock_core::lock::Command>::SnapshotChunk {
                 slot: quorumlock_paxos::Slot::new(1 << 40),
-                data: Arc::new(vec![0xee; 256]),
+                offset: 0,
+                total: 256,
+                data: vec![0xee; 256],
                 config: Arc::new(quorumlock_paxos::Configuration::default()),
             };
             let messages = bincode::serialize(&vec![snapshot]).expect("a message encodes");

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use quorumlock_core::consensus::NodeId;
 
 use crate::core::message::{Envelope, Message};
-use crate::core::ready::{Apply, Persist, Ready, ReadyNumber, Refusal};
+use crate::core::ready::{Apply, Persist, Ready, ReadyNumber, ReceivedSnapshot, Refusal};
 use crate::core::types::{Command, Proposal, ProposalId, ReadId, Slot};
 use crate::core::Replica;
 
@@ -84,30 +84,44 @@ pub trait StateMachine<C> {
     /// forget the slots it covers.
     fn decode_snapshot(&self, data: &[u8]) -> Result<Self::Snapshot, String>;
 
+    /// Starts decoding a snapshot a peer sent, as [`Self::decode_snapshot`]
+    /// does. A machine that can do it off the caller's thread returns a
+    /// running job; the replica goes on meanwhile. By default the snapshot
+    /// is decoded at once.
+    fn start_decode_snapshot(&mut self, data: Arc<Vec<u8>>) -> DecodeJob<Self::Snapshot> {
+        Job::Done(self.decode_snapshot(&data))
+    }
+
     /// Replaces the state with a decoded snapshot covering every slot up to
     /// `slot`.
     fn install_snapshot(&mut self, slot: Slot, snapshot: Self::Snapshot);
 }
 
-/// A snapshot being taken for compaction.
-pub enum SnapshotJob {
-    /// Taken.
-    Done(Vec<u8>),
-    /// Being serialized elsewhere; the bytes arrive on the channel (a
-    /// closed channel means the serializer died).
-    Running(std::sync::mpsc::Receiver<Vec<u8>>),
+/// Work on the state machine that may run off the driver's task.
+pub enum Job<T> {
+    /// Done.
+    Done(T),
+    /// Running elsewhere; the result arrives on the channel (a closed
+    /// channel means the worker died).
+    Running(std::sync::mpsc::Receiver<T>),
 }
 
-impl SnapshotJob {
-    /// The snapshot if it is taken.
-    fn finish(&mut self) -> Option<Vec<u8>> {
+/// A snapshot being taken for compaction.
+pub type SnapshotJob = Job<Vec<u8>>;
+
+/// A peer's snapshot being decoded.
+pub type DecodeJob<S> = Job<Result<S, String>>;
+
+impl<T> Job<T> {
+    /// The result if the job is done, or the job still running.
+    fn poll(self) -> Result<T, Job<T>> {
         match self {
-            SnapshotJob::Done(data) => Some(std::mem::take(data)),
-            SnapshotJob::Running(bytes) => match bytes.try_recv() {
-                Ok(data) => Some(data),
-                Err(std::sync::mpsc::TryRecvError::Empty) => None,
+            Job::Done(result) => Ok(result),
+            Job::Running(result) => match result.try_recv() {
+                Ok(result) => Ok(result),
+                Err(std::sync::mpsc::TryRecvError::Empty) => Err(Job::Running(result)),
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                    panic!("a snapshot serializer never dies")
+                    panic!("a state machine's worker never dies")
                 }
             },
         }
@@ -222,7 +236,9 @@ pub struct Driver<C, S, T, M: StateMachine<C>, R> {
     snapshot_every_entries: u64,
     /// Encoded bytes of the values applied since the latest snapshot.
     log_bytes_since_snapshot: u64,
-    /// A peer's snapshot decoded when it arrived, kept for its install.
+    /// A peer's snapshot being decoded.
+    decoding: Option<(ReceivedSnapshot, DecodeJob<M::Snapshot>)>,
+    /// A peer's snapshot decoded, kept for its install.
     verified_snapshot: Option<(Slot, M::Snapshot)>,
     /// The snapshot being taken at a slot; applying waits for it.
     snapshotting: Option<(Slot, SnapshotJob)>,
@@ -264,6 +280,7 @@ where
             applied,
             snapshot_every_entries,
             log_bytes_since_snapshot: 0,
+            decoding: None,
             verified_snapshot: None,
             snapshotting: None,
             pending: VecDeque::new(),
@@ -311,9 +328,13 @@ where
     }
 
     /// Whether something is waiting to be executed: a Ready, messages
-    /// held for storage, or a snapshot being taken and what waits for it.
+    /// held for storage, a snapshot being taken and what waits for it, or
+    /// a peer's snapshot being decoded.
     pub fn has_work(&mut self) -> bool {
-        !self.held.is_empty() || self.snapshotting.is_some() || self.replica.has_ready()
+        !self.held.is_empty()
+            || self.snapshotting.is_some()
+            || self.decoding.is_some()
+            || self.replica.has_ready()
     }
 
     /// Whether a snapshot is being taken (and applying waits for it).
@@ -342,22 +363,8 @@ where
         self.replica.read(self.next_read);
     }
 
-    /// Hands a peer's message to the replica. A snapshot is decoded first:
-    /// the replica forgets the slots it covers at once, so an undecodable
-    /// one (corrupt, or from an incompatible version) never gets there.
+    /// Hands a peer's message to the replica.
     pub fn step(&mut self, from: NodeId, message: Message<C>) {
-        if let Message::Snapshot { slot, data, .. } = &message {
-            if *slot <= self.replica.applied() {
-                return;
-            }
-            match self.machine.decode_snapshot(data) {
-                Ok(snapshot) => self.verified_snapshot = Some((*slot, snapshot)),
-                Err(error) => {
-                    tracing::warn!(%from, %slot, %error, "undecodable snapshot from a peer ignored");
-                    return;
-                }
-            }
-        }
         self.replica.step(from, message);
     }
 
@@ -373,6 +380,7 @@ where
         loop {
             self.release_durable()?;
             self.finish_snapshot();
+            self.finish_decode();
             self.apply_pending(&mut answers)?;
             if self.replica.epoch_snapshot_due() {
                 // A stop-sign was handed out: the new epoch starts from a
@@ -419,6 +427,7 @@ where
             reads_failed,
             refused,
             abandoned,
+            snapshot_received,
         } = ready;
         for envelope in messages {
             self.transport.send(envelope);
@@ -450,7 +459,45 @@ where
                 answers.push(Answer::ReadFailed { reply });
             }
         }
+        if let Some(received) = snapshot_received {
+            assert!(
+                self.decoding.is_none(),
+                "a replica receives one snapshot at a time"
+            );
+            let job = self.machine.start_decode_snapshot(received.data.clone());
+            self.decoding = Some((received, job));
+            self.finish_decode();
+        }
         self.apply_pending(answers)
+    }
+
+    /// Hands the replica a peer's snapshot once it is decoded: it installs
+    /// it, or asks again if the snapshot was undecodable (corrupt, or from
+    /// an incompatible version), which it never installs.
+    fn finish_decode(&mut self) {
+        let Some((received, job)) = self.decoding.take() else {
+            return;
+        };
+        let decoded = match job.poll() {
+            Ok(decoded) => decoded,
+            Err(job) => {
+                self.decoding = Some((received, job));
+                return;
+            }
+        };
+        let ReceivedSnapshot { slot, data, config } = received;
+        match decoded {
+            Ok(snapshot) => {
+                if slot > self.replica.applied() {
+                    self.verified_snapshot = Some((slot, snapshot));
+                }
+                self.replica.install_snapshot(slot, data, config);
+            }
+            Err(error) => {
+                tracing::warn!(%slot, %error, "undecodable snapshot from a peer ignored");
+                self.replica.snapshot_undecodable(slot);
+            }
+        }
     }
 
     /// Applies what the replica handed out, in order, unless a snapshot is
@@ -579,14 +626,16 @@ where
     /// Hands the replica the snapshot being taken if it is done, so it
     /// persists it and forgets what it covers.
     fn finish_snapshot(&mut self) {
-        let Some((slot, job)) = &mut self.snapshotting else {
+        let Some((slot, job)) = self.snapshotting.take() else {
             return;
         };
-        let Some(data) = job.finish() else {
-            return;
+        let data = match job.poll() {
+            Ok(data) => data,
+            Err(job) => {
+                self.snapshotting = Some((slot, job));
+                return;
+            }
         };
-        let slot = *slot;
-        self.snapshotting = None;
         tracing::debug!(%slot, bytes = data.len(), "snapshot taken; log truncated");
         // A peer's snapshot installed meanwhile may cover it already; the
         // replica then ignores it.

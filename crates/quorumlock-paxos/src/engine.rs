@@ -17,7 +17,7 @@ use tonic::service::Routes;
 use crate::core::ready::Refusal;
 use crate::core::types::{Configuration, Proposal, Slot};
 use crate::core::{ConfigurationChange, ReconfigurationRefused, Replica, ReplicaConfig};
-use crate::driver::{Answer, Driver, SnapshotJob, StateMachine};
+use crate::driver::{Answer, DecodeJob, Driver, Job, SnapshotJob, StateMachine};
 use crate::store::{PaxosStore, Persister};
 use crate::transport::{
     Admission, Inbound, Outboxes, PaxosPeerService, INBOX_BATCHES_MAX, PEER_MESSAGE_BYTES_MAX,
@@ -151,6 +151,29 @@ impl StateMachine<Command> for LockMachine {
 
     fn decode_snapshot(&self, data: &[u8]) -> Result<LockState, String> {
         LockState::restore(data)
+    }
+
+    /// Decodes on a thread of its own: at a million held locks that takes
+    /// longer than an election timeout, and the driver's task keeps
+    /// heartbeats, votes and this node's part in the log going meanwhile.
+    fn start_decode_snapshot(&mut self, data: Arc<Vec<u8>>) -> DecodeJob<LockState> {
+        let (decoded_tx, decoded) = std::sync::mpsc::sync_channel(1);
+        let (bytes, wake) = (data.clone(), self.wake.clone());
+        let decoder = move || {
+            // The driver stopped if nobody receives: nothing to hand over.
+            let _ = decoded_tx.send(LockState::restore(&bytes));
+            wake.notify_one();
+        };
+        match std::thread::Builder::new()
+            .name("paxos-snapshot-decode".to_string())
+            .spawn(decoder)
+        {
+            Ok(_) => Job::Running(decoded),
+            Err(error) => {
+                tracing::warn!(%error, "no thread to decode the snapshot; decoding on the driver's task");
+                Job::Done(self.decode_snapshot(&data))
+            }
+        }
     }
 
     fn install_snapshot(&mut self, slot: Slot, snapshot: LockState) {

@@ -20,7 +20,7 @@ pub mod store;
 pub mod transport;
 
 pub use crate::core::message::{Envelope, Message};
-pub use crate::core::ready::{Apply, Persist, Ready, ReadyNumber, Refusal};
+pub use crate::core::ready::{Apply, Persist, Ready, ReadyNumber, ReceivedSnapshot, Refusal};
 pub use crate::core::types::{
     Accepted, Ballot, Chosen, Command, Configuration, Proposal, ProposalId, ReadId, Slot, Value,
 };

@@ -40,7 +40,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::core::types::{Configuration, Proposal, ProposalId, Slot};
 use crate::core::{ConfigurationChange, Replica, ReplicaConfig};
-use crate::driver::{Answer, Driver, SnapshotJob, StateMachine};
+use crate::driver::{Answer, DecodeJob, Driver, Job, SnapshotJob, StateMachine};
 use crate::sim::{Links, SimDisk, SimTransport};
 use crate::Refusal;
 
@@ -105,12 +105,19 @@ struct OpLog {
     /// The commands of the slot being applied.
     current: Vec<(ProposalId, Op)>,
     violation: Rc<RefCell<Option<String>>>,
-    /// Whether snapshots are serialized "elsewhere", done at a step the
-    /// run draws, as the engine serializes on a thread of its own.
+    /// Whether snapshots are serialized, and peers' snapshots decoded,
+    /// "elsewhere", done at a step the run draws, as the engine does both
+    /// on threads of their own.
     background: bool,
     /// A snapshot being serialized: where it goes, and its bytes.
     serializing: Option<(std::sync::mpsc::SyncSender<Vec<u8>>, Vec<u8>)>,
+    /// A peer's snapshot being decoded: where it goes, and what decoding
+    /// gave.
+    decoding: Option<(std::sync::mpsc::SyncSender<DecodedOps>, DecodedOps)>,
 }
+
+/// A peer's snapshot decoded: the slot it says it covers and its ops.
+type DecodedOps = Result<(Slot, Vec<Op>), String>;
 
 impl OpLog {
     fn violation(&self, what: String) {
@@ -209,6 +216,15 @@ impl StateMachine<Op> for OpLog {
 
     fn decode_snapshot(&self, data: &[u8]) -> Result<(Slot, Vec<Op>), String> {
         bincode::deserialize(data).map_err(|error| format!("undecodable snapshot: {error}"))
+    }
+
+    fn start_decode_snapshot(&mut self, data: Arc<Vec<u8>>) -> DecodeJob<(Slot, Vec<Op>)> {
+        if !self.background {
+            return Job::Done(self.decode_snapshot(&data));
+        }
+        let (decoded_tx, decoded) = std::sync::mpsc::sync_channel(1);
+        self.decoding = Some((decoded_tx, self.decode_snapshot(&data)));
+        Job::Running(decoded)
     }
 
     fn install_snapshot(&mut self, slot: Slot, (snapshot_slot, ops): (Slot, Vec<Op>)) {
@@ -372,6 +388,7 @@ struct Limits {
     inflight_slots_max: usize,
     queued_proposals_max: usize,
     learn_batch_max: usize,
+    snapshot_chunk_bytes: usize,
     snapshot_every_entries: u64,
     disk_latency_max: u64,
 }
@@ -434,6 +451,9 @@ impl Sim {
             inflight_slots_max: rng.gen_range(1..=6),
             queued_proposals_max: rng.gen_range(2..=32),
             learn_batch_max: rng.gen_range(1..=6),
+            // Drawn apart, so that the rest of the run is the one the seed
+            // gave before snapshots travelled in chunks.
+            snapshot_chunk_bytes: [256, 2048, 1 << 20][serializer_rng.gen_range(0..3)],
             snapshot_every_entries: [5, 40, u64::MAX / 2][rng.gen_range(0..3)],
             disk_latency_max: [0, 3, DISK_LATENCY_STEPS_MAX][rng.gen_range(0..3)],
         };
@@ -520,6 +540,7 @@ impl Sim {
         config.inflight_slots_max = self.limits.inflight_slots_max;
         config.queued_proposals_max = self.limits.queued_proposals_max;
         config.learn_batch_max = self.limits.learn_batch_max;
+        config.snapshot_chunk_bytes = self.limits.snapshot_chunk_bytes;
         config.seed = self.rng.gen();
         let node = &mut self.nodes[i];
         let image = node.disk.image();
@@ -541,6 +562,7 @@ impl Sim {
             violation: self.violation.clone(),
             background: self.faults.background_snapshots,
             serializing: None,
+            decoding: None,
         };
         let replica = Replica::new(config, image.durable_state());
         node.driver = Some(Driver::new(
@@ -574,7 +596,8 @@ impl Sim {
         let limits = self.limits;
         let backlog_slots = limits.queued_proposals_max.div_ceil(limits.batch_proposals_max);
         let backlog_rounds = backlog_slots.div_ceil(limits.inflight_slots_max) as u64 + 1;
-        let liveness_ticks_max = LIVENESS_TICKS_BASE + backlog_rounds * self.round_trip_ticks();
+        let liveness_ticks_max =
+            LIVENESS_TICKS_BASE + (backlog_rounds + self.snapshot_rounds()) * self.round_trip_ticks();
         let liveness_deadline = healed_at + liveness_ticks_max * STEPS_PER_TICK;
         while self.ops[liveness_op as usize] != OpState::Acked {
             if self.step() >= liveness_deadline {
@@ -607,8 +630,9 @@ impl Sim {
         let open_rounds =
             open_ops.div_ceil(limits.batch_proposals_max * limits.inflight_slots_max) as u64 + 1;
         // A replica that lagged catches up one `Chosen` message per round
-        // trip (unless a snapshot covers the gap).
-        let catch_up_rounds = (self.history.borrow().slots.len() / limits.learn_batch_max) as u64 + 1;
+        // trip, or pulls a snapshot that covers the gap.
+        let catch_up_rounds =
+            (self.history.borrow().slots.len() / limits.learn_batch_max) as u64 + 1 + self.snapshot_rounds();
         // Twice the pipeline's pace: a retry may first meet a full queue.
         // Each membership step left takes a retry interval, an election in
         // the new epoch and a round trip.
@@ -671,6 +695,14 @@ impl Sim {
     /// healed network: two message delays, two disk writes, a
     /// retransmission interval, and slack for drivers that execute their
     /// effects late.
+    /// Round trips a snapshot of the whole history takes to travel: one
+    /// per chunk, as the receiver pulls each next one.
+    fn snapshot_rounds(&self) -> u64 {
+        // bincode of (slot, ops): the slot, the length, 8 bytes per op.
+        let bytes = 16 + 8 * self.history.borrow().ops.len();
+        bytes.div_ceil(self.limits.snapshot_chunk_bytes) as u64 + 1
+    }
+
     fn round_trip_ticks(&self) -> u64 {
         2 * self.faults.links.delay_max.div_ceil(STEPS_PER_TICK)
             + 2 * self.limits.disk_latency_max.div_ceil(STEPS_PER_TICK)
@@ -762,6 +794,12 @@ impl Sim {
             if machine.serializing.is_some() && self.serializer_rng.gen_bool(self.faults.serialized) {
                 let (bytes_tx, data) = machine.serializing.take().expect("checked above");
                 bytes_tx.send(data).expect("the driver waits for its snapshot");
+            }
+            if machine.decoding.is_some() && self.serializer_rng.gen_bool(self.faults.serialized) {
+                let (decoded_tx, decoded) = machine.decoding.take().expect("checked above");
+                decoded_tx
+                    .send(decoded)
+                    .expect("the driver waits for the decoded snapshot");
             }
         }
         for i in 0..self.nodes.len() {

@@ -37,8 +37,11 @@ use quorumlock_proto::paxos::paxos_peer_server::PaxosPeer;
 use quorumlock_proto::paxos::{PaxosAck, PaxosBatch};
 use quorumlock_tls::{node_name, Dialer};
 
-/// Largest peer message, in bytes: a snapshot travels in one message.
-pub const PEER_MESSAGE_BYTES_MAX: usize = 256 << 20;
+/// Largest peer message, in bytes: a batch gathers at most
+/// [`BATCH_BYTES_MAX`], an `Accept` or `Chosen` carries at most the
+/// replica's `message_bytes_max` (16 MiB) of values besides one larger
+/// slot, and a snapshot travels in chunks of 1 MiB.
+pub const PEER_MESSAGE_BYTES_MAX: usize = 32 << 20;
 /// Messages waiting for one peer before new ones are dropped.
 pub const OUTBOX_MESSAGES_MAX: usize = 16_384;
 /// Most messages in one batch.
@@ -47,7 +50,7 @@ pub const BATCH_MESSAGES_MAX: usize = 1_024;
 /// sender takes nothing more from the outbox until answers come.
 pub const STREAM_BATCHES_IN_FLIGHT_MAX: usize = 64;
 /// Most bytes one batch gathers from several messages (a single
-/// larger message, such as a snapshot, travels alone).
+/// larger message travels alone).
 pub const BATCH_BYTES_MAX: usize = 16 << 20;
 /// The slowest transfer rate a batch's timeout allows for, in bytes per
 /// millisecond (about 10 MB/s).
@@ -235,13 +238,14 @@ impl<C: Command> Transport<C> for Outboxes<C> {
     }
 }
 
-/// Encodes `message` as [`encode`] does, counting the snapshots sent.
+/// Encodes `message` as [`encode`] does, counting the snapshot transfers
+/// started (their first chunks sent).
 fn encode_counted<C: Serialize>(
     to: NodeId,
     message: &Message<C>,
     telemetry: &EngineTelemetry,
 ) -> Option<Vec<u8>> {
-    if matches!(message, Message::Snapshot { .. }) {
+    if matches!(message, Message::SnapshotChunk { offset: 0, .. }) {
         telemetry.snapshot_sent();
     }
     encode(to, message)

@@ -114,6 +114,7 @@ impl<C: Command> Replica<C> {
     }
 
     pub(super) fn tick_learner(&mut self) {
+        self.tick_snapshot_transfer();
         let retry_ticks = 2 * self.config.heartbeat_ticks;
         if self.chosen_upto < self.leader_chosen_upto
             && self
@@ -130,6 +131,9 @@ impl<C: Command> Replica<C> {
     pub(super) fn ask_learn(&mut self) {
         let retry = self.learn_asked_at.is_some();
         self.learn_asked_at = Some(self.now);
+        if self.receiving_snapshot() {
+            return;
+        }
         let mut source = match &self.role {
             Role::Leading(_) => self.learn_source,
             _ => self.leader.map(|ballot| ballot.node).or(self.learn_source),
@@ -148,31 +152,12 @@ impl<C: Command> Replica<C> {
         }
     }
 
-    /// Serves chosen values from `from_slot`, or the snapshot when they were
-    /// compacted.
-    /// Serves `from` the chosen values from `from_slot` on, or the snapshot
-    /// when they were compacted away; returns the last slot served.
+    /// Serves `from` the chosen values from `from_slot` on, or starts a
+    /// transfer of the snapshot when they were compacted away (see
+    /// `snapshot_transfer.rs`); returns the last slot served.
     pub(super) fn on_learn(&mut self, from: NodeId, from_slot: Slot) -> Option<Slot> {
         if from_slot <= self.compacted {
-            // A snapshot can be large and slow to travel: a peer that asks
-            // again before it could arrive gets no second copy of the same
-            // snapshot within an election timeout.
-            let (slot, now) = (self.compacted, self.now);
-            let recently_sent = self
-                .snapshot_sent
-                .get(&from)
-                .is_some_and(|(sent_slot, at)| *sent_slot == slot && now - at < self.config.election_ticks);
-            if let (Some(data), false) = (&self.snapshot, recently_sent) {
-                let message = Message::Snapshot {
-                    slot,
-                    data: data.clone(),
-                    config: self.configuration_at(slot),
-                };
-                self.snapshot_sent.insert(from, (slot, now));
-                self.send(from, message);
-                return Some(slot);
-            }
-            return None;
+            return self.serve_snapshot(from);
         }
         // A peer may be ahead of this node (a new leader asks a random peer,
         // or a lagging one): there is nothing to serve, and an empty range
@@ -234,8 +219,8 @@ impl<C: Command> Replica<C> {
         }
     }
 
-    /// Installs a peer's snapshot when it is ahead of what this replica
-    /// applied.
+    /// Installs a peer's snapshot, decoded, when it is ahead of what this
+    /// replica applied.
     pub(super) fn on_snapshot(&mut self, slot: Slot, data: Arc<Vec<u8>>, config: Arc<Configuration>) {
         if slot <= self.applied {
             return;
@@ -252,15 +237,12 @@ impl<C: Command> Replica<C> {
         // This node's own commands known chosen but not yet applied are
         // covered by the snapshot and will never be applied here one by one:
         // their callers must hear that the outcome is unknown to this node.
-        let own = self.config.id;
-        let overtaken: Vec<_> = self
+        let overtaken: Vec<Value<C>> = self
             .chosen
             .range(self.applied + 1..=slot)
-            .flat_map(|(_, value)| value.proposals())
-            .filter(|proposal| proposal.id.node == own)
-            .map(|proposal| proposal.id)
+            .map(|(_, value)| value.clone())
             .collect();
-        self.ready.abandoned.extend(overtaken);
+        self.abandon_own(overtaken.iter());
         self.forget_upto(slot);
         self.snapshot = Some(data.clone());
         self.chosen_upto = self.chosen_upto.max(slot);
@@ -278,7 +260,8 @@ impl<C: Command> Replica<C> {
             // The snapshot covers a stop-sign: what this node knew chosen
             // after it came from the ended configuration, and its role there
             // is over.
-            drop(self.chosen.split_off(&slot.next()));
+            let void = self.chosen.split_off(&slot.next());
+            self.abandon_own(void.values());
             self.chosen_upto = slot;
             self.leader_chosen_upto = slot;
             self.commit_scanned = None;
@@ -286,6 +269,22 @@ impl<C: Command> Replica<C> {
         }
         self.note_if_removed();
         self.advance();
+    }
+
+    /// This node's own commands in `values`, known chosen, will never be
+    /// applied here one by one (a snapshot covers them, or they were
+    /// decided after a stop-sign, by a configuration that had ended): their
+    /// callers must hear that the outcome is unknown to this node.
+    pub(super) fn abandon_own<'a>(&mut self, values: impl Iterator<Item = &'a Value<C>>)
+    where
+        C: 'a,
+    {
+        let own = self.config.id;
+        let ids = values
+            .flat_map(|value| value.proposals())
+            .filter(|proposal| proposal.id.node == own)
+            .map(|proposal| proposal.id);
+        self.ready.abandoned.extend(ids);
     }
 
     /// Drops every record at or below `slot`, which a snapshot now covers.

@@ -108,15 +108,31 @@ pub enum Message<C> {
         /// The values.
         entries: Vec<Chosen<C>>,
     },
-    /// The sender's state-machine snapshot, because the slots asked for were
-    /// compacted away.
-    Snapshot {
+    /// One chunk of the sender's state-machine snapshot, because the slots
+    /// asked for were compacted away. The first answers a `Learn`; the
+    /// receiver pulls each next one with [`Message::SnapshotPull`], so at
+    /// most one chunk per receiver is on the way and a slow receiver sets
+    /// the pace.
+    SnapshotChunk {
         /// The snapshot covers every slot up to here.
         slot: Slot,
-        /// The serialized lock state.
-        data: Arc<Vec<u8>>,
+        /// Where in the serialized snapshot `data` starts.
+        offset: u64,
+        /// The serialized snapshot's length in bytes.
+        total: u64,
+        /// The snapshot's bytes from `offset` on; empty only for an empty
+        /// snapshot.
+        data: Vec<u8>,
         /// The configuration in force after `slot`.
         config: Arc<Configuration>,
+    },
+    /// "Send me the chunk of your snapshot at `slot` that starts at
+    /// `offset`."
+    SnapshotPull {
+        /// The snapshot being received.
+        slot: Slot,
+        /// The bytes received so far.
+        offset: u64,
     },
     /// "The ballot you sent is of an epoch that ended here": the recipient
     /// is behind a configuration change and must learn the chosen values
@@ -142,7 +158,8 @@ impl<C> Message<C> {
             Message::HeartbeatAck { .. } => "heartbeat_ack",
             Message::Learn { .. } => "learn",
             Message::Chosen { .. } => "chosen",
-            Message::Snapshot { .. } => "snapshot",
+            Message::SnapshotChunk { .. } => "snapshot_chunk",
+            Message::SnapshotPull { .. } => "snapshot_pull",
             Message::EpochEnded { .. } => "epoch_ended",
         }
     }
@@ -163,7 +180,8 @@ impl<C> Message<C> {
             | Message::HeartbeatAck { ballot, .. } => Some(*ballot),
             Message::Learn { .. }
             | Message::Chosen { .. }
-            | Message::Snapshot { .. }
+            | Message::SnapshotChunk { .. }
+            | Message::SnapshotPull { .. }
             | Message::EpochEnded { .. } => None,
         }
     }

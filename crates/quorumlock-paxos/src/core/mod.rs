@@ -15,6 +15,7 @@ pub mod message;
 mod proposer;
 pub mod ready;
 mod reconfiguration;
+mod snapshot_transfer;
 pub mod types;
 
 pub use reconfiguration::{ConfigurationChange, ReconfigurationRefused};
@@ -66,6 +67,10 @@ pub struct ReplicaConfig {
     pub queued_proposals_max: usize,
     /// Most chosen values one `Chosen` message carries.
     pub learn_batch_max: usize,
+    /// Most snapshot bytes one `SnapshotChunk` carries.
+    pub snapshot_chunk_bytes: usize,
+    /// Largest snapshot taken from a peer; a larger one is refused.
+    pub snapshot_bytes_max: u64,
     /// Seed of the replica's randomness (election timeouts only).
     pub seed: u64,
 }
@@ -85,6 +90,8 @@ impl ReplicaConfig {
             inflight_slots_max: 64,
             queued_proposals_max: 65_536,
             learn_batch_max: 512,
+            snapshot_chunk_bytes: 1 << 20,
+            snapshot_bytes_max: 4 << 30,
             seed: id.get(),
         }
     }
@@ -268,8 +275,13 @@ pub struct Replica<C> {
     learn_asked_at: Option<u64>,
     /// Whom to ask for chosen values.
     learn_source: Option<NodeId>,
-    /// The snapshot slot last sent to each peer, and when.
-    snapshot_sent: BTreeMap<NodeId, (Slot, u64)>,
+    /// Snapshot transfers this node serves, by receiver.
+    snapshot_serving: BTreeMap<NodeId, snapshot_transfer::Serving>,
+    /// The snapshot this node is receiving, chunk by chunk.
+    snapshot_incoming: Option<snapshot_transfer::Incoming>,
+    /// The slot of a snapshot received whole and handed to the driver to
+    /// decode, until it comes back.
+    snapshot_decoding: Option<Slot>,
 
     // Election.
     /// The leader this node follows and its ballot.
@@ -330,7 +342,9 @@ impl<C: Command> Replica<C> {
             commit_scanned: None,
             learn_asked_at: None,
             learn_source: None,
-            snapshot_sent: BTreeMap::new(),
+            snapshot_serving: BTreeMap::new(),
+            snapshot_incoming: None,
+            snapshot_decoding: None,
             leader: None,
             leader_heard_at: 0,
             election_at: 0,
@@ -425,7 +439,14 @@ impl<C: Command> Replica<C> {
                 self.on_learn(from, from_slot);
             }
             Message::Chosen { entries } => self.on_chosen(entries),
-            Message::Snapshot { slot, data, config } => self.on_snapshot(slot, data, config),
+            Message::SnapshotChunk {
+                slot,
+                offset,
+                total,
+                data,
+                config,
+            } => self.on_snapshot_chunk(from, slot, offset, total, data, config),
+            Message::SnapshotPull { slot, offset } => self.on_snapshot_pull(from, slot, offset),
             Message::EpochEnded { epoch } => {
                 if epoch > self.configuration().epoch {
                     self.catch_up_with(from);

@@ -59,13 +59,18 @@ impl<C: Command> Replica<C> {
             .max(self.chosen_upto);
 
         // A change recovered here may be chosen: like its proposer, this
-        // leader assigns no slot after a stop-sign until it is decided.
+        // leader assigns no slot after a stop-sign until it is decided. A
+        // leader that has yet to learn the chosen prefix may not know the
+        // configuration the change was made from, so it takes any change
+        // for a stop-sign: a slot it assigned after a real one would be
+        // void, and its commands never applied.
         let current = self.configuration().clone();
+        let behind = max_chosen > self.chosen_upto;
         let reconfiguring_at = recovered
             .iter()
             .rev()
             .find_map(|(slot, record)| match &record.value {
-                Value::Reconfigure(next) => Some((*slot, current.ends_with(next))),
+                Value::Reconfigure(next) => Some((*slot, behind || current.ends_with(next))),
                 _ => None,
             });
         self.leader = Some(ballot);

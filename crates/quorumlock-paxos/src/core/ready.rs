@@ -11,7 +11,9 @@
 //!    chosen value is chosen whatever this node's disk holds;
 //! 4. holds [`Ready::persisted_messages`] until every Ready up to this one
 //!    is durable, then sends them and reports it with
-//!    [`super::Replica::on_persisted`].
+//!    [`super::Replica::on_persisted`];
+//! 5. decodes [`Ready::snapshot_received`], if any, and hands it back (see
+//!    [`ReceivedSnapshot`]); the replica goes on meanwhile.
 //!
 //! Messages that depend on durable state (a `Promise`, an `Accepted`, a
 //! `Prepare` for the ballot just promised) are `persisted_messages`, so an
@@ -70,6 +72,20 @@ pub enum Apply<C> {
     },
 }
 
+/// A peer's snapshot, received whole: the driver decodes and checks it
+/// (off its task where it can, as it may be large) and hands it back with
+/// [`super::Replica::install_snapshot`], or reports it undecodable with
+/// [`super::Replica::snapshot_undecodable`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedSnapshot {
+    /// Last slot the snapshot covers.
+    pub slot: Slot,
+    /// The serialized state.
+    pub data: Arc<Vec<u8>>,
+    /// The configuration in force after `slot`.
+    pub config: Arc<Configuration>,
+}
+
 /// Why a proposal was refused before it entered the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -106,6 +122,8 @@ pub struct Ready<C> {
     /// Proposals that were in flight when this node stopped leading: they
     /// may or may not be chosen later.
     pub abandoned: Vec<ProposalId>,
+    /// A peer's snapshot to decode before it is installed.
+    pub snapshot_received: Option<ReceivedSnapshot>,
 }
 
 impl<C> Default for Ready<C> {
@@ -128,6 +146,7 @@ impl<C> Ready<C> {
             reads_failed: Vec::new(),
             refused: Vec::new(),
             abandoned: Vec::new(),
+            snapshot_received: None,
         }
     }
 
@@ -141,5 +160,6 @@ impl<C> Ready<C> {
             && self.reads_failed.is_empty()
             && self.refused.is_empty()
             && self.abandoned.is_empty()
+            && self.snapshot_received.is_none()
     }
 }

@@ -310,7 +310,8 @@ impl<C: Command> Replica<C> {
     fn end_epoch(&mut self, slot: Slot, ended: &Configuration, next: &Configuration) {
         // Anything known chosen after the stop-sign was decided by the
         // ended configuration: void.
-        drop(self.chosen.split_off(&slot.next()));
+        let void = self.chosen.split_off(&slot.next());
+        self.abandon_own(void.values());
         self.epoch_started_at = Some(slot);
         self.leader_chosen_upto = self.chosen_upto;
         self.commit_scanned = None;
@@ -373,6 +374,7 @@ impl<C: Command> Replica<C> {
             Message::Learn { from_slot } => {
                 self.on_learn(from, from_slot);
             }
+            Message::SnapshotPull { slot, offset } => self.on_snapshot_pull(from, slot, offset),
             message => {
                 if message.ballot().is_some_and(|ballot| ballot.epoch < config.epoch) && config.has(from) {
                     self.send(from, Message::EpochEnded { epoch: config.epoch });
@@ -428,8 +430,8 @@ impl<C: Command> Replica<C> {
     /// restarted knows no configuration again). Each heartbeat pushes the
     /// next batch after the last one pushed, starting over from slot 1
     /// after the chosen prefix (so that a batch lost on the way is pushed
-    /// again); a snapshot is resent at most once per election timeout (see
-    /// `on_learn`).
+    /// again); a snapshot transfer is started again at most once per
+    /// election timeout (see `on_learn`).
     pub(super) fn push_to_new_learners(&mut self) {
         let Role::Leading(leading) = &self.role else {
             return;

@@ -90,6 +90,10 @@ impl Net {
                     for (proposal, refusal) in ready.refused {
                         self.refused.entry(*id).or_default().push((proposal.seq, refusal));
                     }
+                    if let Some(received) = ready.snapshot_received {
+                        // As the driver does once it decoded it.
+                        replica.install_snapshot(received.slot, received.data, received.config);
+                    }
                     if replica.epoch_snapshot_due() {
                         // As the driver does: the new epoch starts from a
                         // snapshot of the stop-sign (its bytes do not

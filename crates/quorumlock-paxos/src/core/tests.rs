@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::message::{Envelope, Message};
-use super::ready::{Apply, Persist, Ready, Refusal};
+use super::ready::{Apply, Persist, Ready, ReceivedSnapshot, Refusal};
 use super::types::{Accepted, Ballot, Chosen, Configuration, Proposal, ProposalId, Slot, Value};
 use super::{DurableState, Replica, ReplicaConfig};
 use quorumlock_core::consensus::NodeId;
@@ -57,6 +57,38 @@ fn take(replica: &mut Replica1) -> Ready1 {
     replica.on_persisted(ready.number);
     ready.number = 0;
     ready
+}
+
+/// `from`'s whole snapshot at `slot` in one chunk.
+fn whole_snapshot(slot: Slot, data: &[u8]) -> Message<Command> {
+    Message::SnapshotChunk {
+        slot,
+        offset: 0,
+        total: data.len() as u64,
+        data: data.to_vec(),
+        config: three(),
+    }
+}
+
+/// Delivers `from`'s whole snapshot at `slot` in one chunk; the replica
+/// hands it out to be decoded, and gets it back decoded as a driver would
+/// hand it back.
+fn deliver_snapshot(replica: &mut Replica1, from: u64, slot: Slot, data: &Arc<Vec<u8>>) {
+    replica.step(n(from), whole_snapshot(slot, data));
+    let ready = take(replica);
+    assert_eq!(
+        ready,
+        Ready {
+            snapshot_received: Some(ReceivedSnapshot {
+                slot,
+                data: data.clone(),
+                config: three(),
+            }),
+            ..Ready::default()
+        },
+        "a whole snapshot is handed out to be decoded, nothing else"
+    );
+    replica.install_snapshot(slot, data.clone(), three());
 }
 
 fn fresh(id: u64) -> Replica1 {
@@ -840,15 +872,7 @@ fn learn_below_the_compaction_point_is_answered_with_the_snapshot() {
     assert_eq!(
         take(&mut replica),
         Ready {
-            messages: vec![envelope(
-                1,
-                2,
-                Message::Snapshot {
-                    slot: Slot::new(5),
-                    data,
-                    config: three()
-                }
-            )],
+            messages: vec![envelope(1, 2, whole_snapshot(Slot::new(5), &data))],
             ..Ready::default()
         }
     );
@@ -935,14 +959,7 @@ fn learn_beyond_the_chosen_prefix_is_ignored() {
 fn a_snapshot_ahead_of_apply_replaces_the_applied_prefix() {
     let mut follower = fresh(2);
     let data = Arc::new(vec![1, 2, 3]);
-    follower.step(
-        NodeId::new(1),
-        Message::Snapshot {
-            slot: Slot::new(4),
-            data: data.clone(),
-            config: three(),
-        },
-    );
+    deliver_snapshot(&mut follower, 1, Slot::new(4), &data);
     assert_eq!(
         take(&mut follower),
         Ready {
@@ -962,14 +979,7 @@ fn a_snapshot_ahead_of_apply_replaces_the_applied_prefix() {
         (follower.applied(), follower.compacted()),
         (Slot::new(4), Slot::new(4))
     );
-    follower.step(
-        NodeId::new(1),
-        Message::Snapshot {
-            slot: Slot::new(3),
-            data: Arc::new(vec![]),
-            config: three(),
-        },
-    );
+    follower.step(NodeId::new(1), whole_snapshot(Slot::new(3), &[]));
     assert_eq!(
         take(&mut follower),
         Ready::default(),
@@ -1194,14 +1204,7 @@ fn a_leader_that_learned_during_phase_one_does_not_refill_chosen_slots() {
     take(&mut replica);
     // Phase 1 is under way from slot 1 when a snapshot up to slot 5 arrives.
     let data = Arc::new(vec![5]);
-    replica.step(
-        NodeId::new(3),
-        Message::Snapshot {
-            slot: Slot::new(5),
-            data: data.clone(),
-            config: three(),
-        },
-    );
+    deliver_snapshot(&mut replica, 3, Slot::new(5), &data);
     assert_eq!(
         take(&mut replica).apply,
         vec![Apply::Snapshot {
@@ -1348,14 +1351,7 @@ fn a_snapshot_over_unapplied_own_commands_reports_them_abandoned() {
         "slot 2 is chosen, slot 1 is not"
     );
     let data = Arc::new(vec![2]);
-    leader.step(
-        NodeId::new(3),
-        Message::Snapshot {
-            slot: Slot::new(2),
-            data: data.clone(),
-            config: three(),
-        },
-    );
+    deliver_snapshot(&mut leader, 3, Slot::new(2), &data);
     assert_eq!(
         take(&mut leader),
         Ready {
@@ -1440,15 +1436,7 @@ fn a_snapshot_is_not_resent_to_a_peer_that_asks_again_within_an_election_timeout
     );
     take(&mut leader);
     leader.compact(Slot::new(1), Arc::new(vec![7]));
-    let snapshot = envelope(
-        1,
-        3,
-        Message::Snapshot {
-            slot: Slot::new(1),
-            data: Arc::new(vec![7]),
-            config: three(),
-        },
-    );
+    let snapshot = envelope(1, 3, whole_snapshot(Slot::new(1), &[7]));
     leader.step(
         NodeId::new(3),
         Message::Learn {
@@ -1479,6 +1467,296 @@ fn a_snapshot_is_not_resent_to_a_peer_that_asks_again_within_an_election_timeout
     assert!(
         take(&mut leader).messages.contains(&snapshot),
         "after an election timeout the snapshot is sent again"
+    );
+}
+
+// ---- Snapshot transfer ---------------------------------------------------
+
+/// Node `id` of three, sending and taking snapshots in chunks of `chunk`
+/// bytes.
+fn chunked(id: u64, chunk: usize) -> ReplicaConfig {
+    let mut config = config(id, 3);
+    config.snapshot_chunk_bytes = chunk;
+    config
+}
+
+/// Node 1 of three, holding a snapshot of `data` at `slot` and serving it in
+/// chunks of 4 bytes.
+fn serving(slot: Slot, data: &[u8]) -> Replica1 {
+    let durable = DurableState {
+        snapshot: Some((slot, Arc::new(data.to_vec()))),
+        ..DurableState::default()
+    };
+    Replica::new(chunked(1, 4), durable)
+}
+
+/// The one message of `ready`, addressed to `to`.
+fn only_message(ready: Ready1, to: u64) -> Message<Command> {
+    assert_eq!(ready.messages.len(), 1, "one message: {ready:?}");
+    let envelope = ready.messages.into_iter().next().expect("checked above");
+    assert_eq!(envelope.to, n(to));
+    envelope.message
+}
+
+/// Node 2 hears node 1 lead with every slot up to `upto` chosen; it asks
+/// node 1 for them.
+fn lagging_follower(upto: Slot) -> Replica1 {
+    let mut follower = fresh(2);
+    follower.step(
+        n(1),
+        Message::Heartbeat {
+            ballot: ballot(1, 1),
+            chosen_upto: upto,
+            seq: 1,
+        },
+    );
+    let asked = take(&mut follower).messages;
+    assert!(
+        asked.contains(&envelope(
+            2,
+            1,
+            Message::Learn {
+                from_slot: Slot::new(1)
+            }
+        )),
+        "the follower asks for what it lacks: {asked:?}"
+    );
+    follower
+}
+
+fn pull(slot: u64, offset: u64) -> Message<Command> {
+    Message::SnapshotPull {
+        slot: Slot::new(slot),
+        offset,
+    }
+}
+
+#[test]
+fn a_snapshot_travels_in_bounded_chunks_each_pulled_by_the_receiver() {
+    let data: Vec<u8> = (1..=10).collect();
+    let mut leader = serving(Slot::new(5), &data);
+    let mut follower = lagging_follower(Slot::new(5));
+    leader.step(
+        n(2),
+        Message::Learn {
+            from_slot: Slot::new(1),
+        },
+    );
+    let mut message = only_message(take(&mut leader), 2);
+    let mut chunks = Vec::new();
+    loop {
+        let Message::SnapshotChunk {
+            offset,
+            total,
+            data: bytes,
+            ..
+        } = &message
+        else {
+            panic!("a snapshot chunk is sent: {message:?}");
+        };
+        assert!(bytes.len() <= 4, "a chunk carries at most snapshot_chunk_bytes");
+        assert_eq!(*total, 10);
+        chunks.push((*offset, bytes.len()));
+        follower.step(n(1), message);
+        let ready = take(&mut follower);
+        if let Some(received) = ready.snapshot_received {
+            assert_eq!(received.slot, Slot::new(5));
+            assert_eq!(*received.data, data, "the chunks make up the snapshot");
+            assert!(ready.messages.is_empty(), "nothing more is pulled");
+            break;
+        }
+        // The next chunk is asked for only once this one arrived: one at a
+        // time is on the way.
+        let asked = only_message(ready, 1);
+        leader.step(n(2), asked);
+        message = only_message(take(&mut leader), 2);
+    }
+    assert_eq!(chunks, vec![(0, 4), (4, 4), (8, 2)]);
+    follower.install_snapshot(Slot::new(5), Arc::new(data), three());
+    assert_eq!(follower.applied(), Slot::new(5));
+}
+
+#[test]
+fn a_lost_chunk_is_pulled_again_and_duplicates_are_dropped() {
+    let data: Vec<u8> = (1..=10).collect();
+    let mut leader = serving(Slot::new(5), &data);
+    let mut follower = lagging_follower(Slot::new(5));
+    leader.step(
+        n(2),
+        Message::Learn {
+            from_slot: Slot::new(1),
+        },
+    );
+    let first = only_message(take(&mut leader), 2);
+    follower.step(n(1), first.clone());
+    assert_eq!(only_message(take(&mut follower), 1), pull(5, 4));
+    // The chunk at 4 is lost on the way; a duplicate of the first arrives.
+    follower.step(n(1), first);
+    assert_eq!(
+        take(&mut follower),
+        Ready::default(),
+        "a duplicate chunk is dropped"
+    );
+    for _ in 0..2 * HEARTBEAT_TICKS - 1 {
+        follower.tick();
+        let ready = take(&mut follower);
+        assert!(
+            !ready
+                .messages
+                .iter()
+                .any(|sent| matches!(sent.message, Message::Learn { .. } | Message::SnapshotPull { .. })),
+            "no pull or learn before the retry pause: {ready:?}"
+        );
+    }
+    follower.tick();
+    assert_eq!(
+        only_message(take(&mut follower), 1),
+        pull(5, 4),
+        "the missing chunk is pulled again after two heartbeats"
+    );
+    leader.step(n(2), pull(5, 4));
+    let second = only_message(take(&mut leader), 2);
+    follower.step(n(1), second.clone());
+    assert_eq!(only_message(take(&mut follower), 1), pull(5, 8));
+    follower.step(n(1), second);
+    assert_eq!(
+        take(&mut follower),
+        Ready::default(),
+        "a chunk received twice counts once"
+    );
+}
+
+#[test]
+fn a_receiver_asks_for_no_chosen_values_while_a_snapshot_is_on_the_way() {
+    let mut leader = serving(Slot::new(5), &[1, 2, 3, 4, 5, 6]);
+    let mut follower = lagging_follower(Slot::new(5));
+    leader.step(
+        n(2),
+        Message::Learn {
+            from_slot: Slot::new(1),
+        },
+    );
+    follower.step(n(1), only_message(take(&mut leader), 2));
+    take(&mut follower);
+    // The next chunk is slow; the follower waits less than two election
+    // timeouts, pulling again, and never starts over with a Learn.
+    for _ in 0..2 * ELECTION_TICKS - 1 {
+        follower.tick();
+        // (It also stands for election, hearing no leader.)
+        for sent in take(&mut follower).messages {
+            if matches!(sent.message, Message::Learn { .. } | Message::SnapshotPull { .. }) {
+                assert_eq!(sent.message, pull(5, 4), "only the missing chunk is asked for");
+            }
+        }
+    }
+    // The sender stayed silent for two election timeouts: the follower
+    // gives up on it and asks for what it lacks again.
+    follower.tick();
+    let asked: Vec<Message<Command>> = take(&mut follower)
+        .messages
+        .into_iter()
+        .map(|sent| sent.message)
+        .collect();
+    assert!(
+        asked.contains(&Message::Learn {
+            from_slot: Slot::new(1)
+        }),
+        "a stalled transfer is given up: {asked:?}"
+    );
+}
+
+#[test]
+fn a_transfer_under_way_keeps_the_snapshot_it_started_with_when_the_sender_gets_a_newer_one() {
+    let old: Vec<u8> = (1..=8).collect();
+    let mut sender = serving(Slot::new(5), &old);
+    sender.step(
+        n(2),
+        Message::Learn {
+            from_slot: Slot::new(1),
+        },
+    );
+    take(&mut sender);
+    // A newer snapshot replaces the old one at the sender.
+    deliver_snapshot(&mut sender, 3, Slot::new(9), &Arc::new(vec![9, 9, 9]));
+    take(&mut sender);
+    assert_eq!(sender.compacted(), Slot::new(9));
+    // The pull of the old snapshot is still served from the old bytes.
+    sender.step(n(2), pull(5, 4));
+    let Message::SnapshotChunk {
+        slot, offset, data, ..
+    } = only_message(take(&mut sender), 2)
+    else {
+        panic!("a chunk is sent");
+    };
+    assert_eq!((slot, offset, data), (Slot::new(5), 4, vec![5, 6, 7, 8]));
+    // A pull of a snapshot this node no longer holds for that receiver
+    // starts the receiver over with the one it holds.
+    sender.step(n(3), pull(5, 4));
+    let Message::SnapshotChunk { slot, offset, .. } = only_message(take(&mut sender), 3) else {
+        panic!("a chunk is sent");
+    };
+    assert_eq!((slot, offset), (Slot::new(9), 0));
+}
+
+#[test]
+fn a_snapshot_larger_than_the_receivers_limit_or_malformed_is_refused() {
+    let mut cfg = chunked(2, 4);
+    cfg.snapshot_bytes_max = 8;
+    let mut follower = Replica::new(cfg, DurableState::default());
+    let chunk = |offset: u64, total: u64, data: Vec<u8>| Message::SnapshotChunk {
+        slot: Slot::new(5),
+        offset,
+        total,
+        data,
+        config: three(),
+    };
+    follower.step(n(1), chunk(0, 9, vec![1, 2, 3, 4]));
+    assert_eq!(
+        take(&mut follower),
+        Ready::default(),
+        "9 bytes are over the limit of 8"
+    );
+    follower.step(n(1), chunk(0, 3, vec![1, 2, 3, 4]));
+    assert_eq!(
+        take(&mut follower),
+        Ready::default(),
+        "a chunk past its total is dropped"
+    );
+    follower.step(n(1), chunk(0, 4, Vec::new()));
+    assert_eq!(
+        take(&mut follower),
+        Ready::default(),
+        "an empty chunk of a non-empty snapshot is dropped"
+    );
+    follower.step(n(1), chunk(0, 8, vec![1, 2, 3, 4]));
+    assert_eq!(
+        only_message(take(&mut follower), 1),
+        pull(5, 4),
+        "8 bytes are taken"
+    );
+}
+
+#[test]
+fn an_undecodable_snapshot_is_not_installed_and_chosen_values_are_asked_for_again() {
+    let mut follower = lagging_follower(Slot::new(5));
+    follower.step(n(1), whole_snapshot(Slot::new(5), &[0xee]));
+    assert!(take(&mut follower).snapshot_received.is_some());
+    follower.snapshot_undecodable(Slot::new(5));
+    assert_eq!(
+        (follower.applied(), follower.compacted()),
+        (Slot::ZERO, Slot::ZERO),
+        "nothing of it is kept"
+    );
+    let mut asked = Vec::new();
+    for _ in 0..2 * HEARTBEAT_TICKS {
+        follower.tick();
+        asked.extend(take(&mut follower).messages.into_iter().map(|sent| sent.message));
+    }
+    assert!(
+        asked.contains(&Message::Learn {
+            from_slot: Slot::new(1)
+        }),
+        "the follower asks again: {asked:?}"
     );
 }
 
