@@ -7,7 +7,8 @@
 //! SHA-256 digests of their snapshots at equal applied indexes) — the
 //! determinism of apply, observed through the real path. The values
 //! written make the state larger than one snapshot chunk (1 MiB), so the
-//! transfer takes several.
+//! transfer takes several; a follower whose data directory is lost then
+//! repairs from its peers through such a transfer.
 
 mod common;
 
@@ -18,6 +19,11 @@ engine_tests!(check_lagging_follower_catches_up_by_snapshot_to_identical_state);
 /// Entries between snapshots for this test: small, so that a few hundred
 /// commands compact the log several times.
 const SNAPSHOT_EVERY_ENTRIES: &str = "40";
+
+/// Longest time the repair of an emptied follower may take: a leader
+/// change, a configuration change, the transfer and a promotion, on a
+/// loaded machine.
+const REPAIR_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(90);
 
 /// Bytes of each value written: 60 of them make about 2.4 MiB of state.
 const VALUE_BYTES: usize = 40 << 10;
@@ -81,17 +87,43 @@ async fn check_lagging_follower_catches_up_by_snapshot_to_identical_state(engine
         "the lagging follower caught up through a snapshot transfer, not the log"
     );
     if engine == "paxos" {
-        // The follower logs each snapshot it received whole and in how many
-        // chunks; the largest took several.
-        let chunks = log
-            .lines()
-            .filter(|line| line.contains("snapshot received from a peer"))
-            .filter_map(|line| line.split("chunks=").nth(1))
-            .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
-            .max();
+        let chunks = most_chunks(&log);
         assert!(
             chunks.is_some_and(|chunks| chunks >= 2),
             "a snapshot over 1 MiB travelled in several chunks: {chunks:?}"
+        );
+    }
+
+    // A follower whose data directory is lost repairs from its peers. It
+    // knows no configuration, so no address, until a snapshot installed
+    // gives it one: it pulls the chunks from the sender the snapshot's own
+    // configuration names.
+    let repaired = (lagging + 1) % cluster.len();
+    cluster.kill(repaired);
+    std::fs::remove_dir_all(cluster.data_dir(repaired)).expect("deleting the follower's data directory");
+    cluster.start_node_with(repaired, &["--repair"]);
+    wait_until(
+        "the emptied follower finishes its repair",
+        REPAIR_WAIT_MAX,
+        || async {
+            match cluster.this_start(repaired).contains("repair finished") {
+                true => Ok(()),
+                false => Err(format!(
+                    "no \"repair finished\" yet:\n{}",
+                    cluster.this_start(repaired)
+                )),
+            }
+        },
+    )
+    .await;
+    cluster
+        .wait_for_one_state("the repaired follower at the others' applied index and state digest")
+        .await;
+    if engine == "paxos" {
+        assert!(
+            most_chunks(&cluster.this_start(repaired)).is_some_and(|chunks| chunks >= 2),
+            "the repaired follower pulled a snapshot of several chunks:\n{}",
+            cluster.this_start(repaired)
         );
     }
 
@@ -103,4 +135,14 @@ async fn check_lagging_follower_catches_up_by_snapshot_to_identical_state(engine
     .await
     .expect("Get through the caught-up follower");
     assert_eq!(read.value, value(59));
+}
+
+/// The most chunks a snapshot received took, from a paxos node's `log` (it
+/// logs each snapshot it received whole, with its chunks).
+fn most_chunks(log: &str) -> Option<u64> {
+    log.lines()
+        .filter(|line| line.contains("snapshot received from a peer"))
+        .filter_map(|line| line.split("chunks=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .max()
 }

@@ -55,9 +55,9 @@ async fn check_a_damaged_follower_and_a_lost_leader_repair_and_a_lost_majority_r
         .expect("the damaged follower exits");
     assert_eq!(status.code(), Some(EXIT_DATA_DIR_REFUSED));
     assert!(
-        this_start(&cluster, follower).contains("--repair"),
+        cluster.this_start(follower).contains("--repair"),
         "the refusal names --repair:\n{}",
-        this_start(&cluster, follower)
+        cluster.this_start(follower)
     );
     cluster.start_node_with(follower, &["--repair"]);
     wait_repaired(&cluster, follower, 1).await;
@@ -90,7 +90,7 @@ async fn check_a_damaged_follower_and_a_lost_leader_repair_and_a_lost_majority_r
         .wait_for_exit(leader, REFUSAL_WAIT_MAX)
         .await
         .expect("the node restarted on an emptied directory exits");
-    let said = this_start(&cluster, leader);
+    let said = cluster.this_start(leader);
     assert_eq!(status.code(), Some(EXIT_DATA_DIR_REFUSED), "{said}");
     assert!(
         said.contains("state was lost") && said.contains("--repair"),
@@ -144,7 +144,7 @@ async fn check_a_damaged_follower_and_a_lost_leader_repair_and_a_lost_majority_r
                 );
             }
         };
-        let said = this_start(&cluster, index);
+        let said = cluster.this_start(index);
         assert_eq!(status.code(), Some(EXIT_DATA_DIR_REFUSED), "{said}");
         for needle in ["no leader recorded the repair", "restore a backup"] {
             assert!(said.contains(needle), "the refusal says {needle:?}:\n{said}");
@@ -164,7 +164,7 @@ async fn wait_repaired(cluster: &Cluster, index: usize, repairs: u64) {
         &format!("node {id} finishes its repair"),
         REPAIR_WAIT_MAX,
         || async {
-            let log = this_start(cluster, index);
+            let log = cluster.this_start(index);
             if !cluster.is_running(index) {
                 return Err(format!("node {id} exited:\n{log}"));
             }
@@ -205,16 +205,6 @@ async fn wait_repaired(cluster: &Cluster, index: usize, repairs: u64) {
 
 fn all_logs(cluster: &Cluster) -> String {
     (0..cluster.len()).map(|index| cluster.log(index)).collect()
-}
-
-/// What node `index` logged since its last start.
-fn this_start(cluster: &Cluster, index: usize) -> String {
-    cluster
-        .log(index)
-        .rsplit("===== harness: start #")
-        .next()
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// The one quarantine directory in node `index`'s data directory.

@@ -770,13 +770,22 @@ impl Cluster {
         Key::of(&opened)
     }
 
-    /// The last lines of every node's log, for failure reports.
     /// The whole log of node index `index` so far.
     pub fn log(&self, index: usize) -> String {
         let log = std::fs::read(&self.nodes[index].log_path).unwrap_or_default();
         String::from_utf8_lossy(&log).into_owned()
     }
 
+    /// What node index `index` logged since it was last started.
+    pub fn this_start(&self, index: usize) -> String {
+        self.log(index)
+            .rsplit("===== harness: start #")
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// The last lines of every node's log, for failure reports.
     pub fn log_tails(&self) -> String {
         let mut out = format!("cluster directory: {}\n", self.dir.path().display());
         for node in &self.nodes {

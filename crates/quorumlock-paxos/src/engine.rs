@@ -310,6 +310,7 @@ impl PaxosEngine {
             leadership: leadership_tx,
             chosen_upto: chosen_upto.clone(),
             applied: applied.clone(),
+            snapshot_source: None,
             failed: failed_tx,
         };
         let driver = tokio::spawn(shell.run(tick, wake, inbox, input_rx, stop_rx));
@@ -512,6 +513,10 @@ struct Shell {
     chosen_upto: Arc<AtomicU64>,
     applied: Arc<AtomicU64>,
     failed: watch::Sender<Option<String>>,
+    /// The node a snapshot is being received from, and its address, while
+    /// the transport reaches it for that alone (see
+    /// [`Replica::snapshot_source`]).
+    snapshot_source: Option<(NodeId, String)>,
 }
 
 impl Shell {
@@ -663,12 +668,15 @@ impl Shell {
         let config = replica.configuration().clone();
         let removed = replica.removed().map(str::to_string);
         let progress: BTreeMap<NodeId, Slot> = replica.member_progress().into_iter().collect();
+        let source = replica
+            .snapshot_source()
+            .map(|(from, addr)| (from, addr.to_string()));
+        let id = replica.id();
         let changed = {
             let view = self.membership.borrow();
             !Arc::ptr_eq(&view.config, &config) || view.removed != removed
         };
         if changed {
-            let id = replica.id();
             *self.admission.lock() = Admission::of(&config);
             self.known_membership.send_if_modified(|known| {
                 let now = known_membership_of(&config);
@@ -676,7 +684,17 @@ impl Shell {
                 *known = now;
                 modified
             });
-            self.driver.transport_mut().sync(&peers_of(&config, id));
+        }
+        if changed || source != self.snapshot_source {
+            // A node that knows no configuration yet (it joins, or
+            // repairs) pulls a snapshot's chunks from a sender it has no
+            // address for but the one the snapshot's configuration gives.
+            let mut peers = peers_of(&config, id);
+            if let Some((from, addr)) = &source {
+                peers.entry(*from).or_insert_with(|| addr.clone());
+            }
+            self.driver.transport_mut().sync(&peers);
+            self.snapshot_source = source;
         }
         self.membership.send_if_modified(|view| {
             let modified = changed || view.progress != progress;

@@ -222,6 +222,16 @@ impl<C: Command> Replica<C> {
         });
     }
 
+    /// The node a snapshot is being received from, and its address as the
+    /// snapshot's configuration gives it: a node that knows no
+    /// configuration yet (one that joins, or repairs) has no other address
+    /// to pull the next chunks from.
+    pub fn snapshot_source(&self) -> Option<(NodeId, &str)> {
+        let incoming = self.snapshot_incoming.as_ref()?;
+        let addr = incoming.config.addresses.get(&incoming.from)?;
+        Some((incoming.from, addr.as_str()))
+    }
+
     /// Whether a snapshot is being received or decoded: asking for chosen
     /// values meanwhile would only start its transfer over.
     pub(super) fn receiving_snapshot(&self) -> bool {

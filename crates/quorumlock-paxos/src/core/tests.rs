@@ -1512,16 +1512,21 @@ fn lagging_follower(upto: Slot) -> Replica1 {
     );
     let asked = take(&mut follower).messages;
     assert!(
-        asked.contains(&envelope(
-            2,
-            1,
-            Message::Learn {
-                from_slot: Slot::new(1)
-            }
-        )),
+        asked.contains(&envelope(2, 1, learn(1))),
         "the follower asks for what it lacks: {asked:?}"
     );
     follower
+}
+
+fn learn(from_slot: u64) -> Message<Command> {
+    Message::Learn {
+        from_slot: Slot::new(from_slot),
+    }
+}
+
+/// The messages of `ready`, without their envelopes.
+fn sent(ready: Ready1) -> Vec<Message<Command>> {
+    ready.messages.into_iter().map(|sent| sent.message).collect()
 }
 
 fn pull(slot: u64, offset: u64) -> Message<Command> {
@@ -1652,15 +1657,9 @@ fn a_receiver_asks_for_no_chosen_values_while_a_snapshot_is_on_the_way() {
     // The sender stayed silent for two election timeouts: the follower
     // gives up on it and asks for what it lacks again.
     follower.tick();
-    let asked: Vec<Message<Command>> = take(&mut follower)
-        .messages
-        .into_iter()
-        .map(|sent| sent.message)
-        .collect();
+    let asked: Vec<Message<Command>> = sent(take(&mut follower));
     assert!(
-        asked.contains(&Message::Learn {
-            from_slot: Slot::new(1)
-        }),
+        asked.contains(&learn(1)),
         "a stalled transfer is given up: {asked:?}"
     );
 }
@@ -1750,14 +1749,9 @@ fn an_undecodable_snapshot_is_not_installed_and_chosen_values_are_asked_for_agai
     let mut asked = Vec::new();
     for _ in 0..2 * HEARTBEAT_TICKS {
         follower.tick();
-        asked.extend(take(&mut follower).messages.into_iter().map(|sent| sent.message));
+        asked.extend(sent(take(&mut follower)));
     }
-    assert!(
-        asked.contains(&Message::Learn {
-            from_slot: Slot::new(1)
-        }),
-        "the follower asks again: {asked:?}"
-    );
+    assert!(asked.contains(&learn(1)), "the follower asks again: {asked:?}");
 }
 
 // ---- The durability contract ---------------------------------------------
