@@ -205,6 +205,18 @@ impl LockSystem for QuorumlockSystem {
         self.cluster.node_mut(index).start()
     }
 
+    fn repair_from_empty(&mut self, index: usize) -> anyhow::Result<bool> {
+        self.cluster.node_mut(index).kill()?;
+        let data_dir = self.cluster.data_dir(index);
+        std::fs::remove_dir_all(&data_dir).with_context(|| format!("deleting {}", data_dir.display()))?;
+        self.cluster.node_mut(index).start_with(&["--repair"])?;
+        Ok(true)
+    }
+
+    fn pid(&self, index: usize) -> Option<u32> {
+        self.cluster.node(index).pid()
+    }
+
     async fn wait_caught_up(&mut self, index: usize, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
         let config = self.probe_config();

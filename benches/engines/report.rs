@@ -938,6 +938,39 @@ pub fn render(results: &[SystemResults], options: &Options, context: &Context, c
             ""
         }
     );
+    if results
+        .iter()
+        .any(|system| system.scale.as_ref().is_some_and(|s| s.repair.is_some()))
+    {
+        let _ = writeln!(
+            w,
+            "\nA follower repaired from an empty data directory with all locks held (`serve --repair` after its \
+             directory was deleted): the whole state reaches it as a snapshot, while {} workers take and \
+             release locks of their own.\n\n\
+             | system | held | repair → serving s | leader RSS before → peak MiB | pairs/s meanwhile | p50 ms | p99 ms | errors |\n\
+             |---|---|---|---|---|---|---|---|",
+            options.growth_workers
+        );
+        for system in results {
+            let Some((scale, repair)) = system.scale.as_ref().and_then(|s| Some((s, s.repair.as_ref()?)))
+            else {
+                continue;
+            };
+            let _ = writeln!(
+                w,
+                "| {} | {} | {:.2} | {} → {} | {} | {} | {} | {} |",
+                system.name,
+                scale.held,
+                repair.to_serving.as_secs_f64(),
+                mib(repair.leader_rss_before),
+                mib(repair.leader_rss_peak),
+                num(repair.during.throughput),
+                num(repair.during.p50_ms),
+                num(repair.during.p99_ms),
+                repair.during.errors
+            );
+        }
+    }
 
     growth_table(w, results, options, "locks held", |system| {
         system.scale.as_ref().map(|s| s.pairs_by_held.as_slice())

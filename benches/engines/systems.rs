@@ -67,6 +67,18 @@ pub trait LockSystem: Send + Sync {
     /// Waits until node `index` answers and has applied everything the
     /// leader had committed when this was called.
     async fn wait_caught_up(&mut self, index: usize, limit: Duration) -> anyhow::Result<()>;
+    /// SIGKILLs node `index`, deletes its data directory and starts it
+    /// again to repair from its peers, which send it their state; `false`
+    /// where the system has no such repair.
+    fn repair_from_empty(&mut self, index: usize) -> anyhow::Result<bool> {
+        let _ = index;
+        Ok(false)
+    }
+    /// The process id of node `index`, if it runs.
+    fn pid(&self, index: usize) -> Option<u32> {
+        let _ = index;
+        None
+    }
     /// Opens `count` sessions of `ttl` that only stay alive, on a new
     /// connection to node `leader`, renewed over one keep-alive stream
     /// (workload 5, [`IdleGroup`]).

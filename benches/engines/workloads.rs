@@ -15,11 +15,14 @@ use super::cli::{Options, SESSIONS_PER_CLIENT_MAX};
 use super::idle::{IdleGroup, OPENING_PER_GROUP_MAX};
 use super::measure::{clock_ticks_per_second, disk_bytes, Recorder, Summary, Timeline, BUCKET};
 use super::systems::{Held, LockClient, LockSession, LockSystem};
+use quorumlock_testkit::cluster::process_usage;
 
 /// Sessions opened at once while setting a workload up.
 pub const OPEN_CONCURRENCY_MAX: usize = 128;
 /// TTL of workload 7's sessions.
 const SCALE_SESSION_TTL: Duration = Duration::from_secs(60);
+/// How often the leader's memory is sampled while a follower repairs.
+const RSS_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 /// Pause after a failed operation before the worker tries again.
 const ERROR_PAUSE: Duration = Duration::from_millis(20);
 /// Buckets averaged when deciding that throughput has recovered.
@@ -250,6 +253,26 @@ pub struct Scale {
     /// Uncontended pairs/s measured with this many locks held: (locks
     /// held, row).
     pub pairs_by_held: Vec<(usize, Row)>,
+    /// A follower repaired from an empty data directory, all locks held;
+    /// `None` where the system has no such repair.
+    pub repair: Option<RepairFromEmpty>,
+}
+
+/// A follower whose data directory was deleted, started to repair from its
+/// peers while workers take and release their own locks: the leader's
+/// whole state reaches it as a snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct RepairFromEmpty {
+    /// From its start until it answers and has applied what the leader had
+    /// committed.
+    pub to_serving: Duration,
+    /// The leader's resident memory before.
+    pub leader_rss_before: u64,
+    /// The most the leader's resident memory reached meanwhile (sampled
+    /// every 100 ms).
+    pub leader_rss_peak: u64,
+    /// The workers' uncontended pairs meanwhile.
+    pub during: Summary,
 }
 
 /// Every result of one system; `None` for a workload that does not apply.
@@ -1037,6 +1060,11 @@ async fn scale(system: &mut dyn LockSystem, options: &Options, target: usize) ->
     } else {
         None
     };
+    let repair = if system.replicated() {
+        repair_from_empty(system, options, leader).await?
+    } else {
+        None
+    };
     let count = held.len();
     // Closing the sessions releases their locks in one command each; the
     // handles dropped afterwards then have nothing to release.
@@ -1050,5 +1078,59 @@ async fn scale(system: &mut dyn LockSystem, options: &Options, target: usize) ->
         disk_bytes: disk,
         restart_to_serving,
         pairs_by_held,
+        repair,
     })
+}
+
+/// Repairs a follower of `leader` from an empty data directory while
+/// `growth_workers` workers run (see [`RepairFromEmpty`]); `None` where the
+/// system cannot.
+async fn repair_from_empty(
+    system: &mut dyn LockSystem,
+    options: &Options,
+    leader: usize,
+) -> anyhow::Result<Option<RepairFromEmpty>> {
+    let Some(leader_pid) = system.pid(leader) else {
+        return Ok(None);
+    };
+    let follower = (leader + 1) % system.nodes();
+    let leader_rss_before = system.usage(leader).map_or(0, |usage| usage.rss_bytes);
+    let running = Workers::start(system, options, Op::OwnLock, options.growth_workers).await?;
+    tokio::time::sleep(options.growth_window / 3).await;
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        tokio::spawn(async move {
+            let mut peak = 0;
+            while sampling.load(Ordering::SeqCst) {
+                let rss = process_usage(leader_pid).map_or(0, |usage| usage.rss_bytes);
+                peak = peak.max(rss);
+                tokio::time::sleep(RSS_SAMPLE_INTERVAL).await;
+            }
+            peak
+        })
+    };
+    let from = Instant::now();
+    running.measure_from(from);
+    let repaired = match system.repair_from_empty(follower) {
+        Ok(true) => system
+            .wait_caught_up(follower, options.catch_up_max)
+            .await
+            .map(|()| true),
+        other => other,
+    };
+    let until = Instant::now();
+    running.measure_until(until);
+    sampling.store(false, Ordering::SeqCst);
+    let leader_rss_peak = sampler.await.context("the RSS sampler panicked")?;
+    let (recorder, _) = running.stop().await?;
+    if !repaired? {
+        return Ok(None);
+    }
+    Ok(Some(RepairFromEmpty {
+        to_serving: until - from,
+        leader_rss_before,
+        leader_rss_peak: leader_rss_peak.max(leader_rss_before),
+        during: recorder.summary(until - from),
+    }))
 }

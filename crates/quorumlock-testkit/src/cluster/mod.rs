@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio::time::Instant;
 
-pub use process::{NodeProcess, ProcessUsage, LOG_TAIL_LINES};
+pub use process::{process_usage, NodeProcess, ProcessUsage, LOG_TAIL_LINES};
 use quorumlock_client::{node_status, ClientConfig, ClientTls};
 
 /// Attempts at starting the cluster when a picked port was taken meanwhile.

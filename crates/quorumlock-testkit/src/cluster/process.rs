@@ -178,23 +178,7 @@ impl NodeProcess {
 
     /// CPU time and resident memory, while it runs.
     pub fn usage(&self) -> Option<ProcessUsage> {
-        let pid = self.pid()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The command name (field 2) is parenthesised and may hold spaces;
-        // utime and stime are fields 14 and 15, the 12th and 13th after it.
-        let after_name = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        let cpu_ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let rss_kib = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|kib| kib.parse::<u64>().ok())?;
-        Some(ProcessUsage {
-            cpu_ticks,
-            rss_bytes: rss_kib * 1024,
-        })
+        process_usage(self.pid()?)
     }
 
     /// The log file.
@@ -234,4 +218,25 @@ impl Drop for NodeProcess {
             let _ = child.wait();
         }
     }
+}
+
+/// CPU time and resident memory of process `pid`, from `/proc`; `None` once
+/// it is gone.
+pub fn process_usage(pid: u32) -> Option<ProcessUsage> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is parenthesised and may hold spaces;
+    // utime and stime are fields 14 and 15, the 12th and 13th after it.
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let cpu_ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse::<u64>().ok())?;
+    Some(ProcessUsage {
+        cpu_ticks,
+        rss_bytes: rss_kib * 1024,
+    })
 }
