@@ -1541,12 +1541,7 @@ fn a_snapshot_travels_in_bounded_chunks_each_pulled_by_the_receiver() {
     let data: Vec<u8> = (1..=10).collect();
     let mut leader = serving(Slot::new(5), &data);
     let mut follower = lagging_follower(Slot::new(5));
-    leader.step(
-        n(2),
-        Message::Learn {
-            from_slot: Slot::new(1),
-        },
-    );
+    leader.step(n(2), learn(1));
     let mut message = only_message(take(&mut leader), 2);
     let mut chunks = Vec::new();
     loop {
@@ -1586,12 +1581,7 @@ fn a_lost_chunk_is_pulled_again_and_duplicates_are_dropped() {
     let data: Vec<u8> = (1..=10).collect();
     let mut leader = serving(Slot::new(5), &data);
     let mut follower = lagging_follower(Slot::new(5));
-    leader.step(
-        n(2),
-        Message::Learn {
-            from_slot: Slot::new(1),
-        },
-    );
+    leader.step(n(2), learn(1));
     let first = only_message(take(&mut leader), 2);
     follower.step(n(1), first.clone());
     assert_eq!(only_message(take(&mut follower), 1), pull(5, 4));
@@ -1635,12 +1625,7 @@ fn a_lost_chunk_is_pulled_again_and_duplicates_are_dropped() {
 fn a_receiver_asks_for_no_chosen_values_while_a_snapshot_is_on_the_way() {
     let mut leader = serving(Slot::new(5), &[1, 2, 3, 4, 5, 6]);
     let mut follower = lagging_follower(Slot::new(5));
-    leader.step(
-        n(2),
-        Message::Learn {
-            from_slot: Slot::new(1),
-        },
-    );
+    leader.step(n(2), learn(1));
     follower.step(n(1), only_message(take(&mut leader), 2));
     take(&mut follower);
     // The next chunk is slow; the follower waits less than two election
@@ -1668,12 +1653,7 @@ fn a_receiver_asks_for_no_chosen_values_while_a_snapshot_is_on_the_way() {
 fn a_transfer_under_way_keeps_the_snapshot_it_started_with_when_the_sender_gets_a_newer_one() {
     let old: Vec<u8> = (1..=8).collect();
     let mut sender = serving(Slot::new(5), &old);
-    sender.step(
-        n(2),
-        Message::Learn {
-            from_slot: Slot::new(1),
-        },
-    );
+    sender.step(n(2), learn(1));
     take(&mut sender);
     // A newer snapshot replaces the old one at the sender.
     deliver_snapshot(&mut sender, 3, Slot::new(9), &Arc::new(vec![9, 9, 9]));
