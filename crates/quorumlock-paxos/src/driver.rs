@@ -128,6 +128,19 @@ impl<T> Job<T> {
     }
 }
 
+/// The result of the job in `running`, with what it was started for, once
+/// it is done; a job still running stays in place.
+fn take_done<K, T>(running: &mut Option<(K, Job<T>)>) -> Option<(K, T)> {
+    let (started_for, job) = running.take()?;
+    match job.poll() {
+        Ok(result) => Some((started_for, result)),
+        Err(job) => {
+            *running = Some((started_for, job));
+            None
+        }
+    }
+}
+
 /// Which snapshots are taken on the driver's task.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Inline {
@@ -475,15 +488,8 @@ where
     /// it, or asks again if the snapshot was undecodable (corrupt, or from
     /// an incompatible version), which it never installs.
     fn finish_decode(&mut self) {
-        let Some((received, job)) = self.decoding.take() else {
+        let Some((received, decoded)) = take_done(&mut self.decoding) else {
             return;
-        };
-        let decoded = match job.poll() {
-            Ok(decoded) => decoded,
-            Err(job) => {
-                self.decoding = Some((received, job));
-                return;
-            }
         };
         let ReceivedSnapshot { slot, data, config } = received;
         match decoded {
@@ -626,15 +632,8 @@ where
     /// Hands the replica the snapshot being taken if it is done, so it
     /// persists it and forgets what it covers.
     fn finish_snapshot(&mut self) {
-        let Some((slot, job)) = self.snapshotting.take() else {
+        let Some((slot, data)) = take_done(&mut self.snapshotting) else {
             return;
-        };
-        let data = match job.poll() {
-            Ok(data) => data,
-            Err(job) => {
-                self.snapshotting = Some((slot, job));
-                return;
-            }
         };
         tracing::debug!(%slot, bytes = data.len(), "snapshot taken; log truncated");
         // A peer's snapshot installed meanwhile may cover it already; the
